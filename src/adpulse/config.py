@@ -1,0 +1,112 @@
+"""One settings object for every command.
+
+Precedence (highest first): command-line options, environment variables
+(``ADPULSE_<NAME>``, e.g. ``ADPULSE_PARTITIONS=8``), the TOML file
+(``$ADPULSE_HOME/adpulse.toml`` or ``--config FILE``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_NAME = "adpulse.toml"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("ADPULSE_HOME", Path.home() / ".adpulse")).expanduser()
+
+
+class Settings(BaseSettings):
+    """Effective configuration of adpulse."""
+
+    model_config = SettingsConfigDict(env_prefix="ADPULSE_", extra="forbid")
+
+    home: Path = Field(default_factory=default_home, description="Data directory.")
+    partitions: int = Field(4, ge=1, le=1024, description="Partitions per stream.")
+    transport_url: str = Field("", description="embedded://DIR (default: HOME/log).")
+    warehouse_url: str = Field("", description="duckdb:///FILE (default: HOME/warehouse.duckdb).")
+    warehouse_password: SecretStr | None = Field(None, description="Warehouse password, if any.")
+
+    allowed_lateness_seconds: int = Field(600, ge=0, description="Lateness behind the watermark.")
+    dedupe_horizon_seconds: int = Field(86_400, ge=0, description="How long event ids are kept.")
+    attribution_lookback_seconds: int = Field(7 * 86_400, ge=0, description="Click lookback.")
+    idle_timeout_seconds: float = Field(
+        5.0, gt=0, description="After this long without events, watermarks follow the clock."
+    )
+    max_future_seconds: int = Field(
+        900, ge=0, description="Events further than this ahead of the clock are rejected."
+    )
+    max_record_bytes: int = Field(64 * 1024, ge=256, le=1024 * 1024)
+    batch_max_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Upper bound of one micro-batch, in bytes."
+    )
+    batch_interval_seconds: float = Field(
+        0.2, gt=0, description="Wait between polls when the log has no new data."
+    )
+    fsync: bool = Field(False, description="fsync the embedded log on every flush.")
+
+    trending_window_minutes: int = Field(15, ge=1)
+    min_clicks: int = Field(20, ge=0, description="Minimum clicks for rate rankings.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = os.environ.get("ADPULSE_CONFIG")
+        if toml_file is None:
+            toml_file = str(default_home() / CONFIG_FILE_NAME)
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_file),
+        )
+
+    # Derived locations -------------------------------------------------------------
+    @property
+    def log_dir(self) -> Path:
+        url = self.transport_url
+        if url.startswith("embedded://") and len(url) > len("embedded://"):
+            return Path(url.removeprefix("embedded://"))
+        return self.home / "log"
+
+    @property
+    def warehouse_path(self) -> Path:
+        url = self.warehouse_url
+        if url.startswith("duckdb:///"):
+            return Path(url.removeprefix("duckdb://"))
+        return self.home / "warehouse.duckdb"
+
+    def masked(self) -> dict[str, Any]:
+        """Settings as a dict, secrets masked, for display."""
+        return self.model_dump(mode="json")
+
+
+def load_settings(home: Path | None = None, config: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; ``home``/``config`` come from ``--home``/``--config``."""
+    if config is not None:
+        os.environ["ADPULSE_CONFIG"] = str(config)
+    if home is not None:
+        os.environ["ADPULSE_HOME"] = str(home)
+        if config is None and "ADPULSE_CONFIG" not in os.environ:
+            pass
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if home is not None:
+        values["home"] = home
+    settings = Settings(**values)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return settings

@@ -1,0 +1,114 @@
+"""The warehouse contract.
+
+A warehouse stores dimensions (SCD2), facts, minute rollups, dead letters, ingest
+statistics, checkpoints and watermarks, and commits one micro-batch's outputs together
+with the offsets and watermarks it advances in ONE transaction (effectively-once).
+The processor's keyed state is rebuilt from the committed facts after a restart, so it is
+committed atomically with the outputs too.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import polars as pl
+
+from adpulse.contracts import Stream
+
+DimensionKind = Literal["campaigns", "users"]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionWatermark:
+    watermark: datetime
+    max_event_time: datetime
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    """Everything one micro-batch writes; frames follow :mod:`.schema` exactly."""
+
+    batch_id: int
+    impressions: pl.DataFrame
+    clicks: pl.DataFrame
+    conversions: pl.DataFrame
+    reattributions: pl.DataFrame
+    rollups: pl.DataFrame
+    dead_letters: pl.DataFrame
+    stats: pl.DataFrame
+    offsets: dict[tuple[Stream, int], str] = field(default_factory=dict)
+    watermarks: dict[tuple[Stream, int], PartitionWatermark] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DimensionLoadResult:
+    kind: DimensionKind
+    rows: int
+    new_keys: int
+    changed_keys: int
+    unchanged_keys: int
+
+
+class Warehouse(ABC):
+    """Storage of the pipeline's outputs; one implementation per database."""
+
+    dialect: str
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @abstractmethod
+    def create_schema(self) -> None:
+        """Create every table if it does not exist (idempotent)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # -- the processor's commit ----------------------------------------------------------
+    @abstractmethod
+    def commit(self, output: BatchOutput) -> None:
+        """Write all outputs, offsets and watermarks atomically (all or nothing)."""
+
+    @abstractmethod
+    def load_offsets(self) -> dict[tuple[Stream, int], str]: ...
+
+    @abstractmethod
+    def load_watermarks(self) -> dict[tuple[Stream, int], PartitionWatermark]: ...
+
+    @abstractmethod
+    def next_batch_id(self) -> int: ...
+
+    # -- state rebuild (processor restart) ------------------------------------------------
+    @abstractmethod
+    def load_event_ids(
+        self, table: str, partitions: Sequence[int], since: datetime
+    ) -> pl.DataFrame:
+        """``event_id, event_time, partition`` of ``table`` with ``event_time >= since``."""
+
+    @abstractmethod
+    def load_facts(
+        self, table: str, partitions: Sequence[int], since: datetime, columns: Sequence[str]
+    ) -> pl.DataFrame:
+        """Given columns of ``table`` rows in ``partitions`` with ``event_time >= since``."""
+
+    # -- dimensions ------------------------------------------------------------------------
+    @abstractmethod
+    def load_dimension(
+        self, kind: DimensionKind, rows: pl.DataFrame, effective_from: datetime
+    ) -> DimensionLoadResult:
+        """Apply a dimension file as SCD2: new keys, changed keys get a new version."""
+
+    @abstractmethod
+    def dimension(self, kind: DimensionKind) -> pl.DataFrame:
+        """All versions of a dimension (schema ``DIM_CAMPAIGNS`` / ``DIM_USERS``)."""
+
+    @abstractmethod
+    def dimension_revision(self) -> int:
+        """A number that changes whenever any dimension changes (cheap to call)."""
+
+    # -- reads -----------------------------------------------------------------------------
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+        """Run a read-only query; ``?`` placeholders, values bound, never interpolated."""

@@ -1,0 +1,86 @@
+"""The transport contract: a partitioned, durable, at-least-once log of event records.
+
+Every transport (embedded on-disk log, in-memory for tests, Redis Streams, Kinesis)
+implements :class:`Transport`. Records travel as *framed lines* (see
+:mod:`adpulse.transport.framing`): one record per ``\\n``-terminated line, so a chunk of
+a partition can be handed to a vectorized NDJSON decoder without copying record by record.
+
+Offsets are opaque strings chosen by the transport: a byte position for the embedded
+log, an entry id (``1700000000000-0``) for Redis Streams, a sequence number for Kinesis.
+``None`` means "from the beginning". A consumer never interprets another transport's
+offsets; it hands back the ``end_offset`` of the last chunk it committed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from adpulse.contracts import Stream
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Consecutive records of one partition of one stream, as framed lines."""
+
+    stream: Stream
+    partition: int
+    start_offset: str | None
+    end_offset: str
+    data: bytes
+    """Framed lines, each terminated by ``\\n``; ``b""`` when empty."""
+    records: int
+
+
+class Producer(ABC):
+    """Appends records to a stream, partitioned by ``user_id``."""
+
+    @abstractmethod
+    def send(self, stream: Stream, payloads: Sequence[bytes], keys: Sequence[str | None]) -> None:
+        """Append raw payloads; ``keys[i]`` is the record's user id (``None`` if unknown)."""
+
+    @abstractmethod
+    def send_framed(self, stream: Stream, partition: int, framed: bytes, records: int) -> None:
+        """Append already-framed lines to one partition (fast path for bulk producers)."""
+
+    def flush(self) -> None:
+        """Make everything sent so far durable."""
+
+    def close(self) -> None:
+        self.flush()
+
+
+class Consumer(ABC):
+    """Reads chunks of partitions from given offsets."""
+
+    @abstractmethod
+    def poll(
+        self, stream: Stream, partition: int, after: str | None, max_bytes: int
+    ) -> Chunk | None:
+        """Return the records after ``after`` (at most about ``max_bytes``), or ``None``."""
+
+    @abstractmethod
+    def lag_bytes(self, stream: Stream, partition: int, after: str | None) -> int:
+        """How many bytes of this partition are not yet consumed after ``after``."""
+
+    def ack(self, stream: Stream, partition: int, offset: str) -> None:  # noqa: B027
+        """Called after the outputs up to ``offset`` are committed (retention, XACK...)."""
+
+    def close(self) -> None:  # noqa: B027
+        pass
+
+
+class Transport(ABC):
+    """A partitioned log: the same partition count for every stream."""
+
+    partitions: int
+
+    @abstractmethod
+    def producer(self) -> Producer: ...
+
+    @abstractmethod
+    def consumer(self) -> Consumer: ...
+
+    def close(self) -> None:  # noqa: B027
+        pass

@@ -1,0 +1,107 @@
+"""Framing of record payloads as log lines, and the partitioning function.
+
+A payload that is a plain one-line JSON object is stored as is, followed by ``\\n``:
+a chunk of such lines *is* NDJSON, so the processor decodes it in one vectorized call.
+A payload that cannot be stored that way (empty, containing a line break, larger than
+the record limit, or starting with the escape byte) is stored *escaped*: the escape byte
+``\\x00`` followed by its base64. JSON never starts with ``\\x00``, so an escaped line
+always fails the fast decode and takes the per-record path, which unescapes it and
+validates it (it usually becomes a dead letter with a specific reason).
+
+Partitioning: ``xxh64(user_id) % partitions``, stable across processes, hosts and
+languages. Records without a readable user id go to partition 0.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import polars as pl
+import polars_hash as plh
+import xxhash
+
+from adpulse.contracts import DEFAULT_MAX_RECORD_BYTES
+
+ESCAPE = 0x00
+_ESCAPE_BYTE = b"\x00"
+#: An oversized payload is kept (escaped) up to this many bytes, for the dead letter.
+OVERSIZE_KEEP_BYTES = 4096
+_OVERSIZE_MARK = b"\x01"
+
+
+def needs_escape(payload: bytes, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> bool:
+    return (
+        not payload
+        or len(payload) > max_record_bytes
+        or payload[0] == ESCAPE
+        or b"\n" in payload
+        or b"\r" in payload
+    )
+
+
+def frame_one(payload: bytes, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> bytes:
+    """Frame one payload as a log line (with its trailing ``\\n``)."""
+    if not needs_escape(payload, max_record_bytes):
+        return payload + b"\n"
+    if len(payload) > max_record_bytes:
+        # Keep the head only and mark it: the processor dead-letters it as too large.
+        head = _OVERSIZE_MARK + len(payload).to_bytes(8, "big") + payload[:OVERSIZE_KEEP_BYTES]
+        return _ESCAPE_BYTE + base64.b64encode(head) + b"\n"
+    return _ESCAPE_BYTE + base64.b64encode(b"\x02" + payload) + b"\n"
+
+
+def frame(payloads: Iterable[bytes], max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> bytes:
+    """Frame many payloads into one buffer of log lines."""
+    return b"".join(frame_one(p, max_record_bytes) for p in payloads)
+
+
+def unframe_line(line: bytes) -> tuple[bytes, int | None]:
+    """Undo :func:`frame_one` for one line (without its ``\\n``).
+
+    Returns ``(payload, original_size)``; ``original_size`` is set only for a payload
+    that was too large and of which just the head was kept.
+    """
+    if not line or line[0] != ESCAPE:
+        return line, None
+    raw = base64.b64decode(line[1:])
+    if raw[:1] == _OVERSIZE_MARK:
+        return raw[9:], int.from_bytes(raw[1:9], "big")
+    return raw[1:], None
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """Split a chunk of framed lines into lines (without terminators)."""
+    if not data:
+        return []
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+def partition_of(user_id: str | None, partitions: int) -> int:
+    """The partition of one record."""
+    if user_id is None or partitions <= 1:
+        return 0
+    return xxhash.xxh64_intdigest(user_id.encode()) % partitions
+
+
+def partitions_of(user_ids: pl.Series, partitions: int) -> np.ndarray:
+    """Vectorized :func:`partition_of` (identical results) for a column of user ids."""
+    if partitions <= 1:
+        return np.zeros(len(user_ids), dtype=np.int64)
+    hashed = pl.DataFrame({"u": user_ids}).select(
+        (plh.col("u").nchash.xxhash64() % partitions).fill_null(0).cast(pl.Int64)
+    )
+    return hashed.to_series().to_numpy()
+
+
+def group_by_partition(
+    payloads: Sequence[bytes], partitions_arr: np.ndarray, partitions: int
+) -> dict[int, list[bytes]]:
+    groups: dict[int, list[bytes]] = {}
+    for payload, part in zip(payloads, partitions_arr.tolist(), strict=True):
+        groups.setdefault(part, []).append(payload)
+    return groups
