@@ -20,6 +20,14 @@ from dataclasses import dataclass
 from adpulse.contracts import Stream
 
 
+class OffsetOutOfRangeError(LookupError):
+    """An offset that is not (or no longer) in the partition's log.
+
+    Raised instead of silently skipping or waiting: the records were deleted by retention
+    (offset below the log's start), or the log was replaced (offset beyond its end).
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Chunk:
     """Consecutive records of one partition of one stream, as framed lines."""
@@ -44,7 +52,7 @@ class Producer(ABC):
     def send_framed(self, stream: Stream, partition: int, framed: bytes, records: int) -> None:
         """Append already-framed lines to one partition (fast path for bulk producers)."""
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027
         """Make everything sent so far durable."""
 
     def close(self) -> None:

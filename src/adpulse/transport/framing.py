@@ -98,6 +98,39 @@ def partitions_of(user_ids: pl.Series, partitions: int) -> np.ndarray:
     return hashed.to_series().to_numpy()
 
 
+#: Below this many records, hashing key by key beats building a Polars column (measured).
+_VECTORIZE_MIN_RECORDS = 4096
+
+
+def frame_by_partition(
+    payloads: Sequence[bytes],
+    keys: Sequence[str | None],
+    partitions: int,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> dict[int, tuple[bytes, int]]:
+    """Frame payloads and group them by the partition of their key.
+
+    Returns ``{partition: (framed_lines, record_count)}``; within a partition the records
+    keep the order of ``payloads``. Every producer's ``send`` uses this, so all transports
+    partition identically.
+    """
+    if len(payloads) != len(keys):
+        raise ValueError(
+            f"send() got {len(payloads)} payloads but {len(keys)} keys; "
+            "pass one key (the record's user_id, or None) per payload"
+        )
+    if partitions <= 1:
+        parts: list[int] = [0] * len(keys)
+    elif len(keys) >= _VECTORIZE_MIN_RECORDS:
+        parts = partitions_of(pl.Series(keys, dtype=pl.String), partitions).tolist()
+    else:
+        parts = [partition_of(key, partitions) for key in keys]
+    groups: dict[int, list[bytes]] = {}
+    for payload, part in zip(payloads, parts, strict=True):
+        groups.setdefault(part, []).append(frame_one(payload, max_record_bytes))
+    return {part: (b"".join(lines), len(lines)) for part, lines in groups.items()}
+
+
 def group_by_partition(
     payloads: Sequence[bytes], partitions_arr: np.ndarray, partitions: int
 ) -> dict[int, list[bytes]]:

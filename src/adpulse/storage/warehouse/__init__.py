@@ -1,0 +1,55 @@
+"""Warehouses: the contract (:mod:`.base`), the shared schema (:mod:`.schema`), the
+portable SQL layer (:mod:`.sql`) and one module per database (:mod:`.duckdb`).
+
+:func:`open_warehouse` picks the backend from ``settings.warehouse_url``; database
+drivers are imported only when their backend is chosen.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from adpulse.storage.warehouse.base import (
+    BatchOutput,
+    DimensionKind,
+    DimensionLoadResult,
+    PartitionWatermark,
+    Warehouse,
+)
+
+if TYPE_CHECKING:
+    from adpulse.config import Settings
+
+__all__ = [
+    "BatchOutput",
+    "DimensionKind",
+    "DimensionLoadResult",
+    "PartitionWatermark",
+    "Warehouse",
+    "open_warehouse",
+]
+
+_ACCEPTED = "'' (default: HOME/warehouse.duckdb) or duckdb:///PATH"
+
+
+def open_warehouse(settings: Settings, read_only: bool = False) -> Warehouse:
+    """Open the warehouse named by ``settings.warehouse_url``, creating its tables.
+
+    ``""`` or ``duckdb:///PATH`` opens DuckDB at ``settings.warehouse_path``. Tables are
+    created if missing unless ``read_only``. Anything else raises ``ValueError``.
+    """
+    url = settings.warehouse_url
+    if url == "" or (url.startswith("duckdb:///") and len(url) > len("duckdb:///")):
+        from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+
+        warehouse = DuckDBWarehouse(settings.warehouse_path, read_only=read_only)
+        try:
+            warehouse.create_schema()
+        except BaseException:
+            warehouse.close()
+            raise
+        return warehouse
+    raise ValueError(
+        f"unsupported warehouse_url {url!r} (setting warehouse_url, env"
+        f" ADPULSE_WAREHOUSE_URL); accepted: {_ACCEPTED}"
+    )

@@ -1,0 +1,462 @@
+"""The micro-batch processor: poll -> decode -> validate -> dedupe -> enrich -> attribute
+-> aggregate -> commit, with offsets, watermarks and outputs in one transaction.
+
+One :class:`Processor` owns a set of partitions (all of them by default). After a crash
+it resumes from the committed offsets and rebuilds its state from the committed facts,
+so a restarted run produces exactly the results of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+
+from adpulse.config import Settings
+from adpulse.contracts import Stream
+from adpulse.processor.state import (
+    CLICK_STATE_COLUMNS,
+    OPEN_CONVERSION_COLUMNS,
+    DedupeState,
+    FrameState,
+    Watermarks,
+    hour_bucket,
+    hour_buckets,
+    key_hashes,
+)
+from adpulse.processor.steps import aggregate
+from adpulse.processor.steps.attribute import attribute_conversions, reattribute
+from adpulse.processor.steps.decode import Decoded, decode
+from adpulse.processor.steps.dedupe import drop_duplicates, flag_late, with_event_ids
+from adpulse.processor.steps.enrich import CAMPAIGN_FIELDS, USER_FIELDS, DimensionLookup, enrich
+from adpulse.processor.steps.validate import validate
+from adpulse.storage.warehouse.base import BatchOutput, Warehouse
+from adpulse.storage.warehouse.schema import (
+    CONVERSION_REATTRIBUTIONS,
+    DEAD_LETTERS,
+    FACT_CLICKS,
+    FACT_CONVERSIONS,
+    FACT_IMPRESSIONS,
+    INGEST_STATS,
+    ROLLUP_MINUTE,
+    conform,
+)
+from adpulse.transport.base import Chunk, Consumer, Transport
+
+log = logging.getLogger(__name__)
+
+STEP_NAMES = ("poll", "decode", "validate", "dedupe", "enrich", "attribute", "aggregate", "commit")
+_FACT_SCHEMA = {
+    Stream.IMPRESSIONS: FACT_IMPRESSIONS,
+    Stream.CLICKS: FACT_CLICKS,
+    Stream.CONVERSIONS: FACT_CONVERSIONS,
+}
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What one committed batch did (for status displays and benchmarks)."""
+
+    batch_id: int
+    received: dict[Stream, int]
+    accepted: dict[Stream, int]
+    rejected: dict[Stream, int]
+    duplicates: dict[Stream, int]
+    late: dict[Stream, int]
+    reattributed: int
+    bytes: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def records(self) -> int:
+        return sum(self.received.values())
+
+
+class Processor:
+    """Consumes the transport's partitions and commits results to the warehouse."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport,
+        warehouse: Warehouse,
+        partitions: Sequence[int] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.warehouse = warehouse
+        self.partitions = list(partitions) if partitions is not None else list(
+            range(transport.partitions)
+        )
+        self.clock = clock
+        self.lateness = timedelta(seconds=settings.allowed_lateness_seconds)
+        self.horizon = timedelta(seconds=settings.dedupe_horizon_seconds)
+        self.lookback = timedelta(seconds=settings.attribution_lookback_seconds)
+        self.consumer: Consumer = transport.consumer()
+        self.offsets: dict[tuple[Stream, int], str | None] = {}
+        self.watermarks = Watermarks(settings.idle_timeout_seconds)
+        self.dedupe = DedupeState()
+        self.clicks = FrameState(CLICK_STATE_COLUMNS)
+        self.open_conversions = FrameState(OPEN_CONVERSION_COLUMNS)
+        self.step_seconds: dict[str, float] = defaultdict(float)
+        self._dims_revision: int | None = None
+        self._campaigns = DimensionLookup.empty(
+            "ad_id", pl.Int64(), {"campaign": pl.String(), "product": pl.String()}
+        )
+        self._users = DimensionLookup.empty(
+            "user_id",
+            pl.String(),
+            {
+                "gender": pl.String(),
+                "age": pl.Int32(),
+                "age_band": pl.String(),
+                "interests": pl.String(),
+            },
+        )
+        self._last_idle_commit = 0.0
+        self.recover()
+
+    # -- recovery ----------------------------------------------------------------------
+    def recover(self) -> None:
+        """Load committed offsets and watermarks and rebuild state from committed facts."""
+        saved = self.warehouse.load_offsets()
+        self.offsets = {
+            (s, p): saved.get((s, p)) for s in Stream for p in self.partitions
+        }
+        marks = {k: v for k, v in self.warehouse.load_watermarks().items() if k[1] in self.partitions}
+        self.watermarks.restore(marks)
+        self.batch_id = self.warehouse.next_batch_id()
+        self._rebuild_dedupe()
+        click_floor = self._floor(Stream.CONVERSIONS, self.lateness + self.lookback)
+        clicks = self.warehouse.load_facts(
+            "fact_clicks", self.partitions, min(click_floor.values(), default=_MIN_TIME),
+            CLICK_STATE_COLUMNS,
+        )
+        self.clicks.replace(_cast_state(clicks, CLICK_STATE_COLUMNS))
+        self.clicks.expire("event_time", self._cutoffs(Stream.CONVERSIONS, self.lateness + self.lookback))
+        conv_floor = self._floor(Stream.CLICKS, self.lateness)
+        convs = self.warehouse.load_facts(
+            "fact_conversions", self.partitions, min(conv_floor.values(), default=_MIN_TIME),
+            OPEN_CONVERSION_COLUMNS,
+        )
+        self.open_conversions.replace(convs)
+        self._close_conversions()
+
+    def _floor(self, stream: Stream, behind: timedelta) -> dict[int, datetime]:
+        return {
+            p: (wm - behind if wm is not None else _MIN_TIME)
+            for p, wm in self.watermarks.cutoff_map(stream, self.partitions, timedelta()).items()
+        }
+
+    def _cutoffs(self, stream: Stream, behind: timedelta) -> dict[int, datetime | None]:
+        return self.watermarks.cutoff_map(stream, self.partitions, behind)
+
+    def _rebuild_dedupe(self) -> None:
+        for stream, table in (
+            (Stream.IMPRESSIONS, "fact_impressions"),
+            (Stream.CLICKS, "fact_clicks"),
+            (Stream.CONVERSIONS, "fact_conversions"),
+        ):
+            cutoffs = self._cutoffs(stream, self.horizon)
+            # Same rule as live: a key lives while its hour >= the cutoff's hour.
+            floors = {
+                p: (datetime(1970, 1, 1) + timedelta(hours=hour_bucket(c)) if c else _MIN_TIME)
+                for p, c in cutoffs.items()
+            }
+            ids = self.warehouse.load_event_ids(table, self.partitions, min(floors.values()))
+            if ids.height == 0:
+                continue
+            hi, lo = key_hashes(ids["event_id"])
+            buckets = hour_buckets(ids["event_time"].cast(pl.Datetime("us")))
+            import numpy as np
+
+            self.dedupe.sets[stream].check_and_add(
+                hi, lo, buckets, np.full(len(buckets), np.iinfo(np.int32).min, np.int32)
+            )
+
+    # -- dimensions ---------------------------------------------------------------------
+    def refresh_dimensions(self) -> None:
+        """Reload the dimension lookups when a dimension file was loaded meanwhile."""
+        revision = self.warehouse.dimension_revision()
+        if revision == self._dims_revision:
+            return
+        campaigns = self.warehouse.dimension("campaigns")
+        users = self.warehouse.dimension("users")
+        if campaigns.height:
+            self._campaigns = DimensionLookup.build(campaigns, "ad_id", CAMPAIGN_FIELDS)
+        if users.height:
+            self._users = DimensionLookup.build(users, "user_id", USER_FIELDS)
+        self._dims_revision = revision
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(
+        self,
+        stop: threading.Event,
+        on_batch: Callable[[BatchReport], None] | None = None,
+        until_caught_up: bool = False,
+    ) -> None:
+        """Process until ``stop`` is set (or, with ``until_caught_up``, the log is drained)."""
+        while not stop.is_set():
+            report = self.run_once()
+            if report is not None:
+                if on_batch is not None:
+                    on_batch(report)
+                continue
+            if until_caught_up:
+                return
+            stop.wait(self.settings.batch_interval_seconds)
+
+    def lag_bytes(self) -> int:
+        return sum(
+            self.consumer.lag_bytes(s, p, self.offsets[(s, p)])
+            for s in Stream
+            for p in self.partitions
+        )
+
+    def run_once(self) -> BatchReport | None:
+        """Poll once; process and commit a batch if there is data. None when idle."""
+        t0 = time.perf_counter()
+        self.refresh_dimensions()
+        budget = max(1024, self.settings.batch_max_bytes // (len(Stream) * len(self.partitions)))
+        chunks: dict[Stream, list[Chunk]] = {s: [] for s in Stream}
+        for stream in Stream:
+            for p in self.partitions:
+                chunk = self.consumer.poll(stream, p, self.offsets[(stream, p)], budget)
+                if chunk is not None and chunk.records:
+                    chunks[stream].append(chunk)
+        self.step_seconds["poll"] += time.perf_counter() - t0
+        if not any(chunks.values()):
+            self._idle_tick()
+            return None
+        return self.process(chunks)
+
+    def _idle_tick(self) -> None:
+        if not self.watermarks.advance_idle(set()):
+            return
+        self._close_conversions()
+        now = time.monotonic()
+        if now - self._last_idle_commit < 1.0:
+            return
+        self._last_idle_commit = now
+        output = BatchOutput(
+            batch_id=self.batch_id,
+            impressions=pl.DataFrame(schema=FACT_IMPRESSIONS),
+            clicks=pl.DataFrame(schema=FACT_CLICKS),
+            conversions=pl.DataFrame(schema=FACT_CONVERSIONS),
+            reattributions=pl.DataFrame(schema=CONVERSION_REATTRIBUTIONS),
+            rollups=pl.DataFrame(schema=ROLLUP_MINUTE),
+            dead_letters=pl.DataFrame(schema=DEAD_LETTERS),
+            stats=pl.DataFrame(schema=INGEST_STATS),
+            watermarks=self.watermarks.snapshot(),
+        )
+        self.warehouse.commit(output)
+
+    def process(self, chunks: dict[Stream, list[Chunk]]) -> BatchReport:
+        """Run every step over one batch of chunks and commit it."""
+        timer = _StepTimer(self.step_seconds)
+        now = self.clock()
+        processed_at = now.replace(tzinfo=None)
+        max_future = timedelta(seconds=self.settings.max_future_seconds)
+        facts: dict[Stream, pl.DataFrame] = {}
+        dead: list[pl.DataFrame] = []
+        stats: list[pl.DataFrame] = []
+        active: set[tuple[Stream, int]] = set()
+        report = BatchReport(self.batch_id, {}, {}, {}, {}, {}, 0, 0)
+
+        for stream in Stream:
+            with timer("decode"):
+                decoded = decode(stream, chunks[stream])
+            with timer("validate"):
+                valid = validate(decoded, now, max_future)
+                rows = valid.rows
+            with timer("dedupe"):
+                start_wms = {p: self.watermarks.get(stream, p) for p in self.partitions}
+                rows = with_event_ids(rows, stream)
+                rows = flag_late(rows, start_wms, self.lateness)
+                if rows.height:
+                    maxes = rows.group_by("partition").agg(pl.col("event_time").max())
+                    for p, t in maxes.iter_rows():
+                        self.watermarks.observe(stream, p, t)
+                rows, dups = drop_duplicates(
+                    rows, stream, self.dedupe, self._cutoffs(stream, self.horizon)
+                )
+            with timer("enrich"):
+                rows = enrich(rows, self._campaigns, self._users)
+            facts[stream] = rows
+            for c in decoded.chunks:
+                active.add((stream, c.partition))
+                self.offsets[(stream, c.partition)] = c.end_offset
+                report.bytes += len(c.data)
+            dead.append(_dead_letters(decoded, processed_at))
+            stats.append(_stats(self.batch_id, decoded, valid.rows, rows, dups, processed_at))
+            report.received[stream] = decoded.received
+            report.rejected[stream] = len(decoded.rejects)
+            report.accepted[stream] = decoded.received - len(decoded.rejects)
+            report.duplicates[stream] = int(dups["duplicates"].sum()) if dups.height else 0
+            report.late[stream] = int(rows["is_late"].sum()) if rows.height else 0
+
+        with timer("attribute"):
+            clicks = facts[Stream.CLICKS]
+            self.clicks.add(clicks)
+            old, new = reattribute(clicks, self.open_conversions, self.lookback)
+            conversions = attribute_conversions(facts[Stream.CONVERSIONS], self.clicks, self.lookback)
+            facts[Stream.CONVERSIONS] = conversions
+            self.open_conversions.add(conversions)
+            report.reattributed = old.height
+        with timer("aggregate"):
+            rollups = aggregate.combine(
+                [
+                    aggregate.engagement_rollup(facts[Stream.IMPRESSIONS], "impressions"),
+                    aggregate.engagement_rollup(clicks, "clicks"),
+                    aggregate.conversion_rollup(conversions),
+                    aggregate.conversion_rollup(old, sign=-1),
+                    aggregate.conversion_rollup(new, sign=1),
+                ]
+            )
+            output = BatchOutput(
+                batch_id=self.batch_id,
+                impressions=_facts(facts[Stream.IMPRESSIONS], Stream.IMPRESSIONS, processed_at),
+                clicks=_facts(clicks, Stream.CLICKS, processed_at),
+                conversions=_facts(conversions, Stream.CONVERSIONS, processed_at),
+                reattributions=conform(new, CONVERSION_REATTRIBUTIONS)
+                if new.height
+                else pl.DataFrame(schema=CONVERSION_REATTRIBUTIONS),
+                rollups=rollups,
+                dead_letters=pl.concat(dead),
+                stats=pl.concat(stats),
+                offsets={k: v for k, v in self.offsets.items() if v is not None},
+                watermarks=self.watermarks.snapshot(),
+            )
+        with timer("commit"):
+            self.warehouse.commit(output)
+            for stream in Stream:
+                for c in chunks[stream]:
+                    self.consumer.ack(stream, c.partition, c.end_offset)
+        self.watermarks.advance_idle(active)
+        self._expire_state()
+        self.batch_id += 1
+        report.seconds = dict(timer.spent)
+        return report
+
+    def _close_conversions(self) -> None:
+        """Forget conversions that no click within the allowed lateness can precede."""
+        self.open_conversions.expire("event_time", self._cutoffs(Stream.CLICKS, self.lateness))
+
+    def _expire_state(self) -> None:
+        self._close_conversions()
+        self.clicks.expire(
+            "event_time", self._cutoffs(Stream.CONVERSIONS, self.lateness + self.lookback)
+        )
+
+
+_MIN_TIME = datetime(1970, 1, 1)
+
+
+class _StepTimer:
+    def __init__(self, totals: dict[str, float]) -> None:
+        self.totals = totals
+        self.spent: dict[str, float] = defaultdict(float)
+
+    def __call__(self, name: str) -> _StepTimer:
+        self._name = name
+        return self
+
+    def __enter__(self) -> None:
+        self._t = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        dt = time.perf_counter() - self._t
+        self.spent[self._name] += dt
+        self.totals[self._name] += dt
+
+
+def _cast_state(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+    return frame.select(columns) if frame.height else frame
+
+
+def _facts(rows: pl.DataFrame, stream: Stream, processed_at: datetime) -> pl.DataFrame:
+    schema = _FACT_SCHEMA[stream]
+    if rows.height == 0:
+        return pl.DataFrame(schema=schema)
+    return conform(rows.with_columns(processed_at=pl.lit(processed_at)), schema)
+
+
+def _dead_letters(decoded: Decoded, received_at: datetime) -> pl.DataFrame:
+    if not decoded.rejects:
+        return pl.DataFrame(schema=DEAD_LETTERS)
+    records = []
+    for r in decoded.rejects:
+        chunk, index = decoded.locate(r.row)
+        records.append(
+            {
+                "stream": decoded.stream.value,
+                "partition": chunk.partition,
+                "source_offset": chunk.start_offset or "",
+                "record_index": index,
+                "reason": r.reason.value,
+                "detail": r.detail[:500],
+                "payload": r.payload,
+                "received_at": received_at,
+            }
+        )
+    return pl.DataFrame(records, schema=DEAD_LETTERS)
+
+
+def _stats(
+    batch_id: int,
+    decoded: Decoded,
+    valid: pl.DataFrame,
+    unique: pl.DataFrame,
+    dups: pl.DataFrame,
+    committed_at: datetime,
+) -> pl.DataFrame:
+    received = pl.DataFrame(
+        {
+            "partition": [c.partition for c in decoded.chunks],
+            "received": [c.records for c in decoded.chunks],
+        },
+        schema={"partition": pl.Int32, "received": pl.Int64},
+    ).group_by("partition").agg(pl.col("received").sum())
+    if received.height == 0:
+        return pl.DataFrame(schema=INGEST_STATS)
+    rejected: dict[int, int] = defaultdict(int)
+    for r in decoded.rejects:
+        rejected[decoded.locate(r.row)[0].partition] += 1
+    per = (
+        unique.group_by("partition").agg(
+            late=pl.col("is_late").sum().cast(pl.Int64),
+            unknown_ad=pl.col("campaign").is_null().sum().cast(pl.Int64),
+            unknown_user=pl.col("gender").is_null().sum().cast(pl.Int64),
+            min_event_time=pl.col("event_time").min(),
+            max_event_time=pl.col("event_time").max(),
+        )
+        if unique.height
+        else pl.DataFrame(schema={"partition": pl.Int32})
+    )
+    frame = (
+        received.with_columns(
+            rejected=pl.col("partition").replace_strict(
+                dict(rejected), default=0, return_dtype=pl.Int64
+            )
+        )
+        .with_columns(accepted=pl.col("received") - pl.col("rejected"))
+        .join(dups.with_columns(pl.col("partition").cast(pl.Int32)), on="partition", how="left")
+        .join(per, on="partition", how="left")
+        .with_columns(
+            batch_id=pl.lit(batch_id),
+            stream=pl.lit(decoded.stream.value),
+            committed_at=pl.lit(committed_at),
+            duplicates=pl.col("duplicates").fill_null(0),
+        )
+    )
+    del valid
+    return conform(frame, INGEST_STATS).with_columns(
+        pl.col(c).fill_null(0) for c in ("duplicates", "late", "unknown_ad", "unknown_user")
+    )

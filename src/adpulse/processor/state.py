@@ -1,0 +1,208 @@
+"""The processor's keyed state, each part bounded by its horizon.
+
+- :class:`Watermarks`: per stream and partition, the newest event time seen and the
+  watermark (which also follows the wall clock once a stream has been idle).
+- :class:`DedupeState`: event keys per stream, kept for the dedupe horizon.
+- :class:`ClickState`: clicks kept for the attribution lookback (plus allowed lateness).
+- :class:`OpenConversions`: conversions whose attribution may still change, because a
+  click at or before them can still arrive within the allowed lateness.
+
+State is never serialized: after a restart it is rebuilt from the committed facts with
+the same retention rules (:meth:`Processor.recover`), so it is committed atomically with
+the outputs by construction.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from adpulse.contracts import Stream
+from adpulse.processor.id_set import IdSet
+from adpulse.storage.warehouse.base import PartitionWatermark
+
+EPOCH = datetime(1970, 1, 1)
+_HOUR_US = 3_600_000_000
+
+
+def hour_bucket(ts: datetime) -> int:
+    return int((ts - EPOCH) // timedelta(hours=1))
+
+
+@dataclass(slots=True)
+class _Clock:
+    watermark: datetime
+    max_event_time: datetime
+    last_event_wall: float
+
+
+class Watermarks:
+    """Watermark per (stream, partition); ``None`` until the first event."""
+
+    def __init__(self, idle_timeout: float) -> None:
+        self.idle_timeout = idle_timeout
+        self._clocks: dict[tuple[Stream, int], _Clock] = {}
+
+    def restore(self, saved: dict[tuple[Stream, int], PartitionWatermark]) -> None:
+        now = time.monotonic()
+        for key, wm in saved.items():
+            self._clocks[key] = _Clock(wm.watermark, wm.max_event_time, now)
+
+    def get(self, stream: Stream, partition: int) -> datetime | None:
+        clock = self._clocks.get((stream, partition))
+        return clock.watermark if clock else None
+
+    def observe(self, stream: Stream, partition: int, max_event_time: datetime) -> None:
+        key = (stream, partition)
+        clock = self._clocks.get(key)
+        now = time.monotonic()
+        if clock is None:
+            self._clocks[key] = _Clock(max_event_time, max_event_time, now)
+            return
+        if max_event_time > clock.max_event_time:
+            clock.max_event_time = max_event_time
+        if max_event_time > clock.watermark:
+            clock.watermark = max_event_time
+        clock.last_event_wall = now
+
+    def advance_idle(self, active: set[tuple[Stream, int]]) -> bool:
+        """Let idle streams' watermarks follow the wall clock; True if any moved."""
+        now = time.monotonic()
+        moved = False
+        for key, clock in self._clocks.items():
+            if key in active:
+                continue
+            idle = now - clock.last_event_wall
+            if idle <= self.idle_timeout:
+                continue
+            candidate = clock.max_event_time + timedelta(seconds=idle - self.idle_timeout)
+            # Whole seconds only, so an idle tick does not rewrite the row every poll.
+            candidate = candidate.replace(microsecond=0)
+            if candidate > clock.watermark:
+                clock.watermark = candidate
+                moved = True
+        return moved
+
+    def snapshot(self) -> dict[tuple[Stream, int], PartitionWatermark]:
+        return {k: PartitionWatermark(c.watermark, c.max_event_time) for k, c in self._clocks.items()}
+
+    def cutoff_map(
+        self, stream: Stream, partitions: list[int], behind: timedelta
+    ) -> dict[int, datetime | None]:
+        out: dict[int, datetime | None] = {}
+        for p in partitions:
+            wm = self.get(stream, p)
+            out[p] = wm - behind if wm is not None else None
+        return out
+
+
+class DedupeState:
+    """Keys of events seen within the dedupe horizon, per stream.
+
+    A key counts as seen while its event-time hour is not older than the hour of
+    (watermark - horizon) of its partition.
+    """
+
+    def __init__(self) -> None:
+        self.sets: dict[Stream, IdSet] = {s: IdSet() for s in Stream}
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.sets.values())
+
+
+def key_hashes(event_ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent 64-bit hashes of each id: a 128-bit in-memory key.
+
+    Polars' hash is only stable within one version, which is enough: the set is rebuilt
+    from the stored ids after every restart.
+    """
+    frame = pl.DataFrame({"id": event_ids}).select(
+        hi=pl.col("id").hash(0x5EED_0001), lo=pl.col("id").hash(0x5EED_0002)
+    )
+    return frame["hi"].to_numpy(), frame["lo"].to_numpy()
+
+
+def hour_buckets(times: pl.Series) -> np.ndarray:
+    return (times.dt.epoch("us") // _HOUR_US).cast(pl.Int32).to_numpy()
+
+
+CLICK_STATE_COLUMNS = (
+    "user_id",
+    "ad_id",
+    "event_time",
+    "event_id",
+    "platform",
+    "location",
+    "partition",
+)
+
+OPEN_CONVERSION_COLUMNS = (
+    "event_id",
+    "user_id",
+    "ad_id",
+    "event_time",
+    "revenue",
+    "campaign",
+    "gender",
+    "age_band",
+    "interests",
+    "click_event_id",
+    "click_time",
+    "latency_seconds",
+    "platform",
+    "location",
+    "partition",
+)
+
+
+class FrameState:
+    """Rows kept in a list of frames, dropped by an event-time cutoff per partition."""
+
+    def __init__(self, columns: tuple[str, ...]) -> None:
+        self.columns = columns
+        self._parts: list[pl.DataFrame] = []
+        self._frame: pl.DataFrame | None = None
+
+    def __len__(self) -> int:
+        return sum(p.height for p in self._parts)
+
+    def add(self, rows: pl.DataFrame) -> None:
+        if rows.height:
+            self._parts.append(rows.select(self.columns))
+            self._frame = None
+
+    def replace(self, frame: pl.DataFrame) -> None:
+        self._parts = [frame.select(self.columns)] if frame.height else []
+        self._frame = None
+
+    def frame(self) -> pl.DataFrame | None:
+        if not self._parts:
+            return None
+        if self._frame is None:
+            self._frame = pl.concat(self._parts, rechunk=True)
+            self._parts = [self._frame]
+        return self._frame
+
+    def expire(self, time_column: str, cutoffs: dict[int, datetime | None]) -> None:
+        """Drop rows older than their partition's cutoff (no cutoff: keep)."""
+        frame = self.frame()
+        if frame is None:
+            return
+        known = {p: c for p, c in cutoffs.items() if c is not None}
+        if not known:
+            return
+        cut = pl.DataFrame(
+            {"partition": list(known), "_cutoff": list(known.values())},
+            schema={"partition": pl.Int32, "_cutoff": pl.Datetime("us")},
+        )
+        kept = (
+            frame.join(cut, on="partition", how="left")
+            .filter(pl.col("_cutoff").is_null() | (pl.col(time_column) >= pl.col("_cutoff")))
+            .drop("_cutoff")
+        )
+        if kept.height != frame.height:
+            self.replace(kept)

@@ -1,0 +1,99 @@
+"""Step 3, dedupe: give every event its id, flag lateness, drop repeats within the horizon.
+
+- ``event_id`` is the producer's when present; otherwise it is derived from the
+  record's canonical content (stream, ad, user, event time, other fields), so a re-sent
+  record without an id is recognised too. Derived ids start with ``d:``.
+- Lateness: an event is late when its time is more than the allowed lateness behind the
+  watermark of its stream and partition at its arrival (the running maximum of event
+  times, in arrival order). Late events are kept and counted, only flagged.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import polars as pl
+import polars_hash as plh
+
+from adpulse.contracts import Stream
+from adpulse.processor.state import DedupeState, hour_bucket, hour_buckets, key_hashes
+
+_CANONICAL_FIELDS = {
+    Stream.IMPRESSIONS: ("ad_id", "user_id", "platform", "location"),
+    Stream.CLICKS: ("ad_id", "user_id", "platform", "location"),
+    Stream.CONVERSIONS: ("ad_id", "user_id", "product_id", "revenue"),
+}
+
+
+def with_event_ids(rows: pl.DataFrame, stream: Stream) -> pl.DataFrame:
+    """Fill missing ``event_id`` with an id derived from the canonical content."""
+    if rows["event_id"].null_count() == 0:
+        return rows
+    canonical = pl.concat_str(
+        [pl.lit(stream.value), pl.col("event_time").dt.epoch("us").cast(pl.String)]
+        + [pl.col(f).cast(pl.String) for f in _CANONICAL_FIELDS[stream]],
+        separator="|",
+    )
+    derived = pl.lit("d:") + plh.col("_canonical").chash.sha2_256().str.slice(0, 32)
+    return (
+        rows.with_columns(_canonical=canonical)
+        .with_columns(event_id=pl.coalesce(pl.col("event_id"), derived))
+        .drop("_canonical")
+    )
+
+
+def flag_late(
+    rows: pl.DataFrame, watermarks: dict[int, datetime | None], lateness: timedelta
+) -> pl.DataFrame:
+    """Add ``is_late`` using the running watermark per partition, in arrival order."""
+    start = pl.DataFrame(
+        {"partition": list(watermarks), "_wm0": list(watermarks.values())},
+        schema={"partition": pl.Int32, "_wm0": pl.Datetime("us")},
+    )
+    prior = pl.col("event_time").cum_max().shift(1).over("partition")
+    return (
+        rows.join(start, on="partition", how="left", maintain_order="left")
+        .with_columns(_wm=pl.max_horizontal(prior, pl.col("_wm0")))
+        .with_columns(
+            is_late=(pl.col("event_time") < pl.col("_wm") - lateness).fill_null(False)
+        )
+        .drop("_wm0", "_wm")
+    )
+
+
+def drop_duplicates(
+    rows: pl.DataFrame,
+    stream: Stream,
+    state: DedupeState,
+    cutoffs: dict[int, datetime | None],
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Return (unique rows, duplicate counts per partition) and remember the new keys."""
+    if rows.height == 0:
+        return rows, pl.DataFrame(schema={"partition": pl.Int32, "duplicates": pl.UInt32})
+    first = rows["event_id"].is_first_distinct()
+    unique = rows.filter(first) if not first.all() else rows
+    hi, lo = key_hashes(unique["event_id"])
+    buckets = hour_buckets(unique["event_time"])
+    floor = {p: (hour_bucket(c) if c is not None else -(2**31)) for p, c in cutoffs.items()}
+    cutoff = (
+        unique.select(
+            pl.col("partition").replace_strict(floor, default=-(2**31), return_dtype=pl.Int32)
+        )
+        .to_series()
+        .to_numpy()
+    )
+    seen = state.sets[stream].check_and_add(hi, lo, buckets, cutoff)
+    if seen.any():
+        unique = unique.filter(pl.Series(~seen))
+    kept = unique.height
+    duplicates = (
+        rows.group_by("partition")
+        .len("received")
+        .join(unique.group_by("partition").len("kept"), on="partition", how="left")
+        .select(
+            "partition",
+            duplicates=(pl.col("received") - pl.col("kept").fill_null(0)).cast(pl.UInt32),
+        )
+    )
+    del kept
+    return unique, duplicates

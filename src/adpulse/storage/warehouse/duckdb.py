@@ -1,0 +1,182 @@
+"""The embedded warehouse: one DuckDB file, nothing to install.
+
+Everything DuckDB-specific is here: type names, the connection and its cursors, zero-copy
+staging of Polars frames (``register`` of Arrow data, then ``INSERT ... SELECT``), and
+turning DuckDB's file-lock error into one a user can act on. The statements themselves
+are the portable ones of :mod:`.sql`.
+
+Threads: one writer connection, used under a lock by whoever commits (the processor);
+every read opens its own cursor, so a dashboard thread reads committed data while the
+processor commits, in the same process. Processes: DuckDB lets only one process open a
+file (even read-only, while a writer holds it); a second one gets
+:class:`WarehouseLockedError`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import duckdb
+import polars as pl
+
+from adpulse.storage.warehouse.sql import Dialect, SqlWarehouse
+
+DUCKDB: Final = Dialect(
+    name="duckdb",
+    type_names={
+        pl.String: "VARCHAR",
+        pl.Int64: "BIGINT",
+        pl.Int32: "INTEGER",
+        pl.Datetime: "TIMESTAMP",
+        pl.Date: "DATE",
+        pl.Float64: "DOUBLE",
+        pl.Boolean: "BOOLEAN",
+        pl.Binary: "BLOB",
+    },
+)
+
+_PID: Final = re.compile(r"PID (\d+)")
+
+
+class WarehouseUnavailableError(RuntimeError):
+    """The warehouse file cannot be opened (or written) as asked; the message says why."""
+
+
+class WarehouseLockedError(WarehouseUnavailableError):
+    """Another process holds the DuckDB file."""
+
+
+class DuckDBWarehouse(SqlWarehouse):
+    """A warehouse in one DuckDB file at ``path``.
+
+    ``read_only=True`` opens an existing file without write access (``commit`` and
+    ``load_dimension`` then raise). Use as a context manager or call :meth:`close`.
+    """
+
+    dialect = "duckdb"
+    sql_dialect = DUCKDB
+
+    def __init__(self, path: Path, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise WarehouseUnavailableError(
+                f"no warehouse at {self.path}: run the pipeline once to create it,"
+                " or point warehouse_url (ADPULSE_WAREHOUSE_URL) at an existing file"
+            )
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._root = _connect(self.path, read_only)
+        # The root connection only hands out cursors: the writer is one of them, and
+        # each read gets its own, so no connection object is shared between threads.
+        self._writer = self._root.cursor()
+        self._write_lock = threading.Lock()
+        self._cursor_lock = threading.Lock()
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def create_schema(self) -> None:
+        if self.read_only:
+            return  # nothing to create, and no right to; reads fail clearly if tables lack
+        super().create_schema()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.close()
+        self._root.close()
+
+    def __enter__(self) -> DuckDBWarehouse:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- reads -------------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+        """Run one read-only statement (``SELECT``/``WITH``) on a cursor of its own."""
+        statements = self._root.extract_statements(sql)
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise ValueError("query() runs exactly one SELECT statement")
+        return self._read(sql, params)
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor on this database for one thread's own use (close it when done)."""
+        with self._cursor_lock:
+            return self._root.cursor()
+
+    # -- SqlWarehouse primitives -----------------------------------------------------------
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        if self.read_only:
+            raise WarehouseUnavailableError(
+                f"warehouse {self.path} is open read-only; open it without read_only to write"
+            )
+        with self._write_lock:
+            self._writer.execute("BEGIN TRANSACTION")
+            try:
+                yield
+                self._writer.execute("COMMIT")
+            except BaseException:
+                # After a failed statement or COMMIT DuckDB needs an explicit ROLLBACK
+                # before the connection is usable again.
+                try:
+                    self._writer.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass  # nothing left open to roll back
+                raise
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._writer.execute(sql, list(params) if params else None)
+
+    @contextmanager
+    def _stage(self, name: str, frame: pl.DataFrame) -> Iterator[None]:
+        # register() scans the frame's Arrow buffers in place: no copy, no row loop.
+        self._writer.register(name, frame)
+        try:
+            yield
+        finally:
+            self._writer.unregister(name)
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+        return self._writer.sql(sql, params=list(params) if params else None).pl()
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+        cursor = self.cursor()
+        try:
+            return cursor.sql(sql, params=list(params) if params else None).pl()
+        finally:
+            cursor.close()
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():
+            raise WarehouseUnavailableError(f"cannot open warehouse {path}: {exc}") from exc
+        pid = _PID.search(str(exc))
+        holder = f"process {pid.group(1)}" if pid else "another process"
+        raise WarehouseLockedError(
+            f"warehouse {path} is in use by {holder}. A DuckDB file can be opened by one"
+            " process at a time: stop the other adpulse process (e.g. `adpulse run`), or"
+            " query through it (its HTTP API / dashboard) instead of opening the file."
+        ) from exc
+    except duckdb.ConnectionException as exc:
+        # Same file already open in this process with another read_only setting.
+        raise WarehouseUnavailableError(
+            f"warehouse {path} is already open in this process with a different mode"
+            f" (read_only={not read_only}); reuse that warehouse object instead: {exc}"
+        ) from exc

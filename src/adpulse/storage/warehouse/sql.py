@@ -1,0 +1,361 @@
+"""What every SQL warehouse shares: DDL from :mod:`.schema`, portable statements, and the
+commit / dimension-load / state-rebuild logic written once against a few primitives.
+
+A backend (DuckDB now, PostgreSQL later) subclasses :class:`SqlWarehouse`, states its
+:class:`Dialect` (type names) and implements the primitives: run a statement, stage a
+Polars frame under a name for the current transaction, read a frame, open a transaction.
+The statements here stay in the Redshift-compatible subset (no ``ON CONFLICT``, no
+arrays, ``?`` placeholders that a backend may translate), so backends differ only in the
+primitives and the type names.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import polars as pl
+
+from adpulse.contracts import Stream
+from adpulse.storage.dimensions import DIMENSIONS, scd2_changes, utc_naive
+from adpulse.storage.warehouse import schema
+from adpulse.storage.warehouse.base import (
+    BatchOutput,
+    DimensionKind,
+    DimensionLoadResult,
+    PartitionWatermark,
+    Warehouse,
+)
+
+#: Small key/value table for warehouse bookkeeping (the dimension revision). It is a
+#: storage detail, not part of the processor's contract, so it lives here, not in schema.
+META: Final = {"key": pl.String(), "value": pl.Int64()}
+META_TABLE: Final = "meta"
+DIMENSION_REVISION_KEY: Final = "dimension_revision"
+
+#: Every table the SQL warehouses create, with its primary key (empty: none). Fact and
+#: rollup tables have none on purpose: the processor dedupes, and an index would slow
+#: the append-only hot path.
+TABLES: Final[dict[str, dict[str, pl.DataType]]] = {**schema.ALL_TABLES, META_TABLE: META}
+PRIMARY_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "checkpoints": ("stream", "partition"),
+    "watermarks": ("stream", "partition"),
+    META_TABLE: ("key",),
+}
+
+
+class SchemaMismatchError(ValueError):
+    """A frame handed to the warehouse does not follow :mod:`.schema` exactly."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """How one database spells the column types of :mod:`.schema`."""
+
+    name: str
+    #: Type name by Polars base type; Decimal is spelled ``DECIMAL(p,s)`` everywhere.
+    type_names: Mapping[type[pl.DataType], str]
+
+    def column_type(self, dtype: pl.DataType) -> str:
+        if isinstance(dtype, pl.Decimal):
+            return f"DECIMAL({dtype.precision},{dtype.scale})"
+        try:
+            return self.type_names[dtype.base_type()]
+        except KeyError:
+            raise TypeError(f"{self.name}: no column type for Polars {dtype}") from None
+
+    def create_table(self, table: str, columns: Mapping[str, pl.DataType]) -> str:
+        """``CREATE TABLE IF NOT EXISTS`` for ``table`` with its primary key, if any."""
+        parts = [f"{quote(name)} {self.column_type(dtype)}" for name, dtype in columns.items()]
+        key = PRIMARY_KEYS.get(table)
+        if key:
+            parts.append(f"PRIMARY KEY ({column_list(key)})")
+        return f"CREATE TABLE IF NOT EXISTS {quote(table)} ({', '.join(parts)})"
+
+
+# --- portable statement builders -------------------------------------------------------
+def quote(name: str) -> str:
+    """Quote an identifier; several of ours (``offset``, ``partition``) are keywords."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def column_list(columns: Sequence[str]) -> str:
+    return ", ".join(quote(c) for c in columns)
+
+
+def insert_from(table: str, columns: Sequence[str], source: str) -> str:
+    cols = column_list(columns)
+    return f"INSERT INTO {quote(table)} ({cols}) SELECT {cols} FROM {quote(source)}"
+
+
+def delete_matching(table: str, key: Sequence[str], source: str) -> str:
+    """Delete the rows of ``table`` whose key appears in ``source`` (upsert, part one).
+
+    DELETE + INSERT in one transaction is the upsert every target supports (Redshift has
+    no ``ON CONFLICT``).
+    """
+    match = " AND ".join(f"{quote(table)}.{quote(c)} = {quote(source)}.{quote(c)}" for c in key)
+    return f"DELETE FROM {quote(table)} USING {quote(source)} WHERE {match}"
+
+
+def reattribute(source: str) -> str:
+    """Move committed conversions to the attribution given in ``source`` (by event_id)."""
+    columns = [c for c in schema.CONVERSION_REATTRIBUTIONS if c != "event_id"]
+    sets = ", ".join(f"{quote(c)} = {quote(source)}.{quote(c)}" for c in columns)
+    return (
+        f"UPDATE fact_conversions SET {sets} FROM {quote(source)}"
+        f" WHERE fact_conversions.event_id = {quote(source)}.event_id"
+    )
+
+
+def close_versions(table: str, key: str, source: str) -> str:
+    """Close (set valid_to = ?) the current version of every key listed in ``source``."""
+    return (
+        f"UPDATE {quote(table)} SET valid_to = ? WHERE valid_to IS NULL"
+        f" AND {quote(key)} IN (SELECT {quote(key)} FROM {quote(source)})"
+    )
+
+
+def check_frame(table: str, frame: pl.DataFrame, expected: Mapping[str, pl.DataType]) -> None:
+    """Raise :class:`SchemaMismatchError` unless ``frame`` has exactly ``expected``'s columns.
+
+    Inserts select columns by name, but a wrong type would be cast silently (or fail deep
+    inside the database), so the contract is checked up front, before any write.
+    """
+    actual = dict(frame.schema)
+    if list(actual) == list(expected) and all(actual[c] == expected[c] for c in expected):
+        return
+    missing = [c for c in expected if c not in actual]
+    extra = [c for c in actual if c not in expected]
+    wrong = [
+        f"{c}: {actual[c]} (expected {expected[c]})"
+        for c in expected
+        if c in actual and actual[c] != expected[c]
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {missing}")
+    if extra:
+        problems.append(f"unexpected {extra}")
+    if wrong:
+        problems.append("wrong types " + "; ".join(wrong))
+    if not problems:
+        problems.append(f"column order {list(actual)}, expected {list(expected)}")
+    raise SchemaMismatchError(
+        f"frame for table {table!r} does not match schema.py: {', '.join(problems)}."
+        " Build it with adpulse.storage.warehouse.schema.conform(frame, <SCHEMA>)."
+    )
+
+
+def now_utc() -> datetime:
+    """The current time as the warehouse stores it: UTC, naive, microseconds."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+# --- the shared warehouse --------------------------------------------------------------
+class SqlWarehouse(Warehouse):
+    """A :class:`Warehouse` over SQL, written once against five primitives.
+
+    Subclasses set :attr:`sql_dialect` and implement :meth:`_transaction`,
+    :meth:`_execute`, :meth:`_stage`, :meth:`_fetch` (inside the open transaction)
+    and :meth:`_read` (on a fresh connection/cursor, from any thread).
+    """
+
+    sql_dialect: Dialect
+
+    # -- primitives ------------------------------------------------------------------------
+    @abstractmethod
+    def _transaction(self) -> AbstractContextManager[None]:
+        """Open a transaction on the writer connection; commit on exit, roll back on error."""
+
+    @abstractmethod
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement on the writer connection (inside the open transaction)."""
+
+    @abstractmethod
+    def _stage(self, name: str, frame: pl.DataFrame) -> AbstractContextManager[None]:
+        """Make ``frame`` readable as table ``name`` by the writer until the block exits."""
+
+    @abstractmethod
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+        """Read on the writer connection, seeing the open transaction's own writes."""
+
+    @abstractmethod
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+        """Read committed data on a connection of its own (safe from any thread)."""
+
+    # -- schema -----------------------------------------------------------------------------
+    def create_schema(self) -> None:
+        with self._transaction():
+            for table, columns in TABLES.items():
+                self._execute(self.sql_dialect.create_table(table, columns))
+
+    # -- the processor's commit -------------------------------------------------------------
+    def commit(self, output: BatchOutput) -> None:
+        appends = (
+            ("fact_impressions", output.impressions, schema.FACT_IMPRESSIONS),
+            ("fact_clicks", output.clicks, schema.FACT_CLICKS),
+            ("fact_conversions", output.conversions, schema.FACT_CONVERSIONS),
+            ("rollup_minute", output.rollups, schema.ROLLUP_MINUTE),
+            ("dead_letters", output.dead_letters, schema.DEAD_LETTERS),
+            ("ingest_stats", output.stats, schema.INGEST_STATS),
+        )
+        reattributions = output.reattributions
+        # Check every frame before the first write: a contract error then costs nothing.
+        for table, frame, columns in appends:
+            if frame.height:
+                check_frame(table, frame, columns)
+        if reattributions.height:
+            check_frame("reattributions", reattributions, schema.CONVERSION_REATTRIBUTIONS)
+        updated_at = now_utc()
+        with self._transaction():
+            for table, frame, columns in appends[:3]:
+                self._append(table, frame, columns)
+            if reattributions.height:
+                with self._stage("staged_reattributions", reattributions):
+                    self._execute(reattribute("staged_reattributions"))
+            for table, frame, columns in appends[3:]:
+                self._append(table, frame, columns)
+            if output.offsets:
+                self._upsert("checkpoints", _offsets_frame(output.offsets, updated_at))
+            if output.watermarks:
+                self._upsert("watermarks", _watermarks_frame(output.watermarks, updated_at))
+
+    def _append(self, table: str, frame: pl.DataFrame, columns: Mapping[str, pl.DataType]) -> None:
+        if frame.height == 0:
+            return
+        source = f"staged_{table}"
+        with self._stage(source, frame):
+            self._execute(insert_from(table, list(columns), source))
+
+    def _upsert(self, table: str, frame: pl.DataFrame) -> None:
+        source = f"staged_{table}"
+        with self._stage(source, frame):
+            self._execute(delete_matching(table, PRIMARY_KEYS[table], source))
+            self._execute(insert_from(table, frame.columns, source))
+
+    def load_offsets(self) -> dict[tuple[Stream, int], str]:
+        rows = self._read('SELECT stream, "partition", "offset" FROM checkpoints')
+        return {(Stream(s), p): o for s, p, o in rows.iter_rows()}
+
+    def load_watermarks(self) -> dict[tuple[Stream, int], PartitionWatermark]:
+        rows = self._read('SELECT stream, "partition", watermark, max_event_time FROM watermarks')
+        return {(Stream(s), p): PartitionWatermark(w, m) for s, p, w, m in rows.iter_rows()}
+
+    def next_batch_id(self) -> int:
+        rows = self._read("SELECT MAX(batch_id) AS last FROM ingest_stats")
+        last = rows.item()
+        return 1 if last is None else int(last) + 1
+
+    # -- state rebuild ------------------------------------------------------------------------
+    def load_event_ids(
+        self, table: str, partitions: Sequence[int], since: datetime
+    ) -> pl.DataFrame:
+        return self.load_facts(table, partitions, since, ("event_id", "event_time", "partition"))
+
+    def load_facts(
+        self, table: str, partitions: Sequence[int], since: datetime, columns: Sequence[str]
+    ) -> pl.DataFrame:
+        # Table and column names are interpolated, so only schema names get through.
+        if table not in schema.FACT_TABLES:
+            raise ValueError(f"unknown fact table {table!r}; one of {list(schema.FACT_TABLES)}")
+        table_schema = schema.FACT_TABLES[table]
+        unknown = [c for c in columns if c not in table_schema]
+        if unknown:
+            raise ValueError(f"table {table!r} has no columns {unknown}")
+        if not partitions:
+            return schema.empty({c: table_schema[c] for c in columns})
+        marks = ", ".join("?" for _ in partitions)
+        sql = (
+            f"SELECT {column_list(columns)} FROM {quote(table)}"
+            f' WHERE "partition" IN ({marks}) AND event_time >= ?'
+        )
+        return self._read(sql, [*(int(p) for p in partitions), utc_naive(since)])
+
+    # -- dimensions ---------------------------------------------------------------------------
+    def load_dimension(
+        self, kind: DimensionKind, rows: pl.DataFrame, effective_from: datetime
+    ) -> DimensionLoadResult:
+        spec = DIMENSIONS[kind]
+        loaded_at = now_utc()
+        with self._transaction():
+            current = self._fetch(
+                f"SELECT * FROM {quote(spec.table)} WHERE valid_to IS NULL"
+            )
+            to_close, to_insert = scd2_changes(current, rows, kind, effective_from, loaded_at)
+            if to_close.height:
+                with self._stage("staged_dimension_keys", to_close):
+                    self._execute(
+                        close_versions(spec.table, spec.key, "staged_dimension_keys"),
+                        [utc_naive(effective_from)],
+                    )
+            if to_insert.height:
+                self._append(spec.table, to_insert, spec.schema)
+                self._bump_dimension_revision()
+        changed = to_close.height
+        new = to_insert.height - changed
+        return DimensionLoadResult(
+            kind=kind,
+            rows=rows.height,
+            new_keys=new,
+            changed_keys=changed,
+            unchanged_keys=rows.height - new - changed,
+        )
+
+    def _bump_dimension_revision(self) -> None:
+        # Read-modify-write is safe here: it runs inside the writer's transaction.
+        current = self._fetch(
+            f"SELECT value FROM {META_TABLE} WHERE {quote('key')} = ?", [DIMENSION_REVISION_KEY]
+        )
+        revision = (current.item() if current.height else 0) + 1
+        self._execute(f"DELETE FROM {META_TABLE} WHERE {quote('key')} = ?", [DIMENSION_REVISION_KEY])
+        self._execute(
+            f"INSERT INTO {META_TABLE} ({column_list(list(META))}) VALUES (?, ?)",
+            [DIMENSION_REVISION_KEY, revision],
+        )
+
+    def dimension(self, kind: DimensionKind) -> pl.DataFrame:
+        spec = DIMENSIONS[kind]
+        sql = (
+            f"SELECT {column_list(list(spec.schema))} FROM {quote(spec.table)}"
+            f" ORDER BY {quote(spec.key)}, version"
+        )
+        return self._read(sql)
+
+    def dimension_revision(self) -> int:
+        rows = self._read(f"SELECT value FROM {META_TABLE} WHERE {quote('key')} = ?", [DIMENSION_REVISION_KEY])
+        return int(rows.item()) if rows.height else 0
+
+
+def _offsets_frame(offsets: Mapping[tuple[Stream, int], str], at: datetime) -> pl.DataFrame:
+    keys = sorted(offsets)
+    return pl.DataFrame(
+        {
+            "stream": [str(s) for s, _ in keys],
+            "partition": [p for _, p in keys],
+            "offset": [offsets[k] for k in keys],
+            "updated_at": [at] * len(keys),
+        },
+        schema=schema.CHECKPOINTS,
+    )
+
+
+def _watermarks_frame(
+    marks: Mapping[tuple[Stream, int], PartitionWatermark], at: datetime
+) -> pl.DataFrame:
+    keys = sorted(marks)
+    return pl.DataFrame(
+        {
+            "stream": [str(s) for s, _ in keys],
+            "partition": [p for _, p in keys],
+            "watermark": [utc_naive(marks[k].watermark) for k in keys],
+            "max_event_time": [utc_naive(marks[k].max_event_time) for k in keys],
+            "updated_at": [at] * len(keys),
+        },
+        schema=schema.WATERMARKS,
+    )
+

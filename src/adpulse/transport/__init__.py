@@ -1,0 +1,72 @@
+"""Transports: the partitioned log between sources and the processor.
+
+:func:`open_transport` picks the implementation named by ``settings.transport_url``.
+Each transport lives in its own module; to add one (Redis Streams, Kinesis), write
+``<name>.py`` implementing :class:`Transport`, import its driver lazily inside its
+opener, and register the opener in ``_OPENERS`` below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from adpulse.config import Settings
+from adpulse.transport.base import (
+    Chunk,
+    Consumer,
+    OffsetOutOfRangeError,
+    Producer,
+    Transport,
+)
+from adpulse.transport.embedded import EmbeddedTransport
+from adpulse.transport.memory import InMemoryTransport
+
+__all__ = [
+    "Chunk",
+    "Consumer",
+    "EmbeddedTransport",
+    "InMemoryTransport",
+    "OffsetOutOfRangeError",
+    "Producer",
+    "Transport",
+    "open_transport",
+]
+
+
+def _open_embedded(settings: Settings) -> Transport:
+    # settings.log_dir already resolves "" and "embedded://" to HOME/log.
+    return EmbeddedTransport(
+        settings.log_dir,
+        settings.partitions,
+        fsync=settings.fsync,
+        max_record_bytes=settings.max_record_bytes,
+    )
+
+
+def _open_memory(settings: Settings) -> Transport:
+    return InMemoryTransport(settings.partitions, max_record_bytes=settings.max_record_bytes)
+
+
+#: URL scheme -> opener. "redis" (Redis Streams) and "kinesis" (AWS Kinesis) go here,
+#: each importing its driver inside its opener so the embedded default needs neither.
+_OPENERS: dict[str, Callable[[Settings], Transport]] = {
+    "embedded": _open_embedded,
+    "memory": _open_memory,
+}
+
+_ACCEPTED_FORMS = "'' or 'embedded://DIR' (on-disk log, the default), 'memory://' (in-process)"
+
+
+def open_transport(settings: Settings) -> Transport:
+    """Open the transport named by ``settings.transport_url``."""
+    url = settings.transport_url
+    scheme, separator, _ = url.partition("://")
+    if url == "":
+        scheme, separator = "embedded", "://"
+    opener = _OPENERS.get(scheme) if separator else None
+    if opener is None:
+        raise ValueError(
+            f"Unsupported transport_url {url!r}: the setting `transport_url` "
+            f"(ADPULSE_TRANSPORT_URL) accepts {_ACCEPTED_FORMS}."
+        )
+    return opener(settings)

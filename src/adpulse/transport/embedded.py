@@ -1,0 +1,663 @@
+"""The embedded transport: a durable, partitioned log in local files.
+
+Layout (one directory per stream and partition)::
+
+    LOG_DIR/meta.json                                  {"format": ..., "partitions": N}
+    LOG_DIR/clicks/0003/.lock                          flock'ed around every append
+    LOG_DIR/clicks/0003/00000000000000000000.log       segment, named by its base offset
+    LOG_DIR/clicks/0003/00000000000268435456.log       next segment (base = previous end)
+
+A segment holds exactly the framed lines of :mod:`adpulse.transport.framing`, so a chunk
+read from it is NDJSON as is. An offset is ``str(byte position in the partition's whole
+log)``: the segment holding position ``p`` is the one with the greatest base ``<= p``.
+
+Invariants every reader and writer relies on:
+
+- Appends happen under an exclusive ``flock`` of the partition's ``.lock`` file, each as
+  one ``write`` of whole lines, so concurrent producer processes interleave whole lines.
+- A segment is *sealed* when the next one is created, and the next one is named by the
+  sealed segment's final size. So a reader at the end of segment ``b`` with size ``s``
+  knows it may move on exactly when ``b + s`` exists as a segment file: one ``stat``.
+- Only the last segment can end with a partial line (a crashed writer); the next append
+  truncates it back to its last ``\\n`` under the lock before writing.
+- Retention deletes whole sealed segments only, never the last one, so the first
+  segment's base is always the log's start offset.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import json
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from adpulse.contracts import DEFAULT_MAX_RECORD_BYTES, Stream
+from adpulse.transport.base import (
+    Chunk,
+    Consumer,
+    OffsetOutOfRangeError,
+    Producer,
+    Transport,
+)
+from adpulse.transport.framing import frame_by_partition
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SEGMENT_BYTES: Final = 256 * 1024 * 1024
+META_FILE: Final = "meta.json"
+LOCK_FILE: Final = ".lock"
+SEGMENT_SUFFIX: Final = ".log"
+LOG_FORMAT: Final = "adpulse-embedded-log/1"
+
+# Each open partition costs file descriptors (writer: lock + segment, reader: segment);
+# beyond this many, the least recently used partition's files are closed, so that
+# hundreds of partitions stay under a laptop's default descriptor limit.
+_MAX_OPEN_PARTITIONS: Final = 128
+# Backward scan step when looking for the last complete line of a torn segment.
+_TAIL_SCAN_BYTES: Final = 64 * 1024
+# Read step when a single line is longer than the poll's max_bytes.
+_LONG_LINE_STEP: Final = 64 * 1024
+
+
+def segment_name(base: int) -> str:
+    """File name of the segment whose first byte is at log offset ``base``."""
+    return f"{base:020d}{SEGMENT_SUFFIX}"
+
+
+def list_segments(directory: Path) -> list[int]:
+    """Base offsets of a partition's segment files, ascending (``[]`` if none)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    bases = [
+        int(name[:-4])
+        for name in names
+        if name.endswith(SEGMENT_SUFFIX) and len(name) == 24 and name[:20].isdigit()
+    ]
+    bases.sort()
+    return bases
+
+
+def _parse_offset(stream: Stream, partition: int, offset: str) -> int:
+    try:
+        position = int(offset)
+    except ValueError:
+        position = -1
+    if position < 0:
+        raise ValueError(
+            f"{offset!r} is not an offset of the embedded log ({stream} partition {partition}):"
+            " offsets are the decimal byte positions returned as Chunk.end_offset"
+        )
+    return position
+
+
+def _open_meta(log_dir: Path, partitions: int) -> None:
+    """Create ``meta.json`` on first use, or check that it agrees with ``partitions``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = log_dir / META_FILE
+    if not meta_path.exists():
+        # Write then hard-link: creation is atomic and never overwrites a meta.json that
+        # another process created in the meantime (it is then checked like any other).
+        tmp = log_dir / f".{META_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"format": LOG_FORMAT, "partitions": partitions}) + "\n")
+        try:
+            os.link(tmp, meta_path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    try:
+        meta = json.loads(meta_path.read_text())
+        existing = int(meta["partitions"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{meta_path} is not a valid embedded-log metadata file ({exc}); restore it as "
+            f'{{"format": "{LOG_FORMAT}", "partitions": N}} with the partition count the '
+            "log was created with, or delete the log directory to start a new log"
+        ) from exc
+    if existing != partitions:
+        raise ValueError(
+            f"The embedded log at {log_dir} has {existing} partitions per stream, but "
+            f"{partitions} were requested. The partition count of an existing log cannot "
+            f"change (records are placed by user_id hash modulo the count): set `partitions` "
+            f"(ADPULSE_PARTITIONS) back to {existing}, or point `transport_url` at a new "
+            f"directory (embedded://NEW_DIR), or delete {log_dir} to start over."
+        )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # One write() for the whole buffer; the loop only matters for writes the kernel
+    # splits (over 2 GiB on Linux, or a signal), which the lock keeps contiguous anyway.
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class EmbeddedTransport(Transport):
+    """A durable partitioned log on local disk (the default transport).
+
+    ``segment_bytes``: segments roll at an append boundary once the next append would
+    make them larger (a single append larger than this gets a segment of its own).
+    ``retention_bytes``: ``None`` keeps everything; otherwise :meth:`Consumer.ack` deletes
+    the sealed segments lying wholly more than this many bytes before the acknowledged
+    offset. A consumer asking for a deleted offset gets :class:`OffsetOutOfRangeError`.
+    """
+
+    def __init__(
+        self,
+        log_dir: Path,
+        partitions: int,
+        *,
+        fsync: bool = False,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        retention_bytes: int | None = None,
+    ) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be at least 1, got {partitions}")
+        if segment_bytes < 1:
+            raise ValueError(f"segment_bytes must be at least 1, got {segment_bytes}")
+        if retention_bytes is not None and retention_bytes < 0:
+            raise ValueError(f"retention_bytes must be >= 0 or None, got {retention_bytes}")
+        self.log_dir = Path(log_dir)
+        self.partitions = partitions
+        self.fsync = fsync
+        self.max_record_bytes = max_record_bytes
+        self.segment_bytes = segment_bytes
+        self.retention_bytes = retention_bytes
+        _open_meta(self.log_dir, partitions)
+        self._clients: list[EmbeddedProducer | EmbeddedConsumer] = []
+
+    def partition_dir(self, stream: Stream, partition: int) -> Path:
+        """Directory of one partition's segments (it may not exist yet)."""
+        self.check_partition(partition)
+        return self.log_dir / Stream(stream).value / f"{partition:04d}"
+
+    def check_partition(self, partition: int) -> None:
+        if not 0 <= partition < self.partitions:
+            raise ValueError(
+                f"partition {partition} does not exist: this log has partitions "
+                f"0..{self.partitions - 1}"
+            )
+
+    def producer(self) -> EmbeddedProducer:
+        """A new producer; not thread-safe (use one per thread or process)."""
+        producer = EmbeddedProducer(self)
+        self._clients.append(producer)
+        return producer
+
+    def consumer(self) -> EmbeddedConsumer:
+        """A new consumer with its own descriptor cache; not thread-safe."""
+        consumer = EmbeddedConsumer(self)
+        self._clients.append(consumer)
+        return consumer
+
+    def truncate_before(self, stream: Stream, partition: int, offset: str) -> str:
+        """Delete the sealed segments lying wholly below ``offset``; return the log's start.
+
+        The last segment is never deleted, so the log keeps its end offset.
+        """
+        directory = self.partition_dir(stream, partition)
+        position = _parse_offset(stream, partition, offset)
+        if not directory.exists():
+            return "0"
+        lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # Under the append lock, so no roll happens while we decide what is sealed.
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            bases = list_segments(directory)
+            start = bases[0] if bases else 0
+            for base, next_base in zip(bases, bases[1:], strict=False):
+                if next_base > position:
+                    break
+                (directory / segment_name(base)).unlink()
+                start = next_base
+            if self.fsync and bases and start != bases[0]:
+                _fsync_dir(directory)
+        finally:
+            os.close(lock_fd)  # closing releases the flock
+        return str(start)
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+
+
+class _PartitionWriter:
+    """Append side of one partition: its lock file and its last segment, kept open."""
+
+    __slots__ = ("directory", "lock_fd", "fd", "base", "dirty")
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = -1
+        self.base = -1
+        self.dirty = False
+
+    def append(self, data: bytes, segment_bytes: int, fsync: bool) -> None:
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        try:
+            size = self._follow_last_segment(fsync)
+            size = self._repair_torn_tail(size)
+            if size > 0 and size + len(data) > segment_bytes:
+                self._roll(self.base + size, fsync)
+            _write_all(self.fd, data)
+            self.dirty = True
+        finally:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+
+    def _follow_last_segment(self, fsync: bool) -> int:
+        """Make ``fd`` the partition's last segment (others may have rolled); its size."""
+        while True:
+            if self.fd < 0:
+                bases = list_segments(self.directory)
+                self._open(bases[-1] if bases else 0, fsync)
+            stat = os.fstat(self.fd)
+            if stat.st_nlink == 0:
+                # Our segment was deleted (retention of sealed segments, or the log was
+                # replaced): its successors may be gone too, so list again rather than
+                # append to a file nobody can read.
+                os.close(self.fd)
+                self.fd = -1
+                continue
+            size = stat.st_size
+            if size == 0 or not (self.directory / segment_name(self.base + size)).exists():
+                return size
+            self._open(self.base + size, fsync)
+
+    def _repair_torn_tail(self, size: int) -> int:
+        """Cut a partial last line (a writer crashed mid-write) so appends stay aligned.
+
+        Checked before every append, not only the first: another producer may have
+        crashed since. Costs one 1-byte read when the tail is intact.
+        """
+        if size == 0 or os.pread(self.fd, 1, size - 1) == b"\n":
+            return size
+        end = size
+        keep = 0
+        while end > 0:
+            start = max(0, end - _TAIL_SCAN_BYTES)
+            newline = os.pread(self.fd, end - start, start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            end = start
+        os.ftruncate(self.fd, keep)
+        logger.warning(
+            "embedded log %s: removed a partial last record of %d bytes at offset %d "
+            "(a writer stopped mid-write); it was never readable",
+            self.directory / segment_name(self.base),
+            size - keep,
+            self.base + keep,
+        )
+        return keep
+
+    def _roll(self, base: int, fsync: bool) -> None:
+        if fsync and self.dirty:
+            os.fsync(self.fd)  # the sealed segment is durable before anything follows it
+        self._open(base, fsync)
+
+    def _open(self, base: int, fsync: bool) -> None:
+        path = self.directory / segment_name(base)
+        created = not path.exists()
+        # O_APPEND: every write lands at the current end even if another process
+        # truncated or extended the file since (the flock orders them).
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd = fd
+        self.base = base
+        if fsync and created:
+            _fsync_dir(self.directory)
+
+    def flush(self, fsync: bool) -> None:
+        if fsync and self.dirty and self.fd >= 0:
+            os.fsync(self.fd)
+        self.dirty = False
+
+    def close(self, fsync: bool) -> None:
+        self.flush(fsync)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
+
+class EmbeddedProducer(Producer):
+    """Appends framed records to the embedded log; safe across processes.
+
+    Bytes are written straight to the segment files (no user-space buffer), so they are
+    visible to consumers as soon as ``send`` returns; :meth:`flush` adds ``fsync`` when
+    the transport was opened with ``fsync=True``.
+    """
+
+    def __init__(self, transport: EmbeddedTransport) -> None:
+        self._transport = transport
+        self._writers: OrderedDict[tuple[str, int], _PartitionWriter] = OrderedDict()
+
+    def send(self, stream: Stream, payloads: Sequence[bytes], keys: Sequence[str | None]) -> None:
+        """Frame ``payloads`` and append each to the partition of its key (user id)."""
+        transport = self._transport
+        groups = frame_by_partition(
+            payloads, keys, transport.partitions, transport.max_record_bytes
+        )
+        for partition, (framed, _records) in sorted(groups.items()):
+            self._append(stream, partition, framed)
+
+    def send_framed(self, stream: Stream, partition: int, framed: bytes, records: int) -> None:
+        """Append already-framed lines (each ending in ``\\n``) to one partition."""
+        if not framed:
+            return
+        if framed[-1:] != b"\n":
+            raise ValueError(
+                f"send_framed() needs whole framed lines ending in b'\\n' ({records} records,"
+                f" {len(framed)} bytes, ending {framed[-20:]!r}); frame payloads with "
+                "adpulse.transport.framing.frame()"
+            )
+        self._append(stream, partition, framed)
+
+    def _append(self, stream: Stream, partition: int, framed: bytes) -> None:
+        transport = self._transport
+        self._writer(stream, partition).append(framed, transport.segment_bytes, transport.fsync)
+
+    def _writer(self, stream: Stream, partition: int) -> _PartitionWriter:
+        key = (str(stream), partition)
+        writer = self._writers.get(key)
+        if writer is not None:
+            self._writers.move_to_end(key)
+            return writer
+        writer = _PartitionWriter(self._transport.partition_dir(stream, partition))
+        self._writers[key] = writer
+        if len(self._writers) > _MAX_OPEN_PARTITIONS:
+            _, evicted = self._writers.popitem(last=False)
+            evicted.close(self._transport.fsync)
+        return writer
+
+    def flush(self) -> None:
+        """Make everything sent so far durable (``fsync`` when the transport asks for it)."""
+        for writer in self._writers.values():
+            writer.flush(self._transport.fsync)
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close(self._transport.fsync)
+        self._writers.clear()
+
+
+class _PartitionReader:
+    """Read side of one partition: known segment bases and one cached descriptor."""
+
+    __slots__ = ("directory", "stream", "partition", "bases", "fd", "fd_index", "trusted_offset")
+
+    def __init__(self, directory: Path, stream: Stream, partition: int) -> None:
+        self.directory = directory
+        self.stream = stream
+        self.partition = partition
+        self.bases: list[int] = []
+        self.fd = -1
+        self.fd_index = -1
+        # The end offset this reader handed out last: resuming from it needs no checks.
+        self.trusted_offset = -1
+
+    # Segment navigation ----------------------------------------------------------------
+    def refresh(self) -> None:
+        self.bases = list_segments(self.directory)
+        self._close_fd()
+
+    def _close_fd(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd = -1
+        self.fd_index = -1
+
+    def _select(self, index: int) -> None:
+        if self.fd_index == index:
+            return
+        fd = os.open(self.directory / segment_name(self.bases[index]), os.O_RDONLY)
+        self._close_fd()
+        self.fd = fd
+        self.fd_index = index
+
+    def position_segment(self, position: int) -> bool:
+        """Select the segment holding ``position``; False if the partition has none.
+
+        Raises :class:`OffsetOutOfRangeError` when ``position`` was deleted by retention.
+        """
+        for attempt in range(2):
+            if attempt or not self.bases or position < self.bases[0]:
+                self.refresh()
+            if not self.bases:
+                return False
+            if position < self.bases[0]:
+                raise OffsetOutOfRangeError(
+                    f"offset {position} of {self.stream} partition {self.partition} was deleted by "
+                    f"retention: the log now starts at offset {self.bases[0]}. The records "
+                    "in between are lost to this consumer; resume from offset "
+                    f"{self.bases[0]} explicitly to accept that, or reprocess them from "
+                    "their source."
+                )
+            index = bisect.bisect_right(self.bases, position) - 1
+            try:
+                self._select(index)
+            except FileNotFoundError:
+                continue  # deleted by another process's retention: list again
+            return True
+        # Listed and then gone twice in a row: only retention racing ahead deletes segments.
+        raise OffsetOutOfRangeError(
+            f"offset {position} of {self.stream} partition {self.partition} was deleted by "
+            "retention while being read"
+        )
+
+    def advance(self, position: int) -> bool:
+        """At the end of the selected segment at ``position``: move on if it is sealed."""
+        base = self.bases[self.fd_index]
+        if position == base:
+            return False  # an empty segment is never sealed
+        next_index = self.fd_index + 1
+        if next_index < len(self.bases):
+            if self.bases[next_index] != position:
+                raise RuntimeError(
+                    f"embedded log corrupt: segment {self.directory / segment_name(base)} "
+                    f"ends at offset {position} but the next segment starts at "
+                    f"{self.bases[next_index]}; sealed segments must not be modified"
+                )
+        elif (self.directory / segment_name(position)).exists():
+            self.bases.append(position)
+        elif os.fstat(self.fd).st_nlink == 0:
+            # Our segment and its successor were deleted under us (retention elsewhere):
+            # list again; position_segment raises if ``position`` is gone.
+            self.refresh()
+            return self.position_segment(position)
+        else:
+            return False
+        self._select(next_index)
+        return True
+
+    def end(self) -> int | None:
+        """Current end offset of the log (``None`` if never written)."""
+        if not self.bases:
+            self.refresh()
+            if not self.bases:
+                return None
+        base = self.bases[-1]
+        while True:
+            try:
+                size = os.stat(self.directory / segment_name(base)).st_size
+            except FileNotFoundError:
+                self.refresh()  # the whole log was replaced under us
+                if not self.bases:
+                    return None
+                base = self.bases[-1]
+                continue
+            if size == 0 or not (self.directory / segment_name(base + size)).exists():
+                return base + size
+            base += size
+            self.bases.append(base)
+
+    # Reading --------------------------------------------------------------------------
+    def check_offset(self, position: int) -> None:
+        """Reject an offset beyond the end or inside a line (a foreign or stale offset)."""
+        end = self.end()
+        if position > (end or 0):
+            raise OffsetOutOfRangeError(
+                f"offset {position} of {self.stream} partition {self.partition} is beyond "
+                f"the end of the log ({end or 0}) in {self.directory}: the log was deleted "
+                "or replaced after this offset was committed. Point transport_url at the "
+                "original log, or reset the consumer's checkpoint to start from the beginning."
+            )
+        if (
+            end is not None
+            and position > 0
+            and self.position_segment(position)
+            and position > self.bases[self.fd_index]
+        ):
+            before = os.pread(self.fd, 1, position - 1 - self.bases[self.fd_index])
+            if before != b"\n":
+                raise ValueError(
+                    f"offset {position} of {self.stream} partition {self.partition} is not at "
+                    "a record boundary; use an end_offset returned by poll()"
+                )
+
+    def read_lines(self, position: int, max_bytes: int) -> tuple[bytes, int]:
+        """Complete lines from ``position``: about ``max_bytes``, at least one if any.
+
+        Returns ``(data, end_position)``; ``data`` is ``b""`` when no complete line is
+        available (a writer may be mid-line).
+        """
+        pieces: list[bytes] = []
+        budget = max_bytes
+        got = 0
+        cursor = position
+        line_end = -1  # log position just after the last '\n' read so far
+        long_line = False  # the first line alone exceeds max_bytes: return just that line
+        while True:
+            want = budget - got
+            block = os.pread(self.fd, want, cursor - self.bases[self.fd_index])
+            if block:
+                newline = block.find(b"\n") if long_line else block.rfind(b"\n")
+                if newline >= 0:
+                    line_end = cursor + newline + 1
+                pieces.append(block)
+                got += len(block)
+                cursor += len(block)
+            if len(block) == want or (long_line and line_end >= 0):
+                if line_end >= 0:
+                    break
+                budget += max(max_bytes, _LONG_LINE_STEP)
+                long_line = True
+            elif not self.advance(cursor):
+                break
+        if line_end < 0:
+            return b"", position
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if line_end - position < len(data):
+            data = data[: line_end - position]  # drop a partial last line (copy only then)
+        return data, line_end
+
+    def close(self) -> None:
+        self._close_fd()
+
+
+class EmbeddedConsumer(Consumer):
+    """Reads chunks of complete lines from the embedded log with cached descriptors."""
+
+    def __init__(self, transport: EmbeddedTransport) -> None:
+        self._transport = transport
+        self._readers: OrderedDict[tuple[str, int], _PartitionReader] = OrderedDict()
+
+    def _reader(self, stream: Stream, partition: int) -> _PartitionReader:
+        key = (str(stream), partition)
+        reader = self._readers.get(key)
+        if reader is not None:
+            self._readers.move_to_end(key)
+            return reader
+        reader = _PartitionReader(
+            self._transport.partition_dir(stream, partition), Stream(stream), partition
+        )
+        self._readers[key] = reader
+        if len(self._readers) > _MAX_OPEN_PARTITIONS:
+            _, evicted = self._readers.popitem(last=False)
+            evicted.close()
+        return reader
+
+    def poll(
+        self, stream: Stream, partition: int, after: str | None, max_bytes: int
+    ) -> Chunk | None:
+        """Complete lines after ``after`` (``None``: from the log's start), or ``None``.
+
+        At most about ``max_bytes``, but at least one whole line if one is available.
+        Raises :class:`OffsetOutOfRangeError` for an offset deleted by retention or
+        beyond the log's end, and ``ValueError`` for one inside a line.
+        """
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+        stream = Stream(stream)
+        reader = self._reader(stream, partition)
+        if after is None:
+            reader.refresh()  # the start may have moved (retention in another process)
+            if not reader.bases:
+                return None
+            position = reader.bases[0]
+        else:
+            position = _parse_offset(stream, partition, after)
+            if position != reader.trusted_offset:
+                reader.check_offset(position)
+        if not reader.position_segment(position):
+            return None
+        data, end = reader.read_lines(position, max_bytes)
+        if not data:
+            return None
+        reader.trusted_offset = end
+        return Chunk(
+            stream=stream,
+            partition=partition,
+            start_offset=after,
+            end_offset=str(end),
+            data=data,
+            records=data.count(b"\n"),
+        )
+
+    def lag_bytes(self, stream: Stream, partition: int, after: str | None) -> int:
+        """Bytes appended after ``after`` (including a line still being written)."""
+        stream = Stream(stream)
+        reader = self._reader(stream, partition)
+        end = reader.end()
+        if end is None:
+            return 0
+        if after is None:
+            return end - reader.bases[0]
+        return max(0, end - _parse_offset(stream, partition, after))
+
+    def ack(self, stream: Stream, partition: int, offset: str) -> None:
+        """Apply ``retention_bytes`` (if set) behind the committed ``offset``."""
+        retention = self._transport.retention_bytes
+        if retention is None:
+            return
+        keep_from = _parse_offset(Stream(stream), partition, offset) - retention
+        if keep_from > 0:
+            self._transport.truncate_before(stream, partition, str(keep_from))
+
+    def close(self) -> None:
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()

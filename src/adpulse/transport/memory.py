@@ -1,0 +1,193 @@
+"""An in-process transport with the embedded log's semantics, for tests of other layers.
+
+Each stream partition is a ``bytearray`` of framed lines; an offset is
+``str(byte position in the partition's log)``, exactly as in the embedded log, so code
+tested against this transport handles real offsets. Thread-safe (a generator thread and
+a processor thread may share one instance); nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from adpulse.contracts import DEFAULT_MAX_RECORD_BYTES, Stream
+from adpulse.transport.base import (
+    Chunk,
+    Consumer,
+    OffsetOutOfRangeError,
+    Producer,
+    Transport,
+)
+from adpulse.transport.framing import frame_by_partition
+
+
+@dataclass(slots=True)
+class _PartitionLog:
+    data: bytearray = field(default_factory=bytearray)
+    start: int = 0
+    """Log position of ``data[0]``; moved forward by ``truncate_before``."""
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.data)
+
+
+class InMemoryTransport(Transport):
+    """A partitioned log held in memory; same offsets and chunks as the embedded log."""
+
+    def __init__(self, partitions: int, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be at least 1, got {partitions}")
+        self.partitions = partitions
+        self.max_record_bytes = max_record_bytes
+        self._logs: dict[tuple[str, int], _PartitionLog] = {}
+        self._lock = threading.Lock()
+
+    def producer(self) -> InMemoryProducer:
+        return InMemoryProducer(self)
+
+    def consumer(self) -> InMemoryConsumer:
+        return InMemoryConsumer(self)
+
+    def check_partition(self, partition: int) -> None:
+        if not 0 <= partition < self.partitions:
+            raise ValueError(
+                f"partition {partition} does not exist: this log has partitions "
+                f"0..{self.partitions - 1}"
+            )
+
+    def truncate_before(self, stream: Stream, partition: int, offset: str) -> str:
+        """Forget the log before ``offset`` (a record boundary); return the log's start."""
+        stream = Stream(stream)
+        with self._lock:
+            log = self._log(stream, partition)
+            position = _parse_offset(stream, partition, offset)
+            position = min(position, log.end)
+            if position > log.start:
+                _check_boundary(log, position, stream, partition)
+                del log.data[: position - log.start]
+                log.start = position
+            return str(log.start)
+
+    # Used by the producer and consumer, always under ``_lock``.
+    def _log(self, stream: Stream, partition: int) -> _PartitionLog:
+        self.check_partition(partition)
+        key = (str(stream), partition)
+        log = self._logs.get(key)
+        if log is None:
+            log = self._logs[key] = _PartitionLog()
+        return log
+
+    def _append(self, stream: Stream, partition: int, framed: bytes) -> None:
+        with self._lock:
+            self._log(stream, partition).data += framed
+
+
+def _parse_offset(stream: Stream, partition: int, offset: str) -> int:
+    try:
+        position = int(offset)
+    except ValueError:
+        position = -1
+    if position < 0:
+        raise ValueError(
+            f"{offset!r} is not an offset of the in-memory log ({stream} partition "
+            f"{partition}): offsets are the decimal byte positions returned as "
+            "Chunk.end_offset"
+        )
+    return position
+
+
+def _check_boundary(log: _PartitionLog, position: int, stream: Stream, partition: int) -> None:
+    if position < log.start:
+        raise OffsetOutOfRangeError(
+            f"offset {position} of {stream} partition {partition} was deleted by retention: "
+            f"the log now starts at offset {log.start}"
+        )
+    if position > log.end:
+        raise OffsetOutOfRangeError(
+            f"offset {position} of {stream} partition {partition} is beyond the end of the "
+            f"log ({log.end})"
+        )
+    if position > log.start and log.data[position - log.start - 1] != 0x0A:
+        raise ValueError(
+            f"offset {position} of {stream} partition {partition} is not at a record "
+            "boundary; use an end_offset returned by poll()"
+        )
+
+
+class InMemoryProducer(Producer):
+    """Appends to an :class:`InMemoryTransport`."""
+
+    def __init__(self, transport: InMemoryTransport) -> None:
+        self._transport = transport
+
+    def send(self, stream: Stream, payloads: Sequence[bytes], keys: Sequence[str | None]) -> None:
+        """Frame ``payloads`` and append each to the partition of its key (user id)."""
+        transport = self._transport
+        groups = frame_by_partition(
+            payloads, keys, transport.partitions, transport.max_record_bytes
+        )
+        for partition, (framed, _records) in sorted(groups.items()):
+            transport._append(Stream(stream), partition, framed)
+
+    def send_framed(self, stream: Stream, partition: int, framed: bytes, records: int) -> None:
+        """Append already-framed lines (each ending in ``\\n``) to one partition."""
+        if not framed:
+            return
+        if framed[-1:] != b"\n":
+            raise ValueError(
+                f"send_framed() needs whole framed lines ending in b'\\n' ({records} records,"
+                f" {len(framed)} bytes, ending {framed[-20:]!r}); frame payloads with "
+                "adpulse.transport.framing.frame()"
+            )
+        self._transport._append(Stream(stream), partition, framed)
+
+
+class InMemoryConsumer(Consumer):
+    """Reads chunks from an :class:`InMemoryTransport`."""
+
+    def __init__(self, transport: InMemoryTransport) -> None:
+        self._transport = transport
+
+    def poll(
+        self, stream: Stream, partition: int, after: str | None, max_bytes: int
+    ) -> Chunk | None:
+        """Complete lines after ``after``: about ``max_bytes``, at least one if any."""
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+        stream = Stream(stream)
+        with self._transport._lock:
+            log = self._transport._log(stream, partition)
+            if after is None:
+                position = log.start
+            else:
+                position = _parse_offset(stream, partition, after)
+                _check_boundary(log, position, stream, partition)
+            begin = position - log.start
+            if begin == len(log.data):
+                return None
+            # The last '\n' within the budget; if the first line alone exceeds it, that
+            # line (the log only holds whole lines, so a '\n' follows).
+            cut = log.data.rfind(b"\n", begin, begin + max_bytes)
+            if cut < 0:
+                cut = log.data.index(b"\n", begin)
+            data = bytes(log.data[begin : cut + 1])
+        return Chunk(
+            stream=stream,
+            partition=partition,
+            start_offset=after,
+            end_offset=str(position + len(data)),
+            data=data,
+            records=data.count(b"\n"),
+        )
+
+    def lag_bytes(self, stream: Stream, partition: int, after: str | None) -> int:
+        """Bytes appended after ``after``."""
+        stream = Stream(stream)
+        with self._transport._lock:
+            log = self._transport._log(stream, partition)
+            if after is None:
+                return len(log.data)
+            return max(0, log.end - _parse_offset(stream, partition, after))
