@@ -72,6 +72,7 @@ def join_dimension(rows: pl.DataFrame, dim: DimensionLookup) -> pl.DataFrame:
             right_on="valid_from",
             by=dim.key,
             strategy="backward",
+            check_sortedness=False,
         )
         .sort("_order")
         .drop("_order", "valid_from")

@@ -35,7 +35,7 @@ from adpulse.storage.warehouse.base import (
 #: storage detail, not part of the processor's contract, so it lives here, not in schema.
 META: Final = {"key": pl.String(), "value": pl.Int64()}
 META_TABLE: Final = "meta"
-DIMENSION_REVISION_KEY: Final = "dimension_revision"
+_REVISION: Final = "dimension_revision"  # the meta row bumped by dimension loads
 
 #: Every table the SQL warehouses create, with its primary key (empty: none). Fact and
 #: rollup tables have none on purpose: the processor dedupes, and an index would slow
@@ -92,14 +92,22 @@ def insert_from(table: str, columns: Sequence[str], source: str) -> str:
     return f"INSERT INTO {quote(table)} ({cols}) SELECT {cols} FROM {quote(source)}"
 
 
-def delete_matching(table: str, key: Sequence[str], source: str) -> str:
-    """Delete the rows of ``table`` whose key appears in ``source`` (upsert, part one).
+def upsert(table: str, key: Sequence[str], columns: Sequence[str], source: str) -> list[str]:
+    """Statements that upsert ``source``'s rows into ``table`` by ``key``.
 
-    DELETE + INSERT in one transaction is the upsert every target supports (Redshift has
-    no ``ON CONFLICT``).
+    UPDATE the keys that exist, then INSERT the ones that do not: every target runs it
+    (Redshift has no ``ON CONFLICT``), and unlike DELETE + INSERT it leaves no deleted
+    rows behind in tables rewritten on every commit.
     """
-    match = " AND ".join(f"{quote(table)}.{quote(c)} = {quote(source)}.{quote(c)}" for c in key)
-    return f"DELETE FROM {quote(table)} USING {quote(source)} WHERE {match}"
+    t, s = quote(table), quote(source)
+    match = " AND ".join(f"{t}.{quote(c)} = {s}.{quote(c)}" for c in key)
+    sets = ", ".join(f"{quote(c)} = {s}.{quote(c)}" for c in columns if c not in key)
+    cols = column_list(columns)
+    return [
+        f"UPDATE {t} SET {sets} FROM {s} WHERE {match}",
+        f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {s}"
+        f" WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {match})",
+    ]
 
 
 def reattribute(source: str) -> str:
@@ -235,8 +243,8 @@ class SqlWarehouse(Warehouse):
     def _upsert(self, table: str, frame: pl.DataFrame) -> None:
         source = f"staged_{table}"
         with self._stage(source, frame):
-            self._execute(delete_matching(table, PRIMARY_KEYS[table], source))
-            self._execute(insert_from(table, frame.columns, source))
+            for statement in upsert(table, PRIMARY_KEYS[table], frame.columns, source):
+                self._execute(statement)
 
     def load_offsets(self) -> dict[tuple[Stream, int], str]:
         rows = self._read('SELECT stream, "partition", "offset" FROM checkpoints')
@@ -307,15 +315,12 @@ class SqlWarehouse(Warehouse):
         )
 
     def _bump_dimension_revision(self) -> None:
-        # Read-modify-write is safe here: it runs inside the writer's transaction.
-        current = self._fetch(
-            f"SELECT value FROM {META_TABLE} WHERE {quote('key')} = ?", [DIMENSION_REVISION_KEY]
-        )
-        revision = (current.item() if current.height else 0) + 1
-        self._execute(f"DELETE FROM {META_TABLE} WHERE {quote('key')} = ?", [DIMENSION_REVISION_KEY])
+        key = quote("key")
+        self._execute(f"UPDATE {META_TABLE} SET value = value + 1 WHERE {key} = ?", [_REVISION])
         self._execute(
-            f"INSERT INTO {META_TABLE} ({column_list(list(META))}) VALUES (?, ?)",
-            [DIMENSION_REVISION_KEY, revision],
+            f"INSERT INTO {META_TABLE} ({key}, value) SELECT ?, 1"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {META_TABLE} WHERE {key} = ?)",
+            [_REVISION, _REVISION],
         )
 
     def dimension(self, kind: DimensionKind) -> pl.DataFrame:
@@ -327,7 +332,8 @@ class SqlWarehouse(Warehouse):
         return self._read(sql)
 
     def dimension_revision(self) -> int:
-        rows = self._read(f"SELECT value FROM {META_TABLE} WHERE {quote('key')} = ?", [DIMENSION_REVISION_KEY])
+        key = quote("key")
+        rows = self._read(f"SELECT value FROM {META_TABLE} WHERE {key} = ?", [_REVISION])
         return int(rows.item()) if rows.height else 0
 
 

@@ -1,0 +1,121 @@
+"""Embedded-log throughput: appends of 1 MB framed blocks, polls, and per-record send().
+
+Run: ``python benchmarks/transport_io.py [--total-mb 512] [--dir DIR]``. Prints figures;
+it is a benchmark, not a test (timings depend on the machine and the page cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from adpulse.contracts import Stream
+from adpulse.transport.embedded import EmbeddedTransport
+
+RECORD_BYTES = 150
+
+
+def make_block(block_bytes: int) -> tuple[bytes, int]:
+    """~block_bytes of 150-byte framed records (149 bytes of JSON + '\\n')."""
+    template = '{"ad_id":%6d,"user_id":"user_%06d","click_timestamp":"2024-01-01 00:00:00",'
+    records = []
+    for i in range(block_bytes // RECORD_BYTES):
+        head = (template % (i % 1000, i)).encode()
+        pad = RECORD_BYTES - 1 - len(head) - len(b'"p":""}')
+        records.append(head + b'"p":"' + b"x" * pad + b'"}\n')
+    assert all(len(r) == RECORD_BYTES for r in records)
+    return b"".join(records), len(records)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--total-mb", type=int, default=512)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(dir=args.dir, prefix="adpulse-bench-"))
+    try:
+        run(root, args.total_mb, args.partitions)
+    finally:
+        shutil.rmtree(root)
+
+
+def run(root: Path, total_mb: int, partitions: int) -> None:
+    block, per_block = make_block(1 << 20)
+    blocks = total_mb * (1 << 20) // len(block)
+    transport = EmbeddedTransport(root / "log", partitions)
+    producer = transport.producer()
+
+    started = time.perf_counter()
+    for i in range(blocks):
+        producer.send_framed(Stream.CLICKS, i % partitions, block, per_block)
+    appended = time.perf_counter() - started
+    producer.flush()
+    total_bytes = blocks * len(block)
+    total_records = blocks * per_block
+    report("append 1 MB blocks", total_bytes, total_records, appended)
+
+    synced = EmbeddedTransport(root / "log", partitions, fsync=True).producer()
+    started = time.perf_counter()
+    for i in range(min(blocks, 64)):
+        synced.send_framed(Stream.IMPRESSIONS, i % partitions, block, per_block)
+    synced.flush()
+    report(
+        "append 1 MB blocks + fsync at end",
+        min(blocks, 64) * len(block),
+        min(blocks, 64) * per_block,
+        time.perf_counter() - started,
+    )
+    synced.close()
+
+    for max_bytes in (32 << 20, 1 << 20):
+        consumer = transport.consumer()
+        started = time.perf_counter()
+        read_bytes = read_records = 0
+        for partition in range(partitions):
+            after: str | None = None
+            while (chunk := consumer.poll(Stream.CLICKS, partition, after, max_bytes)) is not None:
+                read_bytes += len(chunk.data)
+                read_records += chunk.records
+                after = chunk.end_offset
+        elapsed = time.perf_counter() - started
+        assert (read_bytes, read_records) == (total_bytes, total_records)
+        report(f"poll max_bytes={max_bytes >> 20} MB (page cache)", read_bytes, read_records, elapsed)
+        consumer.close()
+
+    consumer = transport.consumer()
+    idle_polls = 100_000
+    ends = [str(consumer.lag_bytes(Stream.CLICKS, p, None)) for p in range(partitions)]
+    started = time.perf_counter()
+    for i in range(idle_polls):
+        assert consumer.poll(Stream.CLICKS, i % partitions, ends[i % partitions], 1 << 20) is None
+    elapsed = time.perf_counter() - started
+    print(f"{'idle poll (nothing new)':40s} {elapsed / idle_polls * 1e6:8.2f} us/poll")
+
+    payloads = [block[i * RECORD_BYTES : (i + 1) * RECORD_BYTES - 1] for i in range(per_block)]
+    keys = [f"user_{i:06d}" for i in range(per_block)]
+    started = time.perf_counter()
+    rounds = 20
+    for _ in range(rounds):
+        producer.send(Stream.CONVERSIONS, payloads, keys)
+    report(
+        "send() per-record framing + hashing",
+        rounds * per_block * RECORD_BYTES,
+        rounds * per_block,
+        time.perf_counter() - started,
+    )
+    transport.close()
+
+
+def report(name: str, nbytes: int, records: int, seconds: float) -> None:
+    print(
+        f"{name:40s} {nbytes / seconds / 1e6:9.1f} MB/s {records / seconds / 1e6:8.2f} M records/s"
+        f"  ({nbytes / 1e6:.0f} MB in {seconds:.3f} s)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,488 @@
+"""The ``adpulse`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import polars as pl
+import typer
+from rich.console import Console
+
+from adpulse.cli.runtime import UserError, configure_logging, open_runtime, settings_for
+
+app = typer.Typer(
+    name="adpulse",
+    help=(
+        "Real-time ad engagement analytics: impressions, clicks and conversions in; CTR, "
+        "conversion rate, revenue per conversion, conversion latency and trending "
+        "campaigns out.\n\n"
+        "Every command works on a data directory (--home or ADPULSE_HOME, default "
+        "~/.adpulse) holding the log, the warehouse and adpulse.toml. Settings come from "
+        "that TOML file (or --config) and ADPULSE_* environment variables."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+dims_app = typer.Typer(help="Campaign and user dimensions (slowly changing, SCD type 2).")
+config_app = typer.Typer(help="Show the effective configuration.")
+app.add_typer(dims_app, name="dims")
+app.add_typer(config_app, name="config")
+console = Console()
+err = Console(stderr=True)
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="Data directory (default: $ADPULSE_HOME or ~/.adpulse)."),
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML settings file (default: HOME/adpulse.toml).")
+]
+PartitionsOpt = Annotated[
+    int | None, typer.Option("--partitions", min=1, max=1024, help="Partitions per stream.")
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug output.")]
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class GroupByOpt(StrEnum):
+    none = "none"
+    ad = "ad"
+    campaign = "campaign"
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)
+
+
+# --------------------------------------------------------------------------- generate
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the data set into.")],
+    events: Annotated[int, typer.Option("--events", min=1, help="Events to generate.")] = 1_000_000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 7,
+    days: Annotated[float, typer.Option(help="Days of history the events span.")] = 1.0,
+    start: Annotated[
+        str | None, typer.Option(help="First event time, e.g. 2023-09-01 (default: now - days).")
+    ] = None,
+    duplicate_rate: Annotated[float, typer.Option(min=0, max=1, help="Share re-sent.")] = 0.0,
+    out_of_order_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    late_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    malformed_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    no_event_ids: Annotated[
+        bool, typer.Option("--no-event-ids", help="Omit event_id, like the original's records.")
+    ] = False,
+) -> None:
+    """Write a realistic data set: impressions/clicks/conversions .jsonl plus campaigns.csv
+    and users.csv, in the original's formats."""
+    from adpulse.sources.files import write_dataset
+    from adpulse.sources.generator import EventGenerator, GeneratorConfig
+
+    first = _parse_time(start, "--start") if start else None
+    end = (first + timedelta(days=days)) if first else datetime.now(UTC).replace(tzinfo=None)
+    begin = first or end - timedelta(days=days)
+    gen = EventGenerator(
+        GeneratorConfig(
+            seed=seed,
+            duplicate_rate=duplicate_rate,
+            out_of_order_rate=out_of_order_rate,
+            late_rate=late_rate,
+            malformed_rate=malformed_rate,
+            include_event_ids=not no_event_ids,
+        )
+    )
+    with console.status(f"generating {events:,} events"):
+        summary = write_dataset(out, gen, events, begin, end)
+    console.print(f"wrote {out}:")
+    console.print_json(json.dumps(summary, default=str))
+
+
+# ----------------------------------------------------------------------------- replay
+@app.command()
+def replay(
+    directory: Annotated[Path, typer.Argument(help="Directory of .jsonl[.gz] stream files.")],
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    partitions: PartitionsOpt = None,
+    rate: Annotated[
+        float | None, typer.Option(help="Events/s overall (default: as fast as possible).")
+    ] = None,
+    load_dims: Annotated[
+        bool, typer.Option(help="Load campaigns.csv/users.csv found in DIRECTORY first.")
+    ] = True,
+    produce_only: Annotated[
+        bool,
+        typer.Option(help="Only append to the log (a separate `adpulse process` consumes it)."),
+    ] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Push a directory of event files through the pipeline; returns when all is committed."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from adpulse.processor.pipeline import Processor
+    from adpulse.sources.files import iter_stream_files
+    from adpulse.sources.producer import replay_directory
+
+    configure_logging(verbose)
+    if not directory.is_dir():
+        raise UserError(f"{directory} is not a directory")
+    if not iter_stream_files(directory):
+        raise UserError(
+            f"{directory} holds no impressions/clicks/conversions .jsonl or .jsonl.gz file"
+        )
+    settings = settings_for(home, config, partitions=partitions)
+    with open_runtime(settings, read_only=False) as rt:
+        if load_dims:
+            for name in ("campaigns.csv", "users.csv"):
+                if (directory / name).exists():
+                    _load_dim_file(rt.warehouse, directory / name, None)
+        total = _count_lines(directory)
+        producer = rt.transport.producer()
+        stop = threading.Event()
+        processor: Processor | None = None
+        worker: threading.Thread | None = None
+        if not produce_only:
+            processor = Processor(settings, rt.transport, rt.warehouse)
+            worker = threading.Thread(target=processor.run, args=(stop,), daemon=True)
+            worker.start()
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:,}/{task.total:,} records"),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("replaying", total=total)
+            counts = replay_directory(
+                directory,
+                producer,
+                settings.partitions,
+                rate=rate,
+                on_progress=lambda n: progress.advance(task, n),
+            )
+            producer.flush()
+            if processor is not None and worker is not None:
+                stop.set()
+                worker.join()
+                progress.update(task, description="committing")
+                processor.run(threading.Event(), until_caught_up=True)
+        console.print(
+            "replayed "
+            + ", ".join(f"{n:,} {s}" for s, n in counts.items())
+            + ("" if produce_only else " — all committed")
+        )
+
+
+def _count_lines(directory: Path) -> int:
+    from adpulse.sources.files import iter_stream_files, read_lines
+
+    return sum(
+        len(lines) for path in iter_stream_files(directory).values() for lines in read_lines(path)
+    )
+
+
+# ---------------------------------------------------------------------------- process
+@app.command()
+def process(
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    partitions: PartitionsOpt = None,
+    until_caught_up: Annotated[
+        bool, typer.Option(help="Stop once everything in the log is committed.")
+    ] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run the processor on its own: consume the log and commit results until stopped
+    (Ctrl-C). Safe to kill at any instant: a restart resumes exactly."""
+    from adpulse.processor.pipeline import Processor
+
+    configure_logging(verbose)
+    settings = settings_for(home, config, partitions=partitions)
+    with open_runtime(settings) as rt:
+        processor = Processor(settings, rt.transport, rt.warehouse)
+        stop = threading.Event()
+        committed = [0]
+
+        def on_batch(report: Any) -> None:
+            committed[0] += report.records
+
+        try:
+            with console.status("processing (Ctrl-C to stop)") as status:
+
+                def show(report: Any) -> None:
+                    on_batch(report)
+                    status.update(f"processing: {committed[0]:,} records committed (Ctrl-C to stop)")
+
+                processor.run(stop, on_batch=show, until_caught_up=until_caught_up)
+        except KeyboardInterrupt:
+            stop.set()
+        console.print(f"committed {committed[0]:,} records")
+
+
+# ------------------------------------------------------------------------------- dims
+@dims_app.command("load")
+def dims_load(
+    files: Annotated[list[Path], typer.Argument(help="campaigns.csv and/or users.csv files.")],
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    effective_from: Annotated[
+        str | None,
+        typer.Option(
+            help="When changed rows take effect (event time); default: now. Use it to "
+            "backfill history, e.g. --effective-from '2023-09-09 12:00:00'."
+        ),
+    ] = None,
+) -> None:
+    """Load dimension CSVs (the original's format). Changed rows become new versions;
+    a running processor picks them up without a restart."""
+    settings = settings_for(home, config)
+    when = _parse_time(effective_from, "--effective-from") if effective_from else None
+    with open_runtime(settings) as rt:
+        for path in files:
+            _load_dim_file(rt.warehouse, path, when)
+
+
+def _load_dim_file(warehouse: Any, path: Path, when: datetime | None) -> None:
+    from adpulse.storage.dimensions import DimensionFileError, read_dimension_csv
+
+    try:
+        kind, rows = read_dimension_csv(path)
+    except (DimensionFileError, OSError) as exc:
+        raise UserError(str(exc)) from exc
+    result = warehouse.load_dimension(kind, rows, when or datetime.now(UTC).replace(tzinfo=None))
+    console.print(
+        f"{path}: {result.kind} — {result.rows} rows, {result.new_keys} new, "
+        f"{result.changed_keys} changed (new versions), {result.unchanged_keys} unchanged"
+    )
+
+
+# ------------------------------------------------------------------------------ query
+METRICS = ("ctr", "conversion-rate", "revenue-per-conversion", "conversion-latency", "trending", "top-ads", "summary")
+
+
+@app.command()
+def query(
+    metric: Annotated[
+        str,
+        typer.Argument(
+            help="ctr | conversion-rate | revenue-per-conversion | conversion-latency | "
+            "trending | top-ads | summary"
+        ),
+    ],
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    by: Annotated[GroupByOpt, typer.Option("--by", help="Group by ad or campaign.")] = GroupByOpt.none,
+    campaign: Annotated[str | None, typer.Option(help="Only this campaign.")] = None,
+    ad: Annotated[int | None, typer.Option(help="Only this ad id.")] = None,
+    from_: Annotated[
+        str | None, typer.Option("--from", help="Start (inclusive), e.g. '2023-09-09 10:00'.")
+    ] = None,
+    to: Annotated[str | None, typer.Option("--to", help="End (exclusive).")] = None,
+    platform: Annotated[str | None, typer.Option(help="Web, Mobile, Tablet...")] = None,
+    location: Annotated[str | None, typer.Option(help="e.g. 'New York'.")] = None,
+    gender: Annotated[str | None, typer.Option()] = None,
+    age_band: Annotated[str | None, typer.Option(help="<18, 18-24, 25-34, ... 65+")] = None,
+    interest: Annotated[str | None, typer.Option(help="One interest, e.g. Travel.")] = None,
+    rank_by: Annotated[
+        str, typer.Option(help="top-ads: revenue | conversion_rate.")
+    ] = "revenue",
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Rows for rankings.")] = 10,
+    min_clicks: Annotated[
+        int | None, typer.Option(help="Minimum clicks for rate rankings (default from settings).")
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option(help="trending: window in minutes (default from settings).")
+    ] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="table | json | csv")] = OutputFormat.table,
+) -> None:
+    """Metrics over any time range and filters, from the one query layer that the HTTP API
+    and dashboard use too."""
+    from adpulse.serving import queries
+
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+    settings = settings_for(home, config)
+    try:
+        filters = queries.Filters(
+            campaign=campaign,
+            ad_id=ad,
+            start=_parse_time(from_, "--from") if from_ else None,
+            end=_parse_time(to, "--to") if to else None,
+            platform=platform,
+            location=location,
+            gender=gender,
+            age_band=age_band,
+            interest=interest,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    group = None if by is GroupByOpt.none else by.value
+    mc = settings.min_clicks if min_clicks is None else min_clicks
+    with open_runtime(settings, read_only=True) as rt:
+        wh = rt.warehouse
+        if metric == "ctr":
+            frame = queries.ctr(wh, filters, group)
+        elif metric == "conversion-rate":
+            frame = queries.conversion_rate(wh, filters, group)
+        elif metric == "revenue-per-conversion":
+            frame = queries.revenue_per_conversion(wh, filters, group)
+        elif metric == "conversion-latency":
+            frame = queries.conversion_latency(wh, filters, group)
+        elif metric == "trending":
+            frame = queries.trending(
+                wh, filters, window_minutes=window or settings.trending_window_minutes,
+                min_clicks=mc, limit=limit,
+            )
+        elif metric == "top-ads":
+            frame = queries.top_ads(wh, filters, by=rank_by, min_clicks=mc, limit=limit)
+        else:
+            frame = queries.summary(wh, filters)
+    _print_frame(frame, fmt)
+
+
+def _print_frame(frame: pl.DataFrame, fmt: OutputFormat) -> None:
+    if fmt is OutputFormat.json:
+        sys.stdout.write(json.dumps(frame.to_dicts(), default=str, indent=2) + "\n")
+    elif fmt is OutputFormat.csv:
+        sys.stdout.write(frame.write_csv())
+    else:
+        from rich.table import Table
+
+        table = Table(show_lines=False)
+        for name in frame.columns:
+            table.add_column(name, justify="right" if frame[name].dtype.is_numeric() else "left")
+        for row in frame.iter_rows():
+            table.add_row(*(_cell(v) for v in row))
+        console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.6g}"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- status
+@app.command()
+def status(
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.table,
+) -> None:
+    """Pipeline status: records per stream, dead letters by reason, watermarks."""
+    from adpulse.serving import queries
+
+    settings = settings_for(home, config)
+    with open_runtime(settings, read_only=True) as rt:
+        info = queries.pipeline_status(rt.warehouse)
+    if fmt is OutputFormat.json:
+        sys.stdout.write(json.dumps(info, default=str, indent=2) + "\n")
+        return
+    for name, value in info.items():
+        console.rule(name)
+        if isinstance(value, pl.DataFrame):
+            _print_frame(value, OutputFormat.table)
+        else:
+            console.print(value)
+
+
+# ------------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    partitions: PartitionsOpt = None,
+    rate: Annotated[float, typer.Option(min=1, help="Events/s produced (all streams).")] = 2_000,
+    seed: Annotated[int, typer.Option(help="Random seed of the generator.")] = 7,
+    history_days: Annotated[
+        float, typer.Option("--days", help="Days of history to backfill before going live.")
+    ] = 0.0,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C).")
+    ] = None,
+    refresh: Annotated[float, typer.Option(help="Seconds between screen refreshes.")] = 2.0,
+    verbose: VerboseOpt = False,
+) -> None:
+    """The live demo: loads dimensions, produces impressions, clicks and conversions at
+    --rate into the log, processes them, and shows a live status and the headline
+    metrics. Ctrl-C stops cleanly; running it again continues where it stopped."""
+    from adpulse.operations.demo import run_demo
+
+    configure_logging(verbose)
+    settings = settings_for(home, config, partitions=partitions)
+    run_demo(
+        settings,
+        console,
+        rate=rate,
+        seed=seed,
+        history_days=history_days,
+        duration=duration,
+        refresh=refresh,
+    )
+
+
+# ------------------------------------------------------------------------------ bench
+@app.command()
+def bench(
+    events: Annotated[int, typer.Option(min=10_000, help="Events in the workload.")] = 3_000_000,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions.")] = 4,
+    seed: Annotated[int, typer.Option()] = 7,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Scratch directory (default: a temporary one).")
+    ] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.table,
+) -> None:
+    """Benchmark: end-to-end events/s from bytes in the log to committed results, time per
+    step, peak memory, and the same-run Polars decode ceiling of the same bytes."""
+    from adpulse.operations.bench import run_bench
+
+    result = run_bench(events=events, partitions=partitions, seed=seed, workdir=workdir, console=console)
+    if fmt is OutputFormat.json:
+        sys.stdout.write(json.dumps(result, default=str, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- config
+@config_app.command("show")
+def config_show(home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """Print the effective settings (secrets masked) and where they come from."""
+    settings = settings_for(home, config)
+    console.print_json(json.dumps(settings.masked(), default=str))
+
+
+# ---------------------------------------------------------------------------- helpers
+def _parse_time(value: str, option: str) -> datetime:
+    from adpulse.processor.steps.validate import parse_timestamp
+
+    text = value.strip()
+    if len(text) == 10:
+        text += " 00:00:00"
+    elif len(text) == 16:
+        text += ":00"
+    parsed = parse_timestamp(text)
+    if parsed is None:
+        raise UserError(
+            f"{option}: cannot read {value!r}; use 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) "
+            "or ISO-8601 with an offset"
+        )
+    return parsed
+
+
+if __name__ == "__main__":
+    main()

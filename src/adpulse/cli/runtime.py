@@ -1,0 +1,68 @@
+"""Opening the configured parts for a command, with errors a user can act on."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adpulse.config import Settings, load_settings
+from adpulse.storage.warehouse import open_warehouse
+from adpulse.storage.warehouse.base import Warehouse
+from adpulse.transport import open_transport
+from adpulse.transport.base import Transport
+
+
+class UserError(Exception):
+    """An error the user can fix; printed without a traceback."""
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    transport: Transport
+    warehouse: Warehouse
+    lock: threading.Lock
+
+    def close(self) -> None:
+        self.transport.close()
+        self.warehouse.close()
+
+
+def settings_for(home: Path | None, config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(home=home, config=config, **overrides)
+    except Exception as exc:  # pydantic ValidationError, TOML errors
+        raise UserError(f"invalid configuration: {exc}") from exc
+
+
+@contextmanager
+def open_runtime(settings: Settings, read_only: bool = False) -> Iterator[Runtime]:
+    """Open transport and warehouse; close both at the end."""
+    try:
+        transport = open_transport(settings)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    try:
+        warehouse = open_warehouse(settings, read_only=read_only)
+    except Exception as exc:
+        transport.close()
+        raise UserError(str(exc)) from exc
+    if not read_only:
+        warehouse.create_schema()
+    runtime = Runtime(settings, transport, warehouse, threading.Lock())
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,202 @@
+"""``adpulse demo``: generator -> log -> processor -> warehouse, with a live terminal view."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from adpulse.cli.runtime import Runtime, open_runtime
+from adpulse.config import Settings
+from adpulse.contracts import Stream
+from adpulse.processor.pipeline import BatchReport, Processor
+from adpulse.serving import queries
+from adpulse.sources.generator import EventGenerator, GeneratorConfig
+from adpulse.sources.producer import publish
+from adpulse.storage.dimensions import read_dimension_csv
+
+#: Most history events the demo backfills (``--days``), whatever the rate.
+MAX_HISTORY_EVENTS = 3_000_000
+
+
+def load_generated_dimensions(rt: Runtime, gen: EventGenerator, console: Console) -> None:
+    """Write the generator's dimensions as the original's CSVs and load them (SCD2)."""
+    folder = rt.settings.home / "dims"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, frame in (("campaigns.csv", gen.campaigns()), ("users.csv", gen.users())):
+        path = folder / name
+        write_dimension_csv(frame, path)
+        kind, rows = read_dimension_csv(path)
+        result = rt.warehouse.load_dimension(kind, rows, datetime.now(UTC).replace(tzinfo=None))
+        console.print(
+            f"dimensions {kind}: {result.rows:,} rows ({result.new_keys:,} new, "
+            f"{result.changed_keys:,} changed) from {path}"
+        )
+
+
+def write_dimension_csv(frame: pl.DataFrame, path: Path) -> None:
+    """The original's CSV format: a header row and ", " between values."""
+    lines = [", ".join(frame.columns)]
+    for row in frame.iter_rows():
+        lines.append(", ".join("" if v is None else str(v) for v in row))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+class _Rates:
+    """Events per second per stream over a sliding window of batch reports."""
+
+    def __init__(self, window: float = 10.0) -> None:
+        self.window = window
+        self._items: deque[tuple[float, BatchReport]] = deque()
+        self.lock = threading.Lock()
+        self.totals: dict[str, int] = {}
+
+    def add(self, report: BatchReport) -> None:
+        with self.lock:
+            self._items.append((time.monotonic(), report))
+            for s, n in report.received.items():
+                self.totals[s.value] = self.totals.get(s.value, 0) + n
+
+    def per_second(self) -> dict[Stream, float]:
+        now = time.monotonic()
+        with self.lock:
+            while self._items and now - self._items[0][0] > self.window:
+                self._items.popleft()
+            sums = {s: 0 for s in Stream}
+            for _, r in self._items:
+                for s, n in r.received.items():
+                    sums[s] += n
+        return {s: n / self.window for s, n in sums.items()}
+
+
+def run_demo(
+    settings: Settings,
+    console: Console,
+    *,
+    rate: float,
+    seed: int,
+    history_days: float,
+    duration: float | None,
+    refresh: float,
+) -> None:
+    gen = EventGenerator(GeneratorConfig(seed=seed))
+    stop = threading.Event()
+    rates = _Rates()
+    with open_runtime(settings) as rt:
+        load_generated_dimensions(rt, gen, console)
+        producer = rt.transport.producer()
+        now = datetime.now(UTC).replace(tzinfo=None)
+        if history_days > 0 and rt.warehouse.next_batch_id() <= 1:
+            n = int(min(MAX_HISTORY_EVENTS, rate * history_days * 86_400))
+            with console.status(f"backfilling {n:,} events of history"):
+                for part in gen.iter_generate(n, now - timedelta(days=history_days), now):
+                    for stream in Stream:
+                        publish(producer, stream, part.records[stream], settings.partitions)
+                producer.flush()
+
+        def produce() -> None:
+            last = datetime.now(UTC).replace(tzinfo=None)
+            while not stop.wait(0.25):
+                current = datetime.now(UTC).replace(tzinfo=None)
+                seconds = (current - last).total_seconds()
+                chunk = gen.stream_chunk(last, current, max(1, round(rate * seconds)))
+                for stream in Stream:
+                    publish(producer, stream, chunk.records[stream], settings.partitions)
+                producer.flush()
+                last = current
+
+        processor = Processor(settings, rt.transport, rt.warehouse)
+        threads = [
+            threading.Thread(target=produce, name="producer", daemon=True),
+            threading.Thread(
+                target=processor.run, args=(stop,), kwargs={"on_batch": rates.add},
+                name="processor", daemon=True,
+            ),
+        ]
+        for t in threads:
+            t.start()
+        started = time.monotonic()
+        console.print(
+            f"demo running at {rate:,.0f} events/s into {settings.home} — Ctrl-C to stop"
+        )
+        try:
+            with Live(console=console, refresh_per_second=4, transient=False) as live:
+                while not stop.is_set():
+                    live.update(_screen(rt, processor, rates, settings))
+                    if duration is not None and time.monotonic() - started >= duration:
+                        break
+                    time.sleep(refresh)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+            producer.close()
+        console.print(f"stopped; committed {sum(rates.totals.values()):,} records this run")
+
+
+def _screen(rt: Runtime, processor: Processor, rates: _Rates, settings: Settings) -> Group:
+    per_second = rates.per_second()
+    status = queries.pipeline_status(rt.warehouse)
+    pipeline = Table(title="pipeline", expand=True)
+    for col in ("stream", "events/s", "received", "dead letters", "duplicates", "late", "watermark"):
+        pipeline.add_column(col, justify="left" if col in ("stream", "watermark") else "right")
+    streams = status.get("streams")
+    by_stream = (
+        {r["stream"]: r for r in streams.to_dicts()} if isinstance(streams, pl.DataFrame) else {}
+    )
+    for stream in Stream:
+        row = by_stream.get(stream.value, {})
+        wm = processor.watermarks
+        marks = [wm.get(stream, p) for p in processor.partitions]
+        known = [m for m in marks if m is not None]
+        pipeline.add_row(
+            stream.value,
+            f"{per_second[stream]:,.0f}",
+            f"{row.get('received', 0) or 0:,}",
+            f"{row.get('rejected', 0) or 0:,}",
+            f"{row.get('duplicates', 0) or 0:,}",
+            f"{row.get('late', 0) or 0:,}",
+            str(min(known)) if known else "—",
+        )
+    dead = Table(title="dead letters by reason")
+    dead.add_column("reason")
+    dead.add_column("records", justify="right")
+    reasons = status.get("dead_letters")
+    if isinstance(reasons, pl.DataFrame):
+        for row in reasons.iter_rows(named=True):
+            dead.add_row(str(row.get("reason")), f"{row.get('records', row.get('count', 0)):,}")
+    lag = processor.lag_bytes()
+    latest = queries.data_range(rt.warehouse)
+    end = latest.get("last_minute") if isinstance(latest, dict) else None
+    filters = queries.Filters(
+        start=(end - timedelta(minutes=15)) if end else None,
+        end=(end + timedelta(minutes=1)) if end else None,
+    )
+    headline = queries.summary(rt.warehouse, filters)
+    metrics = Table(title="last 15 minutes of event time", expand=True)
+    for col in headline.columns:
+        metrics.add_column(col, justify="right")
+    for row in headline.iter_rows():
+        metrics.add_row(*(_fmt(v) for v in row))
+    footer = f"lag: {lag / 1e6:,.1f} MB not yet processed · home: {settings.home}"
+    return Group(Panel(pipeline), metrics, dead, footer)
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
