@@ -71,7 +71,7 @@ def run(root: Path, total_mb: int, partitions: int) -> None:
     )
     synced.close()
 
-    for max_bytes in (32 << 20, 1 << 20):
+    for max_bytes in (32 << 20, 8 << 20, 1 << 20):
         consumer = transport.consumer()
         started = time.perf_counter()
         read_bytes = read_records = 0
@@ -83,7 +83,9 @@ def run(root: Path, total_mb: int, partitions: int) -> None:
                 after = chunk.end_offset
         elapsed = time.perf_counter() - started
         assert (read_bytes, read_records) == (total_bytes, total_records)
-        report(f"poll max_bytes={max_bytes >> 20} MB (page cache)", read_bytes, read_records, elapsed)
+        report(
+            f"poll max_bytes={max_bytes >> 20} MB (page cache)", read_bytes, read_records, elapsed
+        )
         consumer.close()
 
     consumer = transport.consumer()

@@ -103,6 +103,20 @@ def test_a_line_longer_than_max_bytes_comes_alone(make_transport: TransportFacto
     ]
 
 
+def test_budget_cut_far_behind_a_long_line(make_transport: TransportFactory) -> None:
+    # The last line end within the budget lies more than one scan step (64 KiB) back.
+    transport = make_transport(1)
+    long_line = b"y" * 200_000 + b"\n"
+    transport.producer().send_framed(Stream.CLICKS, 0, b"a\n" + long_line + b"b\n", 3)
+    consumer = transport.consumer()
+    chunks = read_all(consumer, Stream.CLICKS, 0, None, 150_000)
+    assert chunks == [
+        (None, "2", b"a\n", 1),
+        ("2", "200003", long_line, 1),
+        ("200003", "200005", b"b\n", 1),
+    ]
+
+
 def test_nothing_to_read(make_transport: TransportFactory) -> None:
     transport = make_transport(3)
     consumer = transport.consumer()
@@ -200,7 +214,11 @@ def test_retention_refuses_deleted_offsets(kind: str, tmp_path: Path) -> None:
         consumer.poll(Stream.CLICKS, 0, "0", 100)
     chunk = consumer.poll(Stream.CLICKS, 0, None, 100)
     assert chunk is not None
-    assert (chunk.data, chunk.records, chunk.end_offset) == (b"000000002\n000000003\n000000004\n", 3, "50")
+    assert (chunk.data, chunk.records, chunk.end_offset) == (
+        b"000000002\n000000003\n000000004\n",
+        3,
+        "50",
+    )
     chunk = consumer.poll(Stream.CLICKS, 0, "30", 100)
     assert chunk is not None
     assert chunk.data == b"000000003\n000000004\n"

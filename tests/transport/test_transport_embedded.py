@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from adpulse.config import Settings
@@ -20,7 +21,7 @@ from adpulse.transport import (
     open_transport,
 )
 from adpulse.transport import embedded as embedded_module
-from adpulse.transport.embedded import list_segments, segment_name
+from adpulse.transport.embedded import count_lines, list_segments, segment_name
 
 
 def lines(first: int, count: int) -> bytes:
@@ -45,9 +46,7 @@ def test_layout_meta_and_segment_contents(tmp_path: Path) -> None:
         "partitions": 3,
     }
     assert segment_path(log_dir, "clicks", 2, 0).read_bytes() == lines(0, 3)
-    assert segment_path(log_dir, "conversions", 1, 0).read_bytes() == (
-        b'{"a":1}\n\x00AngKeQ==\n'
-    )
+    assert segment_path(log_dir, "conversions", 1, 0).read_bytes() == (b'{"a":1}\n\x00AngKeQ==\n')
     assert sorted(p.name for p in (log_dir / "clicks" / "0002").iterdir()) == [
         ".lock",
         "00000000000000000000.log",
@@ -95,6 +94,31 @@ def test_poll_never_returns_a_partial_line(tmp_path: Path) -> None:
     assert chunk is not None
     assert (chunk.data, chunk.records, chunk.end_offset) == (b'{"half":"line"}\n', 1, "36")
     transport.close()
+
+
+def test_a_long_line_being_written_is_not_returned(tmp_path: Path) -> None:
+    transport = EmbeddedTransport(tmp_path / "log", 1)
+    transport.producer().send_framed(Stream.CLICKS, 0, b"a\n", 1)
+    segment = segment_path(tmp_path / "log", "clicks", 0, 0)
+    with segment.open("ab") as f:
+        f.write(b"z" * 150_000)  # longer than max_bytes, no newline yet
+    consumer = transport.consumer()
+    chunk = consumer.poll(Stream.CLICKS, 0, None, 100)
+    assert chunk is not None
+    assert (chunk.data, chunk.end_offset) == (b"a\n", "2")
+    assert consumer.poll(Stream.CLICKS, 0, "2", 100) is None
+    with segment.open("ab") as f:
+        f.write(b"\nb\n")
+    chunk = consumer.poll(Stream.CLICKS, 0, "2", 100)
+    assert chunk is not None
+    assert (chunk.data, chunk.records, chunk.end_offset) == (b"z" * 150_000 + b"\n", 1, "150003")
+    transport.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 65_535, 65_536, 1_048_576, 3_000_001])
+def test_count_lines_matches_bytes_count(size: int) -> None:
+    data = (np.arange(size, dtype=np.int64) * 7919 % 251).astype(np.uint8).tobytes()
+    assert count_lines(data) == data.count(b"\n")
 
 
 def test_torn_tail_is_repaired_before_the_next_append(

@@ -80,10 +80,20 @@ def generate(
     start: Annotated[
         str | None, typer.Option(help="First event time, e.g. 2023-09-01 (default: now - days).")
     ] = None,
-    duplicate_rate: Annotated[float, typer.Option(min=0, max=1, help="Share re-sent.")] = 0.0,
-    out_of_order_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
-    late_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
-    malformed_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    duplicate_rate: Annotated[
+        float | None, typer.Option(min=0, max=1, help="Share of records re-sent [0.01].")
+    ] = None,
+    out_of_order_rate: Annotated[
+        float | None, typer.Option(min=0, max=1, help="Share displaced up to 30 s [0.02].")
+    ] = None,
+    late_rate: Annotated[
+        float | None,
+        typer.Option(min=0, max=1, help="Share arriving up to 9 min late [0.002]."),
+    ] = None,
+    malformed_rate: Annotated[
+        float | None, typer.Option(min=0, max=1, help="Share of malformed records [0.001].")
+    ] = None,
+    clean: Annotated[bool, typer.Option("--clean", help="No faults at all.")] = False,
     no_event_ids: Annotated[
         bool, typer.Option("--no-event-ids", help="Omit event_id, like the original's records.")
     ] = False,
@@ -96,16 +106,23 @@ def generate(
     first = _parse_time(start, "--start") if start else None
     end = (first + timedelta(days=days)) if first else datetime.now(UTC).replace(tzinfo=None)
     begin = first or end - timedelta(days=days)
-    gen = EventGenerator(
-        GeneratorConfig(
+    rates = {
+        "duplicate_rate": duplicate_rate,
+        "out_of_order_rate": out_of_order_rate,
+        "late_rate": late_rate,
+        "malformed_rate": malformed_rate,
+    }
+    try:
+        gen_config = GeneratorConfig(
             seed=seed,
-            duplicate_rate=duplicate_rate,
-            out_of_order_rate=out_of_order_rate,
-            late_rate=late_rate,
-            malformed_rate=malformed_rate,
             include_event_ids=not no_event_ids,
+            **{k: v for k, v in rates.items() if v is not None},
         )
-    )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if clean:
+        gen_config = gen_config.without_faults()
+    gen = EventGenerator(gen_config)
     with console.status(f"generating {events:,} events"):
         summary = write_dataset(out, gen, events, begin, end)
     console.print(f"wrote {out}:")
@@ -132,11 +149,8 @@ def replay(
     verbose: VerboseOpt = False,
 ) -> None:
     """Push a directory of event files through the pipeline; returns when all is committed."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from adpulse.processor.pipeline import Processor
     from adpulse.sources.files import iter_stream_files
-    from adpulse.sources.producer import replay_directory
 
     configure_logging(verbose)
     if not directory.is_dir():
@@ -146,46 +160,67 @@ def replay(
             f"{directory} holds no impressions/clicks/conversions .jsonl or .jsonl.gz file"
         )
     settings = settings_for(home, config, partitions=partitions)
-    with open_runtime(settings, read_only=False) as rt:
+    total = _count_lines(directory)
+    if produce_only:
+        # No warehouse here: a separate `adpulse process` holds it.
+        from adpulse.transport import open_transport
+
+        try:
+            transport = open_transport(settings)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+        try:
+            counts = _replay_with_progress(directory, transport.producer(), settings, rate, total)
+        finally:
+            transport.close()
+        console.print("appended " + ", ".join(f"{n:,} {s}" for s, n in counts.items()))
+        return
+    with open_runtime(settings) as rt:
         if load_dims:
             for name in ("campaigns.csv", "users.csv"):
                 if (directory / name).exists():
                     _load_dim_file(rt.warehouse, directory / name, None)
-        total = _count_lines(directory)
-        producer = rt.transport.producer()
+        processor = Processor(settings, rt.transport, rt.warehouse)
         stop = threading.Event()
-        processor: Processor | None = None
-        worker: threading.Thread | None = None
-        if not produce_only:
-            processor = Processor(settings, rt.transport, rt.warehouse)
-            worker = threading.Thread(target=processor.run, args=(stop,), daemon=True)
-            worker.start()
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed:,}/{task.total:,} records"),
-            TimeRemainingColumn(),
-            console=console,
-        ) as progress:
-            task = progress.add_task("replaying", total=total)
-            counts = replay_directory(
-                directory,
-                producer,
-                settings.partitions,
-                rate=rate,
-                on_progress=lambda n: progress.advance(task, n),
-            )
-            producer.flush()
-            if processor is not None and worker is not None:
-                stop.set()
-                worker.join()
-                progress.update(task, description="committing")
-                processor.run(threading.Event(), until_caught_up=True)
+        worker = threading.Thread(target=processor.run, args=(stop,), daemon=True)
+        worker.start()
+        try:
+            counts = _replay_with_progress(directory, rt.transport.producer(), settings, rate, total)
+        finally:
+            stop.set()
+            worker.join()
+        with console.status("committing what is left"):
+            processor.run(threading.Event(), until_caught_up=True)
         console.print(
-            "replayed "
-            + ", ".join(f"{n:,} {s}" for s, n in counts.items())
-            + ("" if produce_only else " — all committed")
+            "replayed " + ", ".join(f"{n:,} {s}" for s, n in counts.items()) + " — all committed"
         )
+
+
+def _replay_with_progress(
+    directory: Path, producer: Any, settings: Any, rate: float | None, total: int
+) -> dict[Any, int]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from adpulse.sources.producer import replay_directory
+
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} records"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    ) as progress:
+        task = progress.add_task("replaying", total=total)
+        counts = replay_directory(
+            directory,
+            producer,
+            settings.partitions,
+            rate=rate,
+            on_progress=lambda n: progress.advance(task, n),
+        )
+        producer.flush()
+    return counts
 
 
 def _count_lines(directory: Path) -> int:

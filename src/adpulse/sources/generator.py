@@ -166,13 +166,17 @@ _DIURNAL: Final = np.array(
 )  # fmt: skip
 
 #: ISO-8601 offsets used by the share of records that are not in the original format.
-_ISO_OFFSETS: Final = (("+00:00", 0), ("-04:00", -240), ("-05:00", -300), ("-07:00", -420),
-                       ("+02:00", 120), ("+05:30", 330))  # fmt: skip
+_ISO_OFFSETS: Final = (
+    ("+00:00", 0),
+    ("-04:00", -240),
+    ("-05:00", -300),
+    ("-07:00", -420),
+    ("+02:00", 120),
+    ("+05:30", 330),
+)
 
 _PLATFORM_CDF: Final = np.cumsum(_PLATFORM_MIX) / np.sum(_PLATFORM_MIX)
 _LOCATION_CDF: Final = np.cumsum(_LOCATION_WEIGHTS) / np.sum(_LOCATION_WEIGHTS)
-_PLATFORM_TEXT: Final = pl.Series(PLATFORMS)
-_LOCATION_TEXT: Final = pl.Series(LOCATIONS)
 _ENGAGEMENT_TAILS: Final = pl.Series(
     [f'", "platform": "{p}", "location": "{c}"}}' for p in PLATFORMS for c in LOCATIONS]
 )
@@ -183,7 +187,7 @@ _HOUR_MS: Final = 3_600_000
 _DAY_MS: Final = 86_400_000
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 #: Bounded data sets are generated in windows of at most this many events (memory).
-MAX_WINDOW_EVENTS: Final = 1_000_000
+MAX_WINDOW_EVENTS = 1_000_000
 
 
 # --- Public types ------------------------------------------------------------------------
@@ -291,6 +295,8 @@ class GeneratorConfig:
     include_event_ids: bool = True
 
     def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.users < len(SAMPLE_USERS):
             raise ValueError(f"users must be at least {len(SAMPLE_USERS)}, got {self.users}")
         if not len(SAMPLE_ADS) <= self.campaigns <= self.ads:
@@ -444,7 +450,9 @@ class EventGenerator:
             raise ValueError(f"end ({end}) must be after start ({start})")
         if n_events < 0:
             raise ValueError(f"n_events must be >= 0, got {n_events}")
-        rng = np.random.default_rng([self.config.seed, 1, start_ms, end_ms, n_events])
+        # Seeded by the arguments too: different ranges give different events (and ids).
+        key = [self.config.seed, 1, start_ms % 2**64, end_ms % 2**64, n_events]
+        rng = np.random.default_rng(key)
         session = _Session(self._world, self.config, rng)
         windows = max(1, math.ceil(n_events / MAX_WINDOW_EVENTS))
         bounds = [start_ms + (end_ms - start_ms) * i // windows for i in range(windows + 1)]
@@ -926,8 +934,8 @@ class _Session:
         if n_dup:
             source = rng.choice(n, n_dup, replace=False)
             lag = rng.integers(1, int(c.duplicate_max_delay_seconds * _SECOND) + 2, n_dup)
+            # A re-send: the same bytes, so the same event id.
             parts.append(_Arrivals(arrival[source] + lag, [payload[i] for i in source.tolist()]))
-            seq += n_dup
 
         malformed: dict[MalformedKind, int] = {}
         if n_bad:

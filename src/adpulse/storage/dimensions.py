@@ -93,18 +93,20 @@ def read_dimension_csv(
     path = Path(path)
     try:
         size = path.stat().st_size
+        if size > max_bytes:
+            raise DimensionFileError(
+                f"{path}: file is {size:,} bytes, more than the {max_bytes:,}-byte limit for"
+                " dimension files; split it (files may hold only some keys) or raise the limit"
+            )
+        data = path.read_bytes()
     except OSError as exc:
         raise DimensionFileError(f"{path}: cannot read dimension file: {exc.strerror}") from exc
-    if size > max_bytes:
-        raise DimensionFileError(
-            f"{path}: file is {size:,} bytes, more than the {max_bytes:,}-byte limit for"
-            " dimension files; split it (files may hold only some keys) or raise the limit"
-        )
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
         raise DimensionFileError(
-            f"{path}: not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"
+            f"{path}:{line}: not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"
         ) from exc
     return parse_dimension_csv(text, source=str(path))
 
@@ -112,6 +114,7 @@ def read_dimension_csv(
 def parse_dimension_csv(text: str, *, source: str = "<text>") -> tuple[DimensionKind, pl.DataFrame]:
     """:func:`read_dimension_csv` on text already in memory; ``source`` names it in errors."""
     # skipinitialspace drops the blank after each comma, the original's own format.
+    text = text.removeprefix("\ufeff")  # a BOM, as spreadsheet exports write it
     reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True, strict=True)
     try:
         header = next(reader, None)

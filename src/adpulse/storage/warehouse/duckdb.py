@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -84,6 +84,7 @@ class DuckDBWarehouse(SqlWarehouse):
         self._writer = self._root.cursor()
         self._write_lock = threading.Lock()
         self._cursor_lock = threading.Lock()
+        self._staged: set[str] = set()  # views registered on the writer, see _stage
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -113,10 +114,7 @@ class DuckDBWarehouse(SqlWarehouse):
     # -- reads -------------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
         """Run one read-only statement (``SELECT``/``WITH``) on a cursor of its own."""
-        statements = self._root.extract_statements(sql)
-        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-            raise ValueError("query() runs exactly one SELECT statement")
-        return self._read(sql, params)
+        return self._read(sql, params, select_only=True)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new cursor on this database for one thread's own use (close it when done)."""
@@ -138,31 +136,47 @@ class DuckDBWarehouse(SqlWarehouse):
             except BaseException:
                 # After a failed statement or COMMIT DuckDB needs an explicit ROLLBACK
                 # before the connection is usable again.
-                try:
+                with suppress(duckdb.Error):  # nothing left open to roll back
                     self._writer.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass  # nothing left open to roll back
+                for name in self._staged:  # release the frames staged views still hold
+                    with suppress(duckdb.Error):
+                        self._writer.unregister(name)
+                self._staged.clear()
                 raise
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._writer.execute(sql, list(params) if params else None)
+        self._writer.execute(sql, list(params) or None)
 
     @contextmanager
     def _stage(self, name: str, frame: pl.DataFrame) -> Iterator[None]:
         # register() scans the frame's Arrow buffers in place: no copy, no row loop.
         self._writer.register(name, frame)
+        self._staged.add(name)
         try:
             yield
         finally:
-            self._writer.unregister(name)
+            # In a transaction aborted by an error, unregister fails too; it must not
+            # hide that error, and _transaction retries it after the ROLLBACK.
+            with suppress(duckdb.Error):
+                self._writer.unregister(name)
+                self._staged.discard(name)
 
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
-        return self._writer.sql(sql, params=list(params) if params else None).pl()
+        frame: pl.DataFrame = self._writer.sql(sql, params=list(params) or None).pl()
+        return frame
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+    def _read(
+        self, sql: str, params: Sequence[Any] = (), *, select_only: bool = False
+    ) -> pl.DataFrame:
         cursor = self.cursor()
         try:
-            return cursor.sql(sql, params=list(params) if params else None).pl()
+            if select_only:
+                # Parsed, not pattern-matched: a trailing "; DROP ..." is a second statement.
+                statements = cursor.extract_statements(sql)
+                if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+                    raise ValueError("query() runs exactly one SELECT statement")
+            frame: pl.DataFrame = cursor.sql(sql, params=list(params) or None).pl()
+            return frame
         finally:
             cursor.close()
 

@@ -291,9 +291,7 @@ class SqlWarehouse(Warehouse):
         spec = DIMENSIONS[kind]
         loaded_at = now_utc()
         with self._transaction():
-            current = self._fetch(
-                f"SELECT * FROM {quote(spec.table)} WHERE valid_to IS NULL"
-            )
+            current = self._fetch(f"SELECT * FROM {quote(spec.table)} WHERE valid_to IS NULL")
             to_close, to_insert = scd2_changes(current, rows, kind, effective_from, loaded_at)
             if to_close.height:
                 with self._stage("staged_dimension_keys", to_close):
@@ -364,4 +362,3 @@ def _watermarks_frame(
         },
         schema=schema.WATERMARKS,
     )
-

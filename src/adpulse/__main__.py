@@ -1,0 +1,3 @@
+from adpulse.cli.main import main
+
+main()

@@ -1,0 +1,48 @@
+"""Serving: the one query layer (:mod:`.queries`) behind the CLI, the HTTP API and the
+dashboard."""
+
+from adpulse.serving.queries import (
+    AGE_BAND_LABELS,
+    DataRange,
+    FilterError,
+    Filters,
+    GroupBy,
+    PipelineStatus,
+    TopAdsBy,
+    TrendingWindows,
+    conversion_latency,
+    conversion_rate,
+    counts,
+    ctr,
+    data_range,
+    pipeline_status,
+    revenue_per_conversion,
+    summary,
+    timeseries,
+    top_ads,
+    trending,
+    trending_windows,
+)
+
+__all__ = [
+    "AGE_BAND_LABELS",
+    "DataRange",
+    "FilterError",
+    "Filters",
+    "GroupBy",
+    "PipelineStatus",
+    "TopAdsBy",
+    "TrendingWindows",
+    "conversion_latency",
+    "conversion_rate",
+    "counts",
+    "ctr",
+    "data_range",
+    "pipeline_status",
+    "revenue_per_conversion",
+    "summary",
+    "timeseries",
+    "top_ads",
+    "trending",
+    "trending_windows",
+]
