@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 MAX_RECORD_BYTES = 64 * 1024
 STREAMS = {
@@ -38,9 +39,15 @@ def load_raw(con: duckdb.DuckDBPyConnection, data_dir: Path) -> dict[str, int]:
             if len(raw) > MAX_RECORD_BYTES:
                 text = None  # rejected: too large
             rows.append((i, text))
-        con.execute(f"CREATE OR REPLACE TABLE raw_{stream} (line_no INTEGER, doc VARCHAR)")
-        if rows:
-            con.executemany(f"INSERT INTO raw_{stream} VALUES (?, ?)", rows)
+        table = pa.table(
+            {
+                "line_no": pa.array([r[0] for r in rows], pa.int32()),
+                "doc": pa.array([r[1] for r in rows], pa.string()),
+            }
+        )
+        con.register("raw_lines", table)
+        con.execute(f"CREATE OR REPLACE TABLE raw_{stream} AS SELECT * FROM raw_lines")
+        con.unregister("raw_lines")
     return received
 
 

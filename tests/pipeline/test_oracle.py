@@ -34,7 +34,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, o
     data = tmp_path_factory.mktemp("data")
     gen = EventGenerator(
         GeneratorConfig(
-            seed=11, ads=80, campaigns=12, users=3_000, duplicate_rate=0.02,
+            seed=11, ads=80, campaigns=12, users=3_000, ctr_mean=0.2,
+            conversion_rate_min=0.2, conversion_rate_max=0.4, duplicate_rate=0.02,
             out_of_order_rate=0.05, late_rate=0.01, malformed_rate=0.004,
         )
     )

@@ -175,18 +175,25 @@ def test_ctr(warehouse: DuckDBWarehouse) -> None:
     )
 
 
-def test_ctr_is_null_without_impressions(warehouse: DuckDBWarehouse) -> None:
-    # Web + Summer Sale is the re-attributed conversion only: no impressions.
+def test_ctr_leaves_out_groups_without_impressions_and_clicks(
+    warehouse: DuckDBWarehouse, empty_warehouse: DuckDBWarehouse
+) -> None:
+    # Web + ad 1002 is the re-attributed conversion only: nothing for a CTR.
     frame = queries.ctr(warehouse, Filters(platform="Web"), "ad")
     assert frame.columns == ["ad_id", "campaign", "impressions", "clicks", "ctr"]
-    assert_rows(
-        frame,
-        [
-            (1001, "Back-to-School", 100, 10, 0.1),
-            (1002, "Summer Sale", 0, 0, None),
-            (9999, None, 10, 1, 0.1),
-        ],
+    assert_rows(frame, [(1001, "Back-to-School", 100, 10, 0.1), (9999, None, 10, 1, 0.1)])
+    assert queries.counts(warehouse, Filters(platform="Web"), "ad")["ad_id"].to_list() == [
+        1001,
+        1002,
+        9999,
+    ]
+    clicks_only = empty_output(1)
+    clicks_only.rollups = schema.conform(
+        pl.DataFrame({"minute": [M0], "ad_id": [1], "clicks": [3], "impressions": [0]}),
+        schema.ROLLUP_MINUTE,
     )
+    empty_warehouse.commit(clicks_only)
+    assert_rows(queries.ctr(empty_warehouse, Filters()), [(0, 3, None)])
 
 
 def test_conversion_rate(warehouse: DuckDBWarehouse) -> None:
@@ -198,9 +205,8 @@ def test_conversion_rate(warehouse: DuckDBWarehouse) -> None:
         [
             (1001, "Back-to-School", 15, 3, 0.2),
             (1002, "Summer Sale", 8, 3, 0.375),
-            (1003, "Fall Fashion", 0, 0, None),
             (9999, None, 1, 0, 0.0),
-        ],
+        ],  # 1003 has neither clicks nor conversions
     )
     assert_rows(
         queries.conversion_rate(warehouse, Filters(platform="Mobile"), "campaign"),
@@ -216,8 +222,7 @@ def test_revenue_per_conversion_counts_all_conversions(warehouse: DuckDBWarehous
         queries.revenue_per_conversion(warehouse, Filters(), "campaign"),
         [
             ("Back-to-School", 3, D("130.5000"), 43.5),
-            ("Fall Fashion", 0, D("0.0000"), None),
-            ("Summer Sale", 3, D("75.2500"), 75.25 / 3),
+            ("Summer Sale", 3, D("75.2500"), 75.25 / 3),  # Fall Fashion: no conversions
             (None, 1, D("5.0000"), 5.0),  # unattributed, still a conversion
         ],
     )
@@ -226,9 +231,9 @@ def test_revenue_per_conversion_counts_all_conversions(warehouse: DuckDBWarehous
 # --- latency --------------------------------------------------------------------------------
 LATENCY_COLUMNS = [
     "conversions",
-    "latency_mean_seconds",
-    "latency_p50_seconds",
-    "latency_p90_seconds",
+    "latency_mean",
+    "latency_p50",
+    "latency_p90",
 ]
 
 
@@ -287,9 +292,9 @@ SUMMARY_COLUMNS = [
     "ctr",
     "conversion_rate",
     "revenue_per_conversion",
-    "latency_mean_seconds",
-    "latency_p50_seconds",
-    "latency_p90_seconds",
+    "latency_mean",
+    "latency_p50",
+    "latency_p90",
 ]
 
 

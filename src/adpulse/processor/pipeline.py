@@ -284,9 +284,7 @@ class Processor:
                     maxes = rows.group_by("partition").agg(pl.col("event_time").max())
                     for p, t in maxes.iter_rows():
                         self.watermarks.observe(stream, p, t)
-                rows, dups = drop_duplicates(
-                    rows, stream, self.dedupe, self._cutoffs(stream, self.horizon)
-                )
+                rows, dups = drop_duplicates(rows, stream, self.dedupe, self.horizon)
             with timer("enrich"):
                 rows = enrich(rows, self._campaigns, self._users)
             facts[stream] = rows

@@ -11,8 +11,11 @@ interests matched with ``POSITION`` instead of array functions.
 Sources:
 
 - counts and rates come from ``rollup_minute``: append-only partial rows (a retraction
-  is a negative row), so every read SUMs over the key, and a group whose counts and
-  revenue all sum to zero is dropped (it only ever held retracted data);
+  is a negative row), so every read SUMs over the key. A group is dropped when the
+  measures its metric reads all sum to zero (it has nothing to show, or only ever held
+  retracted data): for :func:`counts` all of them, for :func:`ctr` impressions and
+  clicks, for :func:`conversion_rate` clicks and attributed conversions, for
+  :func:`revenue_per_conversion` conversions and revenue;
 - latency comes from ``fact_conversions`` (percentiles need the individual values).
 
 Time ranges are half-open, ``[start, end)``, and minute-aligned for rollups: a minute
@@ -120,17 +123,23 @@ _ROLLUP_SUMS: Final = {
     "revenue": "CAST(COALESCE(SUM(revenue), 0) AS DECIMAL(18,4))",
 }
 _ROLLUP_INPUTS: Final = tuple(_ROLLUP_SUMS)
-#: A group is kept when any of these sums is non-zero. Float latency sums are left out:
-#: retracted +x/-x pairs may not cancel exactly in floating point.
-_NONZERO: Final = " OR ".join(
-    f"COALESCE(SUM({c}), 0) <> 0"
-    for c in ("impressions", "clicks", "conversions", "attributed_conversions", "revenue")
+
+
+def _nonzero(*columns: str) -> str:
+    """HAVING condition: some of ``columns`` sums to non-zero (else the group is noise)."""
+    return " OR ".join(f"COALESCE(SUM({c}), 0) <> 0" for c in columns)
+
+
+#: counts() keeps a group when any of these sums is non-zero. Float latency sums are left
+#: out: retracted +x/-x pairs may not cancel exactly in floating point.
+_NONZERO: Final = _nonzero(
+    "impressions", "clicks", "conversions", "attributed_conversions", "revenue"
 )
 _LATENCY: Final = {
     "conversions": "CAST(COUNT(*) AS BIGINT)",
-    "latency_mean_seconds": "AVG(latency_seconds)",
-    "latency_p50_seconds": "percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_seconds)",
-    "latency_p90_seconds": "percentile_cont(0.9) WITHIN GROUP (ORDER BY latency_seconds)",
+    "latency_mean": "AVG(latency_seconds)",
+    "latency_p50": "percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_seconds)",
+    "latency_p90": "percentile_cont(0.9) WITHIN GROUP (ORDER BY latency_seconds)",
 }
 
 
@@ -220,11 +229,15 @@ def _order(keys: Sequence[str]) -> str:
 
 
 def _rollup_select(
-    warehouse: Warehouse, filters: Filters, group_by: GroupBy, outputs: dict[str, str]
+    warehouse: Warehouse,
+    filters: Filters,
+    group_by: GroupBy,
+    outputs: dict[str, str],
+    having: str = _NONZERO,
 ) -> pl.DataFrame:
     conditions, params = _conditions(filters, "minute")
     ctes, keys = _grouped(
-        "rollup_minute", "minute", conditions, _ROLLUP_SUMS, _ROLLUP_INPUTS, group_by, _NONZERO
+        "rollup_minute", "minute", conditions, _ROLLUP_SUMS, _ROLLUP_INPUTS, group_by, having
     )
     columns = ", ".join([*keys, *(f"{expr} AS {name}" for name, expr in outputs.items())])
     return warehouse.query(f"WITH {ctes} SELECT {columns} FROM totals{_order(keys)}", params)
@@ -237,7 +250,9 @@ def counts(warehouse: Warehouse, filters: Filters, group_by: GroupBy = None) -> 
     Columns: [``ad_id``, ``campaign`` | ``campaign``] then ``impressions``, ``clicks``,
     ``conversions``, ``attributed_conversions`` (Int64) and ``revenue`` (Decimal 18,4).
     One row per group with any non-zero measure (none at all when there is no data);
-    ordered by the group key, NULL (unknown) last.
+    ordered by the group key, NULL (unknown) last. Group keys: ``"campaign"`` gives
+    ``campaign``; ``"ad"`` gives ``ad_id`` and the ad's ``campaign`` as of its latest
+    data in the range. The other metric functions group the same way.
     """
     outputs = {name: name for name in _ROLLUP_SUMS}
     return _rollup_select(warehouse, filters, group_by, outputs)
@@ -247,13 +262,14 @@ def ctr(warehouse: Warehouse, filters: Filters, group_by: GroupBy = None) -> pl.
     """Click-through rate. Columns: [group keys], ``impressions``, ``clicks``, ``ctr``.
 
     ``ctr = clicks / impressions`` (Float64, NULL when there are no impressions).
+    Groups without impressions and clicks are left out.
     """
     outputs = {
         "impressions": "impressions",
         "clicks": "clicks",
         "ctr": _ratio("clicks", "impressions"),
     }
-    return _rollup_select(warehouse, filters, group_by, outputs)
+    return _rollup_select(warehouse, filters, group_by, outputs, _nonzero("impressions", "clicks"))
 
 
 def conversion_rate(
@@ -267,7 +283,8 @@ def conversion_rate(
         "attributed_conversions": "attributed_conversions",
         "conversion_rate": _ratio("attributed_conversions", "clicks"),
     }
-    return _rollup_select(warehouse, filters, group_by, outputs)
+    having = _nonzero("clicks", "attributed_conversions")
+    return _rollup_select(warehouse, filters, group_by, outputs, having)
 
 
 def revenue_per_conversion(
@@ -282,7 +299,8 @@ def revenue_per_conversion(
         "revenue": "revenue",
         "revenue_per_conversion": _ratio("revenue", "conversions"),
     }
-    return _rollup_select(warehouse, filters, group_by, outputs)
+    having = _nonzero("conversions", "revenue")
+    return _rollup_select(warehouse, filters, group_by, outputs, having)
 
 
 def conversion_latency(
@@ -291,7 +309,7 @@ def conversion_latency(
     """Click-to-conversion latency of attributed conversions with event time in range.
 
     Columns: [group keys], ``conversions`` (Int64, attributed ones), and Float64
-    ``latency_mean_seconds``, ``latency_p50_seconds``, ``latency_p90_seconds``
+    ``latency_mean``, ``latency_p50``, ``latency_p90``
     (continuous percentiles, linear interpolation). A conversion's platform and location
     are its attributed click's. No row when nothing matches.
     """
@@ -335,8 +353,8 @@ def summary(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
 
     Columns: ``impressions``, ``clicks``, ``conversions``, ``attributed_conversions``
     (Int64), ``revenue`` (Decimal 18,4), ``ctr``, ``conversion_rate``,
-    ``revenue_per_conversion``, ``latency_mean_seconds``, ``latency_p50_seconds``,
-    ``latency_p90_seconds`` (Float64; NULL when undefined). Same definitions as the
+    ``revenue_per_conversion``, ``latency_mean``, ``latency_p50``, ``latency_p90``
+    (Float64, latencies in seconds; NULL when undefined). Same definitions as the
     individual metric functions.
     """
     r_conditions, r_params = _conditions(filters, "minute")
@@ -353,7 +371,7 @@ def summary(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
         f" {_ratio('r.clicks', 'r.impressions')} AS ctr,"
         f" {_ratio('r.attributed_conversions', 'r.clicks')} AS conversion_rate,"
         f" {_ratio('r.revenue', 'r.conversions')} AS revenue_per_conversion,"
-        " l.latency_mean_seconds, l.latency_p50_seconds, l.latency_p90_seconds"
+        " l.latency_mean, l.latency_p50, l.latency_p90"
         " FROM r CROSS JOIN l"
     )
     return warehouse.query(sql, [*r_params, *l_params])

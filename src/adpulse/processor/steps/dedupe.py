@@ -16,7 +16,10 @@ import polars as pl
 import polars_hash as plh
 
 from adpulse.contracts import Stream
-from adpulse.processor.state import DedupeState, hour_bucket, hour_buckets, key_hashes
+from adpulse.processor.state import DedupeState, hour_buckets, key_hashes
+
+_HOUR_US = 3_600_000_000
+_NO_CUTOFF = -(2**31)
 
 _CANONICAL_FIELDS = {
     Stream.IMPRESSIONS: ("ad_id", "user_id", "platform", "location"),
@@ -45,7 +48,8 @@ def with_event_ids(rows: pl.DataFrame, stream: Stream) -> pl.DataFrame:
 def flag_late(
     rows: pl.DataFrame, watermarks: dict[int, datetime | None], lateness: timedelta
 ) -> pl.DataFrame:
-    """Add ``is_late`` using the running watermark per partition, in arrival order."""
+    """Add ``is_late`` and ``_wm``: the running watermark per partition before each row,
+    in arrival order (so both are the same however the records are cut into batches)."""
     start = pl.DataFrame(
         {"partition": list(watermarks), "_wm0": list(watermarks.values())},
         schema={"partition": pl.Int32, "_wm0": pl.Datetime("us")},
@@ -57,35 +61,40 @@ def flag_late(
         .with_columns(
             is_late=(pl.col("event_time") < pl.col("_wm") - lateness).fill_null(False)
         )
-        .drop("_wm0", "_wm")
+        .drop("_wm0")
     )
 
 
 def drop_duplicates(
-    rows: pl.DataFrame,
-    stream: Stream,
-    state: DedupeState,
-    cutoffs: dict[int, datetime | None],
+    rows: pl.DataFrame, stream: Stream, state: DedupeState, horizon: timedelta
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Return (unique rows, duplicate counts per partition) and remember the new keys."""
+    """Return (unique rows, duplicate counts per partition) and remember the new keys.
+
+    A row is a duplicate when its key was seen with an event-time hour at or after the
+    hour of (the running watermark before the row - horizon): ``rows`` come from
+    :func:`flag_late`, which adds that watermark as ``_wm``.
+    """
     if rows.height == 0:
-        return rows, pl.DataFrame(schema={"partition": pl.Int32, "duplicates": pl.UInt32})
+        return rows.drop("_wm"), pl.DataFrame(
+            schema={"partition": pl.Int32, "duplicates": pl.UInt32}
+        )
     first = rows["event_id"].is_first_distinct()
     unique = rows.filter(first) if not first.all() else rows
     hi, lo = key_hashes(unique["event_id"])
     buckets = hour_buckets(unique["event_time"])
-    floor = {p: (hour_bucket(c) if c is not None else -(2**31)) for p, c in cutoffs.items()}
     cutoff = (
         unique.select(
-            pl.col("partition").replace_strict(floor, default=-(2**31), return_dtype=pl.Int32)
+            ((pl.col("_wm") - horizon).dt.epoch("us") // _HOUR_US)
+            .fill_null(_NO_CUTOFF)
+            .cast(pl.Int32)
         )
         .to_series()
         .to_numpy()
     )
+    unique = unique.drop("_wm")
     seen = state.sets[stream].check_and_add(hi, lo, buckets, cutoff)
     if seen.any():
         unique = unique.filter(pl.Series(~seen))
-    kept = unique.height
     duplicates = (
         rows.group_by("partition")
         .len("received")
@@ -95,5 +104,4 @@ def drop_duplicates(
             duplicates=(pl.col("received") - pl.col("kept").fill_null(0)).cast(pl.UInt32),
         )
     )
-    del kept
     return unique, duplicates

@@ -88,7 +88,8 @@ def validate(decoded: Decoded, now: datetime, max_future: timedelta) -> Validate
     flagged = rows.with_columns(_reason=reason)
     if flagged["_reason"].null_count() == flagged.height:
         return Validated(stream, rows, decoded.rejects)
-    bad = flagged.filter(pl.col("_reason").is_not_null()).with_columns(_detail=detail)
+    # rechunk: Polars 2.1 panics evaluating `detail` over a multi-chunk filtered frame.
+    bad = flagged.filter(pl.col("_reason").is_not_null()).rechunk().with_columns(_detail=detail)
     for row, why, text in bad.select("_row", "_reason", "_detail").iter_rows():
         payload = decoded.line(row)
         if payload[:1] == b"\x00":
