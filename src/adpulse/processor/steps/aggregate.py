@@ -50,9 +50,7 @@ def combine(parts: list[pl.DataFrame]) -> pl.DataFrame:
     parts = [p for p in parts if p.height]
     if not parts:
         return pl.DataFrame(schema=ROLLUP_MINUTE)
-    if len(parts) == 1:
-        return parts[0]
-    merged = (
+    merged = parts[0] if len(parts) == 1 else (
         pl.concat(parts)
         .group_by(_KEY)
         .agg(
@@ -60,11 +58,17 @@ def combine(parts: list[pl.DataFrame]) -> pl.DataFrame:
             pl.col("clicks").sum(),
             pl.col("conversions").sum(),
             pl.col("attributed_conversions").sum(),
-            pl.col("revenue").fill_null(_ZERO_DEC).sum(),
+            pl.col("revenue").sum(),
             pl.col("latency_sum_seconds").sum(),
         )
     )
+    # Every measure is a number (0, not NULL), whatever the batch held: a rollup row then
+    # reads the same however the records were cut into batches.
     return conform(merged, ROLLUP_MINUTE).with_columns(
-        pl.col(c).fill_null(0)
-        for c in ("impressions", "clicks", "conversions", "attributed_conversions")
+        *(
+            pl.col(c).fill_null(0)
+            for c in ("impressions", "clicks", "conversions", "attributed_conversions")
+        ),
+        pl.col("revenue").fill_null(_ZERO_DEC),
+        pl.col("latency_sum_seconds").fill_null(0.0),
     )
