@@ -64,7 +64,9 @@ def build(
     horizon = now + max_future
     for stream, ts in STREAMS.items():
         strings = (
-            ["user_id", "product_id"] if stream == "conversions" else ["user_id", "platform", "location"]
+            ["user_id", "product_id"]
+            if stream == "conversions"
+            else ["user_id", "platform", "location"]
         )
         not_container = " AND ".join(
             f"coalesce(json_type(j, '$.{f}') NOT IN ('OBJECT', 'ARRAY'), true)"

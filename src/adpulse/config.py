@@ -96,7 +96,9 @@ class Settings(BaseSettings):
         return self.model_dump(mode="json")
 
 
-def load_settings(home: Path | None = None, config: Path | None = None, **overrides: Any) -> Settings:
+def load_settings(
+    home: Path | None = None, config: Path | None = None, **overrides: Any
+) -> Settings:
     """Build the settings; ``home``/``config`` come from ``--home``/``--config``."""
     if config is not None:
         os.environ["ADPULSE_CONFIG"] = str(config)

@@ -7,13 +7,25 @@ from adpulse.contracts import Stream
 
 
 def _click(ts: str, platform: str, eid: str, ad: int = 1001) -> dict[str, object]:
-    return {"event_id": eid, "ad_id": ad, "user_id": "U1", "click_timestamp": ts,
-            "platform": platform, "location": "Paris"}
+    return {
+        "event_id": eid,
+        "ad_id": ad,
+        "user_id": "U1",
+        "click_timestamp": ts,
+        "platform": platform,
+        "location": "Paris",
+    }
 
 
 def _conv(ts: str, eid: str, revenue: float = 10.0) -> dict[str, object]:
-    return {"event_id": eid, "ad_id": 1001, "user_id": "U1", "conversion_timestamp": ts,
-            "product_id": "P1", "revenue": revenue}
+    return {
+        "event_id": eid,
+        "ad_id": 1001,
+        "user_id": "U1",
+        "conversion_timestamp": ts,
+        "product_id": "P1",
+        "revenue": revenue,
+    }
 
 
 def _state(pipeline):  # type: ignore[no-untyped-def]
@@ -48,8 +60,11 @@ def test_late_click_reattributes_open_conversion(pipeline) -> None:  # type: ign
     # A click after the conversion and one on another ad do not.
     pipeline.send(
         Stream.CLICKS,
-        [_click("2023-09-09 10:15:00", "Mobile", "k2"), _click("2023-09-09 10:25:00", "Tablet", "k3"),
-         _click("2023-09-09 10:19:00", "Tablet", "k4", ad=1002)],
+        [
+            _click("2023-09-09 10:15:00", "Mobile", "k2"),
+            _click("2023-09-09 10:25:00", "Tablet", "k3"),
+            _click("2023-09-09 10:19:00", "Tablet", "k4", ad=1002),
+        ],
     )
     pipeline.run()
     assert _state(pipeline) == (
@@ -72,12 +87,17 @@ def test_same_batch_and_tie_break(pipeline) -> None:  # type: ignore[no-untyped-
 def test_lookback_bounds_attribution(pipeline) -> None:  # type: ignore[no-untyped-def]
     pipeline.send(
         Stream.CLICKS,
-        [_click("2023-09-01 10:00:00", "Web", "old"), _click("2023-09-02 10:00:01", "Mobile", "new")],
+        [
+            _click("2023-09-01 10:00:00", "Web", "old"),
+            _click("2023-09-02 10:00:01", "Mobile", "new"),
+        ],
     )
     pipeline.send(
         Stream.CONVERSIONS,
-        [_conv("2023-09-08 10:00:00", "exactly-7-days-after-old"),
-         _conv("2023-09-09 10:00:02", "7-days-and-1-s-after-new")],
+        [
+            _conv("2023-09-08 10:00:00", "exactly-7-days-after-old"),
+            _conv("2023-09-09 10:00:02", "7-days-and-1-s-after-new"),
+        ],
     )
     pipeline.run()
     # The last click wins; a click exactly 7 days before is in range, 1 s more is not.
@@ -105,6 +125,7 @@ def test_closed_conversion_is_not_reattributed(pipeline) -> None:  # type: ignor
     pipeline.run()
     assert _state(pipeline)[0] == [("v1", None, None, None)]
     assert pipeline.rows("SELECT event_id, is_late FROM fact_clicks ORDER BY event_id") == [
-        ("k-late", True), ("k-now", False)
+        ("k-late", True),
+        ("k-now", False),
     ]
     assert pipeline.rows("SELECT sum(late) FROM ingest_stats WHERE stream = 'clicks'") == [(1,)]

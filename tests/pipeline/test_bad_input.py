@@ -8,10 +8,20 @@ import pytest
 
 from adpulse.contracts import Reason, Stream
 
-GOOD_CLICK = {"ad_id": 1001, "user_id": "U1234", "click_timestamp": "2023-09-09 10:00:00",
-              "platform": "Web", "location": "New York"}
-GOOD_CONV = {"ad_id": 1001, "user_id": "U1234", "conversion_timestamp": "2023-09-09 10:20:00",
-             "product_id": "P501", "revenue": 50.0}
+GOOD_CLICK = {
+    "ad_id": 1001,
+    "user_id": "U1234",
+    "click_timestamp": "2023-09-09 10:00:00",
+    "platform": "Web",
+    "location": "New York",
+}
+GOOD_CONV = {
+    "ad_id": 1001,
+    "user_id": "U1234",
+    "conversion_timestamp": "2023-09-09 10:20:00",
+    "product_id": "P501",
+    "revenue": 50.0,
+}
 
 
 def click(**changes: object) -> bytes:
@@ -31,19 +41,29 @@ def conv(**changes: object) -> bytes:
 
 
 CLICK_CORPUS: list[tuple[bytes, Reason | None]] = [
-    (b'{"ad_id": 1001, "user_id": "U1", "click_timestamp": "2023-09-09 10:00:00"', Reason.INVALID_JSON),
+    (
+        b'{"ad_id": 1001, "user_id": "U1", "click_timestamp": "2023-09-09 10:00:00"',
+        Reason.INVALID_JSON,
+    ),
     (b'\xff\xfe{"ad_id": 1}', Reason.INVALID_UTF8),
-    (click(location="Ne\udcff") if False else
-     b'{"ad_id": 1001, "user_id": "U\xc3\x28", "click_timestamp": "2023-09-09 10:00:00", '
-     b'"platform": "Web", "location": "X"}', Reason.INVALID_UTF8),
+    (
+        click(location="Ne\udcff")
+        if False
+        else b'{"ad_id": 1001, "user_id": "U\xc3\x28", "click_timestamp": "2023-09-09 10:00:00", '
+        b'"platform": "Web", "location": "X"}',
+        Reason.INVALID_UTF8,
+    ),
     (click(location=...), Reason.MISSING_FIELD),
     (click(user_id=None), Reason.MISSING_FIELD),
     (click(platform=""), Reason.MISSING_FIELD),
     (click(ad_id="abc"), Reason.WRONG_TYPE),
     (click(ad_id=1.5), Reason.WRONG_TYPE),
     (click(ad_id=True), Reason.WRONG_TYPE),
-    (b'{"ad_id": 18446744073709551616, "user_id": "U1", "click_timestamp": '
-     b'"2023-09-09 10:00:00", "platform": "Web", "location": "X"}', Reason.WRONG_TYPE),
+    (
+        b'{"ad_id": 18446744073709551616, "user_id": "U1", "click_timestamp": '
+        b'"2023-09-09 10:00:00", "platform": "Web", "location": "X"}',
+        Reason.WRONG_TYPE,
+    ),
     (click(user_id={"id": "U1"}), Reason.WRONG_TYPE),
     (click(location=["a"]), Reason.WRONG_TYPE),
     (click(click_timestamp="yesterday"), Reason.BAD_TIMESTAMP),
@@ -56,21 +76,30 @@ CLICK_CORPUS: list[tuple[bytes, Reason | None]] = [
     (b"[1, 2]", Reason.NOT_AN_OBJECT),
     (b'"just a string"', Reason.NOT_AN_OBJECT),
     (b"null", Reason.NOT_AN_OBJECT),
-    (b'{"ad_id": 1001, "user_id": "U1", "location": "New\nYork", "platform": "Web", '
-     b'"click_timestamp": "2023-09-09 10:00:00"}', Reason.INVALID_JSON),
+    (
+        b'{"ad_id": 1001, "user_id": "U1", "location": "New\nYork", "platform": "Web", '
+        b'"click_timestamp": "2023-09-09 10:00:00"}',
+        Reason.INVALID_JSON,
+    ),
     (click(event_id="e" * 300), Reason.BAD_EVENT_ID),
     # Accepted: an ISO-8601 time with an offset, unknown extra fields, pretty-printed JSON.
     (click(click_timestamp="2023-09-09T12:00:00+02:00", event_id="iso"), None),
     (click(extra={"nested": [1, 2]}, event_id="extra"), None),
-    (b'{\n  "ad_id": 1002,\n  "user_id": "U5678",\n  "click_timestamp": "2023-09-09 10:05:23",'
-     b'\n  "platform": "Mobile",\n  "location": "Los Angeles"\n}', None),
+    (
+        b'{\n  "ad_id": 1002,\n  "user_id": "U5678",\n  "click_timestamp": "2023-09-09 10:05:23",'
+        b'\n  "platform": "Mobile",\n  "location": "Los Angeles"\n}',
+        None,
+    ),
 ]
 
 CONVERSION_CORPUS: list[tuple[bytes, Reason | None]] = [
     (conv(revenue=-12.5), Reason.NEGATIVE_REVENUE),
     (conv(revenue="12.5"), Reason.WRONG_TYPE),
-    (b'{"ad_id": 1001, "user_id": "U1234", "conversion_timestamp": "2023-09-09 10:20:00", '
-     b'"product_id": "P1", "revenue": NaN}', Reason.INVALID_JSON),
+    (
+        b'{"ad_id": 1001, "user_id": "U1234", "conversion_timestamp": "2023-09-09 10:20:00", '
+        b'"product_id": "P1", "revenue": NaN}',
+        Reason.INVALID_JSON,
+    ),
     (conv(product_id=None), Reason.MISSING_FIELD),
     (conv(revenue=0, event_id="zero"), None),
     (conv(event_id="ok"), None),

@@ -51,9 +51,7 @@ def _snapshot(home: Path) -> dict[str, list[tuple[object, ...]]]:
         out: dict[str, list[tuple[object, ...]]] = {}
         for table in ("fact_impressions", "fact_clicks", "fact_conversions"):
             cols = [
-                r[0]
-                for r in con.execute(f"DESCRIBE {table}").fetchall()
-                if r[0] != "processed_at"
+                r[0] for r in con.execute(f"DESCRIBE {table}").fetchall() if r[0] != "processed_at"
             ]
             out[table] = con.execute(
                 f"SELECT {', '.join(cols)} FROM {table} ORDER BY event_id"
@@ -88,8 +86,14 @@ def test_kill_9_at_random_instants_changes_nothing(tmp_path: Path) -> None:
     data = tmp_path / "data"
     gen = EventGenerator(
         GeneratorConfig(
-            seed=5, ads=40, campaigns=8, users=2_000, duplicate_rate=0.02,
-            out_of_order_rate=0.05, late_rate=0.01, malformed_rate=0.003,
+            seed=5,
+            ads=40,
+            campaigns=8,
+            users=2_000,
+            duplicate_rate=0.02,
+            out_of_order_rate=0.05,
+            late_rate=0.01,
+            malformed_rate=0.003,
         )
     )
     write_dataset(data, gen, 60_000, datetime(2023, 9, 9), datetime(2023, 9, 10))

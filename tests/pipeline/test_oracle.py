@@ -5,19 +5,24 @@ records, for several partition counts and batch sizes."""
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import oracle
 import pytest
 
-import oracle
 from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.processor.pipeline import Processor
 from adpulse.serving import queries
 from adpulse.sources.files import write_dataset
-from adpulse.sources.generator import EXPECTED_REASON, EventGenerator, GeneratorConfig, MalformedKind
+from adpulse.sources.generator import (
+    EXPECTED_REASON,
+    EventGenerator,
+    GeneratorConfig,
+    MalformedKind,
+)
 from adpulse.sources.producer import replay_directory
 from adpulse.storage.dimensions import read_dimension_csv
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
@@ -34,9 +39,17 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, o
     data = tmp_path_factory.mktemp("data")
     gen = EventGenerator(
         GeneratorConfig(
-            seed=11, ads=80, campaigns=12, users=3_000, ctr_mean=0.2,
-            conversion_rate_min=0.2, conversion_rate_max=0.4, duplicate_rate=0.02,
-            out_of_order_rate=0.05, late_rate=0.01, malformed_rate=0.004,
+            seed=11,
+            ads=80,
+            campaigns=12,
+            users=3_000,
+            ctr_mean=0.2,
+            conversion_rate_min=0.2,
+            conversion_rate_max=0.4,
+            duplicate_rate=0.02,
+            out_of_order_rate=0.05,
+            late_rate=0.01,
+            malformed_rate=0.004,
         )
     )
     summary = write_dataset(data, gen, EVENTS, START, END)
@@ -44,7 +57,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, o
 
 
 @pytest.fixture(scope="module")
-def truth(dataset: tuple[Path, dict[str, object]]) -> tuple[duckdb.DuckDBPyConnection, dict[str, int]]:
+def truth(
+    dataset: tuple[Path, dict[str, object]],
+) -> tuple[duckdb.DuckDBPyConnection, dict[str, int]]:
     con = duckdb.connect()
     received = oracle.build(con, dataset[0], now=NOW)
     return con, received
@@ -113,11 +128,9 @@ def test_counts_reconcile(warehouse: DuckDBWarehouse, truth, dataset) -> None:  
         facts = warehouse.query(f"SELECT count(*) FROM fact_{stream.value}").item()
         assert facts == unique
     # Every injected malformed record is a dead letter with its expected reason.
-    reasons = dict(
-        warehouse.query("SELECT reason, count(*) FROM dead_letters GROUP BY 1").rows()
-    )
+    reasons = dict(warehouse.query("SELECT reason, count(*) FROM dead_letters GROUP BY 1").rows())
     want: dict[str, int] = {}
-    counts = dataset[1]["counts"] if "counts" in dataset[1] else None
+    counts = dataset[1]["counts"]
     if counts is not None:
         for stream_counts in counts.values():  # type: ignore[union-attr]
             for kind, n in stream_counts.malformed.items():
@@ -171,9 +184,13 @@ def test_metrics_equal_oracle(warehouse, truth, filters, group) -> None:  # type
         filters["campaign"] = con.execute("SELECT min(campaign) FROM o_campaigns").fetchone()[0]
     want = oracle.metrics(con, {"ad": "ad_id", "campaign": "campaign"}.get(group), **filters)
     f = queries.Filters(
-        campaign=filters.get("campaign"), start=filters.get("start"), end=filters.get("end"),
-        platform=filters.get("platform"), location=filters.get("location"),
-        gender=filters.get("gender"), age_band=filters.get("age_band"),
+        campaign=filters.get("campaign"),
+        start=filters.get("start"),
+        end=filters.get("end"),
+        platform=filters.get("platform"),
+        location=filters.get("location"),
+        gender=filters.get("gender"),
+        age_band=filters.get("age_band"),
         interest=filters.get("interest"),
     )
     key = {"ad": "ad_id", "campaign": "campaign"}.get(group)
@@ -187,7 +204,8 @@ def test_metrics_equal_oracle(warehouse, truth, filters, group) -> None:  # type
         frame = getattr(queries, name)(warehouse, f, group)
         got = {(r[key] if key else None): r for r in frame.to_dicts()}
         relevant = {
-            g: w for g, w in want.items()
+            g: w
+            for g, w in want.items()
             if (name != "conversion_latency" or w["latency_mean"] is not None)
             and any(w[c] not in (None, 0) for c in columns)
         }

@@ -12,8 +12,13 @@ from adpulse.contracts import Stream
 # Impressions are not in the original's samples (it had no CTR denominator); these are
 # added so that CTR has one: 4 on ad 1001, 2 on 1002, 5 on 1003.
 IMPRESSIONS = [
-    {"ad_id": ad, "user_id": user, "impression_timestamp": f"2023-09-09 09:5{i}:00",
-     "platform": "Web", "location": "New York"}
+    {
+        "ad_id": ad,
+        "user_id": user,
+        "impression_timestamp": f"2023-09-09 09:5{i}:00",
+        "platform": "Web",
+        "location": "New York",
+    }
     for ad, user, n in ((1001, "U1234", 4), (1002, "U5678", 2), (1003, "U9101", 5))
     for i in range(n)
 ]
@@ -21,7 +26,10 @@ IMPRESSIONS = [
 
 def _feed(pipeline, samples: Path) -> None:  # type: ignore[no-untyped-def]
     pipeline.load_dims(samples / "campaigns.csv", samples / "users.csv")
-    for stream, name in ((Stream.CLICKS, "clicks.jsonl"), (Stream.CONVERSIONS, "conversions.jsonl")):
+    for stream, name in (
+        (Stream.CLICKS, "clicks.jsonl"),
+        (Stream.CONVERSIONS, "conversions.jsonl"),
+    ):
         lines = [line for line in (samples / name).read_bytes().splitlines() if line]
         pipeline.send(stream, lines)
     pipeline.send(Stream.IMPRESSIONS, IMPRESSIONS)
@@ -35,12 +43,42 @@ def test_samples_are_accepted_verbatim(pipeline, samples: Path) -> None:  # type
         "SELECT ad_id, user_id, event_time::VARCHAR, platform, location, campaign, gender, "
         "age, age_band, interests FROM fact_clicks ORDER BY ad_id"
     ) == [
-        (1001, "U1234", "2023-09-09 10:00:00", "Web", "New York", "Back-to-School", "Male", 22,
-         "18-24", "Music;Travel"),
-        (1002, "U5678", "2023-09-09 10:05:23", "Mobile", "Los Angeles", "Summer Sale", "Female",
-         30, "25-34", "Reading;Photography"),
-        (1003, "U9101", "2023-09-09 10:10:34", "Tablet", "San Francisco", "Fall Fashion",
-         "Male", 27, "25-34", "Gaming;Cooking"),
+        (
+            1001,
+            "U1234",
+            "2023-09-09 10:00:00",
+            "Web",
+            "New York",
+            "Back-to-School",
+            "Male",
+            22,
+            "18-24",
+            "Music;Travel",
+        ),
+        (
+            1002,
+            "U5678",
+            "2023-09-09 10:05:23",
+            "Mobile",
+            "Los Angeles",
+            "Summer Sale",
+            "Female",
+            30,
+            "25-34",
+            "Reading;Photography",
+        ),
+        (
+            1003,
+            "U9101",
+            "2023-09-09 10:10:34",
+            "Tablet",
+            "San Francisco",
+            "Fall Fashion",
+            "Male",
+            27,
+            "25-34",
+            "Gaming;Cooking",
+        ),
     ]
     assert pipeline.rows(
         "SELECT ad_id, product_id, revenue::VARCHAR, click_time::VARCHAR, latency_seconds, "
@@ -68,10 +106,14 @@ def test_sample_metrics_equal_hand_computed_values(pipeline, samples: Path) -> N
 
     by_ad = {r["ad_id"]: r for r in queries.ctr(wh, none, "ad").to_dicts()}
     assert {a: (r["clicks"], r["impressions"]) for a, r in by_ad.items()} == {
-        1001: (1, 4), 1002: (1, 2), 1003: (1, 5)
+        1001: (1, 4),
+        1002: (1, 2),
+        1003: (1, 5),
     }
     assert by_ad[1003]["ctr"] == pytest.approx(0.2, abs=1e-12)
-    rates = {r["ad_id"]: r["conversion_rate"] for r in queries.conversion_rate(wh, none, "ad").to_dicts()}
+    rates = {
+        r["ad_id"]: r["conversion_rate"] for r in queries.conversion_rate(wh, none, "ad").to_dicts()
+    }
     assert rates == {1001: 1.0, 1002: 1.0, 1003: 0.0}
     lat = {
         r["campaign"]: r["latency_mean"]

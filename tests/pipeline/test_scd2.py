@@ -10,8 +10,14 @@ from adpulse.contracts import Stream
 
 
 def _click(ts: str, ad: int = 1001, user: str = "U1234", eid: str = "") -> dict[str, object]:
-    return {"event_id": eid or f"{ad}-{user}-{ts}", "ad_id": ad, "user_id": user,
-            "click_timestamp": ts, "platform": "Web", "location": "New York"}
+    return {
+        "event_id": eid or f"{ad}-{user}-{ts}",
+        "ad_id": ad,
+        "user_id": user,
+        "click_timestamp": ts,
+        "platform": "Web",
+        "location": "New York",
+    }
 
 
 def test_campaign_renamed_mid_stream(pipeline, samples: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -27,8 +33,12 @@ def test_campaign_renamed_mid_stream(pipeline, samples: Path, tmp_path: Path) ->
     # Same processor, no restart; one event before the change arrives late, after it.
     pipeline.send(
         Stream.CLICKS,
-        [_click("2023-09-09 11:00:00"), _click("2023-09-09 12:30:00"),
-         _click("2023-09-09 10:30:00"), _click("2023-09-09 11:30:00", ad=1002, user="U5678")],
+        [
+            _click("2023-09-09 11:00:00"),
+            _click("2023-09-09 12:30:00"),
+            _click("2023-09-09 10:30:00"),
+            _click("2023-09-09 11:30:00", ad=1002, user="U5678"),
+        ],
     )
     pipeline.run()
 
@@ -58,14 +68,20 @@ def test_unknown_ad_and_user_are_kept_and_counted(pipeline, samples: Path) -> No
     pipeline.load_dims(samples / "campaigns.csv", samples / "users.csv")
     pipeline.send(
         Stream.CLICKS,
-        [_click("2023-09-09 10:00:00", ad=9999), _click("2023-09-09 10:01:00", user="NOBODY"),
-         _click("2023-09-09 10:02:00")],
+        [
+            _click("2023-09-09 10:00:00", ad=9999),
+            _click("2023-09-09 10:01:00", user="NOBODY"),
+            _click("2023-09-09 10:02:00"),
+        ],
     )
     pipeline.run()
     assert pipeline.rows(
         "SELECT ad_id, user_id, campaign, gender FROM fact_clicks ORDER BY event_time"
-    ) == [(9999, "U1234", None, "Male"), (1001, "NOBODY", "Back-to-School", None),
-          (1001, "U1234", "Back-to-School", "Male")]
+    ) == [
+        (9999, "U1234", None, "Male"),
+        (1001, "NOBODY", "Back-to-School", None),
+        (1001, "U1234", "Back-to-School", "Male"),
+    ]
     assert pipeline.rows(
         "SELECT sum(accepted), sum(unknown_ad), sum(unknown_user) FROM ingest_stats"
     ) == [(3, 1, 1)]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, cast
 
 import polars as pl
 import typer
@@ -106,16 +107,15 @@ def generate(
     first = _parse_time(start, "--start") if start else None
     end = (first + timedelta(days=days)) if first else datetime.now(UTC).replace(tzinfo=None)
     begin = first or end - timedelta(days=days)
-    rates = {
+    rates: dict[str, Any] = {
         "duplicate_rate": duplicate_rate,
         "out_of_order_rate": out_of_order_rate,
         "late_rate": late_rate,
         "malformed_rate": malformed_rate,
     }
     try:
-        gen_config = GeneratorConfig(
-            seed=seed,
-            include_event_ids=not no_event_ids,
+        gen_config = replace(
+            GeneratorConfig(seed=seed, include_event_ids=not no_event_ids),
             **{k: v for k, v in rates.items() if v is not None},
         )
     except ValueError as exc:
@@ -185,7 +185,9 @@ def replay(
         worker = threading.Thread(target=processor.run, args=(stop,), daemon=True)
         worker.start()
         try:
-            counts = _replay_with_progress(directory, rt.transport.producer(), settings, rate, total)
+            counts = _replay_with_progress(
+                directory, rt.transport.producer(), settings, rate, total
+            )
         finally:
             stop.set()
             worker.join()
@@ -261,7 +263,9 @@ def process(
 
                 def show(report: Any) -> None:
                     on_batch(report)
-                    status.update(f"processing: {committed[0]:,} records committed (Ctrl-C to stop)")
+                    status.update(
+                        f"processing: {committed[0]:,} records committed (Ctrl-C to stop)"
+                    )
 
                 processor.run(stop, on_batch=show, until_caught_up=until_caught_up)
         except KeyboardInterrupt:
@@ -307,7 +311,15 @@ def _load_dim_file(warehouse: Any, path: Path, when: datetime | None) -> None:
 
 
 # ------------------------------------------------------------------------------ query
-METRICS = ("ctr", "conversion-rate", "revenue-per-conversion", "conversion-latency", "trending", "top-ads", "summary")
+METRICS = (
+    "ctr",
+    "conversion-rate",
+    "revenue-per-conversion",
+    "conversion-latency",
+    "trending",
+    "top-ads",
+    "summary",
+)
 
 
 @app.command()
@@ -321,7 +333,9 @@ def query(
     ],
     home: HomeOpt = None,
     config: ConfigOpt = None,
-    by: Annotated[GroupByOpt, typer.Option("--by", help="Group by ad or campaign.")] = GroupByOpt.none,
+    by: Annotated[
+        GroupByOpt, typer.Option("--by", help="Group by ad or campaign.")
+    ] = GroupByOpt.none,
     campaign: Annotated[str | None, typer.Option(help="Only this campaign.")] = None,
     ad: Annotated[int | None, typer.Option(help="Only this ad id.")] = None,
     from_: Annotated[
@@ -333,9 +347,7 @@ def query(
     gender: Annotated[str | None, typer.Option()] = None,
     age_band: Annotated[str | None, typer.Option(help="<18, 18-24, 25-34, ... 65+")] = None,
     interest: Annotated[str | None, typer.Option(help="One interest, e.g. Travel.")] = None,
-    rank_by: Annotated[
-        str, typer.Option(help="top-ads: revenue | conversion_rate.")
-    ] = "revenue",
+    rank_by: Annotated[str, typer.Option(help="top-ads: revenue | conversion_rate.")] = "revenue",
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="Rows for rankings.")] = 10,
     min_clicks: Annotated[
         int | None, typer.Option(help="Minimum clicks for rate rankings (default from settings).")
@@ -343,7 +355,9 @@ def query(
     window: Annotated[
         int | None, typer.Option(help="trending: window in minutes (default from settings).")
     ] = None,
-    fmt: Annotated[OutputFormat, typer.Option("--format", help="table | json | csv")] = OutputFormat.table,
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", help="table | json | csv")
+    ] = OutputFormat.table,
 ) -> None:
     """Metrics over any time range and filters, from the one query layer that the HTTP API
     and dashboard use too."""
@@ -366,7 +380,9 @@ def query(
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    group = None if by is GroupByOpt.none else by.value
+    group = cast("queries.GroupBy", None if by is GroupByOpt.none else by.value)
+    if rank_by not in ("revenue", "conversion_rate"):
+        raise UserError(f"--rank-by must be revenue or conversion_rate, not {rank_by!r}")
     mc = settings.min_clicks if min_clicks is None else min_clicks
     with open_runtime(settings, read_only=True) as rt:
         wh = rt.warehouse
@@ -380,11 +396,20 @@ def query(
             frame = queries.conversion_latency(wh, filters, group)
         elif metric == "trending":
             frame = queries.trending(
-                wh, filters, window_minutes=window or settings.trending_window_minutes,
-                min_clicks=mc, limit=limit,
+                wh,
+                filters,
+                window_minutes=window or settings.trending_window_minutes,
+                min_clicks=mc,
+                limit=limit,
             )
         elif metric == "top-ads":
-            frame = queries.top_ads(wh, filters, by=rank_by, min_clicks=mc, limit=limit)
+            frame = queries.top_ads(
+                wh,
+                filters,
+                by=cast("Literal['revenue', 'conversion_rate']", rank_by),
+                min_clicks=mc,
+                limit=limit,
+            )
         else:
             frame = queries.summary(wh, filters)
     _print_frame(frame, fmt)
@@ -488,7 +513,9 @@ def bench(
     step, peak memory, and the same-run Polars decode ceiling of the same bytes."""
     from adpulse.operations.bench import run_bench
 
-    result = run_bench(events=events, partitions=partitions, seed=seed, workdir=workdir, console=console)
+    result = run_bench(
+        events=events, partitions=partitions, seed=seed, workdir=workdir, console=console
+    )
     if fmt is OutputFormat.json:
         sys.stdout.write(json.dumps(result, default=str, indent=2) + "\n")
 

@@ -94,7 +94,9 @@ def _bench(
     with console.status(f"generating {events:,} events into the log"):
         t = time.perf_counter()
         days = max(1.0, events / 3_000_000)
-        for part in gen.iter_generate(events, WORKLOAD_START, WORKLOAD_START + timedelta(days=days)):
+        for part in gen.iter_generate(
+            events, WORKLOAD_START, WORKLOAD_START + timedelta(days=days)
+        ):
             for stream in Stream:
                 publish(producer, stream, part.records[stream], partitions)
         producer.flush()
@@ -174,12 +176,19 @@ def _maxrss() -> int:
 
 
 def _print(result: dict[str, Any], console: Console) -> None:
-    table = Table(title=f"adpulse bench — {result['events']:,} events, {result['partitions']} partitions")
+    table = Table(
+        title=f"adpulse bench — {result['events']:,} events, {result['partitions']} partitions"
+    )
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("log bytes", f"{result['bytes'] / 1e6:,.1f} MB")
-    table.add_row("decode ceiling (polars.read_ndjson only)", f"{result['decode_ceiling_events_per_s']:,} events/s")
-    table.add_row("pipeline end to end (log -> committed)", f"{result['pipeline_events_per_s']:,} events/s")
+    table.add_row(
+        "decode ceiling (polars.read_ndjson only)",
+        f"{result['decode_ceiling_events_per_s']:,} events/s",
+    )
+    table.add_row(
+        "pipeline end to end (log -> committed)", f"{result['pipeline_events_per_s']:,} events/s"
+    )
     table.add_row("pipeline / ceiling", f"{result['pipeline_vs_ceiling']:.0%}")
     table.add_row("batches", f"{result['batches']:,}")
     table.add_row("peak RSS", f"{result['peak_rss_mb']:,} MB")

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
+from rich.columns import Columns
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
@@ -87,7 +88,9 @@ def run_demo(
     duration: float | None,
     refresh: float,
 ) -> None:
-    gen = EventGenerator(GeneratorConfig(seed=seed))
+    # Conversions follow clicks after minutes rather than the default half hour, so that
+    # a short demo shows attribution and latency.
+    gen = EventGenerator(GeneratorConfig(seed=seed, conversion_delay_median_seconds=90.0))
     stop = threading.Event()
     rates = _Rates()
     with open_runtime(settings) as rt:
@@ -117,16 +120,17 @@ def run_demo(
         threads = [
             threading.Thread(target=produce, name="producer", daemon=True),
             threading.Thread(
-                target=processor.run, args=(stop,), kwargs={"on_batch": rates.add},
-                name="processor", daemon=True,
+                target=processor.run,
+                args=(stop,),
+                kwargs={"on_batch": rates.add},
+                name="processor",
+                daemon=True,
             ),
         ]
         for t in threads:
             t.start()
         started = time.monotonic()
-        console.print(
-            f"demo running at {rate:,.0f} events/s into {settings.home} — Ctrl-C to stop"
-        )
+        console.print(f"demo running at {rate:,.0f} events/s into {settings.home} — Ctrl-C to stop")
         try:
             with Live(console=console, refresh_per_second=4, transient=False) as live:
                 while not stop.is_set():
@@ -141,6 +145,7 @@ def run_demo(
             for t in threads:
                 t.join(timeout=30)
             producer.close()
+        console.print()
         console.print(f"stopped; committed {sum(rates.totals.values()):,} records this run")
 
 
@@ -148,7 +153,15 @@ def _screen(rt: Runtime, processor: Processor, rates: _Rates, settings: Settings
     per_second = rates.per_second()
     status = queries.pipeline_status(rt.warehouse)
     pipeline = Table(title="pipeline", expand=True)
-    for col in ("stream", "events/s", "received", "dead letters", "duplicates", "late", "watermark"):
+    for col in (
+        "stream",
+        "events/s",
+        "received",
+        "dead letters",
+        "duplicates",
+        "late",
+        "watermark",
+    ):
         pipeline.add_column(col, justify="left" if col in ("stream", "watermark") else "right")
     streams = status.get("streams")
     by_stream = (
@@ -171,32 +184,47 @@ def _screen(rt: Runtime, processor: Processor, rates: _Rates, settings: Settings
     dead = Table(title="dead letters by reason")
     dead.add_column("reason")
     dead.add_column("records", justify="right")
-    reasons = status.get("dead_letters")
-    if isinstance(reasons, pl.DataFrame):
-        for row in reasons.iter_rows(named=True):
-            dead.add_row(str(row.get("reason")), f"{row.get('records', row.get('count', 0)):,}")
+    reasons = status["dead_letters"]
+    if reasons.height:
+        by_reason = reasons.group_by("reason").agg(pl.col("records").sum()).sort("reason")
+        for reason, records in by_reason.iter_rows():
+            dead.add_row(str(reason), f"{records:,}")
     lag = processor.lag_bytes()
     latest = queries.data_range(rt.warehouse)
-    end = latest.get("last_minute") if isinstance(latest, dict) else None
+    end = latest["last_minute"]
     filters = queries.Filters(
         start=(end - timedelta(minutes=15)) if end else None,
         end=(end + timedelta(minutes=1)) if end else None,
     )
-    headline = queries.summary(rt.warehouse, filters)
-    metrics = Table(title="last 15 minutes of event time", expand=True)
-    for col in headline.columns:
-        metrics.add_column(col, justify="right")
-    for row in headline.iter_rows():
-        metrics.add_row(*(_fmt(v) for v in row))
+    headline = queries.summary(rt.warehouse, filters).row(0, named=True)
+    metrics = Table(title="headline, last 15 minutes of event time", show_header=False)
+    metrics.add_column("metric")
+    metrics.add_column("value", justify="right")
+    for label, key, unit in _HEADLINE:
+        value = headline.get(key)
+        metrics.add_row(label, _fmt(value) + (unit if value is not None else ""))
     footer = f"lag: {lag / 1e6:,.1f} MB not yet processed · home: {settings.home}"
-    return Group(Panel(pipeline), metrics, dead, footer)
+    return Group(Panel(pipeline), Columns([metrics, dead]), footer)
+
+
+_HEADLINE = (
+    ("impressions", "impressions", ""),
+    ("clicks", "clicks", ""),
+    ("conversions", "conversions", ""),
+    ("revenue", "revenue", ""),
+    ("CTR", "ctr", ""),
+    ("conversion rate", "conversion_rate", ""),
+    ("revenue / conversion", "revenue_per_conversion", ""),
+    ("latency p50", "latency_p50", " s"),
+    ("latency p90", "latency_p90", " s"),
+)
 
 
 def _fmt(value: object) -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
-        return f"{value:,.4g}"
+        return f"{value:,.4f}" if abs(value) < 1 else f"{value:,.1f}"
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)

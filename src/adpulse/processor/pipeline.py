@@ -9,6 +9,7 @@ so a restarted run produces exactly the results of an uninterrupted one.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import defaultdict
@@ -51,7 +52,17 @@ from adpulse.transport.base import Chunk, Consumer, Transport
 
 log = logging.getLogger(__name__)
 
-STEP_NAMES = ("poll", "decode", "validate", "dedupe", "enrich", "attribute", "aggregate", "commit")
+STEP_NAMES = (
+    "poll",
+    "decode",
+    "validate",
+    "dedupe",
+    "enrich",
+    "attribute",
+    "aggregate",
+    "commit_wait",
+    "commit",
+)
 _FACT_SCHEMA = {
     Stream.IMPRESSIONS: FACT_IMPRESSIONS,
     Stream.CLICKS: FACT_CLICKS,
@@ -78,6 +89,71 @@ class BatchReport:
         return sum(self.received.values())
 
 
+class _Committer:
+    """Commits batches in order on a thread of its own, one batch behind the processing.
+
+    The warehouse's driver releases the GIL while it writes, so batch N+1 is decoded,
+    deduplicated and aggregated while batch N is being committed. Each commit is still
+    one transaction holding its outputs and offsets; the in-memory state may run one
+    batch ahead of the committed one, and a crash rebuilds it from what was committed.
+    A failed commit stops the processor at its next submit.
+    """
+
+    def __init__(self, warehouse: Warehouse, consumer: Consumer, seconds: dict[str, float]) -> None:
+        self.warehouse = warehouse
+        self.consumer = consumer
+        self.seconds = seconds
+        self.error: BaseException | None = None
+        self.last_commit_wall: float | None = None
+        self._queue: queue.Queue[tuple[BatchOutput, list[tuple[Stream, int, str]]] | None] = (
+            queue.Queue(maxsize=1)
+        )
+        self._thread = threading.Thread(target=self._run, name="adpulse-committer", daemon=True)
+        self._thread.start()
+
+    def submit(self, output: BatchOutput, acks: list[tuple[Stream, int, str]]) -> None:
+        self._raise()
+        self._queue.put((output, acks))
+
+    def drain(self) -> None:
+        """Wait until every submitted batch is committed."""
+        self._queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        self.drain()
+        self._queue.put(None)
+        self._thread.join()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise RuntimeError("a commit to the warehouse failed; restart the processor") from (
+                self.error
+            )
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self.error is not None:
+                    continue  # never commit past a failed batch
+                output, acks = item
+                t = time.perf_counter()
+                try:
+                    self.warehouse.commit(output)
+                    for stream, partition, offset in acks:
+                        self.consumer.ack(stream, partition, offset)
+                except BaseException as exc:  # noqa: BLE001 - handed to the processor
+                    log.exception("commit of batch %s failed", output.batch_id)
+                    self.error = exc
+                self.seconds["commit"] += time.perf_counter() - t
+                self.last_commit_wall = time.time()
+            finally:
+                self._queue.task_done()
+
+
 class Processor:
     """Consumes the transport's partitions and commits results to the warehouse."""
 
@@ -92,8 +168,8 @@ class Processor:
         self.settings = settings
         self.transport = transport
         self.warehouse = warehouse
-        self.partitions = list(partitions) if partitions is not None else list(
-            range(transport.partitions)
+        self.partitions = (
+            list(partitions) if partitions is not None else list(range(transport.partitions))
         )
         self.clock = clock
         self.lateness = timedelta(seconds=settings.allowed_lateness_seconds)
@@ -122,28 +198,35 @@ class Processor:
         )
         self._last_idle_commit = 0.0
         self.recover()
+        self.committer = _Committer(warehouse, self.consumer, self.step_seconds)
 
     # -- recovery ----------------------------------------------------------------------
     def recover(self) -> None:
         """Load committed offsets and watermarks and rebuild state from committed facts."""
         saved = self.warehouse.load_offsets()
-        self.offsets = {
-            (s, p): saved.get((s, p)) for s in Stream for p in self.partitions
+        self.offsets = {(s, p): saved.get((s, p)) for s in Stream for p in self.partitions}
+        marks = {
+            k: v for k, v in self.warehouse.load_watermarks().items() if k[1] in self.partitions
         }
-        marks = {k: v for k, v in self.warehouse.load_watermarks().items() if k[1] in self.partitions}
         self.watermarks.restore(marks)
         self.batch_id = self.warehouse.next_batch_id()
         self._rebuild_dedupe()
         click_floor = self._floor(Stream.CONVERSIONS, self.lateness + self.lookback)
         clicks = self.warehouse.load_facts(
-            "fact_clicks", self.partitions, min(click_floor.values(), default=_MIN_TIME),
+            "fact_clicks",
+            self.partitions,
+            min(click_floor.values(), default=_MIN_TIME),
             CLICK_STATE_COLUMNS,
         )
         self.clicks.replace(_cast_state(clicks, CLICK_STATE_COLUMNS))
-        self.clicks.expire("event_time", self._cutoffs(Stream.CONVERSIONS, self.lateness + self.lookback))
+        self.clicks.expire(
+            "event_time", self._cutoffs(Stream.CONVERSIONS, self.lateness + self.lookback)
+        )
         conv_floor = self._floor(Stream.CLICKS, self.lateness)
         convs = self.warehouse.load_facts(
-            "fact_conversions", self.partitions, min(conv_floor.values(), default=_MIN_TIME),
+            "fact_conversions",
+            self.partitions,
+            min(conv_floor.values(), default=_MIN_TIME),
             OPEN_CONVERSION_COLUMNS,
         )
         self.open_conversions.replace(convs)
@@ -203,15 +286,22 @@ class Processor:
         until_caught_up: bool = False,
     ) -> None:
         """Process until ``stop`` is set (or, with ``until_caught_up``, the log is drained)."""
-        while not stop.is_set():
-            report = self.run_once()
-            if report is not None:
-                if on_batch is not None:
-                    on_batch(report)
-                continue
-            if until_caught_up:
-                return
-            stop.wait(self.settings.batch_interval_seconds)
+        try:
+            while not stop.is_set():
+                report = self.run_once()
+                if report is not None:
+                    if on_batch is not None:
+                        on_batch(report)
+                    continue
+                if until_caught_up:
+                    return
+                stop.wait(self.settings.batch_interval_seconds)
+        finally:
+            self.committer.drain()
+
+    def close(self) -> None:
+        """Commit what is pending and stop the committer thread."""
+        self.committer.close()
 
     def lag_bytes(self) -> int:
         return sum(
@@ -256,7 +346,7 @@ class Processor:
             stats=pl.DataFrame(schema=INGEST_STATS),
             watermarks=self.watermarks.snapshot(),
         )
-        self.warehouse.commit(output)
+        self.committer.submit(output, [])
 
     def process(self, chunks: dict[Stream, list[Chunk]]) -> BatchReport:
         """Run every step over one batch of chunks and commit it."""
@@ -304,7 +394,9 @@ class Processor:
             clicks = facts[Stream.CLICKS]
             self.clicks.add(clicks)
             old, new = reattribute(clicks, self.open_conversions, self.lookback)
-            conversions = attribute_conversions(facts[Stream.CONVERSIONS], self.clicks, self.lookback)
+            conversions = attribute_conversions(
+                facts[Stream.CONVERSIONS], self.clicks, self.lookback
+            )
             facts[Stream.CONVERSIONS] = conversions
             self.open_conversions.add(conversions)
             report.reattributed = old.height
@@ -332,11 +424,9 @@ class Processor:
                 offsets={k: v for k, v in self.offsets.items() if v is not None},
                 watermarks=self.watermarks.snapshot(),
             )
-        with timer("commit"):
-            self.warehouse.commit(output)
-            for stream in Stream:
-                for c in chunks[stream]:
-                    self.consumer.ack(stream, c.partition, c.end_offset)
+        with timer("commit_wait"):
+            acks = [(s, c.partition, c.end_offset) for s in Stream for c in chunks[s]]
+            self.committer.submit(output, acks)
         self.watermarks.advance_idle(active)
         self._expire_state()
         self.batch_id += 1
@@ -415,13 +505,17 @@ def _stats(
     dups: pl.DataFrame,
     committed_at: datetime,
 ) -> pl.DataFrame:
-    received = pl.DataFrame(
-        {
-            "partition": [c.partition for c in decoded.chunks],
-            "received": [c.records for c in decoded.chunks],
-        },
-        schema={"partition": pl.Int32, "received": pl.Int64},
-    ).group_by("partition").agg(pl.col("received").sum())
+    received = (
+        pl.DataFrame(
+            {
+                "partition": [c.partition for c in decoded.chunks],
+                "received": [c.records for c in decoded.chunks],
+            },
+            schema={"partition": pl.Int32, "received": pl.Int64},
+        )
+        .group_by("partition")
+        .agg(pl.col("received").sum())
+    )
     if received.height == 0:
         return pl.DataFrame(schema=INGEST_STATS)
     rejected: dict[int, int] = defaultdict(int)

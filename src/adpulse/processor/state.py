@@ -88,7 +88,9 @@ class Watermarks:
         return moved
 
     def snapshot(self) -> dict[tuple[Stream, int], PartitionWatermark]:
-        return {k: PartitionWatermark(c.watermark, c.max_event_time) for k, c in self._clocks.items()}
+        return {
+            k: PartitionWatermark(c.watermark, c.max_event_time) for k, c in self._clocks.items()
+        }
 
     def cutoff_map(
         self, stream: Stream, partitions: list[int], behind: timedelta

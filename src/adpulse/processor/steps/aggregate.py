@@ -24,7 +24,9 @@ def engagement_rollup(rows: pl.DataFrame, measure: str) -> pl.DataFrame:
     """Count impressions or clicks per rollup key."""
     if rows.height == 0:
         return pl.DataFrame(schema=ROLLUP_MINUTE)
-    return conform(_keyed(rows).group_by(_KEY).agg(pl.len().cast(pl.Int64).alias(measure)), ROLLUP_MINUTE)
+    return conform(
+        _keyed(rows).group_by(_KEY).agg(pl.len().cast(pl.Int64).alias(measure)), ROLLUP_MINUTE
+    )
 
 
 def conversion_rollup(rows: pl.DataFrame, sign: int = 1) -> pl.DataFrame:
@@ -50,16 +52,20 @@ def combine(parts: list[pl.DataFrame]) -> pl.DataFrame:
     parts = [p for p in parts if p.height]
     if not parts:
         return pl.DataFrame(schema=ROLLUP_MINUTE)
-    merged = parts[0] if len(parts) == 1 else (
-        pl.concat(parts)
-        .group_by(_KEY)
-        .agg(
-            pl.col("impressions").sum(),
-            pl.col("clicks").sum(),
-            pl.col("conversions").sum(),
-            pl.col("attributed_conversions").sum(),
-            pl.col("revenue").sum(),
-            pl.col("latency_sum_seconds").sum(),
+    merged = (
+        parts[0]
+        if len(parts) == 1
+        else (
+            pl.concat(parts)
+            .group_by(_KEY)
+            .agg(
+                pl.col("impressions").sum(),
+                pl.col("clicks").sum(),
+                pl.col("conversions").sum(),
+                pl.col("attributed_conversions").sum(),
+                pl.col("revenue").sum(),
+                pl.col("latency_sum_seconds").sum(),
+            )
         )
     )
     # Every measure is a number (0, not NULL), whatever the batch held: a rollup row then

@@ -70,8 +70,7 @@ def attribute_conversions(
     best = _best_clicks(conversions, state if state is not None else pl.DataFrame(), lookback)
     base = conversions.drop([c for c in ("platform", "location") if c in conversions.columns])
     return base.join(best, on="event_id", how="left", maintain_order="left").with_columns(
-        latency_seconds=(pl.col("event_time") - pl.col("click_time")).dt.total_microseconds()
-        / 1e6
+        latency_seconds=(pl.col("event_time") - pl.col("click_time")).dt.total_microseconds() / 1e6
     )
 
 
@@ -95,15 +94,12 @@ def reattribute(
     if affected.height == 0:
         return affected, affected
     best = _best_clicks(affected, new_clicks, lookback)
-    better = (
-        affected.join(best, on="event_id", suffix="_new")
-        .filter(
-            pl.col("click_time").is_null()
-            | (pl.col("click_time_new") > pl.col("click_time"))
-            | (
-                (pl.col("click_time_new") == pl.col("click_time"))
-                & (pl.col("click_event_id_new") > pl.col("click_event_id"))
-            )
+    better = affected.join(best, on="event_id", suffix="_new").filter(
+        pl.col("click_time").is_null()
+        | (pl.col("click_time_new") > pl.col("click_time"))
+        | (
+            (pl.col("click_time_new") == pl.col("click_time"))
+            & (pl.col("click_event_id_new") > pl.col("click_event_id"))
         )
     )
     if better.height == 0:

@@ -58,9 +58,7 @@ def flag_late(
     return (
         rows.join(start, on="partition", how="left", maintain_order="left")
         .with_columns(_wm=pl.max_horizontal(prior, pl.col("_wm0")))
-        .with_columns(
-            is_late=(pl.col("event_time") < pl.col("_wm") - lateness).fill_null(False)
-        )
+        .with_columns(is_late=(pl.col("event_time") < pl.col("_wm") - lateness).fill_null(False))
         .drop("_wm0")
     )
 

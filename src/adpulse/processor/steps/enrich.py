@@ -35,14 +35,14 @@ class DimensionLookup:
         with_n = versions.join(counts, on=key)
         single = with_n.filter(pl.col("_n") == 1).select(key, *fields)
         versioned = (
-            with_n.filter(pl.col("_n") > 1)
-            .select(key, "valid_from", *fields)
-            .sort("valid_from")
+            with_n.filter(pl.col("_n") > 1).select(key, "valid_from", *fields).sort("valid_from")
         )
         return cls(key, fields, single, versioned, versions.select(key).unique())
 
     @classmethod
-    def empty(cls, key: str, key_type: pl.DataType, fields: dict[str, pl.DataType]) -> DimensionLookup:
+    def empty(
+        cls, key: str, key_type: pl.DataType, fields: dict[str, pl.DataType]
+    ) -> DimensionLookup:
         schema = {key: key_type, **fields}
         return cls(
             key,
@@ -80,7 +80,5 @@ def join_dimension(rows: pl.DataFrame, dim: DimensionLookup) -> pl.DataFrame:
     return pl.concat([plain, asof.select(plain.columns)])
 
 
-def enrich(
-    rows: pl.DataFrame, campaigns: DimensionLookup, users: DimensionLookup
-) -> pl.DataFrame:
+def enrich(rows: pl.DataFrame, campaigns: DimensionLookup, users: DimensionLookup) -> pl.DataFrame:
     return join_dimension(join_dimension(rows, campaigns), users)

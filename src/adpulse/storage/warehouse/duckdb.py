@@ -47,7 +47,13 @@ _PID: Final = re.compile(r"PID (\d+)")
 #: group per large batch, and vacuuming merges them again at every checkpoint, which
 #: made each checkpoint ~6x slower in the commit benchmark. Nothing here deletes rows in
 #: bulk (upserts update in place), so there is little for vacuum to reclaim.
-DUCKDB_CONFIG: Final[dict[str, str | int | bool]] = {"max_vacuum_tasks": 0}
+#: max_vacuum_tasks=0: see the commit benchmark notes in the README (vacuuming the small
+#: row groups each batch leaves made checkpoints ~6x slower). checkpoint_threshold:
+#: fewer, larger checkpoints (the WAL is replayed after a crash, so keep it bounded).
+DUCKDB_CONFIG: Final[dict[str, str | int | bool]] = {
+    "max_vacuum_tasks": 0,
+    "checkpoint_threshold": "256MB",
+}
 
 
 class WarehouseUnavailableError(RuntimeError):
@@ -191,8 +197,8 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         holder = f"process {pid.group(1)}" if pid else "another process"
         raise WarehouseLockedError(
             f"warehouse {path} is in use by {holder}. A DuckDB file can be opened by one"
-            " process at a time: stop the other adpulse process (e.g. `adpulse run`), or"
-            " query through it (its HTTP API / dashboard) instead of opening the file."
+            " process at a time: stop the other adpulse process (`adpulse process` or"
+            " `adpulse demo`), or query through it instead of opening the file."
         ) from exc
     except duckdb.ConnectionException as exc:
         # Same file already open in this process with another read_only setting.
