@@ -42,15 +42,43 @@ class Chunk:
 
 
 class Producer(ABC):
-    """Appends records to a stream, partitioned by ``user_id``."""
+    """Appends records to a stream, partitioned by ``user_id``.
+
+    Subclasses implement :meth:`_append` (one partition's framed lines) and say their
+    ``partitions`` and ``max_record_bytes``; framing and partitioning are shared.
+    """
+
+    @property
+    @abstractmethod
+    def partitions(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def max_record_bytes(self) -> int: ...
 
     @abstractmethod
+    def _append(self, stream: Stream, partition: int, framed: bytes) -> None:
+        """Append framed lines (each ending in ``\\n``) to one partition."""
+
     def send(self, stream: Stream, payloads: Sequence[bytes], keys: Sequence[str | None]) -> None:
         """Append raw payloads; ``keys[i]`` is the record's user id (``None`` if unknown)."""
+        from adpulse.transport.framing import frame_by_partition
 
-    @abstractmethod
+        groups = frame_by_partition(payloads, keys, self.partitions, self.max_record_bytes)
+        for partition, (framed, _records) in sorted(groups.items()):
+            self._append(Stream(stream), partition, framed)
+
     def send_framed(self, stream: Stream, partition: int, framed: bytes, records: int) -> None:
         """Append already-framed lines to one partition (fast path for bulk producers)."""
+        if not framed:
+            return
+        if framed[-1:] != b"\n":
+            raise ValueError(
+                f"send_framed() needs whole framed lines ending in b'\\n' ({records} records,"
+                f" {len(framed)} bytes, ending {framed[-20:]!r}); frame payloads with "
+                "adpulse.transport.framing.frame()"
+            )
+        self._append(Stream(stream), partition, framed)
 
     def flush(self) -> None:  # noqa: B027
         """Make everything sent so far durable."""

@@ -34,7 +34,6 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -48,7 +47,6 @@ from adpulse.transport.base import (
     Producer,
     Transport,
 )
-from adpulse.transport.framing import frame_by_partition
 
 logger = logging.getLogger(__name__)
 
@@ -379,26 +377,13 @@ class EmbeddedProducer(Producer):
         self._transport = transport
         self._writers: OrderedDict[tuple[str, int], _PartitionWriter] = OrderedDict()
 
-    def send(self, stream: Stream, payloads: Sequence[bytes], keys: Sequence[str | None]) -> None:
-        """Frame ``payloads`` and append each to the partition of its key (user id)."""
-        transport = self._transport
-        groups = frame_by_partition(
-            payloads, keys, transport.partitions, transport.max_record_bytes
-        )
-        for partition, (framed, _records) in sorted(groups.items()):
-            self._append(stream, partition, framed)
+    @property
+    def partitions(self) -> int:
+        return self._transport.partitions
 
-    def send_framed(self, stream: Stream, partition: int, framed: bytes, records: int) -> None:
-        """Append already-framed lines (each ending in ``\\n``) to one partition."""
-        if not framed:
-            return
-        if framed[-1:] != b"\n":
-            raise ValueError(
-                f"send_framed() needs whole framed lines ending in b'\\n' ({records} records,"
-                f" {len(framed)} bytes, ending {framed[-20:]!r}); frame payloads with "
-                "adpulse.transport.framing.frame()"
-            )
-        self._append(stream, partition, framed)
+    @property
+    def max_record_bytes(self) -> int:
+        return self._transport.max_record_bytes
 
     def _append(self, stream: Stream, partition: int, framed: bytes) -> None:
         transport = self._transport

@@ -9,7 +9,6 @@ a processor thread may share one instance); nothing survives the process.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from adpulse.contracts import DEFAULT_MAX_RECORD_BYTES, Stream
@@ -20,7 +19,6 @@ from adpulse.transport.base import (
     Producer,
     Transport,
 )
-from adpulse.transport.framing import frame_by_partition
 
 
 @dataclass(slots=True)
@@ -123,26 +121,16 @@ class InMemoryProducer(Producer):
     def __init__(self, transport: InMemoryTransport) -> None:
         self._transport = transport
 
-    def send(self, stream: Stream, payloads: Sequence[bytes], keys: Sequence[str | None]) -> None:
-        """Frame ``payloads`` and append each to the partition of its key (user id)."""
-        transport = self._transport
-        groups = frame_by_partition(
-            payloads, keys, transport.partitions, transport.max_record_bytes
-        )
-        for partition, (framed, _records) in sorted(groups.items()):
-            transport._append(Stream(stream), partition, framed)
+    @property
+    def partitions(self) -> int:
+        return self._transport.partitions
 
-    def send_framed(self, stream: Stream, partition: int, framed: bytes, records: int) -> None:
-        """Append already-framed lines (each ending in ``\\n``) to one partition."""
-        if not framed:
-            return
-        if framed[-1:] != b"\n":
-            raise ValueError(
-                f"send_framed() needs whole framed lines ending in b'\\n' ({records} records,"
-                f" {len(framed)} bytes, ending {framed[-20:]!r}); frame payloads with "
-                "adpulse.transport.framing.frame()"
-            )
-        self._transport._append(Stream(stream), partition, framed)
+    @property
+    def max_record_bytes(self) -> int:
+        return self._transport.max_record_bytes
+
+    def _append(self, stream: Stream, partition: int, framed: bytes) -> None:
+        self._transport._append(stream, partition, framed)
 
 
 class InMemoryConsumer(Consumer):
