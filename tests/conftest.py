@@ -20,9 +20,8 @@ from adpulse.storage.dimensions import read_dimension_csv  # noqa: E402
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse  # noqa: E402
 from adpulse.transport.memory import InMemoryTransport  # noqa: E402
 
+#: The original's sample records: shared/ lies beside the clone (here and in CI).
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
-if not SAMPLES.exists():  # CI lays shared/ beside the clone
-    SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
 
 
 class MiniPipeline:

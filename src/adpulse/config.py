@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     )
     max_record_bytes: int = Field(64 * 1024, ge=256, le=1024 * 1024)
     batch_max_bytes: int = Field(
-        32 * 1024 * 1024, ge=1024, description="Upper bound of one micro-batch, in bytes."
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Upper bound of one micro-batch per stream, in bytes.",
     )
     batch_interval_seconds: float = Field(
         0.2, gt=0, description="Wait between polls when the log has no new data."

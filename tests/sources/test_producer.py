@@ -80,9 +80,15 @@ def test_user_ids_fall_back_to_one_by_one_only_for_a_broken_batch() -> None:
 class RecordingProducer(Producer):
     """Keeps every send_framed call."""
 
+    partitions = 2
+    max_record_bytes = 64 * 1024
+
     def __init__(self) -> None:
         self.calls: list[tuple[Stream, int, bytes, int]] = []
         self.flushed = 0
+
+    def _append(self, stream: Stream, partition: int, framed: bytes) -> None:
+        raise AssertionError("replay uses send_framed")
 
     def send(self, stream: Stream, payloads: Sequence[bytes], keys: Sequence[str | None]) -> None:
         raise AssertionError("replay uses send_framed")

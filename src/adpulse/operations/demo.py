@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from decimal import Decimal
 from collections import deque
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -227,4 +228,6 @@ def _fmt(value: object) -> str:
         return f"{value:,.4f}" if abs(value) < 1 else f"{value:,.1f}"
     if isinstance(value, int):
         return f"{value:,}"
+    if isinstance(value, Decimal):
+        return f"{value:,.2f}"
     return str(value)
