@@ -126,7 +126,7 @@ def generate(
     with console.status(f"generating {events:,} events"):
         summary = write_dataset(out, gen, events, begin, end)
     console.print(f"wrote {out}:")
-    console.print_json(json.dumps(summary, default=str))
+    console.print_json(json.dumps({k: v for k, v in summary.items() if k != "counts"}, default=str))
 
 
 # ----------------------------------------------------------------------------- replay
@@ -453,7 +453,8 @@ def status(
     with open_runtime(settings, read_only=True) as rt:
         info = queries.pipeline_status(rt.warehouse)
     if fmt is OutputFormat.json:
-        sys.stdout.write(json.dumps(info, default=str, indent=2) + "\n")
+        plain = {k: v.to_dicts() if isinstance(v, pl.DataFrame) else v for k, v in info.items()}
+        sys.stdout.write(json.dumps(plain, default=str, indent=2) + "\n")
         return
     for name, value in info.items():
         console.rule(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -34,10 +35,26 @@ class Runtime:
 
 
 def settings_for(home: Path | None, config: Path | None, **overrides: Any) -> Settings:
+    """The effective settings; an existing log's partition count wins over the default."""
     try:
-        return load_settings(home=home, config=config, **overrides)
+        settings = load_settings(home=home, config=config, **overrides)
     except Exception as exc:  # pydantic ValidationError, TOML errors
         raise UserError(f"invalid configuration: {exc}") from exc
+    if "partitions" not in settings.model_fields_set:
+        existing = _log_partitions(settings.log_dir)
+        if existing is not None:
+            settings = settings.model_copy(update={"partitions": existing})
+    return settings
+
+
+def _log_partitions(log_dir: Path) -> int | None:
+    """The partition count recorded by an existing embedded log, if any."""
+    from adpulse.transport.embedded import META_FILE
+
+    try:
+        return int(json.loads((log_dir / META_FILE).read_text())["partitions"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @contextmanager

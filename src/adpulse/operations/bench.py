@@ -29,6 +29,7 @@ from rich.table import Table
 from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.processor.pipeline import STEP_NAMES, Processor
+from adpulse.sources.files import write_csv
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
 from adpulse.storage.dimensions import read_dimension_csv
@@ -119,10 +120,8 @@ def _bench(
     warehouse.create_schema()
     dims = root / "dims"
     dims.mkdir()
-    from adpulse.operations.demo import write_dimension_csv
-
     for name, frame in (("campaigns.csv", gen.campaigns()), ("users.csv", gen.users())):
-        write_dimension_csv(frame, dims / name)
+        write_csv(frame, dims / name)
         kind, rows = read_dimension_csv(dims / name)
         warehouse.load_dimension(kind, rows, WORKLOAD_START)
 

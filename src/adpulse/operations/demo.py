@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from decimal import Decimal
 from collections import deque
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from decimal import Decimal
 
 import polars as pl
 from rich.columns import Columns
@@ -21,6 +20,7 @@ from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.processor.pipeline import BatchReport, Processor
 from adpulse.serving import queries
+from adpulse.sources.files import write_csv
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
 from adpulse.storage.dimensions import read_dimension_csv
@@ -35,21 +35,13 @@ def load_generated_dimensions(rt: Runtime, gen: EventGenerator, console: Console
     folder.mkdir(parents=True, exist_ok=True)
     for name, frame in (("campaigns.csv", gen.campaigns()), ("users.csv", gen.users())):
         path = folder / name
-        write_dimension_csv(frame, path)
+        write_csv(frame, path)
         kind, rows = read_dimension_csv(path)
         result = rt.warehouse.load_dimension(kind, rows, datetime.now(UTC).replace(tzinfo=None))
         console.print(
             f"dimensions {kind}: {result.rows:,} rows ({result.new_keys:,} new, "
             f"{result.changed_keys:,} changed) from {path}"
         )
-
-
-def write_dimension_csv(frame: pl.DataFrame, path: Path) -> None:
-    """The original's CSV format: a header row and ", " between values."""
-    lines = [", ".join(frame.columns)]
-    for row in frame.iter_rows():
-        lines.append(", ".join("" if v is None else str(v) for v in row))
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 class _Rates:
