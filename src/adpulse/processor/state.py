@@ -110,7 +110,7 @@ class DedupeState:
     """
 
     def __init__(self) -> None:
-        self.sets: dict[Stream, IdSet] = {s: IdSet() for s in Stream}
+        self.sets: dict[Stream, IdSet] = {s: IdSet(1 << 18) for s in Stream}
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.sets.values())

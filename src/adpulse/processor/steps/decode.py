@@ -62,29 +62,36 @@ class Decoded:
 
 
 def decode(stream: Stream, chunks: list[Chunk]) -> Decoded:
-    """Decode all chunks of one stream in a batch."""
+    """Decode all chunks of one stream in a batch (one vectorized call per chunk)."""
     counts = np.array([c.records for c in chunks], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(chunks) else counts
-    total = int(counts.sum())
     schema = stream.decode_schema
     empty = _empty(schema).with_row_index("_row").with_columns(partition=pl.lit(0, pl.Int32))
     out = Decoded(stream=stream, rows=empty.clear(), chunks=chunks, chunk_starts=starts)
-    if total == 0:
-        return out
-    data = b"".join(c.data for c in chunks)
-    frame = _try_decode(data, schema, total)
-    if frame is not None:
-        rows = frame.with_row_index("_row")
-    else:
-        lines = [line for c in chunks for line in split_lines(c.data)]
-        out._lines = lines
-        parts: list[pl.DataFrame] = []
-        _bisect(lines, 0, len(lines), schema, parts, out.rejects)
-        rows = pl.concat(parts) if parts else _empty(schema).with_row_index("_row")
-    partitions = np.repeat(np.array([c.partition for c in chunks], dtype=np.int32), counts)
-    out.rows = rows.with_columns(
-        pl.Series("partition", partitions, dtype=pl.Int32).gather(rows["_row"]).alias("partition")
-    )
+    parts: list[pl.DataFrame] = []
+    for chunk, start in zip(chunks, starts.tolist(), strict=True):
+        if chunk.records == 0:
+            continue
+        # Decoding chunk by chunk avoids copying the whole batch into one buffer.
+        frame = _try_decode(chunk.data, schema, chunk.records)
+        if frame is not None:
+            frame = frame.with_row_index("_row", offset=start)
+        else:
+            lines = split_lines(chunk.data)
+            pieces: list[pl.DataFrame] = []
+            rejects: list[Reject] = []
+            _bisect(lines, 0, len(lines), schema, pieces, rejects)
+            for r in rejects:
+                r.row += start
+            out.rejects.extend(rejects)
+            frame = (
+                pl.concat(pieces).with_columns((pl.col("_row") + start).cast(pl.UInt32))
+                if pieces
+                else empty.clear().drop("partition")
+            )
+        parts.append(frame.with_columns(partition=pl.lit(chunk.partition, pl.Int32)))
+    if parts:
+        out.rows = pl.concat(parts, rechunk=False)
     return out
 
 
