@@ -40,19 +40,28 @@ class IdSet:
         return len(self._bucket)
 
     def check_and_add(
-        self, hi: np.ndarray, lo: np.ndarray, bucket: np.ndarray, cutoff: np.ndarray
+        self,
+        hi: np.ndarray,
+        lo: np.ndarray,
+        bucket: np.ndarray,
+        cutoff: np.ndarray,
+        keep_from: int | None = None,
     ) -> np.ndarray:
         """Return a mask of keys already present (with bucket >= their ``cutoff``).
 
         Keys not present are added with their bucket. A key present only with an expired
         bucket counts as new and gets the new bucket. The batch must hold no duplicate
         pair (deduplicate within the batch first).
+
+        ``keep_from``: the oldest bucket still live for ANY key (all partitions), used
+        when the table is compacted; by default the batch's own smallest cutoff.
         """
         n = len(hi)
         seen = np.zeros(n, dtype=bool)
         if n == 0:
             return seen
-        self._reserve(n, int(cutoff.min()))
+        floor = int(cutoff.min()) if keep_from is None else min(keep_from, int(cutoff.min()))
+        self._reserve(n, floor)
         pos = (hi & np.uint64(self._mask)).astype(np.intp)
         active = np.arange(n)
         while active.size:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import polars as pl
 
 from adpulse.config import Settings
@@ -216,9 +217,9 @@ class Processor:
             "fact_clicks",
             self.partitions,
             min(click_floor.values(), default=_MIN_TIME),
-            CLICK_STATE_COLUMNS,
+            (*CLICK_STATE_COLUMNS, "is_late"),
         )
-        self.clicks.replace(_cast_state(clicks, CLICK_STATE_COLUMNS))
+        self.clicks.replace(_on_time_state(clicks, CLICK_STATE_COLUMNS))
         self.clicks.expire(
             "event_time", self._cutoffs(Stream.CONVERSIONS, self.lateness + self.lookback)
         )
@@ -227,9 +228,9 @@ class Processor:
             "fact_conversions",
             self.partitions,
             min(conv_floor.values(), default=_MIN_TIME),
-            OPEN_CONVERSION_COLUMNS,
+            (*OPEN_CONVERSION_COLUMNS, "is_late"),
         )
-        self.open_conversions.replace(convs)
+        self.open_conversions.replace(_on_time_state(convs, OPEN_CONVERSION_COLUMNS))
         self._close_conversions()
 
     def _floor(self, stream: Stream, behind: timedelta) -> dict[int, datetime]:
@@ -237,6 +238,12 @@ class Processor:
             p: (wm - behind if wm is not None else _MIN_TIME)
             for p, wm in self.watermarks.cutoff_map(stream, self.partitions, timedelta()).items()
         }
+
+    def _dedupe_floor(self, start_wms: dict[int, datetime | None]) -> int:
+        """Oldest event-time hour whose ids are still live in any owned partition."""
+        # A partition without a watermark has seen no event of this stream: no ids.
+        hours = [hour_bucket(wm - self.horizon) for wm in start_wms.values() if wm is not None]
+        return min(hours, default=int(np.iinfo(np.int32).min))
 
     def _cutoffs(self, stream: Stream, behind: timedelta) -> dict[int, datetime | None]:
         return self.watermarks.cutoff_map(stream, self.partitions, behind)
@@ -256,10 +263,10 @@ class Processor:
             ids = self.warehouse.load_event_ids(table, self.partitions, min(floors.values()))
             if ids.height == 0:
                 continue
+            # An id stored twice (re-sent after the horizon) keeps its newest time.
+            ids = ids.group_by("event_id").agg(pl.col("event_time").max())
             hi, lo = key_hashes(ids["event_id"])
             buckets = hour_buckets(ids["event_time"].cast(pl.Datetime("us")))
-            import numpy as np
-
             self.dedupe.sets[stream].check_and_add(
                 hi, lo, buckets, np.full(len(buckets), np.iinfo(np.int32).min, np.int32)
             )
@@ -377,7 +384,9 @@ class Processor:
                     maxes = rows.group_by("partition").agg(pl.col("event_time").max())
                     for p, t in maxes.iter_rows():
                         self.watermarks.observe(stream, p, t)
-                rows, dups = drop_duplicates(rows, stream, self.dedupe, self.horizon)
+                rows, dups = drop_duplicates(
+                    rows, stream, self.dedupe, self.horizon, self._dedupe_floor(start_wms)
+                )
             with timer("enrich"):
                 rows = enrich(rows, self._campaigns, self._users)
             facts[stream] = rows
@@ -394,14 +403,22 @@ class Processor:
             report.late[stream] = int(rows["is_late"].sum()) if rows.height else 0
 
         with timer("attribute"):
+            # Only records within the allowed lateness take part in attribution: then the
+            # result is the same in whichever order the clicks and conversions streams
+            # are read (see README, "Late and out-of-order data").
             clicks = facts[Stream.CLICKS]
-            self.clicks.add(clicks)
-            old, new = reattribute(clicks, self.open_conversions, self.lookback)
-            conversions = attribute_conversions(
-                facts[Stream.CONVERSIONS], self.clicks, self.lookback
+            on_time_clicks = clicks.filter(~pl.col("is_late"))
+            self.clicks.add(on_time_clicks)
+            old, new = reattribute(on_time_clicks, self.open_conversions, self.lookback)
+            arrived = facts[Stream.CONVERSIONS]
+            on_time = attribute_conversions(
+                arrived.filter(~pl.col("is_late")), self.clicks, self.lookback
+            )
+            conversions = pl.concat(
+                [on_time, arrived.filter(pl.col("is_late"))], how="diagonal_relaxed"
             )
             facts[Stream.CONVERSIONS] = conversions
-            self.open_conversions.add(conversions)
+            self.open_conversions.add(on_time)
             report.reattributed = old.height
         with timer("aggregate"):
             rollups = aggregate.combine(
@@ -468,8 +485,19 @@ class _StepTimer:
         self.totals[self._name] += dt
 
 
-def _cast_state(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
-    return frame.select(columns) if frame.height else frame
+def _on_time_state(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+    """Rows of restored state that take part in attribution, typed as the live state."""
+    if frame.height == 0:
+        return frame
+    return (
+        frame.filter(~pl.col("is_late"))
+        .select(columns)
+        .with_columns(
+            pl.col("event_time").cast(pl.Datetime("us")),
+            pl.col("partition").cast(pl.Int32),
+            *([pl.col("revenue").cast(pl.Decimal(18, 4))] if "revenue" in columns else []),
+        )
+    )
 
 
 def _facts(rows: pl.DataFrame, stream: Stream, processed_at: datetime) -> pl.DataFrame:
@@ -527,8 +555,8 @@ def _stats(
     per = (
         unique.group_by("partition").agg(
             late=pl.col("is_late").sum().cast(pl.Int64),
-            unknown_ad=pl.col("campaign").is_null().sum().cast(pl.Int64),
-            unknown_user=pl.col("gender").is_null().sum().cast(pl.Int64),
+            unknown_ad=pl.col("_unknown_ad").sum().cast(pl.Int64),
+            unknown_user=pl.col("_unknown_user").sum().cast(pl.Int64),
             min_event_time=pl.col("event_time").min(),
             max_event_time=pl.col("event_time").max(),
         )

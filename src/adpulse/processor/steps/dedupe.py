@@ -30,7 +30,10 @@ _CANONICAL_FIELDS = {
 
 
 def with_event_ids(rows: pl.DataFrame, stream: Stream) -> pl.DataFrame:
-    """Fill missing ``event_id`` with an id derived from the canonical content."""
+    """Fill a missing or blank ``event_id`` with an id derived from the canonical content."""
+    rows = rows.with_columns(
+        event_id=pl.when(pl.col("event_id").str.strip_chars() != "").then(pl.col("event_id"))
+    )
     if rows["event_id"].null_count() == 0:
         return rows
     canonical = pl.concat_str(
@@ -80,13 +83,18 @@ def _first_occurrences(event_ids: pl.Series, hi: np.ndarray) -> np.ndarray:
 
 
 def drop_duplicates(
-    rows: pl.DataFrame, stream: Stream, state: DedupeState, horizon: timedelta
+    rows: pl.DataFrame,
+    stream: Stream,
+    state: DedupeState,
+    horizon: timedelta,
+    keep_from: int | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Return (unique rows, duplicate counts per partition) and remember the new keys.
 
     A row is a duplicate when its key was seen with an event-time hour at or after the
     hour of (the running watermark before the row - horizon): ``rows`` come from
-    :func:`flag_late`, which adds that watermark as ``_wm``.
+    :func:`flag_late`, which adds that watermark as ``_wm``. ``keep_from`` is the
+    oldest hour still live in any partition (see :meth:`IdSet.check_and_add`).
     """
     if rows.height == 0:
         return rows.drop("_wm"), pl.DataFrame(
@@ -109,7 +117,7 @@ def drop_duplicates(
         .to_numpy()
     )
     unique = unique.drop("_wm")
-    seen = state.sets[stream].check_and_add(hi, lo, buckets, cutoff)
+    seen = state.sets[stream].check_and_add(hi, lo, buckets, cutoff, keep_from)
     if seen.any():
         unique = unique.filter(pl.Series(~seen))
     duplicates = (

@@ -81,4 +81,8 @@ def join_dimension(rows: pl.DataFrame, dim: DimensionLookup) -> pl.DataFrame:
 
 
 def enrich(rows: pl.DataFrame, campaigns: DimensionLookup, users: DimensionLookup) -> pl.DataFrame:
-    return join_dimension(join_dimension(rows, campaigns), users)
+    """Join both dimensions; ``_unknown_ad``/``_unknown_user`` flag keys with no version."""
+    return join_dimension(join_dimension(rows, campaigns), users).with_columns(
+        _unknown_ad=~pl.col("ad_id").is_in(campaigns.known["ad_id"].implode()),
+        _unknown_user=~pl.col("user_id").is_in(users.known["user_id"].implode()),
+    )

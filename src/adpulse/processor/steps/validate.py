@@ -17,6 +17,8 @@ from adpulse.processor.steps.decode import Decoded, Reject
 
 MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 256
+#: Revenue is stored as DECIMAL(18, 4): 14 digits before the point.
+MAX_REVENUE = 1e14
 _ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S%#z", "%Y-%m-%dT%H:%M:%S%.f%#z")
 
 
@@ -77,6 +79,13 @@ def validate(decoded: Decoded, now: datetime, max_future: timedelta) -> Validate
                 pl.lit("revenue must be a finite number"),
             )
         )
+        checks.append(
+            (
+                pl.col("revenue") >= MAX_REVENUE,
+                Reason.WRONG_TYPE,
+                pl.lit(f"revenue must be below {MAX_REVENUE:.0e}"),
+            )
+        )
 
     # First failing check wins; a row passes when every check is false (nulls = pass).
     reason: pl.Expr = pl.lit(None, dtype=pl.String)
@@ -87,7 +96,7 @@ def validate(decoded: Decoded, now: datetime, max_future: timedelta) -> Validate
         detail = pl.when(hit).then(text).otherwise(detail)
     flagged = rows.with_columns(_reason=reason)
     if flagged["_reason"].null_count() == flagged.height:
-        return Validated(stream, rows, decoded.rejects)
+        return Validated(stream, _typed(rows), decoded.rejects)
     # rechunk: Polars 2.1 panics evaluating `detail` over a multi-chunk filtered frame.
     bad = flagged.filter(pl.col("_reason").is_not_null()).rechunk().with_columns(_detail=detail)
     for row, why, text in bad.select("_row", "_reason", "_detail").iter_rows():
@@ -98,7 +107,14 @@ def validate(decoded: Decoded, now: datetime, max_future: timedelta) -> Validate
             payload = unframe_line(payload)[0]
         decoded.rejects.append(Reject(row, Reason(why), text, payload))
     good = flagged.filter(pl.col("_reason").is_null()).drop("_reason")
-    return Validated(stream, good, decoded.rejects)
+    return Validated(stream, _typed(good), decoded.rejects)
+
+
+def _typed(rows: pl.DataFrame) -> pl.DataFrame:
+    """Money as DECIMAL(18, 4) from here on (JSON numbers decode as floats)."""
+    if "revenue" not in rows.columns:
+        return rows
+    return rows.with_columns(pl.col("revenue").round(4).cast(pl.Decimal(18, 4)))
 
 
 def with_event_time(rows: pl.DataFrame, field: str) -> pl.DataFrame:
