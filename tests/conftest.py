@@ -3,60 +3,17 @@
 from __future__ import annotations
 
 import sys
-import threading
-from collections.abc import Iterable, Mapping
-from datetime import datetime
+from collections.abc import Iterable
 from pathlib import Path
 
-import orjson
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from adpulse.config import Settings  # noqa: E402
-from adpulse.contracts import Stream  # noqa: E402
-from adpulse.processor.pipeline import Processor  # noqa: E402
-from adpulse.storage.dimensions import read_dimension_csv  # noqa: E402
-from adpulse.storage.warehouse.duckdb import DuckDBWarehouse  # noqa: E402
-from adpulse.transport.memory import InMemoryTransport  # noqa: E402
+from minipipeline import MiniPipeline  # noqa: E402
 
 #: The original's sample records: shared/ lies beside the clone (here and in CI).
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
-
-
-class MiniPipeline:
-    """Send records, run the processor until caught up, read the warehouse."""
-
-    def __init__(self, home: Path, partitions: int = 2, **settings: object) -> None:
-        self.settings = Settings(home=home, partitions=partitions, **settings)  # type: ignore[arg-type]
-        self.transport = InMemoryTransport(partitions)
-        self.producer = self.transport.producer()
-        self.warehouse = DuckDBWarehouse(home / "warehouse.duckdb")
-        self.warehouse.create_schema()
-        self.processor: Processor | None = None
-
-    def load_dims(self, *paths: Path, effective_from: datetime = datetime(1970, 1, 1)) -> None:
-        for path in paths:
-            kind, rows = read_dimension_csv(path)
-            self.warehouse.load_dimension(kind, rows, effective_from)
-
-    def send(self, stream: Stream, records: Iterable[bytes | Mapping[str, object]]) -> None:
-        payloads = [r if isinstance(r, bytes) else orjson.dumps(r) for r in records]
-        keys = []
-        for p in payloads:
-            try:
-                keys.append(str(orjson.loads(p)["user_id"]))
-            except Exception:
-                keys.append(None)
-        self.producer.send(stream, payloads, keys)
-
-    def run(self) -> None:
-        if self.processor is None:
-            self.processor = Processor(self.settings, self.transport, self.warehouse)
-        self.processor.run(threading.Event(), until_caught_up=True)
-
-    def rows(self, sql: str, params: list[object] | None = None) -> list[tuple[object, ...]]:
-        return self.warehouse.query(sql, params or []).rows()
 
 
 @pytest.fixture

@@ -101,16 +101,24 @@ class Settings(BaseSettings):
 def load_settings(
     home: Path | None = None, config: Path | None = None, **overrides: Any
 ) -> Settings:
-    """Build the settings; ``home``/``config`` come from ``--home``/``--config``."""
-    if config is not None:
-        os.environ["ADPULSE_CONFIG"] = str(config)
-    if home is not None:
-        os.environ["ADPULSE_HOME"] = str(home)
-        if config is None and "ADPULSE_CONFIG" not in os.environ:
-            pass
-    values = {k: v for k, v in overrides.items() if v is not None}
-    if home is not None:
-        values["home"] = home
-    settings = Settings(**values)
-    settings.home.mkdir(parents=True, exist_ok=True)
-    return settings
+    """Build the settings; ``home``/``config`` come from ``--home``/``--config``.
+
+    The TOML file is looked up in ``home`` (or at ``config``): both are put in the
+    environment only while the settings are read, then the environment is restored.
+    """
+    saved = {k: os.environ.get(k) for k in ("ADPULSE_CONFIG", "ADPULSE_HOME")}
+    try:
+        if config is not None:
+            os.environ["ADPULSE_CONFIG"] = str(config)
+        if home is not None:
+            os.environ["ADPULSE_HOME"] = str(home)
+        values = {k: v for k, v in overrides.items() if v is not None}
+        if home is not None:
+            values["home"] = home
+        return Settings(**values)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -99,3 +99,29 @@ def test_help_explains_every_command() -> None:
     out = _ok("--help")
     for command in ("generate", "replay", "process", "dims", "query", "status", "demo", "bench"):
         assert command in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["query", "ctr"],  # no warehouse yet
+        ["query", "ctr", "--from", "yesterday"],
+        ["replay", "/nonexistent-dir"],
+        ["dims", "load", "/nonexistent.csv"],
+    ],
+)
+def test_the_user_sees_a_message_not_a_traceback(tmp_path: Path, args: list[str]) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "adpulse", *args, "--home", str(tmp_path / "home")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "error:" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    if args[0] == "query":
+        assert not (tmp_path / "home").exists()  # read-only commands create nothing

@@ -127,6 +127,11 @@ def test_counts_reconcile(warehouse: DuckDBWarehouse, truth, dataset) -> None:  
         assert duplicates == typed - unique
         facts = warehouse.query(f"SELECT count(*) FROM fact_{stream.value}").item()
         assert facts == unique
+        dead = warehouse.query(
+            "SELECT count(*) FROM dead_letters WHERE stream = ?", [stream.value]
+        ).item()
+        # Nothing lost: every line is a fact, a counted duplicate or a dead letter.
+        assert facts + duplicates + dead == received[stream.value]
     # Every injected malformed record is a dead letter with its expected reason.
     reasons = dict(warehouse.query("SELECT reason, count(*) FROM dead_letters GROUP BY 1").rows())
     want: dict[str, int] = {}

@@ -15,7 +15,13 @@ import polars as pl
 import typer
 from rich.console import Console
 
-from adpulse.cli.runtime import UserError, configure_logging, open_runtime, settings_for
+from adpulse.cli.runtime import (
+    UserError,
+    Worker,
+    configure_logging,
+    open_runtime,
+    settings_for,
+)
 
 app = typer.Typer(
     name="adpulse",
@@ -155,16 +161,21 @@ def replay(
     configure_logging(verbose)
     if not directory.is_dir():
         raise UserError(f"{directory} is not a directory")
-    if not iter_stream_files(directory):
+    try:
+        found = iter_stream_files(directory)
+        total = _count_lines(directory) if found else 0
+    except (OSError, ValueError, EOFError) as exc:  # unreadable, bad gzip, ambiguous files
+        raise UserError(f"cannot read {directory}: {exc}") from exc
+    if not found:
         raise UserError(
             f"{directory} holds no impressions/clicks/conversions .jsonl or .jsonl.gz file"
         )
     settings = settings_for(home, config, partitions=partitions)
-    total = _count_lines(directory)
     if produce_only:
         # No warehouse here: a separate `adpulse process` holds it.
         from adpulse.transport import open_transport
 
+        settings.home.mkdir(parents=True, exist_ok=True)
         try:
             transport = open_transport(settings)
         except ValueError as exc:
@@ -182,7 +193,7 @@ def replay(
                     _load_dim_file(rt.warehouse, directory / name, None)
         processor = Processor(settings, rt.transport, rt.warehouse)
         stop = threading.Event()
-        worker = threading.Thread(target=processor.run, args=(stop,), daemon=True)
+        worker = Worker(processor.run, "processor", stop)
         worker.start()
         try:
             counts = _replay_with_progress(
@@ -191,8 +202,10 @@ def replay(
         finally:
             stop.set()
             worker.join()
+        worker.check()
         with console.status("committing what is left"):
             processor.run(threading.Event(), until_caught_up=True)
+        processor.close()
         console.print(
             "replayed " + ", ".join(f"{n:,} {s}" for s, n in counts.items()) + " — all committed"
         )
@@ -270,6 +283,8 @@ def process(
                 processor.run(stop, on_batch=show, until_caught_up=until_caught_up)
         except KeyboardInterrupt:
             stop.set()
+        finally:
+            processor.close()
         console.print(f"committed {committed[0]:,} records")
 
 
@@ -303,7 +318,12 @@ def _load_dim_file(warehouse: Any, path: Path, when: datetime | None) -> None:
         kind, rows = read_dimension_csv(path)
     except (DimensionFileError, OSError) as exc:
         raise UserError(str(exc)) from exc
-    result = warehouse.load_dimension(kind, rows, when or datetime.now(UTC).replace(tzinfo=None))
+    try:
+        result = warehouse.load_dimension(
+            kind, rows, when or datetime.now(UTC).replace(tzinfo=None)
+        )
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from exc
     console.print(
         f"{path}: {result.kind} — {result.rows} rows, {result.new_keys} new, "
         f"{result.changed_keys} changed (new versions), {result.unchanged_keys} unchanged"
@@ -353,7 +373,8 @@ def query(
         int | None, typer.Option(help="Minimum clicks for rate rankings (default from settings).")
     ] = None,
     window: Annotated[
-        int | None, typer.Option(help="trending: window in minutes (default from settings).")
+        int | None,
+        typer.Option(min=1, max=1440, help="trending: window in minutes (default from settings)."),
     ] = None,
     fmt: Annotated[
         OutputFormat, typer.Option("--format", help="table | json | csv")
@@ -398,7 +419,7 @@ def query(
             frame = queries.trending(
                 wh,
                 filters,
-                window_minutes=window or settings.trending_window_minutes,
+                window_minutes=settings.trending_window_minutes if window is None else window,
                 min_clicks=mc,
                 limit=limit,
             )

@@ -15,7 +15,7 @@ from adpulse.config import Settings, load_settings
 from adpulse.storage.warehouse import open_warehouse
 from adpulse.storage.warehouse.base import Warehouse
 from adpulse.transport import open_transport
-from adpulse.transport.base import Transport
+from adpulse.transport.base import Consumer, Producer, Transport
 
 
 class UserError(Exception):
@@ -59,11 +59,18 @@ def _log_partitions(log_dir: Path) -> int | None:
 
 @contextmanager
 def open_runtime(settings: Settings, read_only: bool = False) -> Iterator[Runtime]:
-    """Open transport and warehouse; close both at the end."""
-    try:
-        transport = open_transport(settings)
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    """Open transport and warehouse; close both at the end.
+
+    ``read_only`` (queries, status) opens the warehouse only and creates nothing.
+    """
+    if read_only:
+        transport: Transport = _NoTransport()
+    else:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        try:
+            transport = open_transport(settings)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
     try:
         warehouse = open_warehouse(settings, read_only=read_only)
     except Exception as exc:
@@ -76,6 +83,43 @@ def open_runtime(settings: Settings, read_only: bool = False) -> Iterator[Runtim
         yield runtime
     finally:
         runtime.close()
+
+
+class Worker(threading.Thread):
+    """A daemon thread that keeps the exception it died of, for the main thread."""
+
+    def __init__(self, target: Any, name: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(name=name, daemon=True)
+        self._call = (target, args, kwargs)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        target, args, kwargs = self._call
+        try:
+            target(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - reported by check()
+            logging.getLogger(__name__).exception("%s failed", self.name)
+            self.error = exc
+
+    def check(self) -> None:
+        """Raise a UserError if the thread died of an exception."""
+        if self.error is not None:
+            raise UserError(
+                f"the {self.name} stopped: {type(self.error).__name__}: {self.error}. "
+                "Committed results are safe; run the command again to resume."
+            ) from self.error
+
+
+class _NoTransport(Transport):
+    """Stands in for the transport of read-only commands, which never use it."""
+
+    partitions = 0
+
+    def producer(self) -> Producer:
+        raise UserError("this command is read-only and has no transport")
+
+    def consumer(self) -> Consumer:
+        raise UserError("this command is read-only and has no transport")
 
 
 def configure_logging(verbose: bool) -> None:

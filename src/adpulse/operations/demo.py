@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from adpulse.cli.runtime import Runtime, open_runtime
+from adpulse.cli.runtime import Runtime, Worker, open_runtime
 from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.processor.pipeline import BatchReport, Processor
@@ -111,14 +111,8 @@ def run_demo(
 
         processor = Processor(settings, rt.transport, rt.warehouse)
         threads = [
-            threading.Thread(target=produce, name="producer", daemon=True),
-            threading.Thread(
-                target=processor.run,
-                args=(stop,),
-                kwargs={"on_batch": rates.add},
-                name="processor",
-                daemon=True,
-            ),
+            Worker(produce, "producer"),
+            Worker(processor.run, "processor", stop, on_batch=rates.add),
         ]
         for t in threads:
             t.start()
@@ -127,6 +121,8 @@ def run_demo(
         try:
             with Live(console=console, refresh_per_second=4, transient=False) as live:
                 while not stop.is_set():
+                    if any(t.error is not None for t in threads):
+                        break
                     live.update(_screen(rt, processor, rates, settings))
                     if duration is not None and time.monotonic() - started >= duration:
                         break
@@ -138,6 +134,9 @@ def run_demo(
             for t in threads:
                 t.join(timeout=30)
             producer.close()
+            processor.close()
+        for t in threads:
+            t.check()
         console.print()
         console.print(f"stopped; committed {sum(rates.totals.values()):,} records this run")
 
