@@ -128,3 +128,13 @@ def test_read_lines_yields_chunks_of_about_the_requested_size(tmp_path: Path) ->
     assert [len(c) for c in chunks] == [1000] * 10
     assert (tmp_path / "empty.jsonl").write_bytes(b"") == 0
     assert list(read_lines(tmp_path / "empty.jsonl")) == []
+
+
+def test_an_endless_line_is_cut_and_memory_stays_bounded(tmp_path: Path) -> None:
+    from adpulse.sources.files import MAX_LINE_BYTES, read_lines
+
+    path = tmp_path / "clicks.jsonl"
+    path.write_bytes(b'{"a": 1}\n' + b"x" * (2 * MAX_LINE_BYTES + 5) + b"\n" + b'{"b": 2}\n')
+    lines = [line for chunk in read_lines(path, 1 << 20) for line in chunk]
+    assert [len(line) for line in lines] == [8, MAX_LINE_BYTES, 8]
+    assert lines[2] == b'{"b": 2}'

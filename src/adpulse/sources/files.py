@@ -139,6 +139,10 @@ def iter_stream_files(directory: Path | str) -> dict[Stream, Path]:
     return found
 
 
+#: A line longer than this is cut here when read (it is far over any record limit).
+MAX_LINE_BYTES = 8 * 1024 * 1024
+
+
 def read_lines(path: Path | str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[list[bytes]]:
     """The lines of a file (without terminators), a list of about ``chunk_bytes`` at a time.
 
@@ -179,14 +183,26 @@ class LineReader:
             if self.path.suffix == ".gz":
                 stream = gzip.GzipFile(fileobj=raw, mode="rb")
             rest = b""
+            skipping = False  # inside an over-long line whose head was already emitted
             while True:
                 data = stream.read(self.chunk_bytes)
                 if not data:
                     break
+                if skipping:
+                    newline = data.find(b"\n")
+                    if newline < 0:
+                        continue
+                    data, skipping = data[newline + 1 :], False
                 data = rest + data
                 cut = data.rfind(b"\n")
-                if cut < 0:  # one line longer than a chunk: keep reading
-                    rest = data
+                if cut < 0:  # one line longer than a chunk: keep reading, up to a bound
+                    if len(data) > MAX_LINE_BYTES:
+                        # Memory stays bounded: the head goes on (the pipeline rejects it
+                        # as payload_too_large) and the rest of the line is skipped.
+                        yield [data[:MAX_LINE_BYTES]]
+                        rest, skipping = b"", True
+                    else:
+                        rest = data
                     continue
                 rest = data[cut + 1 :]
                 yield _split(data[:cut])
