@@ -24,6 +24,7 @@ from adpulse.sources.files import write_csv
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
 from adpulse.storage.dimensions import read_dimension_csv
+from adpulse.transport.base import Consumer
 
 #: Most history events the demo backfills (``--days``), whatever the rate.
 MAX_HISTORY_EVENTS = 3_000_000
@@ -116,6 +117,8 @@ def run_demo(
         ]
         for t in threads:
             t.start()
+        # The display thread's own consumer: consumers are not thread-safe.
+        lag_reader = rt.transport.consumer()
         started = time.monotonic()
         console.print(f"demo running at {rate:,.0f} events/s into {settings.home} — Ctrl-C to stop")
         try:
@@ -123,7 +126,7 @@ def run_demo(
                 while not stop.is_set():
                     if any(t.error is not None for t in threads):
                         break
-                    live.update(_screen(rt, processor, rates, settings))
+                    live.update(_screen(rt, processor, rates, settings, lag_reader))
                     if duration is not None and time.monotonic() - started >= duration:
                         break
                     time.sleep(refresh)
@@ -141,7 +144,9 @@ def run_demo(
         console.print(f"stopped; committed {sum(rates.totals.values()):,} records this run")
 
 
-def _screen(rt: Runtime, processor: Processor, rates: _Rates, settings: Settings) -> Group:
+def _screen(
+    rt: Runtime, processor: Processor, rates: _Rates, settings: Settings, lag_reader: Consumer
+) -> Group:
     per_second = rates.per_second()
     status = queries.pipeline_status(rt.warehouse)
     pipeline = Table(title="pipeline", expand=True)
@@ -181,7 +186,7 @@ def _screen(rt: Runtime, processor: Processor, rates: _Rates, settings: Settings
         by_reason = reasons.group_by("reason").agg(pl.col("records").sum()).sort("reason")
         for reason, records in by_reason.iter_rows():
             dead.add_row(str(reason), f"{records:,}")
-    lag = processor.lag_bytes()
+    lag = processor.lag_bytes(lag_reader)
     latest = queries.data_range(rt.warehouse)
     end = latest["last_minute"]
     filters = queries.Filters(

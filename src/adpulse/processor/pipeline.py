@@ -310,11 +310,13 @@ class Processor:
         """Commit what is pending and stop the committer thread."""
         self.committer.close()
 
-    def lag_bytes(self) -> int:
+    def lag_bytes(self, consumer: Consumer | None = None) -> int:
+        """Bytes in the log not yet processed. From another thread, pass a consumer of
+        that thread's own (consumers are not thread-safe)."""
+        reader = consumer or self.consumer
+        offsets = dict(self.offsets)
         return sum(
-            self.consumer.lag_bytes(s, p, self.offsets[(s, p)])
-            for s in Stream
-            for p in self.partitions
+            reader.lag_bytes(s, p, offsets.get((s, p))) for s in Stream for p in self.partitions
         )
 
     def run_once(self) -> BatchReport | None:
