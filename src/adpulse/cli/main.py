@@ -380,8 +380,8 @@ def query(
         OutputFormat, typer.Option("--format", help="table | json | csv")
     ] = OutputFormat.table,
 ) -> None:
-    """Metrics over any time range and filters, from the one query layer that the HTTP API
-    and dashboard use too."""
+    """Metrics over any time range and filters (one query layer, shared with the coming
+    HTTP API and dashboard)."""
     from adpulse.serving import queries
 
     if metric not in METRICS:
