@@ -57,7 +57,7 @@ def _snapshot(home: Path) -> dict[str, list[tuple[object, ...]]]:
                 f"SELECT {', '.join(cols)} FROM {table} ORDER BY event_id"
             ).fetchall()
         out["rollups"] = con.execute(
-            "SELECT minute, ad_id, campaign, platform, location, gender, age_band, interests, "
+            "SELECT minute, ad_id, campaign, platform, location, "
             "sum(impressions), sum(clicks), sum(conversions), sum(attributed_conversions), "
             "sum(revenue), round(sum(latency_sum_seconds), 6) FROM rollup_minute "
             "GROUP BY ALL HAVING sum(impressions) <> 0 OR sum(clicks) <> 0 "

@@ -1,11 +1,14 @@
 """Hand-built warehouse contents with known query results (see conftest fixtures).
 
-Two committed batches. Batch 1 writes rollups A, B, C, F, G1, G2, H and seven
-conversions; batch 2 re-attributes conversion ``z`` from a Mobile click (latency 600 s)
+Two committed batches. Batch 1 writes rollups A, B, C, F, G1, G2, H, seven conversions
+and one impression fact per impression and one click fact per click of A, B, C, F and
+G1 (H's five impressions have no facts: I retracts them, and the facts hold what is
+left, nothing; queries with an audience filter read the facts); batch 2 re-attributes conversion ``z`` from a Mobile click (latency 600 s)
 to a Web click (latency 400 s), appending the rollup retraction D and correction E, and
 retracts H with I (so ad 1004 / campaign Winter sums to zero everywhere).
 
-Rollup rows (minute, ad, campaign, platform, location, gender/age band/interests:
+Rollup rows (minute, ad, campaign, platform, location, then the audience of their
+facts, gender/age band/interests, which ``rollup_minute`` does not keep; then
 impressions, clicks, conversions, attributed, revenue, latency sum). F = Female/25-34/
 Reading;Photography, M = Male/18-24/Music;Travel, G = Male/25-34/Gaming;Cooking,
 W = Male/35-44/Music, - = NULL:
@@ -48,7 +51,9 @@ def minute(n: int) -> datetime:
 BTS = ("Back-to-School", "Male", "18-24", "Music;Travel")
 READER = ("Female", "25-34", "Reading;Photography")
 
-_ROLLUP_COLUMNS = list(schema.ROLLUP_MINUTE)
+#: Rollup columns plus the audience of the facts behind each row.
+_AUDIENCE = ["gender", "age_band", "interests"]
+_ROLLUP_COLUMNS = [*schema.ROLLUP_KEY, *_AUDIENCE, *schema.ROLLUP_MEASURES]
 ROLLUPS: dict[str, tuple[Any, ...]] = {
     "A": (minute(0), 1001, "Back-to-School", "Web", "New York", "Male", "18-24",
           "Music;Travel", 100, 10, 2, 2, "100.00", 1200.0),
@@ -75,6 +80,28 @@ def rollups(*names: str) -> pl.DataFrame:
     rows = [dict(zip(_ROLLUP_COLUMNS, ROLLUPS[n], strict=True)) for n in names]
     frame = pl.DataFrame(rows, schema_overrides={"revenue": pl.String}, orient="row")
     return schema.conform(frame, schema.ROLLUP_MINUTE)
+
+
+def engagement_facts(table: str, *names: str) -> pl.DataFrame:
+    """One impression (or click) fact per impression (click) counted in rollups ``names``,
+    with the rollup's key and audience, spread over the seconds of its minute."""
+    measure = "impressions" if table == "fact_impressions" else "clicks"
+    rows = []
+    for name in names:
+        row = dict(zip(_ROLLUP_COLUMNS, ROLLUPS[name], strict=True))
+        for i in range(row[measure]):
+            rows.append(
+                {
+                    "event_id": f"{name}-{measure}-{i}",
+                    "event_time": row["minute"] + timedelta(seconds=i % 60),
+                    "user_id": "U1",
+                    "partition": 0,
+                    **{k: row[k] for k in ("ad_id", "campaign", "platform", "location")},
+                    **{k: row[k] for k in _AUDIENCE},
+                }
+            )
+    columns = schema.FACT_TABLES[table]
+    return schema.conform(pl.DataFrame(rows, schema=columns, strict=False), columns)
 
 
 def conversion(
@@ -149,6 +176,8 @@ def build(warehouse: DuckDBWarehouse) -> None:
     """Commit the two batches described in the module docstring."""
     first = empty_output(1)
     first.rollups = rollups("A", "B", "C", "F", "G1", "G2", "H")
+    first.impressions = engagement_facts("fact_impressions", "A", "B", "C", "F", "G1")
+    first.clicks = engagement_facts("fact_clicks", "A", "B", "C", "F", "G1")
     bts_web = ("Web", "New York", *BTS)
     first.conversions = conversions(
         [

@@ -107,6 +107,14 @@ def test_counts_by_ad(warehouse: DuckDBWarehouse) -> None:
             (0, 0, 1, 1, D("25.0000")),  # E only: the re-attributed conversion
         ),
         (Filters(platform="Web", gender="Female", interest="Reading"), (0, 0, 1, 1, D("25.0000"))),
+        (  # audience filters read the facts, with the same minute buckets: B only
+            Filters(
+                age_band="25-34",
+                start=M0 + timedelta(seconds=30),
+                end=minute(1) + timedelta(seconds=30),
+            ),
+            (50, 5, 1, 1, D("30.5000")),
+        ),
     ],
 )
 def test_counts_filters(

@@ -16,6 +16,11 @@ Sources:
   retracted data): for :func:`counts` all of them, for :func:`ctr` impressions and
   clicks, for :func:`conversion_rate` clicks and attributed conversions, for
   :func:`revenue_per_conversion` conversions and revenue;
+- except when an audience filter (gender, age band, interest) is set: ``rollup_minute``
+  is keyed by minute, ad, campaign, platform and location only, so those counts and
+  rates come from the fact tables, read as one rollup-shaped row per event
+  (:func:`_source`). Both give the same numbers, since the rollups are an aggregation
+  of the current facts;
 - latency comes from ``fact_conversions`` (percentiles need the individual values).
 
 Time ranges are half-open, ``[start, end)``, and minute-aligned for rollups: a minute
@@ -25,8 +30,9 @@ minutes to get what you mean. Fact-based metrics (latency) compare ``event_time`
 itself, which agrees with the buckets for minute-aligned ranges.
 
 Dimensions (campaign, gender, age band, interests) are the versions in effect at each
-event's time, already stored with facts and rollups; an unknown ad or user has NULL
-there, so it matches no dimension filter and forms its own NULL group.
+event's time, already stored with the facts (the campaign with the rollups too); an
+unknown ad or user has NULL there, so it matches no dimension filter and forms its own
+NULL group.
 """
 
 from __future__ import annotations
@@ -176,6 +182,84 @@ def _where(conditions: Sequence[str]) -> str:
     return " WHERE " + " AND ".join(conditions) if conditions else ""
 
 
+#: Filters on audience columns, which ``rollup_minute`` does not keep.
+_AUDIENCE_FILTERS: Final = ("gender", "age_band", "interest")
+#: One rollup-shaped row per fact: the rollup measures of one event, by fact table.
+_FACT_MEASURES: Final = {
+    "fact_impressions": (1, 0, 0, "0", "0", "0"),
+    "fact_clicks": (0, 1, 0, "0", "0", "0"),
+    "fact_conversions": (
+        0,
+        0,
+        1,
+        "CASE WHEN click_time IS NOT NULL THEN 1 ELSE 0 END",
+        "revenue",
+        "COALESCE(latency_seconds, 0)",
+    ),
+}
+
+
+def _fact_branch(table: str, where: str) -> str:
+    impressions, clicks, conversions, attributed, revenue, latency = _FACT_MEASURES[table]
+    return (
+        "SELECT date_trunc('minute', event_time) AS minute, ad_id, campaign, platform,"
+        " location, gender, age_band, interests,"
+        f" CAST({impressions} AS BIGINT) AS impressions,"
+        f" CAST({clicks} AS BIGINT) AS clicks,"
+        f" CAST({conversions} AS BIGINT) AS conversions,"
+        f" CAST({attributed} AS BIGINT) AS attributed_conversions,"
+        f" CAST({revenue} AS DECIMAL(18,4)) AS revenue,"
+        f" CAST({latency} AS DOUBLE PRECISION) AS latency_sum_seconds"
+        f" FROM {table}{where}"
+    )
+
+
+def _ceil_minute(value: datetime) -> datetime | None:
+    """The first whole minute at or after ``value``; None when it is out of range."""
+    floor = value.replace(second=0, microsecond=0)
+    if floor == value:
+        return floor
+    try:
+        return floor + timedelta(minutes=1)
+    except OverflowError:
+        return None
+
+
+def _source(
+    filters: Filters,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    use_filter_range: bool = True,
+) -> tuple[str, list[Any]]:
+    """The FROM source of rollup-shaped rows for ``filters`` and its bound values.
+
+    ``rollup_minute`` unless an audience filter (gender, age band, interest) is set: the
+    rollups are keyed by minute, ad, campaign, platform and location only, so audience
+    filters read the facts, one row per event shaped like a rollup row (a conversion
+    counts in the minute of its event time, with its attributed click's platform and
+    location, as in the rollups). The caller still applies every filter to the rows;
+    the ones pushed into each branch here only make the scan smaller. Time bounds are
+    pushed as ``event_time`` ranges equivalent to ``start <= minute < end``: ``start``
+    and ``end`` if given, else the filters' (with ``use_filter_range``).
+    """
+    if all(getattr(filters, name) is None for name in _AUDIENCE_FILTERS):
+        return "rollup_minute", []
+    if use_filter_range:
+        start = filters.start if start is None else start
+        end = filters.end if end is None else end
+    conditions, params = _conditions(filters, "event_time", with_time=False)
+    # date_trunc(event_time) >= start  <=>  event_time >= ceil(start); the same for < end.
+    for bound, operator in ((start, ">="), (end, "<")):
+        aligned = None if bound is None else _ceil_minute(bound)
+        if aligned is not None:
+            conditions.append(f"event_time {operator} ?")
+            params.append(aligned)
+    where = _where(conditions)
+    union = " UNION ALL ".join(_fact_branch(table, where) for table in _FACT_MEASURES)
+    return f"({union}) AS facts_as_rollup", params * len(_FACT_MEASURES)
+
+
 def _grouped(
     table: str,
     time_column: str,
@@ -235,12 +319,15 @@ def _rollup_select(
     outputs: dict[str, str],
     having: str = _NONZERO,
 ) -> pl.DataFrame:
+    source, source_params = _source(filters)
     conditions, params = _conditions(filters, "minute")
     ctes, keys = _grouped(
-        "rollup_minute", "minute", conditions, _ROLLUP_SUMS, _ROLLUP_INPUTS, group_by, having
+        source, "minute", conditions, _ROLLUP_SUMS, _ROLLUP_INPUTS, group_by, having
     )
     columns = ", ".join([*keys, *(f"{expr} AS {name}" for name, expr in outputs.items())])
-    return warehouse.query(f"WITH {ctes} SELECT {columns} FROM totals{_order(keys)}", params)
+    return warehouse.query(
+        f"WITH {ctes} SELECT {columns} FROM totals{_order(keys)}", [*source_params, *params]
+    )
 
 
 # --- metrics -------------------------------------------------------------------------------
@@ -335,17 +422,18 @@ def timeseries(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
     ``attributed_conversions``, ``revenue``, ``ctr``, ``conversion_rate``; only minutes
     with non-zero data, in time order.
     """
+    source, source_params = _source(filters)
     conditions, params = _conditions(filters, "minute")
     aggregates = ", ".join(f"{expr} AS {name}" for name, expr in _ROLLUP_SUMS.items())
     sql = (
-        f"WITH totals AS (SELECT minute, {aggregates} FROM rollup_minute{_where(conditions)}"
+        f"WITH totals AS (SELECT minute, {aggregates} FROM {source}{_where(conditions)}"
         f" GROUP BY minute HAVING {_NONZERO})"
         f" SELECT minute, {', '.join(_ROLLUP_SUMS)},"
         f" {_ratio('clicks', 'impressions')} AS ctr,"
         f" {_ratio('attributed_conversions', 'clicks')} AS conversion_rate"
         " FROM totals ORDER BY minute"
     )
-    return warehouse.query(sql, params)
+    return warehouse.query(sql, [*source_params, *params])
 
 
 def summary(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
@@ -357,6 +445,7 @@ def summary(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
     (Float64, latencies in seconds; NULL when undefined). Same definitions as the
     individual metric functions.
     """
+    source, source_params = _source(filters)
     r_conditions, r_params = _conditions(filters, "minute")
     l_conditions, l_params = _conditions(filters, "event_time")
     l_conditions.insert(0, "click_time IS NOT NULL")
@@ -365,7 +454,7 @@ def summary(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
         f"{expr} AS {name}" for name, expr in _LATENCY.items() if name != "conversions"
     )
     sql = (
-        f"WITH r AS (SELECT {sums} FROM rollup_minute{_where(r_conditions)}),"
+        f"WITH r AS (SELECT {sums} FROM {source}{_where(r_conditions)}),"
         f" l AS (SELECT {latency} FROM fact_conversions{_where(l_conditions)})"
         f" SELECT r.impressions, r.clicks, r.conversions, r.attributed_conversions, r.revenue,"
         f" {_ratio('r.clicks', 'r.impressions')} AS ctr,"
@@ -374,7 +463,7 @@ def summary(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
         " l.latency_mean, l.latency_p50, l.latency_p90"
         " FROM r CROSS JOIN l"
     )
-    return warehouse.query(sql, [*r_params, *l_params])
+    return warehouse.query(sql, [*source_params, *r_params, *l_params])
 
 
 # --- rankings --------------------------------------------------------------------------------
@@ -432,6 +521,8 @@ def trending(
         bounds: list[Any] = [None, None, None]
     else:
         bounds = [windows.previous_start, windows.latest_start, windows.end]
+    # the windows are the range: filters.start is not used
+    source, source_params = _source(filters, bounds[0], bounds[2], use_filter_range=False)
     conditions[:0] = ["campaign IS NOT NULL", "minute >= ?", "minute < ?"]
     latest, previous = "minute >= ?", "minute < ?"
     sql = (
@@ -444,7 +535,7 @@ def trending(
         " AS latest_clicks,"
         f" CAST(COALESCE(SUM(CASE WHEN {latest} THEN attributed_conversions END), 0)"
         " AS BIGINT) AS latest_conversions"
-        f" FROM rollup_minute{_where(conditions)} GROUP BY campaign"
+        f" FROM {source}{_where(conditions)} GROUP BY campaign"
         # campaigns with nothing (or only retracted data) in both windows are noise
         " HAVING COALESCE(SUM(clicks), 0) <> 0 OR COALESCE(SUM(attributed_conversions), 0) <> 0),"
         " rates AS (SELECT campaign, previous_clicks, previous_conversions,"
@@ -461,6 +552,7 @@ def trending(
         latest_start,  # previous conversions
         latest_start,  # latest clicks
         latest_start,  # latest conversions
+        *source_params,
         bounds[0],
         bounds[2],
         *params,
@@ -490,10 +582,9 @@ def top_ads(
         raise FilterError(f"by must be 'revenue' or 'conversion_rate'; got {by!r}")
     _check_int("min_clicks", min_clicks, 0, _INT64_MAX)
     _check_int("limit", limit, 1, 10_000)
+    source, source_params = _source(filters)
     conditions, params = _conditions(filters, "minute")
-    ctes, _ = _grouped(
-        "rollup_minute", "minute", conditions, _ROLLUP_SUMS, _ROLLUP_INPUTS, "ad", _NONZERO
-    )
+    ctes, _ = _grouped(source, "minute", conditions, _ROLLUP_SUMS, _ROLLUP_INPUTS, "ad", _NONZERO)
     ranked = (
         f"ranked AS (SELECT ad_id, campaign, {', '.join(_ROLLUP_SUMS)},"
         f" {_ratio('clicks', 'impressions')} AS ctr,"
@@ -509,7 +600,7 @@ def top_ads(
         )
         tail_params = [min_clicks, limit]
     sql = f"WITH {ctes}, {ranked} SELECT * FROM ranked{tail}"
-    return warehouse.query(sql, [*params, *tail_params])
+    return warehouse.query(sql, [*source_params, *params, *tail_params])
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

@@ -1,7 +1,7 @@
 """Step 6, aggregate: this batch's minute rollup rows (partial sums, appended).
 
-Keys: minute of event time, ad, campaign, platform, location, gender, age band and
-interests. A conversion's platform and location are those of its attributed click.
+Keys: minute of event time, ad, campaign, platform and location (audience columns are
+left to the facts). A conversion's platform and location are those of its attributed click.
 Re-attributions contribute a negative row for the old attribution and a positive one
 for the new, so rollups always equal an aggregation over the current facts.
 """

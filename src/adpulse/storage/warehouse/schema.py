@@ -91,16 +91,15 @@ CONVERSION_REATTRIBUTIONS: Final = {
 # --- minute rollups --------------------------------------------------------------------
 #: Append-only partial aggregates: each batch appends its own rows (a re-attribution
 #: appends a negative row for the old attribution and a positive one for the new), and
-#: readers SUM over the key. Key columns may be NULL (unknown ad/user, unattributed).
+#: readers SUM over the key. Key columns may be NULL (unknown ad, unattributed).
+#: Audience columns (gender, age band, interests) are not in the key, which would make
+#: it nearly unique per event: queries filtering on them read the facts instead.
 ROLLUP_KEY: Final = {
     "minute": pl.Datetime("us"),
     "ad_id": pl.Int64(),
     "campaign": pl.String(),
     "platform": pl.String(),
     "location": pl.String(),
-    "gender": pl.String(),
-    "age_band": pl.String(),
-    "interests": pl.String(),
 }
 ROLLUP_MEASURES: Final = {
     "impressions": pl.Int64(),
