@@ -19,6 +19,7 @@ from adpulse.cli.runtime import (
     UserError,
     Worker,
     configure_logging,
+    open_log,
     open_runtime,
     settings_for,
 )
@@ -173,13 +174,7 @@ def replay(
     settings = settings_for(home, config, partitions=partitions)
     if produce_only:
         # No warehouse here: a separate `adpulse process` holds it.
-        from adpulse.transport import open_transport
-
-        settings.home.mkdir(parents=True, exist_ok=True)
-        try:
-            transport = open_transport(settings)
-        except ValueError as exc:
-            raise UserError(str(exc)) from exc
+        transport = open_log(settings)
         try:
             counts = _replay_with_progress(directory, transport.producer(), settings, rate, total)
         finally:

@@ -57,20 +57,22 @@ def _log_partitions(log_dir: Path) -> int | None:
         return None
 
 
+def open_log(settings: Settings) -> Transport:
+    """The configured transport (the home directory is created if needed)."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    try:
+        return open_transport(settings)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+
+
 @contextmanager
 def open_runtime(settings: Settings, read_only: bool = False) -> Iterator[Runtime]:
     """Open transport and warehouse; close both at the end.
 
     ``read_only`` (queries, status) opens the warehouse only and creates nothing.
     """
-    if read_only:
-        transport: Transport = _NoTransport()
-    else:
-        settings.home.mkdir(parents=True, exist_ok=True)
-        try:
-            transport = open_transport(settings)
-        except ValueError as exc:
-            raise UserError(str(exc)) from exc
+    transport = _NoTransport() if read_only else open_log(settings)
     try:
         warehouse = open_warehouse(settings, read_only=read_only)
     except Exception as exc:
