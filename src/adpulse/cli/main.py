@@ -480,6 +480,35 @@ def status(
             console.print(value)
 
 
+# ------------------------------------------------------------------------------ serve
+@app.command()
+def serve(
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: a free one).")] = 8080,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Serve the HTTP query API (JSON, OpenAPI at /docs) over an existing data directory,
+    read-only. Ctrl-C stops."""
+    from adpulse.serving.api import bind, create_app, make_server, url_of
+
+    configure_logging(verbose)
+    settings = settings_for(home, config)
+    with open_runtime(settings, read_only=True) as rt:
+        try:
+            sock = bind(host, port)
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port}: {exc}; choose --port") from exc
+        server = make_server(create_app(rt.warehouse, settings), "info" if verbose else "warning")
+        console.print(f"serving {settings.home} at {url_of(sock)} (API docs: {url_of(sock)}docs)")
+        sys.stdout.flush()
+        try:
+            server.run(sockets=[sock])
+        finally:
+            sock.close()
+
+
 # ------------------------------------------------------------------------------- demo
 @app.command()
 def demo(
@@ -495,6 +524,11 @@ def demo(
         float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C).")
     ] = None,
     refresh: Annotated[float, typer.Option(help="Seconds between screen refreshes.")] = 2.0,
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Serve the HTTP API while running.")
+    ] = True,
+    host: Annotated[str, typer.Option(help="Address the HTTP API listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP API port (0: free).")] = 8080,
     verbose: VerboseOpt = False,
 ) -> None:
     """The live demo: loads dimensions, produces impressions, clicks and conversions at
@@ -512,6 +546,7 @@ def demo(
         history_days=history_days,
         duration=duration,
         refresh=refresh,
+        serve_at=(host, port) if serve else None,
     )
 
 

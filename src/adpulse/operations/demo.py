@@ -7,6 +7,7 @@ import time
 from collections import deque
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import polars as pl
 from rich.columns import Columns
@@ -15,7 +16,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from adpulse.cli.runtime import Runtime, Worker, open_runtime
+from adpulse.cli.runtime import Runtime, UserError, Worker, open_runtime
 from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.processor.pipeline import BatchReport, Processor
@@ -81,12 +82,24 @@ def run_demo(
     history_days: float,
     duration: float | None,
     refresh: float,
+    serve_at: tuple[str, int] | None = None,
 ) -> None:
     # Conversions follow clicks after minutes rather than the default half hour, so that
     # a short demo shows attribution and latency.
     gen = EventGenerator(GeneratorConfig(seed=seed, conversion_delay_median_seconds=90.0))
     stop = threading.Event()
     rates = _Rates()
+    live_figures: dict[str, float] = {}
+    sock = None
+    if serve_at is not None:
+        from adpulse.serving.api import bind
+
+        try:
+            sock = bind(*serve_at)
+        except OSError as exc:
+            raise UserError(
+                f"cannot listen on {serve_at[0]}:{serve_at[1]}: {exc}; choose --port or --no-serve"
+            ) from exc
     with open_runtime(settings) as rt:
         load_generated_dimensions(rt, gen, console)
         producer = rt.transport.producer()
@@ -115,6 +128,9 @@ def run_demo(
             Worker(produce, "producer"),
             Worker(processor.run, "processor", stop, on_batch=rates.add),
         ]
+        server = None
+        if sock is not None:
+            server = _start_api(rt, sock, rates, live_figures, threads, console)
         for t in threads:
             t.start()
         # The display thread's own consumer: consumers are not thread-safe.
@@ -126,7 +142,7 @@ def run_demo(
                 while not stop.is_set():
                     if any(t.error is not None for t in threads):
                         break
-                    live.update(_screen(rt, processor, rates, settings, lag_reader))
+                    live.update(_screen(rt, processor, rates, settings, lag_reader, live_figures))
                     if duration is not None and time.monotonic() - started >= duration:
                         break
                     time.sleep(refresh)
@@ -134,8 +150,12 @@ def run_demo(
             pass
         finally:
             stop.set()
+            if server is not None:
+                server.should_exit = True
             for t in threads:
                 t.join(timeout=30)
+            if sock is not None:
+                sock.close()
             producer.close()
             processor.close()
         for t in threads:
@@ -144,8 +164,38 @@ def run_demo(
         console.print(f"stopped; committed {sum(rates.totals.values()):,} records this run")
 
 
+def _start_api(
+    rt: Runtime,
+    sock: object,
+    rates: _Rates,
+    live_figures: dict[str, float],
+    threads: list[Worker],
+    console: Console,
+) -> Any:
+    """Serve the HTTP API in a thread of this process, over the demo's own warehouse
+    object (DuckDB lets one process hold the file; reads use their own cursors)."""
+    from adpulse.serving.api import create_app, make_server, url_of
+
+    def figures() -> dict[str, object]:
+        return {
+            "events_per_second": {s.value: n for s, n in rates.per_second().items()},
+            **live_figures,
+        }
+
+    server = make_server(create_app(rt.warehouse, rt.settings, status_source=figures))
+    threads.append(Worker(server.run, "http api", sockets=[sock]))
+    url = url_of(sock)
+    console.print(f"HTTP API at {url}api/v1/summary (OpenAPI docs: {url}docs)")
+    return server
+
+
 def _screen(
-    rt: Runtime, processor: Processor, rates: _Rates, settings: Settings, lag_reader: Consumer
+    rt: Runtime,
+    processor: Processor,
+    rates: _Rates,
+    settings: Settings,
+    lag_reader: Consumer,
+    live_figures: dict[str, float] | None = None,
 ) -> Group:
     per_second = rates.per_second()
     status = queries.pipeline_status(rt.warehouse)
@@ -187,6 +237,8 @@ def _screen(
         for reason, records in by_reason.iter_rows():
             dead.add_row(str(reason), f"{records:,}")
     lag = processor.lag_bytes(lag_reader)
+    if live_figures is not None:
+        live_figures["lag_bytes"] = float(lag)
     latest = queries.data_range(rt.warehouse)
     end = latest["last_minute"]
     filters = queries.Filters(

@@ -231,6 +231,7 @@ def _source(
     end: datetime | None = None,
     *,
     use_filter_range: bool = True,
+    facts: bool = False,
 ) -> tuple[str, list[Any]]:
     """The FROM source of rollup-shaped rows for ``filters`` and its bound values.
 
@@ -241,9 +242,10 @@ def _source(
     location, as in the rollups). The caller still applies every filter to the rows;
     the ones pushed into each branch here only make the scan smaller. Time bounds are
     pushed as ``event_time`` ranges equivalent to ``start <= minute < end``: ``start``
-    and ``end`` if given, else the filters' (with ``use_filter_range``).
+    and ``end`` if given, else the filters' (with ``use_filter_range``). ``facts``
+    reads the facts even without an audience filter (to group by an audience column).
     """
-    if all(getattr(filters, name) is None for name in _AUDIENCE_FILTERS):
+    if not facts and all(getattr(filters, name) is None for name in _AUDIENCE_FILTERS):
         return "rollup_minute", []
     if use_filter_range:
         start = filters.start if start is None else start
@@ -680,4 +682,184 @@ def pipeline_status(warehouse: Warehouse) -> PipelineStatus:
         dead_letters=dead_letters,
         watermarks=watermarks,
         last_commit=last_commit if isinstance(last_commit, datetime) else None,
+    )
+
+
+# --- charts: buckets, histogram, breakdowns, picker values ----------------------------------
+Bucket = Literal["minute", "hour"]
+BreakdownDimension = Literal["platform", "location", "gender", "age_band", "interest"]
+
+#: Upper edges (seconds, exclusive) of the conversion-latency histogram buckets; the last
+#: bucket is open-ended: [0, 30), [30, 60), ... [86400, inf).
+LATENCY_EDGES: Final = (30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
+
+
+def bucketed_timeseries(
+    warehouse: Warehouse, filters: Filters, bucket: Bucket = "minute"
+) -> pl.DataFrame:
+    """Totals per minute or hour bucket, for trend charts.
+
+    Columns: ``bucket`` (Datetime, the bucket's start), ``impressions``, ``clicks``,
+    ``conversions``, ``attributed_conversions`` (Int64), ``revenue`` (Decimal 18,4),
+    ``ctr``, ``conversion_rate``, ``revenue_per_conversion`` (Float64, as in the metric
+    functions), ``latency_p50``, ``latency_p90`` (Float64 seconds over the attributed
+    conversions with event time in the bucket; NULL when there are none). Only buckets
+    with non-zero counts, in time order. Same range rules as :func:`timeseries`.
+    """
+    if bucket not in get_args(Bucket):
+        raise FilterError(f"bucket must be 'minute' or 'hour'; got {bucket!r}")
+    source, source_params = _source(filters)
+    conditions, params = _conditions(filters, "minute")
+    l_conditions, l_params = _conditions(filters, "event_time")
+    l_conditions.insert(0, "click_time IS NOT NULL")
+    aggregates = ", ".join(f"{expr} AS {name}" for name, expr in _ROLLUP_SUMS.items())
+    # bucket is one of two literals checked above: safe to write into the text
+    sql = (
+        f"WITH totals AS (SELECT date_trunc('{bucket}', minute) AS bucket, {aggregates}"
+        f" FROM {source}{_where(conditions)}"
+        f" GROUP BY date_trunc('{bucket}', minute) HAVING {_NONZERO}),"
+        f" lat AS (SELECT date_trunc('{bucket}', event_time) AS bucket,"
+        f" {_LATENCY['latency_p50']} AS latency_p50, {_LATENCY['latency_p90']} AS latency_p90"
+        f" FROM fact_conversions{_where(l_conditions)}"
+        f" GROUP BY date_trunc('{bucket}', event_time))"
+        f" SELECT totals.bucket, {', '.join('totals.' + c for c in _ROLLUP_SUMS)},"
+        f" {_ratio('totals.clicks', 'totals.impressions')} AS ctr,"
+        f" {_ratio('totals.attributed_conversions', 'totals.clicks')} AS conversion_rate,"
+        f" {_ratio('totals.revenue', 'totals.conversions')} AS revenue_per_conversion,"
+        " lat.latency_p50, lat.latency_p90"
+        " FROM totals LEFT JOIN lat ON lat.bucket = totals.bucket ORDER BY totals.bucket"
+    )
+    return warehouse.query(sql, [*source_params, *params, *l_params])
+
+
+def latency_histogram(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
+    """Conversion latency histogram over :data:`LATENCY_EDGES` (attributed conversions
+    with event time in range, as :func:`conversion_latency`).
+
+    Columns: ``low_seconds`` (Int64, inclusive), ``high_seconds`` (Int64, exclusive;
+    NULL for the last, open-ended bucket), ``conversions`` (Int64). Every bucket, zeros
+    included, in order.
+    """
+    conditions, params = _conditions(filters, "event_time")
+    conditions.insert(0, "click_time IS NOT NULL")
+    cases = " ".join(
+        f"WHEN latency_seconds < {edge} THEN {i}" for i, edge in enumerate(LATENCY_EDGES)
+    )
+    sql = (
+        f"SELECT CASE {cases} ELSE {len(LATENCY_EDGES)} END AS bucket,"
+        " CAST(COUNT(*) AS BIGINT) AS conversions"
+        f" FROM fact_conversions{_where(conditions)} GROUP BY 1"
+    )
+    found = dict(warehouse.query(sql, params).iter_rows())
+    lows = (0, *LATENCY_EDGES)
+    highs: tuple[int | None, ...] = (*LATENCY_EDGES, None)
+    return pl.DataFrame(
+        {
+            "low_seconds": list(lows),
+            "high_seconds": list(highs),
+            "conversions": [int(found.get(i, 0)) for i in range(len(lows))],
+        },
+        schema={"low_seconds": pl.Int64, "high_seconds": pl.Int64, "conversions": pl.Int64},
+    )
+
+
+_BREAKDOWN_COLUMNS: Final = {
+    "platform": "platform",
+    "location": "location",
+    "gender": "gender",
+    "age_band": "age_band",
+    "interest": "interests",
+}
+
+
+def breakdown(
+    warehouse: Warehouse, filters: Filters, dimension: BreakdownDimension
+) -> pl.DataFrame:
+    """Counts and rates by one dimension value.
+
+    Columns: ``value`` (String; NULL for unknown), ``impressions``, ``clicks``,
+    ``conversions``, ``attributed_conversions``, ``revenue``, ``ctr``,
+    ``conversion_rate``, ``revenue_per_conversion`` (same definitions as the metric
+    functions). A conversion's platform and location are its attributed click's. For
+    ``"interest"`` an event counts once under each of its user's interests (the ``;``
+    list exploded), so the rows may sum to more than the total. Groups with all
+    measures zero are left out; ordered by value, NULL last.
+    """
+    if dimension not in _BREAKDOWN_COLUMNS:
+        raise FilterError(
+            f"dimension must be one of {', '.join(_BREAKDOWN_COLUMNS)}; got {dimension!r}"
+        )
+    column = _BREAKDOWN_COLUMNS[dimension]
+    audience = dimension in ("gender", "age_band", "interest")
+    source, source_params = _source(filters, facts=audience)
+    conditions, params = _conditions(filters, "minute")
+    sums = ", ".join(f"{expr} AS {name}" for name, expr in _ROLLUP_SUMS.items())
+    # column comes from the fixed mapping above, never from the caller
+    sql = (
+        f"SELECT {column} AS value, {sums} FROM {source}{_where(conditions)}"
+        f" GROUP BY {column} HAVING {_NONZERO}"
+    )
+    frame = warehouse.query(sql, [*source_params, *params])
+    measures = list(_ROLLUP_SUMS)
+    types = frame.schema
+    if dimension == "interest":
+        frame = (
+            frame.with_columns(pl.col("value").str.split(";"))
+            .explode("value")
+            .with_columns(pl.col("value").str.strip_chars())
+            .with_columns(
+                pl.when(pl.col("value") == "").then(None).otherwise(pl.col("value")).alias("value")
+            )
+            .group_by("value")
+            .agg(pl.col(m).sum() for m in measures)
+        )
+    frame = frame.with_columns(pl.col(m).cast(types[m]) for m in measures)
+
+    def ratio(numerator: str, denominator: str) -> pl.Expr:
+        den = pl.col(denominator).cast(pl.Float64)
+        return pl.when(den == 0).then(None).otherwise(pl.col(numerator).cast(pl.Float64) / den)
+
+    return frame.with_columns(
+        ratio("clicks", "impressions").alias("ctr"),
+        ratio("attributed_conversions", "clicks").alias("conversion_rate"),
+        ratio("revenue", "conversions").alias("revenue_per_conversion"),
+    ).sort("value", nulls_last=True)
+
+
+class DimensionValues(TypedDict):
+    """Distinct values for filter pickers, each sorted."""
+
+    campaigns: list[str]
+    ad_ids: list[int]
+    platforms: list[str]
+    locations: list[str]
+    genders: list[str]
+    age_bands: list[str]
+    interests: list[str]
+
+
+def dimension_values(warehouse: Warehouse, limit: int = 10_000) -> DimensionValues:
+    """Distinct campaign, ad, platform and location values with data (``rollup_minute``),
+    genders and interests of the user dimension (all versions), and the age band labels; at most
+    ``limit`` of each."""
+    _check_int("limit", limit, 1, 1_000_000)
+
+    def distinct(column: str, table: str) -> list[Any]:
+        sql = (
+            f"SELECT DISTINCT {column} AS v FROM {table}"
+            f" WHERE {column} IS NOT NULL ORDER BY v LIMIT ?"
+        )
+        return warehouse.query(sql, [limit])["v"].to_list()
+
+    interests: set[str] = set()
+    for text in distinct("interests", "dim_users"):
+        interests.update(item.strip() for item in str(text).split(";") if item.strip())
+    return DimensionValues(
+        campaigns=distinct("campaign", "rollup_minute"),
+        ad_ids=distinct("ad_id", "rollup_minute"),
+        platforms=distinct("platform", "rollup_minute"),
+        locations=distinct("location", "rollup_minute"),
+        genders=distinct("gender", "dim_users"),
+        age_bands=list(AGE_BAND_LABELS),
+        interests=sorted(interests)[:limit],
     )

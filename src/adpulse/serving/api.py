@@ -1,0 +1,557 @@
+"""The HTTP query API: every number of the query layer as JSON, plus a live SSE feed.
+
+No SQL here: each endpoint validates its parameters, builds a
+:class:`~adpulse.serving.queries.Filters` and calls the one query layer (which binds
+every value as a parameter). JSON conventions: money (Decimal) as a JSON number,
+datetimes as ISO-8601 UTC with a ``Z``, undefined ratios and NaN as ``null``. Errors are
+``{"error": <code>, "detail": <what was wrong>}`` with a 4xx status.
+
+Live push: ``/api/v1/stream`` is Server-Sent Events. One refresher task per app computes
+the pipeline status once per tick and the summary once per distinct filter set in use,
+and fans the same payload out to every client with those filters (bounded queues: a
+slow client skips ticks instead of growing memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Final, Literal, cast
+
+import orjson
+import polars as pl
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from adpulse.config import Settings
+from adpulse.serving import queries
+from adpulse.serving.queries import FilterError, Filters
+from adpulse.storage.warehouse.base import Warehouse
+
+log = logging.getLogger(__name__)
+
+API_PREFIX: Final = "/api/v1"
+#: Longest accepted time range (end - start).
+MAX_RANGE: Final = timedelta(days=400)
+#: Longest accepted query string, in bytes.
+MAX_QUERY_STRING: Final = 4096
+#: Most distinct filter sets the live feed refreshes at once, and clients per server.
+MAX_STREAM_KEYS: Final = 32
+MAX_STREAM_CLIENTS: Final = 256
+#: Events buffered per SSE client; older ones are dropped for a slow client.
+CLIENT_QUEUE: Final = 4
+
+METRICS: Final = ("ctr", "conversion-rate", "revenue-per-conversion", "conversion-latency")
+_METRIC_FUNCTIONS: Final = {
+    "ctr": queries.ctr,
+    "conversion-rate": queries.conversion_rate,
+    "revenue-per-conversion": queries.revenue_per_conversion,
+    "conversion-latency": queries.conversion_latency,
+}
+DIMENSIONS: Final = ("platform", "location", "gender", "age_band", "interest")
+
+StatusSource = Callable[[], Mapping[str, Any]]
+
+_TEXT = 200  # same as queries.MAX_FILTER_LENGTH
+_TIME = 40
+
+
+# --- JSON -----------------------------------------------------------------------------------
+def plain(value: Any) -> Any:
+    """``value`` as JSON-ready Python: frames as lists of row objects, see module doc."""
+    if isinstance(value, pl.DataFrame):
+        return [plain(row) for row in value.to_dicts()]
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value.isoformat() + "Z"
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(plain(value))
+
+
+class ORJSONPlainResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return _dumps(content)
+
+
+def ok(content: Any) -> Response:
+    return ORJSONPlainResponse(content)
+
+
+def _error(status: int, error: str, detail: Any) -> JSONResponse:
+    return ORJSONPlainResponse({"error": error, "detail": detail}, status_code=status)
+
+
+# --- parameters -----------------------------------------------------------------------------
+def parse_time(value: str, name: str) -> datetime:
+    """A time parameter: 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) or ISO-8601."""
+    from adpulse.processor.steps.validate import parse_timestamp
+
+    text = value.strip()
+    if len(text) == 10:
+        text += " 00:00:00"
+    elif len(text) == 16:
+        text += ":00"
+    if len(text) == 19 and text[10] == "T":  # naive ISO: UTC, like the space form
+        text = text[:10] + " " + text[11:]
+    parsed = parse_timestamp(text)
+    if parsed is None:
+        raise FilterError(
+            f"{name}: cannot read {value!r}; use 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) "
+            "or ISO-8601 with an offset"
+        )
+    return parsed
+
+
+def _text(description: str) -> Any:
+    return Query(min_length=1, max_length=_TEXT, description=description)
+
+
+def filters_param(
+    campaign: Annotated[str | None, _text("Only this campaign.")] = None,
+    ad: Annotated[
+        int | None, Query(ge=-(2**63), le=2**63 - 1, description="Only this ad id.")
+    ] = None,
+    from_: Annotated[
+        str | None,
+        Query(
+            alias="from",
+            max_length=_TIME,
+            description="Start, inclusive: 'YYYY-MM-DD[ HH:MM[:SS]]' UTC or ISO-8601.",
+        ),
+    ] = None,
+    to: Annotated[
+        str | None, Query(max_length=_TIME, description="End, exclusive (same formats).")
+    ] = None,
+    platform: Annotated[str | None, _text("Web, Mobile, Tablet...")] = None,
+    location: Annotated[str | None, _text("e.g. New York.")] = None,
+    gender: Annotated[str | None, _text("e.g. Female.")] = None,
+    age_band: Annotated[
+        str | None,
+        Query(max_length=8, description="One of " + ", ".join(queries.AGE_BAND_LABELS)),
+    ] = None,
+    interest: Annotated[str | None, _text("One interest, e.g. Travel.")] = None,
+) -> Filters:
+    start = parse_time(from_, "from") if from_ else None
+    end = parse_time(to, "to") if to else None
+    if start is not None and end is not None and end - start > MAX_RANGE:
+        days = (end - start) / timedelta(days=1)
+        raise FilterError(f"the time range is {days:g} days long; at most {MAX_RANGE.days} days")
+    return Filters(
+        campaign=campaign,
+        ad_id=ad,
+        start=start,
+        end=end,
+        platform=platform,
+        location=location,
+        gender=gender,
+        age_band=age_band,
+        interest=interest,
+    )
+
+
+FiltersDep = Annotated[Filters, Depends(filters_param)]
+ByParam = Annotated[Literal["ad", "campaign"] | None, Query(description="Group by ad or campaign.")]
+LimitParam = Annotated[int, Query(ge=1, le=1000, description="Rows for rankings.")]
+MinClicksParam = Annotated[
+    int | None,
+    Query(ge=0, le=10**12, description="Minimum clicks for rate rankings (default: settings)."),
+]
+
+
+def _filters_echo(filters: Filters) -> dict[str, Any]:
+    return {k: v for k, v in asdict(filters).items() if v is not None}
+
+
+# --- live feed ------------------------------------------------------------------------------
+class LiveFeed:
+    """One refresher, many subscribers: see the module doc."""
+
+    def __init__(
+        self,
+        compute_status: Callable[[], Any],
+        compute_summary: Callable[[Filters], Any],
+        interval: float,
+    ) -> None:
+        self._status = compute_status
+        self._summary = compute_summary
+        self.interval = interval
+        self._subscribers: dict[Filters, set[asyncio.Queue[bytes | None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.ticks = 0
+
+    @property
+    def clients(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="adpulse-feed")
+
+    async def stop(self) -> None:
+        for queues in self._subscribers.values():
+            for queue in queues:
+                self._offer(queue, None)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def subscribe(self, filters: Filters) -> asyncio.Queue[bytes | None]:
+        if self.clients >= MAX_STREAM_CLIENTS:
+            raise HTTPException(503, "too many live clients; try again later")
+        if filters not in self._subscribers and len(self._subscribers) >= MAX_STREAM_KEYS:
+            raise HTTPException(503, "too many distinct live filter sets; try again later")
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=CLIENT_QUEUE)
+        self._subscribers.setdefault(filters, set()).add(queue)
+        return queue
+
+    def unsubscribe(self, filters: Filters, queue: asyncio.Queue[bytes | None]) -> None:
+        queues = self._subscribers.get(filters)
+        if queues is not None:
+            queues.discard(queue)
+            if not queues:
+                del self._subscribers[filters]
+
+    @staticmethod
+    def _offer(queue: asyncio.Queue[bytes | None], item: bytes | None) -> None:
+        """Put without blocking: a full queue loses its oldest event."""
+        while True:
+            try:
+                queue.put_nowait(item)
+                return
+            except asyncio.QueueFull:
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+
+    async def _run(self) -> None:
+        while True:
+            started = asyncio.get_running_loop().time()
+            if self._subscribers:
+                try:
+                    await self._tick()
+                except Exception:  # keep the feed alive; the next tick retries
+                    log.exception("live feed refresh failed")
+            elapsed = asyncio.get_running_loop().time() - started
+            await asyncio.sleep(max(0.0, self.interval - elapsed))
+
+    async def _tick(self) -> None:
+        keys = list(self._subscribers)
+        status = await asyncio.to_thread(self._status)
+        self.ticks += 1
+        for filters in keys:
+            summary = await asyncio.to_thread(self._summary, filters)
+            payload = {
+                "tick": self.ticks,
+                "generated_at": datetime.now(UTC),
+                "filters": _filters_echo(filters),
+                "summary": summary,
+                "health": status,
+            }
+            message = b"id: %d\nevent: update\ndata: %s\n\n" % (self.ticks, _dumps(payload))
+            for queue in list(self._subscribers.get(filters, ())):
+                self._offer(queue, message)
+
+
+# --- the app --------------------------------------------------------------------------------
+def create_app(
+    warehouse: Warehouse,
+    settings: Settings,
+    status_source: StatusSource | None = None,
+    *,
+    refresh_seconds: float = 1.0,
+) -> FastAPI:
+    """The API over ``warehouse`` (shared, read through the query layer only).
+
+    ``status_source`` adds live process figures (events/s per stream, lag) to the
+    health payload, e.g. from the running demo.
+    """
+
+    def health() -> dict[str, Any]:
+        status = queries.pipeline_status(warehouse)
+        body: dict[str, Any] = {**status, "data_range": queries.data_range(warehouse)}
+        if status_source is not None:
+            body["live"] = dict(status_source())
+        return cast("dict[str, Any]", plain(body))
+
+    def summary_of(filters: Filters) -> dict[str, Any]:
+        return cast("dict[str, Any]", plain(queries.summary(warehouse, filters).row(0, named=True)))
+
+    feed = LiveFeed(health, summary_of, refresh_seconds)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        feed.start()
+        try:
+            yield
+        finally:
+            await feed.stop()
+
+    app = FastAPI(
+        title="adpulse",
+        version="1",
+        summary="Real-time ad engagement metrics: the query layer of adpulse as JSON.",
+        lifespan=lifespan,
+        default_response_class=ORJSONPlainResponse,
+    )
+    app.state.feed = feed
+    app.state.warehouse = warehouse
+
+    # --- errors ---------------------------------------------------------------------------
+    @app.exception_handler(FilterError)
+    async def _filter_error(request: Request, exc: FilterError) -> Response:
+        return _error(400, "invalid_parameter", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        details = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("query", "path"))
+            details.append(f"{where or 'request'}: {e.get('msg', 'invalid')}")
+        return _error(422, "invalid_parameter", "; ".join(details))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed", 503: "unavailable"}
+        return _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
+
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette_error(request: Request, exc: StarletteHTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
+
+    @app.middleware("http")
+    async def _limits(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Any:
+        if len(request.scope.get("query_string", b"")) > MAX_QUERY_STRING:
+            return _error(
+                414, "query_too_long", f"the query string is over {MAX_QUERY_STRING} bytes"
+            )
+        params = request.query_params
+        repeated = sorted({k for k in params if len(params.getlist(k)) > 1})
+        if repeated:
+            return _error(400, "invalid_parameter", f"repeated parameter(s): {', '.join(repeated)}")
+        return await call_next(request)
+
+    async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # DuckDB reads release the GIL; a thread keeps the event loop (and SSE) responsive
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # --- probes ---------------------------------------------------------------------------
+    @app.get("/healthz", tags=["probes"])
+    async def healthz() -> Response:
+        """Liveness: the process answers."""
+        return ok({"status": "ok"})
+
+    @app.get("/readyz", tags=["probes"])
+    async def readyz() -> Response:
+        """Readiness: the warehouse answers a query."""
+        try:
+            await run(queries.data_range, warehouse)
+        except Exception as exc:  # any warehouse failure means "not ready"
+            return _error(503, "not_ready", f"warehouse unavailable: {exc}")
+        return ORJSONPlainResponse({"status": "ready"})
+
+    # --- metrics --------------------------------------------------------------------------
+    @app.get(f"{API_PREFIX}/metrics/{{metric}}", tags=["metrics"])
+    async def metric(
+        filters: FiltersDep,
+        metric: Annotated[str, Path(max_length=40, description=" | ".join(METRICS))],
+        by: ByParam = None,
+    ) -> Response:
+        """One metric of ``adpulse query``, optionally grouped by ad or campaign."""
+        fn = _METRIC_FUNCTIONS.get(metric)
+        if fn is None:
+            raise HTTPException(
+                404, f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}"
+            )
+        frame = await run(fn, warehouse, filters, by)
+        return ok({"metric": metric, "by": by, "filters": _filters_echo(filters), "rows": frame})
+
+    @app.get(f"{API_PREFIX}/summary", tags=["metrics"])
+    async def summary(filters: FiltersDep) -> Response:
+        """Headline numbers (as ``adpulse query summary``)."""
+        row = await run(summary_of, filters)
+        return ok({"filters": _filters_echo(filters), "summary": row})
+
+    @app.get(f"{API_PREFIX}/timeseries", tags=["metrics"])
+    async def timeseries(
+        filters: FiltersDep,
+        bucket: Annotated[Literal["minute", "hour"], Query()] = "minute",
+    ) -> Response:
+        """Counts, rates and latency percentiles per minute or hour bucket."""
+        frame = await run(queries.bucketed_timeseries, warehouse, filters, bucket)
+        return ok({"bucket": bucket, "filters": _filters_echo(filters), "rows": frame})
+
+    @app.get(f"{API_PREFIX}/trending", tags=["metrics"])
+    async def trending(
+        filters: FiltersDep,
+        window: Annotated[int | None, Query(ge=1, le=1440, description="Minutes.")] = None,
+        min_clicks: MinClicksParam = None,
+        limit: LimitParam = 10,
+    ) -> Response:
+        """Campaigns ranked by the change of conversions per click between two windows."""
+        minutes = settings.trending_window_minutes if window is None else window
+        clicks = settings.min_clicks if min_clicks is None else min_clicks
+
+        def both() -> tuple[Any, pl.DataFrame]:
+            windows = queries.trending_windows(warehouse, filters, minutes)
+            frame = queries.trending(warehouse, filters, minutes, clicks, limit)
+            return windows, frame
+
+        windows, frame = await run(both)
+        return ok(
+            {
+                "window_minutes": minutes,
+                "min_clicks": clicks,
+                "windows": None if windows is None else asdict(windows),
+                "filters": _filters_echo(filters),
+                "rows": frame,
+            }
+        )
+
+    @app.get(f"{API_PREFIX}/top-ads", tags=["metrics"])
+    async def top_ads(
+        filters: FiltersDep,
+        by: Annotated[Literal["revenue", "conversion_rate"], Query()] = "revenue",
+        min_clicks: MinClicksParam = None,
+        limit: LimitParam = 10,
+    ) -> Response:
+        """The best ads by revenue or by conversion rate."""
+        clicks = settings.min_clicks if min_clicks is None else min_clicks
+        frame = await run(queries.top_ads, warehouse, filters, by, clicks, limit)
+        return ok(
+            {"by": by, "min_clicks": clicks, "filters": _filters_echo(filters), "rows": frame}
+        )
+
+    @app.get(f"{API_PREFIX}/latency-histogram", tags=["metrics"])
+    async def latency_histogram(filters: FiltersDep) -> Response:
+        """Attributed conversions by click-to-conversion latency bucket (seconds)."""
+        frame = await run(queries.latency_histogram, warehouse, filters)
+        return ok({"filters": _filters_echo(filters), "rows": frame})
+
+    @app.get(f"{API_PREFIX}/breakdown/{{dimension}}", tags=["metrics"])
+    async def breakdown(
+        filters: FiltersDep,
+        dimension: Annotated[str, Path(max_length=40, description=" | ".join(DIMENSIONS))],
+    ) -> Response:
+        """Counts and rates per platform, location, gender, age band or interest."""
+        if dimension not in DIMENSIONS:
+            raise HTTPException(
+                404, f"unknown dimension {dimension!r}; choose one of: {', '.join(DIMENSIONS)}"
+            )
+        frame = await run(
+            queries.breakdown, warehouse, filters, cast("queries.BreakdownDimension", dimension)
+        )
+        return ok({"dimension": dimension, "filters": _filters_echo(filters), "rows": frame})
+
+    @app.get(f"{API_PREFIX}/dimensions", tags=["metadata"])
+    async def dimensions() -> Response:
+        """Distinct values for filter pickers, and the span of minutes holding data."""
+
+        def both() -> dict[str, Any]:
+            return {
+                **queries.dimension_values(warehouse),
+                "data_range": queries.data_range(warehouse),
+            }
+
+        return ok(cast("dict[str, Any]", await run(both)))
+
+    @app.get(f"{API_PREFIX}/health", tags=["metadata"])
+    async def pipeline_health() -> Response:
+        """Pipeline status: counters per stream, dead letters by reason, watermarks, last
+        commit, data range (and live events/s and lag when the demo serves)."""
+        return ok(cast("dict[str, Any]", await run(health)))
+
+    @app.get(f"{API_PREFIX}/stream", tags=["live"], response_class=StreamingResponse)
+    async def stream(
+        request: Request,
+        filters: FiltersDep,
+        max_events: Annotated[
+            int | None, Query(ge=1, le=100_000, description="Close after this many events.")
+        ] = None,
+    ) -> StreamingResponse:
+        """Server-Sent Events: an ``update`` event (summary for the filters + pipeline
+        health) about once a second, the same payload for every client."""
+        queue = feed.subscribe(filters)
+
+        async def events() -> AsyncIterator[bytes]:
+            sent = 0
+            try:
+                yield b"retry: 2000\n\n"
+                while max_events is None or sent < max_events:
+                    try:
+                        item = await asyncio.wait_for(queue.get(), timeout=15)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    if item is None:  # server shutting down
+                        return
+                    yield item
+                    sent += 1
+            finally:
+                feed.unsubscribe(filters, queue)
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return app
+
+
+# --- serving --------------------------------------------------------------------------------
+def bind(host: str, port: int) -> Any:
+    """A listening socket on ``host:port`` (port 0: a free one); OSError when taken."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: Any) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+def make_server(app: FastAPI, log_level: str = "warning") -> Any:
+    """A uvicorn server for ``app`` (run it with ``server.run(sockets=[sock])``)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on")
+    return uvicorn.Server(config)
