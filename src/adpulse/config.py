@@ -8,8 +8,9 @@ Precedence (highest first): command-line options, environment variables
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pydantic import Field, SecretStr
 from pydantic_settings import (
@@ -20,6 +21,14 @@ from pydantic_settings import (
 )
 
 CONFIG_FILE_NAME = "adpulse.toml"
+MASK: Final = "***"
+_URL_PASSWORD: Final = re.compile(r"(://[^:/?#@]*:)[^@/?#]*@")
+_PARAM_PASSWORD: Final = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (``user:PASSWORD@`` or ``?password=...``) masked."""
+    return _PARAM_PASSWORD.sub(rf"\g<1>{MASK}", _URL_PASSWORD.sub(rf"\g<1>{MASK}@", url))
 
 
 def default_home() -> Path:
@@ -34,7 +43,10 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home, description="Data directory.")
     partitions: int = Field(4, ge=1, le=1024, description="Partitions per stream.")
     transport_url: str = Field("", description="embedded://DIR (default: HOME/log).")
-    warehouse_url: str = Field("", description="duckdb:///FILE (default: HOME/warehouse.duckdb).")
+    warehouse_url: str = Field(
+        "",
+        description="duckdb:///FILE (default: HOME/warehouse.duckdb) or postgresql://...",
+    )
     warehouse_password: SecretStr | None = Field(None, description="Warehouse password, if any.")
 
     allowed_lateness_seconds: int = Field(600, ge=0, description="Lateness behind the watermark.")
@@ -94,8 +106,18 @@ class Settings(BaseSettings):
         return self.home / "warehouse.duckdb"
 
     def masked(self) -> dict[str, Any]:
-        """Settings as a dict, secrets masked, for display."""
-        return self.model_dump(mode="json")
+        """Settings as a dict, secrets masked, for display.
+
+        Secret fields (``warehouse_password``) show as ``***`` when set, and a password
+        inside any ``*_url`` setting is replaced by ``***``.
+        """
+        values = self.model_dump(mode="json")
+        for name, field in type(self).model_fields.items():
+            if field.annotation in (SecretStr, SecretStr | None):
+                values[name] = None if getattr(self, name) is None else MASK
+            elif name.endswith("_url") and isinstance(values[name], str):
+                values[name] = redact_url(values[name])
+        return values
 
 
 def load_settings(

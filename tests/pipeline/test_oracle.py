@@ -5,12 +5,14 @@ records, for several partition counts and batch sizes."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import duckdb
 import oracle
 import pytest
+from pgtest import PG_URL, drop_schema, new_schema, require_postgres
 
 from adpulse.config import Settings
 from adpulse.contracts import Stream
@@ -25,7 +27,9 @@ from adpulse.sources.generator import (
 )
 from adpulse.sources.producer import replay_directory
 from adpulse.storage.dimensions import read_dimension_csv
+from adpulse.storage.warehouse.base import Warehouse
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+from adpulse.storage.warehouse.postgres import PostgresWarehouse
 from adpulse.transport.embedded import EmbeddedTransport
 
 START = datetime(2023, 9, 8)
@@ -65,10 +69,16 @@ def truth(
     return con, received
 
 
-def _run(data: Path, home: Path, partitions: int, batch_bytes: int) -> DuckDBWarehouse:
+def _run(
+    data: Path, home: Path, partitions: int, batch_bytes: int, pg_schema: str | None = None
+) -> Warehouse:
     settings = Settings(home=home, partitions=partitions, batch_max_bytes=batch_bytes)
     transport = EmbeddedTransport(home / "log", partitions)
-    warehouse = DuckDBWarehouse(home / "warehouse.duckdb")
+    warehouse: Warehouse
+    if pg_schema is None:
+        warehouse = DuckDBWarehouse(home / "warehouse.duckdb")
+    else:
+        warehouse = PostgresWarehouse(PG_URL, schema=pg_schema)
     warehouse.create_schema()
     for name in ("campaigns.csv", "users.csv"):
         kind, rows = read_dimension_csv(data / name)
@@ -87,19 +97,38 @@ def _run(data: Path, home: Path, partitions: int, batch_bytes: int) -> DuckDBWar
     return warehouse
 
 
-RUNS = [(1, 32 * 1024 * 1024), (3, 200_000), (8, 48_000)]
+#: (backend, partitions, batch bytes): DuckDB at three shapes, PostgreSQL once.
+RUNS = [
+    ("duckdb", 1, 32 * 1024 * 1024),
+    ("duckdb", 3, 200_000),
+    ("duckdb", 8, 48_000),
+    ("postgres", 3, 200_000),
+]
 
 
-@pytest.fixture(scope="module", params=RUNS, ids=lambda r: f"p{r[0]}-b{r[1]}")
+def _run_id(run: tuple[str, int, int]) -> str:
+    backend, partitions, batch = run
+    return f"p{partitions}-b{batch}" + ("-pg" if backend == "postgres" else "")
+
+
+@pytest.fixture(scope="module", params=RUNS, ids=_run_id)
 def warehouse(
     request: pytest.FixtureRequest,
     dataset: tuple[Path, dict[str, object]],
     tmp_path_factory: pytest.TempPathFactory,
-) -> DuckDBWarehouse:
-    partitions, batch = request.param
-    wh = _run(dataset[0], tmp_path_factory.mktemp("home"), partitions, batch)
-    yield wh
-    wh.close()
+) -> Iterator[Warehouse]:
+    backend, partitions, batch = request.param
+    pg_schema = None
+    if backend == "postgres":
+        require_postgres()
+        pg_schema = new_schema()
+    try:
+        wh = _run(dataset[0], tmp_path_factory.mktemp("home"), partitions, batch, pg_schema)
+        yield wh
+        wh.close()
+    finally:
+        if pg_schema is not None:
+            drop_schema(pg_schema)
 
 
 def _close(a: object, b: object) -> bool:
@@ -108,7 +137,7 @@ def _close(a: object, b: object) -> bool:
     return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))  # type: ignore[arg-type]
 
 
-def test_counts_reconcile(warehouse: DuckDBWarehouse, truth, dataset) -> None:  # type: ignore[no-untyped-def]
+def test_counts_reconcile(warehouse: Warehouse, truth, dataset) -> None:  # type: ignore[no-untyped-def]
     con, received = truth
     stats = {
         r[0]: r[1:]
@@ -145,7 +174,7 @@ def test_counts_reconcile(warehouse: DuckDBWarehouse, truth, dataset) -> None:  
         assert reasons == want
 
 
-def test_facts_equal_oracle(warehouse: DuckDBWarehouse, truth) -> None:  # type: ignore[no-untyped-def]
+def test_facts_equal_oracle(warehouse: Warehouse, truth) -> None:  # type: ignore[no-untyped-def]
     con, _ = truth
     got = warehouse.query(
         "SELECT event_id, event_time, click_time, latency_seconds, platform, campaign, "

@@ -1,4 +1,5 @@
-"""Fixtures: a warehouse holding the known data of :mod:`query_dataset`, and an empty one."""
+"""Fixtures: a warehouse holding the known data of :mod:`query_dataset`, and an empty one,
+on every backend (DuckDB and PostgreSQL) with the same expected values."""
 
 from __future__ import annotations
 
@@ -6,21 +7,35 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pgtest import postgres_warehouse
 from query_dataset import build
 
+from adpulse.storage.warehouse.base import Warehouse
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 
 
+@pytest.fixture(params=["duckdb", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _open(backend: str, path: Path) -> Iterator[Warehouse]:
+    if backend == "duckdb":
+        with DuckDBWarehouse(path) as wh:
+            wh.create_schema()
+            yield wh
+    else:
+        with postgres_warehouse() as pg:
+            yield pg
+
+
 @pytest.fixture
-def warehouse(tmp_path: Path) -> Iterator[DuckDBWarehouse]:
-    with DuckDBWarehouse(tmp_path / "warehouse.duckdb") as wh:
-        wh.create_schema()
+def warehouse(backend: str, tmp_path: Path) -> Iterator[Warehouse]:
+    for wh in _open(backend, tmp_path / "warehouse.duckdb"):
         build(wh)
         yield wh
 
 
 @pytest.fixture
-def empty_warehouse(tmp_path: Path) -> Iterator[DuckDBWarehouse]:
-    with DuckDBWarehouse(tmp_path / "empty.duckdb") as wh:
-        wh.create_schema()
-        yield wh
+def empty_warehouse(backend: str, tmp_path: Path) -> Iterator[Warehouse]:
+    yield from _open(backend, tmp_path / "empty.duckdb")

@@ -38,8 +38,7 @@ import polars as pl
 
 from adpulse.contracts import Stream
 from adpulse.storage.warehouse import schema
-from adpulse.storage.warehouse.base import BatchOutput, PartitionWatermark
-from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+from adpulse.storage.warehouse.base import BatchOutput, PartitionWatermark, Warehouse
 
 M0 = datetime(2023, 9, 9, 10, 0)
 
@@ -172,7 +171,7 @@ def dead_letters(rows: list[tuple[str, str]]) -> pl.DataFrame:
 LA = ("Los Angeles", "Summer Sale", *READER)
 
 
-def build(warehouse: DuckDBWarehouse) -> None:
+def build(warehouse: Warehouse) -> None:
     """Commit the two batches described in the module docstring."""
     first = empty_output(1)
     first.rollups = rollups("A", "B", "C", "F", "G1", "G2", "H")

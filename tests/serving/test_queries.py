@@ -19,7 +19,7 @@ from query_dataset import M0, empty_output, minute, rollups
 from adpulse.serving import queries
 from adpulse.serving.queries import Filters
 from adpulse.storage.warehouse import schema
-from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+from adpulse.storage.warehouse.base import Warehouse
 
 D = Decimal
 COUNT_COLUMNS = ["impressions", "clicks", "conversions", "attributed_conversions", "revenue"]
@@ -42,7 +42,7 @@ def assert_rows(frame: pl.DataFrame, expected: Sequence[Sequence[Any]]) -> None:
 
 
 # --- counts ------------------------------------------------------------------------------
-def test_counts_total_sums_partial_and_negative_rows(warehouse: DuckDBWarehouse) -> None:
+def test_counts_total_sums_partial_and_negative_rows(warehouse: Warehouse) -> None:
     frame = queries.counts(warehouse, Filters())
     assert frame.columns == COUNT_COLUMNS
     assert frame.schema["revenue"] == pl.Decimal(18, 4)
@@ -52,7 +52,7 @@ def test_counts_total_sums_partial_and_negative_rows(warehouse: DuckDBWarehouse)
 
 
 def test_counts_by_campaign_drops_all_zero_groups_and_puts_unknown_last(
-    warehouse: DuckDBWarehouse,
+    warehouse: Warehouse,
 ) -> None:
     frame = queries.counts(warehouse, Filters(), "campaign")
     assert frame.columns == ["campaign", *COUNT_COLUMNS]
@@ -67,7 +67,7 @@ def test_counts_by_campaign_drops_all_zero_groups_and_puts_unknown_last(
     )
 
 
-def test_counts_by_ad(warehouse: DuckDBWarehouse) -> None:
+def test_counts_by_ad(warehouse: Warehouse) -> None:
     frame = queries.counts(warehouse, Filters(), "ad")
     assert frame.columns == ["ad_id", "campaign", *COUNT_COLUMNS]
     assert_rows(
@@ -117,9 +117,7 @@ def test_counts_by_ad(warehouse: DuckDBWarehouse) -> None:
         ),
     ],
 )
-def test_counts_filters(
-    warehouse: DuckDBWarehouse, filters: Filters, expected: tuple[Any, ...]
-) -> None:
+def test_counts_filters(warehouse: Warehouse, filters: Filters, expected: tuple[Any, ...]) -> None:
     assert_rows(queries.counts(warehouse, filters), [expected])
 
 
@@ -136,7 +134,7 @@ def test_counts_filters(
         Filters(ad_id=1003, platform="Web"),
     ],
 )
-def test_counts_empty_results(warehouse: DuckDBWarehouse, filters: Filters) -> None:
+def test_counts_empty_results(warehouse: Warehouse, filters: Filters) -> None:
     frame = queries.counts(warehouse, filters)
     assert frame.columns == COUNT_COLUMNS
     assert frame.height == 0
@@ -144,13 +142,13 @@ def test_counts_empty_results(warehouse: DuckDBWarehouse, filters: Filters) -> N
     assert queries.counts(warehouse, filters, "ad").height == 0
 
 
-def test_minute_buckets_are_counted_by_their_start(warehouse: DuckDBWarehouse) -> None:
+def test_minute_buckets_are_counted_by_their_start(warehouse: Warehouse) -> None:
     # [10:00:30, 10:01:30) holds the 10:01 bucket (B) but not the 10:00 one.
     filters = Filters(start=M0 + timedelta(seconds=30), end=minute(1) + timedelta(seconds=30))
     assert_rows(queries.counts(warehouse, filters), [(50, 5, 1, 1, D("30.5000"))])
 
 
-def test_aware_datetimes_are_converted_to_utc(warehouse: DuckDBWarehouse) -> None:
+def test_aware_datetimes_are_converted_to_utc(warehouse: Warehouse) -> None:
     plus_two = timezone(timedelta(hours=2))
     filters = Filters(start=datetime(2023, 9, 9, 12, 1, tzinfo=plus_two), end=minute(3))
     assert filters.start == minute(1)
@@ -158,7 +156,7 @@ def test_aware_datetimes_are_converted_to_utc(warehouse: DuckDBWarehouse) -> Non
     assert Filters(end=datetime(2023, 9, 9, 10, 1, tzinfo=UTC)).end == minute(1)
 
 
-def test_empty_warehouse_returns_typed_empty_frames(empty_warehouse: DuckDBWarehouse) -> None:
+def test_empty_warehouse_returns_typed_empty_frames(empty_warehouse: Warehouse) -> None:
     for group_by in (None, "campaign", "ad"):
         frame = queries.counts(empty_warehouse, Filters(), group_by)  # type: ignore[arg-type]
         assert frame.height == 0
@@ -168,7 +166,7 @@ def test_empty_warehouse_returns_typed_empty_frames(empty_warehouse: DuckDBWareh
 
 
 # --- rates ----------------------------------------------------------------------------------
-def test_ctr(warehouse: DuckDBWarehouse) -> None:
+def test_ctr(warehouse: Warehouse) -> None:
     frame = queries.ctr(warehouse, Filters())
     assert frame.columns == ["impressions", "clicks", "ctr"]
     assert_rows(frame, [(230, 24, 24 / 230)])
@@ -184,7 +182,7 @@ def test_ctr(warehouse: DuckDBWarehouse) -> None:
 
 
 def test_ctr_leaves_out_groups_without_impressions_and_clicks(
-    warehouse: DuckDBWarehouse, empty_warehouse: DuckDBWarehouse
+    warehouse: Warehouse, empty_warehouse: Warehouse
 ) -> None:
     # Web + ad 1002 is the re-attributed conversion only: nothing for a CTR.
     frame = queries.ctr(warehouse, Filters(platform="Web"), "ad")
@@ -204,7 +202,7 @@ def test_ctr_leaves_out_groups_without_impressions_and_clicks(
     assert_rows(queries.ctr(empty_warehouse, Filters()), [(0, 3, None)])
 
 
-def test_conversion_rate(warehouse: DuckDBWarehouse) -> None:
+def test_conversion_rate(warehouse: Warehouse) -> None:
     frame = queries.conversion_rate(warehouse, Filters())
     assert frame.columns == ["clicks", "attributed_conversions", "conversion_rate"]
     assert_rows(frame, [(24, 6, 0.25)])
@@ -222,7 +220,7 @@ def test_conversion_rate(warehouse: DuckDBWarehouse) -> None:
     )
 
 
-def test_revenue_per_conversion_counts_all_conversions(warehouse: DuckDBWarehouse) -> None:
+def test_revenue_per_conversion_counts_all_conversions(warehouse: Warehouse) -> None:
     frame = queries.revenue_per_conversion(warehouse, Filters())
     assert frame.columns == ["conversions", "revenue", "revenue_per_conversion"]
     assert_rows(frame, [(7, D("210.7500"), 210.75 / 7)])
@@ -245,14 +243,14 @@ LATENCY_COLUMNS = [
 ]
 
 
-def test_conversion_latency_continuous_percentiles(warehouse: DuckDBWarehouse) -> None:
+def test_conversion_latency_continuous_percentiles(warehouse: Warehouse) -> None:
     frame = queries.conversion_latency(warehouse, Filters())
     assert frame.columns == LATENCY_COLUMNS
     # [300, 300, 400, 400, 500, 900]: p50 at rank 2.5 -> 400, p90 at 4.5 -> 500 + 0.5*400
     assert_rows(frame, [(6, 2800 / 6, 400.0, 700.0)])
 
 
-def test_conversion_latency_grouped(warehouse: DuckDBWarehouse) -> None:
+def test_conversion_latency_grouped(warehouse: Warehouse) -> None:
     assert_rows(
         queries.conversion_latency(warehouse, Filters(), "campaign"),
         [
@@ -289,7 +287,7 @@ def test_conversion_latency_grouped(warehouse: DuckDBWarehouse) -> None:
     ],
 )
 def test_conversion_latency_filters(
-    warehouse: DuckDBWarehouse, filters: Filters, expected: list[tuple[Any, ...]]
+    warehouse: Warehouse, filters: Filters, expected: list[tuple[Any, ...]]
 ) -> None:
     assert_rows(queries.conversion_latency(warehouse, filters), expected)
 
@@ -306,7 +304,7 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def test_summary(warehouse: DuckDBWarehouse) -> None:
+def test_summary(warehouse: Warehouse) -> None:
     frame = queries.summary(warehouse, Filters())
     assert frame.columns == SUMMARY_COLUMNS
     assert_rows(
@@ -320,14 +318,14 @@ def test_summary(warehouse: DuckDBWarehouse) -> None:
 
 
 def test_summary_is_one_row_even_when_empty(
-    warehouse: DuckDBWarehouse, empty_warehouse: DuckDBWarehouse
+    warehouse: Warehouse, empty_warehouse: Warehouse
 ) -> None:
     nothing = (0, 0, 0, 0, D("0.0000"), None, None, None, None, None, None)
     assert_rows(queries.summary(empty_warehouse, Filters()), [nothing])
     assert_rows(queries.summary(warehouse, Filters(campaign="nope")), [nothing])
 
 
-def test_timeseries(warehouse: DuckDBWarehouse) -> None:
+def test_timeseries(warehouse: Warehouse) -> None:
     frame = queries.timeseries(warehouse, Filters())
     assert frame.columns == ["minute", *COUNT_COLUMNS, "ctr", "conversion_rate"]
     assert_rows(
@@ -345,7 +343,7 @@ def test_timeseries(warehouse: DuckDBWarehouse) -> None:
     )
 
 
-def test_data_range(warehouse: DuckDBWarehouse, empty_warehouse: DuckDBWarehouse) -> None:
+def test_data_range(warehouse: Warehouse, empty_warehouse: Warehouse) -> None:
     assert queries.data_range(warehouse) == {"first_minute": M0, "last_minute": minute(4)}
     assert queries.data_range(empty_warehouse) == {"first_minute": None, "last_minute": None}
 
@@ -354,7 +352,7 @@ def test_data_range(warehouse: DuckDBWarehouse, empty_warehouse: DuckDBWarehouse
 TOP_COLUMNS = ["ad_id", "campaign", *COUNT_COLUMNS, "ctr", "conversion_rate"]
 
 
-def test_top_ads_by_revenue(warehouse: DuckDBWarehouse) -> None:
+def test_top_ads_by_revenue(warehouse: Warehouse) -> None:
     frame = queries.top_ads(warehouse, Filters())
     assert frame.columns == TOP_COLUMNS
     assert_rows(
@@ -373,7 +371,7 @@ def test_top_ads_by_revenue(warehouse: DuckDBWarehouse) -> None:
     ]
 
 
-def test_top_ads_by_conversion_rate_has_a_min_clicks_guard(warehouse: DuckDBWarehouse) -> None:
+def test_top_ads_by_conversion_rate_has_a_min_clicks_guard(warehouse: Warehouse) -> None:
     def ranked(min_clicks: int, limit: int = 10) -> list[int]:
         frame = queries.top_ads(
             warehouse, Filters(), by="conversion_rate", min_clicks=min_clicks, limit=limit
@@ -388,7 +386,7 @@ def test_top_ads_by_conversion_rate_has_a_min_clicks_guard(warehouse: DuckDBWare
 
 
 def test_group_by_ad_names_the_campaign_of_the_latest_data(
-    empty_warehouse: DuckDBWarehouse,
+    empty_warehouse: Warehouse,
 ) -> None:
     # Ad 1001 was renamed (a new campaign version) at 10:02.
     renamed = rollups("A", "B").vstack(
@@ -441,7 +439,7 @@ def trending_rollups() -> pl.DataFrame:
 
 
 @pytest.fixture
-def trending_warehouse(empty_warehouse: DuckDBWarehouse) -> DuckDBWarehouse:
+def trending_warehouse(empty_warehouse: Warehouse) -> Warehouse:
     output = empty_output(1)
     output.rollups = trending_rollups()
     empty_warehouse.commit(output)
@@ -461,7 +459,7 @@ TRENDING_COLUMNS = [
 
 
 def test_trending_windows_end_after_the_latest_minute(
-    trending_warehouse: DuckDBWarehouse, empty_warehouse: DuckDBWarehouse
+    trending_warehouse: Warehouse, empty_warehouse: Warehouse
 ) -> None:
     windows = queries.trending_windows(trending_warehouse, Filters(), window_minutes=2)
     assert windows == queries.TrendingWindows(minute(0), minute(2), minute(4))
@@ -469,7 +467,7 @@ def test_trending_windows_end_after_the_latest_minute(
     assert explicit == queries.TrendingWindows(minute(3), minute(6), minute(9))
 
 
-def test_trending_ranks_by_change_with_min_clicks(trending_warehouse: DuckDBWarehouse) -> None:
+def test_trending_ranks_by_change_with_min_clicks(trending_warehouse: Warehouse) -> None:
     # previous [10:00, 10:02), latest [10:02, 10:04)
     frame = queries.trending(trending_warehouse, Filters(), window_minutes=2, min_clicks=20)
     assert frame.columns == TRENDING_COLUMNS
@@ -487,7 +485,7 @@ def test_trending_ranks_by_change_with_min_clicks(trending_warehouse: DuckDBWare
     assert top["campaign"].to_list() == ["Z"]
 
 
-def test_trending_with_explicit_end_and_filters(trending_warehouse: DuckDBWarehouse) -> None:
+def test_trending_with_explicit_end_and_filters(trending_warehouse: Warehouse) -> None:
     # end 10:02: previous [09:58, 10:00) is empty, latest [10:00, 10:02)
     frame = queries.trending(
         trending_warehouse, Filters(end=minute(2)), window_minutes=2, min_clicks=0
@@ -512,7 +510,7 @@ def test_trending_with_explicit_end_and_filters(trending_warehouse: DuckDBWareho
     assert wide.is_empty()
 
 
-def test_trending_on_empty_warehouse(empty_warehouse: DuckDBWarehouse) -> None:
+def test_trending_on_empty_warehouse(empty_warehouse: Warehouse) -> None:
     assert queries.trending_windows(empty_warehouse, Filters()) is None
     frame = queries.trending(empty_warehouse, Filters())
     assert frame.columns == TRENDING_COLUMNS
@@ -520,7 +518,7 @@ def test_trending_on_empty_warehouse(empty_warehouse: DuckDBWarehouse) -> None:
 
 
 # --- pipeline status ---------------------------------------------------------------------------
-def test_pipeline_status(warehouse: DuckDBWarehouse) -> None:
+def test_pipeline_status(warehouse: Warehouse) -> None:
     status = queries.pipeline_status(warehouse)
     assert set(status) == {"streams", "dead_letters", "watermarks", "last_commit"}
     streams = status["streams"]
@@ -556,7 +554,7 @@ def test_pipeline_status(warehouse: DuckDBWarehouse) -> None:
     assert status["last_commit"] == batch2
 
 
-def test_pipeline_status_when_empty(empty_warehouse: DuckDBWarehouse) -> None:
+def test_pipeline_status_when_empty(empty_warehouse: Warehouse) -> None:
     status = queries.pipeline_status(empty_warehouse)
     assert status["streams"].select("stream", "received", "rejected").rows() == [
         ("impressions", 0, 0),

@@ -8,7 +8,7 @@ import pytest
 
 from adpulse.serving import queries
 from adpulse.serving.queries import AGE_BAND_LABELS, MAX_FILTER_LENGTH, FilterError, Filters
-from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+from adpulse.storage.warehouse.base import Warehouse
 
 INJECTIONS = [
     "x' OR '1'='1",
@@ -22,7 +22,7 @@ INJECTIONS = [
 
 
 @pytest.mark.parametrize("value", INJECTIONS)
-def test_sql_shaped_values_are_bound_not_executed(warehouse: DuckDBWarehouse, value: str) -> None:
+def test_sql_shaped_values_are_bound_not_executed(warehouse: Warehouse, value: str) -> None:
     for field in ("campaign", "platform", "location", "gender", "interest"):
         if field == "interest" and ";" in value:
             continue  # not a valid single interest; checked below
@@ -82,7 +82,7 @@ def test_filters_are_immutable() -> None:
         filters.campaign = "other"  # type: ignore[misc]
 
 
-def test_option_values_are_checked(warehouse: DuckDBWarehouse) -> None:
+def test_option_values_are_checked(warehouse: Warehouse) -> None:
     with pytest.raises(FilterError, match="group_by must be None, 'ad' or 'campaign'"):
         queries.counts(warehouse, Filters(), "platform")  # type: ignore[arg-type]
     with pytest.raises(FilterError, match="by must be 'revenue' or 'conversion_rate'"):

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from pgtest import postgres_warehouse
 
 from adpulse.storage.dimensions import DIMENSIONS, EPOCH, parse_dimension_csv, scd2_changes
 from adpulse.storage.warehouse import schema
-from adpulse.storage.warehouse.base import DimensionKind, DimensionLoadResult
+from adpulse.storage.warehouse.base import DimensionKind, DimensionLoadResult, Warehouse
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 
 CAMPAIGNS = (
@@ -38,14 +39,18 @@ def campaigns(*lines: str) -> pl.DataFrame:
     return rows("ad_id, campaign, product, target_start_date, target_end_date\n" + "\n".join(lines))
 
 
-@pytest.fixture
-def warehouse(tmp_path: Path) -> Iterator[DuckDBWarehouse]:
+@pytest.fixture(params=["duckdb", "postgres"])
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
+    if request.param == "postgres":
+        with postgres_warehouse() as pg:
+            yield pg
+        return
     with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
         wh.create_schema()
         yield wh
 
 
-def versions(wh: DuckDBWarehouse, kind: DimensionKind = "campaigns") -> list[tuple[object, ...]]:
+def versions(wh: Warehouse, kind: DimensionKind = "campaigns") -> list[tuple[object, ...]]:
     """(key, first attribute, valid_from, valid_to, version) of every stored version."""
     spec = DIMENSIONS[kind]
     columns = [spec.key, spec.attributes[0], "valid_from", "valid_to", "version"]
@@ -149,7 +154,7 @@ def test_aware_times_are_stored_as_naive_utc() -> None:
 
 
 # --- applied by the warehouse ----------------------------------------------------------------
-def test_initial_load_and_identical_reload(warehouse: DuckDBWarehouse) -> None:
+def test_initial_load_and_identical_reload(warehouse: Warehouse) -> None:
     assert warehouse.dimension_revision() == 0
     result = warehouse.load_dimension("campaigns", rows(CAMPAIGNS), T1)
     assert result == DimensionLoadResult(
@@ -176,7 +181,7 @@ def test_initial_load_and_identical_reload(warehouse: DuckDBWarehouse) -> None:
     ]
 
 
-def test_changed_campaign_name_makes_two_versions(warehouse: DuckDBWarehouse) -> None:
+def test_changed_campaign_name_makes_two_versions(warehouse: Warehouse) -> None:
     warehouse.load_dimension("campaigns", rows(CAMPAIGNS), T1)
     renamed = CAMPAIGNS.replace("Summer Sale", "Summer Sale 2")
     result = warehouse.load_dimension("campaigns", rows(renamed), T2)
@@ -199,7 +204,7 @@ def test_changed_campaign_name_makes_two_versions(warehouse: DuckDBWarehouse) ->
     assert in_effect.item() == "Summer Sale"
 
 
-def test_partial_files_leave_other_keys_alone(warehouse: DuckDBWarehouse) -> None:
+def test_partial_files_leave_other_keys_alone(warehouse: Warehouse) -> None:
     warehouse.load_dimension("campaigns", rows(CAMPAIGNS), T1)
     partial = campaigns(
         "1003, Fall Fashion, Coat, 2023-09-01, 2023-11-30",
@@ -229,7 +234,7 @@ def test_partial_files_leave_other_keys_alone(warehouse: DuckDBWarehouse) -> Non
     ]
 
 
-def test_users_load(warehouse: DuckDBWarehouse) -> None:
+def test_users_load(warehouse: Warehouse) -> None:
     warehouse.load_dimension("users", rows(USERS), T1)
     warehouse.load_dimension("users", rows(USERS.replace("Music;Travel", "Music")), T2)
     assert versions(warehouse, "users") == [
@@ -243,7 +248,7 @@ def test_users_load(warehouse: DuckDBWarehouse) -> None:
     assert warehouse.dimension_revision() == 2
 
 
-def test_a_failed_load_changes_nothing(warehouse: DuckDBWarehouse) -> None:
+def test_a_failed_load_changes_nothing(warehouse: Warehouse) -> None:
     warehouse.load_dimension("campaigns", rows(CAMPAIGNS), T2)
     before = warehouse.dimension("campaigns")
     with pytest.raises(ValueError, match="is not after"):

@@ -8,6 +8,7 @@ import pytest
 
 from adpulse.config import Settings
 from adpulse.storage.warehouse import open_warehouse
+from adpulse.storage.warehouse.base import WarehouseUnavailableError
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 
 
@@ -52,8 +53,8 @@ def test_duckdb_url_names_the_file(home: Path) -> None:
 @pytest.mark.parametrize(
     "url",
     [
-        "postgresql://localhost/adpulse",
         "duckdb://",
+        "mysql://bob:hunter2@db/x",
         "duckdb:///",
         "sqlite:///x.db",
         "warehouse.duckdb",
@@ -64,3 +65,36 @@ def test_other_urls_are_refused_clearly(home: Path, url: str) -> None:
         ValueError, match=r"unsupported warehouse_url .*ADPULSE_WAREHOUSE_URL.*duckdb:///PATH"
     ):
         open_warehouse(settings(home, url))
+
+
+def test_refusal_masks_a_password(home: Path) -> None:
+    with pytest.raises(ValueError, match="postgresql://") as info:
+        open_warehouse(settings(home, "mysql://bob:hunter2@db/x"))
+    assert "hunter2" not in str(info.value) and "bob:***@db" in str(info.value)
+
+
+def test_unreachable_postgres_names_the_setting(home: Path) -> None:
+    values = {
+        "home": home,
+        "warehouse_url": "postgresql://bob@127.0.0.1:1/x",
+        "warehouse_password": "hunter2",
+    }
+    with pytest.raises(WarehouseUnavailableError, match="setting warehouse_url") as info:
+        open_warehouse(Settings.model_validate(values))
+    assert "hunter2" not in str(info.value)
+
+
+def test_config_masks_secrets_and_url_passwords(home: Path) -> None:
+    shown = Settings.model_validate(
+        {
+            "home": home,
+            "warehouse_url": "postgresql://bob:hunter2@db:5432/x?sslmode=require",
+            "warehouse_password": "s3cret",
+            "transport_url": "redis://:pw@localhost:6379/0",
+        }
+    ).masked()
+    assert shown["warehouse_password"] == "***"
+    assert shown["warehouse_url"] == "postgresql://bob:***@db:5432/x?sslmode=require"
+    assert shown["transport_url"] == "redis://:***@localhost:6379/0"
+    assert "hunter2" not in str(shown) and "s3cret" not in str(shown)
+    assert Settings.model_validate({"home": home}).masked()["warehouse_password"] is None

@@ -53,6 +53,10 @@ class DimensionLoadResult:
     unchanged_keys: int
 
 
+class WarehouseUnavailableError(RuntimeError):
+    """The warehouse cannot be opened (or written) as asked; the message says why."""
+
+
 class Warehouse(ABC):
     """Storage of the pipeline's outputs; one implementation per database."""
 

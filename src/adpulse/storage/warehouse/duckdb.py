@@ -25,7 +25,10 @@ from typing import Any, Final
 import duckdb
 import polars as pl
 
+from adpulse.storage.warehouse.base import WarehouseUnavailableError
 from adpulse.storage.warehouse.sql import Dialect, SqlWarehouse
+
+__all__ = ["DUCKDB", "DuckDBWarehouse", "WarehouseLockedError", "WarehouseUnavailableError"]
 
 DUCKDB: Final = Dialect(
     name="duckdb",
@@ -54,10 +57,6 @@ DUCKDB_CONFIG: Final[dict[str, str | int | bool]] = {
     "max_vacuum_tasks": 0,
     "checkpoint_threshold": "256MB",
 }
-
-
-class WarehouseUnavailableError(RuntimeError):
-    """The warehouse file cannot be opened (or written) as asked; the message says why."""
 
 
 class WarehouseLockedError(WarehouseUnavailableError):

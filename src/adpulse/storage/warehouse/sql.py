@@ -1,7 +1,7 @@
 """What every SQL warehouse shares: DDL from :mod:`.schema`, portable statements, and the
 commit / dimension-load / state-rebuild logic written once against a few primitives.
 
-A backend (DuckDB now, PostgreSQL later) subclasses :class:`SqlWarehouse`, states its
+A backend (DuckDB, PostgreSQL) subclasses :class:`SqlWarehouse`, states its
 :class:`Dialect` (type names) and implements the primitives: run a statement, stage a
 Polars frame under a name for the current transaction, read a frame, open a transaction.
 The statements here stay in the Redshift-compatible subset (no ``ON CONFLICT``, no
@@ -108,6 +108,23 @@ def upsert(table: str, key: Sequence[str], columns: Sequence[str], source: str) 
         f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {s}"
         f" WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {match})",
     ]
+
+
+def merge(table: str, key: Sequence[str], columns: Sequence[str], source: str) -> str:
+    """One ``MERGE`` that upserts ``source``'s rows into ``table`` by ``key``.
+
+    The same text runs on PostgreSQL 15+ and Redshift (no target alias, unqualified
+    SET targets, both WHEN clauses); DuckDB uses :func:`upsert` instead.
+    """
+    t, s = quote(table), quote(source)
+    match = " AND ".join(f"{t}.{quote(c)} = {s}.{quote(c)}" for c in key)
+    sets = ", ".join(f"{quote(c)} = {s}.{quote(c)}" for c in columns if c not in key)
+    values = ", ".join(f"{s}.{quote(c)}" for c in columns)
+    return (
+        f"MERGE INTO {t} USING {s} ON {match}"
+        f" WHEN MATCHED THEN UPDATE SET {sets}"
+        f" WHEN NOT MATCHED THEN INSERT ({column_list(columns)}) VALUES ({values})"
+    )
 
 
 def reattribute(source: str) -> str:
