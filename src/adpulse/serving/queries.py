@@ -117,6 +117,9 @@ def _check_text(name: str, value: object) -> None:
         raise FilterError(f"{name} must not be empty (leave it out to match everything)")
     if len(value) > MAX_FILTER_LENGTH:
         raise FilterError(f"{name} is {len(value)} characters long; at most {MAX_FILTER_LENGTH}")
+    if any(ord(c) < 32 for c in value):
+        # No stored value holds control characters, and PostgreSQL rejects NUL outright.
+        raise FilterError(f"{name} must not contain control characters")
 
 
 # --- SQL building ------------------------------------------------------------------------
