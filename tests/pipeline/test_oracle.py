@@ -13,6 +13,7 @@ import duckdb
 import oracle
 import pytest
 from pgtest import PG_URL, drop_schema, new_schema, require_postgres
+from redistest import REDIS_URL, delete_prefix, new_prefix, require_redis
 
 from adpulse.config import Settings
 from adpulse.contracts import Stream
@@ -30,7 +31,9 @@ from adpulse.storage.dimensions import read_dimension_csv
 from adpulse.storage.warehouse.base import Warehouse
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.storage.warehouse.postgres import PostgresWarehouse
+from adpulse.transport.base import Transport
 from adpulse.transport.embedded import EmbeddedTransport
+from adpulse.transport.redis_streams import RedisStreamsTransport
 
 START = datetime(2023, 9, 8)
 END = datetime(2023, 9, 10)
@@ -70,10 +73,19 @@ def truth(
 
 
 def _run(
-    data: Path, home: Path, partitions: int, batch_bytes: int, pg_schema: str | None = None
+    data: Path,
+    home: Path,
+    partitions: int,
+    batch_bytes: int,
+    pg_schema: str | None = None,
+    redis_prefix: str | None = None,
 ) -> Warehouse:
     settings = Settings(home=home, partitions=partitions, batch_max_bytes=batch_bytes)
-    transport = EmbeddedTransport(home / "log", partitions)
+    transport: Transport
+    if redis_prefix is None:
+        transport = EmbeddedTransport(home / "log", partitions)
+    else:
+        transport = RedisStreamsTransport(REDIS_URL, partitions, prefix=redis_prefix)
     warehouse: Warehouse
     if pg_schema is None:
         warehouse = DuckDBWarehouse(home / "warehouse.duckdb")
@@ -94,21 +106,26 @@ def _run(
     stop.set()
     worker.join()
     processor.run(threading.Event(), until_caught_up=True)
+    processor.close()
+    transport.close()
     return warehouse
 
 
-#: (backend, partitions, batch bytes): DuckDB at three shapes, PostgreSQL once.
+#: (backend, partitions, batch bytes): DuckDB at three shapes, PostgreSQL once, and
+#: DuckDB over the Redis Streams transport once.
 RUNS = [
     ("duckdb", 1, 32 * 1024 * 1024),
     ("duckdb", 3, 200_000),
     ("duckdb", 8, 48_000),
     ("postgres", 3, 200_000),
+    ("redis", 3, 200_000),
 ]
 
 
 def _run_id(run: tuple[str, int, int]) -> str:
     backend, partitions, batch = run
-    return f"p{partitions}-b{batch}" + ("-pg" if backend == "postgres" else "")
+    suffix = {"postgres": "-pg", "redis": "-redis"}.get(backend, "")
+    return f"p{partitions}-b{batch}{suffix}"
 
 
 @pytest.fixture(scope="module", params=RUNS, ids=_run_id)
@@ -119,16 +136,23 @@ def warehouse(
 ) -> Iterator[Warehouse]:
     backend, partitions, batch = request.param
     pg_schema = None
+    prefix = None
     if backend == "postgres":
         require_postgres()
         pg_schema = new_schema()
+    if backend == "redis":
+        require_redis()
+        prefix = new_prefix()
     try:
-        wh = _run(dataset[0], tmp_path_factory.mktemp("home"), partitions, batch, pg_schema)
+        home = tmp_path_factory.mktemp("home")
+        wh = _run(dataset[0], home, partitions, batch, pg_schema, prefix)
         yield wh
         wh.close()
     finally:
         if pg_schema is not None:
             drop_schema(pg_schema)
+        if prefix is not None:
+            delete_prefix(prefix)
 
 
 def _close(a: object, b: object) -> bool:

@@ -43,18 +43,31 @@ def _open_embedded(settings: Settings) -> Transport:
     )
 
 
+def _open_redis(settings: Settings) -> Transport:
+    # The driver is imported by the module only when a redis:// URL is used.
+    from adpulse.transport.redis_streams import open_redis_transport
+
+    return open_redis_transport(
+        settings.transport_url, settings.partitions, settings.max_record_bytes
+    )
+
+
 def _open_memory(settings: Settings) -> Transport:
     return InMemoryTransport(settings.partitions, max_record_bytes=settings.max_record_bytes)
 
 
-#: URL scheme -> opener. "redis" (Redis Streams) and "kinesis" (AWS Kinesis) go here,
-#: each importing its driver inside its opener so the embedded default needs neither.
+#: URL scheme -> opener; each imports its driver inside the opener, so the embedded
+#: default needs none. "kinesis" (AWS Kinesis) goes here next.
 _OPENERS: dict[str, Callable[[Settings], Transport]] = {
     "embedded": _open_embedded,
     "memory": _open_memory,
+    "redis": _open_redis,
 }
 
-_ACCEPTED_FORMS = "'' or 'embedded://DIR' (on-disk log, the default), 'memory://' (in-process)"
+_ACCEPTED_FORMS = (
+    "'' or 'embedded://DIR' (on-disk log, the default), 'memory://' (in-process), "
+    "'redis://HOST:PORT/DB' (Redis Streams)"
+)
 
 
 def open_transport(settings: Settings) -> Transport:

@@ -1,0 +1,129 @@
+"""Processor over the Redis Streams transport: closed and recreated mid-way on the same
+streams and warehouse, it ends with the same warehouse as an uninterrupted run; acks
+trim the streams only up to the committed offsets."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from redistest import REDIS_URL, redis_prefix
+
+from adpulse.config import Settings
+from adpulse.contracts import Stream
+from adpulse.processor.pipeline import Processor
+from adpulse.sources.files import write_dataset
+from adpulse.sources.generator import EventGenerator, GeneratorConfig
+from adpulse.sources.producer import replay_directory
+from adpulse.storage.dimensions import read_dimension_csv
+from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+from adpulse.transport.redis_streams import RedisStreamsTransport
+
+PARTITIONS = 3
+NOW = datetime(2026, 1, 1)
+TABLES = {
+    "fact_impressions": "event_id, event_time, campaign",
+    "fact_clicks": "event_id, event_time, campaign, platform",
+    "fact_conversions": "event_id, event_time, click_event_id, latency_seconds, revenue",
+    "dead_letters": "stream, partition, reason, payload",
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    gen = EventGenerator(
+        GeneratorConfig(
+            seed=5,
+            ads=30,
+            campaigns=6,
+            users=500,
+            duplicate_rate=0.02,
+            out_of_order_rate=0.05,
+            malformed_rate=0.005,
+        )
+    )
+    write_dataset(out, gen, 15_000, datetime(2023, 9, 8), datetime(2023, 9, 9))
+    return out
+
+
+def _pipeline(data: Path, home: Path, prefix: str):  # type: ignore[no-untyped-def]
+    settings = Settings(
+        home=home, partitions=PARTITIONS, batch_max_bytes=60_000, idle_timeout_seconds=100_000
+    )
+    transport = RedisStreamsTransport(REDIS_URL, PARTITIONS, prefix=prefix)
+    warehouse = DuckDBWarehouse(home / "warehouse.duckdb")
+    warehouse.create_schema()
+    for name in ("campaigns.csv", "users.csv"):
+        kind, rows = read_dimension_csv(data / name)
+        warehouse.load_dimension(kind, rows, datetime(2023, 1, 1))
+    replay_directory(data, transport.producer(), PARTITIONS)
+    return settings, transport, warehouse
+
+
+def _processor(settings, transport, warehouse) -> Processor:  # type: ignore[no-untyped-def]
+    return Processor(settings, transport, warehouse, clock=lambda: NOW.astimezone())
+
+
+def _snapshot(warehouse: DuckDBWarehouse) -> dict[str, list[tuple[object, ...]]]:
+    out = {
+        table: warehouse.query(f"SELECT {cols} FROM {table} ORDER BY ALL").rows()
+        for table, cols in TABLES.items()
+    }
+    out["rollups"] = warehouse.query(
+        "SELECT minute, ad_id, platform, sum(impressions), sum(clicks), sum(conversions), "
+        "sum(attributed_conversions), sum(revenue) FROM rollup_minute GROUP BY ALL "
+        "HAVING sum(impressions) <> 0 OR sum(clicks) <> 0 OR sum(conversions) <> 0 "
+        "ORDER BY ALL"
+    ).rows()
+    return out
+
+
+def test_restart_mid_stream_equals_uninterrupted_run(data: Path, tmp_path: Path) -> None:
+    with redis_prefix() as prefix_a, redis_prefix() as prefix_b:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        settings, transport, warehouse = _pipeline(data, tmp_path / "a", prefix_a)
+        processor = _processor(settings, transport, warehouse)
+        for _ in range(4):
+            assert processor.run_once() is not None
+        processor.close()
+        # A new processor on the same streams and warehouse resumes from the checkpoints.
+        processor = _processor(settings, transport, warehouse)
+        processor.run(threading.Event(), until_caught_up=True)
+        processor.close()
+        restarted = _snapshot(warehouse)
+
+        settings_b, transport_b, warehouse_b = _pipeline(data, tmp_path / "b", prefix_b)
+        straight = _processor(settings_b, transport_b, warehouse_b)
+        straight.run(threading.Event(), until_caught_up=True)
+        straight.close()
+        assert restarted == _snapshot(warehouse_b)
+        assert len(restarted["fact_impressions"]) > 5000
+
+        # Redis knows the committed offsets (= the warehouse checkpoints) and trimmed
+        # nothing at or after them.
+        checkpoints = {
+            (s, int(p)): o
+            for s, p, o in warehouse.query(
+                'SELECT stream, partition, "offset" FROM checkpoints'
+            ).rows()
+        }
+        consumer = transport.consumer()
+        for stream in Stream:
+            for partition in range(PARTITIONS):
+                committed = consumer.committed(stream, partition)
+                assert committed == checkpoints[(stream.value, partition)]
+                first = transport.client.xrange(transport.key(stream, partition), count=1)
+                first_id = tuple(int(x) for x in first[0][0].decode().split("-"))
+                assert first_id <= tuple(int(x) for x in committed.split("-"))
+                assert consumer.poll(stream, partition, committed, 1 << 20) is None
+        impressions = sum(
+            transport.client.xlen(transport.key(Stream.IMPRESSIONS, p)) for p in range(PARTITIONS)
+        )
+        assert impressions < len(restarted["fact_impressions"])  # trimmed behind commits
+        for t, w in ((transport, warehouse), (transport_b, warehouse_b)):
+            t.close()
+            w.close()
