@@ -83,11 +83,14 @@ def run_demo(
     duration: float | None,
     refresh: float,
     serve_at: tuple[str, int] | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
+    """Run until Ctrl-C, ``duration`` seconds, or ``stop`` is set (tests run the demo
+    in a thread and stop it with that event)."""
     # Conversions follow clicks after minutes rather than the default half hour, so that
     # a short demo shows attribution and latency.
     gen = EventGenerator(GeneratorConfig(seed=seed, conversion_delay_median_seconds=90.0))
-    stop = threading.Event()
+    stop = stop if stop is not None else threading.Event()
     rates = _Rates()
     live_figures: dict[str, float] = {}
     sock = None
@@ -185,7 +188,7 @@ def _start_api(
     server = make_server(create_app(rt.warehouse, rt.settings, status_source=figures))
     threads.append(Worker(server.run, "http api", sockets=[sock]))
     url = url_of(sock)
-    console.print(f"HTTP API at {url}api/v1/summary (OpenAPI docs: {url}docs)")
+    console.print(f"dashboard at {url} · HTTP API at {url}api/v1/summary (docs: {url}docs)")
     return server
 
 

@@ -23,13 +23,14 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Final, Literal, cast
 
 import orjson
 import polars as pl
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from adpulse.config import Settings
 from adpulse.serving import queries
@@ -57,6 +58,15 @@ _METRIC_FUNCTIONS: Final = {
     "conversion-latency": queries.conversion_latency,
 }
 DIMENSIONS: Final = ("platform", "location", "gender", "age_band", "interest")
+
+#: The dashboard page (static files) and its npm-installed vendor libraries.
+WEB_DIR: Final = FilePath(__file__).parent / "web"
+STATIC_FILES: Final = {
+    "app.js": "text/javascript",
+    "app.css": "text/css",
+}
+#: ``/vendor/<name>`` -> file under ``web/node_modules`` (installed by ``npm ci``).
+VENDOR_FILES: Final = {"chart.js": "chart.js/dist/chart.umd.min.js"}
 
 StatusSource = Callable[[], Mapping[str, Any]]
 
@@ -360,6 +370,32 @@ def create_app(
     async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         # DuckDB reads release the GIL; a thread keeps the event loop (and SSE) responsive
         return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # --- dashboard ------------------------------------------------------------------------
+    no_cache = {"Cache-Control": "no-cache"}
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        """The live dashboard page."""
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html", headers=no_cache)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: Annotated[str, Path(max_length=40)]) -> Response:
+        media = STATIC_FILES.get(name)
+        if media is None:
+            raise HTTPException(404, f"no static file {name!r}")
+        return FileResponse(WEB_DIR / name, media_type=media, headers=no_cache)
+
+    @app.get("/vendor/{name}", include_in_schema=False)
+    async def vendor(name: Annotated[str, Path(max_length=40)]) -> Response:
+        relative = VENDOR_FILES.get(name)
+        path = None if relative is None else WEB_DIR / "node_modules" / relative
+        if path is None or not path.is_file():
+            raise HTTPException(
+                404,
+                f"vendor file {name!r} is not installed; run `npm ci` in {WEB_DIR} (./run does it)",
+            )
+        return FileResponse(path, media_type="text/javascript")
 
     # --- probes ---------------------------------------------------------------------------
     @app.get("/healthz", tags=["probes"])

@@ -1,0 +1,351 @@
+"""The dashboard page: its routes, and end-to-end in real headless Chromium (Debian's
+``chromium`` driven by Playwright; nothing is downloaded at run time) over the demo
+pipeline running in this process (producer, processor and API threads)."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from rich.console import Console
+
+from adpulse.config import Settings
+from adpulse.serving import api
+from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+#: Where the browser test saves its screenshots: a scratch folder, unless
+#: ADPULSE_UPDATE_SCREENSHOTS=1 asks to refresh the README's (docs/dashboard*.png).
+SCREENSHOT = (
+    Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+    if os.environ.get("ADPULSE_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "adpulse-screenshots" / "dashboard.png"
+)
+TILE_KEYS = (
+    "impressions",
+    "clicks",
+    "conversions",
+    "revenue",
+    "ctr",
+    "conversion_rate",
+    "revenue_per_conversion",
+    "latency_p50",
+    "latency_p90",
+)
+
+
+# --- routes (no browser) ------------------------------------------------------------------
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
+        wh.create_schema()
+        with TestClient(api.create_app(wh, Settings(home=tmp_path))) as c:
+            yield c
+
+
+def test_page_and_static_files_are_served(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    for src in ('src="/vendor/chart.js"', 'src="/static/app.js"', 'href="/static/app.css"'):
+        assert src in page.text
+    assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/static/app.css").headers["content-type"].startswith("text/css")
+    for bad in ("/static/index.html", "/static/..%2Fapi.py", "/static/package.json"):
+        response = client.get(bad)
+        assert response.status_code == 404
+        assert response.json()["error"] == "not_found"
+    assert "/" not in client.get("/openapi.json").json()["paths"]
+
+
+def test_vendor_chart_library_from_npm(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    installed = (api.WEB_DIR / "node_modules" / api.VENDOR_FILES["chart.js"]).is_file()
+    if installed:
+        response = client.get("/vendor/chart.js")
+        assert response.status_code == 200
+        assert "Chart" in response.text[:2000]
+    elif os.environ.get("CI"):
+        pytest.fail("chart.js is not installed: the install step runs `npm ci` (./run)")
+    monkeypatch.setitem(api.VENDOR_FILES, "chart.js", "missing/chart.umd.min.js")
+    missing = client.get("/vendor/chart.js")
+    assert missing.status_code == 404
+    assert "npm ci" in missing.json()["detail"]
+    assert client.get("/vendor/other.js").status_code == 404
+
+
+# --- in the browser -----------------------------------------------------------------------
+def _need_browser() -> Any:
+    if not Path(CHROMIUM).exists():
+        message = f"{CHROMIUM} is missing (apt-get install -y chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("playwright is not installed (dev extra)")
+        pytest.skip("playwright is not installed")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def demo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The demo (generator -> log -> processor -> warehouse, and the API) in threads of
+    this process, with a few minutes of history; yields the dashboard URL."""
+    from adpulse.operations.demo import run_demo
+
+    home = tmp_path_factory.mktemp("demo")
+    out = io.StringIO()
+    console = Console(file=out, width=200, force_terminal=False)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_demo(
+                Settings(home=home, partitions=2),
+                console,
+                rate=300,
+                seed=11,
+                history_days=5 / 1440,
+                duration=None,
+                refresh=0.5,
+                serve_at=("127.0.0.1", 0),
+                stop=stop,
+            )
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="demo", daemon=True)
+    thread.start()
+    url = None
+    deadline = time.monotonic() + 120
+    while url is None and time.monotonic() < deadline and not errors:
+        found = re.search(r"dashboard at (http://\S+/)", out.getvalue())
+        url = found.group(1) if found else None
+        time.sleep(0.1)
+    assert url is not None, f"demo did not start: {errors} {out.getvalue()[-2000:]}"
+    # wait until the backfilled history is in the warehouse
+    while time.monotonic() < deadline:
+        body = httpx.get(url + "api/v1/summary").json()
+        if body["summary"]["impressions"] and body["summary"]["conversions"]:
+            break
+        time.sleep(0.5)
+    try:
+        yield url
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_playwright = _need_browser()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _tiles(page: Any) -> dict[str, str]:
+    return dict(
+        page.eval_on_selector_all(
+            ".tile", "ts => ts.map(t => [t.dataset.key, t.querySelector('.value').dataset.value])"
+        )
+    )
+
+
+def _same(shown: str, expected: Any) -> bool:
+    if expected is None:
+        return shown == ""
+    if shown == "":
+        return False
+    return abs(float(shown) - float(expected)) <= 1e-9 * max(1.0, abs(float(expected)))
+
+
+def _loads(page: Any) -> int:
+    return int(page.evaluate("Number(document.body.dataset.loaded || 0)"))
+
+
+def _until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}: {last!r} {_MISMATCH}")
+
+
+def _matches_api(page: Any, base: str, extra: dict[str, str]) -> Any:
+    """Tiles equal the API's summary for the window and filters the page shows."""
+    window = page.evaluate("[document.body.dataset.from, document.body.dataset.to]")
+    shown = _tiles(page)
+    params = {"from": window[0], "to": window[1], **extra}
+    summary = httpx.get(base + "api/v1/summary", params=params).json()["summary"]
+    bad = {
+        k: (shown.get(k), summary[k]) for k in TILE_KEYS if not _same(shown.get(k, ""), summary[k])
+    }
+    _MISMATCH[:] = [params, bad]
+    return summary if not bad else None
+
+
+_MISMATCH: list[Any] = []
+GROWING = ("impressions", "clicks", "conversions", "revenue")
+
+
+def _window(page: Any) -> list[str]:
+    return list(page.evaluate("[document.body.dataset.from, document.body.dataset.to]"))
+
+
+def _bracketed(page: Any, base: str) -> Any:
+    window = _window(page)
+    params = {"from": window[0], "to": window[1]}
+    before = httpx.get(base + "api/v1/summary", params=params).json()["summary"]
+    loads = _loads(page)
+    # refreshes run one at a time: the second one from now started after `before`
+    _until(lambda: _loads(page) >= loads + 2, 30, "two refreshes")
+    shown = _tiles(page)
+    after = httpx.get(base + "api/v1/summary", params=params).json()["summary"]
+    if _window(page) != window:
+        return None
+    bad = {
+        k: (before[k], shown[k], after[k])
+        for k in GROWING
+        if not float(before[k]) - 1e-6 <= float(shown[k]) <= float(after[k]) + 1e-6
+    }
+    _MISMATCH[:] = [params, bad]
+    return after if not bad else None
+
+
+@pytest.mark.browser
+def test_dashboard_live_in_chromium(browser: Any, demo_url: str) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(demo_url)
+    page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1", timeout=30_000)
+    assert "range=15m" in page.url
+    assert page.is_hidden("#note"), "the chart library should be installed"
+    assert page.eval_on_selector_all("canvas", "cs => cs.length") >= 10
+
+    # while data flows into the window, the tiles lie between the API's numbers just
+    # before and just after the page's fetch (counts only grow)
+    summary = _until(lambda: _bracketed(page, demo_url), 40, "API before <= tiles <= API after")
+    assert summary["impressions"] > 0
+
+    # live: the numbers change while data flows (the SSE stream triggers refetches)
+    before = _tiles(page)["impressions"]
+    loads = _loads(page)
+    _until(lambda: _tiles(page)["impressions"] != before, 30, "tiles to change")
+    assert _loads(page) > loads
+    assert page.inner_text("#live") == "live"
+
+    # the phone width: no horizontal scrolling of the page
+    page.set_viewport_size({"width": 390, "height": 844})
+    _until(
+        lambda: page.evaluate("document.documentElement.scrollWidth") <= 391,
+        5,
+        "no horizontal scrolling at phone width",
+    )
+    page.screenshot(path=str(SCREENSHOT.with_name("dashboard-phone.png")), full_page=False)
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+    # a shared URL with a custom, closed window: numbers settle and equal the API's
+    now = datetime.now(UTC).replace(tzinfo=None, second=0, microsecond=0)
+    start, end = now - timedelta(minutes=6), now - timedelta(minutes=2)
+    shared = f"{demo_url}?range=custom&from={start:%Y-%m-%dT%H:%M}&to={end:%Y-%m-%dT%H:%M}"
+    page.goto(shared)
+    page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1", timeout=30_000)
+    assert page.input_value("input[name=from]") == f"{start:%Y-%m-%dT%H:%M}"
+    everything = _until(lambda: _matches_api(page, demo_url, {}), 20, "custom window == API")
+    text = page.inner_text(".tile[data-key=impressions] .value")
+    assert text == f"{everything['impressions']:,}"
+
+    # a filter: the URL carries it and the numbers follow the API's filtered numbers
+    loads = _loads(page)
+    page.select_option("select[name=platform]", "Mobile")
+    _until(lambda: _loads(page) > loads, 20, "the filtered view to load")
+    assert "platform=Mobile" in page.url
+    mobile = _until(
+        lambda: _matches_api(page, demo_url, {"platform": "Mobile"}), 20, "filtered == API"
+    )
+    assert 0 < mobile["impressions"] < everything["impressions"]
+    assert _tiles(page)["impressions"] != str(everything["impressions"])
+
+    # the live view, for the README
+    page.goto(demo_url + "?range=15m")
+    page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 2", timeout=30_000)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert not errors, errors
+    page.close()
+
+
+@pytest.mark.browser
+def test_page_without_chart_library_still_shows_numbers(
+    browser: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from query_dataset import build
+
+    monkeypatch.setitem(api.VENDOR_FILES, "chart.js", "missing/chart.umd.min.js")
+    with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
+        wh.create_schema()
+        build(wh)  # September 2023: quick ranges must follow the data, not "now"
+        app = api.create_app(wh, Settings(home=tmp_path), refresh_seconds=0.2)
+        sock = api.bind("127.0.0.1", 0)
+        server = api.make_server(app)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            base = api.url_of(sock)
+            _until(lambda: httpx.get(base + "healthz").status_code == 200, 10, "server")
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(base + "?range=1h")
+            page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1")
+            assert page.is_visible("#note")
+            assert "chart library is not installed" in page.inner_text("#note")
+            summary = _matches_api(page, base, {})
+            assert summary is not None
+            assert page.evaluate("document.body.dataset.to") == "2023-09-09T10:05"
+            assert page.inner_text(".tile[data-key=impressions] .value") == "230"
+            assert summary["impressions"] == 230
+            page.close()
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+            sock.close()
+
+
+def test_chromium_is_installed_by_ci() -> None:
+    ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
+    assert "apt-get install -y -qq chromium" in ci
+    assert (
+        shutil.which("npm") is None
+        or "npm ci" in (Path(__file__).resolve().parents[2] / "run").read_text()
+    )
