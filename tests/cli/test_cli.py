@@ -97,7 +97,17 @@ def test_errors_say_what_to_do(home: Path, args: list[str], message: str) -> Non
 
 def test_help_explains_every_command() -> None:
     out = _ok("--help")
-    for command in ("generate", "replay", "process", "dims", "query", "status", "demo", "bench"):
+    for command in (
+        "generate",
+        "replay",
+        "process",
+        "dims",
+        "query",
+        "status",
+        "demo",
+        "bench",
+        "bench-api",
+    ):
         assert command in out
 
 

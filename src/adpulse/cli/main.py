@@ -572,6 +572,54 @@ def bench(
         sys.stdout.write(json.dumps(result, default=str, indent=2) + "\n")
 
 
+@app.command("bench-api")
+def bench_api(
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Data directory to build, or reuse when it holds a warehouse."),
+    ] = None,
+    history_events: Annotated[
+        int, typer.Option(min=10_000, help="Events of history when building.")
+    ] = 2_500_000,
+    history_days: Annotated[float, typer.Option(min=0.01, help="Days of history.")] = 7.0,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions.")] = 4,
+    seed: Annotated[int, typer.Option()] = 7,
+    load_rate: Annotated[
+        float, typer.Option(min=1, help="Events/s ingested during the query load.")
+    ] = 20_000,
+    clients: Annotated[int, typer.Option(min=1, max=1000, help="Concurrent clients.")] = 100,
+    load_seconds: Annotated[float, typer.Option(min=1, max=600, help="Query load time.")] = 20,
+    e2s_rate: Annotated[
+        list[float] | None,
+        typer.Option(help="Events/s ingested for event-to-screen; repeat for several rates."),
+    ] = None,
+    e2s_seconds: Annotated[float, typer.Option(min=1, max=600, help="Event-to-screen time.")] = 30,
+    fmt: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.table,
+) -> None:
+    """Benchmark the HTTP API while the pipeline ingests: dashboard-query throughput and
+    latency at N loopback clients over days of minute data, then event-to-screen latency
+    (log append -> SSE update that counts it). Measures; asserts nothing."""
+    from adpulse.operations.bench_api import run_bench_api
+
+    if any(r <= 0 for r in e2s_rate or ()):
+        raise UserError("--e2s-rate must be positive")
+    result = run_bench_api(
+        workdir=workdir,
+        history_events=history_events,
+        history_days=history_days,
+        partitions=partitions,
+        seed=seed,
+        load_rate=load_rate,
+        clients=clients,
+        load_seconds=load_seconds,
+        e2s_rates=e2s_rate or [50_000.0],
+        e2s_seconds=e2s_seconds,
+        console=err if fmt is OutputFormat.json else console,
+    )
+    if fmt is OutputFormat.json:
+        sys.stdout.write(json.dumps(result, default=str, indent=2) + "\n")
+
+
 # ----------------------------------------------------------------------------- config
 @config_app.command("show")
 def config_show(home: HomeOpt = None, config: ConfigOpt = None) -> None:
