@@ -69,9 +69,6 @@ class Settings(BaseSettings):
     )
     fsync: bool = Field(False, description="fsync the embedded log on every flush.")
 
-    api_cache_seconds: float = Field(
-        1.0, ge=0, le=60, description="HTTP API: identical queries share results this long."
-    )
     trending_window_minutes: int = Field(15, ge=1)
     min_clicks: int = Field(20, ge=0, description="Minimum clicks for rate rankings.")
 

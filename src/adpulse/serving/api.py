@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -288,51 +287,6 @@ class LiveFeed:
 
 
 # --- the app --------------------------------------------------------------------------------
-class _ResultCache:
-    """Results of query-layer calls for ``ttl`` seconds, computed once per key.
-
-    Concurrent requests for the same key await the same computation (single flight).
-    Keys are the function and its arguments (filters are frozen dataclasses); results
-    are treated as read-only. ``ttl`` 0 turns caching off.
-    """
-
-    MAX_ENTRIES = 1024
-
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
-        self._entries: dict[Any, tuple[float, asyncio.Future[Any]]] = {}
-
-    async def get(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        if self.ttl <= 0:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        try:
-            key = (
-                fn,
-                tuple(id(a) if isinstance(a, Warehouse) else a for a in args),
-                tuple(sorted(kwargs.items())),
-            )
-            hash(key)
-        except TypeError:  # an unhashable argument: no caching for this call
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        now = time.monotonic()
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] > now:
-            return await asyncio.shield(entry[1])
-        if len(self._entries) >= self.MAX_ENTRIES:
-            self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
-            if len(self._entries) >= self.MAX_ENTRIES:
-                self._entries.clear()
-        future: asyncio.Future[Any] = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
-        self._entries[key] = (now + self.ttl, future)
-        try:
-            return await asyncio.shield(future)
-        except BaseException:
-            self._entries.pop(key, None)  # never cache a failure
-            raise
-
-
 def create_app(
     warehouse: Warehouse,
     settings: Settings,
@@ -413,13 +367,9 @@ def create_app(
             return _error(400, "invalid_parameter", f"repeated parameter(s): {', '.join(repeated)}")
         return await call_next(request)
 
-    results = _ResultCache(settings.api_cache_seconds)
-
     async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        # DuckDB reads release the GIL; a thread keeps the event loop (and SSE) responsive.
-        # Identical queries within api_cache_seconds share one computation (100 tabs of
-        # the same dashboard cost one query per refresh, not 100).
-        return await results.get(fn, args, kwargs)
+        # DuckDB reads release the GIL; a thread keeps the event loop (and SSE) responsive
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
     # --- dashboard ------------------------------------------------------------------------
     no_cache = {"Cache-Control": "no-cache"}
