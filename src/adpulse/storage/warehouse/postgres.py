@@ -50,7 +50,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
@@ -247,17 +246,6 @@ class PostgresWarehouse(SqlWarehouse):
             conn.close()
         with self._write_lock:
             self._writer.close()
-
-    def __enter__(self) -> PostgresWarehouse:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- reads -------------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
