@@ -1,7 +1,9 @@
-"""Embedded-log throughput: appends of 1 MB framed blocks, polls, and per-record send().
+"""Transport throughput: appends of 1 MB framed blocks, polls, and per-record send().
 
-Run: ``python benchmarks/transport_io.py [--total-mb 512] [--dir DIR]``. Prints figures;
-it is a benchmark, not a test (timings depend on the machine and the page cache).
+Run: ``python benchmarks/transport_io.py [--total-mb 512] [--dir DIR]`` for the embedded
+log, or ``python benchmarks/transport_io.py --redis-url redis://127.0.0.1:6379/0
+--total-mb 143`` for Redis Streams (1M records of 143 bytes; its keys are deleted
+afterwards). Prints figures; it is a benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ def main() -> None:
     parser.add_argument("--total-mb", type=int, default=512)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--redis-url", default=None, help="Measure Redis Streams instead.")
     args = parser.parse_args()
+    if args.redis_url:
+        run_redis(args.redis_url, args.total_mb, args.partitions)
+        return
     root = Path(tempfile.mkdtemp(dir=args.dir, prefix="adpulse-bench-"))
     try:
         run(root, args.total_mb, args.partitions)
@@ -110,6 +116,47 @@ def run(root: Path, total_mb: int, partitions: int) -> None:
         time.perf_counter() - started,
     )
     transport.close()
+
+
+def run_redis(url: str, total_mb: int, partitions: int) -> None:
+    """Produce (pipelined XADDs) and poll (XRANGE) through the Redis Streams transport."""
+    import uuid
+
+    from adpulse.transport.redis_streams import RedisStreamsTransport
+
+    block, per_block = make_block(1 << 20)
+    blocks = max(1, total_mb * (1 << 20) // len(block))
+    prefix = f"adpulse-bench-{uuid.uuid4().hex[:12]}"
+    transport = RedisStreamsTransport(url, partitions, prefix=prefix)
+    try:
+        producer = transport.producer()
+        started = time.perf_counter()
+        for i in range(blocks):
+            producer.send_framed(Stream.CLICKS, i % partitions, block, per_block)
+        report(
+            "redis: produce 1 MB blocks",
+            blocks * len(block),
+            blocks * per_block,
+            time.perf_counter() - started,
+        )
+        consumer = transport.consumer()
+        started = time.perf_counter()
+        read_bytes = read_records = 0
+        for partition in range(partitions):
+            after: str | None = None
+            while (chunk := consumer.poll(Stream.CLICKS, partition, after, 8 << 20)) is not None:
+                read_bytes += len(chunk.data)
+                read_records += chunk.records
+                after = chunk.end_offset
+        report(
+            "redis: poll max_bytes=8 MB", read_bytes, read_records, time.perf_counter() - started
+        )
+        assert read_records == blocks * per_block
+    finally:
+        keys = list(transport.client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            transport.client.delete(*keys)
+        transport.close()
 
 
 def report(name: str, nbytes: int, records: int, seconds: float) -> None:

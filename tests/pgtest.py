@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from functools import cache
 
 import psycopg
-import pytest
+from servertest import require_server
 
 from adpulse.storage.warehouse.postgres import PostgresWarehouse
 
@@ -32,12 +32,7 @@ def _unreachable() -> str | None:
 
 
 def require_postgres() -> None:
-    reason = _unreachable()
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
+    require_server(_unreachable())
 
 
 def new_schema() -> str:

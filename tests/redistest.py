@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 
-import pytest
 import redis
+from servertest import require_server
 
 from adpulse.transport.redis_streams import RedisStreamsTransport
 
@@ -36,12 +36,7 @@ def _unreachable() -> str | None:
 
 
 def require_redis() -> None:
-    reason = _unreachable()
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
+    require_server(_unreachable())
 
 
 def new_prefix() -> str:

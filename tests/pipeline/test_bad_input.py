@@ -145,7 +145,6 @@ def test_each_bad_record_gets_its_specific_reason(pipeline, good_per_bad: int) -
             [stream.value],
         )[0]
         assert (received, acc, rej) == (sent[stream], accepted, len(expected_rejects))
-        assert received == acc + rej
         table = "fact_clicks" if stream is Stream.CLICKS else "fact_conversions"
         assert pipeline.rows(f"SELECT count(*) FROM {table}") == [(accepted,)]
 

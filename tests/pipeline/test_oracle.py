@@ -175,7 +175,6 @@ def test_counts_reconcile(warehouse: Warehouse, truth, dataset) -> None:  # type
         typed = con.execute(f"SELECT count(*) FROM typed_{stream.value}").fetchone()[0]
         unique = con.execute(f"SELECT count(*) FROM dedup_{stream.value}").fetchone()[0]
         assert got_received == received[stream.value]
-        assert got_received == accepted + rejected
         assert accepted == typed
         assert duplicates == typed - unique
         facts = warehouse.query(f"SELECT count(*) FROM fact_{stream.value}").item()

@@ -17,12 +17,13 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -39,29 +40,6 @@ from adpulse.transport.embedded import EmbeddedTransport
 WORKLOAD_START = datetime(2023, 9, 1)
 
 
-class _PeakRss:
-    """Samples this process's resident memory in the background."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._proc = psutil.Process()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> _PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self._stop.wait(0.05)
-
-
 def run_bench(
     *,
     events: int,
@@ -71,17 +49,24 @@ def run_bench(
     console: Console,
     malformed_rate: float = 0.0,
 ) -> dict[str, Any]:
-    own = workdir is None
-    root = Path(tempfile.mkdtemp(prefix="adpulse-bench-")) if own else workdir
-    assert root is not None
-    if not own and root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
-    try:
+    if workdir is not None and workdir.exists():
+        shutil.rmtree(workdir)  # a benchmark starts from an empty log and warehouse
+    with scratch_dir(workdir, "adpulse-bench-") as root:
         return _bench(root, events, partitions, seed, console, malformed_rate)
+
+
+@contextmanager
+def scratch_dir(workdir: Path | None, prefix: str) -> Iterator[Path]:
+    """``workdir`` (created, kept afterwards), or a temporary directory removed at the end."""
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        yield workdir
+        return
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield root
     finally:
-        if own:
-            shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _bench(
@@ -128,7 +113,7 @@ def _bench(
     processor = Processor(settings, log, warehouse)
     processor.step_seconds.clear()
     batches = 0
-    with console.status("running the pipeline"), _PeakRss() as rss:
+    with console.status("running the pipeline"):
         t = time.perf_counter()
         stop = threading.Event()
 
@@ -155,7 +140,7 @@ def _bench(
         "pipeline_seconds": round(pipeline_seconds, 3),
         "pipeline_events_per_s": round(records / pipeline_seconds),
         "pipeline_vs_ceiling": round(ceiling_seconds / pipeline_seconds, 3),
-        "peak_rss_mb": round(max(rss.peak, _maxrss()) / 1e6),
+        "peak_rss_mb": round(_maxrss() / 1e6),
         "steps_seconds": {k: round(processor.step_seconds.get(k, 0.0), 3) for k in STEP_NAMES},
         "committed": committed,
     }
@@ -171,6 +156,7 @@ def _decode_all(buffers: list[tuple[Stream, bytes, int]]) -> float:
 
 
 def _maxrss() -> int:
+    """Peak resident memory of this process so far (the kernel keeps it: no sampling)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

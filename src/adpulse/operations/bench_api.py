@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import bisect
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -40,6 +38,7 @@ from rich.table import Table
 from adpulse.cli.runtime import UserError, Worker, open_runtime
 from adpulse.config import Settings
 from adpulse.contracts import Stream
+from adpulse.operations.bench import scratch_dir
 from adpulse.operations.demo import load_generated_dimensions
 from adpulse.operations.loadgen import percentiles
 from adpulse.processor.pipeline import Processor
@@ -196,119 +195,89 @@ def run_bench_api(
         import httpx  # noqa: F401
     except ImportError as exc:
         raise UserError("bench-api needs httpx (pip install -e '.[dev]')") from exc
-    own = workdir is None
-    root = Path(tempfile.mkdtemp(prefix="adpulse-bench-api-")) if own else workdir
-    assert root is not None
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        return _run(
-            Settings(home=root, partitions=partitions),
-            history_events=history_events,
-            history_days=history_days,
-            seed=seed,
-            load_rate=load_rate,
-            clients=clients,
-            load_seconds=load_seconds,
-            e2s_rates=e2s_rates,
-            e2s_seconds=e2s_seconds,
-            console=console,
-        )
-    finally:
-        if own:
-            shutil.rmtree(root, ignore_errors=True)
+    with scratch_dir(workdir, "adpulse-bench-api-") as root:
+        settings = Settings(home=root, partitions=partitions)
+        from adpulse.serving.api import bind, create_app, make_server, url_of
 
-
-def _run(
-    settings: Settings,
-    *,
-    history_events: int,
-    history_days: float,
-    seed: int,
-    load_rate: float,
-    clients: int,
-    load_seconds: float,
-    e2s_rates: list[float],
-    e2s_seconds: float,
-    console: Console,
-) -> dict[str, Any]:
-    from adpulse.serving.api import bind, create_app, make_server, url_of
-
-    gen = EventGenerator(GeneratorConfig(seed=seed, conversion_delay_median_seconds=90.0))
-    result: dict[str, Any] = {"home": str(settings.home)}
-    with open_runtime(settings) as rt:
-        producer = rt.transport.producer()
-        processor = Processor(settings, rt.transport, rt.warehouse)
-        reused = rt.warehouse.next_batch_id() > 1
-        if not reused:
-            load_generated_dimensions(rt, gen, console)
-            end = _now()
-            t = time.perf_counter()
-            with console.status(f"generating {history_events:,} events over {history_days:g} days"):
-                for part in gen.iter_generate(
-                    history_events, end - timedelta(days=history_days), end
+        gen = EventGenerator(GeneratorConfig(seed=seed, conversion_delay_median_seconds=90.0))
+        result: dict[str, Any] = {"home": str(settings.home)}
+        with open_runtime(settings) as rt:
+            producer = rt.transport.producer()
+            processor = Processor(settings, rt.transport, rt.warehouse)
+            reused = rt.warehouse.next_batch_id() > 1
+            if not reused:
+                load_generated_dimensions(rt, gen, console)
+                end = _now()
+                t = time.perf_counter()
+                with console.status(
+                    f"generating {history_events:,} events over {history_days:g} days"
                 ):
-                    for stream in Stream:
-                        publish(producer, stream, part.records[stream], settings.partitions)
-                producer.flush()
-            result["history_generate_seconds"] = round(time.perf_counter() - t, 1)
-        t = time.perf_counter()
-        with console.status("processing the log until everything is committed"):
-            processor.run(threading.Event(), until_caught_up=True)
-        result["history_process_seconds"] = round(time.perf_counter() - t, 1)
-        span = queries.data_range(rt.warehouse)
-        committed = _committed(rt.warehouse)
-        result["warehouse"] = {
-            "reused": reused,
-            "records": sum(committed.values()),
-            "first_minute": str(span["first_minute"]),
-            "last_minute": str(span["last_minute"]),
-        }
-        console.print(
-            f"warehouse {'reused' if reused else 'built'}: {sum(committed.values()):,} records, "
-            f"{span['first_minute']} .. {span['last_minute']}"
-        )
+                    for part in gen.iter_generate(
+                        history_events, end - timedelta(days=history_days), end
+                    ):
+                        for stream in Stream:
+                            publish(producer, stream, part.records[stream], settings.partitions)
+                    producer.flush()
+                result["history_generate_seconds"] = round(time.perf_counter() - t, 1)
+            t = time.perf_counter()
+            with console.status("processing the log until everything is committed"):
+                processor.run(threading.Event(), until_caught_up=True)
+            result["history_process_seconds"] = round(time.perf_counter() - t, 1)
+            span = queries.data_range(rt.warehouse)
+            committed = _committed(rt.warehouse)
+            result["warehouse"] = {
+                "reused": reused,
+                "records": sum(committed.values()),
+                "first_minute": str(span["first_minute"]),
+                "last_minute": str(span["last_minute"]),
+            }
+            console.print(
+                f"warehouse {'reused' if reused else 'built'}: "
+                f"{sum(committed.values()):,} records, "
+                f"{span['first_minute']} .. {span['last_minute']}"
+            )
 
-        live = LiveProducer(gen, producer, settings.partitions)
-        live.set_baseline(committed)
-        live.rate = load_rate
-        stop = threading.Event()
-        sock = bind("127.0.0.1", 0)
-        server = make_server(create_app(rt.warehouse, settings))
-        threads = [
-            Worker(live.run, "producer", stop),
-            Worker(processor.run, "processor", stop),
-            Worker(server.run, "http api", sockets=[sock]),
-        ]
-        for th in threads:
-            th.start()
-        url = url_of(sock).rstrip("/")
-        try:
-            _wait_ready(url)
-            # Event-to-screen first, from a drained log at its rate; then the query load.
-            result["event_to_screen"] = []
-            for rate in e2s_rates:
-                settle = _settle(live, rt.warehouse, rate, console)
-                measured = _event_to_screen(url, e2s_seconds, live, rt.warehouse, console)
-                result["event_to_screen"].append({**measured, "settle": settle})
-            result["query_settle"] = _settle(live, rt.warehouse, load_rate, console)
-            result["query_single_client"] = _query_load(
-                url, 1, min(5.0, load_seconds), live, rt.warehouse, console
-            )
-            result["query_load"] = _query_load(
-                url, clients, load_seconds, live, rt.warehouse, console
-            )
-        finally:
-            stop.set()
-            server.should_exit = True
+            live = LiveProducer(gen, producer, settings.partitions)
+            live.set_baseline(committed)
+            live.rate = load_rate
+            stop = threading.Event()
+            sock = bind("127.0.0.1", 0)
+            server = make_server(create_app(rt.warehouse, settings))
+            threads = [
+                Worker(live.run, "producer", stop),
+                Worker(processor.run, "processor", stop),
+                Worker(server.run, "http api", sockets=[sock]),
+            ]
             for th in threads:
-                th.join(timeout=60)
-            sock.close()
-            producer.close()
-            processor.close()
-        for th in threads:
-            th.check()
-    _print(result, console)
-    return result
+                th.start()
+            url = url_of(sock).rstrip("/")
+            try:
+                _wait_ready(url)
+                # Event-to-screen first, from a drained log at its rate; then the query load.
+                result["event_to_screen"] = []
+                for rate in e2s_rates:
+                    settle = _settle(live, rt.warehouse, rate, console)
+                    measured = _event_to_screen(url, e2s_seconds, live, rt.warehouse, console)
+                    result["event_to_screen"].append({**measured, "settle": settle})
+                result["query_settle"] = _settle(live, rt.warehouse, load_rate, console)
+                result["query_single_client"] = _query_load(
+                    url, 1, min(5.0, load_seconds), live, rt.warehouse, console
+                )
+                result["query_load"] = _query_load(
+                    url, clients, load_seconds, live, rt.warehouse, console
+                )
+            finally:
+                stop.set()
+                server.should_exit = True
+                for th in threads:
+                    th.join(timeout=60)
+                sock.close()
+                producer.close()
+                processor.close()
+            for th in threads:
+                th.check()
+        _print(result, console)
+        return result
 
 
 def _settle(

@@ -397,7 +397,7 @@ class Processor:
                 self.offsets[(stream, c.partition)] = c.end_offset
                 report.bytes += len(c.data)
             dead.append(_dead_letters(decoded, processed_at))
-            stats.append(_stats(self.batch_id, decoded, valid.rows, rows, dups, processed_at))
+            stats.append(_stats(self.batch_id, decoded, rows, dups, processed_at))
             report.received[stream] = decoded.received
             report.rejected[stream] = len(decoded.rejects)
             report.accepted[stream] = decoded.received - len(decoded.rejects)
@@ -533,7 +533,6 @@ def _dead_letters(decoded: Decoded, received_at: datetime) -> pl.DataFrame:
 def _stats(
     batch_id: int,
     decoded: Decoded,
-    valid: pl.DataFrame,
     unique: pl.DataFrame,
     dups: pl.DataFrame,
     committed_at: datetime,
@@ -581,7 +580,6 @@ def _stats(
             duplicates=pl.col("duplicates").fill_null(0),
         )
     )
-    del valid
     return conform(frame, INGEST_STATS).with_columns(
         pl.col(c).fill_null(0) for c in ("duplicates", "late", "unknown_ad", "unknown_user")
     )

@@ -26,7 +26,8 @@ from adpulse.processor.id_set import IdSet
 from adpulse.storage.warehouse.base import PartitionWatermark
 
 EPOCH = datetime(1970, 1, 1)
-_HOUR_US = 3_600_000_000
+#: An event-time hour in microseconds: the granularity of dedupe retention.
+HOUR_US = 3_600_000_000
 
 
 def hour_bucket(ts: datetime) -> int:
@@ -129,7 +130,7 @@ def key_hashes(event_ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def hour_buckets(times: pl.Series) -> np.ndarray:
-    return (times.dt.epoch("us") // _HOUR_US).cast(pl.Int32).to_numpy()
+    return (times.dt.epoch("us") // HOUR_US).cast(pl.Int32).to_numpy()
 
 
 CLICK_STATE_COLUMNS = (

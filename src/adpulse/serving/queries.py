@@ -427,18 +427,8 @@ def timeseries(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
     ``attributed_conversions``, ``revenue``, ``ctr``, ``conversion_rate``; only minutes
     with non-zero data, in time order.
     """
-    source, source_params = _source(filters)
-    conditions, params = _conditions(filters, "minute")
-    aggregates = ", ".join(f"{expr} AS {name}" for name, expr in _ROLLUP_SUMS.items())
-    sql = (
-        f"WITH totals AS (SELECT minute, {aggregates} FROM {source}{_where(conditions)}"
-        f" GROUP BY minute HAVING {_NONZERO})"
-        f" SELECT minute, {', '.join(_ROLLUP_SUMS)},"
-        f" {_ratio('clicks', 'impressions')} AS ctr,"
-        f" {_ratio('attributed_conversions', 'clicks')} AS conversion_rate"
-        " FROM totals ORDER BY minute"
-    )
-    return warehouse.query(sql, [*source_params, *params])
+    frame = bucketed_timeseries(warehouse, filters, "minute")
+    return frame.select(pl.col("bucket").alias("minute"), *_ROLLUP_SUMS, "ctr", "conversion_rate")
 
 
 def summary(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:

@@ -44,17 +44,20 @@ class Chunk:
 class Producer(ABC):
     """Appends records to a stream, partitioned by ``user_id``.
 
-    Subclasses implement :meth:`_append` (one partition's framed lines) and say their
-    ``partitions`` and ``max_record_bytes``; framing and partitioning are shared.
+    Subclasses implement :meth:`_append` (one partition's framed lines); framing and
+    partitioning are shared, by the ``partitions`` and ``max_record_bytes`` of the
+    transport the producer writes to (``self._transport``).
     """
 
-    @property
-    @abstractmethod
-    def partitions(self) -> int: ...
+    _transport: Transport
 
     @property
-    @abstractmethod
-    def max_record_bytes(self) -> int: ...
+    def partitions(self) -> int:
+        return self._transport.partitions
+
+    @property
+    def max_record_bytes(self) -> int:
+        return self._transport.max_record_bytes
 
     @abstractmethod
     def _append(self, stream: Stream, partition: int, framed: bytes) -> None:
@@ -111,6 +114,7 @@ class Transport(ABC):
     """A partitioned log: the same partition count for every stream."""
 
     partitions: int
+    max_record_bytes: int
 
     @abstractmethod
     def producer(self) -> Producer: ...

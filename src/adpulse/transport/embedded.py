@@ -373,17 +373,11 @@ class EmbeddedProducer(Producer):
     the transport was opened with ``fsync=True``.
     """
 
+    _transport: EmbeddedTransport
+
     def __init__(self, transport: EmbeddedTransport) -> None:
         self._transport = transport
         self._writers: OrderedDict[tuple[str, int], _PartitionWriter] = OrderedDict()
-
-    @property
-    def partitions(self) -> int:
-        return self._transport.partitions
-
-    @property
-    def max_record_bytes(self) -> int:
-        return self._transport.max_record_bytes
 
     def _append(self, stream: Stream, partition: int, framed: bytes) -> None:
         transport = self._transport

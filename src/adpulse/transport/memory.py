@@ -118,16 +118,10 @@ def _check_boundary(log: _PartitionLog, position: int, stream: Stream, partition
 class InMemoryProducer(Producer):
     """Appends to an :class:`InMemoryTransport`."""
 
+    _transport: InMemoryTransport
+
     def __init__(self, transport: InMemoryTransport) -> None:
         self._transport = transport
-
-    @property
-    def partitions(self) -> int:
-        return self._transport.partitions
-
-    @property
-    def max_record_bytes(self) -> int:
-        return self._transport.max_record_bytes
 
     def _append(self, stream: Stream, partition: int, framed: bytes) -> None:
         self._transport._append(stream, partition, framed)

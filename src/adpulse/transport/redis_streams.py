@@ -171,16 +171,10 @@ class RedisStreamsProducer(Producer):
     the Redis server (AOF / replication settings), ``flush`` has nothing to add.
     """
 
+    _transport: RedisStreamsTransport
+
     def __init__(self, transport: RedisStreamsTransport) -> None:
         self._transport = transport
-
-    @property
-    def partitions(self) -> int:
-        return self._transport.partitions
-
-    @property
-    def max_record_bytes(self) -> int:
-        return self._transport.max_record_bytes
 
     def _append(self, stream: Stream, partition: int, framed: bytes) -> None:
         key = self._transport.key(stream, partition)

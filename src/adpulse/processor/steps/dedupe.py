@@ -17,9 +17,8 @@ import polars as pl
 import polars_hash as plh
 
 from adpulse.contracts import Stream
-from adpulse.processor.state import DedupeState, hour_buckets, key_hashes
+from adpulse.processor.state import HOUR_US, DedupeState, hour_buckets, key_hashes
 
-_HOUR_US = 3_600_000_000
 _NO_CUTOFF = -(2**31)
 
 _CANONICAL_FIELDS = {
@@ -109,7 +108,7 @@ def drop_duplicates(
     buckets = hour_buckets(unique["event_time"])
     cutoff = (
         unique.select(
-            ((pl.col("_wm") - horizon).dt.epoch("us") // _HOUR_US)
+            ((pl.col("_wm") - horizon).dt.epoch("us") // HOUR_US)
             .fill_null(_NO_CUTOFF)
             .cast(pl.Int32)
         )
