@@ -40,8 +40,10 @@ app = typer.Typer(
 )
 dims_app = typer.Typer(help="Campaign and user dimensions (slowly changing, SCD type 2).")
 config_app = typer.Typer(help="Show the effective configuration.")
+grafana_app = typer.Typer(help="Grafana provisioning for the PostgreSQL warehouse.")
 app.add_typer(dims_app, name="dims")
 app.add_typer(config_app, name="config")
+app.add_typer(grafana_app, name="grafana")
 console = Console()
 err = Console(stderr=True)
 
@@ -478,6 +480,39 @@ def status(
             _print_frame(value, OutputFormat.table)
         else:
             console.print(value)
+
+
+# ---------------------------------------------------------------------------- grafana
+@grafana_app.command("export")
+def grafana_export(
+    directory: Annotated[Path, typer.Argument(help="Directory to write the files into.")],
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    schema: Annotated[
+        str | None,
+        typer.Option(help="Schema of the tables (default: the URL's search_path, if any)."),
+    ] = None,
+    dashboards_path: Annotated[
+        str | None,
+        typer.Option(help="DIR/dashboards as Grafana sees it (e.g. inside a container)."),
+    ] = None,
+) -> None:
+    """Write Grafana provisioning files for the PostgreSQL warehouse: a data source
+    (password from $ADPULSE_WAREHOUSE_PASSWORD in Grafana's environment) and a dashboard
+    with every metric, filterable by campaign, platform, location and time range."""
+    from adpulse.operations.grafana import PASSWORD_ENV, GrafanaExportError, export
+
+    settings = settings_for(home, config)
+    try:
+        written = export(directory, settings, schema=schema, dashboards_path=dashboards_path)
+    except GrafanaExportError as exc:
+        raise UserError(str(exc)) from exc
+    for path in written:
+        console.print(f"wrote {path}")
+    console.print(
+        f"point Grafana's provisioning path (paths.provisioning) at {written[0].parents[1]}"
+        f" and set {PASSWORD_ENV} in Grafana's environment if the warehouse needs a password"
+    )
 
 
 # ------------------------------------------------------------------------------ serve
