@@ -54,6 +54,7 @@ from adpulse.serving.queries import (
     _NONZERO,
     _ROLLUP_INPUTS,
     _ROLLUP_SUMS,
+    _STAT_COUNTS,
     _grouped,
     _nonzero,
     _ratio,
@@ -151,8 +152,10 @@ def datasource_ref() -> dict[str, str]:
 
 def datasource_provisioning(connection: WarehouseConnection) -> dict[str, Any]:
     """The data source provisioning document (``apiVersion: 1``)."""
-    url = connection.host if connection.host.startswith("/") else (
-        f"{connection.host}:{connection.port}"
+    url = (
+        connection.host
+        if connection.host.startswith("/")
+        else (f"{connection.host}:{connection.port}")
     )
     return {
         "apiVersion": 1,
@@ -275,11 +278,12 @@ class PanelSql:
     def summary(self, outputs: Sequence[str]) -> str:
         """One row: the headline numbers ``outputs`` (names of queries.summary's columns)."""
         ctes: dict[str, str] = {}
-        if any(_SUMMARY_OUTPUTS[name].startswith("r.") for name in outputs):
+        expressions = " ".join(_SUMMARY_OUTPUTS[name] for name in outputs)
+        if re.search(r"\br\.", expressions):
             sums = ", ".join(f"{expr} AS {name}" for name, expr in _ROLLUP_SUMS.items())
             rollup = self.table("rollup_minute")
             ctes["r"] = f"SELECT {sums} FROM {rollup}{_where(self._rollup_conditions())}"
-        if any(_SUMMARY_OUTPUTS[name].startswith("l.") for name in outputs):
+        if re.search(r"\bl\.", expressions):
             latency = ", ".join(
                 f"{expr} AS {name}" for name, expr in _LATENCY.items() if name != "conversions"
             )
@@ -301,7 +305,7 @@ class PanelSql:
             f" GROUP BY date_trunc('minute', minute) HAVING {_NONZERO})"
         )
         join = ""
-        if any(_BUCKET_OUTPUTS[name].startswith("lat.") for name in outputs):
+        if re.search(r"\blat\.", " ".join(_BUCKET_OUTPUTS[name] for name in outputs)):
             sql += (
                 ", lat AS (SELECT date_trunc('minute', event_time) AS bucket,"
                 f" {_LATENCY['latency_p50']} AS latency_p50,"
@@ -368,7 +372,8 @@ class PanelSql:
         else:
             tail = (
                 f" WHERE clicks >= CAST({variable('min_clicks')} AS BIGINT)"
-                f" ORDER BY conversion_rate DESC NULLS LAST, clicks DESC, ad_id LIMIT {RANKING_LIMIT}"
+                " ORDER BY conversion_rate DESC NULLS LAST, clicks DESC, ad_id"
+                f" LIMIT {RANKING_LIMIT}"
             )
         return f"WITH {ctes}, {ranked} SELECT * FROM ranked{tail}"
 
@@ -406,7 +411,8 @@ class PanelSql:
             f" {_ratio('previous_conversions', 'previous_clicks')} AS previous_rate,"
             " latest_clicks, latest_conversions,"
             f" {_ratio('latest_conversions', 'latest_clicks')} AS latest_rate"
-            f" FROM windows WHERE previous_clicks >= {min_clicks} AND latest_clicks >= {min_clicks})"
+            f" FROM windows WHERE previous_clicks >= {min_clicks}"
+            f" AND latest_clicks >= {min_clicks})"
             " SELECT *, latest_rate - previous_rate AS change FROM rates"
             f" ORDER BY change DESC NULLS LAST, campaign LIMIT {RANKING_LIMIT}"
         )
@@ -414,9 +420,7 @@ class PanelSql:
     # -- pipeline health (queries.pipeline_status: over all data, not the range) ----------
     def stream_counters(self) -> str:
         """Ingest counters per stream, every stream shown (zeros when idle)."""
-        counts = ("received", "accepted", "rejected", "duplicates", "late")
-        counts += ("unknown_ad", "unknown_user")
-        sums = ", ".join(f"CAST(COALESCE(SUM(i.{c}), 0) AS BIGINT) AS {c}" for c in counts)
+        sums = ", ".join(f"CAST(COALESCE(SUM(i.{c}), 0) AS BIGINT) AS {c}" for c in _STAT_COUNTS)
         # stream names are our own enum values, safe to write as literals
         streams = ", ".join(f"({i}, '{s}')" for i, s in enumerate(Stream))
         return (
@@ -712,9 +716,7 @@ def _custom_variable(name: str, label: str, choices: Sequence[int], default: int
         "multi": False,
         "includeAll": False,
         "current": {"selected": True, "text": str(default), "value": str(default)},
-        "options": [
-            {"selected": v == default, "text": str(v), "value": str(v)} for v in values
-        ],
+        "options": [{"selected": v == default, "text": str(v), "value": str(v)} for v in values],
         "hide": 0,
     }
 
@@ -841,5 +843,7 @@ def export(
             target.write_text(text, encoding="utf-8")
             written.append(target)
     except OSError as exc:
-        raise GrafanaExportError(f"cannot write the Grafana files under {directory}: {exc}") from exc
+        raise GrafanaExportError(
+            f"cannot write the Grafana files under {directory}: {exc}"
+        ) from exc
     return written
