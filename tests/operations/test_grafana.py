@@ -501,11 +501,26 @@ def test_no_clear_text_password(tmp_path: Path) -> None:
     assert 'FROM "adpulse".rollup_minute' in sql  # the URL's search_path schema
 
 
-def test_dollar_in_a_value_is_not_expanded_by_grafana(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, warehouse_url="postgresql://us$er@h/db$1")
+def grafana_provisioning_value(value: str, environ: Mapping[str, str]) -> str:
+    """Grafana's ``interpolateValue`` (pkg/services/provisioning/values/values.go): split
+    on ``$$``, expand ``$NAME`` / ``${NAME}`` in each part (Go's os.ExpandEnv: unset is
+    empty), join with ``$``."""
+    name = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+    parts = value.split("$$")
+    return "$".join(name.sub(lambda m: environ.get(m.group(1) or m.group(2), ""), p) for p in parts)
+
+
+def test_grafana_reads_the_values_back_and_the_password_from_its_environment(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(home=tmp_path, warehouse_url="postgresql://us$er@h/db$HOME")
     (datasource, *_) = grafana.export(tmp_path / "out", settings)
     (source,) = yaml.safe_load(datasource.read_text())["datasources"]
-    assert source["user"] == "us$$er" and source["jsonData"]["database"] == "db$$1"
+    environ = {"ADPULSE_WAREHOUSE_PASSWORD": "pw", "er": "X", "HOME": "/root"}
+    assert grafana_provisioning_value(source["user"], environ) == "us$er"
+    assert grafana_provisioning_value(source["jsonData"]["database"], environ) == "db$HOME"
+    password = source["secureJsonData"]["password"]
+    assert grafana_provisioning_value(password, environ) == "pw"
 
 
 def test_cli_export_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -152,11 +152,9 @@ def datasource_ref() -> dict[str, str]:
 
 def datasource_provisioning(connection: WarehouseConnection) -> dict[str, Any]:
     """The data source provisioning document (``apiVersion: 1``)."""
-    url = (
-        connection.host
-        if connection.host.startswith("/")
-        else (f"{connection.host}:{connection.port}")
-    )
+    # a host starting with "/" is a Unix socket directory, which has no port
+    socket = connection.host.startswith("/")
+    url = connection.host if socket else f"{connection.host}:{connection.port}"
     return {
         "apiVersion": 1,
         "datasources": [
