@@ -478,6 +478,9 @@ class PanelSpec:
     width: int = 24
     height: int = 8
     overrides: list[dict[str, Any]] = field(default_factory=list)
+    #: Stat panels: which fields to show; "" is Grafana's "numeric fields", "/.*/" all
+    #: fields (needed for a time value).
+    stat_fields: str = ""
 
 
 def panel_specs(sql: PanelSql) -> list[PanelSpec]:
@@ -577,6 +580,7 @@ def panel_specs(sql: PanelSql) -> list[PanelSpec]:
             "Time of the latest committed batch.",
             unit="dateTimeAsIso",
             width=8,
+            stat_fields="/.*/",
         ),
         PanelSpec(
             "Dead letters per minute",
@@ -653,7 +657,11 @@ def _panel(panel_id: int, spec: PanelSpec, grid: dict[str, int]) -> dict[str, An
     options: dict[str, Any]
     if spec.kind == "stat":
         options = {
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "reduceOptions": {
+                "calcs": ["lastNotNull"],
+                "fields": spec.stat_fields,
+                "values": False,
+            },
             "colorMode": "none",
             "graphMode": "none",
             "textMode": "value",
