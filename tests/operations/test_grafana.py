@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "serving"))  # the query-laye
 from query_dataset import M0, build, minute  # noqa: E402
 
 from adpulse.cli.main import app  # noqa: E402
+from adpulse.cli.runtime import UserError  # noqa: E402
 from adpulse.config import Settings  # noqa: E402
 from adpulse.operations import grafana  # noqa: E402
 from adpulse.processor.pipeline import Processor  # noqa: E402
@@ -534,7 +535,7 @@ def test_cli_export_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("ADPULSE_WAREHOUSE_URL", "")  # the DuckDB default
     result = runner.invoke(app, ["grafana", "export", str(tmp_path / "h"), "--home", str(tmp_path)])
     assert result.exit_code != 0
-    assert isinstance(result.exception, Exception)
+    assert isinstance(result.exception, UserError)
     assert "PostgreSQL warehouse" in str(result.exception)
     assert "warehouse_url" in str(result.exception)
     assert not (tmp_path / "h").exists()
@@ -627,3 +628,21 @@ def test_every_panel_on_pipeline_output(generated: Exported) -> None:
     assert nonempty["Trending campaigns"] >= 2
     assert nonempty["Top ads by conversion rate"] >= 3
     assert nonempty["Conversion latency per minute"] == len(scenarios)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://u:topsecret@h:notaport/db", "has port 'notaport'"),
+        ("postgresql://u:topsecret@[::1/db", "is not a valid PostgreSQL URL"),
+        ("postgresql://u:topsecret@h/db?bogus=1", 'invalid URI query parameter: "bogus"'),
+        ("duckdb:///tmp/w.duckdb", "Grafana provisioning is for the PostgreSQL warehouse"),
+    ],
+)
+def test_unusable_urls_say_why_without_the_password(url: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(grafana.GrafanaExportError) as caught:
+        grafana.export(tmp_path / "out", Settings(home=tmp_path, warehouse_url=url))
+    assert message in str(caught.value)
+    assert "warehouse_url" in str(caught.value)
+    assert "topsecret" not in str(caught.value)
+    assert not (tmp_path / "out").exists()

@@ -124,12 +124,17 @@ def warehouse_connection(url: str, schema: str | None = None) -> WarehouseConnec
 
     try:
         parts = conninfo.conninfo_to_dict(url)
-    except Exception as exc:  # psycopg.ProgrammingError, with the URL in the message
+    except Exception as exc:  # psycopg.ProgrammingError, which may quote the whole URL
+        reason = redact_url(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
         raise GrafanaExportError(
-            f"warehouse_url {redact_url(url)!r} is not a valid PostgreSQL URL"
-        ) from exc
+            f"warehouse_url {redact_url(url)!r} is not a valid PostgreSQL URL: {reason}"
+        ) from None
     host = str(parts.get("host") or "localhost").split(",")[0]
     port = str(parts.get("port") or "5432").split(",")[0]
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise GrafanaExportError(
+            f"warehouse_url {redact_url(url)!r} has port {port!r}; expected 1 to 65535"
+        )
     if schema is None:
         found = _SEARCH_PATH.search(str(parts.get("options") or ""))
         if found:
