@@ -169,6 +169,8 @@ class Scenario:
 
     @property
     def filters(self) -> Filters:
+        """The query layer filters one value at a time: single selections only."""
+        assert all(len(v) == 1 for v in self.selected.values()), "no query-layer twin"
         single = {
             k: v[0]
             for k, v in self.selected.items()
