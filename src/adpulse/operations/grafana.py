@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -482,7 +482,6 @@ class PanelSpec:
     unit: str | None = None
     width: int = 24
     height: int = 8
-    overrides: list[dict[str, Any]] = field(default_factory=list)
     #: Stat panels: which fields to show; "" is Grafana's "numeric fields", "/.*/" all
     #: fields (needed for a time value).
     stat_fields: str = ""
@@ -693,7 +692,7 @@ def _panel(panel_id: int, spec: PanelSpec, grid: dict[str, int]) -> dict[str, An
                 "rawSql": spec.sql,
             }
         ],
-        "fieldConfig": {"defaults": defaults, "overrides": spec.overrides},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
         "options": options,
     }
 
