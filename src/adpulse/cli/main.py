@@ -655,6 +655,50 @@ def bench_api(
         sys.stdout.write(json.dumps(result, default=str, indent=2) + "\n")
 
 
+@app.command("bench-server")
+def bench_server(
+    redis_url: Annotated[
+        str, typer.Option(help="Redis for the transport (a fresh key prefix per run).")
+    ] = "redis://127.0.0.1:6379/0",
+    pg_url: Annotated[
+        str,
+        typer.Option(help="PostgreSQL server; a fresh database is created and dropped per run."),
+    ] = "postgresql://postgres@127.0.0.1:5432/test",
+    events: Annotated[int, typer.Option(min=10_000, help="Events in the workload.")] = 1_000_000,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions.")] = 4,
+    workers: Annotated[
+        list[int] | None, typer.Option(min=1, help="Worker processes; repeat for several runs.")
+    ] = None,
+    rate: Annotated[
+        float, typer.Option(min=0, help="Events/s for the latency run (0: skip it).")
+    ] = 20_000,
+    latency_seconds: Annotated[float, typer.Option(min=1, max=600)] = 30,
+    seed: Annotated[int, typer.Option()] = 7,
+    workdir: Annotated[Path | None, typer.Option(help="Scratch directory.")] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.table,
+) -> None:
+    """Benchmark server mode: events/s with the Redis Streams transport and the PostgreSQL
+    warehouse for 1..N worker processes next to the embedded default on the same events,
+    then p99 event-to-queryable latency at a fixed sustained rate. Needs the servers
+    running; creates and drops its own database and key prefix. Measures; asserts nothing."""
+    from adpulse.operations.bench_server import run_bench_server
+
+    result = run_bench_server(
+        redis_url=redis_url,
+        pg_url=pg_url,
+        events=events,
+        partitions=partitions,
+        workers=workers or [1, 2],
+        rate=rate,
+        latency_seconds=latency_seconds,
+        seed=seed,
+        workdir=workdir,
+        console=err if fmt is OutputFormat.json else console,
+    )
+    if fmt is OutputFormat.json:
+        sys.stdout.write(json.dumps(result, default=str, indent=2) + "\n")
+
+
 # ----------------------------------------------------------------------------- config
 @config_app.command("show")
 def config_show(home: HomeOpt = None, config: ConfigOpt = None) -> None:
