@@ -47,12 +47,13 @@ the same progress, kept in step with the warehouse beneath that contract:
   consumer read the partition, or entries were acknowledged without a commit), the poll
   logs a warning, falls back to ``XRANGE`` from the position and moves the group there
   (``XGROUP SETID``), so a broken group costs a round trip, never a gap or a repeat.
-- **Trimming** (in ``ack``): ``XTRIM MINID ~ m`` where ``m`` is the minimum of the
-  committed id and, for every consumer group of the stream, its first pending entry, or
-  its last-delivered id when it has none. Entries above the committed id are never
-  removed, nor entries that any group has not acknowledged (a second pipeline reading the
-  same streams under another group name holds trimming back until it has acknowledged
-  them). A group that is no longer used holds it back forever: ``XGROUP DESTROY`` it.
+- **Trimming** (in ``ack``): ``XTRIM MINID ~ m`` where ``m`` is the minimum, over every
+  consumer group of the stream, of its committed offset (kept, since the group restarts
+  from it), its first pending entry, or its last-delivered id when nothing is pending;
+  and of the offset being acknowledged. So nothing above the committed id is removed, nor
+  anything another group has not committed or acknowledged: a second pipeline reading
+  the same streams under another group name (``?group=NAME``) holds trimming back while
+  it lags. A group that is no longer used holds it back forever: ``XGROUP DESTROY`` it.
   Acknowledging and trimming run in one Lua script: one round trip, atomic.
 
 ``maxlen`` (off by default) adds ``XADD ... MAXLEN ~ N``: a memory cap that *can* drop
@@ -99,23 +100,28 @@ CLAIM_ENTRIES: Final = 1000
 INITIAL_ENTRY_BYTES: Final = 128
 _ID = re.compile(r"^(\d+)-(\d+)$")
 
-# KEYS: stream key, committed hash. ARGV: group, offset, committed field, "1" to record
-# the offset as committed and trim. XACKs the group's pending entries <= offset; returns
-# how many. See the module docstring for the trimming bound.
+# KEYS: stream key, committed hash. ARGV: group, offset, "stream:partition", "1" to
+# record the offset as committed and trim. XACKs the group's pending entries <= offset
+# and returns how many. Trimming bound (module docstring): the minimum over the groups of
+# the stream of their committed offset (kept: a group restarts from it), their first
+# pending entry, or their last-delivered id when nothing is pending.
 ACK_SCRIPT: Final = """
-local key, group, offset, finish = KEYS[1], ARGV[1], ARGV[2], ARGV[4] == '1'
+local key, group, offset, suffix = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local finish = ARGV[4] == '1'
 local function less(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
   local bm, bs = string.match(b, '^(%d+)-(%d+)$')
   am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
   return am < bm or (am == bm and as < bs)
 end
+if finish then redis.call('HSET', KEYS[2], group .. ':' .. suffix, offset) end
 local acked, minid = 0, offset
 if redis.call('EXISTS', key) == 1 then
   for _, flat in ipairs(redis.call('XINFO', 'GROUPS', key)) do
     local info = {}
     for i = 1, #flat, 2 do info[flat[i]] = flat[i + 1] end
-    if info['name'] == group and info['pending'] > 0 then
+    local name = info['name']
+    if name == group and info['pending'] > 0 then
       repeat
         local pending = redis.call('XPENDING', key, group, '-', offset, 1000)
         if #pending > 0 then
@@ -127,16 +133,15 @@ if redis.call('EXISTS', key) == 1 then
     end
     if finish then
       local bound = info['last-delivered-id']
-      local summary = redis.call('XPENDING', key, info['name'])
+      local summary = redis.call('XPENDING', key, name)
       if summary[1] > 0 then bound = summary[2] end
+      local committed = redis.call('HGET', KEYS[2], name .. ':' .. suffix)
+      if committed and less(committed, bound) then bound = committed end
       if less(bound, minid) then minid = bound end
     end
   end
 end
-if finish then
-  redis.call('HSET', KEYS[2], ARGV[3], offset)
-  redis.call('XTRIM', key, 'MINID', '~', minid)
-end
+if finish then redis.call('XTRIM', key, 'MINID', '~', minid) end
 return acked
 """
 
@@ -155,6 +160,10 @@ def _parse_id(stream: Stream, partition: int, offset: str) -> tuple[int, int]:
 def _id(value: bytes | str) -> tuple[int, int]:
     ms, _, seq = _text(value).partition("-")
     return int(ms), int(seq or 0)
+
+
+def _partition_name(stream: Stream, partition: int) -> str:
+    return f"{Stream(stream).value}:{partition}"
 
 
 def _text(value: bytes | str) -> str:
@@ -242,7 +251,7 @@ class RedisStreamsTransport(Transport):
 
     def committed_field(self, stream: Stream, partition: int) -> str:
         """The field of ``committed_key`` holding this group's offset of one partition."""
-        return f"{self.group}:{Stream(stream).value}:{partition}"
+        return f"{self.group}:{_partition_name(stream, partition)}"
 
     def check_partition(self, partition: int) -> None:
         if not 0 <= partition < self.partitions:
@@ -388,29 +397,34 @@ class RedisStreamsConsumer(Consumer):
             records=taken,
         )
 
-    def _take_over(self, stream: Stream, partition: int, key: str, after: str | None) -> _Reading:
-        """Start reading a partition at its committed offset ``after`` (module docstring)."""
+    def _create_group(self, key: str, at: str | None) -> bool:
+        """Create the group at ``at`` (and the stream if needed); False if it exists."""
         import redis
 
+        try:
+            self._client.xgroup_create(key, self.group, id=at or "0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+            return False
+        return True
+
+    def _take_over(self, stream: Stream, partition: int, key: str, after: str | None) -> _Reading:
+        """Start reading a partition at its committed offset ``after`` (module docstring)."""
         pipe = self._client.pipeline(transaction=False)
         pipe.xrange(key, "-", "+", count=1)
         pipe.xrevrange(key, "+", "-", count=1)
         first, last = pipe.execute()
         self._check_offset(stream, partition, key, after, first, last)
-        try:
-            self._client.xgroup_create(key, self.group, id=after or "0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-            if after is not None:
-                (info,) = (
-                    g for g in self._client.xinfo_groups(key) if _text(g["name"]) == self.group
-                )
-                if _id(info["last-delivered-id"]) < _id(after):
-                    self._client.xgroup_setid(key, self.group, after)
+        if not self._create_group(key, after) and after is not None:
+            (info,) = (g for g in self._client.xinfo_groups(key) if _text(g["name"]) == self.group)
+            if _id(info["last-delivered-id"]) < _id(after):
+                # The group lags the committed offset: nothing up to it is to be delivered.
+                self._client.xgroup_setid(key, self.group, after)
         if after is not None:
             self._transport.ack_script(
-                keys=[key, self._transport.committed_key], args=[self.group, after, "", "0"]
+                keys=[key, self._transport.committed_key],
+                args=[self.group, after, _partition_name(stream, partition), "0"],
             )
         claimed = 0
         cursor: bytes | str = "0-0"
@@ -437,6 +451,8 @@ class RedisStreamsConsumer(Consumer):
 
     def _read(self, stream: Stream, partition: int, reading: _Reading, count: int) -> list[Entry]:
         """Up to ``count`` entries after ``reading.position``, through the group."""
+        import redis
+
         position = reading.position
         key = reading.key
         start = "-" if position is None else f"({position}"
@@ -449,7 +465,24 @@ class RedisStreamsConsumer(Consumer):
         else:
             pipe.xrange(key, start, "+", count=1)
             pipe.xreadgroup(self.group, self.name, {key: ">"}, count=count)
-        first, last, expected, reply = pipe.execute()
+        try:
+            first, last, expected, reply = pipe.execute()
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The group was destroyed (XGROUP DESTROY, or the stream deleted) while this
+            # consumer read: nothing of it is pending any more, so it restarts here.
+            log.warning(
+                "%s partition %d: consumer group %r of %s vanished; created it again at %s",
+                stream,
+                partition,
+                self.group,
+                key,
+                position,
+            )
+            self._create_group(key, position)
+            reading.redelivering = False
+            return self._read(stream, partition, reading, count)
         self._check_offset(stream, partition, key, position, first, last)
         delivered: list[tuple[bytes, dict[bytes, bytes] | None]] = reply[0][1] if reply else []
         if reading.redelivering:
@@ -564,7 +597,7 @@ class RedisStreamsConsumer(Consumer):
         _parse_id(stream, partition, offset)
         self._transport.ack_script(
             keys=[self._transport.key(stream, partition), self._transport.committed_key],
-            args=[self.group, offset, self._transport.committed_field(stream, partition), "1"],
+            args=[self.group, offset, _partition_name(stream, partition), "1"],
         )
 
     def committed(self, stream: Stream, partition: int) -> str | None:
