@@ -335,3 +335,16 @@ def test_a_budget_smaller_than_a_read_keeps_the_rest_for_the_next_poll(
     chunks = read_all(fresh, None, 20)
     assert [c[2] for c in chunks] == [lines(i, i + 2) for i in range(0, 10, 2)]
     assert [c[1] for c in chunks] == ids[1::2]
+
+
+def test_producer_batches_keep_order_across_script_calls(transport: RedisStreamsTransport) -> None:
+    # 12,001 small lines: script calls of 5000, 5000 and 2001 entries, one round trip.
+    transport.producer().send_framed(CLICKS, 0, lines(0, 12_001), 12_001)
+    # Three 3 MB lines: the 8 MB cap per call splits them 2 + 1.
+    big = [bytes([65 + i]) * (3 << 20) for i in range(3)]
+    transport.producer().send_framed(CLICKS, 1, b"".join(b + b"\n" for b in big), 3)
+    assert transport.client.xlen(transport.key(CLICKS, 0)) == 12_001
+    chunks = read_all(transport.consumer(), None, 1 << 20)
+    assert b"".join(c[2] for c in chunks) == lines(0, 12_001)
+    stored = [f[b"r"] for _, f in transport.client.xrange(transport.key(CLICKS, 1))]
+    assert stored == big
