@@ -348,3 +348,17 @@ def test_producer_batches_keep_order_across_script_calls(transport: RedisStreams
     assert b"".join(c[2] for c in chunks) == lines(0, 12_001)
     stored = [f[b"r"] for _, f in transport.client.xrange(transport.key(CLICKS, 1))]
     assert stored == big
+
+
+def test_a_large_backlog_is_acknowledged_in_bounded_script_calls(
+    transport: RedisStreamsTransport,
+) -> None:
+    # 25,000 pending entries: more than one script call acks (20,000 per call at most,
+    # so that the server is never blocked long), and all of them are acked.
+    ids = produce(transport, 25_000)
+    consumer = transport.consumer("worker")
+    assert sum(c[3] for c in read_all(consumer, None, 1 << 20)) == 25_000
+    assert pending(transport)["pending"] == 25_000
+    assert transport.acknowledge(CLICKS, 0, ids[-1], finish=True) == 25_000
+    assert pending(transport)["pending"] == 0
+    assert consumer.committed(CLICKS, 0) == ids[-1]

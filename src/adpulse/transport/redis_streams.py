@@ -98,15 +98,19 @@ APPEND_BYTES: Final = 8 << 20
 MAX_POLL_ENTRIES: Final = 50_000
 #: Pending entries claimed per XAUTOCLAIM call.
 CLAIM_ENTRIES: Final = 1000
+#: XPENDING + XACK rounds of 1000 entries per call of the ack script (~10 ms of server).
+ACK_BATCHES: Final = 20
 #: Entry size assumed before a consumer has read any entry of a partition.
 INITIAL_ENTRY_BYTES: Final = 128
 _ID = re.compile(r"^(\d+)-(\d+)$")
 
 # KEYS: stream key, committed hash. ARGV: group, offset, "stream:partition", "1" to
-# record the offset as committed and trim. XACKs the group's pending entries <= offset
-# and returns how many. Trimming bound (module docstring): the minimum over the groups of
-# the stream of their committed offset (kept: a group restarts from it), their first
-# pending entry, or their last-delivered id when nothing is pending.
+# record the offset as committed and trim. XACKs the group's pending entries <= offset,
+# at most ACK_BATCHES x 1000 per call so that a huge backlog does not block the server
+# (the caller calls again while the second reply is 0); returns {acked, done}. Trimming
+# bound (module docstring): the minimum over the groups of the stream of their committed
+# offset (kept: a group restarts from it), their first pending entry, or their
+# last-delivered id when nothing is pending.
 ACK_SCRIPT: Final = """
 local key, group, offset, suffix = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local finish = ARGV[4] == '1'
@@ -117,7 +121,7 @@ local function less(a, b)
   return am < bm or (am == bm and as < bs)
 end
 if finish then redis.call('HSET', KEYS[2], group .. ':' .. suffix, offset) end
-local acked, minid = 0, offset
+local acked, minid, done, batches = 0, offset, 1, 0
 if redis.call('EXISTS', key) == 1 then
   for _, flat in ipairs(redis.call('XINFO', 'GROUPS', key)) do
     local info = {}
@@ -131,7 +135,9 @@ if redis.call('EXISTS', key) == 1 then
           for i, entry in ipairs(pending) do ids[i] = entry[1] end
           acked = acked + redis.call('XACK', key, group, unpack(ids))
         end
-      until #pending < 1000
+        batches = batches + 1
+        if #pending == 1000 and batches == ACK_BATCHES then done = 0 end
+      until #pending < 1000 or done == 0
     end
     if finish then
       local bound = info['last-delivered-id']
@@ -144,8 +150,8 @@ if redis.call('EXISTS', key) == 1 then
   end
 end
 if finish then redis.call('XTRIM', key, 'MINID', '~', minid) end
-return acked
-"""
+return {acked, done}
+""".replace("ACK_BATCHES", str(ACK_BATCHES))
 
 
 # KEYS: stream key. ARGV: maxlen ("0": none), then one framed line per entry. Appends
@@ -272,6 +278,19 @@ class RedisStreamsTransport(Transport):
     def committed_field(self, stream: Stream, partition: int) -> str:
         """The field of ``committed_key`` holding this group's offset of one partition."""
         return f"{self.group}:{_partition_name(stream, partition)}"
+
+    def acknowledge(self, stream: Stream, partition: int, offset: str, *, finish: bool) -> int:
+        """XACK the group's pending entries <= ``offset``; with ``finish``, also record
+        ``offset`` as committed and trim (ACK_SCRIPT). Returns how many were acked."""
+        acked = 0
+        while True:
+            count, done = self.ack_script(
+                keys=[self.key(stream, partition), self.committed_key],
+                args=[self.group, offset, _partition_name(stream, partition), int(finish)],
+            )
+            acked += count
+            if done:
+                return acked
 
     def check_partition(self, partition: int) -> None:
         if not 0 <= partition < self.partitions:
@@ -451,10 +470,7 @@ class RedisStreamsConsumer(Consumer):
                 # The group lags the committed offset: nothing up to it is to be delivered.
                 self._client.xgroup_setid(key, self.group, after)
         if after is not None:
-            self._transport.ack_script(
-                keys=[key, self._transport.committed_key],
-                args=[self.group, after, _partition_name(stream, partition), "0"],
-            )
+            self._transport.acknowledge(stream, partition, after, finish=False)
         claimed = 0
         cursor: bytes | str = "0-0"
         while True:
@@ -624,10 +640,7 @@ class RedisStreamsConsumer(Consumer):
         """
         stream = Stream(stream)
         _parse_id(stream, partition, offset)
-        self._transport.ack_script(
-            keys=[self._transport.key(stream, partition), self._transport.committed_key],
-            args=[self.group, offset, _partition_name(stream, partition), "1"],
-        )
+        self._transport.acknowledge(stream, partition, offset, finish=True)
 
     def committed(self, stream: Stream, partition: int) -> str | None:
         """The offset this group last acknowledged for one partition (``None``: none)."""
