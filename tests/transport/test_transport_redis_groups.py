@@ -288,6 +288,21 @@ def test_entries_taken_by_another_consumer_fall_back_to_xrange(
     assert pending(transport)["pending"] == 0
 
 
+def test_a_missing_group_is_created_at_the_committed_offset(
+    transport: RedisStreamsTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = produce(transport, 10)
+    consumer = transport.consumer("worker")
+    assert read_all(consumer, ids[5], 1 << 20) == [(ids[5], ids[9], lines(6, 10), 4)]
+    assert warnings(caplog) == []  # nothing up to the offset was delivered again
+    (group,) = transport.client.xinfo_groups(transport.key(CLICKS, 0))
+    assert (group["name"], group["pending"], group["last-delivered-id"]) == (
+        b"adpulse",
+        4,
+        ids[9].encode(),
+    )
+
+
 def test_a_group_behind_the_committed_offset_is_moved_up(
     transport: RedisStreamsTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
