@@ -1,6 +1,7 @@
 """Processor over the Redis Streams transport: closed and recreated mid-way on the same
-streams and warehouse, it ends with the same warehouse as an uninterrupted run; acks
-trim the streams only up to the committed offsets."""
+streams and warehouse, or dead with batches read but not committed, it ends with the same
+warehouse as an uninterrupted run; acks trim the streams only up to the committed offsets
+and leave nothing pending in the consumer group."""
 
 from __future__ import annotations
 
@@ -124,6 +125,72 @@ def test_restart_mid_stream_equals_uninterrupted_run(data: Path, tmp_path: Path)
             transport.client.xlen(transport.key(Stream.IMPRESSIONS, p)) for p in range(PARTITIONS)
         )
         assert impressions < len(restarted["fact_impressions"])  # trimmed behind commits
+        for t, w in ((transport, warehouse), (transport_b, warehouse_b)):
+            t.close()
+            w.close()
+
+
+def test_batches_read_but_never_committed_are_taken_over(data: Path, tmp_path: Path) -> None:
+    with redis_prefix() as prefix_a, redis_prefix() as prefix_b:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        settings, transport, warehouse = _pipeline(data, tmp_path / "a", prefix_a)
+        processor = _processor(settings, transport, warehouse)
+        commit = warehouse.commit
+        commits = 0
+
+        def commit_until_the_crash(output):  # type: ignore[no-untyped-def]
+            nonlocal commits
+            commits += 1
+            if commits > 3:
+                raise OSError("simulated crash: this commit never happens")
+            commit(output)
+
+        warehouse.commit = commit_until_the_crash  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="commit to the warehouse failed"):
+            for _ in range(10):
+                processor.run_once()
+        # The dead processor's consumer holds entries read after the last commit.
+        dead = processor.consumer.name  # type: ignore[attr-defined]
+        held = {
+            (stream, p): transport.client.xpending(transport.key(stream, p), transport.group)
+            for stream in Stream
+            for p in range(PARTITIONS)
+        }
+        assert sum(h["pending"] for h in held.values()) > 0
+        assert {c["name"].decode() for h in held.values() for c in h["consumers"]} == {dead}
+        warehouse.commit = commit  # type: ignore[method-assign]
+
+        heir = _processor(settings, transport, warehouse)
+        heir.run(threading.Event(), until_caught_up=True)
+        heir.close()
+        recovered = _snapshot(warehouse)
+
+        settings_b, transport_b, warehouse_b = _pipeline(data, tmp_path / "b", prefix_b)
+        straight = _processor(settings_b, transport_b, warehouse_b)
+        straight.run(threading.Event(), until_caught_up=True)
+        straight.close()
+        assert recovered == _snapshot(warehouse_b)
+        assert len(recovered["fact_impressions"]) > 5000
+
+        # Everything committed is acknowledged; the dead consumer left the groups.
+        checkpoints = dict(
+            ((s, int(p)), o)
+            for s, p, o in warehouse.query(
+                'SELECT stream, partition, "offset" FROM checkpoints'
+            ).rows()
+        )
+        heir_name = heir.consumer.name  # type: ignore[attr-defined]
+        for stream in Stream:
+            for p in range(PARTITIONS):
+                key = transport.key(stream, p)
+                (group,) = transport.client.xinfo_groups(key)
+                assert (group["name"], group["pending"]) == (b"adpulse", 0)
+                assert group["last-delivered-id"].decode() == checkpoints[(stream.value, p)]
+                assert [
+                    c["name"].decode()
+                    for c in transport.client.xinfo_consumers(key, transport.group)
+                ] == [heir_name]
         for t, w in ((transport, warehouse), (transport_b, warehouse_b)):
             t.close()
             w.close()
