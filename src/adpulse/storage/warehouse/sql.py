@@ -27,24 +27,33 @@ from adpulse.storage.warehouse.base import (
     BatchOutput,
     DimensionKind,
     DimensionLoadResult,
+    LeaseFence,
+    LeaseLostError,
     PartitionWatermark,
     Warehouse,
 )
+from adpulse.storage.warehouse.leases import LEASE_KEYS, LEASE_TABLES, fence_statements
 
 #: Small key/value table for warehouse bookkeeping (the dimension revision). It is a
 #: storage detail, not part of the processor's contract, so it lives here, not in schema.
 META: Final = {"key": pl.String(), "value": pl.Int64()}
 META_TABLE: Final = "meta"
 _REVISION: Final = "dimension_revision"  # the meta row bumped by dimension loads
+_BATCH_IDS: Final = "last_batch_id"  # the meta row counting reserved batch ids
 
 #: Every table the SQL warehouses create, with its primary key (empty: none). Fact and
 #: rollup tables have none on purpose: the processor dedupes, and an index would slow
 #: the append-only hot path.
-TABLES: Final[dict[str, dict[str, pl.DataType]]] = {**schema.ALL_TABLES, META_TABLE: META}
+TABLES: Final[dict[str, dict[str, pl.DataType]]] = {
+    **schema.ALL_TABLES,
+    META_TABLE: META,
+    **LEASE_TABLES,
+}
 PRIMARY_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "checkpoints": ("stream", "partition"),
     "watermarks": ("stream", "partition"),
     META_TABLE: ("key",),
+    **LEASE_KEYS,
 }
 
 
@@ -238,6 +247,8 @@ class SqlWarehouse(Warehouse):
             check_frame("reattributions", reattributions, schema.CONVERSION_REATTRIBUTIONS)
         updated_at = now_utc()
         with self._transaction():
+            if output.fence is not None:
+                self._check_fence(output.fence)  # first: takes the lease rows' locks
             for table, frame, columns in appends[:3]:
                 self._append(table, frame, columns)
             if reattributions.height:
@@ -249,6 +260,22 @@ class SqlWarehouse(Warehouse):
                 self._upsert("checkpoints", _offsets_frame(output.offsets, updated_at))
             if output.watermarks:
                 self._upsert("watermarks", _watermarks_frame(output.watermarks, updated_at))
+
+    def _check_fence(self, fence: LeaseFence) -> None:
+        """Raise :class:`LeaseLostError` unless ``fence.owner`` still holds every lease.
+
+        Runs inside the commit's transaction; its ``UPDATE`` keeps the lease rows locked
+        until the commit ends (see :mod:`.leases`).
+        """
+        (renew, renew_params), (count, count_params) = fence_statements(fence)
+        self._execute(renew, renew_params)
+        held = int(self._fetch(count, count_params).item())
+        if held != len(fence.epochs):
+            raise LeaseLostError(
+                f"worker {fence.owner} no longer holds the leases of all of its partitions"
+                f" {sorted(fence.epochs)} (another worker took over after its lease expired);"
+                " the commit was rolled back and writes nothing"
+            )
 
     def _append(self, table: str, frame: pl.DataFrame, columns: Mapping[str, pl.DataType]) -> None:
         if frame.height == 0:
@@ -275,6 +302,36 @@ class SqlWarehouse(Warehouse):
         rows = self._read("SELECT MAX(batch_id) AS last FROM ingest_stats")
         last = rows.item()
         return 1 if last is None else int(last) + 1
+
+    def reserve_batch_ids(self, count: int) -> int:
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        key = quote("key")
+        for attempt in range(3):
+            try:
+                with self._transaction():
+                    # The UPDATE locks the counter row: concurrent reservers queue here.
+                    self._execute(
+                        f"UPDATE {META_TABLE} SET value = value + ? WHERE {key} = ?",
+                        [count, _BATCH_IDS],
+                    )
+                    # First use: start after the largest batch id already committed.
+                    self._execute(
+                        f"INSERT INTO {META_TABLE} ({key}, value)"
+                        " SELECT ?, COALESCE((SELECT MAX(batch_id) FROM ingest_stats), 0) + ?"
+                        f" WHERE NOT EXISTS (SELECT 1 FROM {META_TABLE} WHERE {key} = ?)",
+                        [_BATCH_IDS, count, _BATCH_IDS],
+                    )
+                    last = self._fetch(
+                        f"SELECT value FROM {META_TABLE} WHERE {key} = ?", [_BATCH_IDS]
+                    ).item()
+                return int(last) - count + 1
+            except Exception:
+                # Two processes creating the counter row at once: one insert fails on
+                # the key; the row exists now, so the next attempt updates it.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     # -- state rebuild ------------------------------------------------------------------------
     def load_event_ids(
