@@ -41,14 +41,11 @@ META_TABLE: Final = "meta"
 _REVISION: Final = "dimension_revision"  # the meta row bumped by dimension loads
 _BATCH_IDS: Final = "last_batch_id"  # the meta row counting reserved batch ids
 
-#: Every table the SQL warehouses create, with its primary key (empty: none). Fact and
+#: Every table the SQL warehouses create (plus the lease tables of :mod:`.leases`, where
+#: workers share the partitions), with its primary key (empty: none). Fact and
 #: rollup tables have none on purpose: the processor dedupes, and an index would slow
 #: the append-only hot path.
-TABLES: Final[dict[str, dict[str, pl.DataType]]] = {
-    **schema.ALL_TABLES,
-    META_TABLE: META,
-    **LEASE_TABLES,
-}
+TABLES: Final[dict[str, dict[str, pl.DataType]]] = {**schema.ALL_TABLES, META_TABLE: META}
 PRIMARY_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "checkpoints": ("stream", "partition"),
     "watermarks": ("stream", "partition"),
@@ -224,8 +221,10 @@ class SqlWarehouse(Warehouse):
 
     # -- schema -----------------------------------------------------------------------------
     def create_schema(self) -> None:
+        # Lease tables only where worker processes can share the partitions.
+        tables = {**TABLES, **(LEASE_TABLES if self.shares_partitions else {})}
         with self._transaction():
-            for table, columns in TABLES.items():
+            for table, columns in tables.items():
                 self._execute(self.sql_dialect.create_table(table, columns))
 
     # -- the processor's commit -------------------------------------------------------------
