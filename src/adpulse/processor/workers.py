@@ -217,8 +217,8 @@ class PartitionWorker:
                     raise
                 self._drop_processor()
                 return False
-        if self.leases.free():
-            return False  # a dead worker's partitions: wait, take them, process them
+        # Lag counts every partition, so a dead worker's unprocessed partitions keep this
+        # worker running until it (or another) has taken and processed them.
         committed = self.warehouse.load_offsets()
         consumer = self.transport.consumer()
         try:
@@ -307,11 +307,15 @@ def supervise(
 def stop_when_stdin_closes() -> None:
     """For a supervised worker: turn the end of stdin into Ctrl-C (a graceful stop)."""
 
+    fd = sys.stdin.fileno()
+
     def watch() -> None:
+        # os.read on the descriptor, not sys.stdin: a daemon thread blocked inside the
+        # buffered reader would hold its lock and abort the interpreter's shutdown.
         try:
-            while sys.stdin.buffer.read(4096):
+            while os.read(fd, 4096):
                 pass
-        except (OSError, ValueError):
+        except OSError:
             pass
         os.kill(os.getpid(), signal.SIGINT)
 
