@@ -7,6 +7,7 @@ worker. Fencing and lease rules are tested in tests/storage/test_leases.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -313,6 +314,12 @@ def test_kill_9_one_worker_mid_stream_equals_oracle(
                 c.warehouse.query('SELECT "partition", epoch FROM partition_leases').rows()
             )
             assert all(epochs[p] >= 2 for p in lost)  # the dead worker's changed owner
+            status = CliRunner().invoke(app, ["status", "--format", "json"], env=c.env)
+            assert status.exit_code == 0, status.output
+            owners = json.loads(status.output)["partition_owners"]
+            assert [o["partition"] for o in owners] == list(range(PARTITIONS))
+            assert Counter(o["pid"] for o in owners) == {survivor.pid: 2, returned.pid: 2}
+            assert all(o["live"] and o["host"] and o["worker_id"] for o in owners)
         producer.join(timeout=60)
         _wait(c.caught_up, 60, "everything committed", c)
         c.stop_all()
