@@ -155,11 +155,6 @@ class PartitionWorker:
             for partition in give_up:  # not in the processor: nothing to drain
                 self.leases.release(partition, held[partition])
             return
-        # Drain first: what was processed for a partition given up is committed before
-        # its lease is released, so the next owner resumes exactly after it.
-        self._drop_processor()
-        for partition in give_up:
-            self.leases.release(partition, held[partition])
         log.info(
             "worker %s: partitions %s -> %s (share %d)",
             self.worker_id,
@@ -167,6 +162,11 @@ class PartitionWorker:
             sorted(keep),
             share,
         )
+        # Drain first: what was processed for a partition given up is committed before
+        # its lease is released, so the next owner resumes exactly after it.
+        self._drop_processor()
+        for partition in give_up:
+            self.leases.release(partition, held[partition])
         self.epochs = keep
         if keep:
             # Built only now that the leases are held: recover() reads committed state
