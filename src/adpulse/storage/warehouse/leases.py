@@ -28,7 +28,9 @@ Every statement here locks at most one lease row, except the fence of a commit (
 per worker, on its own rows): two workers can therefore never deadlock on leases.
 The SQL stays in the Redshift-minded subset (``?`` placeholders, no ``ON CONFLICT``,
 no ``RETURNING``); it runs on PostgreSQL. DuckDB allows one process per file, so it has
-no use for leases.
+no use for leases. Redshift (not run there): its clock is ``GETDATE()``, and its
+serializable transactions abort a conflicting writer instead of making it wait, so a
+fenced commit and a takeover there would be decided by one of them failing.
 """
 
 from __future__ import annotations
