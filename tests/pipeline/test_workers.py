@@ -320,6 +320,9 @@ def test_kill_9_one_worker_mid_stream_equals_oracle(
             assert [o["partition"] for o in owners] == list(range(PARTITIONS))
             assert Counter(o["pid"] for o in owners) == {survivor.pid: 2, returned.pid: 2}
             assert all(o["live"] and o["host"] and o["worker_id"] for o in owners)
+            # A processor over all partitions beside the workers would count twice.
+            with pytest.raises(UserError, match="workers are processing"):
+                CliRunner().invoke(app, ["replay", str(dataset)], env=c.env, catch_exceptions=False)
         producer.join(timeout=60)
         _wait(c.caught_up, 60, "everything committed", c)
         c.stop_all()

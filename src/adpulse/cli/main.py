@@ -182,6 +182,7 @@ def replay(
         console.print("appended " + ", ".join(f"{n:,} {s}" for s, n in counts.items()))
         return
     with open_runtime(settings) as rt:
+        _refuse_beside_workers(rt.warehouse)
         if load_dims:
             for name in ("campaigns.csv", "users.csv"):
                 if (directory / name).exists():
@@ -203,6 +204,18 @@ def replay(
         processor.close()
         console.print(
             "replayed " + ", ".join(f"{n:,} {s}" for s, n in counts.items()) + " — all committed"
+        )
+
+
+def _refuse_beside_workers(warehouse: Any) -> None:
+    """A processor over all partitions must not run while workers hold leases on them."""
+    from adpulse.serving.queries import partition_owners
+
+    owners = partition_owners(warehouse)
+    if owners.height and owners["live"].any():
+        raise UserError(
+            "workers are processing this warehouse's partitions (see `adpulse status`):"
+            " use `adpulse replay --produce-only` to feed them, or stop them first"
         )
 
 
