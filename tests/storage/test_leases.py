@@ -175,26 +175,31 @@ def test_an_acquirer_waits_for_the_owners_commit_in_flight(warehouses) -> None: 
     b.close()
 
 
+def _reserve(wh: PostgresWarehouse, start: threading.Barrier, firsts: list[int]) -> None:
+    start.wait()
+    for _ in range(5):
+        firsts.append(wh.reserve_batch_ids(10))
+
+
 def test_batch_ids_are_unique_across_processes(warehouses) -> None:  # type: ignore[no-untyped-def]
     wh_a, wh_b = warehouses
-    # A warehouse with committed batches (from before the counter existed) continues
-    # after them.
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'SET search_path TO "{wh_a.schema}"')
+        # Batches committed before the counter existed: ids continue after them.
         conn.execute(
             'INSERT INTO ingest_stats (batch_id, stream, "partition", received, committed_at)'
             " VALUES (41, 'clicks', 0, 1, %s)",
             [datetime(2023, 9, 9)],
         )
-    firsts: list[int] = []
-
-    def reserve(wh: PostgresWarehouse) -> None:
-        for _ in range(20):
-            firsts.append(wh.reserve_batch_ids(10))
-
-    threads = [threading.Thread(target=reserve, args=(wh,)) for wh in (wh_a, wh_b)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(firsts) == list(range(42, 42 + 400, 10))
+        for _ in range(8):  # the counter's creation is the racy moment: race it 8 times
+            conn.execute("DELETE FROM meta")
+            firsts: list[int] = []
+            start = threading.Barrier(2)
+            threads = [
+                threading.Thread(target=_reserve, args=(wh, start, firsts)) for wh in (wh_a, wh_b)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sorted(firsts) == list(range(42, 42 + 100, 10))

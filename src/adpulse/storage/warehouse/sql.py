@@ -306,31 +306,41 @@ class SqlWarehouse(Warehouse):
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
         key = quote("key")
-        for attempt in range(3):
-            try:
-                with self._transaction():
-                    # The UPDATE locks the counter row: concurrent reservers queue here.
-                    self._execute(
-                        f"UPDATE {META_TABLE} SET value = value + ? WHERE {key} = ?",
-                        [count, _BATCH_IDS],
-                    )
-                    # First use: start after the largest batch id already committed.
-                    self._execute(
-                        f"INSERT INTO {META_TABLE} ({key}, value)"
-                        " SELECT ?, COALESCE((SELECT MAX(batch_id) FROM ingest_stats), 0) + ?"
-                        f" WHERE NOT EXISTS (SELECT 1 FROM {META_TABLE} WHERE {key} = ?)",
-                        [_BATCH_IDS, count, _BATCH_IDS],
-                    )
-                    last = self._fetch(
-                        f"SELECT value FROM {META_TABLE} WHERE {key} = ?", [_BATCH_IDS]
-                    ).item()
-                return int(last) - count + 1
-            except Exception:
-                # Two processes creating the counter row at once: one insert fails on
-                # the key; the row exists now, so the next attempt updates it.
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        self._create_batch_counter()
+        with self._transaction():
+            # The row exists, so this UPDATE always finds and locks it: concurrent
+            # reservers queue here and each sees the value left by the one before.
+            self._execute(
+                f"UPDATE {META_TABLE} SET value = value + ? WHERE {key} = ?", [count, _BATCH_IDS]
+            )
+            last = self._fetch(
+                f"SELECT value FROM {META_TABLE} WHERE {key} = ?", [_BATCH_IDS]
+            ).item()
+        return int(last) - count + 1
+
+    def _create_batch_counter(self) -> None:
+        """Create the batch id counter if missing, after the largest committed batch id.
+
+        A step of its own: were it in the reserving transaction, an UPDATE that found no
+        row and an INSERT that found the row another process had just created would
+        together hand out that process's ids a second time.
+        """
+        key = quote("key")
+        exists = f"SELECT COUNT(*) AS n FROM {META_TABLE} WHERE {key} = ?"
+        if self._read(exists, [_BATCH_IDS]).item():
+            return
+        try:
+            with self._transaction():
+                self._execute(
+                    f"INSERT INTO {META_TABLE} ({key}, value)"
+                    " SELECT ?, COALESCE((SELECT MAX(batch_id) FROM ingest_stats), 0)"
+                    f" WHERE NOT EXISTS (SELECT 1 FROM {META_TABLE} WHERE {key} = ?)",
+                    [_BATCH_IDS, _BATCH_IDS],
+                )
+        except Exception:
+            # Created by another process at the same instant: its insert won the key.
+            if not self._read(exists, [_BATCH_IDS]).item():
+                raise
 
     # -- state rebuild ------------------------------------------------------------------------
     def load_event_ids(
