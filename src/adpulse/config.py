@@ -68,6 +68,13 @@ class Settings(BaseSettings):
         0.2, gt=0, description="Wait between polls when the log has no new data."
     )
     fsync: bool = Field(False, description="fsync the embedded log on every flush.")
+    worker_lease_seconds: float = Field(
+        5.0,
+        ge=0.5,
+        le=300,
+        description="Partition lease TTL when workers share partitions (PostgreSQL): a dead"
+        " worker's partitions move to the survivors within about this long.",
+    )
 
     trending_window_minutes: int = Field(15, ge=1)
     min_clicks: int = Field(20, ge=0, description="Minimum clicks for rate rankings.")

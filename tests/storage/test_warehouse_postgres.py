@@ -79,7 +79,7 @@ def test_create_schema_is_idempotent_and_maps_types(warehouse: PostgresWarehouse
             " WHERE table_schema = current_schema()"
         )["t"]
     )
-    assert tables == {*schema.ALL_TABLES, "meta"}
+    assert tables == {*schema.ALL_TABLES, "meta", "partition_leases", "workers"}
     keys = warehouse.query(
         "SELECT tc.table_name::text, kcu.column_name::text FROM information_schema.table_constraints tc"
         " JOIN information_schema.key_column_usage kcu USING (constraint_schema, constraint_name)"
@@ -90,8 +90,10 @@ def test_create_schema_is_idempotent_and_maps_types(warehouse: PostgresWarehouse
         ("checkpoints", "stream"),
         ("checkpoints", "partition"),
         ("meta", "key"),
+        ("partition_leases", "partition"),
         ("watermarks", "stream"),
         ("watermarks", "partition"),
+        ("workers", "worker_id"),
     ]
 
 

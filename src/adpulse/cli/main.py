@@ -184,6 +184,7 @@ def replay(
         console.print("appended " + ", ".join(f"{n:,} {s}" for s, n in counts.items()))
         return
     with open_runtime(settings) as rt:
+        _refuse_beside_workers(rt.warehouse)
         if load_dims:
             for name in ("campaigns.csv", "users.csv"):
                 if (directory / name).exists():
@@ -205,6 +206,18 @@ def replay(
         processor.close()
         console.print(
             "replayed " + ", ".join(f"{n:,} {s}" for s, n in counts.items()) + " — all committed"
+        )
+
+
+def _refuse_beside_workers(warehouse: Any) -> None:
+    """A processor over all partitions must not run while workers hold leases on them."""
+    from adpulse.serving.queries import partition_owners
+
+    owners = partition_owners(warehouse)
+    if owners.height and owners["live"].any():
+        raise UserError(
+            "workers are processing this warehouse's partitions (see `adpulse status`):"
+            " use `adpulse replay --produce-only` to feed them, or stop them first"
         )
 
 
@@ -252,16 +265,46 @@ def process(
     until_caught_up: Annotated[
         bool, typer.Option(help="Stop once everything in the log is committed.")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=256,
+            help="Worker processes sharing the partitions (PostgreSQL warehouse). Workers "
+            "started separately, on any host, share them too.",
+        ),
+    ] = 1,
+    supervised: Annotated[
+        bool, typer.Option("--supervised", hidden=True, help="Started by --workers.")
+    ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the processor on its own: consume the log and commit results until stopped
-    (Ctrl-C). Safe to kill at any instant: a restart resumes exactly."""
+    (Ctrl-C). Safe to kill at any instant: a restart resumes exactly. Over PostgreSQL,
+    every running `adpulse process` shares the partitions (leases; see README)."""
     from adpulse.processor.pipeline import Processor
+    from adpulse.processor.workers import PartitionWorker
 
     configure_logging(verbose)
     settings = settings_for(home, config, partitions=partitions)
+    if workers > 1:
+        _supervise_workers(settings, workers, home, config, until_caught_up, verbose)
+        return
     with open_runtime(settings) as rt:
-        processor = Processor(settings, rt.transport, rt.warehouse)
+        runner: Processor | PartitionWorker
+        if rt.warehouse.shares_partitions:
+            import signal
+
+            from adpulse.processor.workers import stop_when_stdin_closes
+
+            # SIGTERM and a closed supervisor pipe stop as Ctrl-C does: drain, release.
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            if supervised:
+                stop_when_stdin_closes()
+            runner = PartitionWorker(settings, rt.transport, rt.warehouse)
+        else:
+            runner = Processor(settings, rt.transport, rt.warehouse)
         stop = threading.Event()
         committed = [0]
 
@@ -269,20 +312,63 @@ def process(
             committed[0] += report.records
 
         try:
-            with console.status("processing (Ctrl-C to stop)") as status:
+            if supervised:
+                runner.run(stop, on_batch=on_batch, until_caught_up=until_caught_up)
+            else:
+                with console.status("processing (Ctrl-C to stop)") as status:
 
-                def show(report: Any) -> None:
-                    on_batch(report)
-                    status.update(
-                        f"processing: {committed[0]:,} records committed (Ctrl-C to stop)"
-                    )
+                    def show(report: Any) -> None:
+                        on_batch(report)
+                        status.update(
+                            f"processing: {committed[0]:,} records committed (Ctrl-C to stop)"
+                        )
 
-                processor.run(stop, on_batch=show, until_caught_up=until_caught_up)
+                    runner.run(stop, on_batch=show, until_caught_up=until_caught_up)
         except KeyboardInterrupt:
             stop.set()
         finally:
-            processor.close()
-        console.print(f"committed {committed[0]:,} records")
+            runner.close()
+        who = f"worker {runner.worker_id}: " if isinstance(runner, PartitionWorker) else ""
+        console.print(f"{who}committed {committed[0]:,} records")
+
+
+def _supervise_workers(
+    settings: Any,
+    workers: int,
+    home: Path | None,
+    config: Path | None,
+    until_caught_up: bool,
+    verbose: bool,
+) -> None:
+    """``process --workers N``: N child ``adpulse process`` workers, restarted if they crash."""
+    from adpulse.processor.workers import supervise
+
+    with open_runtime(settings) as rt:  # checks the settings, creates the tables once
+        if not rt.warehouse.shares_partitions:
+            raise UserError(
+                f"--workers {workers} needs a warehouse that several processes can share:"
+                f" the {rt.warehouse.dialect} warehouse is opened by one process at a time."
+                " Set warehouse_url (ADPULSE_WAREHOUSE_URL) to postgresql://..., or run"
+                " one worker (--workers 1)"
+            )
+    command = [sys.executable, "-m", "adpulse", "process", "--supervised"]
+    for option, value in (("--home", home), ("--config", config)):
+        if value is not None:
+            command += [option, str(value)]
+    command += ["--partitions", str(settings.partitions)]
+    if until_caught_up:
+        command.append("--until-caught-up")
+    if verbose:
+        command.append("--verbose")
+    stop = threading.Event()
+    console.print(f"running {workers} workers over {settings.partitions} partitions (Ctrl-C)")
+    try:
+        code = supervise(command, workers, stop, until_caught_up=until_caught_up)
+    except KeyboardInterrupt:
+        stop.set()
+        code = 0
+    if code:
+        raise UserError(f"a worker failed (exit status {code}); see its messages above")
 
 
 # ------------------------------------------------------------------------------- dims
@@ -464,12 +550,16 @@ def status(
     config: ConfigOpt = None,
     fmt: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.table,
 ) -> None:
-    """Pipeline status: records per stream, dead letters by reason, watermarks."""
+    """Pipeline status: records per stream, dead letters by reason, watermarks, and the
+    owner of each partition when workers share them."""
     from adpulse.serving import queries
 
     settings = settings_for(home, config)
     with open_runtime(settings, read_only=True) as rt:
-        info = queries.pipeline_status(rt.warehouse)
+        info: dict[str, Any] = dict(queries.pipeline_status(rt.warehouse))
+        owners = queries.partition_owners(rt.warehouse)
+        if owners.height:  # only when workers share the partitions
+            info["partition_owners"] = owners
     if fmt is OutputFormat.json:
         plain = {k: v.to_dicts() if isinstance(v, pl.DataFrame) else v for k, v in info.items()}
         sys.stdout.write(json.dumps(plain, default=str, indent=2) + "\n")

@@ -38,7 +38,7 @@ from adpulse.processor.steps.decode import Decoded, decode
 from adpulse.processor.steps.dedupe import drop_duplicates, flag_late, with_event_ids
 from adpulse.processor.steps.enrich import CAMPAIGN_FIELDS, USER_FIELDS, DimensionLookup, enrich
 from adpulse.processor.steps.validate import validate
-from adpulse.storage.warehouse.base import BatchOutput, Warehouse
+from adpulse.storage.warehouse.base import BatchOutput, LeaseFence, Warehouse
 from adpulse.storage.warehouse.schema import (
     CONVERSION_REATTRIBUTIONS,
     DEAD_LETTERS,
@@ -64,6 +64,9 @@ STEP_NAMES = (
     "commit_wait",
     "commit",
 )
+#: Batch ids reserved at a time (:meth:`Warehouse.reserve_batch_ids`): one reservation
+#: per thousand batches keeps it off the hot path.
+BATCH_ID_BLOCK = 1000
 _FACT_SCHEMA = {
     Stream.IMPRESSIONS: FACT_IMPRESSIONS,
     Stream.CLICKS: FACT_CLICKS,
@@ -122,9 +125,12 @@ class _Committer:
         self._raise()
 
     def close(self) -> None:
-        self.drain()
-        self._queue.put(None)
-        self._thread.join()
+        """Drain, then stop the thread (also after a failed commit, which is raised)."""
+        try:
+            self.drain()
+        finally:
+            self._queue.put(None)
+            self._thread.join()
 
     def _raise(self) -> None:
         if self.error is not None:
@@ -165,8 +171,13 @@ class Processor:
         warehouse: Warehouse,
         partitions: Sequence[int] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        fence: LeaseFence | None = None,
     ) -> None:
+        """``partitions``: the ones to process (default all). ``fence``: when workers
+        share the partitions, the leases every commit must still hold (else it fails
+        with :class:`~adpulse.storage.warehouse.base.LeaseLostError`)."""
         self.settings = settings
+        self.fence = fence
         self.transport = transport
         self.warehouse = warehouse
         self.partitions = (
@@ -210,7 +221,7 @@ class Processor:
             k: v for k, v in self.warehouse.load_watermarks().items() if k[1] in self.partitions
         }
         self.watermarks.restore(marks)
-        self.batch_id = self.warehouse.next_batch_id()
+        self._reserve_batch_ids()
         self._rebuild_dedupe()
         click_floor = self._floor(Stream.CONVERSIONS, self.lateness + self.lookback)
         clicks = self.warehouse.load_facts(
@@ -232,6 +243,10 @@ class Processor:
         )
         self.open_conversions.replace(_on_time_state(convs, OPEN_CONVERSION_COLUMNS))
         self._close_conversions()
+
+    def _reserve_batch_ids(self) -> None:
+        self.batch_id = self.warehouse.reserve_batch_ids(BATCH_ID_BLOCK)
+        self._batch_id_end = self.batch_id + BATCH_ID_BLOCK
 
     def _floor(self, stream: Stream, behind: timedelta) -> dict[int, datetime]:
         return {
@@ -357,6 +372,7 @@ class Processor:
             dead_letters=pl.DataFrame(schema=DEAD_LETTERS),
             stats=pl.DataFrame(schema=INGEST_STATS),
             watermarks=self.watermarks.snapshot(),
+            fence=self.fence,
         )
         self.committer.submit(output, [])
 
@@ -445,6 +461,7 @@ class Processor:
                 stats=pl.concat(stats),
                 offsets={k: v for k, v in self.offsets.items() if v is not None},
                 watermarks=self.watermarks.snapshot(),
+                fence=self.fence,
             )
         with timer("commit_wait"):
             acks = [(s, c.partition, c.end_offset) for s in Stream for c in chunks[s]]
@@ -452,6 +469,8 @@ class Processor:
         self.watermarks.advance_idle(active)
         self._expire_state()
         self.batch_id += 1
+        if self.batch_id >= self._batch_id_end:
+            self._reserve_batch_ids()
         report.seconds = dict(timer.spent)
         return report
 

@@ -678,6 +678,29 @@ def pipeline_status(warehouse: Warehouse) -> PipelineStatus:
     )
 
 
+def partition_owners(warehouse: Warehouse) -> pl.DataFrame:
+    """Who processes each partition when workers share them (empty otherwise).
+
+    Columns: ``partition``, ``worker_id``, ``host``, ``pid`` (NULL: no owner),
+    ``epoch`` (owner changes so far), ``expires_at`` (UTC) and ``live`` (the lease has
+    not expired), by partition. See :mod:`adpulse.storage.warehouse.leases`.
+    """
+    if not warehouse.shares_partitions:
+        return pl.DataFrame()
+    exists = warehouse.query(
+        "SELECT COUNT(*) AS n FROM information_schema.tables"
+        " WHERE table_name = 'partition_leases' AND table_schema = current_schema()"
+    ).item()
+    if not exists:  # a warehouse created before leases existed, opened read-only
+        return pl.DataFrame()
+    return warehouse.query(
+        'SELECT l."partition", l.owner AS worker_id, w.host, w.pid, l.epoch, l.expires_at,'
+        " COALESCE(l.expires_at > LOCALTIMESTAMP, FALSE) AS live"
+        " FROM partition_leases l LEFT JOIN workers w ON w.worker_id = l.owner"
+        ' ORDER BY l."partition"'
+    )
+
+
 # --- charts: buckets, histogram, breakdowns, picker values ----------------------------------
 Bucket = Literal["minute", "hour"]
 BreakdownDimension = Literal["platform", "location", "gender", "age_band", "interest"]

@@ -13,11 +13,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import polars as pl
 
 from adpulse.contracts import Stream
+
+if TYPE_CHECKING:
+    from adpulse.storage.warehouse.leases import PartitionLeases, WorkerIdentity
 
 DimensionKind = Literal["campaigns", "users"]
 
@@ -26,6 +29,26 @@ DimensionKind = Literal["campaigns", "users"]
 class PartitionWatermark:
     watermark: datetime
     max_event_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseFence:
+    """Who may commit for which partitions: ``owner`` holding each lease at ``epochs[p]``.
+
+    A commit carrying a fence verifies, inside its own transaction and before writing
+    anything, that every listed lease is still held by ``owner`` at that epoch (taking
+    the lease rows' locks), and extends the leases by ``ttl_seconds``. A worker whose
+    lease was taken over (it was paused, slow or cut off) thus cannot commit for that
+    partition any more: its commit raises :class:`LeaseLostError` and writes nothing.
+    """
+
+    owner: str
+    epochs: dict[int, int]
+    ttl_seconds: float
+
+
+class LeaseLostError(RuntimeError):
+    """A fenced commit found one of its partition leases taken by another worker."""
 
 
 @dataclass(slots=True)
@@ -42,6 +65,8 @@ class BatchOutput:
     stats: pl.DataFrame
     offsets: dict[tuple[Stream, int], str] = field(default_factory=dict)
     watermarks: dict[tuple[Stream, int], PartitionWatermark] = field(default_factory=dict)
+    #: Set when partitions are shared between workers (see :class:`LeaseFence`).
+    fence: LeaseFence | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +113,17 @@ class Warehouse(ABC):
     def load_watermarks(self) -> dict[tuple[Stream, int], PartitionWatermark]: ...
 
     @abstractmethod
-    def next_batch_id(self) -> int: ...
+    def next_batch_id(self) -> int:
+        """One more than the largest committed batch id (1 for an empty warehouse)."""
+
+    @abstractmethod
+    def reserve_batch_ids(self, count: int) -> int:
+        """Reserve ``count`` consecutive batch ids no other caller gets; return the first.
+
+        Several processes commit to one warehouse when workers share the partitions, so
+        a batch id cannot be derived from what is committed (two workers would both
+        take MAX + 1): ids come from a counter instead, a block at a time.
+        """
 
     # -- state rebuild (processor restart) ------------------------------------------------
     @abstractmethod
@@ -117,6 +152,20 @@ class Warehouse(ABC):
     @abstractmethod
     def dimension_revision(self) -> int:
         """A number that changes whenever any dimension changes (cheap to call)."""
+
+    # -- workers sharing the partitions -----------------------------------------------------
+    #: Whether worker processes can share the partitions through this warehouse.
+    shares_partitions: bool = False
+
+    def partition_leases(
+        self, worker: WorkerIdentity, partitions: int, ttl_seconds: float
+    ) -> PartitionLeases:
+        """The lease tables as seen by ``worker`` (see :mod:`.leases`)."""
+        raise WarehouseUnavailableError(
+            f"the {self.dialect} warehouse is opened by one process at a time, so its"
+            " partitions cannot be shared between worker processes; use a PostgreSQL"
+            " warehouse (warehouse_url = postgresql://...) for several workers"
+        )
 
     # -- reads -----------------------------------------------------------------------------
     @abstractmethod

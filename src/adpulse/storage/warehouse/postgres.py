@@ -24,8 +24,9 @@ Differences from DuckDB (same results; :mod:`adpulse.serving.queries` runs uncha
 - column types: ``TEXT`` for strings, ``DOUBLE PRECISION`` for floats, ``BYTEA`` for
   the dead-letter payload (DuckDB: ``VARCHAR``, ``DOUBLE``, ``BLOB``);
 - strings cannot contain the NUL character (PostgreSQL refuses it in ``TEXT``);
-- several processes may open the same warehouse (DuckDB allows one); the writer of each
-  partition must still be unique (issue 4's partition ownership, not done here);
+- several processes may open the same warehouse (DuckDB allows one), so worker
+  processes share the partitions through lease tables (:mod:`.leases`); each commit of
+  a worker is fenced by its leases;
 - ``schema=`` (or ``options=-csearch_path=...`` in the URL) puts the tables in a
   schema of their own.
 
@@ -57,6 +58,7 @@ from pydantic import SecretStr
 
 from adpulse.config import redact_url
 from adpulse.storage.warehouse.base import WarehouseUnavailableError
+from adpulse.storage.warehouse.leases import PartitionLeases, WorkerIdentity
 from adpulse.storage.warehouse.sql import (
     PRIMARY_KEYS,
     Dialect,
@@ -154,6 +156,7 @@ class PostgresWarehouse(SqlWarehouse):
 
     dialect = "postgres"
     sql_dialect = POSTGRES
+    shares_partitions = True
 
     def __init__(
         self,
@@ -246,6 +249,13 @@ class PostgresWarehouse(SqlWarehouse):
             conn.close()
         with self._write_lock:
             self._writer.close()
+
+    def partition_leases(
+        self, worker: WorkerIdentity, partitions: int, ttl_seconds: float
+    ) -> PartitionLeases:
+        """The lease tables, for ``worker``, on a connection of their own: lease
+        statements then never wait behind a commit on the writer connection."""
+        return PartitionLeases(self._connect, to_pyformat, worker, partitions, ttl_seconds)
 
     # -- reads -------------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:

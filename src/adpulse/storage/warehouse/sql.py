@@ -27,17 +27,22 @@ from adpulse.storage.warehouse.base import (
     BatchOutput,
     DimensionKind,
     DimensionLoadResult,
+    LeaseFence,
+    LeaseLostError,
     PartitionWatermark,
     Warehouse,
 )
+from adpulse.storage.warehouse.leases import LEASE_KEYS, LEASE_TABLES, fence_statements
 
 #: Small key/value table for warehouse bookkeeping (the dimension revision). It is a
 #: storage detail, not part of the processor's contract, so it lives here, not in schema.
 META: Final = {"key": pl.String(), "value": pl.Int64()}
 META_TABLE: Final = "meta"
 _REVISION: Final = "dimension_revision"  # the meta row bumped by dimension loads
+_BATCH_IDS: Final = "last_batch_id"  # the meta row counting reserved batch ids
 
-#: Every table the SQL warehouses create, with its primary key (empty: none). Fact and
+#: Every table the SQL warehouses create (plus the lease tables of :mod:`.leases`, where
+#: workers share the partitions), with its primary key (empty: none). Fact and
 #: rollup tables have none on purpose: the processor dedupes, and an index would slow
 #: the append-only hot path.
 TABLES: Final[dict[str, dict[str, pl.DataType]]] = {**schema.ALL_TABLES, META_TABLE: META}
@@ -45,6 +50,7 @@ PRIMARY_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "checkpoints": ("stream", "partition"),
     "watermarks": ("stream", "partition"),
     META_TABLE: ("key",),
+    **LEASE_KEYS,
 }
 
 
@@ -215,8 +221,10 @@ class SqlWarehouse(Warehouse):
 
     # -- schema -----------------------------------------------------------------------------
     def create_schema(self) -> None:
+        # Lease tables only where worker processes can share the partitions.
+        tables = {**TABLES, **(LEASE_TABLES if self.shares_partitions else {})}
         with self._transaction():
-            for table, columns in TABLES.items():
+            for table, columns in tables.items():
                 self._execute(self.sql_dialect.create_table(table, columns))
 
     # -- the processor's commit -------------------------------------------------------------
@@ -238,6 +246,8 @@ class SqlWarehouse(Warehouse):
             check_frame("reattributions", reattributions, schema.CONVERSION_REATTRIBUTIONS)
         updated_at = now_utc()
         with self._transaction():
+            if output.fence is not None:
+                self._check_fence(output.fence)  # first: takes the lease rows' locks
             for table, frame, columns in appends[:3]:
                 self._append(table, frame, columns)
             if reattributions.height:
@@ -249,6 +259,22 @@ class SqlWarehouse(Warehouse):
                 self._upsert("checkpoints", _offsets_frame(output.offsets, updated_at))
             if output.watermarks:
                 self._upsert("watermarks", _watermarks_frame(output.watermarks, updated_at))
+
+    def _check_fence(self, fence: LeaseFence) -> None:
+        """Raise :class:`LeaseLostError` unless ``fence.owner`` still holds every lease.
+
+        Runs inside the commit's transaction; its ``UPDATE`` keeps the lease rows locked
+        until the commit ends (see :mod:`.leases`).
+        """
+        (renew, renew_params), (count, count_params) = fence_statements(fence)
+        self._execute(renew, renew_params)
+        held = int(self._fetch(count, count_params).item())
+        if held != len(fence.epochs):
+            raise LeaseLostError(
+                f"worker {fence.owner} no longer holds the leases of all of its partitions"
+                f" {sorted(fence.epochs)} (another worker took over after its lease expired);"
+                " the commit was rolled back and writes nothing"
+            )
 
     def _append(self, table: str, frame: pl.DataFrame, columns: Mapping[str, pl.DataType]) -> None:
         if frame.height == 0:
@@ -275,6 +301,46 @@ class SqlWarehouse(Warehouse):
         rows = self._read("SELECT MAX(batch_id) AS last FROM ingest_stats")
         last = rows.item()
         return 1 if last is None else int(last) + 1
+
+    def reserve_batch_ids(self, count: int) -> int:
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        key = quote("key")
+        self._create_batch_counter()
+        with self._transaction():
+            # The row exists, so this UPDATE always finds and locks it: concurrent
+            # reservers queue here and each sees the value left by the one before.
+            self._execute(
+                f"UPDATE {META_TABLE} SET value = value + ? WHERE {key} = ?", [count, _BATCH_IDS]
+            )
+            last = self._fetch(
+                f"SELECT value FROM {META_TABLE} WHERE {key} = ?", [_BATCH_IDS]
+            ).item()
+        return int(last) - count + 1
+
+    def _create_batch_counter(self) -> None:
+        """Create the batch id counter if missing, after the largest committed batch id.
+
+        A step of its own: were it in the reserving transaction, an UPDATE that found no
+        row and an INSERT that found the row another process had just created would
+        together hand out that process's ids a second time.
+        """
+        key = quote("key")
+        exists = f"SELECT COUNT(*) AS n FROM {META_TABLE} WHERE {key} = ?"
+        if self._read(exists, [_BATCH_IDS]).item():
+            return
+        try:
+            with self._transaction():
+                self._execute(
+                    f"INSERT INTO {META_TABLE} ({key}, value)"
+                    " SELECT ?, COALESCE((SELECT MAX(batch_id) FROM ingest_stats), 0)"
+                    f" WHERE NOT EXISTS (SELECT 1 FROM {META_TABLE} WHERE {key} = ?)",
+                    [_BATCH_IDS, _BATCH_IDS],
+                )
+        except Exception:
+            # Created by another process at the same instant: its insert won the key.
+            if not self._read(exists, [_BATCH_IDS]).item():
+                raise
 
     # -- state rebuild ------------------------------------------------------------------------
     def load_event_ids(
