@@ -43,7 +43,7 @@ def test_every_configuration_commits_everything_and_cleans_up(tmp_path) -> None:
         partitions=2,
         workers=[1],
         rate=2_000,
-        latency_seconds=2,
+        latency_seconds=5,
         seed=3,
         workdir=tmp_path / "bench",
         console=Console(quiet=True),

@@ -322,8 +322,12 @@ class Processor:
             self.committer.drain()
 
     def close(self) -> None:
-        """Commit what is pending and stop the committer thread."""
-        self.committer.close()
+        """Commit what is pending, stop the committer thread, then let the consumer go
+        (a Redis consumer leaves its groups where nothing of it is pending)."""
+        try:
+            self.committer.close()
+        finally:
+            self.consumer.close()
 
     def lag_bytes(self, consumer: Consumer | None = None) -> int:
         """Bytes in the log not yet processed. From another thread, pass a consumer of

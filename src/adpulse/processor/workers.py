@@ -193,8 +193,6 @@ class PartitionWorker:
                 raise
             # Lost meanwhile: the fenced commit wrote nothing; the new owner redoes it.
             log.warning("worker %s: %s", self.worker_id, exc.__cause__)
-        finally:
-            processor.consumer.close()
 
     def _heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(self.interval):
