@@ -242,7 +242,7 @@ def run_bench_api(
             live.rate = load_rate
             stop = threading.Event()
             sock = bind("127.0.0.1", 0)
-            server = make_server(create_app(rt.warehouse, settings))
+            server = make_server(create_app(rt.warehouse, settings, commits=processor.commits))
             threads = [
                 Worker(live.run, "producer", stop),
                 Worker(processor.run, "processor", stop),
