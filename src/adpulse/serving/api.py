@@ -27,6 +27,7 @@ import contextlib
 import functools
 import logging
 import math
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -35,12 +36,14 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Final, Literal, cast
+from urllib.parse import parse_qsl
 
 import orjson
 import polars as pl
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adpulse.config import Settings
 from adpulse.processor.commits import CommitSignal
@@ -137,6 +140,19 @@ def _error(status: int, error: str, detail: Any) -> JSONResponse:
 # --- parameters -----------------------------------------------------------------------------
 def parse_time(value: str, name: str) -> datetime:
     """A time parameter: 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) or ISO-8601."""
+    parsed = _parsed_time(value)
+    if parsed is None:
+        raise FilterError(
+            f"{name}: cannot read {value!r}; use 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) "
+            "or ISO-8601 with an offset"
+        )
+    return parsed
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_time(value: str) -> datetime | None:
+    """The events' own timestamp parser (one value at a time is slow there, and dashboards
+    repeat the same few values, hence the cache)."""
     from adpulse.processor.steps.validate import parse_timestamp
 
     text = value.strip()
@@ -146,20 +162,14 @@ def parse_time(value: str, name: str) -> datetime:
         text += ":00"
     if len(text) == 19 and text[10] == "T":  # naive ISO: UTC, like the space form
         text = text[:10] + " " + text[11:]
-    parsed = parse_timestamp(text)
-    if parsed is None:
-        raise FilterError(
-            f"{name}: cannot read {value!r}; use 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) "
-            "or ISO-8601 with an offset"
-        )
-    return parsed
+    return parse_timestamp(text)
 
 
 def _text(description: str) -> Any:
     return Query(min_length=1, max_length=_TEXT, description=description)
 
 
-def filters_param(
+async def filters_param(  # async: quick, so it runs on the loop, not in a worker thread
     campaign: Annotated[str | None, _text("Only this campaign.")] = None,
     ad: Annotated[
         int | None, Query(ge=-(2**63), le=2**63 - 1, description="Only this ad id.")
@@ -342,6 +352,37 @@ class LiveFeed:
                 self._offer(queue, message)
 
 
+class RequestLimits:
+    """Rejects an over-long query string (414) or a repeated parameter (400) before routing.
+
+    Plain ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware
+    re-streams every response through a task and a queue, which cost more than a shared
+    answer itself under load.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            query = scope.get("query_string", b"")
+            rejection: Response | None = None
+            if len(query) > MAX_QUERY_STRING:
+                rejection = _error(
+                    414, "query_too_long", f"the query string is over {MAX_QUERY_STRING} bytes"
+                )
+            elif query:
+                pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+                repeated = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+                if repeated:
+                    detail = f"repeated parameter(s): {', '.join(repeated)}"
+                    rejection = _error(400, "invalid_parameter", detail)
+            if rejection is not None:
+                await rejection(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 # --- the app --------------------------------------------------------------------------------
 def create_app(
     warehouse: Warehouse,
@@ -394,8 +435,9 @@ def create_app(
             yield
         finally:
             await feed.stop()
-            readers.shutdown(wait=False, cancel_futures=True)
-            feed_reader.shutdown(wait=False, cancel_futures=True)
+            # wait for reads still running: the warehouse is closed after the app stops
+            for pool in (readers, feed_reader):
+                await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
     app = FastAPI(
         title="adpulse",
@@ -433,17 +475,7 @@ def create_app(
         codes = {404: "not_found", 405: "method_not_allowed"}
         return _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
 
-    @app.middleware("http")
-    async def _limits(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Any:
-        if len(request.scope.get("query_string", b"")) > MAX_QUERY_STRING:
-            return _error(
-                414, "query_too_long", f"the query string is over {MAX_QUERY_STRING} bytes"
-            )
-        params = request.query_params
-        repeated = sorted({k for k in params if len(params.getlist(k)) > 1})
-        if repeated:
-            return _error(400, "invalid_parameter", f"repeated parameter(s): {', '.join(repeated)}")
-        return await call_next(request)
+    app.add_middleware(RequestLimits)
 
     async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         # DuckDB reads release the GIL; a thread keeps the event loop (and SSE) responsive
