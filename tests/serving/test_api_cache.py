@@ -59,29 +59,30 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
-def test_fresh_answer_is_kept_then_refreshed_ahead_then_never_served_too_old() -> None:
+def test_fresh_then_stale_while_one_refresh_runs_then_never_served_too_old() -> None:
     async def scenario() -> None:
         clock, source = Clock(), Source()
         cache = ResultCache(1.0, _inline, clock=clock)
         assert await cache.get("k", source) == b"A"
         source.value = b"B"  # the data change; the kept answer is A, taken at 0
-        clock.now = 0.5
-        assert await cache.get("k", source) == b"A"  # fresh, and not yet half-way old
+        clock.now = 1.0  # exactly api_cache_seconds old: fresh
+        assert await cache.get("k", source) == b"A"
         await _settle()
         assert source.reads == 1
-        clock.now = 0.6
-        assert await cache.get("k", source) == b"A"  # still served, refresh started
+        clock.now = 1.5  # stale: still served, and one refresh starts
+        assert await cache.get("k", source) == b"A"
+        assert await cache.get("k", source) == b"A"  # the refresh is running: no second
         await _settle()
         assert source.reads == 2
-        clock.now = 0.7
-        assert await cache.get("k", source) == b"B"  # the refreshed answer, taken at 0.6
+        clock.now = 1.6
+        assert await cache.get("k", source) == b"B"  # the refreshed answer, taken at 1.5
         source.value = b"C"
-        clock.now = 1.6  # that answer is now exactly api_cache_seconds old: still served
+        clock.now = 3.5  # twice api_cache_seconds old: the last moment it may be served
         assert await cache.get("k", source) == b"B"  # (and a refresh starts)
-        clock.now = 1.61  # older than that: never served, the request waits for a fresh one
-        assert await cache.get("k", source) == b"C"  # the refresh started at 1.6, joined
+        clock.now = 3.51  # older than that: never served; the running refresh is joined
+        assert await cache.get("k", source) == b"C"
         assert cache.computations == source.reads == 3
-        clock.now = 2.7
+        clock.now = 6.0
         source.value = b"D"
         assert await cache.get("k", source) == b"D"  # nothing running: computed for it
         assert cache.computations == source.reads == 4
@@ -292,7 +293,7 @@ def _commit_more_impressions(warehouse: Warehouse, commits: CommitSignal | None)
 
 
 @pytest.mark.parametrize("signalled", [True, False])
-def test_a_commit_is_visible_within_api_cache_seconds(
+def test_a_commit_is_visible_within_bounded_staleness(
     warehouse: Warehouse, tmp_path: Path, signalled: bool
 ) -> None:
     commits = CommitSignal() if signalled else None
@@ -303,12 +304,18 @@ def test_a_commit_is_visible_within_api_cache_seconds(
             return int(client.get(f"{V1}/summary").json()["summary"]["impressions"])
 
         assert impressions() == 230
+        asked = time.monotonic()  # the kept answer was taken at or after this
         _commit_more_impressions(warehouse, commits)
-        committed = time.monotonic()
-        seen = impressions()
-        assert seen in (230, 330)  # the kept answer may be served, it is at most 0.5 s old
-        time.sleep(max(0.0, committed + 0.5 - time.monotonic()) + 0.02)
-        assert impressions() == 330  # asked more than 0.5 s after the commit: always seen
+        # steady traffic: the kept answer may be served until 2 x 0.5 s old, and past
+        # 0.5 s one refresh replaces it, so the commit shows within 0.5 s + one query
+        seen: list[tuple[float, int]] = []
+        while time.monotonic() - asked < 1.2:
+            seen.append((time.monotonic() - asked, impressions()))
+            time.sleep(0.02)
+        assert {n for _, n in seen} <= {230, 330}
+        assert all(n == 330 for t, n in seen if t > 1.0)  # never served more than 1 s old
+        first_new = min(t for t, n in seen if n == 330)
+        assert first_new < 1.0
         assert impressions() == int(queries.summary(warehouse, Filters())["impressions"][0])
 
 
@@ -317,7 +324,7 @@ def test_without_commits_answers_stay_current(
 ) -> None:
     client, commits, app = api
     assert client.get(f"{V1}/summary").json()["summary"]["impressions"] == 230
-    time.sleep(0.6)  # older than api_cache_seconds, but no commit since
+    time.sleep(1.1)  # older than twice api_cache_seconds, but no commit since
     assert client.get(f"{V1}/summary").json()["summary"]["impressions"] == 230
     assert app.state.answers.computations == 1
     _commit_more_impressions(warehouse, commits)

@@ -6,17 +6,18 @@ JSON body) under its endpoint and normalized parameters, for ``seconds``
 (``api_cache_seconds``):
 
 - an answer younger than ``seconds`` is served as is;
-- past half of that, the next request starts ONE background recomputation (refresh
-  ahead) and is still served the kept answer, so a steady stream of requests never
-  waits for the warehouse;
-- an answer older than ``seconds`` is never served: requests wait for a computation,
-  all of them for the same one (single flight);
+- an older one, up to ``2 * seconds``, is still served while ONE background computation
+  replaces it (stale while revalidate), so a steady stream of requests never waits for
+  the warehouse, and each answer is computed at most about once per ``seconds``;
+- an answer older than ``2 * seconds`` is never served: requests wait for a
+  computation, all of them for the same one (single flight);
 - with a commit counter (:class:`~adpulse.processor.commits.CommitSignal`), an answer
   computed since the latest commit is current whatever its age.
 
-So a response reflects every commit made more than ``seconds`` before the request
-arrived. ``seconds`` 0 turns all of this off: every request computes. Memory is bounded
-by ``max_bytes`` of kept bodies, least recently used first out.
+So a response reflects every commit made more than ``2 * seconds`` before the request
+arrived, and under steady traffic a commit shows within ``seconds`` plus one
+computation. ``seconds`` 0 turns all of this off: every request computes. Memory is
+bounded by ``max_bytes`` of kept bodies, least recently used first out.
 
 Not thread-safe: used from the event loop only; computations run wherever ``run`` sends
 them (the API's bounded thread pool).
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Default bound of the bodies kept (a 7-day minute series is a few MB).
 MAX_BYTES: Final = 64 * 1024 * 1024
+#: Answers are served up to this many times ``seconds`` old while one refresh runs.
+STALE_FACTOR: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +98,13 @@ class ResultCache:
         if answer is not None:
             current = version is not None and answer.version == version
             age = now - answer.taken_at
-            if current or age <= self.seconds:
+            if current or age <= self.seconds * STALE_FACTOR:
                 self._answers.move_to_end(key)
-                if not current and age > self.seconds / 2 and key not in self._flights:
-                    self._start(key, compute, now, version)  # refresh ahead
+                if not current and age > self.seconds and key not in self._flights:
+                    self._start(key, compute, now, version)  # revalidate in the background
                 return answer.body
         flight = self._flights.get(key)
-        if flight is None or now - flight.started_at > self.seconds:
+        if flight is None or now - flight.started_at > self.seconds * STALE_FACTOR:
             # none running, or one whose answer would already be too old: a fresh one
             flight = self._start(key, compute, now, version)
         # shield: a client that hangs up must not cancel the computation others await
