@@ -376,3 +376,31 @@ def test_stream_pushes_right_after_a_commit(
     assert pushed["summary"]["impressions"] == 330
     assert pushed["tick"] == first["tick"] + 1
     assert waited < 2.0  # the timer alone would take 30 s
+
+
+def test_a_request_seen_before_skips_validation_and_gets_the_same_bytes(
+    api: tuple[TestClient, CommitSignal, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, _, app = api
+    validated: list[Filters] = []
+    original = queries.minute_aligned
+
+    def counting(filters: Filters) -> Filters:
+        validated.append(filters)
+        return original(filters)
+
+    monkeypatch.setattr(queries, "minute_aligned", counting)
+    url = f"{V1}/top-ads?from=2023-09-09%2010:00&by=conversion_rate&min_clicks=1"
+    first = client.get(url)
+    again = client.get(url)
+    assert first.status_code == again.status_code == 200
+    assert again.content == first.content and again.headers["content-type"] == "application/json"
+    assert len(validated) == 1  # the second one never reached the parameter parsing
+    # other bytes for the same question: validated, then the same shared answer
+    other = client.get(f"{V1}/top-ads?min_clicks=1&by=conversion_rate&from=2023-09-09T10:00:00")
+    assert other.content == first.content and len(validated) == 2
+    assert app.state.answers.computations == 1
+    # a bad request is never remembered: it fails the same way every time
+    for _ in range(2):
+        assert client.get(f"{V1}/top-ads?limit=0").status_code == 422
+    assert client.post(url).status_code == 405  # only GETs are answered from memory

@@ -27,11 +27,11 @@ import contextlib
 import functools
 import logging
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path as FilePath
@@ -383,6 +383,65 @@ class RequestLimits:
         await self.app(scope, receive, send)
 
 
+@dataclass(frozen=True, slots=True)
+class SharedRequest:
+    """What a validated request asked: its shared answer's key and how to compute it."""
+
+    key: Hashable
+    compute: Callable[[], bytes]
+    versioned: bool
+
+
+class KnownRequests:
+    """Raw GET requests (path and query string, byte for byte) that passed validation,
+    with what they asked. Parsing is deterministic, so the same bytes ask the same again.
+    Bounded: the oldest are forgotten first."""
+
+    MAX_REQUESTS: Final = 4096
+
+    def __init__(self) -> None:
+        self._known: OrderedDict[tuple[str, bytes], SharedRequest] = OrderedDict()
+
+    @staticmethod
+    def _raw(scope: Scope) -> tuple[str, bytes]:
+        return scope["path"], scope.get("query_string", b"")
+
+    def remember(self, scope: Scope, asked: SharedRequest) -> None:
+        raw = self._raw(scope)
+        self._known[raw] = asked
+        self._known.move_to_end(raw)
+        while len(self._known) > self.MAX_REQUESTS:
+            self._known.popitem(last=False)
+
+    def lookup(self, scope: Scope) -> SharedRequest | None:
+        if scope["type"] != "http" or scope["method"] != "GET":
+            return None
+        return self._known.get(self._raw(scope))
+
+
+class AnswerShortcut:
+    """Answers a GET seen before (byte for byte) from the shared answers, skipping
+    routing, parameter validation and response encoding, which cost more than the
+    answer itself; anything else, or any failure, goes through the app as usual."""
+
+    def __init__(self, app: ASGIApp, known: KnownRequests, answers: ResultCache) -> None:
+        self.app = app
+        self.known = known
+        self.answers = answers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        asked = self.known.lookup(scope)
+        if asked is not None:
+            try:
+                body = await self.answers.get(asked.key, asked.compute, versioned=asked.versioned)
+            except Exception:  # the app gives the proper error response
+                log.debug("shortcut for %s failed; routing it", scope["path"], exc_info=True)
+            else:
+                await json_body(body)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 # --- the app --------------------------------------------------------------------------------
 def create_app(
     warehouse: Warehouse,
@@ -476,16 +535,24 @@ def create_app(
         return _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
 
     app.add_middleware(RequestLimits)
+    known = KnownRequests()
+    app.state.known_requests = known
+    app.add_middleware(AnswerShortcut, known=known, answers=answers)  # outermost: first
 
     async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         # DuckDB reads release the GIL; a thread keeps the event loop (and SSE) responsive
         return await read(functools.partial(fn, *args, **kwargs))
 
     async def shared(
-        key: Hashable, build: Callable[[], Any], *, versioned: bool = True
+        request: Request, key: Hashable, build: Callable[[], Any], *, versioned: bool = True
     ) -> Response:
         """The JSON of ``build()``, shared by identical requests (see module doc)."""
-        body = await answers.get(key, lambda: _dumps(build()), versioned=versioned)
+
+        def compute() -> bytes:
+            return _dumps(build())
+
+        body = await answers.get(key, compute, versioned=versioned)
+        known.remember(request.scope, SharedRequest(key, compute, versioned))
         return json_body(body)
 
     # --- dashboard ------------------------------------------------------------------------
@@ -532,6 +599,7 @@ def create_app(
     # --- metrics --------------------------------------------------------------------------
     @app.get(f"{API_PREFIX}/metrics/{{metric}}", tags=["metrics"])
     async def metric(
+        request: Request,
         filters: FiltersDep,
         metric: Annotated[str, Path(max_length=40, description=" | ".join(METRICS))],
         by: ByParam = None,
@@ -543,6 +611,7 @@ def create_app(
                 404, f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}"
             )
         return await shared(
+            request,
             ("metric", metric, by, filters),
             lambda: {
                 "metric": metric,
@@ -553,20 +622,23 @@ def create_app(
         )
 
     @app.get(f"{API_PREFIX}/summary", tags=["metrics"])
-    async def summary(filters: FiltersDep) -> Response:
+    async def summary(request: Request, filters: FiltersDep) -> Response:
         """Headline numbers (as ``adpulse query summary``)."""
         return await shared(
+            request,
             ("summary", filters),
             lambda: {"filters": _filters_echo(filters), "summary": summary_of(filters)},
         )
 
     @app.get(f"{API_PREFIX}/timeseries", tags=["metrics"])
     async def timeseries(
+        request: Request,
         filters: FiltersDep,
         bucket: Annotated[Literal["minute", "hour"], Query()] = "minute",
     ) -> Response:
         """Counts, rates and latency percentiles per minute or hour bucket."""
         return await shared(
+            request,
             ("timeseries", bucket, filters),
             lambda: {
                 "bucket": bucket,
@@ -577,6 +649,7 @@ def create_app(
 
     @app.get(f"{API_PREFIX}/trending", tags=["metrics"])
     async def trending(
+        request: Request,
         filters: FiltersDep,
         window: Annotated[int | None, Query(ge=1, le=1440, description="Minutes.")] = None,
         min_clicks: MinClicksParam = None,
@@ -596,10 +669,11 @@ def create_app(
                 "rows": queries.trending(warehouse, filters, minutes, clicks, limit),
             }
 
-        return await shared(("trending", minutes, clicks, limit, filters), build)
+        return await shared(request, ("trending", minutes, clicks, limit, filters), build)
 
     @app.get(f"{API_PREFIX}/top-ads", tags=["metrics"])
     async def top_ads(
+        request: Request,
         filters: FiltersDep,
         by: Annotated[Literal["revenue", "conversion_rate"], Query()] = "revenue",
         min_clicks: MinClicksParam = None,
@@ -608,6 +682,7 @@ def create_app(
         """The best ads by revenue or by conversion rate."""
         clicks = settings.min_clicks if min_clicks is None else min_clicks
         return await shared(
+            request,
             ("top-ads", by, clicks, limit, filters),
             lambda: {
                 "by": by,
@@ -618,9 +693,10 @@ def create_app(
         )
 
     @app.get(f"{API_PREFIX}/latency-histogram", tags=["metrics"])
-    async def latency_histogram(filters: FiltersDep) -> Response:
+    async def latency_histogram(request: Request, filters: FiltersDep) -> Response:
         """Attributed conversions by click-to-conversion latency bucket (seconds)."""
         return await shared(
+            request,
             ("latency-histogram", filters),
             lambda: {
                 "filters": _filters_echo(filters),
@@ -630,6 +706,7 @@ def create_app(
 
     @app.get(f"{API_PREFIX}/breakdown/{{dimension}}", tags=["metrics"])
     async def breakdown(
+        request: Request,
         filters: FiltersDep,
         dimension: Annotated[str, Path(max_length=40, description=" | ".join(DIMENSIONS))],
     ) -> Response:
@@ -640,6 +717,7 @@ def create_app(
             )
         column = cast("queries.BreakdownDimension", dimension)
         return await shared(
+            request,
             ("breakdown", dimension, filters),
             lambda: {
                 "dimension": dimension,
@@ -649,7 +727,7 @@ def create_app(
         )
 
     @app.get(f"{API_PREFIX}/dimensions", tags=["metadata"])
-    async def dimensions() -> Response:
+    async def dimensions(request: Request) -> Response:
         """Distinct values for filter pickers, and the span of minutes holding data."""
 
         def both() -> dict[str, Any]:
@@ -658,14 +736,14 @@ def create_app(
                 "data_range": queries.data_range(warehouse),
             }
 
-        return await shared(("dimensions",), both)
+        return await shared(request, ("dimensions",), both)
 
     @app.get(f"{API_PREFIX}/health", tags=["metadata"])
-    async def pipeline_health() -> Response:
+    async def pipeline_health(request: Request) -> Response:
         """Pipeline status: counters per stream, dead letters by reason, watermarks, last
         commit, data range (and live events/s and lag when the demo serves)."""
         # live figures (events/s, lag) move without commits: shared by age only
-        return await shared(("health",), health, versioned=False)
+        return await shared(request, ("health",), health, versioned=False)
 
     @app.get(f"{API_PREFIX}/stream", tags=["live"], response_class=StreamingResponse)
     async def stream(
