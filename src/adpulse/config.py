@@ -76,6 +76,15 @@ class Settings(BaseSettings):
         " worker's partitions move to the survivors within about this long.",
     )
 
+    api_cache_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="HTTP API: answers are shared at most this old (0: every request queries).",
+    )
+    api_query_threads: int = Field(
+        2, ge=1, le=64, description="HTTP API: warehouse queries run at once, at most."
+    )
     trending_window_minutes: int = Field(15, ge=1)
     min_clicks: int = Field(20, ge=0, description="Minimum clicks for rate rankings.")
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import shutil
+import socketserver
+import subprocess
+import threading
+from collections import Counter
+from pathlib import Path
+
 import pytest
 
-from adpulse.operations.bench_api import _dashboard_paths, event_to_screen
+from adpulse.operations.bench_api import _WRK_SCRIPT, _dashboard_paths, event_to_screen
 from adpulse.operations.loadgen import percentiles, run_load
 
 
@@ -58,3 +67,42 @@ def test_dashboard_mix_is_a_24h_range() -> None:
         "/api/v1/breakdown/platform",
     ]
     assert all("from=2023-09-07T12%3A00&to=2023-09-08T12%3A00" in p for p in paths)
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt install wrk)")
+def test_wrk_script_cycles_the_mix_and_prints_its_summary(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            seen.append(self.path)
+            status = 500 if self.path == "/broken" else 200
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    paths = ["/api/v1/summary?from=2023-09-07T12%3A00", "/b", "/broken"]
+    script = tmp_path / "mix.lua"
+    script.write_text(_WRK_SCRIPT % {"paths": ", ".join(json.dumps(p) for p in paths)})
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+        done = subprocess.run(
+            ["wrk", "-t1", "-c1", "-d1s", "-s", str(script), f"http://127.0.0.1:{port}/"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        server.shutdown()
+    summary = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    # a request in flight when wrk stops reaches the server but not the summary
+    assert len(seen) - 1 <= summary["requests"] <= len(seen) and len(seen) > 3
+    counts = Counter(seen)
+    assert set(counts) == set(paths)  # every path, in turn: counts differ by at most one
+    assert max(counts.values()) - min(counts.values()) <= 1
+    assert counts["/broken"] - 1 <= summary["non_2xx_3xx"] <= counts["/broken"]
+    assert 0 < summary["p50_us"] <= summary["p99_us"] <= summary["max_us"]

@@ -16,15 +16,22 @@ ingests. A benchmark, not a test: it measures and reports, it asserts nothing.
    that mark's time.
 4. Query load: a separate process (:mod:`adpulse.operations.loadgen`) runs 1, then N
    concurrent keep-alive clients for a fixed time over the dashboard's queries for a
-   24 h range, while ingest runs at ``--load-rate``.
+   24 h range, while ingest runs at ``--load-rate``. When ``wrk`` is installed, the same
+   N clients and path mix run again from wrk (C, so the load tool takes less of the
+   shared CPU than the Python one; overall latency only).
+
+Each phase also reports the processor's batches (how many, mean records per batch), to
+see whether readers slow ingest down.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -41,7 +48,7 @@ from adpulse.contracts import Stream
 from adpulse.operations.bench import scratch_dir
 from adpulse.operations.demo import load_generated_dimensions
 from adpulse.operations.loadgen import percentiles
-from adpulse.processor.pipeline import Processor
+from adpulse.processor.pipeline import BatchReport, Processor
 from adpulse.serving import queries
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
@@ -57,6 +64,24 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+class BatchCounter:
+    """Batches the processor committed and their records (its ``on_batch`` callback)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.batches = 0
+        self.records = 0
+
+    def add(self, report: BatchReport) -> None:
+        with self.lock:
+            self.batches += 1
+            self.records += report.records
+
+    def read(self) -> tuple[int, int]:
+        with self.lock:
+            return self.batches, self.records
+
+
 class LiveProducer:
     """Generates and appends events at ``rate``/s; records (wall time, cumulative
     records appended per stream) after each flush."""
@@ -69,6 +94,7 @@ class LiveProducer:
         self.lock = threading.Lock()
         self.totals: dict[str, int] = {s.value: 0 for s in Stream}
         self.marks: list[tuple[float, dict[str, int]]] = []
+        self.batches = BatchCounter()
 
     def set_baseline(self, committed: dict[str, int]) -> None:
         with self.lock:
@@ -242,10 +268,10 @@ def run_bench_api(
             live.rate = load_rate
             stop = threading.Event()
             sock = bind("127.0.0.1", 0)
-            server = make_server(create_app(rt.warehouse, settings))
+            server = make_server(create_app(rt.warehouse, settings, commits=processor.commits))
             threads = [
                 Worker(live.run, "producer", stop),
-                Worker(processor.run, "processor", stop),
+                Worker(processor.run, "processor", stop, on_batch=live.batches.add),
                 Worker(server.run, "http api", sockets=[sock]),
             ]
             for th in threads:
@@ -264,6 +290,9 @@ def run_bench_api(
                     url, 1, min(5.0, load_seconds), live, rt.warehouse, console
                 )
                 result["query_load"] = _query_load(
+                    url, clients, load_seconds, live, rt.warehouse, console
+                )
+                result["query_load_wrk"] = _query_load_wrk(
                     url, clients, load_seconds, live, rt.warehouse, console
                 )
             finally:
@@ -329,7 +358,7 @@ def _query_load(
         str(clients),
         *paths,
     ]
-    before_produced, before_committed = live.produced(), sum(_committed(warehouse).values())
+    before = _ingest_marks(live, warehouse)
     t = time.perf_counter()
     with console.status(f"{clients} clients for {seconds:g} s at {live.rate:,.0f} events/s ingest"):
         done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
@@ -337,21 +366,112 @@ def _query_load(
     if done.returncode != 0:
         raise UserError(f"the load generator failed: {done.stderr.strip()[-2000:]}")
     load = json.loads(done.stdout)
-    load["ingest"] = _ingest(live, warehouse, before_produced, before_committed, wall)
+    load["ingest"] = _ingest(live, warehouse, before, wall)
     load["paths"] = paths
     return load
 
 
+#: wrk script: each connection takes the next path of the mix in turn; ``done`` prints
+#: one JSON line (latencies in microseconds).
+_WRK_SCRIPT = """
+local paths = {%(paths)s}
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", paths[(counter %% #paths) + 1])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %%d, "duration_us": %%d, "errors": %%d, "non_2xx_3xx": %%d, ' ..
+    '"p50_us": %%.0f, "p90_us": %%.0f, "p99_us": %%.0f, "max_us": %%.0f}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+def _query_load_wrk(
+    url: str,
+    clients: int,
+    seconds: float,
+    live: LiveProducer,
+    warehouse: Warehouse,
+    console: Console,
+) -> dict[str, Any] | None:
+    """The same mix and clients as :func:`_query_load`, from wrk; None without wrk."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        console.print("wrk is not installed: query load measured with the Python client only")
+        return None
+    end = (_now() + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    paths = _dashboard_paths(end)
+    script = _WRK_SCRIPT % {"paths": ", ".join(json.dumps(p) for p in paths)}
+    with tempfile.TemporaryDirectory(prefix="adpulse-wrk-") as folder:
+        script_path = Path(folder) / "mix.lua"
+        script_path.write_text(script)
+        command = [
+            wrk,
+            "--threads",
+            "2",
+            "--connections",
+            str(clients),
+            "--duration",
+            f"{max(1, round(seconds))}s",
+            "--timeout",
+            "30s",
+            "--script",
+            str(script_path),
+            url + "/",
+        ]
+        before = _ingest_marks(live, warehouse)
+        t = time.perf_counter()
+        with console.status(f"wrk: {clients} connections for {seconds:g} s"):
+            done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+        wall = time.perf_counter() - t
+    if done.returncode != 0:
+        raise UserError(f"wrk failed: {done.stderr.strip()[-2000:]}")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise UserError(f"wrk printed no summary: {done.stdout.strip()[-2000:]}")
+    raw = json.loads(lines[-1])
+    duration = raw["duration_us"] / 1e6
+    return {
+        "clients": clients,
+        "seconds": round(duration, 2),
+        "overall": {
+            "requests": raw["requests"],
+            "errors": raw["errors"] + raw["non_2xx_3xx"],
+            "requests_per_s": round(raw["requests"] / duration, 1),
+            **{
+                f"{name}_ms": round(raw[f"{name}_us"] / 1000, 2)
+                for name in ("p50", "p90", "p99", "max")
+            },
+        },
+        "ingest": _ingest(live, warehouse, before, wall),
+        "paths": paths,
+    }
+
+
+def _ingest_marks(live: LiveProducer, warehouse: Warehouse) -> tuple[int, int, int, int]:
+    """(produced, committed, batches, batch records) now, to diff at a phase's end."""
+    batches, records = live.batches.read()
+    return live.produced(), sum(_committed(warehouse).values()), batches, records
+
+
 def _ingest(
-    live: LiveProducer, warehouse: Warehouse, produced0: int, committed0: int, wall: float
+    live: LiveProducer, warehouse: Warehouse, before: tuple[int, int, int, int], wall: float
 ) -> dict[str, Any]:
-    produced, committed = live.produced(), sum(_committed(warehouse).values())
+    produced0, committed0, batches0, records0 = before
+    produced, committed, batches, records = _ingest_marks(live, warehouse)
     return {
         "target_events_per_s": live.rate,
         "produced_records_per_s": round((produced - produced0) / wall),
         "committed_records_per_s": round((committed - committed0) / wall),
         "backlog_records_at_end": produced - committed,
         "backlog_records_at_start": produced0 - committed0,
+        "batches": batches - batches0,
+        "records_per_batch": round((records - records0) / max(1, batches - batches0)),
     }
 
 
@@ -363,14 +483,14 @@ def _event_to_screen(
     client = SseClient(f"{url}/api/v1/stream?{q}")
     stop = threading.Event()
     reader = threading.Thread(target=client.run, args=(stop,), daemon=True)
-    produced0, committed0 = live.produced(), sum(_committed(warehouse).values())
+    before = _ingest_marks(live, warehouse)
     t = time.perf_counter()
     with console.status(f"event-to-screen for {seconds:g} s at {live.rate:,.0f} events/s"):
         reader.start()
         time.sleep(seconds)
         stop.set()
     wall = time.perf_counter() - t
-    ingest = _ingest(live, warehouse, produced0, committed0, wall)
+    ingest = _ingest(live, warehouse, before, wall)
     with live.lock:
         marks = list(live.marks)
     latencies = event_to_screen(marks, client.updates)
@@ -408,6 +528,15 @@ def _print(result: dict[str, Any], console: Console) -> None:
             str(v["errors"]),
         )
     console.print(table)
+    by_wrk = result.get("query_load_wrk")
+    if by_wrk is not None:
+        w = by_wrk["overall"]
+        console.print(
+            f"same mix from wrk, {by_wrk['clients']} connections, {by_wrk['seconds']} s: "
+            f"{w['requests_per_s']:,.1f} req/s, p50 {w['p50_ms']} ms, p90 {w['p90_ms']} ms, "
+            f"p99 {w['p99_ms']} ms, max {w['max_ms']} ms, errors {w['errors']} (ingest "
+            f"{by_wrk['ingest']['committed_records_per_s']:,} records/s committed)"
+        )
     one = result["query_single_client"]["overall"]
     console.print(
         f"same mix from 1 client: {one['requests_per_s']:,.1f} req/s, p50 {one['p50_ms']} ms, "

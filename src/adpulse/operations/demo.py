@@ -133,7 +133,7 @@ def run_demo(
         ]
         server = None
         if sock is not None:
-            server = _start_api(rt, sock, rates, live_figures, threads, console)
+            server = _start_api(rt, sock, rates, live_figures, threads, console, processor)
         for t in threads:
             t.start()
         # The display thread's own consumer: consumers are not thread-safe.
@@ -174,6 +174,7 @@ def _start_api(
     live_figures: dict[str, float],
     threads: list[Worker],
     console: Console,
+    processor: Processor,
 ) -> Any:
     """Serve the HTTP API in a thread of this process, over the demo's own warehouse
     object (DuckDB lets one process hold the file; reads use their own cursors)."""
@@ -185,7 +186,8 @@ def _start_api(
             **live_figures,
         }
 
-    server = make_server(create_app(rt.warehouse, rt.settings, status_source=figures))
+    app = create_app(rt.warehouse, rt.settings, status_source=figures, commits=processor.commits)
+    server = make_server(app)
     threads.append(Worker(server.run, "http api", sockets=[sock]))
     url = url_of(sock)
     console.print(f"dashboard at {url} · HTTP API at {url}api/v1/summary (docs: {url}docs)")

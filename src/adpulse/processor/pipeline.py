@@ -22,6 +22,7 @@ import polars as pl
 
 from adpulse.config import Settings
 from adpulse.contracts import Stream
+from adpulse.processor.commits import CommitSignal
 from adpulse.processor.state import (
     CLICK_STATE_COLUMNS,
     OPEN_CONVERSION_COLUMNS,
@@ -103,10 +104,17 @@ class _Committer:
     A failed commit stops the processor at its next submit.
     """
 
-    def __init__(self, warehouse: Warehouse, consumer: Consumer, seconds: dict[str, float]) -> None:
+    def __init__(
+        self,
+        warehouse: Warehouse,
+        consumer: Consumer,
+        seconds: dict[str, float],
+        commits: CommitSignal,
+    ) -> None:
         self.warehouse = warehouse
         self.consumer = consumer
         self.seconds = seconds
+        self.commits = commits
         self.error: BaseException | None = None
         self.last_commit_wall: float | None = None
         self._queue: queue.Queue[tuple[BatchOutput, list[tuple[Stream, int, str]]] | None] = (
@@ -155,6 +163,8 @@ class _Committer:
                 except BaseException as exc:  # noqa: BLE001 - handed to the processor
                     log.exception("commit of batch %s failed", output.batch_id)
                     self.error = exc
+                else:
+                    self.commits.notify()
                 self.seconds["commit"] += time.perf_counter() - t
                 self.last_commit_wall = time.time()
             finally:
@@ -210,7 +220,9 @@ class Processor:
         )
         self._last_idle_commit = 0.0
         self.recover()
-        self.committer = _Committer(warehouse, self.consumer, self.step_seconds)
+        #: Bumped after every commit: the HTTP API caches and pushes by it.
+        self.commits = CommitSignal()
+        self.committer = _Committer(warehouse, self.consumer, self.step_seconds, self.commits)
 
     # -- recovery ----------------------------------------------------------------------
     def recover(self) -> None:

@@ -9,31 +9,46 @@ datetimes as ISO-8601 UTC with a ``Z``, undefined ratios and NaN as ``null``. Er
 Live push: ``/api/v1/stream`` is Server-Sent Events. One refresher task per app computes
 the pipeline status once per tick and the summary once per distinct filter set in use,
 and fans the same payload out to every client with those filters (bounded queues: a
-slow client skips ticks instead of growing memory).
+slow client skips ticks instead of growing memory). With the processor's commit signal
+(demo, bench) a tick follows each commit, at most one per :data:`MIN_PUSH_GAP`, and at
+least one per ``refresh_seconds``; without it (``adpulse serve``) ticks are timed.
+
+Load: time ranges are read as whole minutes (:func:`~adpulse.serving.queries.minute_aligned`),
+answers are shared between identical requests for up to ``api_cache_seconds``
+(:mod:`adpulse.serving.cache`), and warehouse queries run on a pool of
+``api_query_threads`` threads (plus one for the live feed), so that readers cannot take
+every core from the processor that shares the process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Final, Literal, cast
+from urllib.parse import parse_qsl
 
 import orjson
 import polars as pl
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adpulse.config import Settings
+from adpulse.processor.commits import CommitSignal
 from adpulse.serving import queries
+from adpulse.serving.cache import ResultCache
 from adpulse.serving.queries import FilterError, Filters
 from adpulse.storage.warehouse.base import Warehouse
 
@@ -49,6 +64,8 @@ MAX_STREAM_KEYS: Final = 32
 MAX_STREAM_CLIENTS: Final = 256
 #: Events buffered per SSE client; older ones are dropped for a slow client.
 CLIENT_QUEUE: Final = 4
+#: Shortest time between two live-feed ticks when commits come faster.
+MIN_PUSH_GAP: Final = 0.25
 
 METRICS: Final = ("ctr", "conversion-rate", "revenue-per-conversion", "conversion-latency")
 _METRIC_FUNCTIONS: Final = {
@@ -111,6 +128,11 @@ def ok(content: Any) -> Response:
     return ORJSONPlainResponse(content)
 
 
+def json_body(body: bytes) -> Response:
+    """A response from an already serialized JSON body (no second validation or encoding)."""
+    return Response(body, media_type="application/json")
+
+
 def _error(status: int, error: str, detail: Any) -> JSONResponse:
     return ORJSONPlainResponse({"error": error, "detail": detail}, status_code=status)
 
@@ -118,6 +140,19 @@ def _error(status: int, error: str, detail: Any) -> JSONResponse:
 # --- parameters -----------------------------------------------------------------------------
 def parse_time(value: str, name: str) -> datetime:
     """A time parameter: 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) or ISO-8601."""
+    parsed = _parsed_time(value)
+    if parsed is None:
+        raise FilterError(
+            f"{name}: cannot read {value!r}; use 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) "
+            "or ISO-8601 with an offset"
+        )
+    return parsed
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_time(value: str) -> datetime | None:
+    """The events' own timestamp parser (one value at a time is slow there, and dashboards
+    repeat the same few values, hence the cache)."""
     from adpulse.processor.steps.validate import parse_timestamp
 
     text = value.strip()
@@ -127,20 +162,14 @@ def parse_time(value: str, name: str) -> datetime:
         text += ":00"
     if len(text) == 19 and text[10] == "T":  # naive ISO: UTC, like the space form
         text = text[:10] + " " + text[11:]
-    parsed = parse_timestamp(text)
-    if parsed is None:
-        raise FilterError(
-            f"{name}: cannot read {value!r}; use 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) "
-            "or ISO-8601 with an offset"
-        )
-    return parsed
+    return parse_timestamp(text)
 
 
 def _text(description: str) -> Any:
     return Query(min_length=1, max_length=_TEXT, description=description)
 
 
-def filters_param(
+async def filters_param(  # async: quick, so it runs on the loop, not in a worker thread
     campaign: Annotated[str | None, _text("Only this campaign.")] = None,
     ad: Annotated[
         int | None, Query(ge=-(2**63), le=2**63 - 1, description="Only this ad id.")
@@ -170,7 +199,8 @@ def filters_param(
     if start is not None and end is not None and end - start > MAX_RANGE:
         days = (end - start) / timedelta(days=1)
         raise FilterError(f"the time range is {days:g} days long; at most {MAX_RANGE.days} days")
-    return Filters(
+    # whole minutes: what the rollups read anyway, and requests within one minute share answers
+    filters = Filters(
         campaign=campaign,
         ad_id=ad,
         start=start,
@@ -181,6 +211,7 @@ def filters_param(
         age_band=age_band,
         interest=interest,
     )
+    return queries.minute_aligned(filters)
 
 
 FiltersDep = Annotated[Filters, Depends(filters_param)]
@@ -198,17 +229,29 @@ def _filters_echo(filters: Filters) -> dict[str, Any]:
 
 # --- live feed ------------------------------------------------------------------------------
 class LiveFeed:
-    """One refresher, many subscribers: see the module doc."""
+    """One refresher, many subscribers: see the module doc.
+
+    ``run(fn)`` runs a warehouse read off the event loop. ``commits``, when given, wakes
+    the refresher after each commit, so fresh numbers reach the page right after they
+    are committed rather than up to ``interval`` later.
+    """
 
     def __init__(
         self,
         compute_status: Callable[[], Any],
         compute_summary: Callable[[Filters], Any],
         interval: float,
+        run: Callable[[Callable[[], Any]], Awaitable[Any]],
+        commits: CommitSignal | None = None,
     ) -> None:
         self._status = compute_status
         self._summary = compute_summary
         self.interval = interval
+        self.min_gap = min(MIN_PUSH_GAP, interval)
+        self._run_read = run
+        self._commits = commits
+        self._unsubscribe: Callable[[], None] | None = None
+        self._wake: asyncio.Event | None = None
         self._subscribers: dict[Filters, set[asyncio.Queue[bytes | None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self.ticks = 0
@@ -218,9 +261,21 @@ class LiveFeed:
         return sum(len(s) for s in self._subscribers.values())
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="adpulse-feed")
+        loop = asyncio.get_running_loop()
+        wake = self._wake = asyncio.Event()
+        if self._commits is not None:
+
+            def committed(_version: int) -> None:
+                # on the committer thread: hand over to the loop, never block there
+                loop.call_soon_threadsafe(wake.set)
+
+            self._unsubscribe = self._commits.subscribe(committed)
+        self._task = loop.create_task(self._run(wake), name="adpulse-feed")
 
     async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         for queues in self._subscribers.values():
             for queue in queues:
                 self._offer(queue, None)
@@ -237,6 +292,8 @@ class LiveFeed:
             raise HTTPException(503, "too many distinct live filter sets; try again later")
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=CLIENT_QUEUE)
         self._subscribers.setdefault(filters, set()).add(queue)
+        if self._wake is not None:
+            self._wake.set()  # a new client gets numbers now, not at the next commit
         return queue
 
     def unsubscribe(self, filters: Filters, queue: asyncio.Queue[bytes | None]) -> None:
@@ -257,23 +314,32 @@ class LiveFeed:
                 with contextlib.suppress(asyncio.QueueEmpty):
                     queue.get_nowait()
 
-    async def _run(self) -> None:
+    async def _run(self, wake: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        last = -math.inf
         while True:
-            started = asyncio.get_running_loop().time()
+            # A commit wakes us; without one, tick anyway after interval (live figures
+            # such as events/s and lag move without commits).
+            timeout = max(0.0, last + self.interval - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout)
+            gap = last + self.min_gap - loop.time()
+            if gap > 0:  # commits come faster than pushes are useful: coalesce them
+                await asyncio.sleep(gap)
+            wake.clear()  # before reading: a commit from now on wakes the next tick
+            last = loop.time()
             if self._subscribers:
                 try:
                     await self._tick()
                 except Exception:  # keep the feed alive; the next tick retries
                     log.exception("live feed refresh failed")
-            elapsed = asyncio.get_running_loop().time() - started
-            await asyncio.sleep(max(0.0, self.interval - elapsed))
 
     async def _tick(self) -> None:
         keys = list(self._subscribers)
-        status = await asyncio.to_thread(self._status)
+        status = await self._run_read(self._status)
         self.ticks += 1
         for filters in keys:
-            summary = await asyncio.to_thread(self._summary, filters)
+            summary = await self._run_read(functools.partial(self._summary, filters))
             payload = {
                 "tick": self.ticks,
                 "generated_at": datetime.now(UTC),
@@ -286,6 +352,96 @@ class LiveFeed:
                 self._offer(queue, message)
 
 
+class RequestLimits:
+    """Rejects an over-long query string (414) or a repeated parameter (400) before routing.
+
+    Plain ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware
+    re-streams every response through a task and a queue, which cost more than a shared
+    answer itself under load.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            query = scope.get("query_string", b"")
+            rejection: Response | None = None
+            if len(query) > MAX_QUERY_STRING:
+                rejection = _error(
+                    414, "query_too_long", f"the query string is over {MAX_QUERY_STRING} bytes"
+                )
+            elif query:
+                pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+                repeated = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+                if repeated:
+                    detail = f"repeated parameter(s): {', '.join(repeated)}"
+                    rejection = _error(400, "invalid_parameter", detail)
+            if rejection is not None:
+                await rejection(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedRequest:
+    """What a validated request asked: its shared answer's key and how to compute it."""
+
+    key: Hashable
+    compute: Callable[[], bytes]
+    versioned: bool
+
+
+class KnownRequests:
+    """Raw GET requests (path and query string, byte for byte) that passed validation,
+    with what they asked. Parsing is deterministic, so the same bytes ask the same again.
+    Bounded: the oldest are forgotten first."""
+
+    MAX_REQUESTS: Final = 4096
+
+    def __init__(self) -> None:
+        self._known: OrderedDict[tuple[str, bytes], SharedRequest] = OrderedDict()
+
+    @staticmethod
+    def _raw(scope: Scope) -> tuple[str, bytes]:
+        return scope["path"], scope.get("query_string", b"")
+
+    def remember(self, scope: Scope, asked: SharedRequest) -> None:
+        raw = self._raw(scope)
+        self._known[raw] = asked
+        self._known.move_to_end(raw)
+        while len(self._known) > self.MAX_REQUESTS:
+            self._known.popitem(last=False)
+
+    def lookup(self, scope: Scope) -> SharedRequest | None:
+        if scope["type"] != "http" or scope["method"] != "GET":
+            return None
+        return self._known.get(self._raw(scope))
+
+
+class AnswerShortcut:
+    """Answers a GET seen before (byte for byte) from the shared answers, skipping
+    routing, parameter validation and response encoding, which cost more than the
+    answer itself; anything else, or any failure, goes through the app as usual."""
+
+    def __init__(self, app: ASGIApp, known: KnownRequests, answers: ResultCache) -> None:
+        self.app = app
+        self.known = known
+        self.answers = answers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        asked = self.known.lookup(scope)
+        if asked is not None:
+            try:
+                body = await self.answers.get(asked.key, asked.compute, versioned=asked.versioned)
+            except Exception:  # the app gives the proper error response
+                log.debug("shortcut for %s failed; routing it", scope["path"], exc_info=True)
+            else:
+                await json_body(body)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 # --- the app --------------------------------------------------------------------------------
 def create_app(
     warehouse: Warehouse,
@@ -293,11 +449,14 @@ def create_app(
     status_source: StatusSource | None = None,
     *,
     refresh_seconds: float = 1.0,
+    commits: CommitSignal | None = None,
 ) -> FastAPI:
     """The API over ``warehouse`` (shared, read through the query layer only).
 
     ``status_source`` adds live process figures (events/s per stream, lag) to the
-    health payload, e.g. from the running demo.
+    health payload, e.g. from the running demo. ``commits`` is the processor's commit
+    signal when it runs in this process: the live feed then pushes after each commit,
+    and shared answers stay current until the next commit.
     """
 
     def health() -> dict[str, Any]:
@@ -310,7 +469,23 @@ def create_app(
     def summary_of(filters: Filters) -> dict[str, Any]:
         return cast("dict[str, Any]", plain(queries.summary(warehouse, filters).row(0, named=True)))
 
-    feed = LiveFeed(health, summary_of, refresh_seconds)
+    # Bounded reads: the processor shares this process and its cores, so readers get a
+    # few threads (queries beyond that queue here) and the live feed one of its own.
+    readers = ThreadPoolExecutor(settings.api_query_threads, thread_name_prefix="adpulse-api")
+    feed_reader = ThreadPoolExecutor(1, thread_name_prefix="adpulse-feed")
+
+    async def read(fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(readers, fn)
+
+    async def read_for_feed(fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(feed_reader, fn)
+
+    feed = LiveFeed(health, summary_of, refresh_seconds, read_for_feed, commits)
+    answers = ResultCache(
+        settings.api_cache_seconds,
+        read,
+        None if commits is None else (lambda: commits.version),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -319,6 +494,9 @@ def create_app(
             yield
         finally:
             await feed.stop()
+            # wait for reads still running: the warehouse is closed after the app stops
+            for pool in (readers, feed_reader):
+                await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
     app = FastAPI(
         title="adpulse",
@@ -328,6 +506,7 @@ def create_app(
         default_response_class=ORJSONPlainResponse,
     )
     app.state.feed = feed
+    app.state.answers = answers
     app.state.warehouse = warehouse
 
     # --- errors ---------------------------------------------------------------------------
@@ -355,21 +534,26 @@ def create_app(
         codes = {404: "not_found", 405: "method_not_allowed"}
         return _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
 
-    @app.middleware("http")
-    async def _limits(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Any:
-        if len(request.scope.get("query_string", b"")) > MAX_QUERY_STRING:
-            return _error(
-                414, "query_too_long", f"the query string is over {MAX_QUERY_STRING} bytes"
-            )
-        params = request.query_params
-        repeated = sorted({k for k in params if len(params.getlist(k)) > 1})
-        if repeated:
-            return _error(400, "invalid_parameter", f"repeated parameter(s): {', '.join(repeated)}")
-        return await call_next(request)
+    app.add_middleware(RequestLimits)
+    known = KnownRequests()
+    app.state.known_requests = known
+    app.add_middleware(AnswerShortcut, known=known, answers=answers)  # outermost: first
 
     async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         # DuckDB reads release the GIL; a thread keeps the event loop (and SSE) responsive
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        return await read(functools.partial(fn, *args, **kwargs))
+
+    async def shared(
+        request: Request, key: Hashable, build: Callable[[], Any], *, versioned: bool = True
+    ) -> Response:
+        """The JSON of ``build()``, shared by identical requests (see module doc)."""
+
+        def compute() -> bytes:
+            return _dumps(build())
+
+        body = await answers.get(key, compute, versioned=versioned)
+        known.remember(request.scope, SharedRequest(key, compute, versioned))
+        return json_body(body)
 
     # --- dashboard ------------------------------------------------------------------------
     no_cache = {"Cache-Control": "no-cache"}
@@ -415,6 +599,7 @@ def create_app(
     # --- metrics --------------------------------------------------------------------------
     @app.get(f"{API_PREFIX}/metrics/{{metric}}", tags=["metrics"])
     async def metric(
+        request: Request,
         filters: FiltersDep,
         metric: Annotated[str, Path(max_length=40, description=" | ".join(METRICS))],
         by: ByParam = None,
@@ -425,26 +610,46 @@ def create_app(
             raise HTTPException(
                 404, f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}"
             )
-        frame = await run(fn, warehouse, filters, by)
-        return ok({"metric": metric, "by": by, "filters": _filters_echo(filters), "rows": frame})
+        return await shared(
+            request,
+            ("metric", metric, by, filters),
+            lambda: {
+                "metric": metric,
+                "by": by,
+                "filters": _filters_echo(filters),
+                "rows": fn(warehouse, filters, by),
+            },
+        )
 
     @app.get(f"{API_PREFIX}/summary", tags=["metrics"])
-    async def summary(filters: FiltersDep) -> Response:
+    async def summary(request: Request, filters: FiltersDep) -> Response:
         """Headline numbers (as ``adpulse query summary``)."""
-        row = await run(summary_of, filters)
-        return ok({"filters": _filters_echo(filters), "summary": row})
+        return await shared(
+            request,
+            ("summary", filters),
+            lambda: {"filters": _filters_echo(filters), "summary": summary_of(filters)},
+        )
 
     @app.get(f"{API_PREFIX}/timeseries", tags=["metrics"])
     async def timeseries(
+        request: Request,
         filters: FiltersDep,
         bucket: Annotated[Literal["minute", "hour"], Query()] = "minute",
     ) -> Response:
         """Counts, rates and latency percentiles per minute or hour bucket."""
-        frame = await run(queries.bucketed_timeseries, warehouse, filters, bucket)
-        return ok({"bucket": bucket, "filters": _filters_echo(filters), "rows": frame})
+        return await shared(
+            request,
+            ("timeseries", bucket, filters),
+            lambda: {
+                "bucket": bucket,
+                "filters": _filters_echo(filters),
+                "rows": queries.bucketed_timeseries(warehouse, filters, bucket),
+            },
+        )
 
     @app.get(f"{API_PREFIX}/trending", tags=["metrics"])
     async def trending(
+        request: Request,
         filters: FiltersDep,
         window: Annotated[int | None, Query(ge=1, le=1440, description="Minutes.")] = None,
         min_clicks: MinClicksParam = None,
@@ -454,24 +659,21 @@ def create_app(
         minutes = settings.trending_window_minutes if window is None else window
         clicks = settings.min_clicks if min_clicks is None else min_clicks
 
-        def both() -> tuple[Any, pl.DataFrame]:
+        def build() -> dict[str, Any]:
             windows = queries.trending_windows(warehouse, filters, minutes)
-            frame = queries.trending(warehouse, filters, minutes, clicks, limit)
-            return windows, frame
-
-        windows, frame = await run(both)
-        return ok(
-            {
+            return {
                 "window_minutes": minutes,
                 "min_clicks": clicks,
                 "windows": None if windows is None else asdict(windows),
                 "filters": _filters_echo(filters),
-                "rows": frame,
+                "rows": queries.trending(warehouse, filters, minutes, clicks, limit),
             }
-        )
+
+        return await shared(request, ("trending", minutes, clicks, limit, filters), build)
 
     @app.get(f"{API_PREFIX}/top-ads", tags=["metrics"])
     async def top_ads(
+        request: Request,
         filters: FiltersDep,
         by: Annotated[Literal["revenue", "conversion_rate"], Query()] = "revenue",
         min_clicks: MinClicksParam = None,
@@ -479,19 +681,32 @@ def create_app(
     ) -> Response:
         """The best ads by revenue or by conversion rate."""
         clicks = settings.min_clicks if min_clicks is None else min_clicks
-        frame = await run(queries.top_ads, warehouse, filters, by, clicks, limit)
-        return ok(
-            {"by": by, "min_clicks": clicks, "filters": _filters_echo(filters), "rows": frame}
+        return await shared(
+            request,
+            ("top-ads", by, clicks, limit, filters),
+            lambda: {
+                "by": by,
+                "min_clicks": clicks,
+                "filters": _filters_echo(filters),
+                "rows": queries.top_ads(warehouse, filters, by, clicks, limit),
+            },
         )
 
     @app.get(f"{API_PREFIX}/latency-histogram", tags=["metrics"])
-    async def latency_histogram(filters: FiltersDep) -> Response:
+    async def latency_histogram(request: Request, filters: FiltersDep) -> Response:
         """Attributed conversions by click-to-conversion latency bucket (seconds)."""
-        frame = await run(queries.latency_histogram, warehouse, filters)
-        return ok({"filters": _filters_echo(filters), "rows": frame})
+        return await shared(
+            request,
+            ("latency-histogram", filters),
+            lambda: {
+                "filters": _filters_echo(filters),
+                "rows": queries.latency_histogram(warehouse, filters),
+            },
+        )
 
     @app.get(f"{API_PREFIX}/breakdown/{{dimension}}", tags=["metrics"])
     async def breakdown(
+        request: Request,
         filters: FiltersDep,
         dimension: Annotated[str, Path(max_length=40, description=" | ".join(DIMENSIONS))],
     ) -> Response:
@@ -500,13 +715,19 @@ def create_app(
             raise HTTPException(
                 404, f"unknown dimension {dimension!r}; choose one of: {', '.join(DIMENSIONS)}"
             )
-        frame = await run(
-            queries.breakdown, warehouse, filters, cast("queries.BreakdownDimension", dimension)
+        column = cast("queries.BreakdownDimension", dimension)
+        return await shared(
+            request,
+            ("breakdown", dimension, filters),
+            lambda: {
+                "dimension": dimension,
+                "filters": _filters_echo(filters),
+                "rows": queries.breakdown(warehouse, filters, column),
+            },
         )
-        return ok({"dimension": dimension, "filters": _filters_echo(filters), "rows": frame})
 
     @app.get(f"{API_PREFIX}/dimensions", tags=["metadata"])
-    async def dimensions() -> Response:
+    async def dimensions(request: Request) -> Response:
         """Distinct values for filter pickers, and the span of minutes holding data."""
 
         def both() -> dict[str, Any]:
@@ -515,13 +736,14 @@ def create_app(
                 "data_range": queries.data_range(warehouse),
             }
 
-        return ok(cast("dict[str, Any]", await run(both)))
+        return await shared(request, ("dimensions",), both)
 
     @app.get(f"{API_PREFIX}/health", tags=["metadata"])
-    async def pipeline_health() -> Response:
+    async def pipeline_health(request: Request) -> Response:
         """Pipeline status: counters per stream, dead letters by reason, watermarks, last
         commit, data range (and live events/s and lag when the demo serves)."""
-        return ok(cast("dict[str, Any]", await run(health)))
+        # live figures (events/s, lag) move without commits: shared by age only
+        return await shared(request, ("health",), health, versioned=False)
 
     @app.get(f"{API_PREFIX}/stream", tags=["live"], response_class=StreamingResponse)
     async def stream(
@@ -532,7 +754,8 @@ def create_app(
         ] = None,
     ) -> StreamingResponse:
         """Server-Sent Events: an ``update`` event (summary for the filters + pipeline
-        health) about once a second, the same payload for every client."""
+        health) after each commit (at most 4 a second) and at least once a second, the
+        same payload for every client."""
         queue = feed.subscribe(filters)
 
         async def events() -> AsyncIterator[bytes]:

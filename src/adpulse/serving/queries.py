@@ -38,7 +38,7 @@ NULL group.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, TypedDict, get_args
 
@@ -226,6 +226,27 @@ def _ceil_minute(value: datetime) -> datetime | None:
         return floor + timedelta(minutes=1)
     except OverflowError:
         return None
+
+
+def minute_aligned(filters: Filters) -> Filters:
+    """``filters`` with ``start`` and ``end`` rounded up to whole minutes.
+
+    The minute rollups read a range this way already (a bucket is in ``[start, end)``
+    exactly when it is in ``[ceil(start), ceil(end))``), so rollup-based results are
+    unchanged; fact-based latency then counts the same minutes as the buckets. The HTTP
+    API aligns every range, so that requests with ``to=now`` in the same minute ask the
+    same question (and share one cached answer). Returned unchanged when rounding would
+    leave an empty range (both bounds in one minute) or overflow.
+    """
+    start = None if filters.start is None else _ceil_minute(filters.start)
+    end = None if filters.end is None else _ceil_minute(filters.end)
+    if (filters.start is not None and start is None) or (filters.end is not None and end is None):
+        return filters
+    if start == filters.start and end == filters.end:
+        return filters
+    if start is not None and end is not None and start >= end:
+        return filters
+    return replace(filters, start=start, end=end)
 
 
 def _source(
