@@ -38,6 +38,8 @@ from adpulse.processor.steps.decode import Decoded, decode
 from adpulse.processor.steps.dedupe import drop_duplicates, flag_late, with_event_ids
 from adpulse.processor.steps.enrich import CAMPAIGN_FIELDS, USER_FIELDS, DimensionLookup, enrich
 from adpulse.processor.steps.validate import validate
+from adpulse.serving.live import LiveWarehouse
+from adpulse.serving.store.sync import StoreSync
 from adpulse.storage.warehouse.base import BatchOutput, Warehouse
 from adpulse.storage.warehouse.schema import (
     CONVERSION_REATTRIBUTIONS,
@@ -100,10 +102,17 @@ class _Committer:
     A failed commit stops the processor at its next submit.
     """
 
-    def __init__(self, warehouse: Warehouse, consumer: Consumer, seconds: dict[str, float]) -> None:
+    def __init__(
+        self,
+        warehouse: Warehouse,
+        consumer: Consumer,
+        seconds: dict[str, float],
+        serving: StoreSync | None = None,
+    ) -> None:
         self.warehouse = warehouse
         self.consumer = consumer
         self.seconds = seconds
+        self.serving = serving
         self.error: BaseException | None = None
         self.last_commit_wall: float | None = None
         self._queue: queue.Queue[tuple[BatchOutput, list[tuple[Stream, int, str]]] | None] = (
@@ -149,6 +158,10 @@ class _Committer:
                 except BaseException as exc:  # noqa: BLE001 - handed to the processor
                     log.exception("commit of batch %s failed", output.batch_id)
                     self.error = exc
+                else:
+                    # after the commit, never instead: the store only mirrors the warehouse
+                    if self.serving is not None:
+                        self.serving.after_commit(output)
                 self.seconds["commit"] += time.perf_counter() - t
                 self.last_commit_wall = time.time()
             finally:
@@ -165,7 +178,10 @@ class Processor:
         warehouse: Warehouse,
         partitions: Sequence[int] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        serving: StoreSync | None = None,
     ) -> None:
+        """``serving`` keeps a serving store in step with the commits; by default the
+        store of a :class:`LiveWarehouse`, none for a plain warehouse."""
         self.settings = settings
         self.transport = transport
         self.warehouse = warehouse
@@ -199,7 +215,12 @@ class Processor:
         )
         self._last_idle_commit = 0.0
         self.recover()
-        self.committer = _Committer(warehouse, self.consumer, self.step_seconds)
+        if serving is None and isinstance(warehouse, LiveWarehouse):
+            serving = StoreSync(warehouse.store, warehouse)
+        self.serving = serving
+        if serving is not None:
+            serving.rebuild()  # repairs whatever a crash left out of the store
+        self.committer = _Committer(warehouse, self.consumer, self.step_seconds, serving)
 
     # -- recovery ----------------------------------------------------------------------
     def recover(self) -> None:

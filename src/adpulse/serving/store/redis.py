@@ -1,0 +1,460 @@
+"""The Redis serving store: live aggregates shared by every processor and API process.
+
+Layout (``B`` = ``PREFIX:serving``; ``PREFIX`` defaults to ``adpulse``, set it with
+``?prefix=NAME`` in the URL)::
+
+    B:meta              hash   gen, start, newest (epoch seconds of minutes), ready
+    B:gen               counter of generations (one per rebuild)
+    B:batch:KEY         string with expiry: the batch KEY was applied
+    B:lock              rebuild lock (token, expiry)
+    B:G:minutes         zset   minutes of generation G that hold data (score = minute)
+    B:G:m:MINUTE        hash   rollup key (JSON {a: ad_id, c: campaign, p: platform, l: location})
+                               -> "impressions,clicks,conversions,attributed,revenue_1e-4"
+    B:G:c:MINUTE        hash   conversion event_id -> JSON {t: event_time_us, a: ad_id,
+                               c: campaign, p: platform, l: location, k: click_time_us,
+                               s: latency_seconds}
+    B:G:cidx            hash   conversion event_id -> MINUTE (for re-attributions)
+
+Every value is text, so nothing is rounded: revenue is kept in ten-thousandths (the
+warehouse's ``DECIMAL(18,4)``), times in microseconds, latency as the shortest text
+that reads back as the same float.
+
+Atomicity: :meth:`apply` is one Lua script, so the batch key (``SET NX``), every
+increment and the expiry of old minutes happen together or not at all; a replayed batch
+finds its key and changes nothing. :meth:`read` is one Lua script too, so it sees one
+consistent state. :meth:`replace` writes a new generation beside the current one and
+switches ``B:meta`` to it in one script (readers see the old or the new content, never a
+mix), under a lock so that only one process rebuilds at a time.
+
+Concurrent writers: deltas of different processes commute (sums, per-event upserts), so
+any number of processors may apply batches at once. A rebuild reads the warehouse at one
+instant and switches later; a batch another process commits in between is applied to the
+old generation and is missing from the new one until the next rebuild (a delta applied
+after the switch of a batch already in the rebuild's read would count twice). Rebuilds
+happen when a processor starts and after a failed write; see ``README.md`` ("Serving
+store").
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+import polars as pl
+
+from adpulse.serving.store.base import (
+    LIVE_CONVERSIONS,
+    LIVE_MEASURES,
+    LIVE_ROLLUPS,
+    WINDOW,
+    LiveDelta,
+    LiveRows,
+    ServingStore,
+    ServingStoreError,
+    ServingStoreUnavailableError,
+    StoreWindow,
+)
+from adpulse.serving.store.memory import sum_rollups
+
+if TYPE_CHECKING:
+    import redis
+
+_EPOCH: Final = datetime(1970, 1, 1)
+#: Seconds an applied batch key is remembered (a replay comes seconds later).
+BATCH_KEY_SECONDS: Final = 86_400
+#: A rebuild that takes longer than this loses its lock (a crashed rebuilder's expires).
+LOCK_MILLISECONDS: Final = 300_000
+#: Hash fields written per command while rebuilding.
+_REBUILD_CHUNK: Final = 5_000
+
+_APPLY: Final = """
+local b = ARGV[1]
+local meta = b .. ':meta'
+if redis.call('HGET', meta, 'ready') ~= '1' then return -1 end
+if not redis.call('SET', b .. ':batch:' .. ARGV[2], '1', 'NX', 'EX', ARGV[3]) then return 0 end
+local window = tonumber(ARGV[4])
+local g = b .. ':' .. redis.call('HGET', meta, 'gen')
+local start = tonumber(redis.call('HGET', meta, 'start'))
+local newest = tonumber(redis.call('HGET', meta, 'newest') or '')
+local i = 5
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local m = tonumber(ARGV[i])
+  if m >= start then
+    local key = g .. ':m:' .. ARGV[i]
+    local s = {0, 0, 0, 0, 0}
+    local old = redis.call('HGET', key, ARGV[i + 1])
+    if old then
+      local k = 1
+      for part in string.gmatch(old, '[^,]+') do s[k] = tonumber(part); k = k + 1 end
+    end
+    for k = 1, 5 do s[k] = s[k] + tonumber(ARGV[i + 1 + k]) end
+    redis.call('HSET', key, ARGV[i + 1],
+      string.format('%.0f,%.0f,%.0f,%.0f,%.0f', s[1], s[2], s[3], s[4], s[5]))
+    redis.call('ZADD', g .. ':minutes', m, ARGV[i])
+    if newest == nil or m > newest then newest = m end
+  end
+  i = i + 7
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local m = tonumber(ARGV[i])
+  if m >= start then
+    redis.call('HSET', g .. ':c:' .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
+    redis.call('HSET', g .. ':cidx', ARGV[i + 1], ARGV[i])
+    redis.call('ZADD', g .. ':minutes', m, ARGV[i])
+    if newest == nil or m > newest then newest = m end
+  end
+  i = i + 3
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local a = cjson.decode(ARGV[i])
+  local m = redis.call('HGET', g .. ':cidx', a[1])
+  if m then
+    local key = g .. ':c:' .. m
+    local raw = redis.call('HGET', key, a[1])
+    if raw then
+      local v = cjson.decode(raw)
+      v.k = a[2]; v.s = a[3]; v.p = a[4]; v.l = a[5]
+      redis.call('HSET', key, a[1], cjson.encode(v))
+    end
+  end
+  i = i + 1
+end
+if newest ~= nil then
+  redis.call('HSET', meta, 'newest', string.format('%.0f', newest))
+  local cutoff = newest - window
+  if cutoff > start then
+    local bound = '(' .. string.format('%.0f', cutoff)
+    for _, mm in ipairs(redis.call('ZRANGEBYSCORE', g .. ':minutes', '-inf', bound)) do
+      redis.call('DEL', g .. ':m:' .. mm)
+      for _, id in ipairs(redis.call('HKEYS', g .. ':c:' .. mm)) do
+        redis.call('HDEL', g .. ':cidx', id)
+      end
+      redis.call('DEL', g .. ':c:' .. mm)
+    end
+    redis.call('ZREMRANGEBYSCORE', g .. ':minutes', '-inf', bound)
+    redis.call('HSET', meta, 'start', string.format('%.0f', cutoff))
+  end
+end
+return 1
+"""
+
+_READ: Final = """
+local b = ARGV[1]
+local info = redis.call('HMGET', b .. ':meta', 'ready', 'gen', 'start', 'newest')
+if info[1] ~= '1' then return {0} end
+if tonumber(ARGV[2]) < tonumber(info[3]) then return {0} end
+local g = b .. ':' .. info[2]
+local rollups, conversions = {}, {}
+for _, mm in ipairs(redis.call('ZRANGEBYSCORE', g .. ':minutes', ARGV[2], ARGV[3])) do
+  local h = redis.call('HGETALL', g .. ':m:' .. mm)
+  if #h > 0 then
+    rollups[#rollups + 1] = mm
+    rollups[#rollups + 1] = h
+  end
+  local c = redis.call('HGETALL', g .. ':c:' .. mm)
+  for k = 1, #c do conversions[#conversions + 1] = c[k] end
+end
+return {1, rollups, conversions}
+"""
+
+_SWITCH: Final = """
+local b = ARGV[1]
+if redis.call('GET', b .. ':lock') ~= ARGV[2] then return false end
+local old = redis.call('HGET', b .. ':meta', 'gen')
+redis.call('HSET', b .. ':meta', 'gen', ARGV[3], 'start', ARGV[4], 'ready', '1')
+if ARGV[5] == '' then
+  redis.call('HDEL', b .. ':meta', 'newest')
+else
+  redis.call('HSET', b .. ':meta', 'newest', ARGV[5])
+end
+return old or ''
+"""
+
+_UNLOCK: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _seconds(minute: datetime) -> int:
+    return int((minute - _EPOCH).total_seconds())
+
+
+def _minute(seconds: int) -> datetime:
+    return _EPOCH + timedelta(seconds=seconds)
+
+
+def _minute_seconds(column: str) -> pl.Expr:
+    """Epoch seconds of the minute of a Datetime column."""
+    return pl.col(column).dt.truncate("1m").dt.epoch("s")
+
+
+def _rollup_fields(rollups: pl.DataFrame) -> pl.DataFrame:
+    """``minute`` (epoch seconds), ``field`` (the key as JSON text) and the five integer
+    measures (revenue in ten-thousandths)."""
+    return rollups.select(
+        _minute_seconds("minute").alias("minute"),
+        pl.struct(
+            pl.col("ad_id").cast(pl.String).alias("a"),
+            pl.col("campaign").alias("c"),
+            pl.col("platform").alias("p"),
+            pl.col("location").alias("l"),
+        )
+        .struct.json_encode()
+        .alias("field"),
+        *(pl.col(m).fill_null(0).cast(pl.Int64) for m in LIVE_MEASURES[:4]),
+        (pl.col("revenue").fill_null(0) * 10_000).cast(pl.Int64).alias("revenue"),
+    )
+
+
+#: Conversion value fields (all text: Lua's cjson would round numbers) by column.
+_CONVERSION_FIELDS: Final = {
+    "event_time": "t",
+    "ad_id": "a",
+    "campaign": "c",
+    "platform": "p",
+    "location": "l",
+    "click_time": "k",
+    "latency_seconds": "s",
+}
+
+
+def _conversion_values(conversions: pl.DataFrame) -> pl.DataFrame:
+    """``minute`` (epoch seconds), ``event_id`` and the JSON value of each conversion."""
+    as_text = {
+        "event_time": pl.col("event_time").dt.epoch("us").cast(pl.String),
+        "ad_id": pl.col("ad_id").cast(pl.String),
+        "campaign": pl.col("campaign"),
+        "platform": pl.col("platform"),
+        "location": pl.col("location"),
+        "click_time": pl.col("click_time").dt.epoch("us").cast(pl.String),
+        # Polars writes the shortest text that reads back as the same float
+        "latency_seconds": pl.col("latency_seconds").cast(pl.String),
+    }
+    return conversions.select(
+        _minute_seconds("event_time").alias("minute"),
+        "event_id",
+        pl.struct(expr.alias(_CONVERSION_FIELDS[name]) for name, expr in as_text.items())
+        .struct.json_encode()
+        .alias("value"),
+    )
+
+
+def _float_text(value: float) -> str:
+    if not math.isfinite(value):
+        raise ServingStoreError(f"latency {value!r} cannot be stored")
+    return repr(value)
+
+
+def _decode_rollups(minutes: list[int], fields: list[str], values: list[str]) -> pl.DataFrame:
+    if not fields:
+        return pl.DataFrame(schema=LIVE_ROLLUPS)
+    key = pl.col("field").str.json_decode(
+        pl.Struct({"a": pl.String, "c": pl.String, "p": pl.String, "l": pl.String})
+    )
+    counts = pl.col("value").str.split(",")
+    revenue = counts.list.get(4).cast(pl.Int64).cast(pl.Decimal(38, 0)).cast(pl.Decimal(38, 4))
+    frame = pl.DataFrame({"minute": minutes, "field": fields, "value": values}).select(
+        (pl.lit(_EPOCH) + pl.duration(seconds=pl.col("minute"))).alias("minute"),
+        key.struct.field("a").cast(pl.Int64).alias("ad_id"),
+        key.struct.field("c").alias("campaign"),
+        key.struct.field("p").alias("platform"),
+        key.struct.field("l").alias("location"),
+        *(counts.list.get(i).cast(pl.Int64).alias(m) for i, m in enumerate(LIVE_MEASURES[:4])),
+        (revenue / 10_000).cast(pl.Decimal(18, 4)).alias("revenue"),
+        pl.lit(0.0).alias("latency_sum_seconds"),
+    )
+    return frame.select(pl.col(name).cast(dtype) for name, dtype in LIVE_ROLLUPS.items())
+
+
+def _decode_conversions(ids: list[str], values: list[str]) -> pl.DataFrame:
+    if not ids:
+        return pl.DataFrame(schema=LIVE_CONVERSIONS)
+    text_fields = pl.Struct(dict.fromkeys(_CONVERSION_FIELDS.values(), pl.String))
+    v = pl.col("value").str.json_decode(text_fields)
+
+    def field(column: str) -> pl.Expr:
+        return v.struct.field(_CONVERSION_FIELDS[column])
+
+    def micros(column: str) -> pl.Expr:
+        return pl.from_epoch(field(column).cast(pl.Int64), time_unit="us").alias(column)
+
+    frame = pl.DataFrame({"event_id": ids, "value": values}).select(
+        "event_id",
+        micros("event_time"),
+        field("ad_id").cast(pl.Int64).alias("ad_id"),
+        field("campaign").alias("campaign"),
+        field("platform").alias("platform"),
+        field("location").alias("location"),
+        micros("click_time"),
+        field("latency_seconds").cast(pl.Float64).alias("latency_seconds"),
+    )
+    return frame.select(pl.col(name).cast(dtype) for name, dtype in LIVE_CONVERSIONS.items())
+
+
+class RedisServingStore(ServingStore):
+    """A :class:`ServingStore` in Redis (``redis://host:port/db``), keys under
+    ``PREFIX:serving``. Raises :class:`ServingStoreUnavailableError` when unreachable."""
+
+    def __init__(self, url: str, *, prefix: str = "adpulse") -> None:
+        import redis
+
+        self.url = url
+        self.base = f"{prefix}:serving"
+        self.client: redis.Redis = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=10,
+            health_check_interval=30,
+        )
+        try:
+            self.client.ping()
+        except redis.RedisError as exc:
+            self.client.close()
+            raise ServingStoreUnavailableError(f"Redis is unreachable: {exc}") from exc
+        self._apply = self.client.register_script(_APPLY)
+        self._read = self.client.register_script(_READ)
+        self._switch = self.client.register_script(_SWITCH)
+        self._unlock = self.client.register_script(_UNLOCK)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import redis
+
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise ServingStoreError(f"serving store {what} failed: {exc}") from exc
+
+    # -- writes ------------------------------------------------------------------------
+    def apply(self, batch_key: str, delta: LiveDelta) -> bool | None:
+        args: list[Any] = [self.base, batch_key, BATCH_KEY_SECONDS, int(WINDOW.total_seconds())]
+        rollups = _rollup_fields(delta.rows.rollups) if delta.rows.rollups.height else None
+        args.append(0 if rollups is None else rollups.height)
+        if rollups is not None:
+            for row in rollups.iter_rows():
+                args.extend(row)
+        conversions = delta.rows.conversions
+        args.append(conversions.height)
+        if conversions.height:
+            for row in _conversion_values(conversions).iter_rows():
+                args.extend(row)
+        reattributions = delta.reattributions
+        args.append(reattributions.height)
+        for eid, _click_eid, click_time, latency, platform, location in reattributions.iter_rows():
+            click_us = None if click_time is None else str(_micros(click_time))
+            text = None if latency is None else _float_text(latency)
+            args.append(orjson.dumps([eid, click_us, text, platform, location]).decode())
+        result = int(self._call("write", self._apply, args=args))
+        return None if result < 0 else result == 1
+
+    def replace(self, rows: LiveRows, window: StoreWindow) -> None:
+        token = uuid.uuid4().hex
+        lock = f"{self.base}:lock"
+        if not self._call("lock", self.client.set, lock, token, nx=True, px=LOCK_MILLISECONDS):
+            raise ServingStoreError("another process is rebuilding the serving store")
+        generation = None
+        try:
+            generation = int(self._call("rebuild", self.client.incr, f"{self.base}:gen"))
+            self._write_generation(f"{self.base}:{generation}", rows, window.start)
+            newest = "" if window.newest is None else str(_seconds(window.newest))
+            old = self._call(
+                "switch",
+                self._switch,
+                args=[self.base, token, generation, _seconds(window.start), newest],
+            )
+            if old is None:
+                raise ServingStoreError("the rebuild lock expired before the switch")
+            generation = int(old) if old else None  # now the one to delete
+        finally:
+            if generation is not None:
+                self._delete_generation(generation)
+            self._call("unlock", self._unlock, keys=[lock], args=[token])
+
+    def _write_generation(self, g: str, rows: LiveRows, start: datetime) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        rollups = rows.rollups.filter(pl.col("minute") >= start)
+        if rollups.height:
+            fields = _rollup_fields(sum_rollups(rollups)).select(
+                "minute",
+                "field",
+                pl.concat_str(
+                    [pl.col(m).cast(pl.String) for m in LIVE_MEASURES], separator=","
+                ).alias("value"),
+            )
+            for (minute,), part in fields.group_by("minute"):
+                for chunk in part.iter_slices(_REBUILD_CHUNK):
+                    mapping = dict(zip(chunk["field"], chunk["value"], strict=True))
+                    pipe.hset(f"{g}:m:{minute}", mapping=mapping)
+                pipe.zadd(f"{g}:minutes", {str(minute): int(str(minute))})
+        conversions = rows.conversions.filter(pl.col("event_time") >= start)
+        if conversions.height:
+            values = _conversion_values(conversions)
+            for (minute,), part in values.group_by("minute"):
+                mapping = dict(zip(part["event_id"], part["value"], strict=True))
+                pipe.hset(f"{g}:c:{minute}", mapping=mapping)
+                pipe.hset(f"{g}:cidx", mapping=dict.fromkeys(part["event_id"], str(minute)))
+                pipe.zadd(f"{g}:minutes", {str(minute): int(str(minute))})
+        self._call("rebuild", pipe.execute)
+
+    def _delete_generation(self, generation: int) -> None:
+        try:
+            keys = list(self.client.scan_iter(match=f"{self.base}:{generation}:*", count=1000))
+            for i in range(0, len(keys), 1000):
+                self.client.unlink(*keys[i : i + 1000])
+        except Exception:  # noqa: BLE001 - leftovers of an old generation are harmless
+            pass
+
+    # -- reads -------------------------------------------------------------------------
+    def read(self, start: datetime, end: datetime | None) -> LiveRows | None:
+        upper = "+inf" if end is None else f"({_seconds(end)}"
+        reply = self._call("read", self._read, args=[self.base, _seconds(start), upper])
+        if int(reply[0]) != 1:
+            return None
+        minutes: list[int] = []
+        fields: list[str] = []
+        values: list[str] = []
+        pairs = reply[1]
+        for i in range(0, len(pairs), 2):
+            flat = pairs[i + 1]
+            fields.extend(flat[0::2])
+            values.extend(flat[1::2])
+            minutes.extend([int(pairs[i])] * (len(flat) // 2))
+        conversions = reply[2]
+        return LiveRows(
+            _decode_rollups(minutes, fields, values),
+            _decode_conversions(conversions[0::2], conversions[1::2]),
+        )
+
+    def window(self) -> StoreWindow | None:
+        ready, start, newest = self._call(
+            "read", self.client.hmget, f"{self.base}:meta", ["ready", "start", "newest"]
+        )
+        if ready != "1":
+            return None
+        return StoreWindow(_minute(int(start)), None if not newest else _minute(int(newest)))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _micros(value: datetime) -> int:
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def open_redis_store(url: str) -> RedisServingStore:
+    """Open the store of ``url``; ``?prefix=NAME`` sets the key prefix."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    prefix = next((v for k, v in query if k == "prefix"), "adpulse")
+    clean = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "prefix"])))
+    return RedisServingStore(clean, prefix=prefix)
