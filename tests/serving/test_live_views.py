@@ -130,9 +130,7 @@ class Run:
         return int(self.warehouse.query("SELECT SUM(received) AS n FROM ingest_stats").item())
 
     def sent(self, parts: int) -> int:
-        return sum(
-            len(lines[: parts * len(lines) // self.parts]) for lines in self.lines.values()
-        )
+        return sum(len(lines[: parts * len(lines) // self.parts]) for lines in self.lines.values())
 
 
 def last_day(warehouse: Warehouse) -> tuple[datetime, datetime]:
@@ -279,9 +277,7 @@ def test_a_crash_between_commit_and_store_write_is_repaired_on_restart(
         run.processor.close()
 
 
-def test_a_redis_outage_does_not_stop_ingestion_and_is_repaired(
-    data: Path, tmp_path: Path
-) -> None:
+def test_a_redis_outage_does_not_stop_ingestion_and_is_repaired(data: Path, tmp_path: Path) -> None:
     with duckdb_warehouse(tmp_path / "w.duckdb") as warehouse, redis_store() as store:
         run = Run(data, warehouse, store)
         run.send(0)
@@ -304,4 +300,3 @@ def test_a_redis_outage_does_not_stop_ingestion_and_is_repaired(
         assert run.received() == run.sent(3)
         assert_live_views_equal(run, FEW_VIEWS, sets=2)
         run.processor.close()
-

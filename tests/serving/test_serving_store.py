@@ -148,9 +148,7 @@ def test_negative_rows_and_reattributions_update_what_is_held(store: ServingStor
     assert store.apply("run:2", LiveDelta(LiveRows(retract, conversions()), moved)) is True
     rows = store.read(T0, None)
     assert rows is not None
-    by_key = {
-        (r[3], r[4]): r[5:10] for r in rows.rollups.filter(pl.col("minute") == T0).rows()
-    }
+    by_key = {(r[3], r[4]): r[5:10] for r in rows.rollups.filter(pl.col("minute") == T0).rows()}
     assert by_key[("Mobile", "Boston")] == (10, 2, 0, 0, Decimal("0.0000"))
     assert by_key[("Web", "Denver")] == (0, 0, 1, 1, Decimal("19.9900"))
     assert rows.conversions.rows() == [
@@ -230,3 +228,34 @@ def test_a_wrong_serving_url_is_one_clear_error_naming_the_setting(tmp_path: Pat
 def test_config_show_masks_a_password_in_serving_url(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, serving_url="redis://:s3cret@cache:6379/0?prefix=ap")
     assert settings.masked()["serving_url"] == "redis://:***@cache:6379/0?prefix=ap"
+
+
+def test_reads_sum_over_the_key_columns_a_view_does_not_need(store: ServingStore) -> None:
+    store.replace(LiveRows(BASE, conversions()), StoreWindow(T0, T0))
+    store.apply("run:5", delta(rollups((T0, 2, "Fall", "Mobile", "Miami", 4, 1, 0, 0, "1.5"))))
+
+    def read(*columns: str) -> list[tuple[object, ...]]:
+        rows = store.read(T0, None, frozenset(columns))
+        assert rows is not None
+        return sorted(rows.rollups.drop("latency_sum_seconds").rows(), key=repr)
+
+    one, two = T0, T0 + timedelta(minutes=1)
+    assert read() == [
+        (one, None, None, None, None, 17, 3, 1, 1, Decimal("21.4900")),
+        (two, None, None, None, None, 5, 1, 0, 0, Decimal("0.0000")),
+    ]
+    assert read("platform") == sorted(
+        [
+            (one, None, None, "Mobile", None, 14, 3, 1, 1, Decimal("21.4900")),
+            (one, None, None, "Web", None, 3, 0, 0, 0, Decimal("0.0000")),
+            (two, None, None, "Mobile", None, 5, 1, 0, 0, Decimal("0.0000")),
+        ],
+        key=repr,
+    )
+    by_ad = read("ad_id")  # other key columns may be kept or summed over
+    assert sorted((r[0], r[1], r[5]) for r in by_ad if r[1] is not None) == [
+        (one, 1, 10),
+        (one, 2, 4),
+        (two, 1, 5),
+    ]
+    assert [r[5] for r in by_ad if r[1] is None] == [3]

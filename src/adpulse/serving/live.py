@@ -70,11 +70,14 @@ class LiveWarehouse(Warehouse):
         self.store = store
         self.dialect = warehouse.dialect
 
-    def live(self, start: datetime, end: datetime | None) -> LiveTables | None:
-        """The store's rows of minutes ``[start, end)``; None when the store does not hold
-        that range or cannot be read (the warehouse then answers)."""
+    def live(
+        self, start: datetime, end: datetime | None, columns: frozenset[str]
+    ) -> LiveTables | None:
+        """The store's rows of minutes ``[start, end)``, rollups kept at least by the key
+        ``columns``; None when the store does not hold that range or cannot be read (the
+        warehouse then answers)."""
         try:
-            rows = self.store.read(start, end)
+            rows = self.store.read(start, end, columns)
         except Exception as exc:  # noqa: BLE001 - any store failure: read the warehouse
             log.warning("serving store read failed; reading the warehouse: %s", exc)
             return None

@@ -284,6 +284,7 @@ def _reader(
     *,
     use_filter_range: bool = True,
     facts: bool = False,
+    keys: Sequence[str] = (),
 ) -> _Reader:
     """Where a live view reads its rows: the serving store or the warehouse.
 
@@ -291,7 +292,8 @@ def _reader(
     holds every minute of the range (``start``/``end`` as in :func:`_source`), and the
     view reads no audience column (``facts``, audience filters): the store keeps none.
     Otherwise, and whenever the store cannot be read, the warehouse. An open start is
-    never the store's (the warehouse holds older data).
+    never the store's (the warehouse holds older data). ``keys``: the rollup key
+    columns the view groups by; with the filtered ones, the store may sum over the rest.
     """
     if (
         facts
@@ -307,7 +309,8 @@ def _reader(
     # Whole minutes that cover the range: latency compares event_time, not the minute.
     first = start.replace(second=0, microsecond=0)
     last = None if end is None else _ceil_minute(end)
-    return warehouse.live(first, last) or warehouse
+    filtered = [c for c in ("ad_id", "campaign", "platform", "location") if getattr(filters, c)]
+    return warehouse.live(first, last, frozenset([*keys, *filtered])) or warehouse
 
 
 def _grouped(
@@ -375,7 +378,7 @@ def _rollup_select(
         source, "minute", conditions, _ROLLUP_SUMS, _ROLLUP_INPUTS, group_by, having
     )
     columns = ", ".join([*keys, *(f"{expr} AS {name}" for name, expr in outputs.items())])
-    return _reader(warehouse, filters).query(
+    return _reader(warehouse, filters, keys=keys).query(
         f"WITH {ctes} SELECT {columns} FROM totals{_order(keys)}", [*source_params, *params]
     )
 
@@ -601,7 +604,9 @@ def trending(
         min_clicks,
         limit,
     ]
-    reader = _reader(warehouse, filters, bounds[0], bounds[2], use_filter_range=False)
+    reader = _reader(
+        warehouse, filters, bounds[0], bounds[2], use_filter_range=False, keys=["campaign"]
+    )
     return reader.query(sql, all_params)
 
 
@@ -642,7 +647,8 @@ def top_ads(
         )
         tail_params = [min_clicks, limit]
     sql = f"WITH {ctes}, {ranked} SELECT * FROM ranked{tail}"
-    return _reader(warehouse, filters).query(sql, [*source_params, *params, *tail_params])
+    reader = _reader(warehouse, filters, keys=["ad_id", "campaign"])
+    return reader.query(sql, [*source_params, *params, *tail_params])
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
@@ -839,7 +845,8 @@ def breakdown(
         f"SELECT {column} AS value, {sums} FROM {source}{_where(conditions)}"
         f" GROUP BY {column} HAVING {_NONZERO}"
     )
-    frame = _reader(warehouse, filters, facts=audience).query(sql, [*source_params, *params])
+    reader = _reader(warehouse, filters, facts=audience, keys=[column])
+    frame = reader.query(sql, [*source_params, *params])
     measures = list(_ROLLUP_SUMS)
     types = frame.schema
     if dimension == "interest":

@@ -58,6 +58,39 @@ LIVE_CONVERSIONS: Final = {
 }
 
 
+#: The rollup key columns besides the minute.
+KEY_COLUMNS: Final = ("ad_id", "campaign", "platform", "location")
+#: Reductions of the rollup key a store keeps, smallest first: a view reads the smallest
+#: one holding every column it filters or groups by (the dashboard's headline numbers
+#: read per-minute totals, 1,440 rows a day, instead of every key).
+PROJECTIONS: Final[tuple[frozenset[str], ...]] = (
+    frozenset(),
+    frozenset({"campaign"}),
+    frozenset({"platform"}),
+    frozenset({"location"}),
+    frozenset({"ad_id", "campaign"}),
+    frozenset(KEY_COLUMNS),
+)
+
+
+def project(rollups: pl.DataFrame, columns: frozenset[str] = PROJECTIONS[-1]) -> pl.DataFrame:
+    """One row per minute and value of the key ``columns``, measures summed, the other key
+    columns NULL; typed as :data:`LIVE_ROLLUPS`. The SQL of the query layer gives the same
+    result over it as over the full rows, as long as it reads no other key column."""
+    if rollups.height == 0:
+        return pl.DataFrame(schema=LIVE_ROLLUPS)
+    keep = ["minute", *(c for c in KEY_COLUMNS if c in columns)]
+    return (
+        rollups.group_by(keep)
+        .agg(pl.col(m).sum() for m in LIVE_MEASURES)
+        .with_columns(
+            *(pl.lit(None).alias(c) for c in KEY_COLUMNS if c not in columns),
+            pl.lit(0.0).alias("latency_sum_seconds"),
+        )
+        .select(pl.col(name).cast(dtype) for name, dtype in LIVE_ROLLUPS.items())
+    )
+
+
 class ServingStoreError(RuntimeError):
     """The serving store could not be read or written (the warehouse is unaffected)."""
 
@@ -145,10 +178,14 @@ class ServingStore(ABC):
         holding ``window``. Readers see the old or the new content, never a mix."""
 
     @abstractmethod
-    def read(self, start: datetime, end: datetime | None) -> LiveRows | None:
+    def read(
+        self, start: datetime, end: datetime | None, columns: frozenset[str] = PROJECTIONS[-1]
+    ) -> LiveRows | None:
         """The rows of minutes ``[start, end)`` (end None: to the newest), or None when
         the store cannot answer for that range: not ready, or ``start`` before its
-        window. ``start`` must be a whole minute."""
+        window. ``start`` must be a whole minute. Rollup rows are summed per minute and
+        key at least over the key ``columns`` (:func:`project`): other key columns may be
+        NULL. Conversions are always complete."""
 
     @abstractmethod
     def window(self) -> StoreWindow | None:

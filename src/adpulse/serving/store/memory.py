@@ -16,33 +16,20 @@ import polars as pl
 
 from adpulse.serving.store.base import (
     LIVE_CONVERSIONS,
-    LIVE_MEASURES,
     LIVE_ROLLUPS,
+    PROJECTIONS,
     WINDOW,
     LiveDelta,
     LiveRows,
     ServingStore,
     StoreWindow,
+    project,
 )
-from adpulse.storage.warehouse.schema import ROLLUP_KEY
 
-_KEY: Final = list(ROLLUP_KEY)
 #: Appended delta frames are summed into one when there are more than this many.
 _MAX_PARTS: Final = 64
 #: How long applied batch keys are remembered (a replay comes seconds later).
 BATCH_KEY_SECONDS: Final = 86_400.0
-
-
-def sum_rollups(rollups: pl.DataFrame) -> pl.DataFrame:
-    """One row per rollup key, measures summed, typed as :data:`LIVE_ROLLUPS`."""
-    if rollups.height == 0:
-        return pl.DataFrame(schema=LIVE_ROLLUPS)
-    return (
-        rollups.group_by(_KEY)
-        .agg(pl.col(m).sum() for m in LIVE_MEASURES)
-        .with_columns(pl.lit(0.0).alias("latency_sum_seconds"))
-        .select(pl.col(name).cast(dtype) for name, dtype in LIVE_ROLLUPS.items())
-    )
 
 
 class MemoryServingStore(ServingStore):
@@ -77,7 +64,7 @@ class MemoryServingStore(ServingStore):
             self._window = StoreWindow(start, newest)
             self._expire()
             if len(self._rollups) > _MAX_PARTS:
-                self._rollups = [sum_rollups(pl.concat(self._rollups))]
+                self._rollups = [project(pl.concat(self._rollups))]
             return True
 
     def _forget_batch_keys(self, now: float) -> None:
@@ -100,12 +87,14 @@ class MemoryServingStore(ServingStore):
 
     def replace(self, rows: LiveRows, window: StoreWindow) -> None:
         with self._lock:
-            self._rollups = [sum_rollups(rows.rollups)]
+            self._rollups = [project(rows.rollups)]
             self._conversions = rows.conversions.select(list(LIVE_CONVERSIONS))
             self._window = window
             self._expire()
 
-    def read(self, start: datetime, end: datetime | None) -> LiveRows | None:
+    def read(
+        self, start: datetime, end: datetime | None, columns: frozenset[str] = PROJECTIONS[-1]
+    ) -> LiveRows | None:
         with self._lock:
             if self._window is None or start < self._window.start:
                 return None
@@ -117,7 +106,9 @@ class MemoryServingStore(ServingStore):
             in_range &= pl.col("minute") < end
             conv_in_range &= pl.col("event_time").dt.truncate("1m") < end
         rollups = pl.concat(parts) if parts else pl.DataFrame(schema=LIVE_ROLLUPS)
-        return LiveRows(sum_rollups(rollups.filter(in_range)), conversions.filter(conv_in_range))
+        return LiveRows(
+            project(rollups.filter(in_range), columns), conversions.filter(conv_in_range)
+        )
 
     def window(self) -> StoreWindow | None:
         with self._lock:

@@ -8,7 +8,9 @@ Layout (``B`` = ``PREFIX:serving``; ``PREFIX`` defaults to ``adpulse``, set it w
     B:batch:KEY         string with expiry: the batch KEY was applied
     B:lock              rebuild lock (token, expiry)
     B:G:minutes         zset   minutes of generation G that hold data (score = minute)
-    B:G:m:MINUTE        hash   rollup key (JSON {a: ad_id, c: campaign, p: platform, l: location})
+    B:G:mP:MINUTE       hash   rollup key of projection P (index into PROJECTIONS; JSON
+                               {a: ad_id, c: campaign, p: platform, l: location}, NULL
+                               where P drops the column)
                                -> "impressions,clicks,conversions,attributed,revenue_1e-4"
     B:G:c:MINUTE        hash   conversion event_id -> JSON {t: event_time_us, a: ad_id,
                                c: campaign, p: platform, l: location, k: click_time_us,
@@ -49,6 +51,7 @@ from adpulse.serving.store.base import (
     LIVE_CONVERSIONS,
     LIVE_MEASURES,
     LIVE_ROLLUPS,
+    PROJECTIONS,
     WINDOW,
     LiveDelta,
     LiveRows,
@@ -56,8 +59,8 @@ from adpulse.serving.store.base import (
     ServingStoreError,
     ServingStoreUnavailableError,
     StoreWindow,
+    project,
 )
-from adpulse.serving.store.memory import sum_rollups
 
 if TYPE_CHECKING:
     import redis
@@ -76,28 +79,29 @@ local meta = b .. ':meta'
 if redis.call('HGET', meta, 'ready') ~= '1' then return -1 end
 if not redis.call('SET', b .. ':batch:' .. ARGV[2], '1', 'NX', 'EX', ARGV[3]) then return 0 end
 local window = tonumber(ARGV[4])
+local projections = tonumber(ARGV[5])
 local g = b .. ':' .. redis.call('HGET', meta, 'gen')
 local start = tonumber(redis.call('HGET', meta, 'start'))
 local newest = tonumber(redis.call('HGET', meta, 'newest') or '')
-local i = 5
+local i = 6
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
-  local m = tonumber(ARGV[i])
+  local m = tonumber(ARGV[i + 1])
   if m >= start then
-    local key = g .. ':m:' .. ARGV[i]
+    local key = g .. ':m' .. ARGV[i] .. ':' .. ARGV[i + 1]
     local s = {0, 0, 0, 0, 0}
-    local old = redis.call('HGET', key, ARGV[i + 1])
+    local old = redis.call('HGET', key, ARGV[i + 2])
     if old then
       local k = 1
       for part in string.gmatch(old, '[^,]+') do s[k] = tonumber(part); k = k + 1 end
     end
-    for k = 1, 5 do s[k] = s[k] + tonumber(ARGV[i + 1 + k]) end
-    redis.call('HSET', key, ARGV[i + 1],
+    for k = 1, 5 do s[k] = s[k] + tonumber(ARGV[i + 2 + k]) end
+    redis.call('HSET', key, ARGV[i + 2],
       string.format('%.0f,%.0f,%.0f,%.0f,%.0f', s[1], s[2], s[3], s[4], s[5]))
-    redis.call('ZADD', g .. ':minutes', m, ARGV[i])
+    redis.call('ZADD', g .. ':minutes', m, ARGV[i + 1])
     if newest == nil or m > newest then newest = m end
   end
-  i = i + 7
+  i = i + 8
 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
@@ -131,7 +135,7 @@ if newest ~= nil then
   if cutoff > start then
     local bound = '(' .. string.format('%.0f', cutoff)
     for _, mm in ipairs(redis.call('ZRANGEBYSCORE', g .. ':minutes', '-inf', bound)) do
-      redis.call('DEL', g .. ':m:' .. mm)
+      for p = 0, projections - 1 do redis.call('DEL', g .. ':m' .. p .. ':' .. mm) end
       for _, id in ipairs(redis.call('HKEYS', g .. ':c:' .. mm)) do
         redis.call('HDEL', g .. ':cidx', id)
       end
@@ -156,7 +160,7 @@ if tonumber(ARGV[2]) < tonumber(info[3]) then return {0} end
 local g = b .. ':' .. info[2]
 local rollups, conversions = {}, {}
 for _, mm in ipairs(redis.call('ZRANGEBYSCORE', g .. ':minutes', ARGV[2], ARGV[3])) do
-  local h = redis.call('HGETALL', g .. ':m:' .. mm)
+  local h = redis.call('HGETALL', g .. ':m' .. ARGV[4] .. ':' .. mm)
   for k = 1, #h, 2 do
     rollups[#rollups + 1] = mm .. '\t' .. h[k] .. '\t' .. string.gsub(h[k + 1], ',', '\t')
   end
@@ -198,6 +202,19 @@ def _minute(seconds: int) -> datetime:
 def _minute_seconds(column: str) -> pl.Expr:
     """Epoch seconds of the minute of a Datetime column."""
     return pl.col(column).dt.truncate("1m").dt.epoch("s")
+
+
+def _projected_fields(rollups: pl.DataFrame) -> pl.DataFrame:
+    """:func:`_rollup_fields` of every projection, its index first (``projection``)."""
+    if rollups.height == 0:
+        schema = {"projection": pl.Int32(), "minute": pl.Int64(), "field": pl.String()}
+        return pl.DataFrame(schema=schema | dict.fromkeys(LIVE_MEASURES, pl.Int64()))
+    return pl.concat(
+        _rollup_fields(project(rollups, columns)).select(
+            pl.lit(i, dtype=pl.Int32).alias("projection"), pl.all()
+        )
+        for i, columns in enumerate(PROJECTIONS)
+    )
 
 
 def _rollup_fields(rollups: pl.DataFrame) -> pl.DataFrame:
@@ -349,12 +366,12 @@ class RedisServingStore(ServingStore):
 
     # -- writes ------------------------------------------------------------------------
     def apply(self, batch_key: str, delta: LiveDelta) -> bool | None:
-        args: list[Any] = [self.base, batch_key, BATCH_KEY_SECONDS, int(WINDOW.total_seconds())]
-        rollups = _rollup_fields(delta.rows.rollups) if delta.rows.rollups.height else None
-        args.append(0 if rollups is None else rollups.height)
-        if rollups is not None:
-            for row in rollups.iter_rows():
-                args.extend(row)
+        window = int(WINDOW.total_seconds())
+        args: list[Any] = [self.base, batch_key, BATCH_KEY_SECONDS, window, len(PROJECTIONS)]
+        rollups = _projected_fields(delta.rows.rollups)
+        args.append(rollups.height)
+        for row in rollups.iter_rows():
+            args.extend(row)
         conversions = delta.rows.conversions
         args.append(conversions.height)
         if conversions.height:
@@ -396,17 +413,18 @@ class RedisServingStore(ServingStore):
         pipe = self.client.pipeline(transaction=False)
         rollups = rows.rollups.filter(pl.col("minute") >= start)
         if rollups.height:
-            fields = _rollup_fields(sum_rollups(rollups)).select(
+            fields = _projected_fields(rollups).select(
+                "projection",
                 "minute",
                 "field",
                 pl.concat_str(
                     [pl.col(m).cast(pl.String) for m in LIVE_MEASURES], separator=","
                 ).alias("value"),
             )
-            for (minute,), part in fields.group_by("minute"):
+            for (projection, minute), part in fields.group_by("projection", "minute"):
                 for chunk in part.iter_slices(_REBUILD_CHUNK):
                     mapping = dict(zip(chunk["field"], chunk["value"], strict=True))
-                    pipe.hset(f"{g}:m:{minute}", mapping=mapping)
+                    pipe.hset(f"{g}:m{projection}:{minute}", mapping=mapping)
                 pipe.zadd(f"{g}:minutes", {str(minute): int(str(minute))})
         conversions = rows.conversions.filter(pl.col("event_time") >= start)
         if conversions.height:
@@ -427,9 +445,13 @@ class RedisServingStore(ServingStore):
             pass
 
     # -- reads -------------------------------------------------------------------------
-    def read(self, start: datetime, end: datetime | None) -> LiveRows | None:
+    def read(
+        self, start: datetime, end: datetime | None, columns: frozenset[str] = PROJECTIONS[-1]
+    ) -> LiveRows | None:
         upper = "+inf" if end is None else f"({_seconds(end)}"
-        reply = self._call("read", self._read, args=[self.base, _seconds(start), upper])
+        projection = next(i for i, kept in enumerate(PROJECTIONS) if columns <= kept)
+        args = [self.base, _seconds(start), upper, projection]
+        reply = self._call("read", self._read, args=args)
         if int(reply[0]) != 1:
             return None
         return LiveRows(_decode_rollups(reply[1]), _decode_conversions(reply[2]))
