@@ -259,3 +259,20 @@ def test_reads_sum_over_the_key_columns_a_view_does_not_need(store: ServingStore
         (two, 1, 5),
     ]
     assert [r[5] for r in by_ad if r[1] is None] == [3]
+
+
+def test_a_large_batch_goes_to_redis_in_parts_and_still_applies_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import adpulse.serving.store.redis as redis_module
+
+    monkeypatch.setattr(redis_module, "APPLY_ROWS", 4)  # 3 rows x 6 projections: 5 parts
+    with redis_prefix() as prefix, RedisServingStore(REDIS_URL, prefix=prefix) as store:
+        store.replace(LiveRows.empty(), StoreWindow(T0, None))
+        batch = delta(BASE, conversions(CONVERSION))
+        assert store.apply("run:9", batch) is True
+        assert store.apply("run:9", batch) is False
+        rows = store.read(T0, None)
+        assert rows is not None
+        assert sorted_rollups(rows) == sorted(BASE.rows(), key=repr)
+        assert rows.conversions.rows() == [CONVERSION]

@@ -70,6 +70,8 @@ _EPOCH: Final = datetime(1970, 1, 1)
 BATCH_KEY_SECONDS: Final = 86_400
 #: A rebuild that takes longer than this loses its lock (a crashed rebuilder's expires).
 LOCK_MILLISECONDS: Final = 300_000
+#: Rows per script call of :meth:`RedisServingStore.apply` (keeps each call short).
+APPLY_ROWS: Final = 20_000
 #: Hash fields written per command while rebuilding.
 _REBUILD_CHUNK: Final = 5_000
 
@@ -366,20 +368,48 @@ class RedisServingStore(ServingStore):
 
     # -- writes ------------------------------------------------------------------------
     def apply(self, batch_key: str, delta: LiveDelta) -> bool | None:
+        """See :meth:`ServingStore.apply`. A large batch (catching up) is applied in
+        parts of at most :data:`APPLY_ROWS` rows, one script call each, so Redis is
+        never blocked for long; each part has a key of its own (``KEY#i``), so a replay
+        is still a no-op. A failure between parts leaves the batch partly applied, which
+        the caller repairs with a rebuild like any failed write."""
+        rollups = list(_projected_fields(delta.rows.rollups).iter_slices(APPLY_ROWS))
+        conversions = list(delta.rows.conversions.iter_slices(APPLY_ROWS))
+        parts = max(len(rollups), len(conversions), 1)
+        results = []
+        for i in range(parts):
+            last = i == parts - 1
+            results.append(
+                self._apply_part(
+                    f"{batch_key}#{i}",
+                    rollups[i] if i < len(rollups) else None,
+                    conversions[i] if i < len(conversions) else None,
+                    delta.reattributions if last else None,  # after every conversion
+                )
+            )
+            if results[-1] is None:
+                return None
+        return any(results)
+
+    def _apply_part(
+        self,
+        key: str,
+        rollups: pl.DataFrame | None,
+        conversions: pl.DataFrame | None,
+        reattributions: pl.DataFrame | None,
+    ) -> bool | None:
         window = int(WINDOW.total_seconds())
-        args: list[Any] = [self.base, batch_key, BATCH_KEY_SECONDS, window, len(PROJECTIONS)]
-        rollups = _projected_fields(delta.rows.rollups)
-        args.append(rollups.height)
-        for row in rollups.iter_rows():
+        args: list[Any] = [self.base, key, BATCH_KEY_SECONDS, window, len(PROJECTIONS)]
+        args.append(0 if rollups is None else rollups.height)
+        for row in () if rollups is None else rollups.iter_rows():
             args.extend(row)
-        conversions = delta.rows.conversions
-        args.append(conversions.height)
-        if conversions.height:
+        args.append(0 if conversions is None else conversions.height)
+        if conversions is not None and conversions.height:
             for row in _conversion_values(conversions).iter_rows():
                 args.extend(row)
-        reattributions = delta.reattributions
-        args.append(reattributions.height)
-        for eid, _click_eid, click_time, latency, platform, location in reattributions.iter_rows():
+        moved = [] if reattributions is None else list(reattributions.iter_rows())
+        args.append(len(moved))
+        for eid, _click_eid, click_time, latency, platform, location in moved:
             click_us = None if click_time is None else str(_micros(click_time))
             text = None if latency is None else _float_text(latency)
             args.append(orjson.dumps([eid, click_us, text, platform, location]).decode())
