@@ -125,6 +125,35 @@ def timed(client: TestClient, path: str, params: dict[str, str], n: int) -> tupl
     return seconds, body
 
 
+def _leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _leaves(item, f"{path}[{i}]")
+    else:
+        yield path, value
+
+
+def compare(a: Any, b: Any) -> str:
+    """ "same JSON", or the largest relative difference of floats (other values must be
+    equal): PostgreSQL and DuckDB round percentile interpolation differently."""
+    if a == b:
+        return "same JSON"
+    left, right = dict(_leaves(a)), dict(_leaves(b))
+    if left.keys() != right.keys():
+        return "DIFFERENT JSON (shape)"
+    worst = 0.0
+    for key, x in left.items():
+        y = right[key]
+        if isinstance(x, float) and isinstance(y, float):
+            worst = max(worst, abs(x - y) / max(abs(x), abs(y), 1e-300))
+        elif x != y:
+            return f"DIFFERENT JSON at {key}: {x!r} != {y!r}"
+    return f"same JSON but floats within relative {worst:.1e}"
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
@@ -169,7 +198,7 @@ def main() -> None:
                     label = path + ("?bucket=" + extra["bucket"] if extra else "")
                     from_store, a = timed(live, path, query, args.requests)
                     from_warehouse, b = timed(plain, path, query, args.requests)
-                    same = "same JSON" if a == b else f"DIFFERENT JSON: {a} != {b}"
+                    same = compare(a, b)
                     for name, values in (("store", from_store), ("warehouse", from_warehouse)):
                         print(
                             f"{label:32} {name:9} p50 {percentile(values, 50) * 1000:8.1f} ms"

@@ -303,3 +303,15 @@ def test_a_redis_outage_does_not_stop_ingestion_and_is_repaired(data: Path, tmp_
         assert run.received() == run.sent(3)
         assert_live_views_equal(run, FEW_VIEWS, sets=2)
         run.processor.close()
+
+
+def test_batches_too_large_for_a_delta_are_covered_by_rebuilds(data: Path, tmp_path: Path) -> None:
+    with duckdb_warehouse(tmp_path / "w.duckdb") as warehouse:
+        run = Run(data, warehouse, MemoryServingStore(), parts=1)
+        run.sync.max_delta_rows = 10  # every batch is "large"
+        run.send(0)
+        run.process()
+        batches = len(run.sync.outputs)
+        assert batches > 3 and run.sync.rebuilds == 1 + batches and run.sync.failures == 0
+        assert_live_views_equal(run, FEW_VIEWS, sets=2)
+        run.processor.close()

@@ -6,7 +6,10 @@
 - at processor start, and after any failed write, the store is rebuilt from the
   warehouse (its last 24 h of ``rollup_minute`` and ``fact_conversions``) and switched
   to in one step. That repairs whatever a crash between the commit and the store write,
-  or an outage of the store, left out.
+  or an outage of the store, left out;
+- a batch too large for a delta (catching up on a backlog) marks the store behind, so
+  one rebuild covers many batches; the store then lags the warehouse by up to
+  ``retry_seconds``.
 
 A store failure never stops ingestion: it is logged and counted
 (:attr:`StoreSync.failures`), and while the store is behind, writes are skipped and a
@@ -67,11 +70,16 @@ class StoreSync:
     """Writes one processor's committed batches to a serving store (see module docs)."""
 
     def __init__(
-        self, store: ServingStore, warehouse: Warehouse, retry_seconds: float = 5.0
+        self,
+        store: ServingStore,
+        warehouse: Warehouse,
+        retry_seconds: float = 5.0,
+        max_delta_rows: int = 100_000,
     ) -> None:
         self.store = store
         self.warehouse = warehouse
         self.retry_seconds = retry_seconds
+        self.max_delta_rows = max_delta_rows
         #: Unique per run: batch ids restart from the warehouse's and repeat across workers.
         self.run_id = uuid.uuid4().hex
         self.failures = 0
@@ -95,12 +103,19 @@ class StoreSync:
         return True
 
     def after_commit(self, output: BatchOutput) -> None:
-        """Bring the store up to date with ``output``, which the warehouse just committed."""
+        """Bring the store up to date with ``output``, which the warehouse just committed.
+
+        A batch of more than ``max_delta_rows`` rollup rows and conversions (catching up
+        on a backlog) is not written as a delta: a rebuild, at most every
+        ``retry_seconds``, covers many such batches at the cost of one window.
+        """
+        delta = live_delta(output)
+        if delta.rows.rollups.height + delta.rows.conversions.height > self.max_delta_rows:
+            self.behind = True
         if self.behind:
             if time.monotonic() - self._last_attempt >= self.retry_seconds:
                 self.rebuild()  # includes this batch: it is committed
             return
-        delta = live_delta(output)
         if delta.is_empty:
             return
         try:
