@@ -28,8 +28,8 @@ from adpulse.serving.store.base import (
 
 #: Appended delta frames are summed into one when there are more than this many.
 _MAX_PARTS: Final = 64
-#: How long applied batch keys are remembered (a replay comes seconds later).
-BATCH_KEY_SECONDS: Final = 86_400.0
+#: How long applied batch keys are remembered (a retried write comes seconds later).
+BATCH_KEY_SECONDS: Final = 3_600.0
 
 
 class MemoryServingStore(ServingStore):

@@ -66,8 +66,9 @@ if TYPE_CHECKING:
     import redis
 
 _EPOCH: Final = datetime(1970, 1, 1)
-#: Seconds an applied batch key is remembered (a replay comes seconds later).
-BATCH_KEY_SECONDS: Final = 86_400
+#: Seconds an applied batch key is remembered: a retried write comes seconds later, and a
+#: restarted processor (a new run id) is covered by its rebuild instead.
+BATCH_KEY_SECONDS: Final = 3_600
 #: A rebuild that takes longer than this loses its lock (a crashed rebuilder's expires).
 LOCK_MILLISECONDS: Final = 300_000
 #: Rows per script call of :meth:`RedisServingStore.apply` (keeps each call short).
