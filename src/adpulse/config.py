@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         description="duckdb:///FILE (default: HOME/warehouse.duckdb) or postgresql://...",
     )
     warehouse_password: SecretStr | None = Field(None, description="Warehouse password, if any.")
+    serving_url: str = Field(
+        "",
+        description="Serving store of live views: memory:// (default: in-process) or"
+        " redis://HOST:PORT/DB[?prefix=NAME].",
+    )
 
     allowed_lateness_seconds: int = Field(600, ge=0, description="Lateness behind the watermark.")
     dedupe_horizon_seconds: int = Field(86_400, ge=0, description="How long event ids are kept.")

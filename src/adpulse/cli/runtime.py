@@ -66,11 +66,35 @@ def open_log(settings: Settings) -> Transport:
         raise UserError(str(exc)) from exc
 
 
+def with_serving_store(settings: Settings, warehouse: Warehouse, live: bool) -> Warehouse:
+    """``warehouse`` paired with the configured serving store, when there is one to use.
+
+    A Redis store is shared by processes: processors write it, readers read it. The
+    in-process store only helps a process that both processes and serves (``live``,
+    e.g. the demo); elsewhere it could never be current, so it is not opened.
+    """
+    from adpulse.serving.live import LiveWarehouse
+    from adpulse.serving.store import is_in_process, open_serving_store
+
+    try:
+        store = open_serving_store(settings)  # also rejects a malformed serving_url
+    except Exception as exc:  # ValueError, ServingStoreUnavailableError: both name it
+        raise UserError(str(exc)) from exc
+    if is_in_process(settings) and not live:
+        store.close()
+        return warehouse
+    return LiveWarehouse(warehouse, store)
+
+
 @contextmanager
-def open_runtime(settings: Settings, read_only: bool = False) -> Iterator[Runtime]:
-    """Open transport and warehouse; close both at the end.
+def open_runtime(
+    settings: Settings, read_only: bool = False, live: bool = False
+) -> Iterator[Runtime]:
+    """Open transport, warehouse and serving store; close them at the end.
 
     ``read_only`` (queries, status) opens the warehouse only and creates nothing.
+    ``live``: this process runs the processor and serves reads, so it keeps an
+    in-process serving store when no shared one is configured.
     """
     transport = _NoTransport() if read_only else open_log(settings)
     try:
@@ -78,6 +102,12 @@ def open_runtime(settings: Settings, read_only: bool = False) -> Iterator[Runtim
     except Exception as exc:
         transport.close()
         raise UserError(str(exc)) from exc
+    try:
+        warehouse = with_serving_store(settings, warehouse, live)
+    except BaseException:
+        transport.close()
+        warehouse.close()
+        raise
     if not read_only:
         warehouse.create_schema()
     runtime = Runtime(settings, transport, warehouse, threading.Lock())

@@ -103,7 +103,7 @@ def run_demo(
             raise UserError(
                 f"cannot listen on {serve_at[0]}:{serve_at[1]}: {exc}; choose --port or --no-serve"
             ) from exc
-    with open_runtime(settings) as rt:
+    with open_runtime(settings, live=True) as rt:
         load_generated_dimensions(rt, gen, console)
         producer = rt.transport.producer()
         now = datetime.now(UTC).replace(tzinfo=None)

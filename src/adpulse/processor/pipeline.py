@@ -39,6 +39,8 @@ from adpulse.processor.steps.decode import Decoded, decode
 from adpulse.processor.steps.dedupe import drop_duplicates, flag_late, with_event_ids
 from adpulse.processor.steps.enrich import CAMPAIGN_FIELDS, USER_FIELDS, DimensionLookup, enrich
 from adpulse.processor.steps.validate import validate
+from adpulse.serving.live import LiveWarehouse
+from adpulse.serving.store.sync import StoreSync
 from adpulse.storage.warehouse.base import BatchOutput, LeaseFence, Warehouse
 from adpulse.storage.warehouse.schema import (
     CONVERSION_REATTRIBUTIONS,
@@ -110,11 +112,13 @@ class _Committer:
         consumer: Consumer,
         seconds: dict[str, float],
         commits: CommitSignal,
+        serving: StoreSync | None = None,
     ) -> None:
         self.warehouse = warehouse
         self.consumer = consumer
         self.seconds = seconds
         self.commits = commits
+        self.serving = serving
         self.error: BaseException | None = None
         self.last_commit_wall: float | None = None
         self._queue: queue.Queue[tuple[BatchOutput, list[tuple[Stream, int, str]]] | None] = (
@@ -164,6 +168,9 @@ class _Committer:
                     log.exception("commit of batch %s failed", output.batch_id)
                     self.error = exc
                 else:
+                    # after the commit, never instead: the store only mirrors the warehouse
+                    if self.serving is not None:
+                        self.serving.after_commit(output)
                     self.commits.notify()
                 self.seconds["commit"] += time.perf_counter() - t
                 self.last_commit_wall = time.time()
@@ -182,10 +189,13 @@ class Processor:
         partitions: Sequence[int] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         fence: LeaseFence | None = None,
+        serving: StoreSync | None = None,
     ) -> None:
         """``partitions``: the ones to process (default all). ``fence``: when workers
         share the partitions, the leases every commit must still hold (else it fails
-        with :class:`~adpulse.storage.warehouse.base.LeaseLostError`)."""
+        with :class:`~adpulse.storage.warehouse.base.LeaseLostError`). ``serving`` keeps
+        a serving store in step with the commits; by default the store of a
+        :class:`LiveWarehouse`, none for a plain warehouse."""
         self.settings = settings
         self.fence = fence
         self.transport = transport
@@ -220,9 +230,16 @@ class Processor:
         )
         self._last_idle_commit = 0.0
         self.recover()
+        if serving is None and isinstance(warehouse, LiveWarehouse):
+            serving = StoreSync(warehouse.store, warehouse)
+        self.serving = serving
+        if serving is not None:
+            serving.rebuild()  # repairs whatever a crash left out of the store
         #: Bumped after every commit: the HTTP API caches and pushes by it.
         self.commits = CommitSignal()
-        self.committer = _Committer(warehouse, self.consumer, self.step_seconds, self.commits)
+        self.committer = _Committer(
+            warehouse, self.consumer, self.step_seconds, self.commits, serving
+        )
 
     # -- recovery ----------------------------------------------------------------------
     def recover(self) -> None:

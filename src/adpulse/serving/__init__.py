@@ -1,5 +1,5 @@
 """Serving: the one query layer (:mod:`.queries`) behind the CLI, the HTTP API and the
-dashboard."""
+dashboard, and the serving store of its live views (:mod:`.store`, read via :mod:`.live`)."""
 
 from adpulse.serving.queries import (
     AGE_BAND_LABELS,

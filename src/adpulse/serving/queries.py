@@ -21,7 +21,13 @@ Sources:
   rates come from the fact tables, read as one rollup-shaped row per event
   (:func:`_source`). Both give the same numbers, since the rollups are an aggregation
   of the current facts;
-- latency comes from ``fact_conversions`` (percentiles need the individual values).
+- latency comes from ``fact_conversions`` (percentiles need the individual values);
+- live views (every metric, ranking and chart below except the status and picker
+  values) read a serving store instead of the warehouse when the warehouse handed in is
+  a :class:`~adpulse.serving.live.LiveWarehouse` whose store holds the whole range and
+  no audience filter is set (:func:`_reader`). The store holds the same rows at the same
+  grain (summed rollup rows and the conversions of its last 24 h), and the same SQL runs
+  over them, so the numbers are the same.
 
 Time ranges are half-open, ``[start, end)``, and minute-aligned for rollups: a minute
 bucket belongs to the range when ``start <= minute < end``, so a start of 10:00:30
@@ -40,11 +46,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal, TypedDict, get_args
+from typing import Any, Final, Literal, Protocol, TypedDict, get_args
 
 import polars as pl
 
 from adpulse.contracts import AGE_BANDS, Stream
+from adpulse.serving.live import LiveWarehouse
 from adpulse.storage.warehouse.base import Warehouse
 
 GroupBy = Literal["ad", "campaign"] | None
@@ -286,6 +293,47 @@ def _source(
     return f"({union}) AS facts_as_rollup", params * len(_FACT_MEASURES)
 
 
+class _Reader(Protocol):
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame: ...
+
+
+def _reader(
+    warehouse: Warehouse,
+    filters: Filters,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    use_filter_range: bool = True,
+    facts: bool = False,
+    keys: Sequence[str] = (),
+) -> _Reader:
+    """Where a live view reads its rows: the serving store or the warehouse.
+
+    The store when ``warehouse`` is a :class:`LiveWarehouse` whose store is ready and
+    holds every minute of the range (``start``/``end`` as in :func:`_source`), and the
+    view reads no audience column (``facts``, audience filters): the store keeps none.
+    Otherwise, and whenever the store cannot be read, the warehouse. An open start is
+    never the store's (the warehouse holds older data). ``keys``: the rollup key
+    columns the view groups by; with the filtered ones, the store may sum over the rest.
+    """
+    if (
+        facts
+        or not isinstance(warehouse, LiveWarehouse)
+        or any(getattr(filters, name) is not None for name in _AUDIENCE_FILTERS)
+    ):
+        return warehouse
+    if use_filter_range:
+        start = filters.start if start is None else start
+        end = filters.end if end is None else end
+    if start is None:
+        return warehouse
+    # Whole minutes that cover the range: latency compares event_time, not the minute.
+    first = start.replace(second=0, microsecond=0)
+    last = None if end is None else _ceil_minute(end)
+    filtered = [c for c in ("ad_id", "campaign", "platform", "location") if getattr(filters, c)]
+    return warehouse.live(first, last, frozenset([*keys, *filtered])) or warehouse
+
+
 def _grouped(
     table: str,
     time_column: str,
@@ -351,7 +399,7 @@ def _rollup_select(
         source, "minute", conditions, _ROLLUP_SUMS, _ROLLUP_INPUTS, group_by, having
     )
     columns = ", ".join([*keys, *(f"{expr} AS {name}" for name, expr in outputs.items())])
-    return warehouse.query(
+    return _reader(warehouse, filters, keys=keys).query(
         f"WITH {ctes} SELECT {columns} FROM totals{_order(keys)}", [*source_params, *params]
     )
 
@@ -438,7 +486,8 @@ def conversion_latency(
         "COUNT(*) > 0",
     )
     columns = ", ".join([*keys, *_LATENCY])
-    return warehouse.query(f"WITH {ctes} SELECT {columns} FROM totals{_order(keys)}", params)
+    sql = f"WITH {ctes} SELECT {columns} FROM totals{_order(keys)}"
+    return _reader(warehouse, filters).query(sql, params)
 
 
 def timeseries(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
@@ -479,7 +528,7 @@ def summary(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
         " l.latency_mean, l.latency_p50, l.latency_p90"
         " FROM r CROSS JOIN l"
     )
-    return warehouse.query(sql, [*source_params, *r_params, *l_params])
+    return _reader(warehouse, filters).query(sql, [*source_params, *r_params, *l_params])
 
 
 # --- rankings --------------------------------------------------------------------------------
@@ -576,7 +625,10 @@ def trending(
         min_clicks,
         limit,
     ]
-    return warehouse.query(sql, all_params)
+    reader = _reader(
+        warehouse, filters, bounds[0], bounds[2], use_filter_range=False, keys=["campaign"]
+    )
+    return reader.query(sql, all_params)
 
 
 def top_ads(
@@ -616,7 +668,8 @@ def top_ads(
         )
         tail_params = [min_clicks, limit]
     sql = f"WITH {ctes}, {ranked} SELECT * FROM ranked{tail}"
-    return warehouse.query(sql, [*source_params, *params, *tail_params])
+    reader = _reader(warehouse, filters, keys=["ad_id", "campaign"])
+    return reader.query(sql, [*source_params, *params, *tail_params])
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
@@ -766,7 +819,7 @@ def bucketed_timeseries(
         " lat.latency_p50, lat.latency_p90"
         " FROM totals LEFT JOIN lat ON lat.bucket = totals.bucket ORDER BY totals.bucket"
     )
-    return warehouse.query(sql, [*source_params, *params, *l_params])
+    return _reader(warehouse, filters).query(sql, [*source_params, *params, *l_params])
 
 
 def latency_histogram(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
@@ -787,7 +840,7 @@ def latency_histogram(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
         " CAST(COUNT(*) AS BIGINT) AS conversions"
         f" FROM fact_conversions{_where(conditions)} GROUP BY 1"
     )
-    found = dict(warehouse.query(sql, params).iter_rows())
+    found = dict(_reader(warehouse, filters).query(sql, params).iter_rows())
     lows = (0, *LATENCY_EDGES)
     highs: tuple[int | None, ...] = (*LATENCY_EDGES, None)
     return pl.DataFrame(
@@ -836,7 +889,8 @@ def breakdown(
         f"SELECT {column} AS value, {sums} FROM {source}{_where(conditions)}"
         f" GROUP BY {column} HAVING {_NONZERO}"
     )
-    frame = warehouse.query(sql, [*source_params, *params])
+    reader = _reader(warehouse, filters, facts=audience, keys=[column])
+    frame = reader.query(sql, [*source_params, *params])
     measures = list(_ROLLUP_SUMS)
     types = frame.schema
     if dimension == "interest":

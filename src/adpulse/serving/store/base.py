@@ -1,0 +1,201 @@
+"""The serving-store contract: live aggregates of the last 24 h, for fast reads.
+
+A serving store holds, for the newest :data:`WINDOW` of event time (ending at the newest
+minute it has seen), the same rows the query layer reads from the warehouse for its live
+views, at the same grain, so every view computes exactly the same numbers from either:
+
+- rollup rows: one per (minute, ad, campaign, platform, location), the five rollup
+  measures summed (the warehouse appends partial rows; the store keeps their sums);
+- conversions: one per conversion event, with its event time, ad, campaign and its
+  attributed click's time, latency, platform and location (latency percentiles need the
+  individual values).
+
+Audience columns (gender, age band, interests) are left out: queries filtering on them
+go to the warehouse, as they go to the facts there.
+
+The store is written by the processor after each warehouse commit (:class:`LiveDelta`,
+applied idempotently under a batch key) and rebuilt from the warehouse, which stays the
+source of truth, when it may be wrong (:mod:`.sync`). Until its first rebuild a store is
+not *ready* and serves nothing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final, Self
+
+import polars as pl
+
+from adpulse.storage.warehouse.base import BatchOutput
+from adpulse.storage.warehouse.schema import (
+    CONVERSION_REATTRIBUTIONS,
+    ROLLUP_KEY,
+    ROLLUP_MEASURES,
+)
+
+#: How much event time a serving store holds, back from its newest minute.
+WINDOW: Final = timedelta(hours=24)
+#: The window start of a store rebuilt from an empty warehouse: it holds everything.
+EPOCH: Final = datetime(1970, 1, 1)
+
+#: Rollup rows as the store holds them: the warehouse's rollup columns, measures summed.
+#: ``latency_sum_seconds`` is not kept (no view reads it) and reads back as 0.
+LIVE_ROLLUPS: Final = {**ROLLUP_KEY, **ROLLUP_MEASURES}
+LIVE_MEASURES: Final = ("impressions", "clicks", "conversions", "attributed_conversions", "revenue")
+#: Conversions as the store holds them: the ``fact_conversions`` columns the live views
+#: read (latency, filters by campaign, ad, platform, location).
+LIVE_CONVERSIONS: Final = {
+    "event_id": pl.String(),
+    "event_time": pl.Datetime("us"),
+    "ad_id": pl.Int64(),
+    "campaign": pl.String(),
+    "platform": pl.String(),
+    "location": pl.String(),
+    "click_time": pl.Datetime("us"),
+    "latency_seconds": pl.Float64(),
+}
+
+
+#: The rollup key columns besides the minute.
+KEY_COLUMNS: Final = ("ad_id", "campaign", "platform", "location")
+#: Reductions of the rollup key a store keeps, smallest first: a view reads the smallest
+#: one holding every column it filters or groups by (the dashboard's headline numbers
+#: read per-minute totals, 1,440 rows a day, instead of every key).
+PROJECTIONS: Final[tuple[frozenset[str], ...]] = (
+    frozenset(),
+    frozenset({"campaign"}),
+    frozenset({"platform"}),
+    frozenset({"location"}),
+    frozenset({"ad_id", "campaign"}),
+    frozenset(KEY_COLUMNS),
+)
+
+
+def project(rollups: pl.DataFrame, columns: frozenset[str] = PROJECTIONS[-1]) -> pl.DataFrame:
+    """One row per minute and value of the key ``columns``, measures summed, the other key
+    columns NULL; typed as :data:`LIVE_ROLLUPS`. The SQL of the query layer gives the same
+    result over it as over the full rows, as long as it reads no other key column."""
+    if rollups.height == 0:
+        return pl.DataFrame(schema=LIVE_ROLLUPS)
+    keep = ["minute", *(c for c in KEY_COLUMNS if c in columns)]
+    return (
+        rollups.group_by(keep)
+        .agg(pl.col(m).sum() for m in LIVE_MEASURES)
+        .with_columns(
+            *(pl.lit(None).alias(c) for c in KEY_COLUMNS if c not in columns),
+            pl.lit(0.0).alias("latency_sum_seconds"),
+        )
+        .select(pl.col(name).cast(dtype) for name, dtype in LIVE_ROLLUPS.items())
+    )
+
+
+class ServingStoreError(RuntimeError):
+    """The serving store could not be read or written (the warehouse is unaffected)."""
+
+
+class ServingStoreUnavailableError(ServingStoreError):
+    """The serving store cannot be opened as configured; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRows:
+    """Rows of the store (or for it): ``rollups`` per :data:`LIVE_ROLLUPS`,
+    ``conversions`` per :data:`LIVE_CONVERSIONS`."""
+
+    rollups: pl.DataFrame
+    conversions: pl.DataFrame
+
+    @classmethod
+    def empty(cls) -> Self:
+        return cls(pl.DataFrame(schema=LIVE_ROLLUPS), pl.DataFrame(schema=LIVE_CONVERSIONS))
+
+
+@dataclass(frozen=True, slots=True)
+class LiveDelta:
+    """What one committed batch changes: rollup rows to add (re-attributions already
+    appear there as a negative and a positive row), new conversions, and new attributions
+    of conversions committed earlier (``CONVERSION_REATTRIBUTIONS`` columns)."""
+
+    rows: LiveRows
+    reattributions: pl.DataFrame
+
+    @property
+    def is_empty(self) -> bool:
+        return not (
+            self.rows.rollups.height or self.rows.conversions.height or self.reattributions.height
+        )
+
+
+def live_delta(output: BatchOutput) -> LiveDelta:
+    """The store's share of a committed batch (a pure projection of its outputs)."""
+    rollups = output.rollups
+    rollups = (
+        rollups.with_columns(pl.lit(0.0).alias("latency_sum_seconds")).select(list(LIVE_ROLLUPS))
+        if rollups.height
+        else pl.DataFrame(schema=LIVE_ROLLUPS)
+    )
+    conversions = (
+        output.conversions.select(list(LIVE_CONVERSIONS))
+        if output.conversions.height
+        else pl.DataFrame(schema=LIVE_CONVERSIONS)
+    )
+    reattributions = (
+        output.reattributions.select(list(CONVERSION_REATTRIBUTIONS))
+        if output.reattributions.height
+        else pl.DataFrame(schema=CONVERSION_REATTRIBUTIONS)
+    )
+    return LiveDelta(LiveRows(rollups, conversions), reattributions)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreWindow:
+    """The event time a ready store holds: every minute from ``start`` on (``newest`` is
+    the newest minute it has seen; None while it has seen none)."""
+
+    start: datetime
+    newest: datetime | None
+
+
+class ServingStore(ABC):
+    """Live aggregates of the newest :data:`WINDOW`; one implementation per backend.
+
+    Implementations are safe to share between threads, and (for server backends) between
+    processes writing and reading the same store.
+    """
+
+    @abstractmethod
+    def apply(self, batch_key: str, delta: LiveDelta) -> bool | None:
+        """Add ``delta`` once per ``batch_key``, atomically, then expire minutes older
+        than the window. True when applied, False when that key was already applied
+        (a replay: nothing changes), None when the store is not ready (never rebuilt:
+        nothing changes, a rebuild is due). Rows older than the window are ignored."""
+
+    @abstractmethod
+    def replace(self, rows: LiveRows, window: StoreWindow) -> None:
+        """Replace the whole content with ``rows`` (a rebuild) and make the store ready,
+        holding ``window``. Readers see the old or the new content, never a mix."""
+
+    @abstractmethod
+    def read(
+        self, start: datetime, end: datetime | None, columns: frozenset[str] = PROJECTIONS[-1]
+    ) -> LiveRows | None:
+        """The rows of minutes ``[start, end)`` (end None: to the newest), or None when
+        the store cannot answer for that range: not ready, or ``start`` before its
+        window. ``start`` must be a whole minute. Rollup rows are summed per minute and
+        key at least over the key ``columns`` (:func:`project`): other key columns may be
+        NULL. Conversions are always complete."""
+
+    @abstractmethod
+    def window(self) -> StoreWindow | None:
+        """The event time held; None when the store is not ready."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,145 @@
+"""The in-process serving store (the default): Polars frames behind a lock.
+
+It serves the process that also runs the processor (``adpulse demo``): a separate
+``adpulse serve`` has no way to receive its deltas, so it reads the warehouse instead
+(or a Redis store, which any number of processes share).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from typing import Final
+
+import polars as pl
+
+from adpulse.serving.store.base import (
+    LIVE_CONVERSIONS,
+    LIVE_ROLLUPS,
+    PROJECTIONS,
+    WINDOW,
+    LiveDelta,
+    LiveRows,
+    ServingStore,
+    StoreWindow,
+    project,
+)
+
+#: Appended delta frames are summed into one when there are more than this many.
+_MAX_PARTS: Final = 64
+#: How long applied batch keys are remembered (a retried write comes seconds later).
+BATCH_KEY_SECONDS: Final = 3_600.0
+
+
+class MemoryServingStore(ServingStore):
+    """A :class:`ServingStore` in this process's memory."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._window: StoreWindow | None = None
+        self._rollups: list[pl.DataFrame] = []
+        self._conversions = pl.DataFrame(schema=LIVE_CONVERSIONS)
+        self._applied: dict[str, float] = {}
+
+    def apply(self, batch_key: str, delta: LiveDelta) -> bool | None:
+        with self._lock:
+            if self._window is None:
+                return None
+            now = time.monotonic()
+            if batch_key in self._applied:
+                return False
+            self._applied[batch_key] = now
+            self._forget_batch_keys(now)
+            start = self._window.start
+            rollups = delta.rows.rollups.filter(pl.col("minute") >= start)
+            conversions = delta.rows.conversions.filter(pl.col("event_time") >= start)
+            newest = _newest(self._window.newest, rollups, conversions)
+            if rollups.height:
+                self._rollups.append(rollups)
+            if conversions.height:
+                self._conversions = pl.concat([self._conversions, conversions])
+            if delta.reattributions.height:
+                self._conversions = _reattribute(self._conversions, delta.reattributions)
+            self._window = StoreWindow(start, newest)
+            self._expire()
+            if len(self._rollups) > _MAX_PARTS:
+                self._rollups = [project(pl.concat(self._rollups))]
+            return True
+
+    def _forget_batch_keys(self, now: float) -> None:
+        # insertion order is time order: drop from the front
+        while self._applied:
+            key, at = next(iter(self._applied.items()))
+            if now - at < BATCH_KEY_SECONDS:
+                break
+            del self._applied[key]
+
+    def _expire(self) -> None:
+        assert self._window is not None
+        newest = self._window.newest
+        if newest is None or newest - WINDOW <= self._window.start:
+            return
+        start = newest - WINDOW
+        self._window = StoreWindow(start, newest)
+        self._rollups = [f.filter(pl.col("minute") >= start) for f in self._rollups]
+        self._conversions = self._conversions.filter(pl.col("event_time") >= start)
+
+    def replace(self, rows: LiveRows, window: StoreWindow) -> None:
+        with self._lock:
+            self._rollups = [project(rows.rollups)]
+            self._conversions = rows.conversions.select(list(LIVE_CONVERSIONS))
+            self._window = window
+            self._expire()
+
+    def read(
+        self, start: datetime, end: datetime | None, columns: frozenset[str] = PROJECTIONS[-1]
+    ) -> LiveRows | None:
+        with self._lock:
+            if self._window is None or start < self._window.start:
+                return None
+            parts = list(self._rollups)
+            conversions = self._conversions
+        in_range = pl.col("minute") >= start
+        conv_in_range = pl.col("event_time") >= start
+        if end is not None:
+            in_range &= pl.col("minute") < end
+            conv_in_range &= pl.col("event_time").dt.truncate("1m") < end
+        rollups = pl.concat(parts) if parts else pl.DataFrame(schema=LIVE_ROLLUPS)
+        return LiveRows(
+            project(rollups.filter(in_range), columns), conversions.filter(conv_in_range)
+        )
+
+    def window(self) -> StoreWindow | None:
+        with self._lock:
+            return self._window
+
+    def close(self) -> None:
+        pass
+
+
+def _newest(
+    current: datetime | None, rollups: pl.DataFrame, conversions: pl.DataFrame
+) -> datetime | None:
+    candidates = [current] if current is not None else []
+    if rollups.height:
+        candidates.append(rollups["minute"].max())  # type: ignore[arg-type]
+    if conversions.height:
+        candidates.append(conversions["event_time"].dt.truncate("1m").max())  # type: ignore[arg-type]
+    return max(candidates) if candidates else None
+
+
+def _reattribute(conversions: pl.DataFrame, reattributions: pl.DataFrame) -> pl.DataFrame:
+    """``conversions`` with the attribution columns of ``reattributions`` (by event_id),
+    as the warehouse's UPDATE does."""
+    columns = [c for c in reattributions.columns if c != "event_id"]
+    new = reattributions.unique("event_id", keep="last")
+    updated = conversions.join(new, on="event_id", how="left", suffix="_new")
+    return updated.with_columns(
+        pl.when(pl.col("click_event_id").is_not_null())
+        .then(pl.col(f"{c}_new"))
+        .otherwise(pl.col(c))
+        .alias(c)
+        for c in columns
+        if c in conversions.columns
+    ).select(list(LIVE_CONVERSIONS))

@@ -1,0 +1,515 @@
+"""The Redis serving store: live aggregates shared by every processor and API process.
+
+Layout (``B`` = ``PREFIX:serving``; ``PREFIX`` defaults to ``adpulse``, set it with
+``?prefix=NAME`` in the URL)::
+
+    B:meta              hash   gen, start, newest (epoch seconds of minutes), ready
+    B:gen               counter of generations (one per rebuild)
+    B:batch:KEY         string with expiry: the batch KEY was applied
+    B:lock              rebuild lock (token, expiry)
+    B:G:minutes         zset   minutes of generation G that hold data (score = minute)
+    B:G:mP:MINUTE       hash   rollup key of projection P (index into PROJECTIONS; JSON
+                               {a: ad_id, c: campaign, p: platform, l: location}, NULL
+                               where P drops the column)
+                               -> "impressions,clicks,conversions,attributed,revenue_1e-4"
+    B:G:c:MINUTE        hash   conversion event_id -> JSON {t: event_time_us, a: ad_id,
+                               c: campaign, p: platform, l: location, k: click_time_us,
+                               s: latency_seconds}
+    B:G:cidx            hash   conversion event_id -> MINUTE (for re-attributions)
+
+Every value is text, so nothing is rounded: revenue is kept in ten-thousandths (the
+warehouse's ``DECIMAL(18,4)``), times in microseconds, latency as the shortest text
+that reads back as the same float.
+
+Atomicity: :meth:`apply` is one Lua script, so the batch key (``SET NX``), every
+increment and the expiry of old minutes happen together or not at all; a replayed batch
+finds its key and changes nothing. :meth:`read` is one Lua script too, so it sees one
+consistent state. :meth:`replace` writes a new generation beside the current one and
+switches ``B:meta`` to it in one script (readers see the old or the new content, never a
+mix), under a lock so that only one process rebuilds at a time.
+
+Concurrent writers: deltas of different processes commute (sums, per-event upserts), so
+any number of processors may apply batches at once. A rebuild reads the warehouse at one
+instant and switches later; a batch another process commits in between is applied to the
+old generation and is missing from the new one until the next rebuild (a delta applied
+after the switch of a batch already in the rebuild's read would count twice). Rebuilds
+happen when a processor starts and after a failed write; see ``README.md`` ("Serving
+store").
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+import polars as pl
+
+from adpulse.serving.store.base import (
+    LIVE_CONVERSIONS,
+    LIVE_MEASURES,
+    LIVE_ROLLUPS,
+    PROJECTIONS,
+    WINDOW,
+    LiveDelta,
+    LiveRows,
+    ServingStore,
+    ServingStoreError,
+    ServingStoreUnavailableError,
+    StoreWindow,
+    project,
+)
+
+if TYPE_CHECKING:
+    import redis
+
+_EPOCH: Final = datetime(1970, 1, 1)
+#: Seconds an applied batch key is remembered: a retried write comes seconds later, and a
+#: restarted processor (a new run id) is covered by its rebuild instead.
+BATCH_KEY_SECONDS: Final = 3_600
+#: A rebuild that takes longer than this loses its lock (a crashed rebuilder's expires).
+LOCK_MILLISECONDS: Final = 300_000
+#: Rows per script call of :meth:`RedisServingStore.apply` (keeps each call short).
+APPLY_ROWS: Final = 20_000
+#: Hash fields written per command while rebuilding.
+_REBUILD_CHUNK: Final = 5_000
+
+_APPLY: Final = """
+local b = ARGV[1]
+local meta = b .. ':meta'
+if redis.call('HGET', meta, 'ready') ~= '1' then return -1 end
+if not redis.call('SET', b .. ':batch:' .. ARGV[2], '1', 'NX', 'EX', ARGV[3]) then return 0 end
+local window = tonumber(ARGV[4])
+local projections = tonumber(ARGV[5])
+local g = b .. ':' .. redis.call('HGET', meta, 'gen')
+local start = tonumber(redis.call('HGET', meta, 'start'))
+local newest = tonumber(redis.call('HGET', meta, 'newest') or '')
+local i = 6
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local m = tonumber(ARGV[i + 1])
+  if m >= start then
+    local key = g .. ':m' .. ARGV[i] .. ':' .. ARGV[i + 1]
+    local s = {0, 0, 0, 0, 0}
+    local old = redis.call('HGET', key, ARGV[i + 2])
+    if old then
+      local k = 1
+      for part in string.gmatch(old, '[^,]+') do s[k] = tonumber(part); k = k + 1 end
+    end
+    for k = 1, 5 do s[k] = s[k] + tonumber(ARGV[i + 2 + k]) end
+    redis.call('HSET', key, ARGV[i + 2],
+      string.format('%.0f,%.0f,%.0f,%.0f,%.0f', s[1], s[2], s[3], s[4], s[5]))
+    redis.call('ZADD', g .. ':minutes', m, ARGV[i + 1])
+    if newest == nil or m > newest then newest = m end
+  end
+  i = i + 8
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local m = tonumber(ARGV[i])
+  if m >= start then
+    redis.call('HSET', g .. ':c:' .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
+    redis.call('HSET', g .. ':cidx', ARGV[i + 1], ARGV[i])
+    redis.call('ZADD', g .. ':minutes', m, ARGV[i])
+    if newest == nil or m > newest then newest = m end
+  end
+  i = i + 3
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local a = cjson.decode(ARGV[i])
+  local m = redis.call('HGET', g .. ':cidx', a[1])
+  if m then
+    local key = g .. ':c:' .. m
+    local raw = redis.call('HGET', key, a[1])
+    if raw then
+      local v = cjson.decode(raw)
+      v.k = a[2]; v.s = a[3]; v.p = a[4]; v.l = a[5]
+      redis.call('HSET', key, a[1], cjson.encode(v))
+    end
+  end
+  i = i + 1
+end
+if newest ~= nil then
+  redis.call('HSET', meta, 'newest', string.format('%.0f', newest))
+  local cutoff = newest - window
+  if cutoff > start then
+    local bound = '(' .. string.format('%.0f', cutoff)
+    for _, mm in ipairs(redis.call('ZRANGEBYSCORE', g .. ':minutes', '-inf', bound)) do
+      for p = 0, projections - 1 do redis.call('DEL', g .. ':m' .. p .. ':' .. mm) end
+      for _, id in ipairs(redis.call('HKEYS', g .. ':c:' .. mm)) do
+        redis.call('HDEL', g .. ':cidx', id)
+      end
+      redis.call('DEL', g .. ':c:' .. mm)
+    end
+    redis.call('ZREMRANGEBYSCORE', g .. ':minutes', '-inf', bound)
+    redis.call('HSET', meta, 'start', string.format('%.0f', cutoff))
+  end
+end
+return 1
+"""
+
+#: One consistent read, returned as two tab-separated texts built in Redis (one reply
+#: instead of a reply element per field: parsing those dominated the read time).
+#: Rollup lines: minute, key JSON, five measures; conversion lines: event_id as JSON, value.
+#: JSON escapes tabs and newlines, so neither occurs inside a column.
+_READ: Final = r"""
+local b = ARGV[1]
+local info = redis.call('HMGET', b .. ':meta', 'ready', 'gen', 'start', 'newest')
+if info[1] ~= '1' then return {0} end
+if tonumber(ARGV[2]) < tonumber(info[3]) then return {0} end
+local g = b .. ':' .. info[2]
+local rollups, conversions = {}, {}
+for _, mm in ipairs(redis.call('ZRANGEBYSCORE', g .. ':minutes', ARGV[2], ARGV[3])) do
+  local h = redis.call('HGETALL', g .. ':m' .. ARGV[4] .. ':' .. mm)
+  for k = 1, #h, 2 do
+    rollups[#rollups + 1] = mm .. '\t' .. h[k] .. '\t' .. string.gsub(h[k + 1], ',', '\t')
+  end
+  local c = redis.call('HGETALL', g .. ':c:' .. mm)
+  for k = 1, #c, 2 do
+    conversions[#conversions + 1] = cjson.encode(c[k]) .. '\t' .. c[k + 1]
+  end
+end
+return {1, table.concat(rollups, '\n'), table.concat(conversions, '\n')}
+"""
+
+_SWITCH: Final = """
+local b = ARGV[1]
+if redis.call('GET', b .. ':lock') ~= ARGV[2] then return false end
+local old = redis.call('HGET', b .. ':meta', 'gen')
+redis.call('HSET', b .. ':meta', 'gen', ARGV[3], 'start', ARGV[4], 'ready', '1')
+if ARGV[5] == '' then
+  redis.call('HDEL', b .. ':meta', 'newest')
+else
+  redis.call('HSET', b .. ':meta', 'newest', ARGV[5])
+end
+return old or ''
+"""
+
+_UNLOCK: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _seconds(minute: datetime) -> int:
+    return int((minute - _EPOCH).total_seconds())
+
+
+def _minute(seconds: int) -> datetime:
+    return _EPOCH + timedelta(seconds=seconds)
+
+
+def _minute_seconds(column: str) -> pl.Expr:
+    """Epoch seconds of the minute of a Datetime column."""
+    return pl.col(column).dt.truncate("1m").dt.epoch("s")
+
+
+def _projected_fields(rollups: pl.DataFrame) -> pl.DataFrame:
+    """:func:`_rollup_fields` of every projection, its index first (``projection``)."""
+    if rollups.height == 0:
+        schema = {"projection": pl.Int32(), "minute": pl.Int64(), "field": pl.String()}
+        return pl.DataFrame(schema=schema | dict.fromkeys(LIVE_MEASURES, pl.Int64()))
+    return pl.concat(
+        _rollup_fields(project(rollups, columns)).select(
+            pl.lit(i, dtype=pl.Int32).alias("projection"), pl.all()
+        )
+        for i, columns in enumerate(PROJECTIONS)
+    )
+
+
+def _rollup_fields(rollups: pl.DataFrame) -> pl.DataFrame:
+    """``minute`` (epoch seconds), ``field`` (the key as JSON text) and the five integer
+    measures (revenue in ten-thousandths)."""
+    return rollups.select(
+        _minute_seconds("minute").alias("minute"),
+        pl.struct(
+            pl.col("ad_id").cast(pl.String).alias("a"),
+            pl.col("campaign").alias("c"),
+            pl.col("platform").alias("p"),
+            pl.col("location").alias("l"),
+        )
+        .struct.json_encode()
+        .alias("field"),
+        *(pl.col(m).fill_null(0).cast(pl.Int64) for m in LIVE_MEASURES[:4]),
+        (pl.col("revenue").fill_null(0) * 10_000).cast(pl.Int64).alias("revenue"),
+    )
+
+
+#: Conversion value fields (all text: Lua's cjson would round numbers) by column.
+_CONVERSION_FIELDS: Final = {
+    "event_time": "t",
+    "ad_id": "a",
+    "campaign": "c",
+    "platform": "p",
+    "location": "l",
+    "click_time": "k",
+    "latency_seconds": "s",
+}
+
+
+def _conversion_values(conversions: pl.DataFrame) -> pl.DataFrame:
+    """``minute`` (epoch seconds), ``event_id`` and the JSON value of each conversion."""
+    as_text = {
+        "event_time": pl.col("event_time").dt.epoch("us").cast(pl.String),
+        "ad_id": pl.col("ad_id").cast(pl.String),
+        "campaign": pl.col("campaign"),
+        "platform": pl.col("platform"),
+        "location": pl.col("location"),
+        "click_time": pl.col("click_time").dt.epoch("us").cast(pl.String),
+        # Polars writes the shortest text that reads back as the same float
+        "latency_seconds": pl.col("latency_seconds").cast(pl.String),
+    }
+    return conversions.select(
+        _minute_seconds("event_time").alias("minute"),
+        "event_id",
+        pl.struct(expr.alias(_CONVERSION_FIELDS[name]) for name, expr in as_text.items())
+        .struct.json_encode()
+        .alias("value"),
+    )
+
+
+def _float_text(value: float) -> str:
+    if not math.isfinite(value):
+        raise ServingStoreError(f"latency {value!r} cannot be stored")
+    return repr(value)
+
+
+def _tab_separated(text: str, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    return pl.read_csv(
+        text.encode(), separator="\t", quote_char=None, has_header=False, schema=schema
+    )
+
+
+def _decode_rollups(text: str) -> pl.DataFrame:
+    if not text:
+        return pl.DataFrame(schema=LIVE_ROLLUPS)
+    lines = _tab_separated(
+        text,
+        {"minute": pl.Int64(), "field": pl.String(), **dict.fromkeys(LIVE_MEASURES, pl.Int64())},
+    )
+    key = pl.col("field").str.json_decode(
+        pl.Struct({"a": pl.String, "c": pl.String, "p": pl.String, "l": pl.String})
+    )
+    revenue = pl.col("revenue").cast(pl.Decimal(38, 0)).cast(pl.Decimal(38, 4))
+    frame = lines.select(
+        (pl.lit(_EPOCH) + pl.duration(seconds=pl.col("minute"))).alias("minute"),
+        key.struct.field("a").cast(pl.Int64).alias("ad_id"),
+        key.struct.field("c").alias("campaign"),
+        key.struct.field("p").alias("platform"),
+        key.struct.field("l").alias("location"),
+        *LIVE_MEASURES[:4],
+        (revenue / 10_000).cast(pl.Decimal(18, 4)).alias("revenue"),
+        pl.lit(0.0).alias("latency_sum_seconds"),
+    )
+    return frame.select(pl.col(name).cast(dtype) for name, dtype in LIVE_ROLLUPS.items())
+
+
+def _decode_conversions(text: str) -> pl.DataFrame:
+    if not text:
+        return pl.DataFrame(schema=LIVE_CONVERSIONS)
+    lines = _tab_separated(text, {"event_id": pl.String(), "value": pl.String()})
+    text_fields = pl.Struct(dict.fromkeys(_CONVERSION_FIELDS.values(), pl.String))
+    v = pl.col("value").str.json_decode(text_fields)
+
+    def field(column: str) -> pl.Expr:
+        return v.struct.field(_CONVERSION_FIELDS[column])
+
+    def micros(column: str) -> pl.Expr:
+        return pl.from_epoch(field(column).cast(pl.Int64), time_unit="us").alias(column)
+
+    frame = lines.select(
+        pl.col("event_id").str.json_decode(pl.String),
+        micros("event_time"),
+        field("ad_id").cast(pl.Int64).alias("ad_id"),
+        field("campaign").alias("campaign"),
+        field("platform").alias("platform"),
+        field("location").alias("location"),
+        micros("click_time"),
+        field("latency_seconds").cast(pl.Float64).alias("latency_seconds"),
+    )
+    return frame.select(pl.col(name).cast(dtype) for name, dtype in LIVE_CONVERSIONS.items())
+
+
+class RedisServingStore(ServingStore):
+    """A :class:`ServingStore` in Redis (``redis://host:port/db``), keys under
+    ``PREFIX:serving``. Raises :class:`ServingStoreUnavailableError` when unreachable."""
+
+    def __init__(self, url: str, *, prefix: str = "adpulse") -> None:
+        import redis
+
+        self.url = url
+        self.base = f"{prefix}:serving"
+        self.client: redis.Redis = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=10,
+            health_check_interval=30,
+        )
+        try:
+            self.client.ping()
+        except redis.RedisError as exc:
+            self.client.close()
+            raise ServingStoreUnavailableError(f"Redis is unreachable: {exc}") from exc
+        self._apply = self.client.register_script(_APPLY)
+        self._read = self.client.register_script(_READ)
+        self._switch = self.client.register_script(_SWITCH)
+        self._unlock = self.client.register_script(_UNLOCK)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import redis
+
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise ServingStoreError(f"serving store {what} failed: {exc}") from exc
+
+    # -- writes ------------------------------------------------------------------------
+    def apply(self, batch_key: str, delta: LiveDelta) -> bool | None:
+        """See :meth:`ServingStore.apply`. A large batch (catching up) is applied in
+        parts of at most :data:`APPLY_ROWS` rows, one script call each, so Redis is
+        never blocked for long; each part has a key of its own (``KEY#i``), so a replay
+        is still a no-op. A failure between parts leaves the batch partly applied, which
+        the caller repairs with a rebuild like any failed write."""
+        rollups = list(_projected_fields(delta.rows.rollups).iter_slices(APPLY_ROWS))
+        conversions = list(delta.rows.conversions.iter_slices(APPLY_ROWS))
+        parts = max(len(rollups), len(conversions), 1)
+        results = []
+        for i in range(parts):
+            last = i == parts - 1
+            results.append(
+                self._apply_part(
+                    f"{batch_key}#{i}",
+                    rollups[i] if i < len(rollups) else None,
+                    conversions[i] if i < len(conversions) else None,
+                    delta.reattributions if last else None,  # after every conversion
+                )
+            )
+            if results[-1] is None:
+                return None
+        return any(results)
+
+    def _apply_part(
+        self,
+        key: str,
+        rollups: pl.DataFrame | None,
+        conversions: pl.DataFrame | None,
+        reattributions: pl.DataFrame | None,
+    ) -> bool | None:
+        window = int(WINDOW.total_seconds())
+        args: list[Any] = [self.base, key, BATCH_KEY_SECONDS, window, len(PROJECTIONS)]
+        args.append(0 if rollups is None else rollups.height)
+        for row in () if rollups is None else rollups.iter_rows():
+            args.extend(row)
+        args.append(0 if conversions is None else conversions.height)
+        if conversions is not None and conversions.height:
+            for row in _conversion_values(conversions).iter_rows():
+                args.extend(row)
+        moved = [] if reattributions is None else list(reattributions.iter_rows())
+        args.append(len(moved))
+        for eid, _click_eid, click_time, latency, platform, location in moved:
+            click_us = None if click_time is None else str(_micros(click_time))
+            text = None if latency is None else _float_text(latency)
+            args.append(orjson.dumps([eid, click_us, text, platform, location]).decode())
+        result = int(self._call("write", self._apply, args=args))
+        return None if result < 0 else result == 1
+
+    def replace(self, rows: LiveRows, window: StoreWindow) -> None:
+        token = uuid.uuid4().hex
+        lock = f"{self.base}:lock"
+        if not self._call("lock", self.client.set, lock, token, nx=True, px=LOCK_MILLISECONDS):
+            raise ServingStoreError("another process is rebuilding the serving store")
+        generation = None
+        try:
+            generation = int(self._call("rebuild", self.client.incr, f"{self.base}:gen"))
+            self._write_generation(f"{self.base}:{generation}", rows, window.start)
+            newest = "" if window.newest is None else str(_seconds(window.newest))
+            old = self._call(
+                "switch",
+                self._switch,
+                args=[self.base, token, generation, _seconds(window.start), newest],
+            )
+            if old is None:
+                raise ServingStoreError("the rebuild lock expired before the switch")
+            generation = int(old) if old else None  # now the one to delete
+        finally:
+            if generation is not None:
+                self._delete_generation(generation)
+            self._call("unlock", self._unlock, keys=[lock], args=[token])
+
+    def _write_generation(self, g: str, rows: LiveRows, start: datetime) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        rollups = rows.rollups.filter(pl.col("minute") >= start)
+        if rollups.height:
+            fields = _projected_fields(rollups).select(
+                "projection",
+                "minute",
+                "field",
+                pl.concat_str(
+                    [pl.col(m).cast(pl.String) for m in LIVE_MEASURES], separator=","
+                ).alias("value"),
+            )
+            for (projection, minute), part in fields.group_by("projection", "minute"):
+                for chunk in part.iter_slices(_REBUILD_CHUNK):
+                    mapping = dict(zip(chunk["field"], chunk["value"], strict=True))
+                    pipe.hset(f"{g}:m{projection}:{minute}", mapping=mapping)
+                pipe.zadd(f"{g}:minutes", {str(minute): int(str(minute))})
+        conversions = rows.conversions.filter(pl.col("event_time") >= start)
+        if conversions.height:
+            values = _conversion_values(conversions)
+            for (minute,), part in values.group_by("minute"):
+                mapping = dict(zip(part["event_id"], part["value"], strict=True))
+                pipe.hset(f"{g}:c:{minute}", mapping=mapping)
+                pipe.hset(f"{g}:cidx", mapping=dict.fromkeys(part["event_id"], str(minute)))
+                pipe.zadd(f"{g}:minutes", {str(minute): int(str(minute))})
+        self._call("rebuild", pipe.execute)
+
+    def _delete_generation(self, generation: int) -> None:
+        try:
+            keys = list(self.client.scan_iter(match=f"{self.base}:{generation}:*", count=1000))
+            for i in range(0, len(keys), 1000):
+                self.client.unlink(*keys[i : i + 1000])
+        except Exception:  # noqa: BLE001 - leftovers of an old generation are harmless
+            pass
+
+    # -- reads -------------------------------------------------------------------------
+    def read(
+        self, start: datetime, end: datetime | None, columns: frozenset[str] = PROJECTIONS[-1]
+    ) -> LiveRows | None:
+        upper = "+inf" if end is None else f"({_seconds(end)}"
+        projection = next(i for i, kept in enumerate(PROJECTIONS) if columns <= kept)
+        args = [self.base, _seconds(start), upper, projection]
+        reply = self._call("read", self._read, args=args)
+        if int(reply[0]) != 1:
+            return None
+        return LiveRows(_decode_rollups(reply[1]), _decode_conversions(reply[2]))
+
+    def window(self) -> StoreWindow | None:
+        ready, start, newest = self._call(
+            "read", self.client.hmget, f"{self.base}:meta", ["ready", "start", "newest"]
+        )
+        if ready != "1":
+            return None
+        return StoreWindow(_minute(int(start)), None if not newest else _minute(int(newest)))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _micros(value: datetime) -> int:
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def open_redis_store(url: str) -> RedisServingStore:
+    """Open the store of ``url``; ``?prefix=NAME`` sets the key prefix."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    prefix = next((v for k, v in query if k == "prefix"), "adpulse")
+    clean = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "prefix"])))
+    return RedisServingStore(clean, prefix=prefix)
