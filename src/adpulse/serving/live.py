@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import polars as pl
@@ -30,6 +30,9 @@ from adpulse.storage.warehouse.base import (
     PartitionWatermark,
     Warehouse,
 )
+
+if TYPE_CHECKING:
+    from adpulse.storage.warehouse.leases import PartitionLeases, WorkerIdentity
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class LiveWarehouse(Warehouse):
         self.warehouse = warehouse
         self.store = store
         self.dialect = warehouse.dialect
+        self.shares_partitions = warehouse.shares_partitions
 
     def live(
         self, start: datetime, end: datetime | None, columns: frozenset[str]
@@ -104,6 +108,14 @@ class LiveWarehouse(Warehouse):
 
     def next_batch_id(self) -> int:
         return self.warehouse.next_batch_id()
+
+    def reserve_batch_ids(self, count: int) -> int:
+        return self.warehouse.reserve_batch_ids(count)
+
+    def partition_leases(
+        self, worker: WorkerIdentity, partitions: int, ttl_seconds: float
+    ) -> PartitionLeases:
+        return self.warehouse.partition_leases(worker, partitions, ttl_seconds)
 
     def load_event_ids(
         self, table: str, partitions: Sequence[int], since: datetime
