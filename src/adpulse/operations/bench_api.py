@@ -97,8 +97,9 @@ class LiveProducer:
         self.batches = BatchCounter()
 
     def set_baseline(self, committed: dict[str, int]) -> None:
+        """Count on from the committed records (a stream with none committed yet: 0)."""
         with self.lock:
-            self.totals = dict(committed)
+            self.totals = {s.value: committed.get(s.value, 0) for s in Stream}
             self.marks = [(time.time(), dict(self.totals))]
 
     def produced(self) -> int:

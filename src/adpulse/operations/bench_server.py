@@ -305,11 +305,14 @@ def _latency(
         stop = threading.Event()
         producing = threading.Thread(target=live.run, args=(stop,), daemon=True)
         updates: list[tuple[float, dict[str, int]]] = []
+        # Producer counts continue the warehouse's (nothing live committed yet), so a
+        # committed count maps onto the producer mark that reached it.
+        live.set_baseline(_counts(rt.warehouse))
         try:
             producing.start()
             with console.status(f"{target.label}: warming up at {rate:,.0f} events/s"):
                 _wait_backlog(rt.warehouse, live, rate, process)
-            live.set_baseline(_counts(rt.warehouse))
+            start_produced = live.produced()
             start_committed = sum(_counts(rt.warehouse).values())
             t0 = time.time()
             with console.status(f"{target.label}: measuring for {seconds:.0f} s"):
@@ -318,19 +321,19 @@ def _latency(
                     time.sleep(POLL_SECONDS)
             elapsed = time.time() - t0
             end_committed = sum(_counts(rt.warehouse).values())
+            end_produced = live.produced()
         finally:
             stop.set()
             producing.join(timeout=10)
             _stop(process)
         with live.lock:
             marks = list(live.marks)
-            produced = sum(live.totals.values()) - sum(marks[0][1].values()) if marks else 0
     latencies = event_to_screen(marks, updates)
     return {
         "label": target.label,
         "rate": rate,
         "seconds": round(elapsed, 1),
-        "produced_per_s": round(produced / elapsed) if elapsed else 0,
+        "produced_per_s": round((end_produced - start_produced) / elapsed) if elapsed else 0,
         "committed_per_s": round((end_committed - start_committed) / elapsed) if elapsed else 0,
         "samples": len(latencies),
         "latency_ms": percentiles(latencies),
