@@ -1,0 +1,71 @@
+"""Decode step, slow path: a chunk with bad records is decoded block by block, and a
+record's fate never depends on its neighbours or on the block size."""
+
+from __future__ import annotations
+
+import pytest
+
+from adpulse.contracts import Reason, Stream
+from adpulse.processor.steps import decode as decode_step
+from adpulse.transport.base import Chunk
+from adpulse.transport.framing import frame
+
+N = 3000
+
+
+def _record(i: int) -> bytes:
+    return (
+        b'{"ad_id": %d, "user_id": "U%d", "impression_timestamp": "2023-09-01 00:00:%02d",'
+        b' "platform": "Web", "location": "Miami"}' % (1000 + i % 7, i, i % 60)
+    )
+
+
+def _chunk(payloads: list[bytes]) -> Chunk:
+    return Chunk(Stream.IMPRESSIONS, 0, None, "end", frame(payloads), len(payloads))
+
+
+OBJECT_USER = b'{"ad_id": 1, "user_id": {"id": 7}, "impression_timestamp": "2023-09-01 00:00:00"}'
+ARRAY_PLATFORM = b'{"ad_id": 1, "user_id": "U1", "platform": ["Web"], "impression_timestamp": "x"}'
+NOT_JSON = b'{"ad_id": 1, "user_id": '
+WRONG_INT = b'{"ad_id": "seven", "user_id": "U1", "impression_timestamp": "2023-09-01 00:00:00"}'
+
+
+@pytest.mark.parametrize("block", [16, 256, 1024, 100_000])
+@pytest.mark.parametrize("with_invalid_json", [False, True])
+def test_bad_records_are_the_same_whatever_the_block_and_neighbours(
+    monkeypatch: pytest.MonkeyPatch, block: int, with_invalid_json: bool
+) -> None:
+    monkeypatch.setattr(decode_step, "_BLOCK", block)
+    payloads = [_record(i) for i in range(N)]
+    # Objects and arrays in string fields: the vectorized decoder alone would read them
+    # as their JSON text when nothing else in the chunk fails.
+    bad = {1500: OBJECT_USER, 2999: ARRAY_PLATFORM, 7: WRONG_INT}
+    if with_invalid_json:
+        bad[10] = NOT_JSON
+    for row, payload in bad.items():
+        payloads[row] = payload
+
+    decoded = decode_step.decode(Stream.IMPRESSIONS, [_chunk(payloads)])
+
+    reasons = {r.row: r.reason for r in decoded.rejects}
+    expected = {1500: Reason.WRONG_TYPE, 2999: Reason.WRONG_TYPE, 7: Reason.WRONG_TYPE}
+    if with_invalid_json:
+        expected[10] = Reason.INVALID_JSON
+    assert reasons == expected
+    assert {r.row: r.payload for r in decoded.rejects} == bad
+    rows = decoded.rows
+    assert rows["_row"].to_list() == [i for i in range(N) if i not in bad]
+    # Good records decode exactly as the fast path decodes them.
+    clean = decode_step.decode(Stream.IMPRESSIONS, [_chunk([_record(i) for i in range(N)])])
+    keep = [i for i in range(N) if i not in bad]
+    assert rows.drop("_row").rows() == clean.rows.drop("_row")[keep].rows()
+
+
+def test_a_string_that_merely_starts_with_a_brace_is_kept() -> None:
+    payloads = [_record(i) for i in range(50)]
+    payloads[3] = (
+        b'{"ad_id": 1, "user_id": "{not-json", "impression_timestamp": "2023-09-01 00:00:00"}'
+    )
+    decoded = decode_step.decode(Stream.IMPRESSIONS, [_chunk(payloads)])
+    assert decoded.rejects == []
+    assert decoded.rows.filter(decoded.rows["_row"] == 3)["user_id"].to_list() == ["{not-json"]
