@@ -17,6 +17,7 @@ from functools import cache
 import redis
 from servertest import require_server
 
+from adpulse.transport import redis_streams
 from adpulse.transport.redis_streams import RedisStreamsTransport
 
 REDIS_URL = os.environ.get("ADPULSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -44,13 +45,7 @@ def new_prefix() -> str:
 
 
 def delete_prefix(prefix: str) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    redis_streams.delete_prefix(REDIS_URL, prefix)
 
 
 @contextmanager

@@ -359,17 +359,30 @@ def _query_load(
         str(clients),
         *paths,
     ]
-    before = _ingest_marks(live, warehouse)
-    t = time.perf_counter()
-    with console.status(f"{clients} clients for {seconds:g} s at {live.rate:,.0f} events/s ingest"):
-        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
-    wall = time.perf_counter() - t
+    status = f"{clients} clients for {seconds:g} s at {live.rate:,.0f} events/s ingest"
+    done, ingest = _run_load(command, seconds, live, warehouse, console, status)
     if done.returncode != 0:
         raise UserError(f"the load generator failed: {done.stderr.strip()[-2000:]}")
     load = json.loads(done.stdout)
-    load["ingest"] = _ingest(live, warehouse, before, wall)
+    load["ingest"] = ingest
     load["paths"] = paths
     return load
+
+
+def _run_load(
+    command: list[str],
+    seconds: float,
+    live: LiveProducer,
+    warehouse: Warehouse,
+    console: Console,
+    status: str,
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Run a load tool to completion; its result and what ingest did meanwhile."""
+    before = _ingest_marks(live, warehouse)
+    t = time.perf_counter()
+    with console.status(status):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+    return done, _ingest(live, warehouse, before, time.perf_counter() - t)
 
 
 #: wrk script: each connection takes the next path of the mix in turn; ``done`` prints
@@ -425,11 +438,8 @@ def _query_load_wrk(
             str(script_path),
             url + "/",
         ]
-        before = _ingest_marks(live, warehouse)
-        t = time.perf_counter()
-        with console.status(f"wrk: {clients} connections for {seconds:g} s"):
-            done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
-        wall = time.perf_counter() - t
+        status = f"wrk: {clients} connections for {seconds:g} s"
+        done, ingest = _run_load(command, seconds, live, warehouse, console, status)
     if done.returncode != 0:
         raise UserError(f"wrk failed: {done.stderr.strip()[-2000:]}")
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -449,7 +459,7 @@ def _query_load_wrk(
                 for name in ("p50", "p90", "p99", "max")
             },
         },
-        "ingest": _ingest(live, warehouse, before, wall),
+        "ingest": ingest,
         "paths": paths,
     }
 

@@ -50,6 +50,7 @@ from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
 from adpulse.storage.dimensions import read_dimension_csv
 from adpulse.storage.warehouse.base import Warehouse
+from adpulse.transport.redis_streams import delete_prefix
 
 #: Longest a throughput run may take before the benchmark gives up on it.
 RUN_TIMEOUT_SECONDS = 900.0
@@ -117,7 +118,7 @@ def _fresh_servers(target: Target, home: Path, partitions: int) -> Iterator[Sett
     transport_url, cleanup = target.transport_url, []
     if transport_url.startswith("redis://"):
         transport_url = _with_query(transport_url, f"prefix=adpulse-bench-{tag}")
-        cleanup.append(lambda: _drop_redis_prefix(target.transport_url, f"adpulse-bench-{tag}"))
+        cleanup.append(lambda: delete_prefix(target.transport_url, f"adpulse-bench-{tag}"))
     warehouse_url = target.warehouse_url
     if warehouse_url.startswith(("postgresql://", "postgres://")):
         database = f"adpulse_bench_{tag}"
@@ -155,18 +156,6 @@ def _pg_admin(url: str, statement: str) -> None:
             conn.execute(statement + " WITH (FORCE)")
         else:
             conn.execute(statement)
-
-
-def _drop_redis_prefix(url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 # -- throughput ---------------------------------------------------------------------------

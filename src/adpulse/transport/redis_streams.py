@@ -674,6 +674,20 @@ class RedisStreamsConsumer(Consumer):
         self._readings.clear()
 
 
+def delete_prefix(url: str, prefix: str) -> None:
+    """Delete every key under ``PREFIX:`` (streams, groups' bookkeeping, a serving store
+    sharing the prefix): for tests and benchmarks that made the prefix for themselves."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 def open_redis_transport(
     url: str,
     partitions: int,
