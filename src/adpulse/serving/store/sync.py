@@ -140,11 +140,16 @@ class StoreSync:
             return True
         return self.rebuild()
 
+    def snapshot(self) -> StoreSnapshot:
+        """What a rebuild reads (:func:`warehouse_snapshot`); called by the store once
+        it journals the deltas written meanwhile."""
+        return warehouse_snapshot(self.warehouse)
+
     def rebuild(self) -> bool:
         """Replace the store's content with the warehouse's; False (logged) on failure."""
         self._last_attempt = time.monotonic()
         try:
-            self.store.rebuild(lambda: warehouse_snapshot(self.warehouse))
+            self.store.rebuild(self.snapshot)
         except Exception as exc:  # noqa: BLE001 - the store must never stop ingestion
             self.failures += 1
             self.behind = True
