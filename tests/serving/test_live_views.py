@@ -463,13 +463,14 @@ def test_a_rebuild_while_other_processors_commit_loses_and_doubles_nothing(data:
             processor.committer.drain()
 
         send(0)
+        send(1)
         first, second, third = start(0, HeldSync), start(1, StoreSync), start(2, StoreSync)
         assert first.serving is not None and first.serving.rebuilds == 1  # a fresh store
         for processor in (second, third):  # nothing committed of theirs: the store agrees
             assert processor.serving is not None and processor.serving.rebuilds == 0
         for processor in (first, second, third):
             drain(processor)
-        send(1)
+        send(2)  # the newest third: the batches below fall into the window compared
         second.committer.serving = None  # it "dies" after its commits, before the writes
         drain(second)
         second.close()
@@ -489,9 +490,6 @@ def test_a_rebuild_while_other_processors_commit_loses_and_doubles_nothing(data:
         assert second.serving is not None and second.serving.rebuilds == 1
         assert len(held.held) == 1
         held.release()
-        for processor in (first, second, third):
-            drain(processor)
-        send(2)
         for processor in (first, second, third):
             drain(processor)
         assert sum(p.serving.failures for p in (first, second, third) if p.serving) == 0
