@@ -7,6 +7,10 @@ Layout (``B`` = ``PREFIX:serving``; ``PREFIX`` defaults to ``adpulse``, set it w
     B:gen               counter of generations (one per rebuild)
     B:batch:KEY         string with expiry: the batch KEY was applied
     B:lock              rebuild lock (token, expiry)
+    B:next              generation being rebuilt (expiry as the lock): journal for it
+    B:G:journal         list   arguments of the deltas applied while G is being rebuilt
+    B:G:snap            hash   partition -> largest batch id committed in G's snapshot
+    B:G:offsets         hash   "stream:partition" -> end offset of what G holds
     B:G:minutes         zset   minutes of generation G that hold data (score = minute)
     B:G:mP:MINUTE       hash   rollup key of projection P (index into PROJECTIONS; JSON
                                {a: ad_id, c: campaign, p: platform, l: location}, NULL
@@ -22,19 +26,21 @@ warehouse's ``DECIMAL(18,4)``), times in microseconds, latency as the shortest t
 that reads back as the same float.
 
 Atomicity: :meth:`apply` is one Lua script, so the batch key (``SET NX``), every
-increment and the expiry of old minutes happen together or not at all; a replayed batch
-finds its key and changes nothing. :meth:`read` is one Lua script too, so it sees one
-consistent state. :meth:`replace` writes a new generation beside the current one and
-switches ``B:meta`` to it in one script (readers see the old or the new content, never a
-mix), under a lock so that only one process rebuilds at a time.
+increment, the batch's offsets and the expiry of old minutes happen together or not at
+all; a replayed batch finds its key and changes nothing. :meth:`read` is one Lua script
+too, so it sees one consistent state. :meth:`rebuild` writes a new generation beside the
+current one and switches ``B:meta`` to it in one script (readers see the old or the new
+content, never a mix), under a lock so that only one process rebuilds at a time.
 
 Concurrent writers: deltas of different processes commute (sums, per-event upserts), so
-any number of processors may apply batches at once. A rebuild reads the warehouse at one
-instant and switches later; a batch another process commits in between is applied to the
-old generation and is missing from the new one until the next rebuild (a delta applied
-after the switch of a batch already in the rebuild's read would count twice). Rebuilds
-happen when a processor starts and after a failed write; see ``README.md`` ("Serving
-store").
+any number of processors may apply batches at once, also while one of them rebuilds
+(the protocol of :mod:`.base`): once ``B:next`` is set, and before the warehouse is
+read, every apply also appends its arguments to ``B:G:journal``; the switch script
+replays the journal entries of batches the snapshot does not include (batch id above the
+snapshot's largest of its partition, ``B:G:snap``) into G, then makes G current; an
+apply after the switch skips G when ``B:G:snap`` says G's snapshot holds the batch. A
+failed rebuild deletes ``B:next`` and its generation (the journal with it); a crashed
+rebuilder's lock, marker and journal expire after :data:`LOCK_MILLISECONDS`.
 """
 
 from __future__ import annotations
