@@ -12,6 +12,7 @@ store wrong once Redis is back.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,12 +23,14 @@ from typing import Final, Protocol
 import polars as pl
 import pytest
 import redis
-from pgtest import postgres_warehouse
+from pgtest import PG_URL, postgres_warehouse
 from polars.testing import assert_frame_equal
 from redistest import REDIS_URL, redis_prefix
 
 from adpulse.config import Settings
+from adpulse.contracts import Stream
 from adpulse.processor.pipeline import Processor
+from adpulse.processor.workers import PartitionWorker
 from adpulse.serving import queries
 from adpulse.serving.live import LiveTables, LiveWarehouse
 from adpulse.serving.queries import Filters
@@ -41,6 +44,7 @@ from adpulse.sources.producer import publish
 from adpulse.storage.dimensions import read_dimension_csv
 from adpulse.storage.warehouse.base import BatchOutput, Warehouse
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+from adpulse.storage.warehouse.postgres import PostgresWarehouse
 from adpulse.transport.memory import InMemoryTransport
 
 PARTITIONS = 2
@@ -499,3 +503,86 @@ def test_a_rebuild_while_other_processors_commit_loses_and_doubles_nothing(data:
             processor.close()
         for store in stores:
             store.close()
+
+
+class CountingStore(RedisServingStore):
+    """A Redis store client that counts the rebuilds run through it."""
+
+    rebuilds = 0
+
+    def rebuild(self, read: Callable[[], StoreSnapshot]) -> None:
+        type(self).rebuilds += 1
+        super().rebuild(read)
+
+
+def test_workers_rebalancing_over_a_current_store_do_not_rebuild_it(data: Path) -> None:
+    """Two partition workers (threads, warehouses and store clients of their own): the
+    second one joining makes both build new processors; the store is current for their
+    partitions, so the only rebuild is the first one, of the fresh store."""
+    partitions = 4
+    settings = Settings(
+        home=data,
+        partitions=partitions,
+        batch_max_bytes=40_000,
+        idle_timeout_seconds=100_000,
+        worker_lease_seconds=1.5,
+    )
+    transport = InMemoryTransport(partitions)
+    producer = transport.producer()
+    for stream, path in iter_stream_files(data).items():
+        publish(producer, stream, Path(path).read_bytes().splitlines(), partitions)
+    producer.flush()
+    CountingStore.rebuilds = 0
+    with postgres_warehouse() as warehouse, redis_prefix() as prefix:
+        for name in ("campaigns.csv", "users.csv"):
+            kind, rows = read_dimension_csv(data / name)
+            warehouse.load_dimension(kind, rows, datetime(2023, 1, 1))
+        workers: list[PartitionWorker] = []
+        threads: list[threading.Thread] = []
+        opened: list[LiveWarehouse] = []
+        stop = threading.Event()
+
+        def join() -> PartitionWorker:
+            own = PostgresWarehouse(PG_URL, schema=warehouse.schema)
+            opened.append(LiveWarehouse(own, CountingStore(REDIS_URL, prefix=prefix)))
+            worker = PartitionWorker(
+                settings, transport, opened[-1], clock=lambda: NOW.astimezone()
+            )
+            thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+            workers.append(worker)
+            threads.append(thread)
+            thread.start()
+            return worker
+
+        def wait_for(condition: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + 60
+            while not condition():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.05)
+
+        first = join()
+        wait_for(lambda: len(first.epochs) == partitions, "the first worker holds all")
+        wait_for(lambda: bool(warehouse.load_offsets()), "the first worker commits")
+        join()
+        wait_for(
+            lambda: sorted(len(w.epochs) for w in workers) == [2, 2], "the partitions are shared"
+        )
+        consumer = transport.consumer()
+        wait_for(
+            lambda: all(
+                consumer.lag_bytes(s, p, warehouse.load_offsets().get((s, p))) == 0
+                for s in Stream
+                for p in range(partitions)
+            ),
+            "everything is committed",
+        )
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+        for live in opened:
+            live.close()
+        assert CountingStore.rebuilds == 1  # the fresh store, at the first start only
+        with RedisServingStore(REDIS_URL, prefix=prefix) as store:
+            assert store.offsets() == warehouse.load_offsets()
+            assert_live_views_equal(Views(LiveWarehouse(warehouse, store), warehouse))
