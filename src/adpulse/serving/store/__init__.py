@@ -18,6 +18,7 @@ from adpulse.serving.store.base import (
     ServingStore,
     ServingStoreError,
     ServingStoreUnavailableError,
+    StoreSnapshot,
     StoreWindow,
     live_delta,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "ServingStore",
     "ServingStoreError",
     "ServingStoreUnavailableError",
+    "StoreSnapshot",
     "StoreWindow",
     "is_in_process",
     "live_delta",
