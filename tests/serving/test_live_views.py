@@ -37,7 +37,7 @@ from adpulse.serving.queries import Filters
 from adpulse.serving.store import MemoryServingStore, ServingStore, live_delta
 from adpulse.serving.store.base import StoreSnapshot
 from adpulse.serving.store.redis import RedisServingStore
-from adpulse.serving.store.sync import StoreSync
+from adpulse.serving.store.sync import StoreSync, warehouse_snapshot
 from adpulse.sources.files import iter_stream_files, write_dataset
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
@@ -586,3 +586,29 @@ def test_workers_rebalancing_over_a_current_store_do_not_rebuild_it(data: Path) 
         with RedisServingStore(REDIS_URL, prefix=prefix) as store:
             assert store.offsets() == warehouse.load_offsets()
             assert_live_views_equal(Views(LiveWarehouse(warehouse, store), warehouse))
+
+
+def test_a_processor_starting_during_another_rebuild_waits_for_it(tmp_path: Path) -> None:
+    with duckdb_warehouse(tmp_path / "w.duckdb") as warehouse:
+        store = MemoryServingStore()
+        reading, release = threading.Event(), threading.Event()
+
+        def slow_snapshot() -> StoreSnapshot:
+            reading.set()
+            assert release.wait(10)
+            return warehouse_snapshot(warehouse)
+
+        other = threading.Thread(target=store.rebuild, args=(slow_snapshot,))
+        other.start()
+        assert reading.wait(10)
+        impatient = StoreSync(store, warehouse, wait_seconds=0.0)
+        assert impatient.start([0, 1]) is False  # no time to wait: behind, retried later
+        assert impatient.behind and impatient.failures == 1 and impatient.rebuilds == 0
+        threading.Timer(0.5, release.set).start()
+        began = time.monotonic()
+        patient = StoreSync(store, warehouse, wait_seconds=10.0)
+        assert patient.start([0, 1]) is True
+        assert time.monotonic() - began >= 0.4
+        # the other process's snapshot holds these partitions: no second rebuild
+        assert patient.rebuilds == 0 and patient.failures == 0 and not patient.behind
+        other.join()

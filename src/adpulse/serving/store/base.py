@@ -122,6 +122,10 @@ class ServingStoreUnavailableError(ServingStoreError):
     """The serving store cannot be opened as configured; the message says why."""
 
 
+class RebuildRunningError(ServingStoreError):
+    """Another rebuild of the store is running (one at a time); nothing was changed."""
+
+
 @dataclass(frozen=True, slots=True)
 class LiveRows:
     """Rows of the store (or for it): ``rollups`` per :data:`LIVE_ROLLUPS`,
@@ -245,7 +249,7 @@ class ServingStore(ABC):
         warehouse, by the rebuild protocol (module docs): deltas applied meanwhile by
         anyone are neither lost nor counted twice. Makes the store ready. Readers see
         the old or the new content, never a mix. One rebuild at a time: raises
-        :class:`ServingStoreError` while another one runs."""
+        :class:`RebuildRunningError` while another one runs."""
 
     def replace(self, rows: LiveRows, window: StoreWindow) -> None:
         """Rebuild with ``rows`` holding ``window``, no offsets and no batch ids."""

@@ -23,8 +23,8 @@ from adpulse.serving.store.base import (
     WINDOW,
     LiveDelta,
     LiveRows,
+    RebuildRunningError,
     ServingStore,
-    ServingStoreError,
     StoreSnapshot,
     StoreWindow,
     project,
@@ -106,7 +106,7 @@ class MemoryServingStore(ServingStore):
     def rebuild(self, read: Callable[[], StoreSnapshot]) -> None:
         with self._lock:
             if self._journal is not None:
-                raise ServingStoreError("another rebuild of the serving store is running")
+                raise RebuildRunningError("another rebuild of the serving store is running")
             self._journal = []  # before the snapshot is read: see the protocol
         try:
             snapshot = read()

@@ -64,6 +64,7 @@ from adpulse.serving.store.base import (
     WINDOW,
     LiveDelta,
     LiveRows,
+    RebuildRunningError,
     ServingStore,
     ServingStoreError,
     ServingStoreUnavailableError,
@@ -501,7 +502,7 @@ class RedisServingStore(ServingStore):
         lock = f"{self.base}:lock"
         rebuilding = f"{self.base}:next"
         if not self._call("lock", self.client.set, lock, token, nx=True, px=LOCK_MILLISECONDS):
-            raise ServingStoreError("another process is rebuilding the serving store")
+            raise RebuildRunningError("another process is rebuilding the serving store")
         generation = None
         try:
             generation = int(self._call("rebuild", self.client.incr, f"{self.base}:gen"))

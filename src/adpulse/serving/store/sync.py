@@ -45,6 +45,7 @@ from adpulse.serving.store.base import (
     LIVE_ROLLUPS,
     WINDOW,
     LiveRows,
+    RebuildRunningError,
     ServingStore,
     StoreSnapshot,
     StoreWindow,
@@ -106,11 +107,14 @@ class StoreSync:
         warehouse: Warehouse,
         retry_seconds: float = 5.0,
         max_delta_rows: int = 100_000,
+        wait_seconds: float = 30.0,
     ) -> None:
         self.store = store
         self.warehouse = warehouse
         self.retry_seconds = retry_seconds
         self.max_delta_rows = max_delta_rows
+        #: How long :meth:`start` waits for another process's rebuild to end.
+        self.wait_seconds = wait_seconds
         #: Unique per run: a batch key stays unique should the warehouse be reset.
         self.run_id = uuid.uuid4().hex
         self.failures = 0
@@ -121,24 +125,47 @@ class StoreSync:
     def start(self, partitions: Sequence[int]) -> bool:
         """Make the store current for ``partitions`` (a processor's, at its start):
         rebuild unless the store's recorded offsets of every one of them equal the
-        warehouse's checkpoints. True when the store is current, False (logged) when it
-        could not be checked or rebuilt (it is then behind: retried on later commits)."""
-        try:
-            held = self.store.offsets()
-            committed = self.warehouse.load_offsets()
-        except Exception as exc:  # noqa: BLE001 - the store must never stop ingestion
-            self.failures += 1
-            self.behind = True
-            log.warning("serving store check failed (reads use the warehouse): %s", exc)
+        warehouse's checkpoints. While another process rebuilds (workers starting
+        together), wait up to ``wait_seconds`` for it, then check again: its snapshot
+        may already hold these partitions. True when the store is current, False
+        (logged) when it could not be checked or rebuilt (it is then behind: retried on
+        later commits)."""
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            try:
+                if self._current(partitions):
+                    self.behind = False
+                    return True
+                self.store.rebuild(self.snapshot)
+            except RebuildRunningError as exc:
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                return self._failed("rebuild", exc)
+            except Exception as exc:  # noqa: BLE001 - the store must never stop ingestion
+                return self._failed("rebuild", exc)
+            self._last_attempt = time.monotonic()
+            self.rebuilds += 1
+            self.behind = False
+            return True
+
+    def _current(self, partitions: Sequence[int]) -> bool:
+        held = self.store.offsets()
+        if held is None:
             return False
-        if held is not None and all(
+        committed = self.warehouse.load_offsets()
+        return all(
             held.get((stream, p)) == committed.get((stream, p))
             for stream in Stream
             for p in partitions
-        ):
-            self.behind = False
-            return True
-        return self.rebuild()
+        )
+
+    def _failed(self, what: str, exc: Exception) -> bool:
+        self._last_attempt = time.monotonic()
+        self.failures += 1
+        self.behind = True
+        log.warning("serving store %s failed (reads use the warehouse): %s", what, exc)
+        return False
 
     def snapshot(self) -> StoreSnapshot:
         """What a rebuild reads (:func:`warehouse_snapshot`); called by the store once
@@ -151,10 +178,7 @@ class StoreSync:
         try:
             self.store.rebuild(self.snapshot)
         except Exception as exc:  # noqa: BLE001 - the store must never stop ingestion
-            self.failures += 1
-            self.behind = True
-            log.warning("serving store rebuild failed (reads use the warehouse): %s", exc)
-            return False
+            return self._failed("rebuild", exc)
         self.rebuilds += 1
         self.behind = False
         return True
