@@ -12,34 +12,39 @@ store wrong once Redis is back.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import polars as pl
 import pytest
 import redis
-from pgtest import postgres_warehouse
+from pgtest import PG_URL, postgres_warehouse
 from polars.testing import assert_frame_equal
 from redistest import REDIS_URL, redis_prefix
 
 from adpulse.config import Settings
+from adpulse.contracts import Stream
 from adpulse.processor.pipeline import Processor
+from adpulse.processor.workers import PartitionWorker
 from adpulse.serving import queries
 from adpulse.serving.live import LiveTables, LiveWarehouse
 from adpulse.serving.queries import Filters
 from adpulse.serving.store import MemoryServingStore, ServingStore, live_delta
+from adpulse.serving.store.base import StoreSnapshot
 from adpulse.serving.store.redis import RedisServingStore
-from adpulse.serving.store.sync import StoreSync
+from adpulse.serving.store.sync import StoreSync, warehouse_snapshot
 from adpulse.sources.files import iter_stream_files, write_dataset
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
 from adpulse.storage.dimensions import read_dimension_csv
 from adpulse.storage.warehouse.base import BatchOutput, Warehouse
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+from adpulse.storage.warehouse.postgres import PostgresWarehouse
 from adpulse.transport.memory import InMemoryTransport
 
 PARTITIONS = 2
@@ -176,7 +181,19 @@ VIEWS: dict[str, Callable[[Warehouse, Filters], pl.DataFrame]] = {
 FEW_VIEWS: Final = ("summary", "per_minute", "top_by_revenue", "latency_by_campaign")
 
 
-def assert_live_views_equal(run: Run, views: Sequence[str] = tuple(VIEWS), sets: int = 6) -> None:
+class LiveAndTruth(Protocol):
+    """Where the views are read from: ``live`` (store first) and ``warehouse``."""
+
+    @property
+    def live(self) -> Warehouse: ...
+
+    @property
+    def warehouse(self) -> Warehouse: ...
+
+
+def assert_live_views_equal(
+    run: LiveAndTruth, views: Sequence[str] = tuple(VIEWS), sets: int = 6
+) -> None:
     """Each view, for each filter set, is read from the store and equals the warehouse's."""
     for filters in filter_sets(run.warehouse)[:sets]:
         assert isinstance(queries._reader(run.live, filters), LiveTables), filters
@@ -315,3 +332,283 @@ def test_batches_too_large_for_a_delta_are_covered_by_rebuilds(data: Path, tmp_p
         assert batches > 3 and run.sync.rebuilds == 1 + batches and run.sync.failures == 0
         assert_live_views_equal(run, FEW_VIEWS, sets=2)
         run.processor.close()
+
+
+def test_a_restart_over_a_current_store_does_not_rebuild_one_after_a_crash_does(
+    data: Path,
+) -> None:
+    with postgres_warehouse() as warehouse, redis_store() as store:
+        run = Run(data, warehouse, store)
+        run.send(0)
+        run.process()
+        assert run.sync.rebuilds == 1  # the fresh store, at the first start
+        assert store.offsets() == warehouse.load_offsets()
+        run.processor.close()
+        run.processor = run.start()  # a restart: the store holds every committed batch
+        assert run.sync.rebuilds == 1 and not run.sync.behind
+        run.processor.close()
+        # a rebalance: a processor of one partition, over a store current for it
+        run.processor = Processor(
+            run.settings, run.transport, run.live, partitions=[1], serving=run.sync
+        )
+        assert run.sync.rebuilds == 1
+        run.processor.close()
+        run.processor = run.start()
+        # from here on the process "dies" after each warehouse commit, before its store write
+        run.processor.committer.serving = None
+        run.send(1)
+        run.process()
+        run.processor.close()
+        assert store.offsets() != warehouse.load_offsets()
+        run.processor = run.start()  # the offsets differ: rebuilt
+        assert run.sync.rebuilds == 2
+        assert store.offsets() == warehouse.load_offsets()
+        assert_live_views_equal(run, FEW_VIEWS, sets=2)
+        run.send(2)
+        run.process()
+        assert run.sync.rebuilds == 2 and run.sync.failures == 0
+        assert store.offsets() == warehouse.load_offsets()
+        assert_live_views_equal(run, FEW_VIEWS, sets=2)
+        run.processor.close()
+
+
+class HeldSync(StoreSync):
+    """Keeps its store writes back while ``hold`` is set (a slow worker)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.hold = False
+        self.held: list[BatchOutput] = []
+
+    def after_commit(self, output: BatchOutput) -> None:
+        if self.hold:
+            self.held.append(output)
+        else:
+            super().after_commit(output)
+
+    def release(self) -> None:
+        self.hold = False
+        for output in self.held:
+            super().after_commit(output)
+        self.held.clear()
+
+
+class InterleavedSync(StoreSync):
+    """Runs ``before`` and ``after`` around the warehouse snapshot of its rebuild."""
+
+    def __init__(
+        self,
+        *args: object,
+        before: Callable[[], None] = lambda: None,
+        after: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.before, self.after = before, after
+
+    def snapshot(self) -> StoreSnapshot:
+        self.before()
+        snapshot = super().snapshot()
+        self.after()
+        return snapshot
+
+
+@dataclass
+class Views:
+    live: Warehouse
+    warehouse: Warehouse
+
+
+def test_a_rebuild_while_other_processors_commit_loses_and_doubles_nothing(data: Path) -> None:
+    """Three processors over one partition each write one Redis store; one of them
+    restarts after a crash in the gap and rebuilds while the others commit: before its
+    snapshot (written before it, and one written only after the switch) and after it."""
+    partitions = 3
+    settings = Settings(
+        home=data, partitions=partitions, batch_max_bytes=40_000, idle_timeout_seconds=100_000
+    )
+    transport = InMemoryTransport(partitions)
+    producer = transport.producer()
+    lines = {
+        stream: Path(path).read_bytes().splitlines()
+        for stream, path in iter_stream_files(data).items()
+    }
+
+    def send(part: int, parts: int = 3) -> None:
+        for stream, records in lines.items():
+            n = len(records)
+            publish(
+                producer, stream, records[part * n // parts : (part + 1) * n // parts], partitions
+            )
+        producer.flush()
+
+    with postgres_warehouse() as warehouse, redis_prefix() as prefix:
+        for name in ("campaigns.csv", "users.csv"):
+            kind, rows = read_dimension_csv(data / name)
+            warehouse.load_dimension(kind, rows, datetime(2023, 1, 1))
+        stores: list[RedisServingStore] = []
+
+        def start(partition: int, sync: type[StoreSync], **hooks: Callable[[], None]) -> Processor:
+            store = RedisServingStore(REDIS_URL, prefix=prefix)  # a process of its own
+            stores.append(store)
+            return Processor(
+                settings,
+                transport,
+                LiveWarehouse(warehouse, store),
+                partitions=[partition],
+                clock=lambda: NOW.astimezone(),
+                serving=sync(store, warehouse, 0.0, **hooks),
+            )
+
+        def drain(processor: Processor) -> None:
+            processor.run(threading.Event(), until_caught_up=True)
+
+        def batch(processor: Processor) -> None:
+            assert processor.run_once() is not None  # one batch, committed and written
+            processor.committer.drain()
+
+        send(0)
+        send(1)
+        first, second, third = start(0, HeldSync), start(1, StoreSync), start(2, StoreSync)
+        assert first.serving is not None and first.serving.rebuilds == 1  # a fresh store
+        for processor in (second, third):  # nothing committed of theirs: the store agrees
+            assert processor.serving is not None and processor.serving.rebuilds == 0
+        for processor in (first, second, third):
+            drain(processor)
+        send(2)  # the newest third: the batches below fall into the window compared
+        second.committer.serving = None  # it "dies" after its commits, before the writes
+        drain(second)
+        second.close()
+        held = first.serving
+        assert isinstance(held, HeldSync)
+
+        def before_snapshot() -> None:
+            batch(first)  # in the snapshot, and its delta journaled: must not count twice
+            held.hold = True
+            batch(first)  # in the snapshot, its delta written after the switch
+
+        def after_snapshot() -> None:
+            batch(third)  # not in the snapshot: must be replayed from the journal
+            batch(third)
+
+        second = start(1, InterleavedSync, before=before_snapshot, after=after_snapshot)
+        assert second.serving is not None and second.serving.rebuilds == 1
+        assert len(held.held) == 1
+        held.release()
+        for processor in (first, second, third):
+            drain(processor)
+        assert sum(p.serving.failures for p in (first, second, third) if p.serving) == 0
+        assert stores[0].offsets() == warehouse.load_offsets()
+        assert_live_views_equal(Views(LiveWarehouse(warehouse, stores[0]), warehouse))
+        for processor in (first, second, third):
+            processor.close()
+        for store in stores:
+            store.close()
+
+
+class CountingStore(RedisServingStore):
+    """A Redis store client that counts the rebuilds run through it."""
+
+    rebuilds = 0
+
+    def rebuild(self, read: Callable[[], StoreSnapshot]) -> None:
+        type(self).rebuilds += 1
+        super().rebuild(read)
+
+
+def test_workers_rebalancing_over_a_current_store_do_not_rebuild_it(data: Path) -> None:
+    """Two partition workers (threads, warehouses and store clients of their own): the
+    second one joining makes both build new processors; the store is current for their
+    partitions, so the only rebuild is the first one, of the fresh store."""
+    partitions = 4
+    settings = Settings(
+        home=data,
+        partitions=partitions,
+        batch_max_bytes=40_000,
+        idle_timeout_seconds=100_000,
+        worker_lease_seconds=1.5,
+    )
+    transport = InMemoryTransport(partitions)
+    producer = transport.producer()
+    for stream, path in iter_stream_files(data).items():
+        publish(producer, stream, Path(path).read_bytes().splitlines(), partitions)
+    producer.flush()
+    CountingStore.rebuilds = 0
+    with postgres_warehouse() as warehouse, redis_prefix() as prefix:
+        for name in ("campaigns.csv", "users.csv"):
+            kind, rows = read_dimension_csv(data / name)
+            warehouse.load_dimension(kind, rows, datetime(2023, 1, 1))
+        workers: list[PartitionWorker] = []
+        threads: list[threading.Thread] = []
+        opened: list[LiveWarehouse] = []
+        stop = threading.Event()
+
+        def join() -> PartitionWorker:
+            own = PostgresWarehouse(PG_URL, schema=warehouse.schema)
+            opened.append(LiveWarehouse(own, CountingStore(REDIS_URL, prefix=prefix)))
+            worker = PartitionWorker(
+                settings, transport, opened[-1], clock=lambda: NOW.astimezone()
+            )
+            thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+            workers.append(worker)
+            threads.append(thread)
+            thread.start()
+            return worker
+
+        def wait_for(condition: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + 60
+            while not condition():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.05)
+
+        first = join()
+        wait_for(lambda: len(first.epochs) == partitions, "the first worker holds all")
+        wait_for(lambda: bool(warehouse.load_offsets()), "the first worker commits")
+        join()
+        wait_for(
+            lambda: sorted(len(w.epochs) for w in workers) == [2, 2], "the partitions are shared"
+        )
+        consumer = transport.consumer()
+        wait_for(
+            lambda: all(
+                consumer.lag_bytes(s, p, warehouse.load_offsets().get((s, p))) == 0
+                for s in Stream
+                for p in range(partitions)
+            ),
+            "everything is committed",
+        )
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+        for live in opened:
+            live.close()
+        assert CountingStore.rebuilds == 1  # the fresh store, at the first start only
+        with RedisServingStore(REDIS_URL, prefix=prefix) as store:
+            assert store.offsets() == warehouse.load_offsets()
+            assert_live_views_equal(Views(LiveWarehouse(warehouse, store), warehouse))
+
+
+def test_a_processor_starting_during_another_rebuild_waits_for_it(tmp_path: Path) -> None:
+    with duckdb_warehouse(tmp_path / "w.duckdb") as warehouse:
+        store = MemoryServingStore()
+        reading, release = threading.Event(), threading.Event()
+
+        def slow_snapshot() -> StoreSnapshot:
+            reading.set()
+            assert release.wait(10)
+            return warehouse_snapshot(warehouse)
+
+        other = threading.Thread(target=store.rebuild, args=(slow_snapshot,))
+        other.start()
+        assert reading.wait(10)
+        impatient = StoreSync(store, warehouse, wait_seconds=0.0)
+        assert impatient.start([0, 1]) is False  # no time to wait: behind, retried later
+        assert impatient.behind and impatient.failures == 1 and impatient.rebuilds == 0
+        threading.Timer(0.5, release.set).start()
+        began = time.monotonic()
+        patient = StoreSync(store, warehouse, wait_seconds=10.0)
+        assert patient.start([0, 1]) is True
+        assert time.monotonic() - began >= 0.4
+        # the other process's snapshot holds these partitions: no second rebuild
+        assert patient.rebuilds == 0 and patient.failures == 0 and not patient.behind
+        other.join()

@@ -15,16 +15,18 @@ from redistest import REDIS_URL, redis_prefix
 
 from adpulse.cli.runtime import UserError, with_serving_store
 from adpulse.config import Settings
+from adpulse.contracts import Stream
 from adpulse.serving.store import (
     LiveDelta,
     LiveRows,
     MemoryServingStore,
     ServingStore,
+    ServingStoreError,
     ServingStoreUnavailableError,
     StoreWindow,
     open_serving_store,
 )
-from adpulse.serving.store.base import LIVE_CONVERSIONS, LIVE_ROLLUPS
+from adpulse.serving.store.base import LIVE_CONVERSIONS, LIVE_ROLLUPS, StoreSnapshot
 from adpulse.serving.store.redis import RedisServingStore
 from adpulse.storage.warehouse.schema import CONVERSION_REATTRIBUTIONS
 
@@ -197,6 +199,139 @@ def test_a_rebuild_replaces_everything_at_once(store: ServingStore) -> None:
     assert store.apply("run:4", delta(BASE)) is False  # batch keys survive a rebuild
 
 
+# --- offsets and the rebuild protocol ----------------------------------------------------
+def impressions_of(ad_id: int, batch_id: int, partition: int, offset: str) -> LiveDelta:
+    """The delta of batch ``batch_id``: one impression of ``ad_id`` at T0, read from
+    ``partition`` of the impressions stream up to ``offset``."""
+    row = rollups((T0, ad_id, "Fall", "Web", "Miami", 1, 0, 0, 0, "0"))
+    return LiveDelta(
+        LiveRows(row, conversions()),
+        no_reattributions(),
+        batch_id=batch_id,
+        partition=partition,
+        offsets={(Stream.IMPRESSIONS, partition): offset},
+    )
+
+
+def impressions_by_ad(store: ServingStore) -> dict[int, int]:
+    rows = store.read(T0, None)
+    assert rows is not None
+    return {ad: n for ad, n in rows.rollups.select("ad_id", "impressions").rows()}
+
+
+def test_offsets_are_recorded_with_each_delta_and_come_from_a_rebuild(
+    store: ServingStore,
+) -> None:
+    assert store.offsets() is None  # not ready
+    store.rebuild(
+        lambda: StoreSnapshot(
+            LiveRows.empty(),
+            StoreWindow(T0, None),
+            offsets={(Stream.IMPRESSIONS, 0): "0-5", (Stream.CLICKS, 0): "0-2"},
+        )
+    )
+    assert store.offsets() == {(Stream.IMPRESSIONS, 0): "0-5", (Stream.CLICKS, 0): "0-2"}
+    assert store.apply("w:1", impressions_of(1, 1, 0, "0-9")) is True
+    assert store.apply("w:2", impressions_of(1, 2, 1, "1-4")) is True
+    assert store.offsets() == {
+        (Stream.IMPRESSIONS, 0): "0-9",
+        (Stream.IMPRESSIONS, 1): "1-4",
+        (Stream.CLICKS, 0): "0-2",
+    }
+    no_rows = LiveDelta(
+        LiveRows(rollups(), conversions()),
+        no_reattributions(),
+        batch_id=3,
+        partition=1,
+        offsets={(Stream.IMPRESSIONS, 1): "1-7"},
+    )
+    assert not no_rows.is_empty  # offsets alone are worth a write
+    assert store.apply("w:3", no_rows) is True
+    assert store.offsets() == {
+        (Stream.IMPRESSIONS, 0): "0-9",
+        (Stream.IMPRESSIONS, 1): "1-7",
+        (Stream.CLICKS, 0): "0-2",
+    }
+    assert impressions_by_ad(store) == {1: 2}
+
+
+def test_a_rebuild_neither_loses_nor_doubles_deltas_written_meanwhile(
+    store: ServingStore,
+) -> None:
+    store.replace(LiveRows.empty(), StoreWindow(T0 - timedelta(hours=1), None))
+
+    def read() -> StoreSnapshot:
+        # other workers write while the rebuild reads the warehouse:
+        # batch 5 (partition 0) was committed before the snapshot: the snapshot holds it
+        assert store.apply("w0:5", impressions_of(1, 5, 0, "0-5")) is True
+        # batch 6 (partition 1) is committed after the snapshot: only its delta has it
+        assert store.apply("w1:6", impressions_of(2, 6, 1, "1-6")) is True
+        assert impressions_by_ad(store) == {1: 1, 2: 1}  # readers see the old content
+        with pytest.raises(ServingStoreError, match="rebuild"):
+            store.replace(LiveRows.empty(), StoreWindow(T0, None))  # one at a time
+        held = rollups(
+            (T0, 1, "Fall", "Web", "Miami", 1, 0, 0, 0, "0"),  # batch 5
+            (T0, 4, "Fall", "Web", "Miami", 1, 0, 0, 0, "0"),  # batch 3 (partition 2)
+        )
+        return StoreSnapshot(
+            LiveRows(held, conversions()),
+            StoreWindow(T0 - timedelta(hours=1), T0),
+            offsets={
+                (Stream.IMPRESSIONS, 0): "0-5",
+                (Stream.IMPRESSIONS, 1): "1-5",
+                (Stream.IMPRESSIONS, 2): "2-3",
+            },
+            batches={0: 5, 1: 5, 2: 3},
+        )
+
+    store.rebuild(read)
+    # batch 5 once (snapshot, its journaled delta skipped), batch 6 replayed, batch 3 held
+    assert impressions_by_ad(store) == {1: 1, 2: 1, 4: 1}
+    # batch 3's delta arrives after the switch (its writer was slow): the snapshot has it
+    assert store.apply("w2:3", impressions_of(4, 3, 2, "2-3")) is True
+    assert impressions_by_ad(store) == {1: 1, 2: 1, 4: 1}
+    # a batch committed after the snapshot is added
+    assert store.apply("w0:8", impressions_of(1, 8, 0, "0-8")) is True
+    assert impressions_by_ad(store) == {1: 2, 2: 1, 4: 1}
+    assert store.offsets() == {
+        (Stream.IMPRESSIONS, 0): "0-8",
+        (Stream.IMPRESSIONS, 1): "1-6",
+        (Stream.IMPRESSIONS, 2): "2-3",
+    }
+    assert store.window() == StoreWindow(T0 - timedelta(hours=1), T0)
+
+
+def test_deltas_written_during_the_first_rebuild_are_kept(store: ServingStore) -> None:
+    def read() -> StoreSnapshot:
+        # the store is not ready yet, but a rebuild runs: the delta is journaled
+        assert store.apply("w1:2", impressions_of(2, 2, 1, "1-2")) is True
+        return StoreSnapshot(
+            LiveRows(rollups((T0, 1, "Fall", "Web", "Miami", 1, 0, 0, 0, "0")), conversions()),
+            StoreWindow(T0, T0),
+            offsets={(Stream.IMPRESSIONS, 0): "0-1"},
+            batches={0: 1},
+        )
+
+    store.rebuild(read)
+    assert impressions_by_ad(store) == {1: 1, 2: 1}
+    assert store.offsets() == {(Stream.IMPRESSIONS, 0): "0-1", (Stream.IMPRESSIONS, 1): "1-2"}
+
+
+def test_a_failed_rebuild_stops_journaling_and_keeps_the_content(store: ServingStore) -> None:
+    store.replace(LiveRows.empty(), StoreWindow(T0, None))
+    assert store.apply("w:1", impressions_of(1, 1, 0, "0-1")) is True
+
+    def read() -> StoreSnapshot:
+        raise RuntimeError("warehouse down")
+
+    with pytest.raises(RuntimeError, match="warehouse down"):
+        store.rebuild(read)
+    assert store.apply("w:2", impressions_of(1, 2, 0, "0-2")) is True
+    assert impressions_by_ad(store) == {1: 2}
+    store.replace(LiveRows.empty(), StoreWindow(T0, None))  # the next rebuild may run
+    assert impressions_by_ad(store) == {}
+
+
 # --- the serving_url setting ------------------------------------------------------------
 def test_serving_url_opens_the_named_store(tmp_path: Path) -> None:
     assert isinstance(open_serving_store(Settings(home=tmp_path)), MemoryServingStore)
@@ -276,3 +411,28 @@ def test_a_large_batch_goes_to_redis_in_parts_and_still_applies_once(
         assert rows is not None
         assert sorted_rollups(rows) == sorted(BASE.rows(), key=repr)
         assert rows.conversions.rows() == [CONVERSION]
+
+
+def test_redis_keeps_no_journal_once_a_rebuild_ends() -> None:
+    with redis_prefix() as prefix, RedisServingStore(REDIS_URL, prefix=prefix) as store:
+        store.replace(LiveRows.empty(), StoreWindow(T0, None))
+
+        def failing() -> StoreSnapshot:
+            store.apply("w:1", impressions_of(1, 1, 0, "0-1"))
+            raise RuntimeError("warehouse down")
+
+        with pytest.raises(RuntimeError):
+            store.rebuild(failing)
+
+        def read() -> StoreSnapshot:
+            store.apply("w:2", impressions_of(1, 2, 0, "0-2"))
+            return StoreSnapshot(LiveRows.empty(), StoreWindow(T0, None))
+
+        store.rebuild(read)
+        keys = set(store.client.scan_iter(match=f"{store.base}:*"))
+        assert not any(k.endswith(":journal") for k in keys)
+        assert f"{store.base}:next" not in keys and f"{store.base}:lock" not in keys
+        generation = store.client.hget(f"{store.base}:meta", "gen")
+        generations = {k.split(":")[2] for k in keys if k.split(":")[2].isdigit()}
+        assert generations == {generation}  # the old and the failed one are deleted
+        assert impressions_by_ad(store) == {1: 1}  # batch 2, replayed from the journal

@@ -234,7 +234,8 @@ class Processor:
             serving = StoreSync(warehouse.store, warehouse)
         self.serving = serving
         if serving is not None:
-            serving.rebuild()  # repairs whatever a crash left out of the store
+            # rebuilds only when the store misses a committed batch of these partitions
+            serving.start(self.partitions)
         #: Bumped after every commit: the HTTP API caches and pushes by it.
         self.commits = CommitSignal()
         self.committer = _Committer(

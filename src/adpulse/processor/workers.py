@@ -11,7 +11,9 @@ it holds. Every lease interval (a third of ``worker_lease_seconds``) it rebalanc
 - when its set changes, it drains the running processor (everything processed is
   committed), releases the leases it gives up, and builds a new processor for the new
   set, which recovers offsets and state from the committed facts: state is never
-  handed over between workers, so nothing but the warehouse needs to be trusted;
+  handed over between workers, so nothing but the warehouse needs to be trusted (a
+  serving store is rebuilt only if it misses a committed batch of the new set, see
+  :mod:`adpulse.serving.store.sync`);
 - every commit carries a :class:`~adpulse.storage.warehouse.base.LeaseFence`: a worker
   that lost a lease (paused past its TTL, cut off from the database) cannot commit
   afterwards; its commit fails, writes nothing, and the worker drops its in-memory

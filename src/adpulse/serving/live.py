@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from adpulse.storage.warehouse.base import (
     DimensionKind,
     DimensionLoadResult,
     PartitionWatermark,
+    SnapshotRead,
     Warehouse,
 )
 
@@ -140,3 +142,8 @@ class LiveWarehouse(Warehouse):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
         return self.warehouse.query(sql, params)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SnapshotRead]:
+        with self.warehouse.snapshot() as read:
+            yield read

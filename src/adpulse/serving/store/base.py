@@ -17,17 +17,40 @@ The store is written by the processor after each warehouse commit (:class:`LiveD
 applied idempotently under a batch key) and rebuilt from the warehouse, which stays the
 source of truth, when it may be wrong (:mod:`.sync`). Until its first rebuild a store is
 not *ready* and serves nothing.
+
+Each delta also records the batch's end offsets per (stream, partition), in the same
+atomic step as its rows: at start a processor compares them with the warehouse's
+checkpoints of its partitions and rebuilds only when they differ (:mod:`.sync`).
+
+A rebuild is exact while other processes keep writing (the rebuild protocol, which
+every backend implements the same way):
+
+1. it starts *journaling*: from now on every applied delta is also kept for the new
+   content (with its batch id and one partition it touched);
+2. it reads a :class:`StoreSnapshot` from the warehouse in ONE transaction: the rows,
+   the checkpoints, and per partition the largest batch id committed;
+3. it switches to the new content in one atomic step, replaying the journaled deltas of
+   batches the snapshot does not include, and keeps the snapshot's batch ids, so that a
+   delta arriving later for a batch the snapshot includes is not added again.
+
+Why "batch id <= the snapshot's largest id of one of its partitions" tells whether the
+snapshot includes a batch: a partition has one owner at a time, its batches commit in
+the order of their ids (ids come in increasing blocks from one counter, reserved after
+the lease is taken), and a snapshot sees a prefix of the commits. A delta applied before
+step 1 belongs to a batch committed before it, so before the snapshot: included.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final, Self
 
 import polars as pl
 
+from adpulse.contracts import Stream
 from adpulse.storage.warehouse.base import BatchOutput
 from adpulse.storage.warehouse.schema import (
     CONVERSION_REATTRIBUTIONS,
@@ -99,6 +122,10 @@ class ServingStoreUnavailableError(ServingStoreError):
     """The serving store cannot be opened as configured; the message says why."""
 
 
+class RebuildRunningError(ServingStoreError):
+    """Another rebuild of the store is running (one at a time); nothing was changed."""
+
+
 @dataclass(frozen=True, slots=True)
 class LiveRows:
     """Rows of the store (or for it): ``rollups`` per :data:`LIVE_ROLLUPS`,
@@ -112,20 +139,55 @@ class LiveRows:
         return cls(pl.DataFrame(schema=LIVE_ROLLUPS), pl.DataFrame(schema=LIVE_CONVERSIONS))
 
 
+#: Committed offsets by (stream, partition); opaque strings, compared for equality only.
+Offsets = Mapping[tuple[Stream, int], str]
+
+
 @dataclass(frozen=True, slots=True)
 class LiveDelta:
     """What one committed batch changes: rollup rows to add (re-attributions already
     appear there as a negative and a positive row), new conversions, and new attributions
-    of conversions committed earlier (``CONVERSION_REATTRIBUTIONS`` columns)."""
+    of conversions committed earlier (``CONVERSION_REATTRIBUTIONS`` columns).
+
+    ``batch_id`` and ``partition`` (one partition the batch read records of) tell a
+    rebuild whether its snapshot includes the batch; None for a delta of no known batch
+    (always applied). ``offsets``: the batch's end offsets, recorded with it.
+    """
 
     rows: LiveRows
     reattributions: pl.DataFrame
+    batch_id: int | None = None
+    partition: int | None = None
+    offsets: Offsets = field(default_factory=dict)
 
     @property
     def is_empty(self) -> bool:
+        """No rows and no offsets: nothing to write."""
         return not (
-            self.rows.rollups.height or self.rows.conversions.height or self.reattributions.height
+            self.rows.rollups.height
+            or self.rows.conversions.height
+            or self.reattributions.height
+            or self.offsets
         )
+
+    def included_in(self, batches: Mapping[int, int]) -> bool:
+        """Whether a snapshot with these largest committed batch ids per partition holds
+        this batch (see the module docs)."""
+        if self.batch_id is None or self.partition is None:
+            return False
+        last = batches.get(self.partition)
+        return last is not None and self.batch_id <= last
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSnapshot:
+    """What a rebuild reads from the warehouse in one transaction: the rows and window
+    to hold, the checkpoints, and per partition the largest committed batch id."""
+
+    rows: LiveRows
+    window: StoreWindow
+    offsets: Offsets = field(default_factory=dict)
+    batches: Mapping[int, int] = field(default_factory=dict)
 
 
 def live_delta(output: BatchOutput) -> LiveDelta:
@@ -146,7 +208,14 @@ def live_delta(output: BatchOutput) -> LiveDelta:
         if output.reattributions.height
         else pl.DataFrame(schema=CONVERSION_REATTRIBUTIONS)
     )
-    return LiveDelta(LiveRows(rollups, conversions), reattributions)
+    partitions = output.stats["partition"] if output.stats.height else None
+    return LiveDelta(
+        LiveRows(rollups, conversions),
+        reattributions,
+        batch_id=output.batch_id if partitions is not None else None,
+        partition=int(partitions.min()) if partitions is not None else None,  # type: ignore[arg-type]
+        offsets=dict(output.offsets),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,15 +236,29 @@ class ServingStore(ABC):
 
     @abstractmethod
     def apply(self, batch_key: str, delta: LiveDelta) -> bool | None:
-        """Add ``delta`` once per ``batch_key``, atomically, then expire minutes older
-        than the window. True when applied, False when that key was already applied
-        (a replay: nothing changes), None when the store is not ready (never rebuilt:
-        nothing changes, a rebuild is due). Rows older than the window are ignored."""
+        """Add ``delta`` once per ``batch_key``, atomically with its offsets, then expire
+        minutes older than the window; skipped (still True) when the content came from a
+        snapshot that includes the batch. True when applied, False when that key was
+        already applied (a replay: nothing changes), None when the store is not ready
+        (never rebuilt, no rebuild running: nothing changes, a rebuild is due). Rows
+        older than the window are ignored."""
 
     @abstractmethod
+    def rebuild(self, read: Callable[[], StoreSnapshot]) -> None:
+        """Replace the whole content with a snapshot that ``read`` takes from the
+        warehouse, by the rebuild protocol (module docs): deltas applied meanwhile by
+        anyone are neither lost nor counted twice. Makes the store ready. Readers see
+        the old or the new content, never a mix. One rebuild at a time: raises
+        :class:`RebuildRunningError` while another one runs."""
+
     def replace(self, rows: LiveRows, window: StoreWindow) -> None:
-        """Replace the whole content with ``rows`` (a rebuild) and make the store ready,
-        holding ``window``. Readers see the old or the new content, never a mix."""
+        """Rebuild with ``rows`` holding ``window``, no offsets and no batch ids."""
+        self.rebuild(lambda: StoreSnapshot(rows, window))
+
+    @abstractmethod
+    def offsets(self) -> dict[tuple[Stream, int], str] | None:
+        """The end offsets of what the content holds, per (stream, partition): of the
+        last batch applied, or of the snapshot of the last rebuild. None when not ready."""
 
     @abstractmethod
     def read(

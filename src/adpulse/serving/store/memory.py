@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Final
 
 import polars as pl
 
+from adpulse.contracts import Stream
 from adpulse.serving.store.base import (
     LIVE_CONVERSIONS,
     LIVE_ROLLUPS,
@@ -21,7 +23,9 @@ from adpulse.serving.store.base import (
     WINDOW,
     LiveDelta,
     LiveRows,
+    RebuildRunningError,
     ServingStore,
+    StoreSnapshot,
     StoreWindow,
     project,
 )
@@ -33,7 +37,8 @@ BATCH_KEY_SECONDS: Final = 3_600.0
 
 
 class MemoryServingStore(ServingStore):
-    """A :class:`ServingStore` in this process's memory."""
+    """A :class:`ServingStore` in this process's memory (the rebuild protocol of
+    :mod:`.base` under one lock: the journal is a list of the deltas applied meanwhile)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -41,31 +46,44 @@ class MemoryServingStore(ServingStore):
         self._rollups: list[pl.DataFrame] = []
         self._conversions = pl.DataFrame(schema=LIVE_CONVERSIONS)
         self._applied: dict[str, float] = {}
+        self._offsets: dict[tuple[Stream, int], str] = {}
+        #: The largest committed batch id per partition of the last rebuild's snapshot.
+        self._batches: dict[int, int] = {}
+        #: Deltas applied while a rebuild runs (None: no rebuild running).
+        self._journal: list[LiveDelta] | None = None
 
     def apply(self, batch_key: str, delta: LiveDelta) -> bool | None:
         with self._lock:
-            if self._window is None:
+            if self._window is None and self._journal is None:
                 return None
             now = time.monotonic()
             if batch_key in self._applied:
                 return False
             self._applied[batch_key] = now
             self._forget_batch_keys(now)
-            start = self._window.start
-            rollups = delta.rows.rollups.filter(pl.col("minute") >= start)
-            conversions = delta.rows.conversions.filter(pl.col("event_time") >= start)
-            newest = _newest(self._window.newest, rollups, conversions)
-            if rollups.height:
-                self._rollups.append(rollups)
-            if conversions.height:
-                self._conversions = pl.concat([self._conversions, conversions])
-            if delta.reattributions.height:
-                self._conversions = _reattribute(self._conversions, delta.reattributions)
-            self._window = StoreWindow(start, newest)
-            self._expire()
-            if len(self._rollups) > _MAX_PARTS:
-                self._rollups = [project(pl.concat(self._rollups))]
+            if self._window is not None and not delta.included_in(self._batches):
+                self._add(delta)
+            if self._journal is not None:
+                self._journal.append(delta)
             return True
+
+    def _add(self, delta: LiveDelta) -> None:
+        assert self._window is not None
+        start = self._window.start
+        rollups = delta.rows.rollups.filter(pl.col("minute") >= start)
+        conversions = delta.rows.conversions.filter(pl.col("event_time") >= start)
+        newest = _newest(self._window.newest, rollups, conversions)
+        if rollups.height:
+            self._rollups.append(rollups)
+        if conversions.height:
+            self._conversions = pl.concat([self._conversions, conversions])
+        if delta.reattributions.height:
+            self._conversions = _reattribute(self._conversions, delta.reattributions)
+        self._offsets.update(delta.offsets)
+        self._window = StoreWindow(start, newest)
+        self._expire()
+        if len(self._rollups) > _MAX_PARTS:
+            self._rollups = [project(pl.concat(self._rollups))]
 
     def _forget_batch_keys(self, now: float) -> None:
         # insertion order is time order: drop from the front
@@ -85,12 +103,31 @@ class MemoryServingStore(ServingStore):
         self._rollups = [f.filter(pl.col("minute") >= start) for f in self._rollups]
         self._conversions = self._conversions.filter(pl.col("event_time") >= start)
 
-    def replace(self, rows: LiveRows, window: StoreWindow) -> None:
+    def rebuild(self, read: Callable[[], StoreSnapshot]) -> None:
         with self._lock:
-            self._rollups = [project(rows.rollups)]
-            self._conversions = rows.conversions.select(list(LIVE_CONVERSIONS))
-            self._window = window
-            self._expire()
+            if self._journal is not None:
+                raise RebuildRunningError("another rebuild of the serving store is running")
+            self._journal = []  # before the snapshot is read: see the protocol
+        try:
+            snapshot = read()
+            with self._lock:
+                self._rollups = [project(snapshot.rows.rollups)]
+                self._conversions = snapshot.rows.conversions.select(list(LIVE_CONVERSIONS))
+                self._window = snapshot.window
+                self._offsets = dict(snapshot.offsets)
+                self._batches = dict(snapshot.batches)
+                self._expire()
+                assert self._journal is not None
+                for delta in self._journal:
+                    if not delta.included_in(self._batches):
+                        self._add(delta)
+        finally:
+            with self._lock:
+                self._journal = None
+
+    def offsets(self) -> dict[tuple[Stream, int], str] | None:
+        with self._lock:
+            return None if self._window is None else dict(self._offsets)
 
     def read(
         self, start: datetime, end: datetime | None, columns: frozenset[str] = PROJECTIONS[-1]

@@ -7,6 +7,10 @@ Layout (``B`` = ``PREFIX:serving``; ``PREFIX`` defaults to ``adpulse``, set it w
     B:gen               counter of generations (one per rebuild)
     B:batch:KEY         string with expiry: the batch KEY was applied
     B:lock              rebuild lock (token, expiry)
+    B:next              generation being rebuilt (expiry as the lock): journal for it
+    B:G:journal         list   arguments of the deltas applied while G is being rebuilt
+    B:G:snap            hash   partition -> largest batch id committed in G's snapshot
+    B:G:offsets         hash   "stream:partition" -> end offset of what G holds
     B:G:minutes         zset   minutes of generation G that hold data (score = minute)
     B:G:mP:MINUTE       hash   rollup key of projection P (index into PROJECTIONS; JSON
                                {a: ad_id, c: campaign, p: platform, l: location}, NULL
@@ -22,31 +26,36 @@ warehouse's ``DECIMAL(18,4)``), times in microseconds, latency as the shortest t
 that reads back as the same float.
 
 Atomicity: :meth:`apply` is one Lua script, so the batch key (``SET NX``), every
-increment and the expiry of old minutes happen together or not at all; a replayed batch
-finds its key and changes nothing. :meth:`read` is one Lua script too, so it sees one
-consistent state. :meth:`replace` writes a new generation beside the current one and
-switches ``B:meta`` to it in one script (readers see the old or the new content, never a
-mix), under a lock so that only one process rebuilds at a time.
+increment, the batch's offsets and the expiry of old minutes happen together or not at
+all; a replayed batch finds its key and changes nothing. :meth:`read` is one Lua script
+too, so it sees one consistent state. :meth:`rebuild` writes a new generation beside the
+current one and switches ``B:meta`` to it in one script (readers see the old or the new
+content, never a mix), under a lock so that only one process rebuilds at a time.
 
 Concurrent writers: deltas of different processes commute (sums, per-event upserts), so
-any number of processors may apply batches at once. A rebuild reads the warehouse at one
-instant and switches later; a batch another process commits in between is applied to the
-old generation and is missing from the new one until the next rebuild (a delta applied
-after the switch of a batch already in the rebuild's read would count twice). Rebuilds
-happen when a processor starts and after a failed write; see ``README.md`` ("Serving
-store").
+any number of processors may apply batches at once, also while one of them rebuilds
+(the protocol of :mod:`.base`): once ``B:next`` is set, and before the warehouse is
+read, every apply also appends its arguments to ``B:G:journal``; the switch script
+replays the journal entries of batches the snapshot does not include (batch id above the
+snapshot's largest of its partition, ``B:G:snap``) into G, then makes G current; an
+apply after the switch skips G when ``B:G:snap`` says G's snapshot holds the batch. A
+failed rebuild deletes ``B:next`` and its generation (the journal with it); a crashed
+rebuilder's lock, marker and journal expire after :data:`LOCK_MILLISECONDS`.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
+from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 import polars as pl
 
+from adpulse.contracts import Stream
 from adpulse.serving.store.base import (
     LIVE_CONVERSIONS,
     LIVE_MEASURES,
@@ -55,9 +64,11 @@ from adpulse.serving.store.base import (
     WINDOW,
     LiveDelta,
     LiveRows,
+    RebuildRunningError,
     ServingStore,
     ServingStoreError,
     ServingStoreUnavailableError,
+    StoreSnapshot,
     StoreWindow,
     project,
 )
@@ -76,80 +87,115 @@ APPLY_ROWS: Final = 20_000
 #: Hash fields written per command while rebuilding.
 _REBUILD_CHUNK: Final = 5_000
 
-_APPLY: Final = """
+#: Lua shared by the apply and switch scripts: whether a generation's snapshot includes
+#: a batch, and adding one delta (the arguments ``A`` from index ``i`` on) to a generation.
+_ADD: Final = """
+local function included(g, id, partition)
+  if id == '' or partition == '' then return false end
+  local last = redis.call('HGET', g .. ':snap', partition)
+  return last ~= false and tonumber(id) <= tonumber(last)
+end
+
+local function add(g, start, newest, A, i, window, projections)
+  local n = tonumber(A[i]); i = i + 1
+  for _ = 1, n do
+    local m = tonumber(A[i + 1])
+    if m >= start then
+      local key = g .. ':m' .. A[i] .. ':' .. A[i + 1]
+      local s = {0, 0, 0, 0, 0}
+      local old = redis.call('HGET', key, A[i + 2])
+      if old then
+        local k = 1
+        for part in string.gmatch(old, '[^,]+') do s[k] = tonumber(part); k = k + 1 end
+      end
+      for k = 1, 5 do s[k] = s[k] + tonumber(A[i + 2 + k]) end
+      redis.call('HSET', key, A[i + 2],
+        string.format('%.0f,%.0f,%.0f,%.0f,%.0f', s[1], s[2], s[3], s[4], s[5]))
+      redis.call('ZADD', g .. ':minutes', m, A[i + 1])
+      if newest == nil or m > newest then newest = m end
+    end
+    i = i + 8
+  end
+  n = tonumber(A[i]); i = i + 1
+  for _ = 1, n do
+    local m = tonumber(A[i])
+    if m >= start then
+      redis.call('HSET', g .. ':c:' .. A[i], A[i + 1], A[i + 2])
+      redis.call('HSET', g .. ':cidx', A[i + 1], A[i])
+      redis.call('ZADD', g .. ':minutes', m, A[i])
+      if newest == nil or m > newest then newest = m end
+    end
+    i = i + 3
+  end
+  n = tonumber(A[i]); i = i + 1
+  for _ = 1, n do
+    local a = cjson.decode(A[i])
+    local m = redis.call('HGET', g .. ':cidx', a[1])
+    if m then
+      local key = g .. ':c:' .. m
+      local raw = redis.call('HGET', key, a[1])
+      if raw then
+        local v = cjson.decode(raw)
+        v.k = a[2]; v.s = a[3]; v.p = a[4]; v.l = a[5]
+        redis.call('HSET', key, a[1], cjson.encode(v))
+      end
+    end
+    i = i + 1
+  end
+  n = tonumber(A[i]); i = i + 1
+  for _ = 1, n do
+    redis.call('HSET', g .. ':offsets', A[i], A[i + 1])
+    i = i + 2
+  end
+  if newest ~= nil then
+    local cutoff = newest - window
+    if cutoff > start then
+      local bound = '(' .. string.format('%.0f', cutoff)
+      for _, mm in ipairs(redis.call('ZRANGEBYSCORE', g .. ':minutes', '-inf', bound)) do
+        for p = 0, projections - 1 do redis.call('DEL', g .. ':m' .. p .. ':' .. mm) end
+        for _, id in ipairs(redis.call('HKEYS', g .. ':c:' .. mm)) do
+          redis.call('HDEL', g .. ':cidx', id)
+        end
+        redis.call('DEL', g .. ':c:' .. mm)
+      end
+      redis.call('ZREMRANGEBYSCORE', g .. ':minutes', '-inf', bound)
+      start = cutoff
+    end
+  end
+  return start, newest
+end
+"""
+
+#: ARGV: base, batch key, key seconds, window, projections, batch id, partition (both ''
+#: when unknown), journal milliseconds, then the delta (see ``_apply_part``). While a
+#: rebuild runs (``B:next`` names its generation) the arguments are journaled for it.
+_APPLY: Final = (
+    _ADD
+    + """
 local b = ARGV[1]
 local meta = b .. ':meta'
-if redis.call('HGET', meta, 'ready') ~= '1' then return -1 end
+local ready = redis.call('HGET', meta, 'ready') == '1'
+local rebuilding = redis.call('GET', b .. ':next')
+if not ready and not rebuilding then return -1 end
 if not redis.call('SET', b .. ':batch:' .. ARGV[2], '1', 'NX', 'EX', ARGV[3]) then return 0 end
-local window = tonumber(ARGV[4])
-local projections = tonumber(ARGV[5])
-local g = b .. ':' .. redis.call('HGET', meta, 'gen')
-local start = tonumber(redis.call('HGET', meta, 'start'))
-local newest = tonumber(redis.call('HGET', meta, 'newest') or '')
-local i = 6
-local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  local m = tonumber(ARGV[i + 1])
-  if m >= start then
-    local key = g .. ':m' .. ARGV[i] .. ':' .. ARGV[i + 1]
-    local s = {0, 0, 0, 0, 0}
-    local old = redis.call('HGET', key, ARGV[i + 2])
-    if old then
-      local k = 1
-      for part in string.gmatch(old, '[^,]+') do s[k] = tonumber(part); k = k + 1 end
-    end
-    for k = 1, 5 do s[k] = s[k] + tonumber(ARGV[i + 2 + k]) end
-    redis.call('HSET', key, ARGV[i + 2],
-      string.format('%.0f,%.0f,%.0f,%.0f,%.0f', s[1], s[2], s[3], s[4], s[5]))
-    redis.call('ZADD', g .. ':minutes', m, ARGV[i + 1])
-    if newest == nil or m > newest then newest = m end
+if ready then
+  local g = b .. ':' .. redis.call('HGET', meta, 'gen')
+  if not included(g, ARGV[6], ARGV[7]) then
+    local start = tonumber(redis.call('HGET', meta, 'start'))
+    local newest = tonumber(redis.call('HGET', meta, 'newest') or '')
+    start, newest = add(g, start, newest, ARGV, 9, tonumber(ARGV[4]), tonumber(ARGV[5]))
+    redis.call('HSET', meta, 'start', string.format('%.0f', start))
+    if newest ~= nil then redis.call('HSET', meta, 'newest', string.format('%.0f', newest)) end
   end
-  i = i + 8
 end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  local m = tonumber(ARGV[i])
-  if m >= start then
-    redis.call('HSET', g .. ':c:' .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
-    redis.call('HSET', g .. ':cidx', ARGV[i + 1], ARGV[i])
-    redis.call('ZADD', g .. ':minutes', m, ARGV[i])
-    if newest == nil or m > newest then newest = m end
-  end
-  i = i + 3
-end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  local a = cjson.decode(ARGV[i])
-  local m = redis.call('HGET', g .. ':cidx', a[1])
-  if m then
-    local key = g .. ':c:' .. m
-    local raw = redis.call('HGET', key, a[1])
-    if raw then
-      local v = cjson.decode(raw)
-      v.k = a[2]; v.s = a[3]; v.p = a[4]; v.l = a[5]
-      redis.call('HSET', key, a[1], cjson.encode(v))
-    end
-  end
-  i = i + 1
-end
-if newest ~= nil then
-  redis.call('HSET', meta, 'newest', string.format('%.0f', newest))
-  local cutoff = newest - window
-  if cutoff > start then
-    local bound = '(' .. string.format('%.0f', cutoff)
-    for _, mm in ipairs(redis.call('ZRANGEBYSCORE', g .. ':minutes', '-inf', bound)) do
-      for p = 0, projections - 1 do redis.call('DEL', g .. ':m' .. p .. ':' .. mm) end
-      for _, id in ipairs(redis.call('HKEYS', g .. ':c:' .. mm)) do
-        redis.call('HDEL', g .. ':cidx', id)
-      end
-      redis.call('DEL', g .. ':c:' .. mm)
-    end
-    redis.call('ZREMRANGEBYSCORE', g .. ':minutes', '-inf', bound)
-    redis.call('HSET', meta, 'start', string.format('%.0f', cutoff))
-  end
+if rebuilding then
+  local journal = b .. ':' .. rebuilding .. ':journal'
+  redis.call('RPUSH', journal, cjson.encode(ARGV))
+  redis.call('PEXPIRE', journal, ARGV[8])
 end
 return 1
 """
+)
 
 #: One consistent read, returned as two tab-separated texts built in Redis (one reply
 #: instead of a reply element per field: parsing those dominated the read time).
@@ -175,18 +221,37 @@ end
 return {1, table.concat(rollups, '\n'), table.concat(conversions, '\n')}
 """
 
-_SWITCH: Final = """
+#: ARGV: base, lock token, generation, start, newest ('' for none), window, projections.
+#: Replays the journal (deltas applied since the rebuild began) for batches the snapshot
+#: does not include, then makes the generation current; all in one step.
+_SWITCH: Final = (
+    _ADD
+    + """
 local b = ARGV[1]
 if redis.call('GET', b .. ':lock') ~= ARGV[2] then return false end
+local g = b .. ':' .. ARGV[3]
+local start = tonumber(ARGV[4])
+local newest = tonumber(ARGV[5])
+local window, projections = tonumber(ARGV[6]), tonumber(ARGV[7])
+for _, raw in ipairs(redis.call('LRANGE', g .. ':journal', 0, -1)) do
+  local A = cjson.decode(raw)
+  if not included(g, A[6], A[7]) then
+    start, newest = add(g, start, newest, A, 9, window, projections)
+  end
+end
+redis.call('DEL', g .. ':journal')
+if redis.call('GET', b .. ':next') == ARGV[3] then redis.call('DEL', b .. ':next') end
 local old = redis.call('HGET', b .. ':meta', 'gen')
-redis.call('HSET', b .. ':meta', 'gen', ARGV[3], 'start', ARGV[4], 'ready', '1')
-if ARGV[5] == '' then
+redis.call('HSET', b .. ':meta', 'gen', ARGV[3], 'start', string.format('%.0f', start),
+  'ready', '1')
+if newest == nil then
   redis.call('HDEL', b .. ':meta', 'newest')
 else
-  redis.call('HSET', b .. ':meta', 'newest', ARGV[5])
+  redis.call('HSET', b .. ':meta', 'newest', string.format('%.0f', newest))
 end
 return old or ''
 """
+)
 
 _UNLOCK: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -372,8 +437,9 @@ class RedisServingStore(ServingStore):
         """See :meth:`ServingStore.apply`. A large batch (catching up) is applied in
         parts of at most :data:`APPLY_ROWS` rows, one script call each, so Redis is
         never blocked for long; each part has a key of its own (``KEY#i``), so a replay
-        is still a no-op. A failure between parts leaves the batch partly applied, which
-        the caller repairs with a rebuild like any failed write."""
+        is still a no-op; the last part carries the re-attributions and the offsets. A
+        failure between parts leaves the batch partly applied (and its offsets not
+        recorded), which the caller repairs with a rebuild like any failed write."""
         rollups = list(_projected_fields(delta.rows.rollups).iter_slices(APPLY_ROWS))
         conversions = list(delta.rows.conversions.iter_slices(APPLY_ROWS))
         parts = max(len(rollups), len(conversions), 1)
@@ -383,9 +449,10 @@ class RedisServingStore(ServingStore):
             results.append(
                 self._apply_part(
                     f"{batch_key}#{i}",
+                    delta,
                     rollups[i] if i < len(rollups) else None,
                     conversions[i] if i < len(conversions) else None,
-                    delta.reattributions if last else None,  # after every conversion
+                    last,
                 )
             )
             if results[-1] is None:
@@ -395,12 +462,16 @@ class RedisServingStore(ServingStore):
     def _apply_part(
         self,
         key: str,
+        delta: LiveDelta,
         rollups: pl.DataFrame | None,
         conversions: pl.DataFrame | None,
-        reattributions: pl.DataFrame | None,
+        last: bool,
     ) -> bool | None:
         window = int(WINDOW.total_seconds())
         args: list[Any] = [self.base, key, BATCH_KEY_SECONDS, window, len(PROJECTIONS)]
+        args.append("" if delta.batch_id is None else delta.batch_id)
+        args.append("" if delta.partition is None else delta.partition)
+        args.append(LOCK_MILLISECONDS)
         args.append(0 if rollups is None else rollups.height)
         for row in () if rollups is None else rollups.iter_rows():
             args.extend(row)
@@ -408,40 +479,87 @@ class RedisServingStore(ServingStore):
         if conversions is not None and conversions.height:
             for row in _conversion_values(conversions).iter_rows():
                 args.extend(row)
-        moved = [] if reattributions is None else list(reattributions.iter_rows())
+        # after every conversion: the last part
+        moved = list(delta.reattributions.iter_rows()) if last else []
         args.append(len(moved))
         for eid, _click_eid, click_time, latency, platform, location in moved:
             click_us = None if click_time is None else str(_micros(click_time))
             text = None if latency is None else _float_text(latency)
             args.append(orjson.dumps([eid, click_us, text, platform, location]).decode())
+        offsets = delta.offsets if last else {}
+        args.append(len(offsets))
+        for (stream, partition), offset in offsets.items():
+            args.extend((_offset_field(stream, partition), offset))
         result = int(self._call("write", self._apply, args=args))
         return None if result < 0 else result == 1
 
-    def replace(self, rows: LiveRows, window: StoreWindow) -> None:
+    def rebuild(self, read: Callable[[], StoreSnapshot]) -> None:
+        """See :meth:`ServingStore.rebuild`: under the lock, ``B:next`` names the new
+        generation (writers journal for it) before ``read`` runs; the new generation is
+        written beside the current one, then one script replays the journal and
+        switches (module docs)."""
         token = uuid.uuid4().hex
         lock = f"{self.base}:lock"
+        rebuilding = f"{self.base}:next"
         if not self._call("lock", self.client.set, lock, token, nx=True, px=LOCK_MILLISECONDS):
-            raise ServingStoreError("another process is rebuilding the serving store")
+            raise RebuildRunningError("another process is rebuilding the serving store")
         generation = None
         try:
             generation = int(self._call("rebuild", self.client.incr, f"{self.base}:gen"))
-            self._write_generation(f"{self.base}:{generation}", rows, window.start)
+            self._call(
+                "rebuild", self.client.set, rebuilding, str(generation), px=LOCK_MILLISECONDS
+            )
+            snapshot = read()
+            window = snapshot.window
+            self._write_generation(f"{self.base}:{generation}", snapshot)
             newest = "" if window.newest is None else str(_seconds(window.newest))
             old = self._call(
                 "switch",
                 self._switch,
-                args=[self.base, token, generation, _seconds(window.start), newest],
+                args=[
+                    self.base,
+                    token,
+                    generation,
+                    _seconds(window.start),
+                    newest,
+                    int(WINDOW.total_seconds()),
+                    len(PROJECTIONS),
+                ],
             )
             if old is None:
                 raise ServingStoreError("the rebuild lock expired before the switch")
             generation = int(old) if old else None  # now the one to delete
         finally:
             if generation is not None:
+                with suppress(Exception):  # after a failure: stop the journaling
+                    self._unlock(keys=[rebuilding], args=[str(generation)])
                 self._delete_generation(generation)
             self._call("unlock", self._unlock, keys=[lock], args=[token])
 
-    def _write_generation(self, g: str, rows: LiveRows, start: datetime) -> None:
+    def offsets(self) -> dict[tuple[Stream, int], str] | None:
+        ready, generation = self._call(
+            "read", self.client.hmget, f"{self.base}:meta", ["ready", "gen"]
+        )
+        if ready != "1":
+            return None
+        fields = self._call("read", self.client.hgetall, f"{self.base}:{generation}:offsets")
+        result = {}
+        for name, offset in fields.items():
+            stream, _, partition = name.rpartition(":")
+            result[(Stream(stream), int(partition))] = offset
+        return result
+
+    def _write_generation(self, g: str, snapshot: StoreSnapshot) -> None:
+        rows, start = snapshot.rows, snapshot.window.start
         pipe = self.client.pipeline(transaction=False)
+        if snapshot.batches:
+            batches: dict[Any, Any] = {str(p): str(b) for p, b in snapshot.batches.items()}
+            pipe.hset(f"{g}:snap", mapping=batches)
+        if snapshot.offsets:
+            offsets: dict[Any, Any] = {
+                _offset_field(s, p): o for (s, p), o in snapshot.offsets.items()
+            }
+            pipe.hset(f"{g}:offsets", mapping=offsets)
         rollups = rows.rollups.filter(pl.col("minute") >= start)
         if rollups.height:
             fields = _projected_fields(rollups).select(
@@ -497,6 +615,10 @@ class RedisServingStore(ServingStore):
 
     def close(self) -> None:
         self.client.close()
+
+
+def _offset_field(stream: Stream, partition: int) -> str:
+    return f"{stream.value}:{partition}"
 
 
 def _micros(value: datetime) -> int:

@@ -1,15 +1,28 @@
 """Keeping a serving store in step with the warehouse, which stays the source of truth.
 
-- after each warehouse commit, the batch's :class:`~.base.LiveDelta` is applied under a
-  batch key unique to this process's run (batch ids alone may repeat across workers),
-  so a retried write cannot count twice;
-- at processor start, and after any failed write, the store is rebuilt from the
-  warehouse (its last 24 h of ``rollup_minute`` and ``fact_conversions``) and switched
-  to in one step. That repairs whatever a crash between the commit and the store write,
-  or an outage of the store, left out;
+- after each warehouse commit, the batch's :class:`~.base.LiveDelta` (with its end
+  offsets) is applied under a batch key unique to this process's run, so a retried
+  write cannot count twice;
+- at processor start (every worker start and rebalance), the store's recorded offsets of
+  the processor's partitions are compared with the warehouse's checkpoints
+  (:meth:`StoreSync.start`): equal, the store holds every committed batch of those
+  partitions and is used as it is; different (a crash between the warehouse commit and
+  the store write, a store outage, a fresh or flushed store), it is rebuilt;
+- a rebuild, also after any failed write, reads the warehouse's last 24 h of
+  ``rollup_minute`` and ``fact_conversions``, its checkpoints and the largest committed
+  batch id per partition in ONE snapshot (:func:`warehouse_snapshot`) and switches to
+  it in one step; other processes may keep writing meanwhile, by the rebuild protocol
+  of :mod:`.base` their batches are neither lost nor counted twice;
 - a batch too large for a delta (catching up on a backlog) marks the store behind, so
   one rebuild covers many batches; the store then lags the warehouse by up to
   ``retry_seconds``.
+
+Why the offsets comparison is sound: a partition has one owner at a time and a
+fenced-out worker's commit fails before any store write, so each partition's offsets
+have one writer at a time, which writes them after the warehouse commit and in commit
+order; after a failed write the writer skips every later batch until it has rebuilt.
+Equal offsets therefore mean that the last committed batch of the partition, and every
+one before it, is in the store. Idle batches carry no offsets and write nothing.
 
 A store failure never stops ingestion: it is logged and counted
 (:attr:`StoreSync.failures`), and while the store is behind, writes are skipped and a
@@ -22,15 +35,19 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Final
 
+from adpulse.contracts import Stream
 from adpulse.serving.store.base import (
     EPOCH,
     LIVE_CONVERSIONS,
     LIVE_ROLLUPS,
     WINDOW,
     LiveRows,
+    RebuildRunningError,
     ServingStore,
+    StoreSnapshot,
     StoreWindow,
     live_delta,
 )
@@ -42,28 +59,43 @@ log = logging.getLogger(__name__)
 _KEY: Final = ", ".join(ROLLUP_KEY)
 
 
-def warehouse_rows(warehouse: Warehouse) -> tuple[LiveRows, StoreWindow]:
-    """What the store should hold now, read from the warehouse: the newest
-    :data:`~.base.WINDOW` of rollups (summed per key) and conversions."""
-    newest = warehouse.query("SELECT MAX(minute) AS newest FROM rollup_minute").item()
-    if newest is None:
-        return LiveRows.empty(), StoreWindow(EPOCH, None)
-    start = newest - WINDOW
-    rollups = warehouse.query(
-        f"SELECT {_KEY}, CAST(SUM(impressions) AS BIGINT) AS impressions,"
-        " CAST(SUM(clicks) AS BIGINT) AS clicks, CAST(SUM(conversions) AS BIGINT) AS conversions,"
-        " CAST(SUM(attributed_conversions) AS BIGINT) AS attributed_conversions,"
-        " CAST(SUM(revenue) AS DECIMAL(18,4)) AS revenue,"
-        " CAST(0 AS DOUBLE PRECISION) AS latency_sum_seconds"
-        f" FROM rollup_minute WHERE minute >= ? GROUP BY {_KEY}",
-        [start],
+def warehouse_snapshot(warehouse: Warehouse) -> StoreSnapshot:
+    """What the store should hold now, read from the warehouse in one transaction: the
+    newest :data:`~.base.WINDOW` of rollups (summed per key) and conversions, the
+    checkpoints, and the largest committed batch id per partition."""
+    with warehouse.snapshot() as read:
+        newest = read("SELECT MAX(minute) AS newest FROM rollup_minute", []).item()
+        checkpoints = read('SELECT stream, "partition", "offset" FROM checkpoints', [])
+        batches = read(
+            'SELECT "partition", MAX(batch_id) AS batch_id FROM ingest_stats GROUP BY "partition"',
+            [],
+        )
+        if newest is None:
+            rows, window = LiveRows.empty(), StoreWindow(EPOCH, None)
+        else:
+            start = newest - WINDOW
+            rollups = read(
+                f"SELECT {_KEY}, CAST(SUM(impressions) AS BIGINT) AS impressions,"
+                " CAST(SUM(clicks) AS BIGINT) AS clicks,"
+                " CAST(SUM(conversions) AS BIGINT) AS conversions,"
+                " CAST(SUM(attributed_conversions) AS BIGINT) AS attributed_conversions,"
+                " CAST(SUM(revenue) AS DECIMAL(18,4)) AS revenue,"
+                " CAST(0 AS DOUBLE PRECISION) AS latency_sum_seconds"
+                f" FROM rollup_minute WHERE minute >= ? GROUP BY {_KEY}",
+                [start],
+            )
+            conversions = read(
+                f"SELECT {', '.join(LIVE_CONVERSIONS)} FROM fact_conversions WHERE event_time >= ?",
+                [start],
+            )
+            rows = LiveRows(rollups.cast(LIVE_ROLLUPS), conversions.cast(LIVE_CONVERSIONS))  # type: ignore[arg-type]
+            window = StoreWindow(start, newest)
+    return StoreSnapshot(
+        rows,
+        window,
+        offsets={(Stream(st), int(p)): o for st, p, o in checkpoints.iter_rows()},
+        batches={int(p): int(b) for p, b in batches.iter_rows()},
     )
-    conversions = warehouse.query(
-        f"SELECT {', '.join(LIVE_CONVERSIONS)} FROM fact_conversions WHERE event_time >= ?",
-        [start],
-    )
-    rows = LiveRows(rollups.cast(LIVE_ROLLUPS), conversions.cast(LIVE_CONVERSIONS))  # type: ignore[arg-type]
-    return rows, StoreWindow(start, newest)
 
 
 class StoreSync:
@@ -75,29 +107,78 @@ class StoreSync:
         warehouse: Warehouse,
         retry_seconds: float = 5.0,
         max_delta_rows: int = 100_000,
+        wait_seconds: float = 30.0,
     ) -> None:
         self.store = store
         self.warehouse = warehouse
         self.retry_seconds = retry_seconds
         self.max_delta_rows = max_delta_rows
-        #: Unique per run: batch ids restart from the warehouse's and repeat across workers.
+        #: How long :meth:`start` waits for another process's rebuild to end.
+        self.wait_seconds = wait_seconds
+        #: Unique per run: a batch key stays unique should the warehouse be reset.
         self.run_id = uuid.uuid4().hex
         self.failures = 0
         self.rebuilds = 0
         self.behind = True  # until the first rebuild
         self._last_attempt = float("-inf")
 
+    def start(self, partitions: Sequence[int]) -> bool:
+        """Make the store current for ``partitions`` (a processor's, at its start):
+        rebuild unless the store's recorded offsets of every one of them equal the
+        warehouse's checkpoints. While another process rebuilds (workers starting
+        together), wait up to ``wait_seconds`` for it, then check again: its snapshot
+        may already hold these partitions. True when the store is current, False
+        (logged) when it could not be checked or rebuilt (it is then behind: retried on
+        later commits)."""
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            try:
+                if self._current(partitions):
+                    self.behind = False
+                    return True
+                self.store.rebuild(self.snapshot)
+            except RebuildRunningError as exc:
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                return self._failed("rebuild", exc)
+            except Exception as exc:  # noqa: BLE001 - the store must never stop ingestion
+                return self._failed("rebuild", exc)
+            self._last_attempt = time.monotonic()
+            self.rebuilds += 1
+            self.behind = False
+            return True
+
+    def _current(self, partitions: Sequence[int]) -> bool:
+        held = self.store.offsets()
+        if held is None:
+            return False
+        committed = self.warehouse.load_offsets()
+        return all(
+            held.get((stream, p)) == committed.get((stream, p))
+            for stream in Stream
+            for p in partitions
+        )
+
+    def _failed(self, what: str, exc: Exception) -> bool:
+        self._last_attempt = time.monotonic()
+        self.failures += 1
+        self.behind = True
+        log.warning("serving store %s failed (reads use the warehouse): %s", what, exc)
+        return False
+
+    def snapshot(self) -> StoreSnapshot:
+        """What a rebuild reads (:func:`warehouse_snapshot`); called by the store once
+        it journals the deltas written meanwhile."""
+        return warehouse_snapshot(self.warehouse)
+
     def rebuild(self) -> bool:
         """Replace the store's content with the warehouse's; False (logged) on failure."""
         self._last_attempt = time.monotonic()
         try:
-            rows, window = warehouse_rows(self.warehouse)
-            self.store.replace(rows, window)
+            self.store.rebuild(self.snapshot)
         except Exception as exc:  # noqa: BLE001 - the store must never stop ingestion
-            self.failures += 1
-            self.behind = True
-            log.warning("serving store rebuild failed (reads use the warehouse): %s", exc)
-            return False
+            return self._failed("rebuild", exc)
         self.rebuilds += 1
         self.behind = False
         return True

@@ -10,7 +10,8 @@ committed atomically with the outputs too.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from adpulse.storage.warehouse.leases import PartitionLeases, WorkerIdentity
 
 DimensionKind = Literal["campaigns", "users"]
+#: Runs one read-only statement (``?`` placeholders) inside :meth:`Warehouse.snapshot`.
+SnapshotRead = Callable[[str, Sequence[Any]], pl.DataFrame]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,3 +174,13 @@ class Warehouse(ABC):
     @abstractmethod
     def query(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
         """Run a read-only query; ``?`` placeholders, values bound, never interpolated."""
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SnapshotRead]:
+        """Read-only statements that all see ONE committed state of the warehouse (a
+        serving-store rebuild reads rows and the batches they include together).
+
+        This default runs each statement on its own, consistent only while nothing
+        commits; the SQL backends override it with one transaction.
+        """
+        yield self.query

@@ -24,7 +24,7 @@ from typing import Any, Final
 import duckdb
 import polars as pl
 
-from adpulse.storage.warehouse.base import WarehouseUnavailableError
+from adpulse.storage.warehouse.base import SnapshotRead, WarehouseUnavailableError
 from adpulse.storage.warehouse.sql import Dialect, SqlWarehouse
 
 __all__ = ["DUCKDB", "DuckDBWarehouse", "WarehouseLockedError", "WarehouseUnavailableError"]
@@ -113,6 +113,24 @@ class DuckDBWarehouse(SqlWarehouse):
         """A new cursor on this database for one thread's own use (close it when done)."""
         with self._cursor_lock:
             return self._root.cursor()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SnapshotRead]:
+        """Statements in one transaction of a cursor of their own: DuckDB's MVCC shows
+        them the data committed when it began, nothing the writer commits later."""
+        cursor = self.cursor()
+        try:
+            cursor.execute("BEGIN TRANSACTION")
+
+            def read(sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+                frame: pl.DataFrame = cursor.sql(sql, params=list(params) or None).pl()
+                return frame
+
+            yield read
+        finally:
+            with suppress(duckdb.Error):
+                cursor.execute("ROLLBACK")
+            cursor.close()
 
     # -- SqlWarehouse primitives -----------------------------------------------------------
     @contextmanager

@@ -57,7 +57,7 @@ import polars as pl
 from pydantic import SecretStr
 
 from adpulse.config import redact_url
-from adpulse.storage.warehouse.base import WarehouseUnavailableError
+from adpulse.storage.warehouse.base import SnapshotRead, WarehouseUnavailableError
 from adpulse.storage.warehouse.leases import PartitionLeases, WorkerIdentity
 from adpulse.storage.warehouse.sql import (
     PRIMARY_KEYS,
@@ -267,6 +267,23 @@ class PostgresWarehouse(SqlWarehouse):
             if isinstance(exc, psycopg.errors.SyntaxError) and "multiple commands" not in str(exc):
                 raise
             raise ValueError(f"query() runs exactly one SELECT statement: {exc}") from None
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SnapshotRead]:
+        """Statements in one ``REPEATABLE READ READ ONLY`` transaction: all of them see
+        the data committed when the first one started, nothing committed later."""
+        with self._reader() as conn, conn.cursor(binary=True) as cursor:
+            cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+            def read(sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+                cursor.execute(to_pyformat(sql), list(params))
+                return _frame(cursor)
+
+            try:
+                yield read
+            finally:
+                with suppress(self._psycopg.Error):
+                    cursor.execute("ROLLBACK")  # nothing to keep: it was read-only
 
     # -- SqlWarehouse primitives -----------------------------------------------------------
     @contextmanager
