@@ -145,3 +145,20 @@ def test_the_user_sees_a_message_not_a_traceback(tmp_path: Path, args: list[str]
     assert "Traceback" not in result.stderr + result.stdout
     if args[0] == "query":
         assert not (tmp_path / "home").exists()  # read-only commands create nothing
+
+
+def test_bench_json_is_only_json_on_stdout(tmp_path: Path) -> None:
+    """``--format json`` output can be piped: the progress and the table go to stderr."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "adpulse", "bench", "--events", "10000", "--partitions", "2"]
+        + ["--workdir", str(tmp_path / "bench"), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    result = json.loads(done.stdout)
+    assert int(result["committed"]["received"]) == result["events"]

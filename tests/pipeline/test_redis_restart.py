@@ -82,6 +82,19 @@ def _snapshot(warehouse: DuckDBWarehouse) -> dict[str, list[tuple[object, ...]]]
     return out
 
 
+def _uninterrupted(data: Path, home: Path, prefix: str) -> dict[str, list[tuple[object, ...]]]:
+    """The warehouse of one processor run over ``data`` without interruption."""
+    settings, transport, warehouse = _pipeline(data, home, prefix)
+    try:
+        processor = _processor(settings, transport, warehouse)
+        processor.run(threading.Event(), until_caught_up=True)
+        processor.close()
+        return _snapshot(warehouse)
+    finally:
+        transport.close()
+        warehouse.close()
+
+
 def test_restart_mid_stream_equals_uninterrupted_run(data: Path, tmp_path: Path) -> None:
     with redis_prefix() as prefix_a, redis_prefix() as prefix_b:
         (tmp_path / "a").mkdir()
@@ -97,11 +110,7 @@ def test_restart_mid_stream_equals_uninterrupted_run(data: Path, tmp_path: Path)
         processor.close()
         restarted = _snapshot(warehouse)
 
-        settings_b, transport_b, warehouse_b = _pipeline(data, tmp_path / "b", prefix_b)
-        straight = _processor(settings_b, transport_b, warehouse_b)
-        straight.run(threading.Event(), until_caught_up=True)
-        straight.close()
-        assert restarted == _snapshot(warehouse_b)
+        assert restarted == _uninterrupted(data, tmp_path / "b", prefix_b)
         assert len(restarted["fact_impressions"]) > 5000
 
         # Redis knows the committed offsets (= the warehouse checkpoints) and trimmed
@@ -125,9 +134,8 @@ def test_restart_mid_stream_equals_uninterrupted_run(data: Path, tmp_path: Path)
             transport.client.xlen(transport.key(Stream.IMPRESSIONS, p)) for p in range(PARTITIONS)
         )
         assert impressions < len(restarted["fact_impressions"])  # trimmed behind commits
-        for t, w in ((transport, warehouse), (transport_b, warehouse_b)):
-            t.close()
-            w.close()
+        transport.close()
+        warehouse.close()
 
 
 def test_batches_read_but_never_committed_are_taken_over(data: Path, tmp_path: Path) -> None:
@@ -166,11 +174,7 @@ def test_batches_read_but_never_committed_are_taken_over(data: Path, tmp_path: P
         heir.close()
         recovered = _snapshot(warehouse)
 
-        settings_b, transport_b, warehouse_b = _pipeline(data, tmp_path / "b", prefix_b)
-        straight = _processor(settings_b, transport_b, warehouse_b)
-        straight.run(threading.Event(), until_caught_up=True)
-        straight.close()
-        assert recovered == _snapshot(warehouse_b)
+        assert recovered == _uninterrupted(data, tmp_path / "b", prefix_b)
         assert len(recovered["fact_impressions"]) > 5000
 
         # Everything committed is acknowledged; the dead consumer was removed at the takeover.
@@ -188,6 +192,5 @@ def test_batches_read_but_never_committed_are_taken_over(data: Path, tmp_path: P
                 assert group["last-delivered-id"].decode() == checkpoints[(stream.value, p)]
                 # The heir, closed with nothing pending, left the group too.
                 assert transport.client.xinfo_consumers(key, transport.group) == []
-        for t, w in ((transport, warehouse), (transport_b, warehouse_b)):
-            t.close()
-            w.close()
+        transport.close()
+        warehouse.close()

@@ -691,7 +691,11 @@ def bench(
     from adpulse.operations.bench import run_bench
 
     result = run_bench(
-        events=events, partitions=partitions, seed=seed, workdir=workdir, console=console
+        events=events,
+        partitions=partitions,
+        seed=seed,
+        workdir=workdir,
+        console=err if fmt is OutputFormat.json else console,
     )
     if fmt is OutputFormat.json:
         sys.stdout.write(json.dumps(result, default=str, indent=2) + "\n")
