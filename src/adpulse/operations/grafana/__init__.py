@@ -11,7 +11,7 @@ Writes, under ``DIR``:
   filterable by campaign, platform and location (multi-value, with "All") and by the
   dashboard time range, refreshing every 5 s.
 
-The panel SQL is rendered from the metric catalog (:mod:`adpulse.serving.catalog`) and
+The panel SQL is rendered from the metric catalog (:mod:`adpulse.metrics`) and
 the query layer's own builders (:mod:`adpulse.serving.queries`), so a panel computes what
 the CLI, the HTTP API and the built-in dashboard show for the same range and filters:
 

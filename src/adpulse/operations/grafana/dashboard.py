@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from adpulse.config import Settings
+from adpulse.metrics import CTR, LATENCY, REVENUE, headlines
 from adpulse.operations.grafana.datasource import datasource_ref
 from adpulse.operations.grafana.panels import ALL_VALUE, FILTER_VARIABLES, PanelSql
-from adpulse.serving.catalog import CTR, LATENCY, REVENUE, headlines
 
 DASHBOARD_UID: Final = "adpulse-overview"
 DASHBOARD_TITLE: Final = "adpulse: ad engagement"

@@ -3,7 +3,7 @@
 Each panel runs the query layer's own SQL where the query layer has one builder for it
 (:func:`~adpulse.serving.queries.rankings.trending_sql`,
 :func:`~adpulse.serving.queries.rankings.top_ads_sql`), and otherwise renders the
-catalog's sums, ratios, zero-group rules and statistics (:mod:`adpulse.serving.catalog`)
+catalog's sums, ratios, zero-group rules and statistics (:mod:`adpulse.metrics`)
 into statements of the query layer's shape, with Grafana's range macros and
 ``sqlstring`` variables where the query layer binds values.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from adpulse.contracts import Stream
-from adpulse.serving.catalog import LATENCY, MEASURES, RATIOS
+from adpulse.metrics import LATENCY, MEASURES, RATIOS
 from adpulse.serving.queries.charts import BUCKET_STATISTICS
 from adpulse.serving.queries.rankings import top_ads_sql, trending_sql
 from adpulse.serving.queries.sources import NONZERO, ROLLUP_INPUTS, ROLLUP_SUMS, grouped

@@ -7,7 +7,7 @@ portable subset every warehouse speaks (DuckDB, PostgreSQL, Redshift): ``?``
 placeholders with every filter value bound, never formatted into the text; each metric's
 sums, ratio (``CAST(... AS DOUBLE PRECISION) / NULLIF(..., 0)``), zero-group rule and
 statistics (``percentile_cont(f) WITHIN GROUP``) rendered from its entry in the metric
-catalog (:mod:`adpulse.serving.catalog`); interests matched with ``POSITION`` instead of
+catalog (:mod:`adpulse.metrics`); interests matched with ``POSITION`` instead of
 array functions.
 
 One module per topic: :mod:`.filters` (what to count), :mod:`.sources` (where the rows

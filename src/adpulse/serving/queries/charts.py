@@ -7,7 +7,7 @@ from typing import Any, Final, Literal, TypedDict, get_args
 
 import polars as pl
 
-from adpulse.serving.catalog import LATENCY, MEASURES, RATIOS
+from adpulse.metrics import LATENCY, MEASURES, RATIOS
 from adpulse.serving.queries.filters import (
     AGE_BAND_LABELS,
     FilterError,

@@ -1,6 +1,6 @@
 """The catalog's metrics over the warehouse: counts, ratios, latency and the summary.
 
-Each function renders entries of :mod:`adpulse.serving.catalog` into one SQL statement
+Each function renders entries of :mod:`adpulse.metrics` into one SQL statement
 over the rows of :mod:`.sources`; :func:`grouped_metric` serves any grouped metric by
 its catalog name (``adpulse query NAME``, ``/api/v1/metrics/NAME``).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from adpulse.serving.catalog import (
+from adpulse.metrics import (
     CONVERSION_RATE,
     CTR,
     GROUPED,

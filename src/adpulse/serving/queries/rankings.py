@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 
 import polars as pl
 
-from adpulse.serving.catalog import (
+from adpulse.metrics import (
     ATTRIBUTED_CONVERSIONS,
     CLICKS,
     CONVERSION_RATE,

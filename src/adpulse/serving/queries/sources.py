@@ -14,7 +14,7 @@ from typing import Any, Final, Literal, Protocol
 
 import polars as pl
 
-from adpulse.serving.catalog import MEASURES, nonzero_sql
+from adpulse.metrics import MEASURES, nonzero_sql
 from adpulse.serving.live import LiveWarehouse
 from adpulse.serving.queries.filters import (
     FilterError,
