@@ -97,8 +97,8 @@ class Measure:
         return f"CAST({total} AS {self.sql_type})"
 
     def sum_expr(self) -> pl.Expr:
-        """The group's sum in Polars (keeps the column's type: Int64, Decimal)."""
-        return pl.col(self.name).sum()
+        """The group's sum in Polars, typed as :meth:`sum_sql` (Polars widens decimals)."""
+        return pl.col(self.name).sum().cast(self.dtype)
 
     def fact_sql(self, table: str) -> str:
         """What one row of fact table ``table`` adds to this measure (SQL)."""
