@@ -17,6 +17,7 @@ from typing import Final, Literal
 from adpulse.contracts import Stream
 from adpulse.metrics import LATENCY, MEASURES, RATIOS
 from adpulse.serving.queries.charts import BUCKET_STATISTICS
+from adpulse.serving.queries.filters import where
 from adpulse.serving.queries.rankings import top_ads_sql, trending_sql
 from adpulse.serving.queries.sources import NONZERO, ROLLUP_INPUTS, ROLLUP_SUMS, grouped
 from adpulse.serving.queries.status import STREAM_COUNTERS
@@ -46,10 +47,6 @@ def _filter_condition(column: str) -> str:
 def _range_conditions(time_column: str) -> list[str]:
     """The dashboard range, half-open like the query layer's ``[start, end)``."""
     return [f"{time_column} >= $__timeFrom()", f"{time_column} < $__timeTo()"]
-
-
-def _where(conditions: Sequence[str]) -> str:
-    return " WHERE " + " AND ".join(conditions) if conditions else ""
 
 
 #: The headline numbers of :func:`adpulse.serving.queries.summary`, over its CTEs ``r``
@@ -109,11 +106,11 @@ class PanelSql:
         ctes: dict[str, str] = {}
         if any(name in _SUMMARY_ROLLUP for name in outputs):
             rollup = self.table("rollup_minute")
-            ctes["r"] = f"SELECT {_sums()} FROM {rollup}{_where(self._rollup_conditions())}"
+            ctes["r"] = f"SELECT {_sums()} FROM {rollup}{where(self._rollup_conditions())}"
         if any(name in _SUMMARY_LATENCY for name in outputs):
             statistics = _statistics(list(_SUMMARY_LATENCY))
             facts = self.table(LATENCY.table)
-            ctes["l"] = f"SELECT {statistics} FROM {facts}{_where(self._latency_conditions())}"
+            ctes["l"] = f"SELECT {statistics} FROM {facts}{where(self._latency_conditions())}"
         with_clause = ", ".join(f"{name} AS ({body})" for name, body in ctes.items())
         sources = " CROSS JOIN ".join(ctes)
         columns = ", ".join(f"{_SUMMARY_OUTPUTS[name]} AS {name}" for name in outputs)
@@ -125,7 +122,7 @@ class PanelSql:
         rollup = self.table("rollup_minute")
         sql = (
             f"WITH totals AS (SELECT date_trunc('minute', minute) AS bucket, {_sums()}"
-            f" FROM {rollup}{_where(self._rollup_conditions())}"
+            f" FROM {rollup}{where(self._rollup_conditions())}"
             f" GROUP BY date_trunc('minute', minute) HAVING {NONZERO})"
         )
         join = ""
@@ -134,7 +131,7 @@ class PanelSql:
             sql += (
                 f", lat AS (SELECT date_trunc('minute', {time}) AS bucket,"
                 f" {_statistics(list(_BUCKET_LATENCY))}"
-                f" FROM {self.table(LATENCY.table)}{_where(self._latency_conditions())}"
+                f" FROM {self.table(LATENCY.table)}{where(self._latency_conditions())}"
                 f" GROUP BY date_trunc('minute', {time}))"
             )
             join = " LEFT JOIN lat ON lat.bucket = totals.bucket"
@@ -166,7 +163,7 @@ class PanelSql:
         # column is one of two literals (typed above), never a caller's string
         return (
             f"WITH totals AS (SELECT {column} AS value, {_sums()}"
-            f" FROM {rollup}{_where(self._rollup_conditions())}"
+            f" FROM {rollup}{where(self._rollup_conditions())}"
             f" GROUP BY {column} HAVING {NONZERO})"
             f" SELECT value, {', '.join(ROLLUP_SUMS)}, {_RATES} FROM totals"
             " ORDER BY value NULLS LAST"
@@ -231,7 +228,7 @@ class PanelSql:
         return (
             "SELECT date_trunc('minute', received_at) AS \"time\", stream AS metric,"
             " CAST(COUNT(*) AS BIGINT) AS records"
-            f" FROM {self.table('dead_letters')}{_where(_range_conditions('received_at'))}"
+            f" FROM {self.table('dead_letters')}{where(_range_conditions('received_at'))}"
             " GROUP BY date_trunc('minute', received_at), stream ORDER BY 1, 2"
         )
 
