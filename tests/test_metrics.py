@@ -232,6 +232,9 @@ def test_latency_statistics_agree_in_sql_and_polars(engine: Engine) -> None:
     assert polars.columns == list(LATENCY.columns)
     empty = f"SELECT {columns} FROM conversions WHERE {LATENCY.condition} AND 1 = 0"
     assert engine.rows(empty) == [(0, None, None, None)]
+    assert LATENCY.statistic("latency_p90").percentile == 0.9
+    with pytest.raises(KeyError, match="no statistic 'latency_p99'; it has latency_mean,"):
+        LATENCY.statistic("latency_p99")
 
 
 # --- every target renders the catalog ----------------------------------------------------

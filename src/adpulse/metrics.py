@@ -215,7 +215,12 @@ class Distribution:
         }
 
     def statistic(self, name: str) -> Statistic:
-        return next(s for s in self.statistics if s.name == name)
+        """The statistic whose column is ``name``."""
+        for statistic in self.statistics:
+            if statistic.name == name:
+                return statistic
+        known = ", ".join(s.name for s in self.statistics)
+        raise KeyError(f"{self.name} has no statistic {name!r}; it has {known}")
 
     def exprs(self) -> list[pl.Expr]:
         """The result columns in Polars, over rows already filtered by :attr:`requires`."""
