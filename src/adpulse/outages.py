@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
@@ -93,6 +94,9 @@ class Retrier:
     transient: tuple[type[BaseException], ...]
     first_delay: float = FIRST_DELAY
     max_delay: float = MAX_DELAY
+    #: Set once an operation gave up: the command is ending, so what it still does
+    #: (draining, leaving, closing) is tried once more, never retried for long again.
+    gave_up: threading.Event = field(default_factory=threading.Event)
 
     def call(
         self,
@@ -113,7 +117,8 @@ class Retrier:
             except self.transient as exc:
                 elapsed = time.monotonic() - started
                 reason = describe(exc)
-                if elapsed + delay > self.seconds:
+                if elapsed + delay > self.seconds or self.gave_up.is_set():
+                    self.gave_up.set()
                     raise self.give_up(what, elapsed, reason) from exc
                 attempt += 1
                 log.warning(
@@ -145,8 +150,10 @@ class Retrier:
 
 
 def describe(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name if it has none)."""
-    text = str(exc).strip()
+    """The first line of an exception's message (its type name if it has none), or its
+    ``reason`` attribute when it has one (a message that does not repeat the server)."""
+    reason = getattr(exc, "reason", None)
+    text = reason.strip() if isinstance(reason, str) else str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 

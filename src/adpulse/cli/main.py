@@ -73,10 +73,24 @@ class GroupByOpt(StrEnum):
 
 
 def main() -> None:
+    from adpulse.outages import InfrastructureError
+
     try:
         app()
     except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)  # one line, unwrapped
+        sys.exit(2)
+    except InfrastructureError as exc:
+        # A server stayed away past infra_retry_seconds: one line, the traceback with -v.
+        import logging
+
+        from rich.markup import escape
+
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
 
 

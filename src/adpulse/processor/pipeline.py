@@ -22,6 +22,7 @@ import polars as pl
 
 from adpulse.config import Settings
 from adpulse.contracts import Stream
+from adpulse.outages import InfrastructureError
 from adpulse.processor.commits import CommitSignal
 from adpulse.processor.state import (
     CLICK_STATE_COLUMNS,
@@ -145,6 +146,8 @@ class _Committer:
             self._thread.join()
 
     def _raise(self) -> None:
+        if isinstance(self.error, InfrastructureError):
+            raise self.error  # already names the server and its setting
         if self.error is not None:
             raise RuntimeError("a commit to the warehouse failed; restart the processor") from (
                 self.error
@@ -165,7 +168,10 @@ class _Committer:
                     for stream, partition, offset in acks:
                         self.consumer.ack(stream, partition, offset)
                 except BaseException as exc:  # noqa: BLE001 - handed to the processor
-                    log.exception("commit of batch %s failed", output.batch_id)
+                    if isinstance(exc, InfrastructureError):  # printed by the CLI, once
+                        log.debug("commit of batch %s failed", output.batch_id, exc_info=True)
+                    else:
+                        log.exception("commit of batch %s failed", output.batch_id)
                     self.error = exc
                 else:
                     # after the commit, never instead: the store only mirrors the warehouse

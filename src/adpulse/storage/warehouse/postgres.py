@@ -140,7 +140,14 @@ _URL_PASSWORD: Final = re.compile(r"://[^:/?#@]*:[^@/?#]*@")
 
 
 class WarehouseConnectionError(WarehouseUnavailableError):
-    """No connection to the PostgreSQL server could be made (retried mid-run)."""
+    """No connection to the PostgreSQL server could be made (retried mid-run).
+
+    ``reason``: the driver's reason alone, for retry logs that already name the server.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def to_pyformat(sql: str) -> str:
@@ -225,7 +232,10 @@ class PostgresWarehouse(SqlWarehouse):
         try:
             conn = psycopg.connect(self.url, **kwargs)
         except (psycopg.Error, ValueError) as exc:
-            raise WarehouseConnectionError(self._explain(exc)) from None
+            reason = self._explain(exc, bare=True)
+            raise WarehouseConnectionError(
+                self._explain(exc), f"cannot connect: {reason}"
+            ) from None
         try:
             statement_ms = int(self.timeouts.statement_seconds * 1000)
             conn.execute(f"SET statement_timeout = {statement_ms}")
@@ -237,10 +247,12 @@ class PostgresWarehouse(SqlWarehouse):
             raise
         return conn
 
-    def _explain(self, exc: BaseException) -> str:
+    def _explain(self, exc: BaseException, bare: bool = False) -> str:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if self._password is not None:
             reason = reason.replace(self._password.get_secret_value(), "***")
+        if bare:
+            return redact_url(reason)
         return (
             f"cannot connect to the PostgreSQL warehouse {redact_url(self.url)!r}"
             f" ({_SETTING}): {redact_url(reason)}"
@@ -354,7 +366,15 @@ class PostgresWarehouse(SqlWarehouse):
     ) -> PartitionLeases:
         """The lease tables, for ``worker``, on a connection of their own: lease
         statements then never wait behind a commit on the writer connection."""
-        return PartitionLeases(self._connect, to_pyformat, worker, partitions, ttl_seconds)
+        return PartitionLeases(
+            self._connect,
+            to_pyformat,
+            worker,
+            partitions,
+            ttl_seconds,
+            guard=self._deadlines.guard,
+            retry=self._retry,
+        )
 
     # -- reads -------------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
