@@ -279,8 +279,12 @@ def test_redis_transport_dropped_reconnects_and_names_the_transport(
 
         def drop_now_and_then(report: BatchReport) -> None:
             batches[0] += 1
-            if batches[0] in (2, 6):
+            if batches[0] == 2:  # idle connections: the client reconnects on its own
                 proxy.drop()
+            elif batches[0] == 4:  # a read's entries were delivered, its answer is lost
+                proxy.drop_after(b"XREADGROUP")
+            elif batches[0] == 8:  # an acknowledgement's answer is lost
+                proxy.drop_after(b"EVALSHA")
 
         processor = Processor(
             _settings(tmp_path), transport, warehouse, clock=lambda: NOW.astimezone()
@@ -305,7 +309,8 @@ def test_redis_transport_dropped_reconnects_and_names_the_transport(
     assert received == lines
     assert facts == distinct
     retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
-    assert retries
+    assert any("retrying a read of" in m for m in retries), retries
+    assert any("retrying the acknowledgement of" in m for m in retries), retries
     assert all(m.startswith(f"transport (redis://127.0.0.1:{proxy.port}/0)") for m in retries)
 
 
