@@ -571,8 +571,8 @@ class _PartitionReader:
         if position > (end or 0):
             raise OffsetOutOfRangeError(
                 f"offset {position} of {self.stream} partition {self.partition} is beyond"
-                f" the end of the embedded log in {self.directory}, which ends at offset"
-                f" {end or 0}: {position - (end or 0)} bytes up to the committed checkpoint"
+                f" the end of the log ({end or 0}) in {self.directory}:"
+                f" {position - (end or 0)} bytes up to the committed checkpoint"
                 " are missing (the log was cut, deleted or replaced after they were"
                 " processed). If transport_url points at the wrong log, point it at the"
                 f" original one; otherwise {CHECK_HINT}"
