@@ -20,6 +20,7 @@ from redistest import REDIS_URL, redis_prefix
 from tcpproxy import TcpProxy
 
 from adpulse.config import Settings
+from adpulse.contracts import Stream
 from adpulse.outages import InfrastructureError, ServerTimeouts
 from adpulse.processor.pipeline import BatchReport, Processor
 from adpulse.sources.files import write_dataset
@@ -330,3 +331,70 @@ def test_redis_database_that_does_not_exist_one_error_line(setting: str, tmp_pat
     assert len(errors) == 1, done.stderr
     assert setting in errors[0] and "/999" in errors[0], errors
     assert "Traceback" not in done.stderr
+
+
+def test_redis_transport_black_holed_gives_up_naming_transport_url(data: Path) -> None:
+    bound = 2.0
+    timeouts = ServerTimeouts(connect_seconds=0.5, statement_seconds=1, retry_seconds=bound)
+    with redis_prefix() as prefix, TcpProxy.for_url(REDIS_URL) as proxy:
+        transport = RedisStreamsTransport(
+            proxy.url(REDIS_URL), PARTITIONS, prefix=prefix, timeouts=timeouts
+        )
+        consumer = transport.consumer()
+        try:
+            with proxy.paused():
+                started = time.monotonic()
+                with pytest.raises(InfrastructureError) as caught:
+                    consumer.poll(Stream.CLICKS, 0, None, 1 << 16)
+                elapsed = time.monotonic() - started
+                consumer.close()  # best effort, bounded: the server is still away
+        finally:
+            transport.close()
+    assert caught.value.setting == "transport_url"
+    assert str(caught.value).startswith(
+        f"transport (redis://127.0.0.1:{proxy.port}/0) is unavailable: a read of clicks"
+        " partition 0 failed"
+    )
+    assert "transport_url (ADPULSE_TRANSPORT_URL)" in str(caught.value)
+    assert elapsed < bound + 1.5, elapsed
+
+
+def test_serving_store_black_holed_never_stops_ingestion(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from adpulse.serving.live import LiveWarehouse
+    from adpulse.serving.store.redis import RedisServingStore
+    from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+
+    timeouts = ServerTimeouts(connect_seconds=0.5, statement_seconds=1, retry_seconds=2)
+    with redis_prefix() as prefix, TcpProxy.for_url(REDIS_URL) as proxy:
+        store = RedisServingStore(proxy.url(REDIS_URL), prefix=prefix, timeouts=timeouts)
+        duck = DuckDBWarehouse(tmp_path / "warehouse.duckdb")
+        duck.create_schema()
+        warehouse = LiveWarehouse(duck, store)
+        transport = InMemoryTransport(PARTITIONS)
+        replay_directory(data, transport.producer(), PARTITIONS)
+        batches = [0]
+
+        def black_hole(report: BatchReport) -> None:
+            batches[0] += 1
+            if batches[0] == 3:
+                proxy.pause()
+
+        processor = Processor(
+            _settings(tmp_path), transport, warehouse, clock=lambda: NOW.astimezone()
+        )
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="adpulse.serving"):
+            try:
+                processor.run(threading.Event(), on_batch=black_hole, until_caught_up=True)
+            finally:
+                processor.close()
+        elapsed = time.monotonic() - started
+        proxy.resume()
+        received = duck.query("SELECT sum(received) FROM ingest_stats").item()
+        warehouse.close()
+    assert batches[0] > 3
+    assert received == sum(_count(p) for p in data.glob("*.jsonl"))
+    assert any("serving store" in r.getMessage() for r in caplog.records)
+    assert elapsed < 20, elapsed
