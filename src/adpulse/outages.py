@@ -94,8 +94,8 @@ class Retrier:
     transient: tuple[type[BaseException], ...]
     first_delay: float = FIRST_DELAY
     max_delay: float = MAX_DELAY
-    #: Set once an operation gave up: the command is ending, so what it still does
-    #: (draining, leaving, closing) is tried once more, never retried for long again.
+    #: Set once an operation gave up, until one succeeds: the command is ending, so what
+    #: it still does (draining, leaving, closing) is tried once, not retried for long again.
     gave_up: threading.Event = field(default_factory=threading.Event)
 
     def call(
@@ -113,7 +113,7 @@ class Retrier:
         attempt = 1
         while True:
             try:
-                return operation()
+                result = operation()
             except self.transient as exc:
                 elapsed = time.monotonic() - started
                 reason = describe(exc)
@@ -137,6 +137,9 @@ class Retrier:
                     # A failure here shows again in the next attempt.
                     with contextlib.suppress(*self.transient):
                         before_retry(exc)
+            else:
+                self.gave_up.clear()  # the server is back: retry fully next time
+                return result
 
     def give_up(self, what: str, elapsed: float, reason: str) -> InfrastructureError:
         return InfrastructureError(
