@@ -188,8 +188,9 @@ def test_postgres_black_holed_gives_up_within_the_bound(
             wh.load_offsets()
         elapsed = time.monotonic() - started
         proxy.resume()
-    # the bound, plus at most one attempt's own timeout (libpq's connect minimum: 2 s)
-    assert bound <= elapsed + FAST.statement_seconds and elapsed < bound + 2.5, elapsed
+    # the bound, plus at most one attempt's own timeout (libpq's connect minimum: 2 s),
+    # plus slack for a loaded machine
+    assert bound <= elapsed + FAST.statement_seconds and elapsed < bound + 4, elapsed
     message = str(caught.value)
     assert caught.value.setting == "warehouse_url"
     assert f"postgresql://postgres@127.0.0.1:{proxy.port}/test" in message
@@ -248,8 +249,9 @@ def test_cli_black_holed_postgres_one_error_line_exit_2(
     ), errors
     assert "warehouse_url (ADPULSE_WAREHOUSE_URL)" in errors[0]
     assert "Traceback" not in stderr
-    # detection (statement deadline 1 s) + retries for 3 s + one reconnect attempt
-    assert elapsed < 10, elapsed
+    # detection (statement deadline 1 s) + retries for 3 s + one reconnect attempt (2 s)
+    # + leaving cleanly (one more try each) + slack for a loaded machine
+    assert elapsed < 15, elapsed
 
 
 def test_cli_postgres_unreachable_at_start_one_error_line(tmp_path: Path) -> None:
