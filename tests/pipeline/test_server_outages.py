@@ -175,12 +175,17 @@ def test_commit_whose_answer_was_lost_is_not_written_twice(
 
 
 def test_postgres_black_holed_gives_up_within_the_bound(
-    proxied: tuple[TcpProxy, str], tmp_path: Path
+    proxied: tuple[TcpProxy, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     proxy, schema = proxied
     bound = 3.0
     timeouts = ServerTimeouts(connect_seconds=1, statement_seconds=1, retry_seconds=bound)
-    with PostgresWarehouse(proxy.url(PG_URL), schema=schema, timeouts=timeouts) as wh:
+    # a password in the URL (the local server trusts, so any will do) is never shown
+    url = proxy.url(PG_URL).replace("://postgres@", "://postgres:s3cret@")
+    with (
+        caplog.at_level(logging.WARNING),
+        PostgresWarehouse(url, schema=schema, timeouts=timeouts) as wh,
+    ):
         wh.create_schema()
         proxy.pause()
         started = time.monotonic()
@@ -193,7 +198,12 @@ def test_postgres_black_holed_gives_up_within_the_bound(
     assert bound <= elapsed + FAST.statement_seconds and elapsed < bound + 4, elapsed
     message = str(caught.value)
     assert caught.value.setting == "warehouse_url"
-    assert f"postgresql://postgres@127.0.0.1:{proxy.port}/test" in message
+    assert message.startswith(
+        f"warehouse (postgresql://postgres:***@127.0.0.1:{proxy.port}/test) is unavailable:"
+        " a read failed for "
+    ), message
+    assert "s3cret" not in message and "s3cret" not in caplog.text
+    assert "retrying a read in 0.5 s (attempt 2, giving up after 3 s)" in caplog.text
     assert "warehouse_url (ADPULSE_WAREHOUSE_URL)" in message
 
 
