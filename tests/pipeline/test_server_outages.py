@@ -14,6 +14,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import orjson
 import pytest
 from pgtest import PG_URL, drop_schema, new_schema, require_postgres
 from redistest import REDIS_URL, redis_prefix
@@ -410,3 +411,65 @@ def test_serving_store_black_holed_never_stops_ingestion(
     assert received == sum(_count(p) for p in data.glob("*.jsonl"))
     assert any("serving store" in r.getMessage() for r in caplog.records)
     assert elapsed < 20, elapsed
+
+
+def _duck_counts(data: Path, home: Path, transport: object) -> tuple[int, dict[str, int]]:
+    """Process ``transport`` into a DuckDB warehouse: (records received, facts per table)."""
+    from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+
+    warehouse = DuckDBWarehouse(home / "warehouse.duckdb")
+    warehouse.create_schema()
+    processor = Processor(_settings(home), transport, warehouse, clock=lambda: NOW.astimezone())  # type: ignore[arg-type]
+    try:
+        processor.run(threading.Event(), until_caught_up=True)
+    finally:
+        processor.close()
+    received = int(warehouse.query("SELECT sum(received) FROM ingest_stats").item())
+    facts = {
+        t: int(warehouse.query(f"SELECT count(*) FROM {t}").item())
+        for t in ("fact_impressions", "fact_clicks", "fact_conversions", "dead_letters")
+    }
+    warehouse.close()
+    return received, facts
+
+
+def test_redis_append_whose_answer_was_lost_is_retried_and_counted_once(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    extra = [
+        orjson.dumps(
+            {
+                "event_id": f"extra-{i}",
+                "ad_id": 1,
+                "user_id": "u-1",
+                "impression_timestamp": "2023-09-08 12:00:00",
+                "platform": "web",
+                "location": "Paris",
+            }
+        )
+        for i in range(3)
+    ]
+    memory = InMemoryTransport(PARTITIONS)
+    memory.producer().send(Stream.IMPRESSIONS, extra, ["u-1"] * 3)
+    replay_directory(data, memory.producer(), PARTITIONS)
+    (tmp_path / "ref").mkdir()
+    lines, expected = _duck_counts(data, tmp_path / "ref", memory)
+
+    with redis_prefix() as prefix, TcpProxy.for_url(REDIS_URL) as proxy:
+        transport = RedisStreamsTransport(
+            proxy.url(REDIS_URL), PARTITIONS, prefix=prefix, timeouts=FAST
+        )
+        producer = transport.producer()
+        proxy.drop_after(b"EVALSHA")  # the append's entries land, its answer is lost
+        with caplog.at_level(logging.WARNING, logger="adpulse.outages"):
+            producer.send(Stream.IMPRESSIONS, extra, ["u-1"] * 3)
+        assert proxy.dropped_after.is_set()
+        replay_directory(data, producer, PARTITIONS)
+        (tmp_path / "run").mkdir()
+        try:
+            received, facts = _duck_counts(data, tmp_path / "run", transport)
+        finally:
+            transport.close()
+    assert any("retrying an append to" in r.getMessage() for r in caplog.records)
+    assert received == lines + 3  # the retried append stored its records twice...
+    assert facts == expected  # ...and they count once
