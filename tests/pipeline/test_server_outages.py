@@ -24,6 +24,7 @@ from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.outages import InfrastructureError, ServerTimeouts
 from adpulse.processor.pipeline import BatchReport, Processor
+from adpulse.processor.workers import PartitionWorker
 from adpulse.sources.files import write_dataset
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import replay_directory
@@ -79,14 +80,23 @@ def _run(
     home: Path,
     warehouse: PostgresWarehouse,
     on_batch: object = None,
+    workers: bool = False,
 ) -> None:
+    """Process ``data``; ``workers``: as a partition worker (leases, fenced commits), as
+    ``adpulse process`` does over PostgreSQL."""
     warehouse.create_schema()
     for name in ("campaigns.csv", "users.csv"):
         kind, rows = read_dimension_csv(data / name)
         warehouse.load_dimension(kind, rows, datetime(2023, 1, 1))
     transport = InMemoryTransport(PARTITIONS)
     replay_directory(data, transport.producer(), PARTITIONS)
-    processor = Processor(_settings(home), transport, warehouse, clock=lambda: NOW.astimezone())
+    processor: Processor | PartitionWorker
+    if workers:
+        processor = PartitionWorker(
+            _settings(home), transport, warehouse, clock=lambda: NOW.astimezone()
+        )
+    else:
+        processor = Processor(_settings(home), transport, warehouse, clock=lambda: NOW.astimezone())
     try:
         processor.run(threading.Event(), on_batch=on_batch, until_caught_up=True)  # type: ignore[arg-type]
     finally:
@@ -115,7 +125,9 @@ def proxied() -> object:
         drop_schema(schema)
 
 
+@pytest.mark.parametrize("workers", [False, True], ids=["processor", "partition-worker"])
 def test_postgres_dropped_mid_run_reconnects_with_uninterrupted_results(
+    workers: bool,
     data: Path,
     reference: dict[str, list[tuple]],
     proxied: tuple[TcpProxy, str],
@@ -134,7 +146,7 @@ def test_postgres_dropped_mid_run_reconnects_with_uninterrupted_results(
         caplog.at_level(logging.WARNING, logger="adpulse.outages"),
         PostgresWarehouse(proxy.url(PG_URL), schema=schema, timeouts=FAST) as wh,
     ):
-        _run(data, tmp_path, wh, on_batch=drop_now_and_then)
+        _run(data, tmp_path, wh, on_batch=drop_now_and_then, workers=workers)
         got = _snapshot(wh)
     assert batches[0] > 9
     assert got == reference
