@@ -43,7 +43,7 @@ class Pipeline:
         self.warehouse.create_schema()
         self.sent = 0
 
-    def send(self, n: int) -> None:
+    def send(self, n: int, location: str = "Paris") -> None:
         """``n`` impressions with distinct ids, all in partition 0."""
         records = [
             {
@@ -52,7 +52,7 @@ class Pipeline:
                 "user_id": "user-0",
                 "impression_timestamp": "2023-09-08 12:00:00",
                 "platform": "web",
-                "location": "Paris",
+                "location": location,
             }
             for i in range(n)
         ]
@@ -282,6 +282,46 @@ def test_garbage_in_the_middle_is_reported_exactly_and_dead_lettered(pipe: Pipel
     assert dead == {"damaged_record": 2, "invalid_json": 2}
     assert facts == 28
     assert received == facts + sum(dead.values())
+
+
+def test_checkpoint_inside_a_record_after_a_cut_and_an_append(pipe: Pipeline) -> None:
+    pipe.send(10)
+    pipe.process()
+    (segment,) = pipe.segments()
+    end = segment.stat().st_size
+    start = end - _last_line_length(segment)
+    os.truncate(segment, end - 5)
+    pipe.send(3, location="Paris, Île-de-France")  # longer records: the old end is inside one
+    result = check_log(pipe.log_dir, PARTITIONS, pipe.checkpoints())
+    assert [(d.kind, d.offset) for d in result.damages] == [("checkpoint_inside_record", end)]
+    assert result.checkpoint_changes == {(S, 0): (end, start)}
+    repairs, moved = repair_log(pipe.log_dir, PARTITIONS, pipe.checkpoints())
+    assert repairs == [PartitionRepair(S, 0, 0, 0, 0, 0, 0, 0, (end, start))]
+    commit_checkpoints(pipe.warehouse, moved)
+    pipe.process()
+    # 10 processed before the cut (the cut one's results kept) + the 3 appended after it
+    assert pipe.counts() == (13, 13, {})
+
+
+def test_checkpoint_before_a_deleted_segment(tmp_path: Path) -> None:
+    pipe = Pipeline(tmp_path, segment_bytes=2000)
+    for _ in range(3):
+        pipe.send(10)
+    first, second, _ = pipe.segments()
+    commit_checkpoints(pipe.warehouse, {(S, 0): "0"})
+    lines_first = first.read_bytes().count(b"\n")
+    first.unlink()  # deleted by hand: its records were never processed
+    base = int(second.name[:20])
+    result = check_log(pipe.log_dir, PARTITIONS, pipe.checkpoints())
+    assert [(d.kind, d.offset, d.length) for d in result.damages] == [
+        ("checkpoint_before_start", 0, base)
+    ]
+    repairs, moved = repair_log(pipe.log_dir, PARTITIONS, pipe.checkpoints())
+    assert repairs == [PartitionRepair(S, 0, 0, 0, base, 0, 0, 0, (0, base))]
+    commit_checkpoints(pipe.warehouse, moved)
+    pipe.process()
+    assert pipe.counts() == (30 - lines_first, 30 - lines_first, {})
+    pipe.warehouse.close()
 
 
 def _adpulse(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

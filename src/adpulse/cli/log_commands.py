@@ -30,7 +30,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.
 
 def _embedded(settings: Settings) -> Path:
     url = settings.transport_url
-    if url not in ("", "embedded://") and not url.startswith("embedded://"):
+    if url and not url.startswith("embedded://"):
         raise UserError(
             f"transport_url is {url.split('://')[0]}://...: only the embedded log is checked"
             " and repaired by adpulse (its server keeps the others)"
