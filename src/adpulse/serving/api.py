@@ -28,6 +28,7 @@ import functools
 import logging
 import math
 import sys
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -829,3 +830,18 @@ def make_server(app: FastAPI, log_level: str = "warning") -> Any:
     sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_SECONDS))
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on")
     return uvicorn.Server(config)
+
+
+#: Seconds a stopping server waits for open requests (a dashboard's live stream never
+#: ends by itself) before it closes them.
+SHUTDOWN_GRACE_SECONDS = 3.0
+
+
+def stop_server(server: Any, thread: threading.Thread) -> None:
+    """Stop a server of :func:`make_server` running in ``thread``: graceful first, then,
+    after :data:`SHUTDOWN_GRACE_SECONDS`, closing what is still open."""
+    server.should_exit = True
+    thread.join(SHUTDOWN_GRACE_SECONDS)
+    if thread.is_alive():
+        server.force_exit = True
+        thread.join(SHUTDOWN_GRACE_SECONDS)
