@@ -206,7 +206,7 @@ def test_feeds_of_one_seed_share_the_dimensions_but_no_event_id() -> None:
         ]
         return gen, windows
 
-    (first, a), (again, b), (restart, c) = feed(0), feed(0), feed(1_764_400_000_123)
+    (first, a), (_, b), (restart, c) = feed(0), feed(0), feed(1_764_400_000_123)
     assert first.campaigns().equals(restart.campaigns())
     assert first.users().equals(restart.users())
     # A feed is reproducible; another feed of the same seed repeats none of its ids.

@@ -85,8 +85,8 @@ def run_demo(
     serve_at: tuple[str, int] | None = None,
     stop: threading.Event | None = None,
 ) -> str:
-    """Run until ``stop`` is set or for ``duration`` seconds; returns what the run
-    committed, in words.
+    """Run until ``stop`` is set or for ``duration`` seconds (``duration`` seconds of
+    events at ``rate``); returns what the run committed, in words.
 
     ``stop`` is set by the command on SIGINT/SIGTERM (tests set it from another thread):
     the producer then sends what its generator still holds back, the processor commits
@@ -135,14 +135,17 @@ def run_demo(
 
         def produce() -> None:
             last = datetime.now(UTC).replace(tzinfo=None)
+            # A --duration run produces exactly that many seconds of events.
+            end_at = last + timedelta(seconds=duration) if duration is not None else None
             final = False
             while not final:
                 # Once told to stop, one last window sends what the generator holds back
                 # (re-sends, displaced records): a run's faults stay at their rates.
                 final = producing.wait(0.25)
-                current = max(
-                    datetime.now(UTC).replace(tzinfo=None), last + timedelta(milliseconds=1)
-                )
+                current = datetime.now(UTC).replace(tzinfo=None)
+                if end_at is not None and current >= end_at:
+                    current, final = end_at, True
+                current = max(current, last + timedelta(milliseconds=1))
                 seconds = (current - last).total_seconds()
                 chunk = gen.stream_chunk(last, current, max(1, round(rate * seconds)), final)
                 for stream in Stream:
@@ -162,7 +165,6 @@ def run_demo(
             t.start()
         # The display thread's own consumer: consumers are not thread-safe.
         lag_reader = rt.transport.consumer()
-        started = time.monotonic()
         console.print(f"demo running at {rate:,.0f} events/s into {settings.home} — Ctrl-C to stop")
         try:
             with Live(console=console, refresh_per_second=4, transient=False) as live:
@@ -170,8 +172,8 @@ def run_demo(
                     if any(t.error is not None for t in threads):
                         break
                     live.update(_screen(rt, processor, rates, settings, lag_reader, live_figures))
-                    if duration is not None and time.monotonic() - started >= duration:
-                        break
+                    if duration is not None and not produce_thread.is_alive():
+                        break  # it produced its --duration of events
                     stop.wait(refresh)
             # Producer first, so that the processor sees all it sent; then the processor,
             # which commits its batch in flight.
