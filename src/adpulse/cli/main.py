@@ -720,6 +720,7 @@ def demo(
             serve_at=(host, port) if serve else None,
             stop=stopping.event,
         )
+    console.print()  # after the live view's last line
     console.print(stopping.stopped_line(done))
 
 
