@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from pgtest import PG_URL, drop_schema, new_schema, require_postgres
 
 from adpulse.config import load_settings
 from adpulse.contracts import Stream
+from adpulse.serving.api import SHUTDOWN_GRACE_SECONDS
 from adpulse.sources.files import write_dataset
 from adpulse.sources.generator import EventGenerator, GeneratorConfig, MalformedKind, StreamCounts
 from adpulse.sources.producer import replay_directory
@@ -224,10 +226,18 @@ def test_replay_and_serve_stop_cleanly(
     last = _signal_and_wait(replay, home, random.Random(10).uniform(0.5, 2.0))
     assert last.startswith("stopped by SIGINT: appended ")
     _consistent(home, _duckdb_results(home))
-    # The API server over what was committed stops as cleanly (on SIGTERM here).
+    # The API server over what was committed stops as cleanly (on SIGTERM here), and
+    # at once although a client holds a live stream open (it never ends by itself).
     serve = _start("serve", "--home", str(home), "--port", "0")
-    last = _signal_and_wait(serve, home, 0.5, signal.SIGTERM)
+    assert serve.stdout is not None
+    url = serve.stdout.readline().split(" at ")[1].split()[0]
+    live = urllib.request.urlopen(f"{url}api/v1/stream", timeout=30)
+    assert live.readline() == b"retry: 2000\n"
+    began = time.monotonic()
+    last = _signal_and_wait(serve, home, 0.0, signal.SIGTERM)
+    assert time.monotonic() - began < SHUTDOWN_GRACE_SECONDS
     assert last == f"stopped by SIGTERM: served {home}"
+    live.close()
 
 
 def test_process_over_postgres_stops_cleanly_on_sigint(
