@@ -79,11 +79,6 @@ def main() -> None:
     except UserError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         sys.exit(2)
-    except KeyboardInterrupt:
-        # Commands that run long stop on signals between batches (cli/stopping.py) and
-        # exit 0; a Ctrl-C anywhere else ends the command here, without a traceback.
-        err.print("interrupted")
-        sys.exit(130)
 
 
 # --------------------------------------------------------------------------- generate
