@@ -201,7 +201,7 @@ def test_process_stops_cleanly_on_sigint_and_sigterm(
     home = tmp_path / "home"
     _fill_log(home, data)
     rng = random.Random(9)
-    for sig in (signal.SIGINT, signal.SIGINT, signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM):
         process = _start("process", "--home", str(home))
         last = _signal_and_wait(process, home, rng.uniform(0, 1.5), sig)
         assert last.startswith(f"stopped by {sig.name}: committed ")
