@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from pgtest import PG_URL, drop_schema, new_schema, require_postgres
 
+from adpulse.cli.stopping import StopRequest, stop_on_signals
 from adpulse.config import load_settings
 from adpulse.contracts import Stream
 from adpulse.serving.api import SHUTDOWN_GRACE_SECONDS
@@ -40,6 +41,36 @@ ENV = {
     "ADPULSE_BATCH_MAX_BYTES": str(128 * 1024),
     "COLUMNS": "240",  # the closing line on one line
 }
+
+
+def test_a_signal_sets_the_stop_event_and_the_handlers_come_back() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_on_signals() as stopping:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stopping.event.wait(5)
+        assert stopping.signal_name == "SIGTERM"
+        assert stopping.stopped_line("committed 5 records") == (
+            "stopped by SIGTERM: committed 5 records"
+        )
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert StopRequest().stopped_line("committed 5 records") == "committed 5 records"
+
+
+def test_a_second_signal_stops_at_once() -> None:
+    script = (
+        "import os, signal, time\n"
+        "from adpulse.cli.stopping import stop_on_signals\n"
+        "with stop_on_signals() as stopping:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    stopping.event.wait(5)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(5)\n"
+        "print('not reached')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 128 + signal.SIGINT
+    assert done.stdout == ""
+    assert done.stderr.startswith("stopped at once: nothing committed is lost")
 
 
 def _start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
