@@ -685,7 +685,11 @@ def demo(
         float, typer.Option("--days", help="Days of history to backfill before going live.")
     ] = 0.0,
     duration: Annotated[
-        float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C).")
+        float | None,
+        typer.Option(
+            help="Produce this many seconds of events, commit them all, then stop "
+            "(default: run until Ctrl-C)."
+        ),
     ] = None,
     refresh: Annotated[float, typer.Option(help="Seconds between screen refreshes.")] = 2.0,
     serve: Annotated[
