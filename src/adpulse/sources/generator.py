@@ -18,7 +18,8 @@ malformed records are built one by one).
 
 Two ways to use it, both deterministic for a given seed and call sequence:
 :meth:`EventGenerator.generate` (a bounded data set over ``[start, end)``) and
-:meth:`EventGenerator.stream_chunk` (consecutive windows for a live feed).
+:meth:`EventGenerator.stream_chunk` (consecutive windows for a live feed; the ``feed``
+number picks one of the seed's feeds, each with event ids of its own).
 """
 
 from __future__ import annotations
