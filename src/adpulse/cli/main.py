@@ -15,6 +15,7 @@ import polars as pl
 import typer
 from rich.console import Console
 
+from adpulse.cli.log_commands import log_app
 from adpulse.cli.runtime import (
     UserError,
     Worker,
@@ -45,6 +46,7 @@ grafana_app = typer.Typer(help="Grafana provisioning for the PostgreSQL warehous
 app.add_typer(dims_app, name="dims")
 app.add_typer(config_app, name="config")
 app.add_typer(grafana_app, name="grafana")
+app.add_typer(log_app, name="log")
 console = Console()
 err = Console(stderr=True)
 
@@ -74,10 +76,27 @@ class GroupByOpt(StrEnum):
 
 
 def main() -> None:
+    from adpulse.outages import InfrastructureError
+    from adpulse.transport.base import OffsetOutOfRangeError
+    from adpulse.transport.embedded import LogDamagedError
+
     try:
         app()
     except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)  # one line, unwrapped
+        sys.exit(2)
+    except (InfrastructureError, LogDamagedError, OffsetOutOfRangeError) as exc:
+        # A server stayed away past infra_retry_seconds, or the log is damaged: one
+        # line that says what to do; the traceback with -v.
+        import logging
+
+        from rich.markup import escape
+
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
 
 
