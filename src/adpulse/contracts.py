@@ -90,6 +90,8 @@ class Reason(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
     BAD_EVENT_ID = "bad_event_id"
+    #: A stored line no writer produces (a damaged log), or bytes lost in it.
+    DAMAGED_RECORD = "damaged_record"
 
 
 # Age bands used for filters and rollups; upper bounds are exclusive.
