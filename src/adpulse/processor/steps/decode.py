@@ -95,32 +95,41 @@ def decode(stream: Stream, chunks: list[Chunk]) -> Decoded:
                 if pieces
                 else empty.clear().drop("partition")
             )
-        frame = _reject_structured_strings(frame, chunk, start, schema, out.rejects)
+        frame = _reject_suspect_strings(frame, chunk, start, schema, out.rejects)
         parts.append(frame.with_columns(partition=pl.lit(chunk.partition, pl.Int32)))
     if parts:
         out.rows = pl.concat(parts, rechunk=False)
     return out
 
 
-def _reject_structured_strings(
+def _reject_suspect_strings(
     frame: pl.DataFrame,
     chunk: Chunk,
     start: int,
     schema: dict[str, pl.DataType],
     rejects: list[Reject],
 ) -> pl.DataFrame:
-    """Rows whose string field held a JSON object or array, moved to ``rejects``.
+    """Rows the vectorized decoder read more leniently than the per-record checks,
+    moved to ``rejects``.
 
-    The vectorized decoder reads such a value as its JSON text, where the per-record
-    checks reject it (``wrong_type``): without this, a record's fate would depend on
-    whether its neighbours decoded at once. Candidates (a string starting with ``{`` or
-    ``[``) are rare and get the per-record checks, which decide.
+    It reads a JSON object or array in a string field as its JSON text, and a lone
+    high surrogate escape (``"\\ud800"``, not a character) as NUL; the per-record checks
+    reject both (``wrong_type``, ``invalid_character``). Without this, a record's fate
+    would depend on whether its neighbours decoded at once. Candidates (a string
+    starting with ``{`` or ``[``, or holding a NUL) are rare and get the per-record
+    checks, which decide; a NUL that was written as ``"\\u0000"`` passes them and is
+    rejected by validate.
     """
     columns = [name for name, kind in _field_kinds(schema) if kind is _STR]
     if frame.height == 0 or not columns:
         return frame
-    structured = (pl.col(c).str.starts_with("{") | pl.col(c).str.starts_with("[") for c in columns)
-    candidates = frame.filter(pl.any_horizontal(structured))["_row"].to_list()
+    suspect = (
+        pl.col(c).str.starts_with("{")
+        | pl.col(c).str.starts_with("[")
+        | pl.col(c).str.contains("\x00", literal=True)
+        for c in columns
+    )
+    candidates = frame.filter(pl.any_horizontal(suspect))["_row"].to_list()
     if not candidates:
         return frame
     lines = split_lines(chunk.data)
@@ -223,7 +232,9 @@ def check_one(line: bytes, schema: dict[str, pl.DataType]) -> bytes | Reject:
     try:
         value = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        return Reject(-1, Reason.INVALID_JSON, str(exc), payload)
+        # "\ud800" alone is valid JSON syntax but no character: no column can hold it
+        why = Reason.INVALID_CHARACTER if "surrogate" in str(exc) else Reason.INVALID_JSON
+        return Reject(-1, why, str(exc), payload)
     if not isinstance(value, dict):
         return Reject(-1, Reason.NOT_AN_OBJECT, f"got a JSON {type(value).__name__}", payload)
     wrong = _wrong_type(value, schema)
