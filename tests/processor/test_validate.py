@@ -208,3 +208,31 @@ def test_time_arguments(text: str, expected: datetime | str) -> None:
         with pytest.raises(ValueError) as info:
             parse_time_argument(text, "from")
         assert str(info.value) == expected
+
+
+def test_the_nul_check_runs_whenever_a_string_may_hold_one() -> None:
+    def decoded(*payloads: bytes) -> tuple[bool, list[str], list[str]]:
+        chunk = Chunk(Stream.CLICKS, 0, None, "e", frame(list(payloads)), len(payloads))
+        result = decode(Stream.CLICKS, [chunk])
+        valid = validate(result, NOW, MAX_FUTURE)
+        return (
+            result.may_hold_nul,
+            valid.rows["location"].to_list(),
+            [r.reason.value for r in valid.rejects],
+        )
+
+    def line(location: bytes) -> bytes:
+        return (
+            b'{"ad_id": 1, "user_id": "U1", "click_timestamp": "2023-09-09 10:00:00",'
+            b' "platform": "Web", "location": "' + location + b'"}'
+        )
+
+    # the common case: no backslash at all, so no string column is scanned
+    assert decoded(line(b"Boston")) == (False, ["Boston"], [])
+    assert decoded(line(b"Bo\\u0000ston")) == (True, [], ["invalid_character"])
+    assert decoded(line(b"Bo\\uDBFFston")) == (True, [], ["invalid_character"])
+    # an escaped backslash: the text \u0000, not a NUL (the hint errs on the safe side)
+    assert decoded(line(b"Bo\\\\u0000ston")) == (True, ["Bo\\u0000ston"], [])
+    assert decoded(line(b"caf\\u00e9")) == (False, ["caf\u00e9"], [])
+    # the per-record path (a broken neighbour) always checks
+    assert decoded(line(b"Boston"), b"{") == (True, ["Boston"], ["invalid_json"])

@@ -56,7 +56,7 @@ def validate(
             missing = missing | (pl.col(name).str.strip_chars() == "")
         checks.append((missing, Reason.MISSING_FIELD, pl.lit(f"{name} is missing or empty")))
     for name, dtype in stream.decode_schema.items():
-        if dtype == pl.String:
+        if dtype == pl.String and decoded.may_hold_nul:
             checks.append(
                 (
                     pl.col(name).str.contains(FORBIDDEN_CHARACTERS, literal=True),
