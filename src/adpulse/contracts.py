@@ -93,6 +93,8 @@ class Reason(StrEnum):
     REVENUE_OUT_OF_RANGE = "revenue_out_of_range"
     EVENT_TIME_OUT_OF_RANGE = "event_time_out_of_range"
     INVALID_CHARACTER = "invalid_character"
+    #: A stored line no writer produces (a damaged log), or bytes lost in it.
+    DAMAGED_RECORD = "damaged_record"
 
 
 # Age bands used for filters and rollups; upper bounds are exclusive.

@@ -22,6 +22,7 @@ import polars as pl
 
 from adpulse.config import Settings
 from adpulse.contracts import Stream
+from adpulse.outages import InfrastructureError
 from adpulse.processor.commits import CommitSignal
 from adpulse.processor.state import (
     CLICK_STATE_COLUMNS,
@@ -122,6 +123,8 @@ class _Committer:
         self.commits = commits
         self.serving = serving
         self.error: BaseException | None = None
+        #: What failed: the warehouse's commit, or the transport's ack after it.
+        self.failed_step = "a commit to the warehouse failed"
         self.last_commit_wall: float | None = None
         self._queue: queue.Queue[tuple[BatchOutput, list[tuple[Stream, int, str]]] | None] = (
             queue.Queue(maxsize=1)
@@ -147,10 +150,10 @@ class _Committer:
             self._thread.join()
 
     def _raise(self) -> None:
+        if isinstance(self.error, InfrastructureError):
+            raise self.error  # already names the server and its setting
         if self.error is not None:
-            raise RuntimeError("a commit to the warehouse failed; restart the processor") from (
-                self.error
-            )
+            raise RuntimeError(f"{self.failed_step}; restart the processor") from self.error
 
     def _run(self) -> None:
         while True:
@@ -162,12 +165,21 @@ class _Committer:
                     continue  # never commit past a failed batch
                 output, acks = item
                 t = time.perf_counter()
+                step = "a commit to the warehouse failed"
                 try:
                     self.warehouse.commit(output)
+                    step = (
+                        f"the transport's acknowledgement of batch {output.batch_id} failed"
+                        " (the batch is committed)"
+                    )
                     for stream, partition, offset in acks:
                         self.consumer.ack(stream, partition, offset)
                 except BaseException as exc:  # noqa: BLE001 - handed to the processor
-                    log.exception("commit of batch %s failed", output.batch_id)
+                    self.failed_step = step
+                    if isinstance(exc, InfrastructureError):  # printed by the CLI, once
+                        log.debug("batch %s: %s", output.batch_id, step, exc_info=True)
+                    else:
+                        log.exception("batch %s: %s", output.batch_id, step)
                     self.error = exc
                 else:
                     # after the commit, never instead: the store only mirrors the warehouse
