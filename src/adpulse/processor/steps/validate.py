@@ -199,11 +199,10 @@ def parse_iso(text: pl.Expr) -> pl.Expr:
 
 
 def parse_timestamp(value: str) -> datetime | None:
-    """One timestamp, same rules as the pipeline (for CLI arguments and tests): naive
-    UTC, or None when it is no timestamp or lies outside Python's years 1 to 9999
-    (``0001-01-01T00:00:00+05:00`` is in year 0 in UTC)."""
-    frame = with_event_time(pl.DataFrame({"t": [value]}), "t")
-    micros = frame.select(pl.col("event_time").dt.epoch("us")).item()
+    """One timestamp, same rules as the pipeline: naive UTC, or None when it is no
+    timestamp or lies outside Python's years 1 to 9999 (``0001-01-01T00:00:00+05:00``
+    is in year 0 in UTC). Times a user types: :func:`parse_time_argument`."""
+    micros = _epoch_micros(value)
     if micros is None or not _MIN_MICROS <= micros <= _MAX_MICROS:
         return None
     return _EPOCH + timedelta(microseconds=micros)
@@ -224,8 +223,7 @@ def parse_time_argument(value: str, name: str) -> datetime:
         text += ":00"
     if len(text) == 19 and text[10] == "T":  # naive ISO: UTC, like the space form
         text = text[:10] + " " + text[11:]
-    frame = with_event_time(pl.DataFrame({"t": [text]}), "t")
-    micros = frame.select(pl.col("event_time").dt.epoch("us")).item()
+    micros = _epoch_micros(text)
     if micros is None:
         raise ValueError(
             f"{name}: cannot read {value!r}; use 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC)"
@@ -243,6 +241,14 @@ def parse_time_argument(value: str, name: str) -> datetime:
 #: Times a query may name, ``[low, high)``, UTC.
 QUERY_TIME_RANGE: Final = (datetime(1000, 1, 1), datetime(9000, 1, 1))
 _EPOCH: Final = datetime(1970, 1, 1)
+
+
+def _epoch_micros(text: str) -> int | None:
+    """One timestamp as microseconds since 1970 (UTC), parsed like the events' (Polars
+    holds times Python's datetime cannot, e.g. in year 0), or None."""
+    frame = with_event_time(pl.DataFrame({"t": [text]}), "t")
+    micros: int | None = frame.select(pl.col("event_time").dt.epoch("us")).item()
+    return micros
 
 
 def _micros(value: datetime) -> int:
