@@ -269,13 +269,15 @@ def test_a_records_reason_does_not_depend_on_its_neighbours(
         b'{"event_id": "sur", "ad_id": 1, "user_id": "U1", "platform": "Web\\udbff",'
         b' "click_timestamp": "2023-09-09 10:00:00", "location": "X"}',
         orjson.dumps(click("nul", platform="W" + NUL)),
+        # in a field adpulse does not keep: the record is still no valid JSON text
+        orjson.dumps(click("extra")).replace(b"}", b', "note": "\\uD801x"}'),
         orjson.dumps(click("ok")),
     ]
     if neighbour_is_broken:
         payloads.append(b'{"ad_id": 1, "user_id": ')
     pipe.send(Stream.CLICKS, payloads)
     pipe.run()
-    expected = {Reason.INVALID_CHARACTER.value: 2}
+    expected = {Reason.INVALID_CHARACTER.value: 3}
     if neighbour_is_broken:
         expected[Reason.INVALID_JSON.value] = 1
     assert dead_letters(pipe, Stream.CLICKS) == expected

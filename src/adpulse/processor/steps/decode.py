@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 import orjson
@@ -89,9 +90,10 @@ def decode(stream: Stream, chunks: list[Chunk]) -> Decoded:
             continue
         # Decoding chunk by chunk avoids copying the whole batch into one buffer.
         frame = _try_decode(chunk.data, schema, chunk.records)
+        escapes = nul_escape_lines(chunk.data)
         if frame is not None:
             frame = frame.with_row_index("_row", offset=start)
-            nul = may_hold_nul(chunk.data)
+            nul = len(escapes) > 0
         else:
             # Records re-encoded by the per-record checks write a NUL as an escape the
             # raw (possibly base64-framed) lines may not show: assume there is one.
@@ -108,7 +110,7 @@ def decode(stream: Stream, chunks: list[Chunk]) -> Decoded:
                 if pieces
                 else empty.clear().drop("partition")
             )
-        frame = _reject_suspect_strings(frame, chunk, start, schema, out.rejects, nul)
+        frame = _reject_suspect_strings(frame, chunk, start, schema, out.rejects, escapes)
         out.may_hold_nul |= nul
         parts.append(frame.with_columns(partition=pl.lit(chunk.partition, pl.Int32)))
     if parts:
@@ -122,25 +124,30 @@ def _reject_suspect_strings(
     start: int,
     schema: dict[str, pl.DataType],
     rejects: list[Reject],
-    nul: bool,
+    escapes: np.ndarray,
 ) -> pl.DataFrame:
     """Rows the vectorized decoder read more leniently than the per-record checks,
-    moved to ``rejects`` (``nul``: whether a string may hold a NUL, :func:`may_hold_nul`).
+    moved to ``rejects``.
 
     It reads a JSON object or array in a string field as its JSON text, and a lone
-    high surrogate escape (``"\\ud800"``, not a character) as NUL; the per-record checks
-    reject both (``wrong_type``, ``invalid_character``). Without this, a record's fate
-    would depend on whether its neighbours decoded at once. Candidates (a string
-    starting with ``{`` or ``[``, or holding a NUL) are rare and get the per-record
-    checks, which decide; a NUL that was written as ``"\\u0000"`` passes them and is
-    rejected by validate.
+    high surrogate escape (``"\\ud800"``, not a character) as NUL, also in a field it
+    does not keep; the per-record checks reject both (``wrong_type``,
+    ``invalid_character``). Without this, a record's fate would depend on whether its
+    neighbours decoded at once. Candidates (a string starting with ``{`` or ``[``, a
+    line in ``escapes``: :func:`nul_escape_lines`) are rare and get the per-record
+    checks, which decide; a NUL written as ``"\\u0000"`` passes them and is rejected
+    by validate.
     """
     columns = [name for name, kind in _field_kinds(schema) if kind is _STR]
-    if frame.height == 0 or not columns:
+    if frame.height == 0:
         return frame
-    suspect = [pl.col(c).str.starts_with("{") | pl.col(c).str.starts_with("[") for c in columns]
-    if nul:
-        suspect += [pl.col(c).str.contains("\x00", literal=True) for c in columns]
+    suspect: list[pl.Expr] = [
+        pl.col(c).str.starts_with("{") | pl.col(c).str.starts_with("[") for c in columns
+    ]
+    if len(escapes):  # only rows still in the frame: the others were judged already
+        suspect.append(pl.col("_row").is_in((escapes + start).tolist()))
+    if not suspect:
+        return frame
     candidates = frame.filter(pl.any_horizontal(suspect))["_row"].to_list()
     if not candidates:
         return frame
@@ -157,13 +164,23 @@ def _reject_suspect_strings(
     return frame.filter(~pl.Series(np.isin(frame["_row"].to_numpy(), dropped)))
 
 
-def may_hold_nul(data: bytes) -> bool:
-    """Whether NDJSON ``data`` may decode to a string holding NUL (:data:`_NUL_ESCAPES`).
+def nul_escape_lines(data: bytes) -> np.ndarray:
+    """Indexes of the lines of ``data`` holding an escape the vectorized decoder turns
+    into NUL (:data:`_NUL_ESCAPES`); usually none.
 
-    Almost always answered by one memchr for a backslash, so the string columns need no
+    Almost always answered by one memchr for a backslash, so no string column needs a
     scan for NUL: about 6 ms per 100 MB, against some 35 ms per column per million rows.
     """
-    return data.find(b"\\") >= 0 and _NUL_ESCAPES.search(data) is not None
+    if data.find(b"\\") < 0:
+        return _NO_LINES
+    found = [m.start() for m in _NUL_ESCAPES.finditer(data)]
+    if not found:
+        return _NO_LINES
+    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 0x0A)
+    return np.unique(np.searchsorted(newlines, found))
+
+
+_NO_LINES: Final = np.zeros(0, dtype=np.int64)
 
 
 def _empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
