@@ -136,7 +136,7 @@ _ROLLUP_SUMS: Final = {
     "clicks": "CAST(COALESCE(SUM(clicks), 0) AS BIGINT)",
     "conversions": "CAST(COALESCE(SUM(conversions), 0) AS BIGINT)",
     "attributed_conversions": "CAST(COALESCE(SUM(attributed_conversions), 0) AS BIGINT)",
-    "revenue": "CAST(COALESCE(SUM(revenue), 0) AS DECIMAL(18,4))",
+    "revenue": "CAST(COALESCE(SUM(revenue), 0) AS DECIMAL(38,4))",
 }
 _ROLLUP_INPUTS: Final = tuple(_ROLLUP_SUMS)
 
@@ -218,7 +218,7 @@ def _fact_branch(table: str, where: str) -> str:
         f" CAST({clicks} AS BIGINT) AS clicks,"
         f" CAST({conversions} AS BIGINT) AS conversions,"
         f" CAST({attributed} AS BIGINT) AS attributed_conversions,"
-        f" CAST({revenue} AS DECIMAL(18,4)) AS revenue,"
+        f" CAST({revenue} AS DECIMAL(38,4)) AS revenue,"
         f" CAST({latency} AS DOUBLE PRECISION) AS latency_sum_seconds"
         f" FROM {table}{where}"
     )
@@ -409,7 +409,7 @@ def counts(warehouse: Warehouse, filters: Filters, group_by: GroupBy = None) -> 
     """Summed rollup measures.
 
     Columns: [``ad_id``, ``campaign`` | ``campaign``] then ``impressions``, ``clicks``,
-    ``conversions``, ``attributed_conversions`` (Int64) and ``revenue`` (Decimal 18,4).
+    ``conversions``, ``attributed_conversions`` (Int64) and ``revenue`` (Decimal 38,4).
     One row per group with any non-zero measure (none at all when there is no data);
     ordered by the group key, NULL (unknown) last. Group keys: ``"campaign"`` gives
     ``campaign``; ``"ad"`` gives ``ad_id`` and the ad's ``campaign`` as of its latest
@@ -505,7 +505,7 @@ def summary(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
     """Headline numbers, always exactly one row.
 
     Columns: ``impressions``, ``clicks``, ``conversions``, ``attributed_conversions``
-    (Int64), ``revenue`` (Decimal 18,4), ``ctr``, ``conversion_rate``,
+    (Int64), ``revenue`` (Decimal 38,4), ``ctr``, ``conversion_rate``,
     ``revenue_per_conversion``, ``latency_mean``, ``latency_p50``, ``latency_p90``
     (Float64, latencies in seconds; NULL when undefined). Same definitions as the
     individual metric functions.
@@ -790,7 +790,7 @@ def bucketed_timeseries(
     """Totals per minute or hour bucket, for trend charts.
 
     Columns: ``bucket`` (Datetime, the bucket's start), ``impressions``, ``clicks``,
-    ``conversions``, ``attributed_conversions`` (Int64), ``revenue`` (Decimal 18,4),
+    ``conversions``, ``attributed_conversions`` (Int64), ``revenue`` (Decimal 38,4),
     ``ctr``, ``conversion_rate``, ``revenue_per_conversion`` (Float64, as in the metric
     functions), ``latency_p50``, ``latency_p90`` (Float64 seconds over the attributed
     conversions with event time in the bucket; NULL when there are none). Only buckets

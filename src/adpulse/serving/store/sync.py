@@ -79,7 +79,7 @@ def warehouse_snapshot(warehouse: Warehouse) -> StoreSnapshot:
                 " CAST(SUM(clicks) AS BIGINT) AS clicks,"
                 " CAST(SUM(conversions) AS BIGINT) AS conversions,"
                 " CAST(SUM(attributed_conversions) AS BIGINT) AS attributed_conversions,"
-                " CAST(SUM(revenue) AS DECIMAL(18,4)) AS revenue,"
+                " CAST(SUM(revenue) AS DECIMAL(38,4)) AS revenue,"
                 " CAST(0 AS DOUBLE PRECISION) AS latency_sum_seconds"
                 f" FROM rollup_minute WHERE minute >= ? GROUP BY {_KEY}",
                 [start],
