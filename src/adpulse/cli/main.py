@@ -855,20 +855,12 @@ def config_show(home: HomeOpt = None, config: ConfigOpt = None) -> None:
 
 # ---------------------------------------------------------------------------- helpers
 def _parse_time(value: str, option: str) -> datetime:
-    from adpulse.processor.steps.validate import parse_timestamp
+    from adpulse.processor.steps.validate import parse_time_argument
 
-    text = value.strip()
-    if len(text) == 10:
-        text += " 00:00:00"
-    elif len(text) == 16:
-        text += ":00"
-    parsed = parse_timestamp(text)
-    if parsed is None:
-        raise UserError(
-            f"{option}: cannot read {value!r}; use 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) "
-            "or ISO-8601 with an offset"
-        )
-    return parsed
+    try:
+        return parse_time_argument(value, option)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -137,30 +137,24 @@ def _error(status: int, error: str, detail: Any) -> JSONResponse:
 
 # --- parameters -----------------------------------------------------------------------------
 def parse_time(value: str, name: str) -> datetime:
-    """A time parameter: 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) or ISO-8601."""
-    parsed = _parsed_time(value)
-    if parsed is None:
-        raise FilterError(
-            f"{name}: cannot read {value!r}; use 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) "
-            "or ISO-8601 with an offset"
-        )
+    """A time parameter: 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) or ISO-8601; a
+    :class:`FilterError` (400) for text that is no time or a time out of range."""
+    parsed = _parsed_time(value, name)
+    if isinstance(parsed, str):
+        raise FilterError(parsed)
     return parsed
 
 
 @functools.lru_cache(maxsize=4096)
-def _parsed_time(value: str) -> datetime | None:
-    """The events' own timestamp parser (one value at a time is slow there, and dashboards
-    repeat the same few values, hence the cache)."""
-    from adpulse.processor.steps.validate import parse_timestamp
+def _parsed_time(value: str, name: str) -> datetime | str:
+    """The time, or why it is refused (the events' own timestamp parser: one value at a
+    time is slow there, and dashboards repeat the same few values, hence the cache)."""
+    from adpulse.processor.steps.validate import parse_time_argument
 
-    text = value.strip()
-    if len(text) == 10:
-        text += " 00:00:00"
-    elif len(text) == 16:
-        text += ":00"
-    if len(text) == 19 and text[10] == "T":  # naive ISO: UTC, like the space form
-        text = text[:10] + " " + text[11:]
-    return parse_timestamp(text)
+    try:
+        return parse_time_argument(value, name)
+    except ValueError as exc:
+        return str(exc)
 
 
 def _text(description: str) -> Any:

@@ -35,7 +35,7 @@ def bucketed_timeseries(
     """Totals per minute or hour bucket, for trend charts.
 
     Columns: ``bucket`` (Datetime, the bucket's start), ``impressions``, ``clicks``,
-    ``conversions``, ``attributed_conversions`` (Int64), ``revenue`` (Decimal 18,4),
+    ``conversions``, ``attributed_conversions`` (Int64), ``revenue`` (Decimal 38,4),
     ``ctr``, ``conversion_rate``, ``revenue_per_conversion`` (Float64, as in the metric
     functions), ``latency_p50``, ``latency_p90`` (Float64 seconds over the attributed
     conversions with event time in the bucket; NULL when there are none). Only buckets

@@ -56,7 +56,7 @@ def counts(warehouse: Warehouse, filters: Filters, group_by: GroupBy = None) -> 
     """Summed rollup measures.
 
     Columns: [``ad_id``, ``campaign`` | ``campaign``] then ``impressions``, ``clicks``,
-    ``conversions``, ``attributed_conversions`` (Int64) and ``revenue`` (Decimal 18,4).
+    ``conversions``, ``attributed_conversions`` (Int64) and ``revenue`` (Decimal 38,4).
     One row per group with any non-zero measure (none at all when there is no data);
     ordered by the group key, NULL (unknown) last. Group keys: ``"campaign"`` gives
     ``campaign``; ``"ad"`` gives ``ad_id`` and the ad's ``campaign`` as of its latest
@@ -169,7 +169,7 @@ def summary(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
     """Headline numbers, always exactly one row.
 
     Columns: ``impressions``, ``clicks``, ``conversions``, ``attributed_conversions``
-    (Int64), ``revenue`` (Decimal 18,4), ``ctr``, ``conversion_rate``,
+    (Int64), ``revenue`` (Decimal 38,4), ``ctr``, ``conversion_rate``,
     ``revenue_per_conversion``, ``latency_mean``, ``latency_p50``, ``latency_p90``
     (Float64, latencies in seconds; NULL when undefined). Same definitions as the
     individual metric functions.
