@@ -31,7 +31,7 @@ def campaigns(*rows: tuple[int, datetime, str, str]) -> DimensionLookup:
     return DimensionLookup.build(conform(frame, DIM_CAMPAIGNS), "ad_id", CAMPAIGN_FIELDS)
 
 
-def users(*rows: tuple[str, datetime, int | None, str, str]) -> DimensionLookup:
+def users(*rows: tuple[str, datetime, int | None, str | None, str | None]) -> DimensionLookup:
     """Versions ``(user_id, valid_from, age, gender, interests)``."""
     frame = pl.DataFrame(
         rows, schema=["user_id", "valid_from", "age", "gender", "interests"], orient="row"
@@ -108,20 +108,25 @@ def test_versions_arrive_in_any_order_and_events_too() -> None:
 
 
 def test_unknown_ad_or_user_keeps_the_event_with_empty_fields_and_flags_it() -> None:
+    # U3 is known but has no age, gender or interests: empty fields, yet not unknown
+    people = users(("U1", EPOCH, 30, "F", "sports;travel"), ("U3", EPOCH, None, None, None))
     rows = events(
+        ("known-blank", 1, "U3", CHANGE),
         ("unknown-ad", 99, "U1", CHANGE),
         ("unknown-user", 1, "U99", CHANGE),
         ("both", 99, "U99", CHANGE),
         ("known", 2, "U1", CHANGE),
     )
-    out = enrich(rows, ADS, USERS)
+    out = enrich(rows, ADS, people)
     assert by_id(out, "campaign", "product", "gender", "age", "age_band", "interests") == {
+        "known-blank": ("Spring", "Shoes", None, None, None, None),
         "unknown-ad": (None, None, "F", 30, "25-34", "sports;travel"),
         "unknown-user": ("Spring", "Shoes", None, None, None, None),
         "both": (None, None, None, None, None, None),
         "known": ("New", "Caps", "F", 30, "25-34", "sports;travel"),
     }
     assert by_id(out, "_unknown_ad", "_unknown_user") == {
+        "known-blank": (False, False),
         "unknown-ad": (True, False),
         "unknown-user": (False, True),
         "both": (True, True),
