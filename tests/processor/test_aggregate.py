@@ -123,16 +123,17 @@ def test_conversion_sums_under_the_attributed_clicks_platform_and_location() -> 
 
 
 def test_revenue_sums_are_exact_decimals() -> None:
-    # Floats would give 0.1 + 0.2 = 0.30000000000000004 and lose the last cents of
-    # 3 x 999,999,999.9999 = 2,999,999,999.9997; DECIMAL(38,4) keeps both exactly.
-    small = conversions(*((M0, "0.1", None, None, None, None) for _ in range(2)))
-    small = pl.concat([small, conversions((M0, "0.2", None, None, None, None))])
-    big = conversions(*((M1, "999999999.9999", None, None, None, None) for _ in range(3)))
+    # Floats would give 0.1 + 0.2 = 0.30000000000000004, and past ~16 significant digits
+    # lose the last cents: 1,000 x 999,999,999.9999 + 3 x 0.0001 = 999,999,999,999.9003
+    # exactly, which a float sum ends as ...9002. DECIMAL(38,4) keeps both exactly.
+    small = conversions(*((M0, r, None, None, None, None) for r in ("0.1", "0.1", "0.2")))
+    top = "999999999.9999"  # the largest revenue validate accepts, to the cent
+    big = conversions(*((M1, r, None, None, None, None) for r in [top] * 1000 + ["0.0001"] * 3))
     rollup = combine([conversion_rollup(small), conversion_rollup(big)])
     assert rollup.schema["revenue"] == REVENUE_SUM
     assert by_key(rollup, "revenue") == {
         (M0, 1, "C", None, None): (Decimal("0.4000"),),
-        (M1, 1, "C", None, None): (Decimal("2999999999.9997"),),
+        (M1, 1, "C", None, None): (Decimal("999999999999.9003"),),
     }
 
 
