@@ -63,9 +63,11 @@ def by_key(rollup: pl.DataFrame, *measures: str) -> dict[Key, tuple[object, ...]
     """{(minute, ad, campaign, platform, location): measures}; rollup rows have no order."""
     assert rollup.schema == pl.Schema(ROLLUP_MINUTE)
     key = ("minute", "ad_id", "campaign", "platform", "location")
-    out = {r[:5]: r[5:] for r in rollup.select(*key, *measures).iter_rows()}
+    out: dict[Key, tuple[object, ...]] = {
+        (r[0], r[1], r[2], r[3], r[4]): r[5:] for r in rollup.select(*key, *measures).iter_rows()
+    }
     assert len(out) == rollup.height, "one row per key"
-    return out  # type: ignore[return-value]
+    return out
 
 
 def test_events_fall_in_the_minute_of_their_event_time() -> None:

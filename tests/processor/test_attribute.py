@@ -19,14 +19,14 @@ from adpulse.storage.warehouse.schema import REVENUE
 LOOKBACK = timedelta(days=7)
 CONV = datetime(2024, 1, 8, 10, 30)  # the conversions' time unless a test says otherwise
 
-CLICK_SCHEMA = {
-    "user_id": pl.String,
-    "ad_id": pl.Int64,
+CLICK_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "ad_id": pl.Int64(),
     "event_time": pl.Datetime("us"),
-    "event_id": pl.String,
-    "platform": pl.String,
-    "location": pl.String,
-    "partition": pl.Int32,
+    "event_id": pl.String(),
+    "platform": pl.String(),
+    "location": pl.String(),
+    "partition": pl.Int32(),
 }
 
 
@@ -73,7 +73,9 @@ def attribution(rows: pl.DataFrame) -> dict[str, tuple[object, ...]]:
     return {r[0]: tuple(r[1:]) for r in rows.select("event_id", *cols).iter_rows()}
 
 
-def attributed_to(click_id: str, click_time: datetime, conv_time: datetime = CONV) -> tuple:  # type: ignore[type-arg]
+def attributed_to(
+    click_id: str, click_time: datetime, conv_time: datetime = CONV
+) -> tuple[object, ...]:
     latency = (conv_time - click_time).total_seconds()
     return (click_id, click_time, latency, f"{click_id}-platform", f"{click_id}-location")
 

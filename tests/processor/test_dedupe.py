@@ -33,7 +33,7 @@ def clicks(
             "event_id": [r[0] for r in rows],
             "ad_id": [1] * len(rows),
             "user_id": ["U1"] * len(rows),
-            "platform": [r[3] if len(r) > 3 else "Web" for r in rows],  # type: ignore[misc]
+            "platform": [r[3] if len(r) > 3 else "Web" for r in rows],
             "location": ["Boston"] * len(rows),
             "event_time": [r[1] for r in rows],
             "partition": [r[2] for r in rows],
