@@ -150,5 +150,6 @@ ISO_OFFSETS: Final = (
     ("+05:30", 330),
 )
 
+#: The platform and city mixes as cumulative distributions (for ``sampling.draw``).
 PLATFORM_CDF: Final = np.cumsum(PLATFORM_MIX) / np.sum(PLATFORM_MIX)
 LOCATION_CDF: Final = np.cumsum(LOCATION_WEIGHTS) / np.sum(LOCATION_WEIGHTS)
