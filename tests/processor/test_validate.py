@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
+import polars as pl
 import pytest
 
 from adpulse.contracts import Reason, Stream
@@ -236,3 +237,143 @@ def test_the_nul_check_runs_whenever_a_string_may_hold_one() -> None:
     assert decoded(line(b"caf\\u00e9")) == (False, ["caf\u00e9"], [])
     # the per-record path (a broken neighbour) always checks
     assert decoded(line(b"Boston"), b"{") == (True, ["Boston"], ["invalid_json"])
+
+
+def test_missing_or_blank_required_fields() -> None:
+    records: list[dict[str, object]] = [
+        click("ok", "2023-09-09 10:00:00"),
+        click("null-user", "2023-09-09 10:00:00", user_id=None),
+        click("blank-user", "2023-09-09 10:00:00", user_id=" \t"),
+        click("empty-platform", "2023-09-09 10:00:00", platform=""),
+        click("null-ad", "2023-09-09 10:00:00", ad_id=None),
+        {k: v for k, v in click("no-location", "2023-09-09 10:00:00").items() if k != "location"},
+    ]
+    accepted, rejected = _validate(Stream.CLICKS, records)
+    assert accepted == ["ok"]
+    assert rejected == {
+        "null-user": ("missing_field", "user_id is missing or empty"),
+        "blank-user": ("missing_field", "user_id is missing or empty"),
+        "empty-platform": ("missing_field", "platform is missing or empty"),
+        "null-ad": ("missing_field", "ad_id is missing or empty"),
+        "no-location": ("missing_field", "location is missing or empty"),
+    }
+
+
+def test_event_id_is_optional() -> None:
+    # no id, an empty one or a blank one: accepted; dedupe derives an id from the content
+    payloads = [
+        orjson.dumps(
+            {k: v for k, v in click("x", "2023-09-09 10:00:00").items() if k != "event_id"}
+        ),
+        orjson.dumps(click("", "2023-09-09 10:00:00")),
+        orjson.dumps(click("  ", "2023-09-09 10:00:00")),
+    ]
+    decoded = decode(Stream.CLICKS, [Chunk(Stream.CLICKS, 0, None, "e", frame(payloads), 3)])
+    valid = validate(decoded, NOW, MAX_FUTURE)
+    assert valid.rejects == []
+    assert valid.rows["event_id"].to_list() == [None, "", "  "]
+
+
+@pytest.mark.parametrize("broken_neighbour", [False, True])
+def test_strings_that_look_like_json_are_strings_and_containers_are_not(
+    broken_neighbour: bool,
+) -> None:
+    # A location "[North]" or a user "{42}" is text: accepted. A JSON object or array in
+    # a string field is wrong_type, whether the chunk decodes at once or record by record.
+    records = [
+        click("brackets", "2023-09-09 10:00:00", location="[North]", user_id="{42}"),
+        click("object", "2023-09-09 10:00:00", location={"city": "Boston"}),
+        click("array", "2023-09-09 10:00:00", platform=["Web"]),
+    ]
+    payloads = [orjson.dumps(r) for r in records] + ([b"{"] if broken_neighbour else [])
+    chunk = Chunk(Stream.CLICKS, 0, None, "e", frame(payloads), len(payloads))
+    valid = validate(decode(Stream.CLICKS, [chunk]), NOW, MAX_FUTURE)
+    assert valid.rows.select("event_id", "user_id", "location").rows() == [
+        ("brackets", "{42}", "[North]")
+    ]
+    assert sorted((r.row, r.reason.value, r.detail) for r in valid.rejects) == [
+        (1, "wrong_type", 'location must be a string, got {"city":"Boston"}'),
+        (2, "wrong_type", 'platform must be a string, got ["Web"]'),
+    ] + (
+        [(3, "invalid_json", "unexpected end of data: line 1 column 2 (char 1)")]
+        if broken_neighbour
+        else []
+    )
+
+
+def test_length_limits_count_bytes() -> None:
+    at = "2023-09-09 10:00:00"
+    accepted, rejected = _validate(
+        Stream.CLICKS,
+        [
+            click("i" * 256, at),  # at the limit
+            click("i" * 257, at),
+            click("long-user", at, user_id="u" * 257),
+            click("long-location", at, location="l" * 257),
+            # 128 x "é" is 256 bytes in UTF-8: at the limit; 129 is 258 bytes
+            click("accents-ok", at, location="\u00e9" * 128),
+            click("accents", at, location="\u00e9" * 129),
+        ],
+    )
+    assert accepted == ["i" * 256, "accents-ok"]
+    assert rejected == {
+        "i" * 257: ("bad_event_id", "event_id longer than 256 bytes"),
+        "long-user": ("wrong_type", "user_id longer than 256 bytes"),
+        "long-location": ("wrong_type", "location longer than 256 bytes"),
+        "accents": ("wrong_type", "location longer than 256 bytes"),
+    }
+
+
+def test_event_time_from_each_accepted_format_and_the_rest_refused() -> None:
+    records = [
+        click("original", "2023-09-09 10:00:00"),  # read as UTC
+        click("offset", "2023-09-09T12:00:00+02:00"),
+        click("zulu", "2023-09-09T10:00:00Z"),
+        click("fraction", "2023-09-09T10:00:00.123456-01:00"),
+        click("no-offset", "2023-09-09T10:00:00"),
+        click("original-fraction", "2023-09-09 10:00:00.5"),
+        click("words", "yesterday"),
+    ]
+    payloads = [orjson.dumps(r) for r in records]
+    decoded = decode(Stream.CLICKS, [Chunk(Stream.CLICKS, 7, None, "e", frame(payloads), 7)])
+    valid = validate(decoded, NOW, MAX_FUTURE)
+    assert valid.rows.select("event_id", "event_time", "partition", "_row").rows() == [
+        ("original", datetime(2023, 9, 9, 10), 7, 0),
+        ("offset", datetime(2023, 9, 9, 10), 7, 1),
+        ("zulu", datetime(2023, 9, 9, 10), 7, 2),
+        ("fraction", datetime(2023, 9, 9, 11, 0, 0, 123456), 7, 3),
+    ]
+    assert valid.rows.schema["event_time"] == pl.Datetime("us")
+    assert [(r.row, r.reason.value, r.detail) for r in valid.rejects] == [
+        (4, "bad_timestamp", "click_timestamp is not a timestamp: 2023-09-09T10:00:00"),
+        (5, "bad_timestamp", "click_timestamp is not a timestamp: 2023-09-09 10:00:00.5"),
+        (6, "bad_timestamp", "click_timestamp is not a timestamp: yesterday"),
+    ]
+
+
+def test_the_first_failing_check_gives_the_reason() -> None:
+    # missing fields come before the timestamp, the timestamp before revenue
+    accepted, rejected = _validate(
+        Stream.CONVERSIONS,
+        [
+            {**conversion("both", -1), "user_id": "", "conversion_timestamp": "never"},
+            {**conversion("time-and-revenue", -1), "conversion_timestamp": "never"},
+        ],
+    )
+    assert accepted == []
+    assert {k: v[0] for k, v in rejected.items()} == {
+        "both": "missing_field",
+        "time-and-revenue": "bad_timestamp",
+    }
+
+
+def test_revenue_is_rounded_to_its_four_stored_decimals() -> None:
+    payloads = [orjson.dumps(conversion(str(i), r)) for i, r in enumerate([1.23456, 1.23454, 7])]
+    decoded = decode(
+        Stream.CONVERSIONS, [Chunk(Stream.CONVERSIONS, 0, None, "e", frame(payloads), 3)]
+    )
+    rows = validate(decoded, NOW, MAX_FUTURE).rows
+    assert rows["revenue"].to_list() == [Decimal("1.2346"), Decimal("1.2345"), Decimal("7.0000")]
+    # a number written as a string is not a number
+    accepted, rejected = _validate(Stream.CONVERSIONS, [conversion("text", "12")])
+    assert rejected == {"text": ("wrong_type", 'revenue must be a number, got "12"')}
