@@ -196,7 +196,7 @@ def assert_live_views_equal(
 ) -> None:
     """Each view, for each filter set, is read from the store and equals the warehouse's."""
     for filters in filter_sets(run.warehouse)[:sets]:
-        assert isinstance(queries._reader(run.live, filters), LiveTables), filters
+        assert isinstance(queries.reader(run.live, filters), LiveTables), filters
         for name in views:
             view = VIEWS[name]
             live, truth = view(run.live, filters), view(run.warehouse, filters)
@@ -267,7 +267,7 @@ def test_ranges_beyond_the_window_and_audience_filters_read_the_warehouse(
             Filters(end=end),  # open start
             Filters(start=start, end=end, gender="F"),  # audience: the store has none
         ):
-            assert not isinstance(queries._reader(run.live, filters), LiveTables)
+            assert not isinstance(queries.reader(run.live, filters), LiveTables)
             assert_frame_equal(
                 queries.summary(run.live, filters), queries.summary(warehouse, filters)
             )
