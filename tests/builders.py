@@ -8,10 +8,16 @@ the ``conftest.py`` files.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import polars as pl
 from redistest import REDIS_URL, delete_prefix, new_prefix, require_redis
 
+from adpulse.contracts import Stream
+from adpulse.storage.warehouse import schema
+from adpulse.storage.warehouse.base import BatchOutput, PartitionWatermark, Warehouse
 from adpulse.transport import EmbeddedTransport, InMemoryTransport, Transport
 from adpulse.transport.redis_streams import RedisStreamsTransport
 
@@ -58,3 +64,124 @@ class TransportMaker:
             transport.close()
         for prefix in self.prefixes:
             delete_prefix(prefix)
+
+
+# Warehouse batches: small hand-built BatchOutputs for the warehouse tests -----------------
+
+T0 = datetime(2023, 9, 9, 10, 0)
+
+
+def at(seconds: float) -> datetime:
+    """``seconds`` after :data:`T0`."""
+    return T0 + timedelta(seconds=seconds)
+
+
+def output(batch_id: int, **frames: Any) -> BatchOutput:
+    """A batch of ``frames`` (by BatchOutput field name); every other frame empty."""
+    base: dict[str, Any] = {
+        "impressions": schema.empty(schema.FACT_IMPRESSIONS),
+        "clicks": schema.empty(schema.FACT_CLICKS),
+        "conversions": schema.empty(schema.FACT_CONVERSIONS),
+        "reattributions": schema.empty(schema.CONVERSION_REATTRIBUTIONS),
+        "rollups": schema.empty(schema.ROLLUP_MINUTE),
+        "dead_letters": schema.empty(schema.DEAD_LETTERS),
+        "stats": schema.empty(schema.INGEST_STATS),
+    }
+    base.update(frames)
+    return BatchOutput(batch_id=batch_id, **base)
+
+
+def clicks(*rows: tuple[str, float, int]) -> pl.DataFrame:
+    """(event_id, seconds after T0, partition) rows of fact_clicks."""
+    frame = pl.DataFrame(
+        {
+            "event_id": [r[0] for r in rows],
+            "event_time": [at(r[1]) for r in rows],
+            "ad_id": [1001] * len(rows),
+            "user_id": ["U1234"] * len(rows),
+            "platform": ["Web"] * len(rows),
+            "location": ["New York"] * len(rows),
+            "campaign": ["Back-to-School"] * len(rows),
+            "age": [22] * len(rows),
+            "is_late": [False] * len(rows),
+            "partition": [r[2] for r in rows],
+            "processed_at": [T0] * len(rows),
+        }
+    )
+    return schema.conform(frame, schema.FACT_CLICKS)
+
+
+def conversions(*rows: tuple[str, float, str | None, float | None, str | None]) -> pl.DataFrame:
+    """(event_id, seconds after T0, click_event_id, latency, platform) rows."""
+    frame = pl.DataFrame(
+        {
+            "event_id": [r[0] for r in rows],
+            "event_time": [at(r[1]) for r in rows],
+            "ad_id": [1001] * len(rows),
+            "user_id": ["U1234"] * len(rows),
+            "product_id": ["P501"] * len(rows),
+            "revenue": ["50.00"] * len(rows),
+            "click_event_id": [r[2] for r in rows],
+            "click_time": [None if r[3] is None else at(r[1] - r[3]) for r in rows],
+            "latency_seconds": [r[3] for r in rows],
+            "platform": [r[4] for r in rows],
+            "location": [None if r[4] is None else "New York" for r in rows],
+            "partition": [0] * len(rows),
+        },
+        schema_overrides={"revenue": pl.String},
+    )
+    return schema.conform(frame, schema.FACT_CONVERSIONS)
+
+
+def stats(batch_id: int, received: int) -> pl.DataFrame:
+    """One ingest_stats row: ``received`` clicks on partition 0."""
+    frame = pl.DataFrame(
+        {"batch_id": [batch_id], "stream": ["clicks"], "partition": [0], "received": [received]}
+    )
+    return schema.conform(frame, schema.INGEST_STATS)
+
+
+def count(wh: Warehouse, table: str) -> int:
+    """Rows in ``table``."""
+    return int(wh.query(f"SELECT COUNT(*) FROM {table}").item())
+
+
+# --- schema --------------------------------------------------------------------------------
+def committed_state(wh: Warehouse) -> tuple[Any, ...]:
+    """What a commit changes: row counts, offsets, watermarks, attributions (to show
+    that a failed commit changed none of it)."""
+    return (
+        count(wh, "fact_clicks"),
+        count(wh, "fact_conversions"),
+        count(wh, "rollup_minute"),
+        count(wh, "ingest_stats"),
+        wh.load_offsets(),
+        wh.load_watermarks(),
+        wh.query("SELECT event_id, click_event_id FROM fact_conversions").rows(),
+    )
+
+
+def good_then_next(wh: Warehouse) -> BatchOutput:
+    """Commit two batches to ``wh``, then return a third touching every table (new facts,
+    a re-attribution, rollups, offsets, watermarks), for the rollback tests."""
+    first = output(1, clicks=clicks(("k1", 0, 0)), stats=stats(1, 1))
+    first.offsets = {(Stream.CLICKS, 0): "1"}
+    first.watermarks = {(Stream.CLICKS, 0): PartitionWatermark(at(0), at(0))}
+    wh.commit(first)
+    first_conv = output(2, conversions=conversions(("v1", 5, "k1", 5.0, "Web")))
+    wh.commit(first_conv)
+    moves = schema.conform(
+        pl.DataFrame({"event_id": ["v1"], "click_event_id": ["k9"], "latency_seconds": [1.0]}),
+        schema.CONVERSION_REATTRIBUTIONS,
+    )
+    nxt = output(
+        3,
+        clicks=clicks(("k2", 1, 0), ("k3", 2, 0)),
+        conversions=conversions(("v2", 9, None, None, None)),
+        reattributions=moves,
+        rollups=schema.conform(pl.DataFrame({"minute": [T0], "clicks": [2]}), schema.ROLLUP_MINUTE),
+        stats=stats(3, 2),
+    )
+    nxt.offsets = {(Stream.CLICKS, 0): "3"}
+    nxt.watermarks = {(Stream.CLICKS, 0): PartitionWatermark(at(2), at(2))}
+    return nxt
