@@ -1,5 +1,5 @@
-"""Builders shared by the tests: transports of every kind, warehouses with their tables
-and dimensions, generated data sets and the pipeline over them.
+"""Builders shared by the tests: transports of every kind, batches for the warehouse tests,
+generated data sets and the pipeline over them.
 
 Test modules import these instead of importing each other; fixtures built on them live in
 the ``conftest.py`` files.
@@ -7,6 +7,7 @@ the ``conftest.py`` files.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,7 +16,13 @@ from typing import Any
 import polars as pl
 from redistest import REDIS_URL, delete_prefix, new_prefix, require_redis
 
+from adpulse.config import Settings
 from adpulse.contracts import Stream
+from adpulse.processor.pipeline import Processor
+from adpulse.sources.files import write_dataset
+from adpulse.sources.generator import EventGenerator, GeneratorConfig
+from adpulse.sources.producer import replay_directory
+from adpulse.storage.dimensions import read_dimension_csv
 from adpulse.storage.warehouse import schema
 from adpulse.storage.warehouse.base import BatchOutput, PartitionWatermark, Warehouse
 from adpulse.transport import EmbeddedTransport, InMemoryTransport, Transport
@@ -185,3 +192,83 @@ def good_then_next(wh: Warehouse) -> BatchOutput:
     nxt.offsets = {(Stream.CLICKS, 0): "3"}
     nxt.watermarks = {(Stream.CLICKS, 0): PartitionWatermark(at(2), at(2))}
     return nxt
+
+
+# Generated data sets and the pipeline over them ---------------------------------------------
+
+#: When the dimensions of a generated data set take effect: before any of its events.
+DIMENSIONS_FROM = datetime(2023, 1, 1)
+
+
+def generated_dataset(
+    out: Path, events: int, start: datetime, end: datetime, **config: Any
+) -> dict[str, object]:
+    """Write ``events`` events between ``start`` and ``end``, generated with
+    ``GeneratorConfig(**config)``, and their dimension files into ``out``; returns the
+    summary of :func:`write_dataset` (what was injected: duplicates, malformed records)."""
+    return write_dataset(out, EventGenerator(GeneratorConfig(**config)), events, start, end)
+
+
+def load_dimensions(warehouse: Warehouse, data: Path) -> None:
+    """Load the campaigns and users written beside a generated data set, in effect from
+    :data:`DIMENSIONS_FROM`."""
+    for name in ("campaigns.csv", "users.csv"):
+        kind, rows = read_dimension_csv(data / name)
+        warehouse.load_dimension(kind, rows, DIMENSIONS_FROM)
+
+
+def fixed_clock(now: datetime) -> Callable[[], datetime]:
+    """A processor clock that always reads ``now`` (local time, as the processor's own):
+    lateness is then judged by event time alone, as the oracle judges it."""
+    return lambda: now.astimezone()
+
+
+@dataclass
+class Pipeline:
+    """The parts of one pipeline over a generated data set, and processors built on them.
+
+    Built by :func:`open_pipeline`; a test that needs another wiring (a partition worker,
+    a serving store) builds it from these same parts.
+    """
+
+    settings: Settings
+    transport: Transport
+    warehouse: Warehouse
+    now: datetime
+
+    @property
+    def clock(self) -> Callable[[], datetime]:
+        return fixed_clock(self.now)
+
+    def processor(self, **options: Any) -> Processor:
+        """A processor over all partitions (``options``: further Processor arguments)."""
+        return Processor(self.settings, self.transport, self.warehouse, clock=self.clock, **options)
+
+    def replay(self, data: Path) -> None:
+        """Send the data set's records into the transport, as ``adpulse replay`` does."""
+        replay_directory(data, self.transport.producer(), self.settings.partitions)
+
+    def close(self) -> None:
+        self.transport.close()
+        self.warehouse.close()
+
+
+def open_pipeline(
+    data: Path,
+    home: Path,
+    transport: Transport,
+    warehouse: Warehouse,
+    now: datetime,
+    **settings: Any,
+) -> Pipeline:
+    """A pipeline over ``transport`` and ``warehouse``: the warehouse gets its tables and
+    the dimensions of the data set in ``data``; ``settings`` beyond ``home`` and the
+    transport's partition count go to :class:`Settings`. Records are not sent yet."""
+    warehouse.create_schema()
+    load_dimensions(warehouse, data)
+    return Pipeline(
+        Settings(home=home, partitions=transport.partitions, **settings),
+        transport,
+        warehouse,
+        now,
+    )
