@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from minipipeline import MiniPipeline  # noqa: E402
+from builders import MiniPipeline  # noqa: E402
 
 #: The original's sample records: shared/ lies beside the clone (here and in CI).
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
