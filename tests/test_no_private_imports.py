@@ -110,3 +110,20 @@ def test(monkeypatch):
         "10: embedded._MAX_OPEN_PARTITIONS",
         "11: 'adpulse.processor.steps.decode._BLOCK'",
     ]
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in builder modules (tests/builders.py and the like), never in
+    a test module: importing one would also pull its fixtures and tests along."""
+    test_modules = {path.stem for path in TESTS.rglob("test_*.py")}
+    offenders: dict[str, list[str]] = {}
+    for path in sorted(TESTS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module.split(".")[0]]
+            if hits := [n for n in names if n in test_modules]:
+                offenders.setdefault(str(path.relative_to(TESTS)), []).extend(hits)
+    assert offenders == {}
