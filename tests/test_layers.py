@@ -59,9 +59,7 @@ def layer_violations(root: Path = SRC) -> list[str]:
         top = relative.parts[0]
         imported = imported_modules(path, root)
         if top in LOWER:
-            found += violations(
-                f"{top}/ sits below serving", str(relative), imported, ABOVE_LOWER
-            )
+            found += violations(f"{top}/ sits below serving", str(relative), imported, ABOVE_LOWER)
         if top not in ("cli", "__main__.py"):  # ``python -m adpulse`` starts the CLI
             found += violations(
                 "only the CLI imports the CLI", str(relative), imported, ("adpulse.cli",)

@@ -389,6 +389,7 @@ def test_serving_store_black_holed_never_stops_ingestion(
 ) -> None:
     from adpulse.serving.live import LiveWarehouse
     from adpulse.serving.store.redis import RedisServingStore
+    from adpulse.serving.store.sync import StoreSync
     from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 
     timeouts = ServerTimeouts(connect_seconds=0.5, statement_seconds=1, retry_seconds=2)
@@ -407,7 +408,11 @@ def test_serving_store_black_holed_never_stops_ingestion(
                 proxy.pause()
 
         processor = Processor(
-            _settings(tmp_path), transport, warehouse, clock=lambda: NOW.astimezone()
+            _settings(tmp_path),
+            transport,
+            warehouse,
+            clock=lambda: NOW.astimezone(),
+            listeners=[StoreSync(store, duck)],
         )
         started = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="adpulse.serving"):

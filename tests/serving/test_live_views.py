@@ -78,9 +78,9 @@ class RecordingSync(StoreSync):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.outputs: list[BatchOutput] = []
 
-    def after_commit(self, output: BatchOutput) -> None:
+    def on_commit(self, output: BatchOutput) -> None:
         self.outputs.append(output)
-        super().after_commit(output)
+        super().on_commit(output)
 
 
 @dataclass
@@ -118,7 +118,7 @@ class Run:
             self.transport,
             self.live,
             clock=lambda: NOW.astimezone(),
-            serving=self.sync,
+            listeners=[self.sync],
         )
 
     def send(self, part: int) -> None:
@@ -349,7 +349,7 @@ def test_a_restart_over_a_current_store_does_not_rebuild_one_after_a_crash_does(
         run.processor.close()
         # a rebalance: a processor of one partition, over a store current for it
         run.processor = Processor(
-            run.settings, run.transport, run.live, partitions=[1], serving=run.sync
+            run.settings, run.transport, run.live, partitions=[1], listeners=[run.sync]
         )
         assert run.sync.rebuilds == 1
         run.processor.close()
@@ -380,16 +380,16 @@ class HeldSync(StoreSync):
         self.hold = False
         self.held: list[BatchOutput] = []
 
-    def after_commit(self, output: BatchOutput) -> None:
+    def on_commit(self, output: BatchOutput) -> None:
         if self.hold:
             self.held.append(output)
         else:
-            super().after_commit(output)
+            super().on_commit(output)
 
     def release(self) -> None:
         self.hold = False
         for output in self.held:
-            super().after_commit(output)
+            super().on_commit(output)
         self.held.clear()
 
 
@@ -456,7 +456,7 @@ def test_a_rebuild_while_other_processors_commit_loses_and_doubles_nothing(data:
                 LiveWarehouse(warehouse, store),
                 partitions=[partition],
                 clock=lambda: NOW.astimezone(),
-                serving=sync(store, warehouse, 0.0, **hooks),
+                listeners=[sync(store, warehouse, 0.0, **hooks)],
             )
 
         def drain(processor: Processor) -> None:

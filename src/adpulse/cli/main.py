@@ -22,6 +22,8 @@ from adpulse.cli.runtime import (
     configure_logging,
     open_log,
     open_runtime,
+    partition_worker_for,
+    processor_for,
     settings_for,
 )
 from adpulse.cli.stopping import StopRequest, stop_on_signals
@@ -208,7 +210,6 @@ def _replay(
     stopping: StopRequest,
 ) -> None:
     """``replay``'s work; a stop signal ends appending and committing between batches."""
-    from adpulse.processor.pipeline import Processor
 
     if produce_only:
         # No warehouse here: a separate `adpulse process` holds it.
@@ -228,7 +229,7 @@ def _replay(
             for name in ("campaigns.csv", "users.csv"):
                 if (directory / name).exists():
                     _load_dim_file(rt.warehouse, directory / name, None)
-        processor = Processor(settings, rt.transport, rt.warehouse)
+        processor = processor_for(rt)
         committed = [0]
 
         def on_batch(report: Any) -> None:
@@ -359,9 +360,9 @@ def process(
 
             if supervised:  # a closed supervisor pipe stops as a signal does
                 stop_when_stdin_closes()
-            runner = PartitionWorker(settings, rt.transport, rt.warehouse)
+            runner = partition_worker_for(rt)
         else:
-            runner = Processor(settings, rt.transport, rt.warehouse)
+            runner = processor_for(rt)
         committed = [0]
 
         def on_batch(report: Any) -> None:

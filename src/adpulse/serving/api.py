@@ -47,9 +47,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from adpulse.commits import CommitSignal
 from adpulse.config import Settings
 from adpulse.metrics import GROUPED_NAMES
-from adpulse.processor.commits import CommitSignal
 from adpulse.serving import queries
 from adpulse.serving.cache import ResultCache
 from adpulse.serving.queries import FilterError, Filters
