@@ -856,7 +856,7 @@ def config_show(home: HomeOpt = None, config: ConfigOpt = None) -> None:
 
 # ---------------------------------------------------------------------------- helpers
 def _parse_time(value: str, option: str) -> datetime:
-    from adpulse.processor.steps.validate import parse_time_argument
+    from adpulse.contracts import parse_time_argument
 
     try:
         return parse_time_argument(value, option)

@@ -149,7 +149,7 @@ def parse_time(value: str, name: str) -> datetime:
 def _parsed_time(value: str, name: str) -> datetime | str:
     """The time, or why it is refused (the events' own timestamp parser: one value at a
     time is slow there, and dashboards repeat the same few values, hence the cache)."""
-    from adpulse.processor.steps.validate import parse_time_argument
+    from adpulse.contracts import parse_time_argument
 
     try:
         return parse_time_argument(value, name)
