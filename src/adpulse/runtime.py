@@ -11,8 +11,8 @@ connects them for each kind of process:
 - :func:`commit_listeners`: what each processor reports its commits to, the seam where
   later capabilities (alerts, metrics) plug in: add a listener here
   (:mod:`adpulse.processor.listeners`);
-- serving (``adpulse serve``, the demo's API) reads ``Runtime.warehouse``, which carries
-  the serving store when one is open.
+- serving (``adpulse serve``, ``adpulse query``, the demo's API) hands the query layer
+  ``Runtime.warehouse`` and ``Runtime.store`` (the serving store, when one is open).
 
 The CLI (:mod:`adpulse.cli`) keeps argument handling and printing; the operations
 (demo, benchmarks) use this module, never the CLI.
@@ -51,8 +51,9 @@ class UserError(Exception):
 
 @dataclass
 class Runtime:
-    """The opened parts of one process. ``warehouse`` is what readers query: paired
-    with ``store`` (the serving store) when one is open; ``store`` is None otherwise."""
+    """The opened parts of one process. ``store``: the serving store, when this process
+    keeps one (:func:`open_store`); readers hand it to the query layer next to the
+    warehouse, processors report their commits to it (:func:`commit_listeners`)."""
 
     settings: Settings
     transport: Transport
@@ -60,8 +61,12 @@ class Runtime:
     store: ServingStore | None = field(default=None)
 
     def close(self) -> None:
-        self.transport.close()
-        self.warehouse.close()  # closes the store too, when it carries one
+        try:
+            self.transport.close()
+            if self.store is not None:
+                self.store.close()
+        finally:
+            self.warehouse.close()
 
 
 def settings_for(home: Path | None, config: Path | None, **overrides: Any) -> Settings:
@@ -115,15 +120,6 @@ def open_store(settings: Settings, live: bool) -> ServingStore | None:
     return store
 
 
-def with_serving_store(settings: Settings, warehouse: Warehouse, live: bool) -> Warehouse:
-    """``warehouse`` paired with the configured serving store for reads, when there is
-    one to use (:func:`open_store`)."""
-    from adpulse.serving.live import LiveWarehouse
-
-    store = open_store(settings, live)
-    return warehouse if store is None else LiveWarehouse(warehouse, store)
-
-
 @contextmanager
 def open_runtime(
     settings: Settings, read_only: bool = False, live: bool = False
@@ -147,10 +143,6 @@ def open_runtime(
         transport.close()
         warehouse.close()
         raise
-    if store is not None:
-        from adpulse.serving.live import LiveWarehouse
-
-        warehouse = LiveWarehouse(warehouse, store)
     runtime = Runtime(settings, transport, warehouse, store)
     try:
         yield runtime

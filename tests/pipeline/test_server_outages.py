@@ -387,7 +387,6 @@ def test_redis_transport_black_holed_gives_up_naming_transport_url(data: Path) -
 def test_serving_store_black_holed_never_stops_ingestion(
     data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from adpulse.serving.live import LiveWarehouse
     from adpulse.serving.store.redis import RedisServingStore
     from adpulse.serving.store.sync import StoreSync
     from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
@@ -397,7 +396,6 @@ def test_serving_store_black_holed_never_stops_ingestion(
         store = RedisServingStore(proxy.url(REDIS_URL), prefix=prefix, timeouts=timeouts)
         duck = DuckDBWarehouse(tmp_path / "warehouse.duckdb")
         duck.create_schema()
-        warehouse = LiveWarehouse(duck, store)
         transport = InMemoryTransport(PARTITIONS)
         replay_directory(data, transport.producer(), PARTITIONS)
         batches = [0]
@@ -410,7 +408,7 @@ def test_serving_store_black_holed_never_stops_ingestion(
         processor = Processor(
             _settings(tmp_path),
             transport,
-            warehouse,
+            duck,
             clock=lambda: NOW.astimezone(),
             listeners=[StoreSync(store, duck)],
         )
@@ -423,7 +421,8 @@ def test_serving_store_black_holed_never_stops_ingestion(
         elapsed = time.monotonic() - started
         proxy.resume()
         received = duck.query("SELECT sum(received) FROM ingest_stats").item()
-        warehouse.close()
+        store.close()
+        duck.close()
     assert batches[0] > 3
     assert received == sum(_count(p) for p in data.glob("*.jsonl"))
     assert any("serving store" in r.getMessage() for r in caplog.records)

@@ -534,7 +534,7 @@ def query(
     with open_runtime(settings, read_only=True) as rt:
         wh = rt.warehouse
         if metric in GROUPED_NAMES:
-            frame = queries.grouped_metric(wh, metric, filters, group)
+            frame = queries.grouped_metric(wh, metric, filters, group, store=rt.store)
         elif metric == "trending":
             frame = queries.trending(
                 wh,
@@ -542,6 +542,7 @@ def query(
                 window_minutes=settings.trending_window_minutes if window is None else window,
                 min_clicks=mc,
                 limit=limit,
+                store=rt.store,
             )
         elif metric == "top-ads":
             frame = queries.top_ads(
@@ -550,9 +551,10 @@ def query(
                 by=cast("Literal['revenue', 'conversion_rate']", rank_by),
                 min_clicks=mc,
                 limit=limit,
+                store=rt.store,
             )
         else:
-            frame = queries.summary(wh, filters)
+            frame = queries.summary(wh, filters, store=rt.store)
     _print_frame(frame, fmt)
 
 
@@ -662,7 +664,9 @@ def serve(
             sock = bind(host, port)
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc}; choose --port") from exc
-        server = make_server(create_app(rt.warehouse, settings), "info" if verbose else "warning")
+        server = make_server(
+            create_app(rt.warehouse, settings, store=rt.store), "info" if verbose else "warning"
+        )
         console.print(f"serving {settings.home} at {url_of(sock)} (API docs: {url_of(sock)}docs)")
         sys.stdout.flush()
         # In a thread, uvicorn leaves the signals alone (in the main thread it would

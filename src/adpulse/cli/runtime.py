@@ -14,10 +14,10 @@ from adpulse.runtime import (
     Worker,
     open_log,
     open_runtime,
+    open_store,
     partition_worker_for,
     processor_for,
     settings_for,
-    with_serving_store,
 )
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
     "partition_worker_for",
     "processor_for",
     "settings_for",
-    "with_serving_store",
+    "open_store",
 ]
 
 

@@ -276,7 +276,9 @@ def run_bench_api(
             live.rate = load_rate
             stop = threading.Event()
             sock = bind("127.0.0.1", 0)
-            server = make_server(create_app(rt.warehouse, settings, commits=commits))
+            server = make_server(
+                create_app(rt.warehouse, settings, commits=commits, store=rt.store)
+            )
             threads = [
                 Worker(live.run, "producer", stop),
                 Worker(processor.run, "processor", stop, on_batch=live.batches.add),

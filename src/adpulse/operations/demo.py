@@ -237,7 +237,9 @@ def _start_api(
             **live_figures,
         }
 
-    app = create_app(rt.warehouse, rt.settings, status_source=figures, commits=commits)
+    app = create_app(
+        rt.warehouse, rt.settings, status_source=figures, commits=commits, store=rt.store
+    )
     server = make_server(app)
     url = url_of(sock)
     console.print(f"dashboard at {url} · HTTP API at {url}api/v1/summary (docs: {url}docs)")
@@ -300,7 +302,7 @@ def _screen(
         start=(end - timedelta(minutes=15)) if end else None,
         end=(end + timedelta(minutes=1)) if end else None,
     )
-    headline = queries.summary(rt.warehouse, filters).row(0, named=True)
+    headline = queries.summary(rt.warehouse, filters, store=rt.store).row(0, named=True)
     metrics = Table(title="headline, last 15 minutes of event time", show_header=False)
     metrics.add_column("metric")
     metrics.add_column("value", justify="right")

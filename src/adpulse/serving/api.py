@@ -53,6 +53,7 @@ from adpulse.metrics import GROUPED_NAMES
 from adpulse.serving import queries
 from adpulse.serving.cache import ResultCache
 from adpulse.serving.queries import FilterError, Filters
+from adpulse.serving.store.base import ServingStore
 from adpulse.storage.warehouse.base import Warehouse
 
 log = logging.getLogger(__name__)
@@ -455,8 +456,10 @@ def create_app(
     *,
     refresh_seconds: float = 1.0,
     commits: CommitSignal | None = None,
+    store: ServingStore | None = None,
 ) -> FastAPI:
-    """The API over ``warehouse`` (shared, read through the query layer only).
+    """The API over ``warehouse`` (shared, read through the query layer only), with
+    ``store``, the serving store, for live views when the process keeps one.
 
     ``status_source`` adds live process figures (events/s per stream, lag) to the
     health payload, e.g. from the running demo. ``commits`` is the processor's commit
@@ -472,7 +475,10 @@ def create_app(
         return cast("dict[str, Any]", plain(body))
 
     def summary_of(filters: Filters) -> dict[str, Any]:
-        return cast("dict[str, Any]", plain(queries.summary(warehouse, filters).row(0, named=True)))
+        return cast(
+            "dict[str, Any]",
+            plain(queries.summary(warehouse, filters, store=store).row(0, named=True)),
+        )
 
     # Bounded reads: the processor shares this process and its cores, so readers get a
     # few threads (queries beyond that queue here) and the live feed one of its own.
@@ -621,7 +627,7 @@ def create_app(
                 "metric": metric,
                 "by": by,
                 "filters": _filters_echo(filters),
-                "rows": queries.grouped_metric(warehouse, metric, filters, by),
+                "rows": queries.grouped_metric(warehouse, metric, filters, by, store=store),
             },
         )
 
@@ -647,7 +653,7 @@ def create_app(
             lambda: {
                 "bucket": bucket,
                 "filters": _filters_echo(filters),
-                "rows": queries.bucketed_timeseries(warehouse, filters, bucket),
+                "rows": queries.bucketed_timeseries(warehouse, filters, bucket, store=store),
             },
         )
 
@@ -670,7 +676,7 @@ def create_app(
                 "min_clicks": clicks,
                 "windows": None if windows is None else asdict(windows),
                 "filters": _filters_echo(filters),
-                "rows": queries.trending(warehouse, filters, minutes, clicks, limit),
+                "rows": queries.trending(warehouse, filters, minutes, clicks, limit, store=store),
             }
 
         return await shared(request, ("trending", minutes, clicks, limit, filters), build)
@@ -692,7 +698,7 @@ def create_app(
                 "by": by,
                 "min_clicks": clicks,
                 "filters": _filters_echo(filters),
-                "rows": queries.top_ads(warehouse, filters, by, clicks, limit),
+                "rows": queries.top_ads(warehouse, filters, by, clicks, limit, store=store),
             },
         )
 
@@ -704,7 +710,7 @@ def create_app(
             ("latency-histogram", filters),
             lambda: {
                 "filters": _filters_echo(filters),
-                "rows": queries.latency_histogram(warehouse, filters),
+                "rows": queries.latency_histogram(warehouse, filters, store=store),
             },
         )
 
@@ -726,7 +732,7 @@ def create_app(
             lambda: {
                 "dimension": dimension,
                 "filters": _filters_echo(filters),
-                "rows": queries.breakdown(warehouse, filters, column),
+                "rows": queries.breakdown(warehouse, filters, column, store=store),
             },
         )
 
