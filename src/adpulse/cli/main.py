@@ -506,8 +506,8 @@ def query(
         OutputFormat, typer.Option("--format", help="table | json | csv")
     ] = OutputFormat.table,
 ) -> None:
-    """Metrics over any time range and filters (one query layer, shared with the coming
-    HTTP API and dashboard)."""
+    """Metrics over any time range and filters (the query layer the HTTP API and the
+    dashboard also read)."""
     from adpulse.serving import queries
 
     if metric not in METRICS:

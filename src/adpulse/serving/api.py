@@ -45,6 +45,7 @@ import polars as pl
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adpulse.commits import CommitSignal
@@ -533,16 +534,11 @@ def create_app(
             details.append(f"{where or 'request'}: {e.get('msg', 'invalid')}")
         return _error(422, "invalid_parameter", "; ".join(details))
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed", 503: "unavailable"}
-        return _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
-
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
+    # Starlette's HTTPException: FastAPI's (raised by the routes) is a subclass, and
+    # Starlette raises its own for unknown paths and methods; one handler serves both.
     @app.exception_handler(StarletteHTTPException)
-    async def _starlette_error(request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed", 503: "unavailable"}
         return _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
 
     app.add_middleware(RequestLimits)
