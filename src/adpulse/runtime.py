@@ -63,10 +63,12 @@ class Runtime:
     def close(self) -> None:
         try:
             self.transport.close()
-            if self.store is not None:
-                self.store.close()
         finally:
-            self.warehouse.close()
+            try:
+                if self.store is not None:
+                    self.store.close()
+            finally:
+                self.warehouse.close()
 
 
 def settings_for(home: Path | None, config: Path | None, **overrides: Any) -> Settings:
