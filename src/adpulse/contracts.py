@@ -90,6 +90,10 @@ class Reason(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
     BAD_EVENT_ID = "bad_event_id"
+    #: A step of the processor raised on this record (see ``processor/isolation.py``).
+    PROCESSING_FAILED = "processing_failed"
+    #: The warehouse refused to store this record (its message is the detail).
+    COMMIT_REJECTED = "commit_rejected"
 
 
 # Age bands used for filters and rollups; upper bounds are exclusive.

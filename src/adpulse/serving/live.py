@@ -102,6 +102,12 @@ class LiveWarehouse(Warehouse):
     def commit(self, output: BatchOutput) -> None:
         self.warehouse.commit(output)
 
+    def check_commit(self, output: BatchOutput) -> None:
+        self.warehouse.check_commit(output)
+
+    def refuses_data(self, exc: BaseException) -> bool:
+        return self.warehouse.refuses_data(exc)
+
     def load_offsets(self) -> dict[tuple[Stream, int], str]:
         return self.warehouse.load_offsets()
 

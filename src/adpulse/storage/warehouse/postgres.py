@@ -257,6 +257,28 @@ class PostgresWarehouse(SqlWarehouse):
         statements then never wait behind a commit on the writer connection."""
         return PartitionLeases(self._connect, to_pyformat, worker, partitions, ttl_seconds)
 
+    def refuses_data(self, exc: BaseException) -> bool:
+        """PostgreSQL's data errors, by SQLSTATE class (psycopg maps each to a class).
+
+        Data (the commit's rows are at fault; isolated and dead-lettered):
+        ``psycopg.DataError`` (class 22: a NUL or an invalid byte in text, a number or
+        a timestamp out of its column's range, ...), ``psycopg.IntegrityError``
+        (class 23: a constraint) and ``ProgramLimitExceeded`` (class 54: a row or a
+        value larger than PostgreSQL stores; a smaller batch may pass).
+
+        Infrastructure (stop or retry): every other ``OperationalError`` (class 08 a
+        lost connection, 53 a full disk or no memory, 57 a server shut down or a
+        statement cancelled, 40 a serialization failure), ``InterfaceError`` (the
+        driver's connection is unusable) and ``OSError``. ``ProgrammingError``
+        (class 42, the SQL or the schema) and ``InternalError`` (class XX) are not the
+        data's fault either: they stop.
+        """
+        errors = self._psycopg.errors
+        return isinstance(
+            exc,
+            self._psycopg.DataError | self._psycopg.IntegrityError | errors.ProgramLimitExceeded,
+        )
+
     # -- reads -------------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
         """Run one read-only statement in a ``READ ONLY`` transaction of its own."""
