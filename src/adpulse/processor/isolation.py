@@ -196,7 +196,7 @@ def rebase_dead_letters(
     return (
         dead_letters.join(keys, on=["stream", "partition"], how="left", maintain_order="left")
         .with_columns(pl.col("record_index") + pl.col("_shift").fill_null(0))
-        .select(DEAD_LETTERS)
+        .select(list(DEAD_LETTERS))
     )
 
 

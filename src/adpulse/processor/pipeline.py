@@ -572,14 +572,15 @@ class Processor:
             [records.dead_letter(place, failure, now) for place, failure in refused],
             schema=DEAD_LETTERS,
         )
-        for place, failure in refused:
+        for row in letters.iter_rows(named=True):
             log.warning(
-                "dead-lettered %s record %s of batch %s: %s (%s)",
-                records.places[place][0],
-                place,
-                self.batch_id,
-                failure.reason,
-                failure.detail,
+                "dead letter %s: %s partition %s, record %s of the chunk read after %s: %s",
+                row["reason"],
+                row["stream"],
+                row["partition"],
+                row["record_index"],
+                f"offset {row['source_offset']}" if row["source_offset"] else "the start",
+                row["detail"],
             )
         output = merge_outputs(passed, letters, self.batch_id, now)
         for stream in Stream:
