@@ -29,8 +29,9 @@ from adpulse.processor.isolation import Failure, bisect, describe, step_refuses_
 from adpulse.processor.pipeline import Processor
 from adpulse.processor.steps import aggregate
 from adpulse.storage.warehouse.base import BatchOutput, Warehouse
-from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+from adpulse.storage.warehouse.duckdb import DUCKDB, DuckDBWarehouse
 from adpulse.storage.warehouse.postgres import PostgresWarehouse
+from adpulse.storage.warehouse.schema import FACT_CLICKS
 from adpulse.transport.framing import partition_of
 from adpulse.transport.memory import InMemoryTransport
 
@@ -287,6 +288,57 @@ def test_state_never_holds_a_dead_lettered_record(rig: Rig) -> None:
     assert rig.stats(Stream.CLICKS) == (3, 2, 1, 0)
     # the open conversion now takes its click (same user and ad, 10:01 <= 11:01)
     assert rig.rows("SELECT event_id, click_event_id FROM fact_conversions") == [("v-1", "c-1")]
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+def test_a_value_the_database_itself_refuses_is_isolated(backend: str, tmp_path: Path) -> None:
+    """No test double: a warehouse whose ``location`` column is narrower than what
+    validation accepts (a CHECK constraint in DuckDB, VARCHAR(16) in PostgreSQL, as a
+    DBA might set them) really refuses a 40-character location."""
+    settings = Settings(home=tmp_path, partitions=3, idle_timeout_seconds=100_000)
+    long_location = "L" * 40
+    clicks = [click(i) for i in range(10)]
+    clicks[6] = {**click(6), "location": long_location}
+    if backend == "duckdb":
+        path = tmp_path / "warehouse.duckdb"
+        create = DUCKDB.create_table("fact_clicks", FACT_CLICKS)
+        with duckdb.connect(str(path)) as con:
+            con.execute(create[:-1] + ", CHECK (length(location) <= 16))")
+        warehouse: Warehouse = DuckDBWarehouse(path)
+        warehouse.create_schema()  # keeps the narrower fact_clicks
+        schema = None
+    else:
+        require_postgres()
+        schema = new_schema()
+        warehouse = PostgresWarehouse(PG_URL, schema=schema)
+        warehouse.create_schema()
+        with psycopg.connect(PG_URL, autocommit=True) as con:
+            con.execute(
+                f'ALTER TABLE "{schema}".fact_clicks ALTER COLUMN location TYPE VARCHAR(16)'
+            )
+    try:
+        rig = Rig(warehouse, InMemoryTransport(3), settings)
+        rig.send(Stream.CLICKS, clicks)
+        rig.run()
+        assert sorted(r[0] for r in rig.rows("SELECT event_id FROM fact_clicks")) == sorted(
+            f"c-{i}" for i in range(10) if i != 6
+        )
+        [(reason, detail, payload)] = rig.rows("SELECT reason, detail, payload FROM dead_letters")
+        assert (reason, bytes(payload)) == ("commit_rejected", orjson.dumps(clicks[6]))  # type: ignore[arg-type]
+        expected = (
+            "ConstraintException: Constraint Error: CHECK constraint failed"
+            if backend == "duckdb"
+            else "StringDataRightTruncation: value too long for type character varying(16)"
+        )
+        assert str(detail).startswith(expected)
+        assert rig.stats(Stream.CLICKS) == (10, 9, 1, 0)
+        assert rig.lag() == 0
+        assert rig.processor is not None
+        rig.processor.close()
+    finally:
+        warehouse.close()
+        if schema is not None:
+            drop_schema(schema)
 
 
 class Crash(BaseException):
