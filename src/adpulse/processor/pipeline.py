@@ -391,8 +391,10 @@ class Processor:
         """Commit what is pending, stop the committer thread, then let the consumer go
         (a Redis consumer leaves its groups where nothing of it is pending)."""
         try:
-            self._finish_commits()
-            self.committer.close()
+            try:
+                self._finish_commits()
+            finally:
+                self.committer.close()
         finally:
             self.consumer.close()
 
