@@ -441,10 +441,10 @@ class Processor:
         self.refresh_dimensions()
         chunks = self._poll()
         self.step_seconds["poll"] += time.perf_counter() - t0
-        if not any(chunks.values()):
-            self._idle_tick()
-            return None
         try:
+            if not any(chunks.values()):
+                self._idle_tick()  # its commit may report the previous batch's failure
+                return None
             return self.process(chunks)
         except BaseException as exc:  # PanicException is not an Exception
             cause = exc.__cause__ if isinstance(exc, CommitFailedError) else None
