@@ -109,6 +109,9 @@ class CommitFailedError(RuntimeError):
     """A commit failed; ``__cause__`` is the warehouse's error."""
 
 
+_COMMIT_FAILED = "a commit to the warehouse failed; restart the processor"
+
+
 class _Committer:
     """Commits batches in order on a thread of its own, one batch behind the processing.
 
@@ -168,9 +171,7 @@ class _Committer:
 
     def _raise(self) -> None:
         if self.error is not None:
-            raise CommitFailedError(
-                "a commit to the warehouse failed; restart the processor"
-            ) from self.error
+            raise CommitFailedError(_COMMIT_FAILED) from self.error
 
     def _run(self) -> None:
         while True:
@@ -407,9 +408,7 @@ class Processor:
         if error is None:
             return None
         if not self.warehouse.refuses_data(error):
-            raise CommitFailedError(
-                "a commit to the warehouse failed; restart the processor"
-            ) from error
+            raise CommitFailedError(_COMMIT_FAILED) from error
         return self._isolate_after(error)
 
     def _finish_commits(self) -> None:
@@ -420,9 +419,7 @@ class Processor:
         if error is None:
             return
         if not self.warehouse.refuses_data(error):
-            raise CommitFailedError(
-                "a commit to the warehouse failed; restart the processor"
-            ) from error
+            raise CommitFailedError(_COMMIT_FAILED) from error
         log.warning("a batch refused for its data is left for the next run: %s", describe(error))
         self.recover()
 
@@ -522,9 +519,7 @@ class Processor:
             and pending is not error
             and not self.warehouse.refuses_data(pending)
         ):
-            raise CommitFailedError(
-                "a commit to the warehouse failed; restart the processor"
-            ) from pending
+            raise CommitFailedError(_COMMIT_FAILED) from pending
         self.recover()
         chunks = self._poll()
         if not any(chunks.values()):
