@@ -80,10 +80,10 @@ def step_refuses_data(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     """An exception as a dead letter's detail: its type and message on one line,
-    without the characters a warehouse may refuse to store (NUL), and bounded."""
+    without what a warehouse may refuse to store (NUL, lone surrogates), and bounded."""
     message = " ".join(str(exc).replace("\x00", "\\0").split())
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    return text[:MAX_DETAIL_CHARS]
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:MAX_DETAIL_CHARS]
 
 
 @dataclass(frozen=True, slots=True)
