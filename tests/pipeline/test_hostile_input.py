@@ -2,7 +2,7 @@
 facts + duplicates + dead letters = lines received, on DuckDB and on PostgreSQL.
 
 Hypothesis puts arbitrary JSON values, strings, numbers, timestamps of any year and
-raw bytes into every field of every stream, mixed with valid records and repeated
+raw bytes into every field of every stream (and sends raw bytes as whole records), mixed with valid records and repeated
 event ids. The probe's cases of issue 8 are fixed examples. A bounded number of
 examples runs in the normal suite; for a longer run:
 
@@ -120,13 +120,22 @@ def records(stream: Stream) -> st.SearchStrategy[bytes]:
         optional={"extra": json_values},
     ).map(lambda r: {k: v for k, v in r.items() if v is not _MISSING})
     as_json = st.builds(_dumps, record, st.booleans())
+    # raw bytes (any, not only UTF-8) inside one field's string
+    spliced = st.builds(
+        _splice, st.just(stream), st.sampled_from(sorted(_VALID[stream])), st.binary(max_size=20)
+    )
     return st.one_of(
         as_json,
         as_json,
         as_json,
+        spliced,
         st.binary(max_size=60),
         st.builds(_dumps, json_values, st.booleans()),
     )
+
+
+def _splice(stream: Stream, name: str, raw: bytes) -> bytes:
+    return _line(stream, **{name: "@@RAW@@"}).replace(b"@@RAW@@", raw)
 
 
 def _dumps(value: object, ascii_only: bool) -> bytes:
