@@ -22,6 +22,7 @@ import polars as pl
 import psycopg
 import pytest
 from pgtest import PG_URL, drop_schema, new_schema, require_postgres
+from redistest import redis_transport
 
 from adpulse.config import Settings
 from adpulse.contracts import Reason, Stream
@@ -32,6 +33,7 @@ from adpulse.storage.warehouse.base import BatchOutput, Warehouse
 from adpulse.storage.warehouse.duckdb import DUCKDB, DuckDBWarehouse
 from adpulse.storage.warehouse.postgres import PostgresWarehouse
 from adpulse.storage.warehouse.schema import FACT_CLICKS
+from adpulse.transport.base import Transport
 from adpulse.transport.framing import partition_of
 from adpulse.transport.memory import InMemoryTransport
 
@@ -90,7 +92,7 @@ class Rig:
     """An in-memory log, a warehouse and the processor over them."""
 
     warehouse: Warehouse
-    transport: InMemoryTransport
+    transport: Transport
     settings: Settings
     processor: Processor | None = None
 
@@ -339,6 +341,28 @@ def test_a_value_the_database_itself_refuses_is_isolated(backend: str, tmp_path:
         warehouse.close()
         if schema is not None:
             drop_schema(schema)
+
+
+def test_isolation_reads_the_batch_again_from_redis_streams(tmp_path: Path) -> None:
+    """The refused batch is read again from the committed offsets (a rewind of the
+    consumer group's reading), and everything ends acknowledged."""
+    settings = Settings(home=tmp_path, partitions=2, idle_timeout_seconds=100_000)
+    with redis_transport(2) as transport, refusing_warehouse("duckdb", tmp_path) as wh:
+        rig = Rig(wh, transport, settings)
+        clicks = [click(i, platform=POISON if i in (2, 9) else "Web") for i in range(14)]
+        rig.send(Stream.CLICKS, clicks)
+        rig.run()
+        assert rig.count("fact_clicks") == 12
+        assert sorted(bytes(p) for (p,) in rig.rows("SELECT payload FROM dead_letters")) == sorted(  # type: ignore[arg-type]
+            orjson.dumps(clicks[i]) for i in (2, 9)
+        )
+        rig.send(Stream.CLICKS, [click(i) for i in range(14, 20)])
+        rig.run()
+        assert rig.count("fact_clicks") == 18
+        assert rig.stats(Stream.CLICKS) == (20, 18, 2, 0)
+        assert rig.lag() == 0
+        assert rig.processor is not None
+        rig.processor.close()
 
 
 class Crash(BaseException):
