@@ -1,3 +1,3 @@
-from adpulse.cli.main import main
+from adpulse.cli.start import main
 
 main()

@@ -73,6 +73,28 @@ class Settings(BaseSettings):
         0.2, gt=0, description="Wait between polls when the log has no new data."
     )
     fsync: bool = Field(False, description="fsync the embedded log on every flush.")
+    infra_timeout_seconds: float = Field(
+        10.0,
+        ge=0.5,
+        le=600,
+        description="Servers (PostgreSQL, Redis): connect timeout, and how long a silent"
+        " connection may stay unanswered before it counts as lost (TCP keepalives,"
+        " tcp_user_timeout, Redis socket timeouts).",
+    )
+    statement_timeout_seconds: float = Field(
+        120.0,
+        ge=1,
+        le=86_400,
+        description="PostgreSQL: the longest one statement may run (server-side"
+        " statement_timeout and a client-side deadline for a server that stopped answering).",
+    )
+    infra_retry_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="How long a failed server operation is retried (exponential backoff)"
+        " before the command gives up with one error line and exit status 2.",
+    )
     worker_lease_seconds: float = Field(
         5.0,
         ge=0.5,

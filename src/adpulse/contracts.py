@@ -90,6 +90,8 @@ class Reason(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
     BAD_EVENT_ID = "bad_event_id"
+    #: A stored line no writer produces (a damaged log), or bytes lost in it.
+    DAMAGED_RECORD = "damaged_record"
     #: A step of the processor raised on this record (see ``processor/isolation.py``).
     PROCESSING_FAILED = "processing_failed"
     #: The warehouse refused to store this record (its message is the detail).

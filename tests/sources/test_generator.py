@@ -186,6 +186,66 @@ def test_stream_chunk_rejects_overlapping_windows() -> None:
     gen.stream_chunk(now, now + timedelta(seconds=1), 100)
 
 
+def _event_ids(window: GeneratedEvents) -> set[str]:
+    return {
+        json.loads(p)["event_id"]
+        for s in Stream
+        for p in window.records[s]
+        if kind_of(s, p) is None
+    }
+
+
+def test_feeds_of_one_seed_share_the_dimensions_but_no_event_id() -> None:
+    now = datetime(2026, 1, 5, 12, tzinfo=UTC)
+
+    def feed(number: int) -> tuple[EventGenerator, list[GeneratedEvents]]:
+        gen = EventGenerator(GeneratorConfig(**SMALL), feed=number)
+        windows = [
+            gen.stream_chunk(now + timedelta(seconds=i), now + timedelta(seconds=i + 1), 2_000)
+            for i in range(5)
+        ]
+        return gen, windows
+
+    (first, a), (_, b), (restart, c) = feed(0), feed(0), feed(1_764_400_000_123)
+    assert first.campaigns().equals(restart.campaigns())
+    assert first.users().equals(restart.users())
+    # A feed is reproducible; another feed of the same seed repeats none of its ids.
+    assert [w.records for w in a] == [w.records for w in b]
+    ids_a = set().union(*map(_event_ids, a))
+    ids_c = set().union(*map(_event_ids, c))
+    assert len(ids_a) > 1_000 and len(ids_c) > 1_000
+    assert ids_a.isdisjoint(ids_c)
+    with pytest.raises(ValueError, match="feed must be >= 0"):
+        EventGenerator(GeneratorConfig(**SMALL), feed=-1)
+
+
+def test_a_final_window_sends_every_held_record_so_faults_are_exact() -> None:
+    config = GeneratorConfig(**SMALL, duplicate_rate=0.05, out_of_order_rate=0.05, late_rate=0.01)
+    gen = EventGenerator(config)
+    now = datetime(2026, 1, 5, 12, tzinfo=UTC)
+    windows = [
+        gen.stream_chunk(now + timedelta(seconds=i), now + timedelta(seconds=i + 1), 3_000)
+        for i in range(3)
+    ]
+    windows.append(
+        gen.stream_chunk(now + timedelta(seconds=3), now + timedelta(seconds=4), 3_000, final=True)
+    )
+    whole = GeneratedEvents.concat(windows)
+    for stream in (Stream.IMPRESSIONS, Stream.CLICKS):
+        counts = whole.counts[stream]
+        records = whole.records[stream]
+        # Re-sends and displaced records held back (up to 5 s and 540 s later) all
+        # arrived: the stream is exactly its events plus the injected faults.
+        assert len(records) == counts.records
+        assert len(records) - len(set(records)) == counts.duplicates
+        assert counts.duplicates == half_up(0.05, counts.events)
+        assert counts.late == half_up(0.01, counts.events)
+    # The feed goes on with new events: nothing is held back from before the final window.
+    later = gen.stream_chunk(now + timedelta(seconds=4), now + timedelta(seconds=5), 3_000)
+    assert later.total_records > 0
+    assert _event_ids(later).isdisjoint(_event_ids(whole))
+
+
 # --- Dimensions --------------------------------------------------------------------------
 
 

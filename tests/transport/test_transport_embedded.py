@@ -136,7 +136,7 @@ def test_torn_tail_is_repaired_before_the_next_append(
     with caplog.at_level(logging.WARNING, logger="adpulse.transport.embedded"):
         reopened.producer().send_framed(Stream.CLICKS, 0, lines(3, 1), 1)
     assert segment.read_bytes() == lines(0, 4)
-    assert "removed a partial last record of 11 bytes at offset 30" in caplog.text
+    assert "removed an incomplete last record (11 bytes at offset 30)" in caplog.text
     chunk = reopened.consumer().poll(Stream.CLICKS, 0, None, 1000)
     assert chunk is not None
     assert (chunk.data, chunk.records, chunk.end_offset) == (lines(0, 4), 4, "40")

@@ -15,6 +15,7 @@ import polars as pl
 import typer
 from rich.console import Console
 
+from adpulse.cli.log_commands import log_app
 from adpulse.cli.runtime import (
     UserError,
     Worker,
@@ -23,6 +24,7 @@ from adpulse.cli.runtime import (
     open_runtime,
     settings_for,
 )
+from adpulse.cli.stopping import StopRequest, stop_on_signals
 
 app = typer.Typer(
     name="adpulse",
@@ -44,6 +46,7 @@ grafana_app = typer.Typer(help="Grafana provisioning for the PostgreSQL warehous
 app.add_typer(dims_app, name="dims")
 app.add_typer(config_app, name="config")
 app.add_typer(grafana_app, name="grafana")
+app.add_typer(log_app, name="log")
 console = Console()
 err = Console(stderr=True)
 
@@ -73,10 +76,27 @@ class GroupByOpt(StrEnum):
 
 
 def main() -> None:
+    from adpulse.outages import InfrastructureError
+    from adpulse.transport.base import OffsetOutOfRangeError
+    from adpulse.transport.embedded import LogDamagedError
+
     try:
         app()
     except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)  # one line, unwrapped
+        sys.exit(2)
+    except (InfrastructureError, LogDamagedError, OffsetOutOfRangeError) as exc:
+        # A server stayed away past infra_retry_seconds, or the log is damaged: one
+        # line that says what to do; the traceback with -v.
+        import logging
+
+        from rich.markup import escape
+
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
 
 
@@ -158,7 +178,6 @@ def replay(
     verbose: VerboseOpt = False,
 ) -> None:
     """Push a directory of event files through the pipeline; returns when all is committed."""
-    from adpulse.processor.pipeline import Processor
     from adpulse.sources.files import iter_stream_files
 
     configure_logging(verbose)
@@ -174,14 +193,33 @@ def replay(
             f"{directory} holds no impressions/clicks/conversions .jsonl or .jsonl.gz file"
         )
     settings = settings_for(home, config, partitions=partitions)
+    with stop_on_signals() as stopping:
+        _replay(directory, settings, rate, load_dims, produce_only, total, stopping)
+
+
+def _replay(
+    directory: Path,
+    settings: Any,
+    rate: float | None,
+    load_dims: bool,
+    produce_only: bool,
+    total: int,
+    stopping: StopRequest,
+) -> None:
+    """``replay``'s work; a stop signal ends appending and committing between batches."""
+    from adpulse.processor.pipeline import Processor
+
     if produce_only:
         # No warehouse here: a separate `adpulse process` holds it.
         transport = open_log(settings)
         try:
-            counts = _replay_with_progress(directory, transport.producer(), settings, rate, total)
+            counts = _replay_with_progress(
+                directory, transport.producer(), settings, rate, total, stopping.event
+            )
         finally:
             transport.close()
-        console.print("appended " + ", ".join(f"{n:,} {s}" for s, n in counts.items()))
+        appended = "appended " + ", ".join(f"{n:,} {s}" for s, n in counts.items())
+        console.print(stopping.stopped_line(appended))
         return
     with open_runtime(settings) as rt:
         _refuse_beside_workers(rt.warehouse)
@@ -190,20 +228,36 @@ def replay(
                 if (directory / name).exists():
                     _load_dim_file(rt.warehouse, directory / name, None)
         processor = Processor(settings, rt.transport, rt.warehouse)
+        committed = [0]
+
+        def on_batch(report: Any) -> None:
+            committed[0] += report.records
+
         stop = threading.Event()
-        worker = Worker(processor.run, "processor", stop)
+        worker = Worker(processor.run, "processor", stop, on_batch=on_batch)
         worker.start()
         try:
             counts = _replay_with_progress(
-                directory, rt.transport.producer(), settings, rate, total
+                directory, rt.transport.producer(), settings, rate, total, stopping.event
             )
         finally:
             stop.set()
             worker.join()
-        worker.check()
-        with console.status("committing what is left"):
-            processor.run(threading.Event(), until_caught_up=True)
-        processor.close()
+        try:
+            worker.check()
+            with console.status("committing what is left"):
+                # Ends early, after the batch in flight, when a signal stops the command.
+                processor.run(stopping.event, on_batch=on_batch, until_caught_up=True)
+        finally:
+            processor.close()
+        if stopping.is_set():
+            console.print(
+                stopping.stopped_line(
+                    f"appended {sum(counts.values()):,} of {total:,} records to the log,"
+                    f" committed {committed[0]:,}; `adpulse process` commits the rest"
+                )
+            )
+            return
         console.print(
             "replayed " + ", ".join(f"{n:,} {s}" for s, n in counts.items()) + " — all committed"
         )
@@ -222,7 +276,12 @@ def _refuse_beside_workers(warehouse: Any) -> None:
 
 
 def _replay_with_progress(
-    directory: Path, producer: Any, settings: Any, rate: float | None, total: int
+    directory: Path,
+    producer: Any,
+    settings: Any,
+    rate: float | None,
+    total: int,
+    stop: threading.Event | None = None,
 ) -> dict[Any, int]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -242,7 +301,8 @@ def _replay_with_progress(
             producer,
             settings.partitions,
             rate=rate,
-            on_progress=lambda n: progress.advance(task, n),
+            on_progress=lambda n: progress.update(task, completed=n),
+            stop=stop,
         )
         producer.flush()
     return counts
@@ -291,29 +351,25 @@ def process(
     if workers > 1:
         _supervise_workers(settings, workers, home, config, until_caught_up, verbose)
         return
-    with open_runtime(settings) as rt:
+    with stop_on_signals() as stopping, open_runtime(settings) as rt:
         runner: Processor | PartitionWorker
         if rt.warehouse.shares_partitions:
-            import signal
-
             from adpulse.processor.workers import stop_when_stdin_closes
 
-            # SIGTERM and a closed supervisor pipe stop as Ctrl-C does: drain, release.
-            signal.signal(signal.SIGTERM, signal.default_int_handler)
-            if supervised:
+            if supervised:  # a closed supervisor pipe stops as a signal does
                 stop_when_stdin_closes()
             runner = PartitionWorker(settings, rt.transport, rt.warehouse)
         else:
             runner = Processor(settings, rt.transport, rt.warehouse)
-        stop = threading.Event()
         committed = [0]
 
         def on_batch(report: Any) -> None:
             committed[0] += report.records
 
+        # Stops between batches on SIGINT/SIGTERM; the batch in flight is committed.
         try:
             if supervised:
-                runner.run(stop, on_batch=on_batch, until_caught_up=until_caught_up)
+                runner.run(stopping.event, on_batch=on_batch, until_caught_up=until_caught_up)
             else:
                 with console.status("processing (Ctrl-C to stop)") as status:
 
@@ -323,13 +379,11 @@ def process(
                             f"processing: {committed[0]:,} records committed (Ctrl-C to stop)"
                         )
 
-                    runner.run(stop, on_batch=show, until_caught_up=until_caught_up)
-        except KeyboardInterrupt:
-            stop.set()
+                    runner.run(stopping.event, on_batch=show, until_caught_up=until_caught_up)
         finally:
             runner.close()
         who = f"worker {runner.worker_id}: " if isinstance(runner, PartitionWorker) else ""
-        console.print(f"{who}committed {committed[0]:,} records")
+        console.print(who + stopping.stopped_line(f"committed {committed[0]:,} records"))
 
 
 def _supervise_workers(
@@ -360,15 +414,12 @@ def _supervise_workers(
         command.append("--until-caught-up")
     if verbose:
         command.append("--verbose")
-    stop = threading.Event()
     console.print(f"running {workers} workers over {settings.partitions} partitions (Ctrl-C)")
-    try:
-        code = supervise(command, workers, stop, until_caught_up=until_caught_up)
-    except KeyboardInterrupt:
-        stop.set()
-        code = 0
+    with stop_on_signals() as stopping:
+        code = supervise(command, workers, stopping.event, until_caught_up=until_caught_up)
     if code:
         raise UserError(f"a worker failed (exit status {code}); see its messages above")
+    console.print(stopping.stopped_line(f"{workers} workers done"))
 
 
 # ------------------------------------------------------------------------------- dims
@@ -616,7 +667,7 @@ def serve(
 ) -> None:
     """Serve the HTTP query API (JSON, OpenAPI at /docs) over an existing data directory,
     read-only. Ctrl-C stops."""
-    from adpulse.serving.api import bind, create_app, make_server, url_of
+    from adpulse.serving.api import bind, create_app, make_server, stop_server, url_of
 
     configure_logging(verbose)
     settings = settings_for(home, config)
@@ -628,10 +679,17 @@ def serve(
         server = make_server(create_app(rt.warehouse, settings), "info" if verbose else "warning")
         console.print(f"serving {settings.home} at {url_of(sock)} (API docs: {url_of(sock)}docs)")
         sys.stdout.flush()
-        try:
-            server.run(sockets=[sock])
-        finally:
-            sock.close()
+        # In a thread, uvicorn leaves the signals alone (in the main thread it would
+        # raise them again once stopped): this thread waits for one, then stops it.
+        thread = Worker(server.run, "HTTP API", sockets=[sock])
+        with stop_on_signals() as stopping:
+            thread.start()
+            while thread.is_alive() and not stopping.event.wait(0.5):
+                pass
+            stop_server(server, thread)
+        sock.close()
+        thread.check()
+    console.print(stopping.stopped_line(f"served {settings.home}"))
 
 
 # ------------------------------------------------------------------------------- demo
@@ -646,7 +704,11 @@ def demo(
         float, typer.Option("--days", help="Days of history to backfill before going live.")
     ] = 0.0,
     duration: Annotated[
-        float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C).")
+        float | None,
+        typer.Option(
+            help="Produce this many seconds of events, commit them all, then stop "
+            "(default: run until Ctrl-C)."
+        ),
     ] = None,
     refresh: Annotated[float, typer.Option(help="Seconds between screen refreshes.")] = 2.0,
     serve: Annotated[
@@ -658,21 +720,26 @@ def demo(
 ) -> None:
     """The live demo: loads dimensions, produces impressions, clicks and conversions at
     --rate into the log, processes them, and shows a live status and the headline
-    metrics. Ctrl-C stops cleanly; running it again continues where it stopped."""
+    metrics. Ctrl-C stops cleanly; running it again continues where it stopped, with
+    the same dimensions and new events."""
     from adpulse.operations.demo import run_demo
 
     configure_logging(verbose)
     settings = settings_for(home, config, partitions=partitions)
-    run_demo(
-        settings,
-        console,
-        rate=rate,
-        seed=seed,
-        history_days=history_days,
-        duration=duration,
-        refresh=refresh,
-        serve_at=(host, port) if serve else None,
-    )
+    with stop_on_signals() as stopping:
+        done = run_demo(
+            settings,
+            console,
+            rate=rate,
+            seed=seed,
+            history_days=history_days,
+            duration=duration,
+            refresh=refresh,
+            serve_at=(host, port) if serve else None,
+            stop=stopping.event,
+        )
+    console.print()  # after the live view's last line
+    console.print(stopping.stopped_line(done))
 
 
 # ------------------------------------------------------------------------------ bench

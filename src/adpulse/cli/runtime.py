@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from adpulse.config import Settings, load_settings
+from adpulse.outages import InfrastructureError
 from adpulse.storage.warehouse import open_warehouse
 from adpulse.storage.warehouse.base import Warehouse
 from adpulse.transport import open_transport
@@ -130,11 +131,17 @@ class Worker(threading.Thread):
         try:
             target(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - reported by check()
-            logging.getLogger(__name__).exception("%s failed", self.name)
+            if isinstance(exc, InfrastructureError):  # one line from the CLI; trace with -v
+                logging.getLogger(__name__).debug("%s failed", self.name, exc_info=True)
+            else:
+                logging.getLogger(__name__).exception("%s failed", self.name)
             self.error = exc
 
     def check(self) -> None:
-        """Raise a UserError if the thread died of an exception."""
+        """Raise a UserError if the thread died of an exception (an
+        :class:`InfrastructureError` as it is: it names the server and its setting)."""
+        if isinstance(self.error, InfrastructureError):
+            raise self.error
         if self.error is not None:
             raise UserError(
                 f"the {self.name} stopped: {type(self.error).__name__}: {self.error}. "

@@ -226,7 +226,12 @@ def run_bench_api(
         settings = Settings(home=root, partitions=partitions)
         from adpulse.serving.api import bind, create_app, make_server, url_of
 
-        gen = EventGenerator(GeneratorConfig(seed=seed, conversion_delay_median_seconds=90.0))
+        # A live feed of its own per run (see run_demo): on a reused warehouse, the
+        # feed of the last run would be taken for re-sends and never reach the facts.
+        gen = EventGenerator(
+            GeneratorConfig(seed=seed, conversion_delay_median_seconds=90.0),
+            feed=time.time_ns() // 1_000_000,
+        )
         result: dict[str, Any] = {"home": str(settings.home)}
         with open_runtime(settings) as rt:
             producer = rt.transport.producer()

@@ -84,12 +84,26 @@ def run_demo(
     refresh: float,
     serve_at: tuple[str, int] | None = None,
     stop: threading.Event | None = None,
-) -> None:
-    """Run until Ctrl-C, ``duration`` seconds, or ``stop`` is set (tests run the demo
-    in a thread and stop it with that event)."""
+) -> str:
+    """Run until ``stop`` is set or for ``duration`` seconds (``duration`` seconds of
+    events at ``rate``); returns what the run committed, in words.
+
+    ``stop`` is set by the command on SIGINT/SIGTERM (tests set it from another thread):
+    the producer then sends what its generator still holds back, the processor commits
+    the batch in flight, the API closes, and the rest of the log waits for the next run.
+    A run of ``duration`` seconds, by contrast, commits everything it produced before it
+    returns (a signal during that drain still stops it after the batch in flight).
+
+    Every run is a new feed of the same generated world: the same dimensions (from
+    ``seed``), new event ids (the feed number is the run's start time, so a restart is
+    never taken for re-sends of an earlier run, see :class:`EventGenerator`).
+    """
     # Conversions follow clicks after minutes rather than the default half hour, so that
     # a short demo shows attribution and latency.
-    gen = EventGenerator(GeneratorConfig(seed=seed, conversion_delay_median_seconds=90.0))
+    gen = EventGenerator(
+        GeneratorConfig(seed=seed, conversion_delay_median_seconds=90.0),
+        feed=time.time_ns() // 1_000_000,
+    )
     stop = stop if stop is not None else threading.Event()
     rates = _Rates()
     live_figures: dict[str, float] = {}
@@ -111,34 +125,46 @@ def run_demo(
             n = int(min(MAX_HISTORY_EVENTS, rate * history_days * 86_400))
             with console.status(f"backfilling {n:,} events of history"):
                 for part in gen.iter_generate(n, now - timedelta(days=history_days), now):
+                    if stop.is_set():
+                        break
                     for stream in Stream:
                         publish(producer, stream, part.records[stream], settings.partitions)
                 producer.flush()
 
+        producing, processing = threading.Event(), threading.Event()
+
         def produce() -> None:
             last = datetime.now(UTC).replace(tzinfo=None)
-            while not stop.wait(0.25):
+            # A --duration run produces exactly that many seconds of events.
+            end_at = last + timedelta(seconds=duration) if duration is not None else None
+            final = False
+            while not final:
+                # Once told to stop, one last window sends what the generator holds back
+                # (re-sends, displaced records): a run's faults stay at their rates.
+                final = producing.wait(0.25)
                 current = datetime.now(UTC).replace(tzinfo=None)
+                if end_at is not None and current >= end_at:
+                    current, final = end_at, True
+                current = max(current, last + timedelta(milliseconds=1))
                 seconds = (current - last).total_seconds()
-                chunk = gen.stream_chunk(last, current, max(1, round(rate * seconds)))
+                chunk = gen.stream_chunk(last, current, max(1, round(rate * seconds)), final)
                 for stream in Stream:
                     publish(producer, stream, chunk.records[stream], settings.partitions)
                 producer.flush()
                 last = current
 
         processor = Processor(settings, rt.transport, rt.warehouse)
-        threads = [
-            Worker(produce, "producer"),
-            Worker(processor.run, "processor", stop, on_batch=rates.add),
-        ]
-        server = None
+        produce_thread = Worker(produce, "producer")
+        process_thread = Worker(processor.run, "processor", processing, on_batch=rates.add)
+        threads = [produce_thread, process_thread]
+        server = server_thread = None
         if sock is not None:
-            server = _start_api(rt, sock, rates, live_figures, threads, console, processor)
+            server, server_thread = _start_api(rt, sock, rates, live_figures, console, processor)
+            threads.append(server_thread)
         for t in threads:
             t.start()
         # The display thread's own consumer: consumers are not thread-safe.
         lag_reader = rt.transport.consumer()
-        started = time.monotonic()
         console.print(f"demo running at {rate:,.0f} events/s into {settings.home} — Ctrl-C to stop")
         try:
             with Live(console=console, refresh_per_second=4, transient=False) as live:
@@ -146,25 +172,48 @@ def run_demo(
                     if any(t.error is not None for t in threads):
                         break
                     live.update(_screen(rt, processor, rates, settings, lag_reader, live_figures))
-                    if duration is not None and time.monotonic() - started >= duration:
-                        break
-                    time.sleep(refresh)
-        except KeyboardInterrupt:
-            pass
+                    if duration is not None and not produce_thread.is_alive():
+                        break  # it produced its --duration of events
+                    stop.wait(refresh)
+            # Producer first, so that the processor sees all it sent; then the processor,
+            # which commits its batch in flight.
+            for thread, told in ((produce_thread, producing), (process_thread, processing)):
+                told.set()
+                _join(thread)
+            failed = any(t.error is not None for t in threads)
+            if not stop.is_set() and not failed:
+                with console.status("committing what this run produced"):
+                    processor.run(stop, on_batch=rates.add, until_caught_up=True)
         finally:
-            stop.set()
-            if server is not None:
-                server.should_exit = True
-            for t in threads:
-                t.join(timeout=30)
+            producing.set()
+            processing.set()
+            if server is not None and server_thread is not None:
+                from adpulse.serving.api import stop_server
+
+                stop_server(server, server_thread)
             if sock is not None:
                 sock.close()
+            lag_reader.close()
             producer.close()
             processor.close()
         for t in threads:
             t.check()
-        console.print()
-        console.print(f"stopped; committed {sum(rates.totals.values()):,} records this run")
+        return f"committed {sum(rates.totals.values()):,} records this run"
+
+
+#: Seconds a demo thread gets to finish its batch once told to stop.
+STOP_TIMEOUT_SECONDS = 60.0
+
+
+def _join(thread: Worker) -> None:
+    """Wait for a thread told to stop; one still running after the bound is an error
+    (the warehouse cannot be closed under it)."""
+    thread.join(STOP_TIMEOUT_SECONDS)
+    if thread.is_alive():
+        raise UserError(
+            f"the {thread.name} did not stop within {STOP_TIMEOUT_SECONDS:.0f} s; committed "
+            "results are safe, and the next run continues from them"
+        )
 
 
 def _start_api(
@@ -172,12 +221,12 @@ def _start_api(
     sock: object,
     rates: _Rates,
     live_figures: dict[str, float],
-    threads: list[Worker],
     console: Console,
     processor: Processor,
-) -> Any:
-    """Serve the HTTP API in a thread of this process, over the demo's own warehouse
-    object (DuckDB lets one process hold the file; reads use their own cursors)."""
+) -> tuple[Any, Worker]:
+    """The HTTP API server and the thread to run it in (not started), over the demo's
+    own warehouse object (DuckDB lets one process hold the file; reads use their own
+    cursors)."""
     from adpulse.serving.api import create_app, make_server, url_of
 
     def figures() -> dict[str, object]:
@@ -188,10 +237,9 @@ def _start_api(
 
     app = create_app(rt.warehouse, rt.settings, status_source=figures, commits=processor.commits)
     server = make_server(app)
-    threads.append(Worker(server.run, "http api", sockets=[sock]))
     url = url_of(sock)
     console.print(f"dashboard at {url} · HTTP API at {url}api/v1/summary (docs: {url}docs)")
-    return server
+    return server, Worker(server.run, "http api", sockets=[sock])
 
 
 def _screen(

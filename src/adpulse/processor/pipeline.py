@@ -22,6 +22,7 @@ import polars as pl
 
 from adpulse.config import Settings
 from adpulse.contracts import Reason, Stream
+from adpulse.outages import InfrastructureError
 from adpulse.processor.commits import CommitSignal
 from adpulse.processor.isolation import (
     BatchRecords,
@@ -109,9 +110,6 @@ class CommitFailedError(RuntimeError):
     """A commit failed; ``__cause__`` is the warehouse's error."""
 
 
-_COMMIT_FAILED = "a commit to the warehouse failed; restart the processor"
-
-
 class _Committer:
     """Commits batches in order on a thread of its own, one batch behind the processing.
 
@@ -138,6 +136,8 @@ class _Committer:
         self.commits = commits
         self.serving = serving
         self.error: BaseException | None = None
+        #: What failed: the warehouse's commit, or the transport's ack after it.
+        self.failed_step = "a commit to the warehouse failed"
         self.last_commit_wall: float | None = None
         self._queue: queue.Queue[tuple[BatchOutput, list[tuple[Stream, int, str]]] | None] = (
             queue.Queue(maxsize=1)
@@ -171,7 +171,17 @@ class _Committer:
 
     def _raise(self) -> None:
         if self.error is not None:
-            raise CommitFailedError(_COMMIT_FAILED) from self.error
+            raise self.failure(self.error)
+
+    def failure(self, error: BaseException) -> BaseException:
+        """What the processor raises for a failed commit: an :class:`InfrastructureError`
+        as it is (it already names the server and its setting), anything else as a
+        :class:`CommitFailedError` saying which step failed."""
+        if isinstance(error, InfrastructureError):
+            return error
+        failed = CommitFailedError(f"{self.failed_step}; restart the processor")
+        failed.__cause__ = error
+        return failed
 
     def _run(self) -> None:
         while True:
@@ -183,12 +193,20 @@ class _Committer:
                     continue  # never commit past a failed batch
                 output, acks = item
                 t = time.perf_counter()
+                step = "a commit to the warehouse failed"
                 try:
                     self.warehouse.commit(output)
+                    step = (
+                        f"the transport's acknowledgement of batch {output.batch_id} failed"
+                        " (the batch is committed)"
+                    )
                     for stream, partition, offset in acks:
                         self.consumer.ack(stream, partition, offset)
                 except BaseException as exc:  # noqa: BLE001 - handed to the processor
-                    if self.warehouse.refuses_data(exc):
+                    self.failed_step = step
+                    if isinstance(exc, InfrastructureError):  # printed by the CLI, once
+                        log.debug("batch %s: %s", output.batch_id, step, exc_info=True)
+                    elif self.warehouse.refuses_data(exc):
                         log.warning(
                             "the warehouse refused batch %s for its data (%s);"
                             " isolating the records at fault",
@@ -196,7 +214,7 @@ class _Committer:
                             describe(exc),
                         )
                     else:
-                        log.exception("commit of batch %s failed", output.batch_id)
+                        log.exception("batch %s: %s", output.batch_id, step)
                     self.error = exc
                 else:
                     # after the commit, never instead: the store only mirrors the warehouse
@@ -408,7 +426,7 @@ class Processor:
         if error is None:
             return None
         if not self.warehouse.refuses_data(error):
-            raise CommitFailedError(_COMMIT_FAILED) from error
+            raise self.committer.failure(error)
         return self._isolate_after(error)
 
     def _finish_commits(self) -> None:
@@ -419,7 +437,7 @@ class Processor:
         if error is None:
             return
         if not self.warehouse.refuses_data(error):
-            raise CommitFailedError(_COMMIT_FAILED) from error
+            raise self.committer.failure(error)
         log.warning("a batch refused for its data is left for the next run: %s", describe(error))
         self.recover()
 
@@ -519,7 +537,7 @@ class Processor:
             and pending is not error
             and not self.warehouse.refuses_data(pending)
         ):
-            raise CommitFailedError(_COMMIT_FAILED) from pending
+            raise self.committer.failure(pending)
         self.recover()
         chunks = self._poll()
         if not any(chunks.values()):

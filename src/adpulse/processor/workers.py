@@ -201,7 +201,11 @@ class PartitionWorker:
             try:
                 held = self.leases.heartbeat()
             except Exception:  # noqa: BLE001 - a database blip; commits stay fenced
-                log.warning("worker %s: heartbeat failed", self.worker_id, exc_info=True)
+                log.warning(
+                    "worker %s: heartbeat failed",
+                    self.worker_id,
+                    exc_info=log.isEnabledFor(logging.DEBUG),  # the trace with -v only
+                )
                 continue
             running = self.epochs
             if any(held.get(p) != e for p, e in running.items()):

@@ -28,6 +28,7 @@ import functools
 import logging
 import math
 import sys
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -255,6 +256,7 @@ class LiveFeed:
         self._wake: asyncio.Event | None = None
         self._subscribers: dict[Filters, set[asyncio.Queue[bytes | None]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.ticks = 0
 
     @property
@@ -262,7 +264,7 @@ class LiveFeed:
         return sum(len(s) for s in self._subscribers.values())
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         wake = self._wake = asyncio.Event()
         if self._commits is not None:
 
@@ -277,14 +279,26 @@ class LiveFeed:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        for queues in self._subscribers.values():
-            for queue in queues:
-                self._offer(queue, None)
+        self._end_streams()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    def end_streams(self) -> None:
+        """From any thread: end every open stream. A stopping server waits for open
+        responses before its lifespan ends (and with it :meth:`stop`), so it calls this
+        first; a stream never ends by itself."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._end_streams)
+
+    def _end_streams(self) -> None:
+        for queues in self._subscribers.values():
+            for queue in queues:
+                self._offer(queue, None)
 
     def subscribe(self, filters: Filters) -> asyncio.Queue[bytes | None]:
         if self.clients >= MAX_STREAM_CLIENTS:
@@ -829,3 +843,20 @@ def make_server(app: FastAPI, log_level: str = "warning") -> Any:
     sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_SECONDS))
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on")
     return uvicorn.Server(config)
+
+
+#: Seconds a stopping server waits for open requests to finish before it closes them.
+SHUTDOWN_GRACE_SECONDS = 3.0
+
+
+def stop_server(server: Any, thread: threading.Thread) -> None:
+    """Stop a server of :func:`make_server` running in ``thread``: graceful first, then,
+    after :data:`SHUTDOWN_GRACE_SECONDS`, closing what is still open."""
+    feed = getattr(getattr(server.config.app, "state", None), "feed", None)
+    if isinstance(feed, LiveFeed):
+        feed.end_streams()
+    server.should_exit = True
+    thread.join(SHUTDOWN_GRACE_SECONDS)
+    if thread.is_alive():
+        server.force_exit = True
+        thread.join(SHUTDOWN_GRACE_SECONDS)

@@ -18,7 +18,8 @@ malformed records are built one by one).
 
 Two ways to use it, both deterministic for a given seed and call sequence:
 :meth:`EventGenerator.generate` (a bounded data set over ``[start, end)``) and
-:meth:`EventGenerator.stream_chunk` (consecutive windows for a live feed).
+:meth:`EventGenerator.stream_chunk` (consecutive windows for a live feed; the ``feed``
+number picks one of the seed's feeds, each with event ids of its own).
 """
 
 from __future__ import annotations
@@ -419,8 +420,16 @@ class GeneratedEvents:
 class EventGenerator:
     """Dimensions and event streams of one synthetic advertiser, fixed by ``config.seed``."""
 
-    def __init__(self, config: GeneratorConfig | None = None) -> None:
+    def __init__(self, config: GeneratorConfig | None = None, feed: int = 0) -> None:
+        """``feed`` picks which live feed :meth:`stream_chunk` plays. The feeds of one
+        seed share its dimensions and traffic model but never their event ids: each has
+        an id namespace of its own. Feed 0 is the reproducible default; a process that
+        restarts a feed into the same log (``adpulse demo``) passes a new feed number
+        each run, so that its events are not taken for re-sends of the last run's."""
+        if feed < 0:
+            raise ValueError(f"feed must be >= 0, got {feed}")
         self.config = config or GeneratorConfig()
+        self.feed = feed
         self._world = _World.build(self.config)
         self._live: _Session | None = None
 
@@ -465,27 +474,35 @@ class EventGenerator:
             last = i == windows - 1
             yield session.window(bounds[i], bounds[i + 1], int(cum[i + 1] - cum[i]), last)
 
-    def stream_chunk(self, start: datetime, end: datetime, n_events: int) -> GeneratedEvents:
+    def stream_chunk(
+        self, start: datetime, end: datetime, n_events: int, final: bool = False
+    ) -> GeneratedEvents:
         """The records arriving in ``[start, end)`` of a live feed of about ``n_events``.
 
         Call with consecutive windows (``start`` at or after the previous ``end``).
         Future events (clicks seconds after their impression, conversions minutes to
         days after their click) and displaced or duplicated records are kept and
         emitted in the window their arrival time falls in.
+
+        ``final``: the feed stops at ``end`` (a live source shutting down). Every record
+        held back (re-sends, displaced records) is emitted now and events that would
+        happen after ``end`` are dropped, so the faults of the feed so far are exactly
+        at their rates. Later windows continue the feed with new event ids.
         """
         start_ms, end_ms = _to_ms(start), _to_ms(end)
         if end_ms <= start_ms:
             raise ValueError(f"end ({end}) must be after start ({start})")
         if self._live is None:
-            rng = np.random.default_rng([self.config.seed, 2])
-            self._live = _Session(self._world, self.config, rng)
+            # Feed 0 keeps the key it always had: its bytes stay reproducible.
+            key = [self.config.seed, 2] + ([self.feed] if self.feed else [])
+            self._live = _Session(self._world, self.config, np.random.default_rng(key))
         previous = self._live.last_end
         if previous is not None and start_ms < previous:
             raise ValueError(
                 f"stream_chunk windows must not overlap: start {start} is before the "
                 f"previous window's end {_from_ms(previous)}; call reset_stream() to restart"
             )
-        return self._live.window(start_ms, end_ms, n_events, final=False)
+        return self._live.window(start_ms, end_ms, n_events, final=final)
 
     def reset_stream(self) -> None:
         """Forget the live feed's state: the next :meth:`stream_chunk` starts afresh."""

@@ -9,6 +9,7 @@ back to reading records one by one.
 from __future__ import annotations
 
 import io
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -131,6 +132,7 @@ def replay_directory(
     rate: float | None = None,
     on_progress: Callable[[int], None] | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    stop: threading.Event | None = None,
 ) -> dict[Stream, int]:
     """Publish every stream file of ``directory``; returns the records sent per stream.
 
@@ -139,6 +141,8 @@ def replay_directory(
     is least far through, so clicks are not all sent before impressions.
     ``rate`` throttles to that many records per second overall (``None``: full speed).
     ``on_progress`` is called after each send with the total records sent so far.
+    ``stop``, when set, ends the replay after the send in progress (a signal stopping
+    the command); the counts then say how far it got.
     """
     if rate is not None and rate <= 0:
         raise ValueError(f"rate must be positive (records per second), got {rate}")
@@ -161,7 +165,7 @@ def replay_directory(
     total = 0
     began = time.monotonic()
     slice_records = max(1, int(rate * _THROTTLE_SLICE_SECONDS)) if rate else None
-    while chunks:
+    while chunks and not (stop is not None and stop.is_set()):
         stream = min(chunks, key=lambda s: (readers[s].progress, list(Stream).index(s)))
         lines = next(chunks[stream], None)
         if lines is None:
@@ -169,13 +173,17 @@ def replay_directory(
             continue
         step = slice_records or len(lines)
         for lo in range(0, len(lines), step):
+            if stop is not None and stop.is_set():
+                break
             batch = lines[lo : lo + step]
             publish(producer, stream, batch, partitions)
             sent[stream] += len(batch)
             total += len(batch)
             if rate:
                 ahead = total / rate - (time.monotonic() - began)
-                if ahead > 0:
+                if ahead > 0 and stop is not None:
+                    stop.wait(ahead)
+                elif ahead > 0:
                     time.sleep(ahead)
             if on_progress is not None:
                 on_progress(total)

@@ -45,10 +45,14 @@ def _open_embedded(settings: Settings) -> Transport:
 
 def _open_redis(settings: Settings) -> Transport:
     # The driver is imported by the module only when a redis:// URL is used.
+    from adpulse.outages import ServerTimeouts
     from adpulse.transport.redis_streams import open_redis_transport
 
     return open_redis_transport(
-        settings.transport_url, settings.partitions, settings.max_record_bytes
+        settings.transport_url,
+        settings.partitions,
+        settings.max_record_bytes,
+        timeouts=ServerTimeouts.from_settings(settings),
     )
 
 

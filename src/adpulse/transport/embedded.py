@@ -22,6 +22,12 @@ Invariants every reader and writer relies on:
   truncates it back to its last ``\\n`` under the lock before writing.
 - Retention deletes whole sealed segments only, never the last one, so the first
   segment's base is always the log's start offset.
+
+Damage from outside (a file cut, overwritten or deleted by hand or by a failing disk) is
+reported by the reader with :class:`LogDamagedError` or
+:class:`~adpulse.transport.base.OffsetOutOfRangeError`, naming the file and offset;
+``adpulse log check`` finds all of it and ``adpulse log repair`` repairs it
+(:mod:`adpulse.transport.embedded_repair`).
 """
 
 from __future__ import annotations
@@ -64,6 +70,22 @@ _MAX_OPEN_PARTITIONS: Final = 128
 _SCAN_BYTES: Final = 64 * 1024
 # Block size of count_lines (its temporary stays in cache).
 _COUNT_BLOCK_BYTES: Final = 1024 * 1024
+
+
+#: What to run when the log is damaged (the messages below end with it).
+CHECK_HINT: Final = (
+    "run `adpulse log check` to see what is damaged and `adpulse log repair --yes` to"
+    " repair it (it reports what is lost)"
+)
+
+
+class LogDamagedError(RuntimeError):
+    """The embedded log's files do not hold what its invariants say (cut, overwritten
+    or deleted from outside); the message names the file and the offset."""
+
+
+class OffsetNotAtRecordError(LogDamagedError, ValueError):
+    """An offset inside a record: a caller's mistake, or a log changed under a checkpoint."""
 
 
 def segment_name(base: int) -> str:
@@ -317,11 +339,15 @@ class _PartitionWriter:
             end = start
         os.ftruncate(self.fd, keep)
         logger.warning(
-            "embedded log %s: removed a partial last record of %d bytes at offset %d "
-            "(a writer stopped mid-write); it was never readable",
+            "embedded log %s: removed an incomplete last record (%d bytes at offset %d):"
+            " a writer stopped mid-write, or the file was cut. No consumer can have read"
+            " it as it was; if the file was cut after its record had been processed"
+            " (a checkpoint past offset %d), %s",
             self.prefix + segment_name(self.base),
             size - keep,
             self.base + keep,
+            self.base + keep,
+            CHECK_HINT,
         )
         return keep
 
@@ -493,10 +519,17 @@ class _PartitionReader:
         next_index = self.fd_index + 1
         if next_index < len(self.bases):
             if self.bases[next_index] != position:
-                raise RuntimeError(
-                    f"embedded log corrupt: segment {self.prefix}{segment_name(base)} "
-                    f"ends at offset {position} but the next segment starts at "
-                    f"{self.bases[next_index]}; sealed segments must not be modified"
+                following = self.bases[next_index]
+                what = (
+                    f"{following - position} bytes are missing"
+                    if following > position
+                    else f"the segments overlap by {position - following} bytes"
+                )
+                raise LogDamagedError(
+                    f"the embedded log is damaged: segment {self.prefix}{segment_name(base)}"
+                    f" ends at offset {position} but the next segment starts at offset"
+                    f" {following} ({what}; sealed segments are never changed by adpulse):"
+                    f" {CHECK_HINT}"
                 )
         elif self._segment_exists(position):
             self.bases.append(position)
@@ -537,10 +570,12 @@ class _PartitionReader:
         end = self.end()
         if position > (end or 0):
             raise OffsetOutOfRangeError(
-                f"offset {position} of {self.stream} partition {self.partition} is beyond "
-                f"the end of the log ({end or 0}) in {self.directory}: the log was deleted "
-                "or replaced after this offset was committed. Point transport_url at the "
-                "original log, or reset the consumer's checkpoint to start from the beginning."
+                f"offset {position} of {self.stream} partition {self.partition} is beyond"
+                f" the end of the log ({end or 0}) in {self.directory}:"
+                f" {position - (end or 0)} bytes up to the committed checkpoint"
+                " are missing (the log was cut, deleted or replaced after they were"
+                " processed). If transport_url points at the wrong log, point it at the"
+                f" original one; otherwise {CHECK_HINT}"
             )
         if (
             end is not None
@@ -550,9 +585,11 @@ class _PartitionReader:
         ):
             before = os.pread(self.fd, 1, position - 1 - self.bases[self.fd_index])
             if before != b"\n":
-                raise ValueError(
-                    f"offset {position} of {self.stream} partition {self.partition} is not at "
-                    "a record boundary; use an end_offset returned by poll()"
+                raise OffsetNotAtRecordError(
+                    f"offset {position} of {self.stream} partition {self.partition} is not at"
+                    " a record boundary: use an end_offset returned by poll(). If it is a"
+                    " committed checkpoint, the log changed under it (cut, then appended to):"
+                    f" {CHECK_HINT}"
                 )
 
     def read_lines(self, position: int, max_bytes: int) -> tuple[bytes, int]:

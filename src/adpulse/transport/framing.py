@@ -8,6 +8,13 @@ the record limit, or starting with the escape byte) is stored *escaped*: the esc
 always fails the fast decode and takes the per-record path, which unescapes it and
 validates it (it usually becomes a dead letter with a specific reason).
 
+Damage: the framing has no checksums (a chunk must stay plain NDJSON), so what it can
+tell is a line no writer produces: an empty line, or an escaped line that is not valid
+base64 of a known marker. :func:`unframe_line` raises :class:`DamagedRecordError` for
+those (the processor dead-letters them as ``damaged_record``). ``adpulse log repair``
+fills bytes lost inside a log with one escaped *lost-bytes* line of the same length
+(:func:`lost_bytes_line`), which unframes to the same error, saying how many were lost.
+
 Partitioning: ``xxh64(user_id) % partitions``, stable across processes, hosts and
 languages. Records without a readable user id go to partition 0.
 """
@@ -29,6 +36,21 @@ _ESCAPE_BYTE = b"\x00"
 #: An oversized payload is kept (escaped) up to this many bytes, for the dead letter.
 OVERSIZE_KEEP_BYTES = 4096
 _OVERSIZE_MARK = b"\x01"
+_PAYLOAD_MARK = b"\x02"
+_LOST_MARK = b"\x03"
+#: The shortest lost-bytes line: escape byte, 12 base64 characters, line end.
+LOST_LINE_MIN_BYTES = 14
+
+
+class DamagedRecordError(ValueError):
+    """A stored line that no writer produces: the log was damaged there.
+
+    ``lost_bytes`` is set for the line ``adpulse log repair`` put in place of lost bytes.
+    """
+
+    def __init__(self, message: str, lost_bytes: int | None = None) -> None:
+        super().__init__(message)
+        self.lost_bytes = lost_bytes
 
 
 def needs_escape(payload: bytes, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> bool:
@@ -49,7 +71,7 @@ def frame_one(payload: bytes, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) 
         # Keep the head only and mark it: the processor dead-letters it as too large.
         head = _OVERSIZE_MARK + len(payload).to_bytes(8, "big") + payload[:OVERSIZE_KEEP_BYTES]
         return _ESCAPE_BYTE + base64.b64encode(head) + b"\n"
-    return _ESCAPE_BYTE + base64.b64encode(b"\x02" + payload) + b"\n"
+    return _ESCAPE_BYTE + base64.b64encode(_PAYLOAD_MARK + payload) + b"\n"
 
 
 def frame(payloads: Iterable[bytes], max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> bytes:
@@ -61,14 +83,40 @@ def unframe_line(line: bytes) -> tuple[bytes, int | None]:
     """Undo :func:`frame_one` for one line (without its ``\\n``).
 
     Returns ``(payload, original_size)``; ``original_size`` is set only for a payload
-    that was too large and of which just the head was kept.
+    that was too large and of which just the head was kept. Raises
+    :class:`DamagedRecordError` for a line that no writer produces (see the module docs).
     """
-    if not line or line[0] != ESCAPE:
+    if not line:
+        raise DamagedRecordError("an empty line: writers never store one")
+    if line[0] != ESCAPE:
         return line, None
-    raw = base64.b64decode(line[1:])
-    if raw[:1] == _OVERSIZE_MARK:
+    try:
+        # Strict: writers store exact base64 (a lost-bytes line pads with spaces).
+        raw = base64.b64decode(line[1:].rstrip(b" "), validate=True)
+    except ValueError:
+        raise DamagedRecordError(
+            f"an escaped line of {len(line)} bytes that is not valid base64"
+        ) from None
+    marker = raw[:1]
+    if marker == _PAYLOAD_MARK:
+        return raw[1:], None
+    if marker == _OVERSIZE_MARK and len(raw) >= 9:
         return raw[9:], int.from_bytes(raw[1:9], "big")
-    return raw[1:], None
+    if marker == _LOST_MARK and len(raw) == 9:
+        lost = int.from_bytes(raw[1:9], "big")
+        raise DamagedRecordError(
+            f"{lost} bytes of the log were lost here (filled by `adpulse log repair`)", lost
+        )
+    raise DamagedRecordError(f"an escaped line of {len(line)} bytes with an unknown marker")
+
+
+def lost_bytes_line(length: int, lost: int) -> bytes:
+    """A line of exactly ``length`` bytes (at least :data:`LOST_LINE_MIN_BYTES`) that
+    stands for ``lost`` bytes of damaged log (see the module docs)."""
+    if length < LOST_LINE_MIN_BYTES:
+        raise ValueError(f"a lost-bytes line needs {LOST_LINE_MIN_BYTES} bytes, not {length}")
+    body = base64.b64encode(_LOST_MARK + lost.to_bytes(8, "big"))
+    return _ESCAPE_BYTE + body + b" " * (length - 2 - len(body)) + b"\n"
 
 
 def split_lines(data: bytes) -> list[bytes]:

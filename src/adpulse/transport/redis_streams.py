@@ -84,6 +84,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from adpulse.contracts import DEFAULT_MAX_RECORD_BYTES, Stream
+from adpulse.outages import Retrier, ServerTimeouts
 from adpulse.transport.base import (
     Chunk,
     Consumer,
@@ -215,7 +216,10 @@ class RedisStreamsTransport(Transport):
 
     ``max_record_bytes`` is the framing limit; ``maxlen`` an optional approximate cap of
     entries per partition stream (see the module docstring: it may drop uncommitted
-    entries); ``group`` the consumer group its consumers read in. Raises
+    entries); ``group`` the consumer group its consumers read in; ``timeouts`` how long
+    to wait for the server and to retry on a lost connection (:mod:`adpulse.outages`:
+    polls, acks, lag reads and appends are retried; a repeated append may store its
+    records twice, which the processor's deduplication counts once). Raises
     ``ConnectionError`` naming the URL when the server is unreachable, ``ValueError``
     when the streams were created with another partition count.
     """
@@ -229,8 +233,11 @@ class RedisStreamsTransport(Transport):
         group: str = DEFAULT_GROUP,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         maxlen: int | None = None,
+        timeouts: ServerTimeouts | None = None,
     ) -> None:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         if partitions < 1:
             raise ValueError(f"partitions must be at least 1, got {partitions}")
@@ -244,8 +251,21 @@ class RedisStreamsTransport(Transport):
         self.group = group
         self.max_record_bytes = max_record_bytes
         self.maxlen = maxlen
+        self.timeouts = timeouts or ServerTimeouts()
+        self.retrier = Retrier(
+            component=f"transport ({_mask(url)})",
+            setting="transport_url",
+            seconds=self.timeouts.retry_seconds,
+            transient=(redis.ConnectionError, redis.TimeoutError),
+        )
         self.client: redis.Redis = redis.Redis.from_url(
-            url, socket_connect_timeout=5, health_check_interval=30
+            url,
+            socket_connect_timeout=self.timeouts.connect_seconds,
+            socket_timeout=self.timeouts.connect_seconds,
+            socket_keepalive=True,
+            health_check_interval=30,
+            # No hidden retries of its own: the retrier's bound and log are the only ones.
+            retry=Retry(NoBackoff(), 0),
         )
         self.ack_script = self.client.register_script(ACK_SCRIPT)
         self.append_script = self.client.register_script(APPEND_SCRIPT)
@@ -253,7 +273,10 @@ class RedisStreamsTransport(Transport):
             self._open_meta()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self.client.close()
-            raise ConnectionError(f"Redis at {url} is unreachable: {exc}") from exc
+            raise ConnectionError(f"Redis at {_mask(url)} is unreachable: {exc}") from exc
+        except redis.ResponseError as exc:  # e.g. a database index the server lacks
+            self.client.close()
+            raise ValueError(f"the Redis server refused it: {exc}") from exc
 
     def _open_meta(self) -> None:
         meta = f"{self.prefix}:meta"
@@ -340,6 +363,12 @@ class RedisStreamsProducer(Producer):
         self._transport = transport
 
     def _append(self, stream: Stream, partition: int, framed: bytes) -> None:
+        self._transport.retrier.call(
+            f"an append to {stream} partition {partition}",
+            lambda: self._append_once(stream, partition, framed),
+        )
+
+    def _append_once(self, stream: Stream, partition: int, framed: bytes) -> None:
         key = self._transport.key(stream, partition)
         lines = framed.split(b"\n")
         if lines and lines[-1] == b"":
@@ -396,6 +425,23 @@ class RedisStreamsConsumer(Consumer):
         self._readings: dict[tuple[str, int], _Reading] = {}
 
     def poll(
+        self, stream: Stream, partition: int, after: str | None, max_bytes: int
+    ) -> Chunk | None:
+        """See :meth:`_poll_once`; retried on a lost connection (``timeouts``). A retry
+        takes the partition over again from ``after``: what the lost read delivered is
+        still pending under this consumer, and the verified read sorts it out."""
+        stream = Stream(stream)
+
+        def forget(_error: BaseException) -> None:
+            self._readings.pop((stream.value, partition), None)
+
+        return self._transport.retrier.call(
+            f"a read of {stream} partition {partition}",
+            lambda: self._poll_once(stream, partition, after, max_bytes),
+            forget,
+        )
+
+    def _poll_once(
         self, stream: Stream, partition: int, after: str | None, max_bytes: int
     ) -> Chunk | None:
         """The entries after ``after`` (``None``: from the first), about ``max_bytes``.
@@ -606,6 +652,13 @@ class RedisStreamsConsumer(Consumer):
             )
 
     def lag_bytes(self, stream: Stream, partition: int, after: str | None) -> int:
+        """See :meth:`_lag_bytes_once`; retried on a lost connection."""
+        return self._transport.retrier.call(
+            f"a lag read of {stream} partition {partition}",
+            lambda: self._lag_bytes_once(stream, partition, after),
+        )
+
+    def _lag_bytes_once(self, stream: Stream, partition: int, after: str | None) -> int:
         """Approximate: entries after ``after`` × average size of the first and last entry.
 
         Entries after ``after`` = XLEN minus the entries up to ``after``, counted exactly
@@ -650,7 +703,11 @@ class RedisStreamsConsumer(Consumer):
         """
         stream = Stream(stream)
         _parse_id(stream, partition, offset)
-        self._transport.acknowledge(stream, partition, offset, finish=True)
+        # Idempotent: acknowledging again what is acknowledged changes nothing.
+        self._transport.retrier.call(
+            f"the acknowledgement of {stream} partition {partition} up to {offset}",
+            lambda: self._transport.acknowledge(stream, partition, offset, finish=True),
+        )
 
     def committed(self, stream: Stream, partition: int) -> str | None:
         """The offset this group last acknowledged for one partition (``None``: none)."""
@@ -663,15 +720,24 @@ class RedisStreamsConsumer(Consumer):
         """Leave the groups of the partitions read where nothing is pending any more.
 
         What is still pending stays under this consumer's name, for the next owner of
-        the partition to claim.
+        the partition to claim. Best effort: with the server gone, the names stay (the
+        next owner forgets those with nothing pending).
         """
-        for reading in self._readings.values():
-            mine = self._client.xpending_range(
-                reading.key, self.group, "-", "+", 1, consumername=self.name
+        import redis
+
+        try:
+            for reading in self._readings.values():
+                mine = self._client.xpending_range(
+                    reading.key, self.group, "-", "+", 1, consumername=self.name
+                )
+                if not mine:
+                    self._client.xgroup_delconsumer(reading.key, self.group, self.name)
+        except redis.RedisError as exc:
+            log.warning(
+                "%s: could not leave the consumer group: %s", self._transport.retrier.component, exc
             )
-            if not mine:
-                self._client.xgroup_delconsumer(reading.key, self.group, self.name)
-        self._readings.clear()
+        finally:
+            self._readings.clear()
 
 
 def delete_prefix(url: str, prefix: str) -> None:
@@ -696,6 +762,7 @@ def open_redis_transport(
     prefix: str = "adpulse",
     group: str = DEFAULT_GROUP,
     setting: str = "transport_url",
+    timeouts: ServerTimeouts | None = None,
 ) -> RedisStreamsTransport:
     """Open the transport for a setting; one clear error naming the setting on failure.
 
@@ -712,7 +779,12 @@ def open_redis_transport(
     url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k not in ours])))
     try:
         return RedisStreamsTransport(
-            url, partitions, prefix=prefix, group=group, max_record_bytes=max_record_bytes
+            url,
+            partitions,
+            prefix=prefix,
+            group=group,
+            max_record_bytes=max_record_bytes,
+            timeouts=timeouts,
         )
     except ConnectionError as exc:
         raise ValueError(

@@ -22,7 +22,7 @@ import polars as pl
 
 from adpulse.contracts import Reason, Stream
 from adpulse.transport.base import Chunk
-from adpulse.transport.framing import split_lines, unframe_line
+from adpulse.transport.framing import DamagedRecordError, split_lines, unframe_line
 
 #: Records per block when a chunk fails to decode at once. Small enough that most
 #: blocks of a stream with a few bad records per thousand still decode in one call,
@@ -211,7 +211,10 @@ def check_one(line: bytes, schema: dict[str, pl.DataType]) -> bytes | Reject:
     """The record of one stored line re-encoded on one line (what the decoder reads),
     or a :class:`Reject` saying precisely why it cannot be decoded; checks everything
     but the decoder's own coercions, without calling the decoder."""
-    payload, original_size = unframe_line(line)
+    try:
+        payload, original_size = unframe_line(line)
+    except DamagedRecordError as exc:
+        return Reject(-1, Reason.DAMAGED_RECORD, str(exc), line)
     if original_size is not None:
         return Reject(-1, Reason.PAYLOAD_TOO_LARGE, f"{original_size} bytes", payload)
     if not payload.strip():

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from adpulse.outages import ServerTimeouts
 from adpulse.serving.store.base import (
     WINDOW,
     LiveDelta,
@@ -45,17 +46,17 @@ __all__ = [
 ]
 
 
-def _open_memory(url: str) -> ServingStore:
+def _open_memory(url: str, timeouts: ServerTimeouts) -> ServingStore:
     return MemoryServingStore()
 
 
-def _open_redis(url: str) -> ServingStore:
+def _open_redis(url: str, timeouts: ServerTimeouts) -> ServingStore:
     from adpulse.serving.store.redis import open_redis_store
 
-    return open_redis_store(url)
+    return open_redis_store(url, timeouts)
 
 
-_OPENERS: dict[str, Callable[[str], ServingStore]] = {
+_OPENERS: dict[str, Callable[[str, ServerTimeouts], ServingStore]] = {
     "memory": _open_memory,
     "redis": _open_redis,
 }
@@ -88,7 +89,7 @@ def open_serving_store(settings: Settings) -> ServingStore:
             f" ADPULSE_SERVING_URL); accepted: {_ACCEPTED}"
         )
     try:
-        return opener(url)
+        return opener(url, ServerTimeouts.from_settings(settings))
     except ServingStoreUnavailableError as exc:
         raise ServingStoreUnavailableError(
             f"the serving store of serving_url {redact_url(url)!r} is unavailable: {exc};"

@@ -56,6 +56,7 @@ import orjson
 import polars as pl
 
 from adpulse.contracts import Stream
+from adpulse.outages import ServerTimeouts
 from adpulse.serving.store.base import (
     LIVE_CONVERSIONS,
     LIVE_MEASURES,
@@ -402,20 +403,33 @@ class RedisServingStore(ServingStore):
     """A :class:`ServingStore` in Redis (``redis://host:port/db``), keys under
     ``PREFIX:serving``. Raises :class:`ServingStoreUnavailableError` when unreachable."""
 
-    def __init__(self, url: str, *, prefix: str = "adpulse") -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "adpulse", timeouts: ServerTimeouts | None = None
+    ) -> None:
+        """``timeouts.connect_seconds`` bounds every wait on the server: a store that stops
+        answering costs the committer at most that long per try, never a halt (a failed
+        write only makes the store rebuild later; see :mod:`.sync`)."""
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
+        timeouts = timeouts or ServerTimeouts()
         self.url = url
         self.base = f"{prefix}:serving"
         self.client: redis.Redis = redis.Redis.from_url(
             url,
             decode_responses=True,
-            socket_connect_timeout=2,
-            socket_timeout=10,
+            socket_connect_timeout=min(2.0, timeouts.connect_seconds),
+            socket_timeout=timeouts.connect_seconds,
+            socket_keepalive=True,
             health_check_interval=30,
+            retry=Retry(NoBackoff(), 0),  # a failure is handled by a rebuild, not here
         )
         try:
             self.client.ping()
+        except redis.ResponseError as exc:  # e.g. a database index the server lacks
+            self.client.close()
+            raise ServingStoreUnavailableError(f"Redis refused it: {exc}") from exc
         except redis.RedisError as exc:
             self.client.close()
             raise ServingStoreUnavailableError(f"Redis is unreachable: {exc}") from exc
@@ -626,7 +640,7 @@ def _micros(value: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def open_redis_store(url: str) -> RedisServingStore:
+def open_redis_store(url: str, timeouts: ServerTimeouts | None = None) -> RedisServingStore:
     """Open the store of ``url``; ``?prefix=NAME`` sets the key prefix."""
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -634,4 +648,4 @@ def open_redis_store(url: str) -> RedisServingStore:
     query = parse_qsl(parts.query)
     prefix = next((v for k, v in query if k == "prefix"), "adpulse")
     clean = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "prefix"])))
-    return RedisServingStore(clean, prefix=prefix)
+    return RedisServingStore(clean, prefix=prefix, timeouts=timeouts)

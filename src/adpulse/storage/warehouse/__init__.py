@@ -53,10 +53,14 @@ def open_warehouse(settings: Settings, read_only: bool = False) -> Warehouse:
 
         warehouse = DuckDBWarehouse(settings.warehouse_path, read_only=read_only)
     elif url.startswith(_POSTGRES_SCHEMES) and len(url) > len("postgres://"):
+        from adpulse.outages import ServerTimeouts
         from adpulse.storage.warehouse.postgres import PostgresWarehouse
 
         warehouse = PostgresWarehouse(
-            url, password=settings.warehouse_password, read_only=read_only
+            url,
+            password=settings.warehouse_password,
+            read_only=read_only,
+            timeouts=ServerTimeouts.from_settings(settings),
         )
     else:
         from adpulse.config import redact_url

@@ -40,7 +40,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from contextlib import suppress
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -123,8 +123,14 @@ class PartitionLeases:
         worker: WorkerIdentity,
         partitions: int,
         ttl_seconds: float,
+        guard: Callable[[psycopg.Connection[Any]], AbstractContextManager[None]] | None = None,
+        retry: Callable[[str, Callable[[], Any]], Any] | None = None,
     ) -> None:
+        """``guard(conn)`` bounds each statement's wait on the server, ``retry(what,
+        operation)`` retries it on a lost connection (see :mod:`adpulse.outages`)."""
         self._connect = connect
+        self._guard = guard or (lambda conn: nullcontext())
+        self._retry = retry or (lambda what, operation: operation())
         self._to_driver = to_driver
         self.worker = worker
         self.partitions = partitions
@@ -135,15 +141,24 @@ class PartitionLeases:
     # -- plumbing ------------------------------------------------------------------------
     def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; the number of rows it changed."""
-        with self._lock:
-            conn = self._connection()
-            cursor = conn.execute(self._to_driver(sql), list(params))
-            return cursor.rowcount
+
+        def once() -> int:
+            with self._lock:
+                conn = self._connection()
+                with self._guard(conn):
+                    return conn.execute(self._to_driver(sql), list(params)).rowcount
+
+        return int(self._retry("a partition lease statement", once))
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            conn = self._connection()
-            return conn.execute(self._to_driver(sql), list(params)).fetchall()
+        def once() -> list[tuple[Any, ...]]:
+            with self._lock:
+                conn = self._connection()
+                with self._guard(conn):
+                    return conn.execute(self._to_driver(sql), list(params)).fetchall()
+
+        rows: list[tuple[Any, ...]] = self._retry("a partition lease read", once)
+        return rows
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
