@@ -1,4 +1,5 @@
-"""A small pipeline over the in-memory transport and a DuckDB warehouse, for tests."""
+"""A small pipeline over the in-memory transport and a warehouse (DuckDB by default), for
+tests."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.processor.pipeline import Processor
 from adpulse.storage.dimensions import read_dimension_csv
+from adpulse.storage.warehouse.base import Warehouse
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.transport.memory import InMemoryTransport
 
@@ -20,12 +22,21 @@ from adpulse.transport.memory import InMemoryTransport
 class MiniPipeline:
     """Send records, run the processor until caught up, read the warehouse."""
 
-    def __init__(self, home: Path, partitions: int = 2, **settings: object) -> None:
+    def __init__(
+        self,
+        home: Path,
+        partitions: int = 2,
+        warehouse: Warehouse | None = None,
+        **settings: object,
+    ) -> None:
+        """``warehouse``: one with its tables created (default: a DuckDB file in ``home``)."""
         self.settings = Settings(home=home, partitions=partitions, **settings)  # type: ignore[arg-type]
         self.transport = InMemoryTransport(partitions)
         self.producer = self.transport.producer()
-        self.warehouse = DuckDBWarehouse(home / "warehouse.duckdb")
-        self.warehouse.create_schema()
+        if warehouse is None:
+            warehouse = DuckDBWarehouse(home / "warehouse.duckdb")
+            warehouse.create_schema()
+        self.warehouse = warehouse
         self.processor: Processor | None = None
 
     def load_dims(self, *paths: Path, effective_from: datetime = datetime(1970, 1, 1)) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +22,11 @@ from pydantic_settings import (
 )
 
 CONFIG_FILE_NAME = "adpulse.toml"
+#: Default of ``min_event_time``: older events are taken for broken clocks or test data.
+DEFAULT_MIN_EVENT_TIME: Final = datetime(2000, 1, 1)
+#: Upper bound of ``max_future_seconds`` (100 years): now + the tolerance must stay a
+#: representable time.
+MAX_FUTURE_SECONDS_LIMIT: Final = 100 * 365 * 86_400
 MASK: Final = "***"
 _URL_PASSWORD: Final = re.compile(r"(://[^:/?#@]*:)[^@/?#]*@")
 _PARAM_PASSWORD: Final = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
@@ -61,7 +67,16 @@ class Settings(BaseSettings):
         5.0, gt=0, description="After this long without events, watermarks follow the clock."
     )
     max_future_seconds: int = Field(
-        900, ge=0, description="Events further than this ahead of the clock are rejected."
+        900,
+        ge=0,
+        le=MAX_FUTURE_SECONDS_LIMIT,
+        description="Events further than this ahead of the clock are rejected"
+        " (dead letter future_timestamp).",
+    )
+    min_event_time: datetime = Field(
+        DEFAULT_MIN_EVENT_TIME,
+        description="Events before this time (UTC; an offset, if given, is converted) are"
+        " rejected (dead letter event_time_out_of_range).",
     )
     max_record_bytes: int = Field(64 * 1024, ge=256, le=1024 * 1024)
     batch_max_bytes: int = Field(
@@ -114,6 +129,17 @@ class Settings(BaseSettings):
     )
     trending_window_minutes: int = Field(15, ge=1)
     min_clicks: int = Field(20, ge=0, description="Minimum clicks for rate rankings.")
+
+    @field_validator("min_event_time")
+    @classmethod
+    def min_event_time_utc(cls, value: datetime) -> datetime:
+        """Event times are compared as naive UTC: an aware value is converted, and the
+        year must leave room for the query layer's minute arithmetic."""
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        if not datetime(1900, 1, 1) <= value <= datetime(9000, 1, 1):
+            raise ValueError(f"must lie between 1900-01-01 and 9000-01-01, got {value}")
+        return value
 
     @classmethod
     def settings_customise_sources(

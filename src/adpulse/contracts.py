@@ -90,6 +90,9 @@ class Reason(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
     BAD_EVENT_ID = "bad_event_id"
+    REVENUE_OUT_OF_RANGE = "revenue_out_of_range"
+    EVENT_TIME_OUT_OF_RANGE = "event_time_out_of_range"
+    INVALID_CHARACTER = "invalid_character"
     #: A stored line no writer produces (a damaged log), or bytes lost in it.
     DAMAGED_RECORD = "damaged_record"
     #: A step of the processor raised on this record (see ``processor/isolation.py``).

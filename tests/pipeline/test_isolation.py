@@ -516,5 +516,5 @@ def test_which_errors_are_the_data_s_fault(tmp_path: Path) -> None:
     assert not step_refuses_data(TypeError("a bug"))
     assert not step_refuses_data(OSError("disk"))
     assert not step_refuses_data(KeyboardInterrupt())
-    assert describe(ValueError("a\x00b\nc")) == "ValueError: a\\0b c"
+    assert describe(ValueError("a\x00b\nc")) == "ValueError: a\\x00b c"
     assert describe(ValueError("x\udc80")) == "ValueError: x\\udc80"

@@ -104,4 +104,4 @@ def test_blank_event_ids_are_derived_and_huge_revenue_rejected(pipeline) -> None
     pipeline.run()
     ids = [r[0] for r in pipeline.rows("SELECT event_id FROM fact_conversions ORDER BY 1")]
     assert len(ids) == 2 and all(i.startswith("d:") for i in ids) and ids[0] != ids[1]
-    assert pipeline.rows("SELECT reason FROM dead_letters") == [("wrong_type",)]
+    assert pipeline.rows("SELECT reason FROM dead_letters") == [("revenue_out_of_range",)]

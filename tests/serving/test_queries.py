@@ -45,7 +45,7 @@ def assert_rows(frame: pl.DataFrame, expected: Sequence[Sequence[Any]]) -> None:
 def test_counts_total_sums_partial_and_negative_rows(warehouse: Warehouse) -> None:
     frame = queries.counts(warehouse, Filters())
     assert frame.columns == COUNT_COLUMNS
-    assert frame.schema["revenue"] == pl.Decimal(18, 4)
+    assert frame.schema["revenue"] == pl.Decimal(38, 4)
     # impressions 100+50+40+30+10+5-5, clicks 10+5+8+1, conversions 2+1+3-1+1+1,
     # attributed 2+1+3-1+1, revenue 100+30.5+75.25-25+25+5
     assert_rows(frame, [(230, 24, 7, 6, D("210.7500"))])
@@ -160,7 +160,7 @@ def test_empty_warehouse_returns_typed_empty_frames(empty_warehouse: Warehouse) 
     for group_by in (None, "campaign", "ad"):
         frame = queries.counts(empty_warehouse, Filters(), group_by)  # type: ignore[arg-type]
         assert frame.height == 0
-        assert frame.schema["revenue"] == pl.Decimal(18, 4)
+        assert frame.schema["revenue"] == pl.Decimal(38, 4)
     assert queries.conversion_latency(empty_warehouse, Filters()).height == 0
     assert queries.timeseries(empty_warehouse, Filters()).height == 0
 

@@ -12,13 +12,13 @@ import polars as pl
 import pytest
 
 from adpulse.contracts import Stream
-from adpulse.sources import generator as generator_module
 from adpulse.sources.generator import (
     EXPECTED_REASON,
     EventGenerator,
     GeneratedEvents,
     GeneratorConfig,
     MalformedKind,
+    event_generator,
     malformed_kinds,
 )
 
@@ -136,7 +136,8 @@ def test_same_seed_gives_identical_bytes_and_another_seed_does_not() -> None:
 
 
 def test_generate_is_the_concatenation_of_its_parts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(generator_module, "MAX_WINDOW_EVENTS", 7_000)
+    # The window size is read where EventGenerator lives: patch it there.
+    monkeypatch.setattr(event_generator, "MAX_WINDOW_EVENTS", 7_000)
     config = GeneratorConfig(**SMALL, duplicate_rate=0.03, late_rate=0.01, malformed_rate=0.01)
     gen = EventGenerator(config)
     parts = list(gen.iter_generate(30_000, START, END))

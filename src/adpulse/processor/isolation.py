@@ -49,6 +49,7 @@ from adpulse.storage.warehouse.schema import (
     INGEST_STATS,
     ROLLUP_MINUTE,
     conform,
+    storable_text,
 )
 from adpulse.transport.base import Chunk
 from adpulse.transport.framing import split_lines, unframe_line
@@ -81,9 +82,9 @@ def step_refuses_data(exc: BaseException) -> bool:
 def describe(exc: BaseException) -> str:
     """An exception as a dead letter's detail: its type and message on one line,
     without what a warehouse may refuse to store (NUL, lone surrogates), and bounded."""
-    message = " ".join(str(exc).replace("\x00", "\\0").split())
+    message = " ".join(storable_text(str(exc)).split())
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:MAX_DETAIL_CHARS]
+    return text[:MAX_DETAIL_CHARS]
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,8 +59,10 @@ from adpulse.storage.warehouse.schema import (
     FACT_CONVERSIONS,
     FACT_IMPRESSIONS,
     INGEST_STATS,
+    REVENUE,
     ROLLUP_MINUTE,
     conform,
+    storable_text,
 )
 from adpulse.transport.base import Chunk, Consumer, Transport
 
@@ -655,7 +657,7 @@ class Processor:
             with timer("decode"):
                 decoded = decode(stream, chunks[stream])
             with timer("validate"):
-                valid = validate(decoded, now, max_future)
+                valid = validate(decoded, now, max_future, self.settings.min_event_time)
                 rows = valid.rows
             with timer("dedupe"):
                 start_wms = {p: self.watermarks.get(stream, p) for p in self.partitions}
@@ -807,7 +809,7 @@ def _on_time_state(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFram
         .with_columns(
             pl.col("event_time").cast(pl.Datetime("us")),
             pl.col("partition").cast(pl.Int32),
-            *([pl.col("revenue").cast(pl.Decimal(18, 4))] if "revenue" in columns else []),
+            *([pl.col("revenue").cast(REVENUE)] if "revenue" in columns else []),
         )
     )
 
@@ -832,7 +834,7 @@ def _dead_letters(decoded: Decoded, received_at: datetime) -> pl.DataFrame:
                 "source_offset": chunk.start_offset or "",
                 "record_index": index,
                 "reason": r.reason.value,
-                "detail": r.detail[:500],
+                "detail": storable_text(r.detail[:500]),
                 "payload": r.payload,
                 "received_at": received_at,
             }

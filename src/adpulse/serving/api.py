@@ -48,6 +48,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adpulse.config import Settings
+from adpulse.metrics import GROUPED_NAMES
 from adpulse.processor.commits import CommitSignal
 from adpulse.serving import queries
 from adpulse.serving.cache import ResultCache
@@ -69,13 +70,8 @@ CLIENT_QUEUE: Final = 4
 #: Shortest time between two live-feed ticks when commits come faster.
 MIN_PUSH_GAP: Final = 0.25
 
-METRICS: Final = ("ctr", "conversion-rate", "revenue-per-conversion", "conversion-latency")
-_METRIC_FUNCTIONS: Final = {
-    "ctr": queries.ctr,
-    "conversion-rate": queries.conversion_rate,
-    "revenue-per-conversion": queries.revenue_per_conversion,
-    "conversion-latency": queries.conversion_latency,
-}
+#: The metrics of ``/api/v1/metrics/{metric}``: the catalog's grouped metrics.
+METRICS: Final = GROUPED_NAMES
 DIMENSIONS: Final = ("platform", "location", "gender", "age_band", "interest")
 
 #: The dashboard page (static files) and its npm-installed vendor libraries.
@@ -141,30 +137,24 @@ def _error(status: int, error: str, detail: Any) -> JSONResponse:
 
 # --- parameters -----------------------------------------------------------------------------
 def parse_time(value: str, name: str) -> datetime:
-    """A time parameter: 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) or ISO-8601."""
-    parsed = _parsed_time(value)
-    if parsed is None:
-        raise FilterError(
-            f"{name}: cannot read {value!r}; use 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) "
-            "or ISO-8601 with an offset"
-        )
+    """A time parameter: 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) or ISO-8601; a
+    :class:`FilterError` (400) for text that is no time or a time out of range."""
+    parsed = _parsed_time(value, name)
+    if isinstance(parsed, str):
+        raise FilterError(parsed)
     return parsed
 
 
 @functools.lru_cache(maxsize=4096)
-def _parsed_time(value: str) -> datetime | None:
-    """The events' own timestamp parser (one value at a time is slow there, and dashboards
-    repeat the same few values, hence the cache)."""
-    from adpulse.processor.steps.validate import parse_timestamp
+def _parsed_time(value: str, name: str) -> datetime | str:
+    """The time, or why it is refused (the events' own timestamp parser: one value at a
+    time is slow there, and dashboards repeat the same few values, hence the cache)."""
+    from adpulse.processor.steps.validate import parse_time_argument
 
-    text = value.strip()
-    if len(text) == 10:
-        text += " 00:00:00"
-    elif len(text) == 16:
-        text += ":00"
-    if len(text) == 19 and text[10] == "T":  # naive ISO: UTC, like the space form
-        text = text[:10] + " " + text[11:]
-    return parse_timestamp(text)
+    try:
+        return parse_time_argument(value, name)
+    except ValueError as exc:
+        return str(exc)
 
 
 def _text(description: str) -> Any:
@@ -620,8 +610,7 @@ def create_app(
         by: ByParam = None,
     ) -> Response:
         """One metric of ``adpulse query``, optionally grouped by ad or campaign."""
-        fn = _METRIC_FUNCTIONS.get(metric)
-        if fn is None:
+        if metric not in METRICS:
             raise HTTPException(
                 404, f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}"
             )
@@ -632,7 +621,7 @@ def create_app(
                 "metric": metric,
                 "by": by,
                 "filters": _filters_echo(filters),
-                "rows": fn(warehouse, filters, by),
+                "rows": queries.grouped_metric(warehouse, metric, filters, by),
             },
         )
 

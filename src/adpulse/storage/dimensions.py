@@ -147,6 +147,11 @@ def parse_dimension_csv(text: str, *, source: str = "<text>") -> tuple[Dimension
             columns, positions, spec.file_columns, parsers, strict=True
         ):
             raw = row[position].strip()
+            if "\x00" in raw:  # the same rule as for events' string fields
+                raise DimensionFileError(
+                    f"{source}:{line}: column {column!r}: holds a NUL character (U+0000),"
+                    " which a warehouse cannot store; remove it from the file"
+                )
             try:
                 value = parse(raw)
             except ValueError as exc:

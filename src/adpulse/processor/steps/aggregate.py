@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import polars as pl
 
-from adpulse.storage.warehouse.schema import ROLLUP_KEY, ROLLUP_MINUTE, conform
+from adpulse.storage.warehouse.schema import REVENUE_SUM, ROLLUP_KEY, ROLLUP_MINUTE, conform
 
 _KEY = list(ROLLUP_KEY)
-_ZERO_DEC = pl.lit(0).cast(pl.Decimal(18, 4))
+_ZERO_DEC = pl.lit(0).cast(REVENUE_SUM)
 
 
 def _keyed(rows: pl.DataFrame) -> pl.DataFrame:
@@ -40,7 +40,8 @@ def conversion_rollup(rows: pl.DataFrame, sign: int = 1) -> pl.DataFrame:
         .agg(
             conversions=pl.len().cast(pl.Int64) * s,
             attributed_conversions=pl.col("click_time").is_not_null().sum().cast(pl.Int64) * s,
-            revenue=pl.col("revenue").cast(pl.Decimal(18, 4)).sum() * s,
+            # summed as REVENUE_SUM: wide enough for any number of accepted records
+            revenue=pl.col("revenue").cast(REVENUE_SUM).sum() * s,
             latency_sum_seconds=pl.col("latency_seconds").sum() * sign,
         ),
         ROLLUP_MINUTE,

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Final
 
 import polars as pl
 
+from adpulse.config import DEFAULT_MIN_EVENT_TIME
 from adpulse.contracts import ORIGINAL_TIMESTAMP_FORMAT, Reason, Stream
 from adpulse.processor.steps.decode import Decoded, Reject
+from adpulse.storage.warehouse.schema import MAX_REVENUE, REVENUE
 
 MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 256
-#: Revenue is stored as DECIMAL(18, 4): 14 digits before the point.
-MAX_REVENUE = 1e14
 _ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S%#z", "%Y-%m-%dT%H:%M:%S%.f%#z")
+#: Characters no string field may hold: NUL, which PostgreSQL cannot store in TEXT.
+#: (Lone surrogates and invalid UTF-8 never reach a column: decode rejects them.)
+FORBIDDEN_CHARACTERS = "\x00"
 
 
 @dataclass(slots=True)
@@ -29,11 +33,22 @@ class Validated:
     rejects: list[Reject]
 
 
-def validate(decoded: Decoded, now: datetime, max_future: timedelta) -> Validated:
-    """Split decoded rows into valid rows and rejects (appended to ``decoded.rejects``)."""
+def validate(
+    decoded: Decoded,
+    now: datetime,
+    max_future: timedelta,
+    min_event_time: datetime = DEFAULT_MIN_EVENT_TIME,
+) -> Validated:
+    """Split decoded rows into valid rows and rejects (appended to ``decoded.rejects``).
+
+    Event times are accepted in ``[min_event_time, now + max_future]`` (UTC); revenue in
+    ``[0, MAX_REVENUE]``; string fields without a NUL. Rules and reasons:
+    ``docs/robustness.md``, "What is rejected, and why".
+    """
     stream = decoded.stream
     rows = with_event_time(decoded.rows, stream.timestamp_field)
     horizon = now.replace(tzinfo=None) + max_future
+    earliest = min_event_time.replace(tzinfo=None)
     checks: list[tuple[pl.Expr, Reason, pl.Expr]] = []
     for name in stream.required_fields:
         missing = pl.col(name).is_null()
@@ -41,12 +56,23 @@ def validate(decoded: Decoded, now: datetime, max_future: timedelta) -> Validate
             missing = missing | (pl.col(name).str.strip_chars() == "")
         checks.append((missing, Reason.MISSING_FIELD, pl.lit(f"{name} is missing or empty")))
     for name, dtype in stream.decode_schema.items():
-        if dtype == pl.String and name != stream.timestamp_field:
-            # The decoder turns a JSON object or array into its text; reject those here.
-            container = pl.col(name).str.starts_with("{") | pl.col(name).str.starts_with("[")
+        if dtype == pl.String and decoded.may_hold_nul:
             checks.append(
-                (container, Reason.WRONG_TYPE, pl.lit(f"{name} must be a string, not a container"))
+                (
+                    pl.col(name).str.contains(FORBIDDEN_CHARACTERS, literal=True),
+                    Reason.INVALID_CHARACTER,
+                    pl.format(
+                        "{} holds a NUL character (U+0000, at byte {}), which a"
+                        " warehouse cannot store",
+                        pl.lit(name),
+                        pl.col(name).str.find(FORBIDDEN_CHARACTERS, literal=True),
+                    ),
+                )
             )
+    for name, dtype in stream.decode_schema.items():
+        # (A JSON object or array in a string field is rejected by decode, which tells it
+        # from a string that merely starts with "{" or "[": that one is text, accepted.)
+        if dtype == pl.String and name != stream.timestamp_field:
             limit = MAX_ID_CHARS if name in ("event_id", "user_id") else MAX_TEXT_CHARS
             checks.append(
                 (
@@ -65,9 +91,26 @@ def validate(decoded: Decoded, now: datetime, max_future: timedelta) -> Validate
     )
     checks.append(
         (
+            pl.col("event_time") < earliest,
+            Reason.EVENT_TIME_OUT_OF_RANGE,
+            pl.format(
+                "{} {} is before min_event_time {} (UTC)",
+                pl.lit(ts),
+                pl.col(ts).str.head(40),
+                pl.lit(str(earliest)),
+            ),
+        )
+    )
+    checks.append(
+        (
             pl.col("event_time") > horizon,
             Reason.FUTURE_TIMESTAMP,
-            pl.format("{} is {} ahead of the clock", pl.lit(ts), pl.col(ts)),
+            pl.format(
+                "{} {} is more than max_future_seconds ({} s) ahead of the clock",
+                pl.lit(ts),
+                pl.col(ts).str.head(40),
+                pl.lit(int(max_future.total_seconds())),
+            ),
         )
     )
     if stream is Stream.CONVERSIONS:
@@ -81,9 +124,13 @@ def validate(decoded: Decoded, now: datetime, max_future: timedelta) -> Validate
         )
         checks.append(
             (
-                pl.col("revenue") >= MAX_REVENUE,
-                Reason.WRONG_TYPE,
-                pl.lit(f"revenue must be below {MAX_REVENUE:.0e}"),
+                pl.col("revenue") > MAX_REVENUE,
+                Reason.REVENUE_OUT_OF_RANGE,
+                pl.format(
+                    "revenue {} is above the maximum of {} per conversion",
+                    pl.col("revenue"),
+                    pl.lit(f"{MAX_REVENUE:,}"),
+                ),
             )
         )
 
@@ -111,10 +158,11 @@ def validate(decoded: Decoded, now: datetime, max_future: timedelta) -> Validate
 
 
 def _typed(rows: pl.DataFrame) -> pl.DataFrame:
-    """Money as DECIMAL(18, 4) from here on (JSON numbers decode as floats)."""
+    """Money as :data:`~adpulse.storage.warehouse.schema.REVENUE` from here on (JSON
+    numbers decode as floats; at most ``MAX_REVENUE``, so the cast cannot overflow)."""
     if "revenue" not in rows.columns:
         return rows
-    return rows.with_columns(pl.col("revenue").round(4).cast(pl.Decimal(18, 4)))
+    return rows.with_columns(pl.col("revenue").round(4).cast(REVENUE))
 
 
 def with_event_time(rows: pl.DataFrame, field: str) -> pl.DataFrame:
@@ -148,6 +196,61 @@ def parse_iso(text: pl.Expr) -> pl.Expr:
 
 
 def parse_timestamp(value: str) -> datetime | None:
-    """One timestamp, same rules as the pipeline (for CLI arguments and tests)."""
-    frame = with_event_time(pl.DataFrame({"t": [value]}), "t")
-    return frame["event_time"].item()  # type: ignore[no-any-return]
+    """One timestamp, same rules as the pipeline: naive UTC, or None when it is no
+    timestamp or lies outside Python's years 1 to 9999 (``0001-01-01T00:00:00+05:00``
+    is in year 0 in UTC). Times a user types: :func:`parse_time_argument`."""
+    micros = _epoch_micros(value)
+    if micros is None or not _MIN_MICROS <= micros <= _MAX_MICROS:
+        return None
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def parse_time_argument(value: str, name: str) -> datetime:
+    """A time a user typed (``--from``, ``?to=``): ``YYYY-MM-DD``, ``YYYY-MM-DD HH:MM[:SS]``
+    or ``YYYY-MM-DDTHH:MM:SS`` (UTC), or ISO-8601 with an offset; naive UTC.
+
+    Raises ValueError naming ``name`` and saying what is accepted, for text that is no
+    time and for times outside :data:`QUERY_TIME_RANGE` (far outside any event time a
+    warehouse can hold, and far enough inside Python's range for minute arithmetic).
+    """
+    text = value.strip()
+    if len(text) == 10:
+        text += " 00:00:00"
+    elif len(text) == 16:
+        text += ":00"
+    if len(text) == 19 and text[10] == "T":  # naive ISO: UTC, like the space form
+        text = text[:10] + " " + text[11:]
+    micros = _epoch_micros(text)
+    if micros is None:
+        raise ValueError(
+            f"{name}: cannot read {value!r}; use 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC)"
+            " or ISO-8601 with an offset"
+        )
+    low, high = QUERY_TIME_RANGE
+    if not _micros(low) <= micros < _micros(high):
+        raise ValueError(
+            f"{name}: {value!r} is outside the supported range {low:%Y-%m-%d} to"
+            f" {high:%Y-%m-%d} (UTC)"
+        )
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+#: Times a query may name, ``[low, high)``, UTC.
+QUERY_TIME_RANGE: Final = (datetime(1000, 1, 1), datetime(9000, 1, 1))
+_EPOCH: Final = datetime(1970, 1, 1)
+
+
+def _epoch_micros(text: str) -> int | None:
+    """One timestamp as microseconds since 1970 (UTC), parsed like the events' (Polars
+    holds times Python's datetime cannot, e.g. in year 0), or None."""
+    frame = with_event_time(pl.DataFrame({"t": [text]}), "t")
+    micros: int | None = frame.select(pl.col("event_time").dt.epoch("us")).item()
+    return micros
+
+
+def _micros(value: datetime) -> int:
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+_MIN_MICROS: Final = _micros(datetime.min)
+_MAX_MICROS: Final = _micros(datetime.max)

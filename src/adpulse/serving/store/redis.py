@@ -15,15 +15,21 @@ Layout (``B`` = ``PREFIX:serving``; ``PREFIX`` defaults to ``adpulse``, set it w
     B:G:mP:MINUTE       hash   rollup key of projection P (index into PROJECTIONS; JSON
                                {a: ad_id, c: campaign, p: platform, l: location}, NULL
                                where P drops the column)
-                               -> "impressions,clicks,conversions,attributed,revenue_1e-4"
+                               -> "impressions,clicks,conversions,attributed,
+                                   revenue_hi,revenue_lo" (revenue: see below)
     B:G:c:MINUTE        hash   conversion event_id -> JSON {t: event_time_us, a: ad_id,
                                c: campaign, p: platform, l: location, k: click_time_us,
                                s: latency_seconds}
     B:G:cidx            hash   conversion event_id -> MINUTE (for re-attributions)
 
-Every value is text, so nothing is rounded: revenue is kept in ten-thousandths (the
-warehouse's ``DECIMAL(18,4)``), times in microseconds, latency as the shortest text
-that reads back as the same float.
+Every value is text, so nothing is rounded: times in microseconds, latency as the
+shortest text that reads back as the same float, and revenue (the warehouse's
+``DECIMAL(38,4)``) as two integers, ``revenue_hi`` whole multiples of 1e8 and
+``revenue_lo`` the rest in ten-thousandths (0 <= lo < 1e12): Lua adds doubles, exact
+for integers up to 2**53 (about 9e15), so one integer of ten-thousandths would lose
+cents past 900 billion, while the pair stays exact up to 9e23 (the arithmetic of the
+bounds: ``storage/warehouse/schema.py``, ``MAX_REVENUE``). A value written by an
+earlier version, with one revenue integer, reads as ``revenue_hi`` = 0.
 
 Atomicity: :meth:`apply` is one Lua script, so the batch key (``SET NX``), every
 increment, the batch's offsets and the expiry of old minutes happen together or not at
@@ -73,6 +79,7 @@ from adpulse.serving.store.base import (
     StoreWindow,
     project,
 )
+from adpulse.storage.warehouse.schema import REVENUE_SUM
 
 if TYPE_CHECKING:
     import redis
@@ -103,19 +110,25 @@ local function add(g, start, newest, A, i, window, projections)
     local m = tonumber(A[i + 1])
     if m >= start then
       local key = g .. ':m' .. A[i] .. ':' .. A[i + 1]
-      local s = {0, 0, 0, 0, 0}
+      local s = {0, 0, 0, 0, 0, 0}
       local old = redis.call('HGET', key, A[i + 2])
       if old then
-        local k = 1
-        for part in string.gmatch(old, '[^,]+') do s[k] = tonumber(part); k = k + 1 end
+        local parts = {}
+        for part in string.gmatch(old, '[^,]+') do parts[#parts + 1] = tonumber(part) end
+        if #parts == 5 then table.insert(parts, 5, 0) end  -- earlier layout: no revenue_hi
+        for k = 1, 6 do s[k] = parts[k] end
       end
-      for k = 1, 5 do s[k] = s[k] + tonumber(A[i + 2 + k]) end
+      for k = 1, 6 do s[k] = s[k] + tonumber(A[i + 2 + k]) end
+      -- revenue_lo back into [0, 1e12), the carry into revenue_hi (all exact integers)
+      local carry = math.floor(s[6] / 1e12)
+      s[5] = s[5] + carry
+      s[6] = s[6] - carry * 1e12
       redis.call('HSET', key, A[i + 2],
-        string.format('%.0f,%.0f,%.0f,%.0f,%.0f', s[1], s[2], s[3], s[4], s[5]))
+        string.format('%.0f,%.0f,%.0f,%.0f,%.0f,%.0f', s[1], s[2], s[3], s[4], s[5], s[6]))
       redis.call('ZADD', g .. ':minutes', m, A[i + 1])
       if newest == nil or m > newest then newest = m end
     end
-    i = i + 8
+    i = i + 9
   end
   n = tonumber(A[i]); i = i + 1
   for _ = 1, n do
@@ -212,7 +225,10 @@ local rollups, conversions = {}, {}
 for _, mm in ipairs(redis.call('ZRANGEBYSCORE', g .. ':minutes', ARGV[2], ARGV[3])) do
   local h = redis.call('HGETALL', g .. ':m' .. ARGV[4] .. ':' .. mm)
   for k = 1, #h, 2 do
-    rollups[#rollups + 1] = mm .. '\t' .. h[k] .. '\t' .. string.gsub(h[k + 1], ',', '\t')
+    local v = h[k + 1]
+    -- earlier layout, one revenue integer: revenue_hi = 0
+    if select(2, string.gsub(v, ',', ',')) == 4 then v = string.gsub(v, ',([^,]*)$', ',0,%1') end
+    rollups[#rollups + 1] = mm .. '\t' .. h[k] .. '\t' .. string.gsub(v, ',', '\t')
   end
   local c = redis.call('HGETALL', g .. ':c:' .. mm)
   for k = 1, #c, 2 do
@@ -277,7 +293,7 @@ def _projected_fields(rollups: pl.DataFrame) -> pl.DataFrame:
     """:func:`_rollup_fields` of every projection, its index first (``projection``)."""
     if rollups.height == 0:
         schema = {"projection": pl.Int32(), "minute": pl.Int64(), "field": pl.String()}
-        return pl.DataFrame(schema=schema | dict.fromkeys(LIVE_MEASURES, pl.Int64()))
+        return pl.DataFrame(schema=schema | dict.fromkeys(_STORED_MEASURES, pl.Int64()))
     return pl.concat(
         _rollup_fields(project(rollups, columns)).select(
             pl.lit(i, dtype=pl.Int32).alias("projection"), pl.all()
@@ -286,9 +302,36 @@ def _projected_fields(rollups: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+#: The integers stored per rollup key, in order (revenue as two: see the module docs).
+_STORED_MEASURES: Final = (*LIVE_MEASURES[:4], "revenue_hi", "revenue_lo")
+#: ``revenue_hi`` counts multiples of this much revenue.
+_HI_UNIT: Final = 10**8
+
+
+def _revenue_parts(revenue: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """``revenue_hi`` and ``revenue_lo`` of a ``DECIMAL(38,4)`` revenue (module docs):
+    ``revenue = hi * 1e8 + lo / 1e4`` with ``0 <= lo < 1e12``, computed exactly in 128-bit
+    integers."""
+    unit = pl.lit(_HI_UNIT, dtype=pl.Int128)
+    whole = revenue.cast(pl.Int128)  # toward zero
+    fraction = ((revenue - whole.cast(REVENUE_SUM)) * 10_000).cast(pl.Int64)
+    hi = whole.floordiv(unit)
+    lo = ((whole - hi * unit) * 10_000).cast(pl.Int64) + fraction
+    # a negative fraction (a retraction) can leave lo just below 0: borrow from hi
+    borrow = (lo < 0).cast(pl.Int64)
+    return (hi.cast(pl.Int64) - borrow), lo + borrow * (_HI_UNIT * 10_000)
+
+
+def _revenue_from_parts(hi: pl.Expr, lo: pl.Expr) -> pl.Expr:
+    """The ``DECIMAL(38,4)`` revenue of its two stored integers."""
+    whole = hi.cast(pl.Decimal(38, 0)) * pl.lit(_HI_UNIT).cast(pl.Decimal(38, 0))
+    return whole.cast(REVENUE_SUM) + lo.cast(REVENUE_SUM) / 10_000
+
+
 def _rollup_fields(rollups: pl.DataFrame) -> pl.DataFrame:
-    """``minute`` (epoch seconds), ``field`` (the key as JSON text) and the five integer
-    measures (revenue in ten-thousandths)."""
+    """``minute`` (epoch seconds), ``field`` (the key as JSON text) and the six integers
+    stored per key (:data:`_STORED_MEASURES`)."""
+    hi, lo = _revenue_parts(pl.col("revenue").fill_null(0).cast(REVENUE_SUM))
     return rollups.select(
         _minute_seconds("minute").alias("minute"),
         pl.struct(
@@ -300,7 +343,8 @@ def _rollup_fields(rollups: pl.DataFrame) -> pl.DataFrame:
         .struct.json_encode()
         .alias("field"),
         *(pl.col(m).fill_null(0).cast(pl.Int64) for m in LIVE_MEASURES[:4]),
-        (pl.col("revenue").fill_null(0) * 10_000).cast(pl.Int64).alias("revenue"),
+        hi.alias("revenue_hi"),
+        lo.alias("revenue_lo"),
     )
 
 
@@ -354,12 +398,15 @@ def _decode_rollups(text: str) -> pl.DataFrame:
         return pl.DataFrame(schema=LIVE_ROLLUPS)
     lines = _tab_separated(
         text,
-        {"minute": pl.Int64(), "field": pl.String(), **dict.fromkeys(LIVE_MEASURES, pl.Int64())},
+        {
+            "minute": pl.Int64(),
+            "field": pl.String(),
+            **dict.fromkeys(_STORED_MEASURES, pl.Int64()),
+        },
     )
     key = pl.col("field").str.json_decode(
         pl.Struct({"a": pl.String, "c": pl.String, "p": pl.String, "l": pl.String})
     )
-    revenue = pl.col("revenue").cast(pl.Decimal(38, 0)).cast(pl.Decimal(38, 4))
     frame = lines.select(
         (pl.lit(_EPOCH) + pl.duration(seconds=pl.col("minute"))).alias("minute"),
         key.struct.field("a").cast(pl.Int64).alias("ad_id"),
@@ -367,7 +414,7 @@ def _decode_rollups(text: str) -> pl.DataFrame:
         key.struct.field("p").alias("platform"),
         key.struct.field("l").alias("location"),
         *LIVE_MEASURES[:4],
-        (revenue / 10_000).cast(pl.Decimal(18, 4)).alias("revenue"),
+        _revenue_from_parts(pl.col("revenue_hi"), pl.col("revenue_lo")).alias("revenue"),
         pl.lit(0.0).alias("latency_sum_seconds"),
     )
     return frame.select(pl.col(name).cast(dtype) for name, dtype in LIVE_ROLLUPS.items())
@@ -581,7 +628,7 @@ class RedisServingStore(ServingStore):
                 "minute",
                 "field",
                 pl.concat_str(
-                    [pl.col(m).cast(pl.String) for m in LIVE_MEASURES], separator=","
+                    [pl.col(m).cast(pl.String) for m in _STORED_MEASURES], separator=","
                 ).alias("value"),
             )
             for (projection, minute), part in fields.group_by("projection", "minute"):

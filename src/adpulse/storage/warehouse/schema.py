@@ -11,6 +11,30 @@ from typing import Final
 
 import polars as pl
 
+# --- money ------------------------------------------------------------------------------
+#: Largest revenue one conversion may carry; above it the record is a dead letter
+#: (``revenue_out_of_range``). The bound and the types below hold together so that no
+#: record and no sum of accepted records can overflow anywhere:
+#:
+#: - one record: ``0 <= revenue <= 1e9``, kept as :data:`REVENUE` = ``DECIMAL(18,4)``
+#:   (values below 1e14): five orders of magnitude to spare. JSON numbers decode as
+#:   float64 (15-16 significant digits); 1e9 with 4 decimals has 13, so rounding to 4
+#:   decimals gives back exactly the decimal that was written.
+#: - sums (rollups, query results, the serving stores): :data:`REVENUE_SUM` =
+#:   ``DECIMAL(38,4)`` (values below 1e34; Polars holds it in 128 bits). A sum of
+#:   accepted records reaches 1e34 only after 1e25 records at the maximum: at a million
+#:   events a second, after 300 billion years. PostgreSQL's NUMERIC and DuckDB's
+#:   DECIMAL(38,4) sums have the same bound or a larger one.
+#: - the Redis serving store adds in Lua, whose numbers are doubles (integers exact up
+#:   to 2**53, about 9e15): it keeps a revenue sum as two integers, whole multiples of
+#:   1e8 and the rest in ten-thousandths (see ``serving/store/redis.py``); that is exact
+#:   up to 9e23, over 900 million million records at the maximum.
+MAX_REVENUE: Final = 1_000_000_000
+#: One conversion's revenue (facts, attribution state).
+REVENUE: Final = pl.Decimal(18, 4)
+#: A sum of revenues (rollups, every query and serving-store result).
+REVENUE_SUM: Final = pl.Decimal(38, 4)
+
 # --- dimensions (SCD type 2) -----------------------------------------------------------
 #: valid_from is inclusive, valid_to exclusive; valid_to NULL means "current version".
 #: The first version of a key is valid from EPOCH so that history joins it.
@@ -69,7 +93,7 @@ FACT_CONVERSIONS: Final = {
     "ad_id": pl.Int64(),
     "user_id": pl.String(),
     "product_id": pl.String(),
-    "revenue": pl.Decimal(18, 4),
+    "revenue": REVENUE,
     "click_event_id": pl.String(),
     "click_time": pl.Datetime("us"),
     "latency_seconds": pl.Float64(),
@@ -106,7 +130,7 @@ ROLLUP_MEASURES: Final = {
     "clicks": pl.Int64(),
     "conversions": pl.Int64(),
     "attributed_conversions": pl.Int64(),
-    "revenue": pl.Decimal(18, 4),
+    "revenue": REVENUE_SUM,
     "latency_sum_seconds": pl.Float64(),
 }
 ROLLUP_MINUTE: Final = {**ROLLUP_KEY, **ROLLUP_MEASURES}
@@ -122,6 +146,8 @@ DEAD_LETTERS: Final = {
     "payload": pl.Binary(),
     "received_at": pl.Datetime("us"),
 }
+#: Dead-letter text columns: :func:`storable_text` makes them storable on every backend.
+DEAD_LETTER_TEXT: Final = ("stream", "source_offset", "reason", "detail")
 #: Per batch, stream and partition: received = accepted + rejected, always;
 #: accepted = unique + duplicates.
 INGEST_STATS: Final = {
@@ -184,3 +210,25 @@ def conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
             for name, dtype in schema.items()
         ]
     )
+
+
+def storable_text(text: str) -> str:
+    """``text`` as every warehouse can store it: NUL (which PostgreSQL refuses in TEXT)
+    written as ``\\x00``, and lone surrogates (not UTF-8) as ``\\udXXX`` escapes.
+
+    For texts that describe a rejected record (a dead letter's detail may quote the bad
+    value): storing them must never fail, and a reader still sees what was there.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def storable_text_expr(column: str) -> pl.Expr:
+    """:func:`storable_text` over a Polars string column (Polars strings are UTF-8
+    already, so only NUL needs escaping)."""
+    return pl.col(column).str.replace_all("\x00", "\\x00", literal=True)

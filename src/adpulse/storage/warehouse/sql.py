@@ -54,6 +54,11 @@ PRIMARY_KEYS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 
+#: Columns whose type an earlier version created narrower: ``rollup_minute.revenue`` was
+#: DECIMAL(18,4), too narrow for sums (see ``schema.MAX_REVENUE``).
+WIDENED: Final = (("rollup_minute", "revenue"),)
+
+
 class SchemaMismatchError(ValueError):
     """A frame handed to the warehouse does not follow :mod:`.schema` exactly."""
 
@@ -81,6 +86,15 @@ class Dialect:
         if key:
             parts.append(f"PRIMARY KEY ({column_list(key)})")
         return f"CREATE TABLE IF NOT EXISTS {quote(table)} ({', '.join(parts)})"
+
+
+#: The spelling of the read-side SQL (the query layer, the Grafana panels, the serving
+#: store's rebuild): one text runs unchanged on DuckDB, PostgreSQL, Redshift and the
+#: serving store's in-memory DuckDB, so its casts use the names they all accept.
+PORTABLE: Final = Dialect(
+    name="portable",
+    type_names={pl.Int64: "BIGINT", pl.Int32: "INTEGER", pl.Float64: "DOUBLE PRECISION"},
+)
 
 
 # --- portable statement builders -------------------------------------------------------
@@ -226,6 +240,24 @@ class SqlWarehouse(Warehouse):
         with self._transaction():
             for table, columns in tables.items():
                 self._execute(self.sql_dialect.create_table(table, columns))
+            self._widen_columns()
+
+    def _widen_columns(self) -> None:
+        """Give columns of a warehouse created by an earlier version their current,
+        wider type (:data:`WIDENED`); a no-op once they have it."""
+        for table, column in WIDENED:
+            dtype = TABLES[table][column]
+            assert isinstance(dtype, pl.Decimal)
+            found = self._fetch(
+                "SELECT numeric_precision FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = ? AND column_name = ?",
+                [table, column],
+            )
+            if found.height and (found.item() or 0) < (dtype.precision or 38):
+                self._execute(
+                    f"ALTER TABLE {quote(table)} ALTER COLUMN {quote(column)}"
+                    f" TYPE {self.sql_dialect.column_type(dtype)}"
+                )
 
     # -- the processor's commit -------------------------------------------------------------
     def commit(self, output: BatchOutput) -> None:
@@ -440,9 +472,18 @@ def _appends(
         ("fact_clicks", output.clicks, schema.FACT_CLICKS),
         ("fact_conversions", output.conversions, schema.FACT_CONVERSIONS),
         ("rollup_minute", output.rollups, schema.ROLLUP_MINUTE),
-        ("dead_letters", output.dead_letters, schema.DEAD_LETTERS),
+        ("dead_letters", _storable(output.dead_letters), schema.DEAD_LETTERS),
         ("ingest_stats", output.stats, schema.INGEST_STATS),
     )
+
+
+def _storable(dead_letters: pl.DataFrame) -> pl.DataFrame:
+    """Dead letters whose texts every backend stores (:func:`.schema.storable_text`): a
+    rejected record's detail may quote anything, and its commit must never fail."""
+    texts = schema.DEAD_LETTER_TEXT
+    if dead_letters.height == 0 or any(dead_letters.schema.get(c) != pl.String for c in texts):
+        return dead_letters  # nothing to store, or check_frame refuses it
+    return dead_letters.with_columns(schema.storable_text_expr(c) for c in schema.DEAD_LETTER_TEXT)
 
 
 def _offsets_frame(offsets: Mapping[tuple[Stream, int], str], at: datetime) -> pl.DataFrame:

@@ -1,0 +1,71 @@
+"""The dedupe step's key set alone: membership by event-time bucket against a cutoff, and
+growth and compaction that never lose a key still live for some partition."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from adpulse.processor.id_set import IdSet
+
+NO_CUTOFF = np.iinfo(np.int32).min
+
+
+def keys(start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` distinct 128-bit keys, spread like hashes (some share a slot, as real ones do)."""
+    i = np.arange(start, start + n, dtype=np.uint64)
+    return i * np.uint64(0x9E3779B97F4A7C15), i * np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+def check(s: IdSet, hi: np.ndarray, lo: np.ndarray, bucket: int, cutoff: int) -> np.ndarray:
+    n = len(hi)
+    return s.check_and_add(hi, lo, np.full(n, bucket, np.int32), np.full(n, cutoff, np.int32))
+
+
+def test_a_key_is_seen_while_its_bucket_is_at_or_after_the_cutoff() -> None:
+    s = IdSet()
+    hi, lo = keys(0, 3)
+    assert check(s, hi, lo, bucket=10, cutoff=NO_CUTOFF).tolist() == [False] * 3
+    assert check(s, hi, lo, bucket=10, cutoff=10).tolist() == [True] * 3
+    # past the cutoff the key counts as new, and is renewed with the new bucket
+    assert check(s, hi, lo, bucket=12, cutoff=11).tolist() == [False] * 3
+    assert check(s, hi, lo, bucket=12, cutoff=12).tolist() == [True] * 3
+    assert len(s) == 3
+
+
+def test_keys_differing_in_one_half_are_different() -> None:
+    s = IdSet()
+    hi, lo = keys(0, 2)
+    check(s, hi, lo, 10, NO_CUTOFF)
+    other_lo = lo + np.uint64(1)
+    assert check(s, hi, other_lo, 10, NO_CUTOFF).tolist() == [False, False]
+    assert len(s) == 4
+
+
+def test_growth_keeps_every_live_key() -> None:
+    s = IdSet()
+    first = s.capacity
+    batches = [keys(k * 5000, 5000) for k in range(4)]
+    for hi, lo in batches:
+        assert not check(s, hi, lo, 10, NO_CUTOFF).any()
+    assert s.capacity > first
+    assert len(s) == 20_000
+    for hi, lo in batches:
+        assert check(s, hi, lo, 10, 10).all()
+
+
+def test_compaction_keeps_keys_live_for_another_partition_with_keep_from() -> None:
+    # 3,000 keys in bucket 10 (the table grows to 16,384 slots); then 6,000 keys of a
+    # batch whose own cutoff is 15 (its partition is far ahead) pass half the load and
+    # force a rebuild. With keep_from=5 (another partition still counts bucket 5 on) the
+    # old keys survive it; without, they go, as only a cutoff of 11 or more allows.
+    old_hi, old_lo = keys(0, 3000)
+    new_hi, new_lo = keys(10_000, 6000)
+    new_buckets = np.full(6000, 20, np.int32)
+    new_cutoffs = np.full(6000, 15, np.int32)
+    for keep_from, survivors in ((5, 3000), (None, 0)):
+        s = IdSet()
+        check(s, old_hi, old_lo, 10, NO_CUTOFF)
+        assert s.capacity == 16_384
+        s.check_and_add(new_hi, new_lo, new_buckets, new_cutoffs, keep_from)
+        assert len(s) == 6000 + survivors
+        assert int(check(s, old_hi, old_lo, 10, 5).sum()) == survivors
