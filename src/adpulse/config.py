@@ -11,7 +11,7 @@ import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -126,6 +126,18 @@ class Settings(BaseSettings):
     )
     api_query_threads: int = Field(
         2, ge=1, le=64, description="HTTP API: warehouse queries run at once, at most."
+    )
+    auth: Literal["auto", "required", "off"] = Field(
+        "auto",
+        description="HTTP: 'auto' needs keys off loopback only, 'required' everywhere, 'off'"
+        " never (see docs/security.md).",
+    )
+    auth_refresh_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="HTTP: how often servers re-read the API keys (a revoked key stops"
+        " working within this long).",
     )
     trending_window_minutes: int = Field(15, ge=1)
     min_clicks: int = Field(20, ge=0, description="Minimum clicks for rate rankings.")

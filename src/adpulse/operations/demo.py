@@ -7,7 +7,7 @@ import time
 from collections import deque
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from rich.columns import Columns
@@ -26,6 +26,9 @@ from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
 from adpulse.storage.dimensions import read_dimension_csv
 from adpulse.transport.base import Consumer
+
+if TYPE_CHECKING:
+    from adpulse.serving.auth import Access
 
 #: Most history events the demo backfills (``--days``), whatever the rate.
 MAX_HISTORY_EVENTS = 3_000_000
@@ -83,6 +86,7 @@ def run_demo(
     duration: float | None,
     refresh: float,
     serve_at: tuple[str, int] | None = None,
+    insecure: bool = False,
     stop: threading.Event | None = None,
 ) -> str:
     """Run until ``stop`` is set or for ``duration`` seconds (``duration`` seconds of
@@ -118,6 +122,22 @@ def run_demo(
                 f"cannot listen on {serve_at[0]}:{serve_at[1]}: {exc}; choose --port or --no-serve"
             ) from exc
     with open_runtime(settings, live=True) as rt:
+        access = None
+        if serve_at is not None:
+            from adpulse.serving.auth import InsecureServeError, access_of_server
+
+            try:
+                access = access_of_server(
+                    rt.warehouse,
+                    settings.auth,
+                    settings.auth_refresh_seconds,
+                    serve_at[0],
+                    insecure,
+                )
+            except InsecureServeError as exc:
+                if sock is not None:
+                    sock.close()
+                raise UserError(str(exc)) from None
         load_generated_dimensions(rt, gen, console)
         producer = rt.transport.producer()
         now = datetime.now(UTC).replace(tzinfo=None)
@@ -159,7 +179,9 @@ def run_demo(
         threads = [produce_thread, process_thread]
         server = server_thread = None
         if sock is not None:
-            server, server_thread = _start_api(rt, sock, rates, live_figures, console, processor)
+            server, server_thread = _start_api(
+                rt, sock, rates, live_figures, console, processor, access
+            )
             threads.append(server_thread)
         for t in threads:
             t.start()
@@ -223,6 +245,7 @@ def _start_api(
     live_figures: dict[str, float],
     console: Console,
     processor: Processor,
+    access: Access | None = None,
 ) -> tuple[Any, Worker]:
     """The HTTP API server and the thread to run it in (not started), over the demo's
     own warehouse object (DuckDB lets one process hold the file; reads use their own
@@ -235,7 +258,9 @@ def _start_api(
             **live_figures,
         }
 
-    app = create_app(rt.warehouse, rt.settings, status_source=figures, commits=processor.commits)
+    app = create_app(
+        rt.warehouse, rt.settings, status_source=figures, commits=processor.commits, access=access
+    )
     server = make_server(app)
     url = url_of(sock)
     console.print(f"dashboard at {url} · HTTP API at {url}api/v1/summary (docs: {url}docs)")

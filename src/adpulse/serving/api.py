@@ -50,6 +50,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from adpulse.config import Settings
 from adpulse.processor.commits import CommitSignal
 from adpulse.serving import queries
+from adpulse.serving.auth import Access, ReadGate, session_routes
 from adpulse.serving.cache import ResultCache
 from adpulse.serving.queries import FilterError, Filters
 from adpulse.storage.warehouse.base import Warehouse
@@ -459,13 +460,15 @@ def create_app(
     *,
     refresh_seconds: float = 1.0,
     commits: CommitSignal | None = None,
+    access: Access | None = None,
 ) -> FastAPI:
     """The API over ``warehouse`` (shared, read through the query layer only).
 
     ``status_source`` adds live process figures (events/s per stream, lag) to the
     health payload, e.g. from the running demo. ``commits`` is the processor's commit
     signal when it runs in this process: the live feed then pushes after each commit,
-    and shared answers stay current until the next commit.
+    and shared answers stay current until the next commit. ``access`` says whether keys
+    are required (:func:`adpulse.serving.auth.access_for`; default: open).
     """
 
     def health() -> dict[str, Any]:
@@ -517,6 +520,8 @@ def create_app(
     app.state.feed = feed
     app.state.answers = answers
     app.state.warehouse = warehouse
+    app.state.access = access = access or Access.open()
+    app.include_router(session_routes())
 
     # --- errors ---------------------------------------------------------------------------
     @app.exception_handler(FilterError)
@@ -533,8 +538,11 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed", 503: "unavailable"}
-        return _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
+        codes = {401: "unauthorized", 403: "forbidden", 404: "not_found"}
+        codes |= {405: "method_not_allowed", 503: "unavailable"}
+        response = _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
+        response.headers.update(exc.headers or {})
+        return response
 
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -546,7 +554,8 @@ def create_app(
     app.add_middleware(RequestLimits)
     known = KnownRequests()
     app.state.known_requests = known
-    app.add_middleware(AnswerShortcut, known=known, answers=answers)  # outermost: first
+    app.add_middleware(AnswerShortcut, known=known, answers=answers)
+    app.add_middleware(ReadGate, access=access)  # outermost: no answer without a key
 
     async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         # DuckDB reads release the GIL; a thread keeps the event loop (and SSE) responsive

@@ -137,6 +137,17 @@ class LiveWarehouse(Warehouse):
     def dimension(self, kind: DimensionKind) -> pl.DataFrame:
         return self.warehouse.dimension(kind)
 
+    def api_keys(self) -> pl.DataFrame:
+        return self.warehouse.api_keys()
+
+    def add_api_key(
+        self, key_id: str, name: str, scope: str, salt: str, digest: str, created_at: datetime
+    ) -> None:
+        self.warehouse.add_api_key(key_id, name, scope, salt, digest, created_at)
+
+    def revoke_api_key(self, key_id: str, at: datetime) -> bool:
+        return self.warehouse.revoke_api_key(key_id, at)
+
     def dimension_revision(self) -> int:
         return self.warehouse.dimension_revision()
 
