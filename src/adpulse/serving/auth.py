@@ -99,7 +99,7 @@ def create_key(warehouse: Warehouse, scope: KeyScope, name: str = "") -> tuple[A
     key_id = secrets.token_hex(5)
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)
-    created = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    created = datetime.now(UTC).replace(tzinfo=None)
     key = ApiKey(key_id, name, scope, salt, _digest(salt, secret), created)
     warehouse.add_api_key(key_id, name, scope, salt, key.digest, created)
     return key, f"{KEY_PREFIX}{key_id}_{secret}"

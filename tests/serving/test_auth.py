@@ -1,0 +1,271 @@
+"""API keys and access control: keys stored hashed on both warehouses, the auth matrix of
+the HTTP API (no key, wrong key, wrong scope, revoked key, cookie), the loopback rule
+and the refusal to serve off loopback without keys."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pgtest import PG_URL, new_schema, postgres_warehouse, require_postgres
+from typer.testing import CliRunner
+
+from adpulse.cli.main import app as cli
+from adpulse.cli.runtime import UserError
+from adpulse.config import Settings
+from adpulse.serving import api, auth
+from adpulse.serving.auth import (
+    Access,
+    InsecureServeError,
+    KeyRing,
+    WriteKey,
+    access_for,
+    create_key,
+    list_keys,
+    revoke_key,
+)
+from adpulse.storage.warehouse.base import Warehouse
+from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+from adpulse.storage.warehouse.postgres import PostgresWarehouse
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def keystore(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
+    if request.param == "duckdb":
+        with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
+            wh.create_schema()
+            yield wh
+    else:
+        with postgres_warehouse() as pg:
+            yield pg
+
+
+# --- storage ---------------------------------------------------------------------------------
+def test_keys_are_stored_hashed_never_the_secret(keystore: Warehouse) -> None:
+    key, text = create_key(keystore, "read", "dashboard")
+    assert text.startswith(f"ap_live_{key.key_id}_")
+    secret = text.removeprefix(f"ap_live_{key.key_id}_")
+    assert len(secret) == 43  # 32 random bytes, URL-safe base64 without padding
+    rows = keystore.query("SELECT * FROM api_keys").to_dicts()
+    assert len(rows) == 1
+    (row,) = rows
+    assert not any(secret in str(v) or text in str(v) for v in row.values())
+    assert row["digest"] == hashlib.sha256(bytes.fromhex(row["salt"]) + secret.encode()).hexdigest()
+    assert (row["key_id"], row["name"], row["scope"], row["revoked_at"]) == (
+        key.key_id,
+        "dashboard",
+        "read",
+        None,
+    )
+    # a second key with the same secret would not share the digest: salts differ
+    other, _ = create_key(keystore, "read")
+    assert other.salt != key.salt
+
+
+def test_list_and_revoke(keystore: Warehouse) -> None:
+    read, _ = create_key(keystore, "read", "r")
+    write, _ = create_key(keystore, "write", "w")
+    assert [(k.key_id, k.scope, k.name) for k in list_keys(keystore)] == [
+        (read.key_id, "read", "r"),
+        (write.key_id, "write", "w"),
+    ]
+    assert revoke_key(keystore, read.key_id) is True
+    assert revoke_key(keystore, read.key_id) is False  # already revoked
+    assert revoke_key(keystore, "nosuchkey0") is False
+    listed = {k.key_id: k.revoked_at is not None for k in list_keys(keystore)}
+    assert listed == {read.key_id: True, write.key_id: False}
+
+
+def test_a_key_made_by_one_process_counts_in_another_over_postgres() -> None:
+    """Over PostgreSQL the API and the collector run apart: each sees the other's keys
+    (two warehouse objects: two connections, as two processes would have)."""
+    require_postgres()
+    schema = new_schema()
+    with postgres_warehouse(schema) as writer, PostgresWarehouse(PG_URL, schema=schema) as reader:
+        ring = KeyRing.of(reader, refresh_seconds=0)
+        assert ring.reload() == 0
+        key, _ = create_key(writer, "write")
+        assert ring.reload() == 1
+        revoke_key(writer, key.key_id)
+        assert ring.reload() == 0
+
+
+def test_keys_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, str]] = []
+    real = auth.hmac.compare_digest
+
+    def recording(a: str, b: str) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", recording)
+    key = auth.ApiKey("abc", "", "read", "00" * 16, auth._digest("00" * 16, "s3cret"), None)  # type: ignore[arg-type]
+    assert key.matches("s3cret") is True
+    assert key.matches("s3creT") is False
+    assert len(calls) == 2
+
+
+# --- the HTTP matrix ---------------------------------------------------------------------------
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[TestClient, Warehouse, dict[str, str]]]:
+    """An API that requires keys (as off loopback), a write route as the collector's
+    would be, and one key of each scope plus a revoked one."""
+    with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
+        wh.create_schema()
+        keys = {scope: create_key(wh, scope)[1] for scope in ("read", "write")}
+        revoked, keys["revoked"] = create_key(wh, "read")
+        revoke_key(wh, revoked.key_id)
+        ring = KeyRing.of(wh, refresh_seconds=0)
+        access = access_for("auto", "0.0.0.0", ring)
+        assert access.required
+        app: FastAPI = api.create_app(wh, Settings(home=tmp_path), access=access)
+
+        @app.post("/v1/events/test", status_code=202)
+        async def collect(key: WriteKey) -> dict[str, str | None]:
+            return {"key": None if key is None else key.scope}
+
+        with TestClient(app) as client:
+            yield client, wh, keys
+
+
+def _bearer(text: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {text}"}
+
+
+def test_auth_matrix(served: tuple[TestClient, Warehouse, dict[str, str]]) -> None:
+    client, _, keys = served
+    read, write = keys["read"], keys["write"]
+    wrong = read[:-4] + ("AAAA" if not read.endswith("AAAA") else "BBBB")
+    summary = "/api/v1/summary"
+    cases = [
+        ("GET", summary, {}, 401, "unauthorized"),
+        ("GET", summary, _bearer(wrong), 401, "unauthorized"),
+        ("GET", summary, _bearer("not a key"), 401, "unauthorized"),
+        ("GET", summary, _bearer(keys["revoked"]), 401, "unauthorized"),
+        ("GET", summary, _bearer(write), 403, "forbidden"),
+        ("GET", summary, _bearer(read), 200, None),
+        ("GET", summary, {"X-API-Key": read}, 200, None),
+        ("GET", "/api/v1/stream?max_events=1", {}, 401, "unauthorized"),
+        ("GET", "/api/v1/health", {"X-API-Key": write}, 403, "forbidden"),
+        ("POST", "/v1/events/test", {}, 401, "unauthorized"),
+        ("POST", "/v1/events/test", _bearer(read), 403, "forbidden"),
+        ("POST", "/v1/events/test", _bearer(keys["revoked"]), 401, "unauthorized"),
+        ("POST", "/v1/events/test", _bearer(write), 202, None),
+        ("GET", "/healthz", {}, 200, None),
+        ("GET", "/readyz", {}, 200, None),
+        ("GET", "/", {}, 200, None),
+    ]
+    for method, path, headers, status, error in cases:
+        response = client.request(method, path, headers=headers)
+        assert (method, path, headers, response.status_code) == (method, path, headers, status)
+        if error is not None:
+            assert response.json()["error"] == error
+        if status == 401:
+            assert response.headers["www-authenticate"] == "Bearer"
+    assert client.post("/v1/events/test", headers=_bearer(write)).json() == {"key": "write"}
+
+
+def test_a_shared_answer_is_not_given_without_a_key(
+    served: tuple[TestClient, Warehouse, dict[str, str]],
+) -> None:
+    """The shortcut that answers repeated requests before routing sits behind the gate."""
+    client, _, keys = served
+    path = "/api/v1/summary?platform=Web"
+    assert client.get(path, headers=_bearer(keys["read"])).status_code == 200
+    assert client.get(path).status_code == 401
+
+
+def test_a_revoked_key_stops_working(served: tuple[TestClient, Warehouse, dict[str, str]]) -> None:
+    client, wh, keys = served
+    assert client.get("/api/v1/health", headers=_bearer(keys["read"])).status_code == 200
+    (read,) = [k for k in list_keys(wh) if k.scope == "read" and k.revoked_at is None]
+    revoke_key(wh, read.key_id)
+    assert client.get("/api/v1/health", headers=_bearer(keys["read"])).status_code == 401
+
+
+def test_the_dashboard_session_cookie(served: tuple[TestClient, Warehouse, dict[str, str]]) -> None:
+    client, _, keys = served
+    refused = client.post("/api/v1/session", json={"key": keys["write"]})
+    assert (refused.status_code, refused.json()["error"]) == (403, "forbidden")
+    assert client.post("/api/v1/session", json={"key": "nope"}).status_code == 401
+    assert "set-cookie" not in refused.headers
+    started = client.post("/api/v1/session", json={"key": keys["read"]})
+    assert started.status_code == 200
+    cookie = started.headers["set-cookie"]
+    assert cookie.startswith(f"adpulse_key={keys['read']};")
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    assert "Path=/" in cookie
+    assert client.get("/api/v1/summary").status_code == 200  # the client keeps the cookie
+    assert client.delete("/api/v1/session").status_code == 200
+    assert client.get("/api/v1/summary").status_code == 401
+
+
+def test_an_open_server_needs_no_key(tmp_path: Path) -> None:
+    with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
+        wh.create_schema()
+        create_key(wh, "read")
+        access = access_for("auto", "127.0.0.1", KeyRing.of(wh, 0))
+        with TestClient(api.create_app(wh, Settings(home=tmp_path), access=access)) as client:
+            assert client.get("/api/v1/summary").status_code == 200
+            assert client.post("/api/v1/session", json={"key": "anything"}).status_code == 200
+
+
+# --- the decision at start ---------------------------------------------------------------------
+class _Ring(KeyRing):
+    def __init__(self, active: int) -> None:
+        super().__init__(list, 5.0)
+        self.active = active
+
+    def reload(self) -> int:
+        return self.active
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_loopback_needs_no_key_in_auto_mode(host: str) -> None:
+    assert access_for("auto", host, _Ring(0)) == Access(required=False)
+    assert access_for("auto", host, _Ring(2)) == Access(required=False)
+    assert access_for("off", host, _Ring(2)) == Access(required=False)
+    assert access_for("required", host, _Ring(0)).required  # starts; keys may come later
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "example.com"])
+def test_off_loopback_refuses_without_keys_unless_insecure(host: str) -> None:
+    for mode, active in (("auto", 0), ("required", 0), ("off", 3)):
+        with pytest.raises(InsecureServeError, match=r"adpulse keys create --scope read"):
+            access_for(mode, host, _Ring(active))  # type: ignore[arg-type]
+    assert access_for("auto", host, _Ring(0), insecure=True) == Access(required=False)
+    assert access_for("off", host, _Ring(0), insecure=True) == Access(required=False)
+    assert access_for("auto", host, _Ring(1)).required
+    assert access_for("required", host, _Ring(0), insecure=True).required
+
+
+# --- the commands ----------------------------------------------------------------------------
+def test_keys_commands_and_serve_refusal(tmp_path: Path) -> None:
+    env = {"ADPULSE_HOME": str(tmp_path)}
+    runner = CliRunner()
+    with DuckDBWarehouse(tmp_path / "warehouse.duckdb") as wh:
+        wh.create_schema()
+    refused = runner.invoke(cli, ["serve", "--host", "0.0.0.0", "--port", "0"], env=env)
+    assert isinstance(refused.exception, UserError)
+    message = str(refused.exception)
+    assert message.startswith("refusing to serve on 0.0.0.0 (not loopback): no API key exists")
+    assert "--insecure" in message
+    assert "\n" not in message
+
+    created = runner.invoke(cli, ["keys", "create", "--scope", "write", "--name", "ads"], env=env)
+    assert created.exit_code == 0, created.output
+    text = created.stdout.strip().splitlines()[-1]
+    assert text.startswith("ap_live_")
+    listed = runner.invoke(cli, ["keys", "list", "--format", "json"], env=env)
+    assert listed.exit_code == 0
+    assert text not in listed.stdout
+    key_id = text.removeprefix("ap_live_").split("_")[0]
+    assert f'"id": "{key_id}"' in listed.stdout.replace('":"', '": "')
+    assert runner.invoke(cli, ["keys", "revoke", key_id], env=env).exit_code == 0
+    again = runner.invoke(cli, ["keys", "revoke", key_id], env=env)
+    assert isinstance(again.exception, UserError)
