@@ -349,3 +349,62 @@ def test_chromium_is_installed_by_ci() -> None:
         shutil.which("npm") is None
         or "npm ci" in (Path(__file__).resolve().parents[2] / "run").read_text()
     )
+
+
+@pytest.mark.browser
+def test_page_asks_for_a_read_key_once_then_shows_numbers(browser: Any, tmp_path: Path) -> None:
+    """A server that requires keys: the page asks for one, refuses a write key, keeps the
+    read key in an HttpOnly cookie (scripts cannot read it) and then shows the numbers."""
+    from query_dataset import build
+
+    from adpulse.serving.auth import KeyRing, access_for, create_key
+
+    with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
+        wh.create_schema()
+        build(wh)
+        _, read_key = create_key(wh, "read")
+        _, write_key = create_key(wh, "write")
+        access = access_for("required", "127.0.0.1", KeyRing.of(wh, 5.0))
+        app = api.create_app(wh, Settings(home=tmp_path), refresh_seconds=0.2, access=access)
+        sock = api.bind("127.0.0.1", 0)
+        server = api.make_server(app)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            base = api.url_of(sock)
+            _until(lambda: httpx.get(base + "healthz").status_code == 200, 10, "server")
+            assert httpx.get(base + "api/v1/summary").status_code == 401
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            page.goto(base + "?range=1h")
+            page.wait_for_selector("#key-form:not([hidden])", timeout=10_000)
+            assert _loads(page) == 0
+            page.fill("#key-form input[name=key]", write_key)
+            page.click("#key-form button[type=submit]")
+            page.wait_for_function(
+                "document.getElementById('key-error').textContent.includes('write key')"
+            )
+            assert page.is_visible("#key-form")
+            page.fill("#key-form input[name=key]", read_key)
+            page.click("#key-form button[type=submit]")
+            page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1")
+            assert page.is_hidden("#key-form")
+            assert page.inner_text(".tile[data-key=impressions] .value") == "230"
+            assert page.evaluate("document.cookie") == ""  # HttpOnly: not for scripts
+            (cookie,) = context.cookies()
+            assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == (
+                "adpulse_key",
+                True,
+                "Strict",
+            )
+            # the live stream works with the cookie too
+            page.wait_for_function("document.getElementById('live').textContent === 'live'")
+            # a second page of the same browser asks no more
+            again = context.new_page()
+            again.goto(base + "?range=1h")
+            again.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1")
+            assert again.is_hidden("#key-form")
+            context.close()
+        finally:
+            api.stop_server(server, thread)  # ends the live streams first
+            sock.close()
