@@ -139,6 +139,34 @@ class Settings(BaseSettings):
         description="HTTP: how often servers re-read the API keys (a revoked key stops"
         " working within this long).",
     )
+    http_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="HTTP: a request's headers must arrive within this long of the"
+        " connection opening or the previous response (slow clients are closed).",
+    )
+    http_keep_alive_seconds: float = Field(
+        5.0, gt=0, le=300, description="HTTP: an idle connection is closed after this long."
+    )
+    http_max_header_bytes: int = Field(
+        16 * 1024,
+        ge=4096,
+        le=1024 * 1024,
+        description="HTTP: larger request headers get 431 and the connection is closed.",
+    )
+    http_max_connections: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="HTTP: connections and requests at once; beyond it requests get 503.",
+    )
+    stream_clients_per_address: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="HTTP: live streams open at once from one client address (then 429).",
+    )
     trending_window_minutes: int = Field(15, ge=1)
     min_clicks: int = Field(20, ge=0, description="Minimum clicks for rate rankings.")
 

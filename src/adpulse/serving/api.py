@@ -240,6 +240,7 @@ class LiveFeed:
         interval: float,
         run: Callable[[Callable[[], Any]], Awaitable[Any]],
         commits: CommitSignal | None = None,
+        per_address: int = MAX_STREAM_CLIENTS,
     ) -> None:
         self._status = compute_status
         self._summary = compute_summary
@@ -250,6 +251,11 @@ class LiveFeed:
         self._unsubscribe: Callable[[], None] | None = None
         self._wake: asyncio.Event | None = None
         self._subscribers: dict[Filters, set[asyncio.Queue[bytes | None]]] = {}
+        #: Open streams per client address, at most ``per_address`` each: one client
+        #: cannot take every one of the server's streams.
+        self.per_address = per_address
+        self._addresses: Counter[str] = Counter()
+        self._address_of: dict[asyncio.Queue[bytes | None], str] = {}
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ticks = 0
@@ -295,18 +301,32 @@ class LiveFeed:
             for queue in queues:
                 self._offer(queue, None)
 
-    def subscribe(self, filters: Filters) -> asyncio.Queue[bytes | None]:
+    def subscribe(self, filters: Filters, address: str = "") -> asyncio.Queue[bytes | None]:
+        if self._addresses[address] >= self.per_address:
+            raise HTTPException(
+                429,
+                f"{self.per_address} live streams are open from your address already, the"
+                " most allowed (setting stream_clients_per_address); close one",
+                headers={"Retry-After": "10"},
+            )
         if self.clients >= MAX_STREAM_CLIENTS:
             raise HTTPException(503, "too many live clients; try again later")
         if filters not in self._subscribers and len(self._subscribers) >= MAX_STREAM_KEYS:
             raise HTTPException(503, "too many distinct live filter sets; try again later")
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=CLIENT_QUEUE)
         self._subscribers.setdefault(filters, set()).add(queue)
+        self._addresses[address] += 1
+        self._address_of[queue] = address
         if self._wake is not None:
             self._wake.set()  # a new client gets numbers now, not at the next commit
         return queue
 
     def unsubscribe(self, filters: Filters, queue: asyncio.Queue[bytes | None]) -> None:
+        address = self._address_of.pop(queue, None)
+        if address is not None:
+            self._addresses[address] -= 1
+            if self._addresses[address] <= 0:
+                del self._addresses[address]
         queues = self._subscribers.get(filters)
         if queues is not None:
             queues.discard(queue)
@@ -492,7 +512,14 @@ def create_app(
     async def read_for_feed(fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(feed_reader, fn)
 
-    feed = LiveFeed(health, summary_of, refresh_seconds, read_for_feed, commits)
+    feed = LiveFeed(
+        health,
+        summary_of,
+        refresh_seconds,
+        read_for_feed,
+        commits,
+        per_address=settings.stream_clients_per_address,
+    )
     answers = ResultCache(
         settings.api_cache_seconds,
         read,
@@ -521,6 +548,7 @@ def create_app(
     app.state.answers = answers
     app.state.warehouse = warehouse
     app.state.access = access = access or Access.open()
+    app.state.settings = settings
     app.include_router(session_routes())
 
     # --- errors ---------------------------------------------------------------------------
@@ -539,7 +567,7 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:
         codes = {401: "unauthorized", 403: "forbidden", 404: "not_found"}
-        codes |= {405: "method_not_allowed", 503: "unavailable"}
+        codes |= {405: "method_not_allowed", 429: "too_many_requests", 503: "unavailable"}
         response = _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
         response.headers.update(exc.headers or {})
         return response
@@ -774,7 +802,7 @@ def create_app(
         """Server-Sent Events: an ``update`` event (summary for the filters + pipeline
         health) after each commit (at most 4 a second) and at least once a second, the
         same payload for every client."""
-        queue = feed.subscribe(filters)
+        queue = feed.subscribe(filters, request.client.host if request.client else "")
 
         async def events() -> AsyncIterator[bytes]:
             sent = 0
@@ -839,12 +867,26 @@ def make_server(app: FastAPI, log_level: str = "warning") -> Any:
 
     Also shortens the process's GIL switch interval (see
     :data:`GIL_SWITCH_INTERVAL_SECONDS`): the server shares the process with the
-    processor in the demo.
+    processor in the demo. Connection limits (:mod:`adpulse.serving.limits`) come from
+    the app's settings.
     """
     import uvicorn
 
+    from adpulse.serving.limits import HttpLimits, uvicorn_options
+
     sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_SECONDS))
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on")
+    settings = getattr(app.state, "settings", None)
+    limits = HttpLimits()
+    if isinstance(settings, Settings):
+        limits = HttpLimits(
+            header_timeout_seconds=settings.http_header_timeout_seconds,
+            keep_alive_seconds=settings.http_keep_alive_seconds,
+            max_header_bytes=settings.http_max_header_bytes,
+            max_connections=settings.http_max_connections,
+        )
+    config = uvicorn.Config(
+        app, log_level=log_level, access_log=False, lifespan="on", **uvicorn_options(limits)
+    )
     return uvicorn.Server(config)
 
 
