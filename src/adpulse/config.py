@@ -139,6 +139,18 @@ class Settings(BaseSettings):
         description="HTTP: how often servers re-read the API keys (a revoked key stops"
         " working within this long).",
     )
+    key_rate_limit: float = Field(
+        0.0,
+        ge=0,
+        le=1_000_000,
+        description="HTTP: requests a second per API key, bursts of twice that (at least"
+        " 10); over it, 429 with Retry-After (0: unlimited).",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="HTTP: web origins (https://shop.example) whose pages may call the"
+        " collector (/v1/...) from a browser; empty: none.",
+    )
     http_header_timeout_seconds: float = Field(
         10.0,
         gt=0,

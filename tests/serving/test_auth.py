@@ -269,3 +269,73 @@ def test_keys_commands_and_serve_refusal(tmp_path: Path) -> None:
     assert runner.invoke(cli, ["keys", "revoke", key_id], env=env).exit_code == 0
     again = runner.invoke(cli, ["keys", "revoke", key_id], env=env)
     assert isinstance(again.exception, UserError)
+
+
+# --- rate limits and CORS --------------------------------------------------------------------
+def test_per_key_rate_limit(tmp_path: Path) -> None:
+    with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
+        wh.create_schema()
+        _, first = create_key(wh, "read")
+        _, second = create_key(wh, "read")
+        settings = Settings(home=tmp_path, key_rate_limit=0.5)
+        access = auth.access_of_server(wh, settings, "0.0.0.0", insecure=False)
+        assert access.limiter is not None
+        assert (access.limiter.rate, access.limiter.burst) == (0.5, 10)
+        with TestClient(api.create_app(wh, settings, access=access)) as client:
+            codes = [client.get("/api/v1/health", headers=_bearer(first)) for _ in range(11)]
+            assert [r.status_code for r in codes] == [200] * 10 + [429]
+            assert codes[-1].headers["retry-after"] == "2"
+            assert codes[-1].json()["error"] == "too_many_requests"
+            # per key: the other key still has its burst
+            assert client.get("/api/v1/health", headers=_bearer(second)).status_code == 200
+
+
+def test_no_rate_limit_by_default_or_when_open(tmp_path: Path) -> None:
+    with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
+        wh.create_schema()
+        create_key(wh, "read")
+        assert auth.access_of_server(wh, Settings(home=tmp_path), "0.0.0.0", False).limiter is None
+        open_ = auth.access_of_server(wh, Settings(home=tmp_path, key_rate_limit=5), "::1", False)
+        assert open_ == Access(required=False)
+
+
+def test_rate_limiter_refills_at_its_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    limiter = auth.RateLimiter(rate=2, burst=2)
+    assert [limiter.take("k"), limiter.take("k")] == [0.0, 0.0]
+    assert limiter.take("k") == 0.5
+    now[0] += 0.5
+    assert limiter.take("k") == 0.0
+    assert limiter.take("other") == 0.0
+
+
+def test_cors_only_for_the_collector_and_listed_origins(tmp_path: Path) -> None:
+    with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
+        wh.create_schema()
+        settings = Settings(home=tmp_path, cors_origins=["https://shop.example"])
+        app = api.create_app(wh, settings)
+
+        @app.post("/v1/events/test", status_code=202)
+        async def collect() -> dict[str, str]:
+            return {"ok": "yes"}
+
+        preflight = {"Access-Control-Request-Method": "POST"}
+        with TestClient(app) as client:
+            allowed = client.options(
+                "/v1/events/test", headers={"Origin": "https://shop.example", **preflight}
+            )
+            assert allowed.status_code == 200
+            assert allowed.headers["access-control-allow-origin"] == "https://shop.example"
+            assert "X-API-Key" in allowed.headers["access-control-allow-headers"]
+            assert "access-control-allow-credentials" not in allowed.headers
+            other = client.options(
+                "/v1/events/test", headers={"Origin": "https://evil.example", **preflight}
+            )
+            assert other.status_code == 400
+            assert "access-control-allow-origin" not in other.headers
+            sent = client.post("/v1/events/test", headers={"Origin": "https://shop.example"})
+            assert sent.headers["access-control-allow-origin"] == "https://shop.example"
+            read = client.get("/api/v1/health", headers={"Origin": "https://shop.example"})
+            assert read.status_code == 200
+            assert "access-control-allow-origin" not in read.headers

@@ -686,9 +686,7 @@ def serve(
     settings = settings_for(home, config)
     with open_runtime(settings, read_only=True) as rt:
         try:
-            access = access_of_server(
-                rt.warehouse, settings.auth, settings.auth_refresh_seconds, host, insecure
-            )
+            access = access_of_server(rt.warehouse, settings, host, insecure)
         except InsecureServeError as exc:
             raise UserError(str(exc)) from None
         try:

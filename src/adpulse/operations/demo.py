@@ -127,13 +127,7 @@ def run_demo(
             from adpulse.serving.auth import InsecureServeError, access_of_server
 
             try:
-                access = access_of_server(
-                    rt.warehouse,
-                    settings.auth,
-                    settings.auth_refresh_seconds,
-                    serve_at[0],
-                    insecure,
-                )
+                access = access_of_server(rt.warehouse, settings, serve_at[0], insecure)
             except InsecureServeError as exc:
                 if sock is not None:
                     sock.close()

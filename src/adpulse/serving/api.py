@@ -52,6 +52,7 @@ from adpulse.processor.commits import CommitSignal
 from adpulse.serving import queries
 from adpulse.serving.auth import Access, ReadGate, session_routes
 from adpulse.serving.cache import ResultCache
+from adpulse.serving.cors import CollectorCors
 from adpulse.serving.queries import FilterError, Filters
 from adpulse.storage.warehouse.base import Warehouse
 
@@ -583,7 +584,9 @@ def create_app(
     known = KnownRequests()
     app.state.known_requests = known
     app.add_middleware(AnswerShortcut, known=known, answers=answers)
-    app.add_middleware(ReadGate, access=access)  # outermost: no answer without a key
+    app.add_middleware(ReadGate, access=access)  # no answer without a key
+    if settings.cors_origins:  # outermost: a browser's preflight carries no key
+        app.add_middleware(CollectorCors, origins=settings.cors_origins)
 
     async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         # DuckDB reads release the GIL; a thread keeps the event loop (and SSE) responsive

@@ -28,18 +28,22 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import polars as pl
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adpulse.storage.warehouse.base import Warehouse
+
+if TYPE_CHECKING:
+    from adpulse.config import Settings
 
 KeyScope = Literal["read", "write"]
 SCOPES: Final[tuple[KeyScope, ...]] = ("read", "write")
@@ -183,12 +187,35 @@ def is_loopback(host: str) -> bool:
         return False  # a name: it may resolve to anything
 
 
+class RateLimiter:
+    """Requests per key: a token bucket per key id, ``rate`` a second with bursts of
+    ``burst``; :meth:`take` says how long to wait when a key is over its rate."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, at)
+
+    def take(self, key_id: str) -> float:
+        """0 when the request may go ahead (a token taken), else seconds to wait."""
+        now = time.monotonic()
+        tokens, at = self._buckets.get(key_id, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens >= 1:
+            self._buckets[key_id] = (tokens - 1, now)
+            return 0.0
+        self._buckets[key_id] = (tokens, now)
+        return (1 - tokens) / self.rate
+
+
 @dataclass(frozen=True, slots=True)
 class Access:
-    """What the running server checks: keys or nothing, and the ring to check them in."""
+    """What the running server checks: keys or nothing, the ring to check them in, and
+    each key's request rate (``limiter``, None: unlimited)."""
 
     required: bool
     ring: KeyRing | None = None
+    limiter: RateLimiter | None = None
 
     @classmethod
     def open(cls) -> Access:
@@ -217,12 +244,16 @@ def access_for(mode: AuthMode, host: str, ring: KeyRing, *, insecure: bool = Fal
     return Access.open()
 
 
-def access_of_server(
-    warehouse: Warehouse, mode: AuthMode, refresh_seconds: float, host: str, insecure: bool
-) -> Access:
-    """:func:`access_for` a server over ``warehouse`` with the settings' ``auth`` and
-    ``auth_refresh_seconds``."""
-    return access_for(mode, host, KeyRing.of(warehouse, refresh_seconds), insecure=insecure)
+def access_of_server(warehouse: Warehouse, settings: Settings, host: str, insecure: bool) -> Access:
+    """:func:`access_for` a server over ``warehouse`` with the settings' ``auth``,
+    ``auth_refresh_seconds`` and ``key_rate_limit``."""
+    ring = KeyRing.of(warehouse, settings.auth_refresh_seconds)
+    access = access_for(settings.auth, host, ring, insecure=insecure)
+    rate = settings.key_rate_limit
+    if access.required and rate > 0:
+        limiter = RateLimiter(rate, max(2 * rate, 10))
+        return Access(required=True, ring=ring, limiter=limiter)
+    return access
 
 
 def _refusal(host: str, why: str) -> str:
@@ -235,11 +266,16 @@ def _refusal(host: str, why: str) -> str:
 
 # --- checking requests ---------------------------------------------------------------------
 class KeyRejectedError(Exception):
-    def __init__(self, status: int, error: str, detail: str) -> None:
+    def __init__(
+        self, status: int, error: str, detail: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.error = error
         self.detail = detail
+        self.headers = dict(headers or {})
+        if status == 401:
+            self.headers["WWW-Authenticate"] = "Bearer"
 
 
 def presented_key(headers: Mapping[str, str], cookies: Mapping[str, str]) -> str | None:
@@ -279,6 +315,16 @@ async def check(access: Access, needed: KeyScope, text: str | None) -> ApiKey | 
             "forbidden",
             f"key {key.key_id} is a {key.scope} key; this needs a {needed} key",
         )
+    if access.limiter is not None:
+        wait = access.limiter.take(key.key_id)
+        if wait > 0:
+            raise KeyRejectedError(
+                429,
+                "too_many_requests",
+                f"key {key.key_id} is over its rate of {access.limiter.rate:g} requests/s"
+                " (setting key_rate_limit); retry later",
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
     return key
 
 
@@ -290,12 +336,11 @@ def _access_of(request: Request) -> Access:
 def _rejection_response(exc: KeyRejectedError) -> Response:
     import orjson
 
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
     return Response(
         orjson.dumps({"error": exc.error, "detail": exc.detail}),
         status_code=exc.status,
         media_type="application/json",
-        headers=headers,
+        headers=exc.headers,
     )
 
 
@@ -305,8 +350,7 @@ async def _require(request: Request, needed: KeyScope) -> ApiKey | None:
             _access_of(request), needed, presented_key(request.headers, request.cookies)
         )
     except KeyRejectedError as exc:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        raise HTTPException(exc.status, exc.detail, headers=headers) from None
+        raise HTTPException(exc.status, exc.detail, headers=exc.headers or None) from None
 
 
 async def require_read_key(request: Request) -> ApiKey | None:
