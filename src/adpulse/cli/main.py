@@ -877,10 +877,8 @@ def _open_keys_warehouse(settings: Any, read_only: bool) -> Any:
 
     try:
         warehouse = open_warehouse(settings, read_only=read_only)
-    except Exception as exc:  # locked DuckDB file, unreachable server: the message says
-        raise UserError(
-            f"{exc} (over DuckDB, stop `adpulse serve`/`demo` to manage keys: one process per file)"
-        ) from exc
+    except Exception as exc:  # a DuckDB file in use, a server away: the message says what to do
+        raise UserError(str(exc)) from exc
     if not read_only:
         warehouse.create_schema()
     return warehouse
