@@ -151,6 +151,11 @@ class Settings(BaseSettings):
         description="HTTP: web origins (https://shop.example) whose pages may call the"
         " collector (/v1/...) from a browser; empty: none.",
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="HTTP: Host names the server answers to besides loopback ones; on"
+        " loopback only these (DNS rebinding), elsewhere any when empty.",
+    )
     http_header_timeout_seconds: float = Field(
         10.0,
         gt=0,

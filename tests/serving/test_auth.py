@@ -296,7 +296,7 @@ def test_no_rate_limit_by_default_or_when_open(tmp_path: Path) -> None:
         create_key(wh, "read")
         assert auth.access_of_server(wh, Settings(home=tmp_path), "0.0.0.0", False).limiter is None
         open_ = auth.access_of_server(wh, Settings(home=tmp_path, key_rate_limit=5), "::1", False)
-        assert open_ == Access(required=False)
+        assert open_ == Access(required=False, hosts=frozenset())
 
 
 def test_rate_limiter_refills_at_its_rate(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -339,3 +339,39 @@ def test_cors_only_for_the_collector_and_listed_origins(tmp_path: Path) -> None:
             read = client.get("/api/v1/health", headers={"Origin": "https://shop.example"})
             assert read.status_code == 200
             assert "access-control-allow-origin" not in read.headers
+
+
+# --- Host headers (DNS rebinding) ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        ("127.0.0.1:8080", "127.0.0.1"),
+        ("LocalHost:80", "localhost"),
+        ("[::1]:8080", "[::1]"),
+        ("[::1]", "[::1]"),
+        ("example.com", "example.com"),
+        ("", ""),
+    ],
+)
+def test_host_name(header: str, name: str) -> None:
+    assert auth.host_name(header) == name
+
+
+def test_a_loopback_server_answers_loopback_host_names_only(tmp_path: Path) -> None:
+    with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
+        wh.create_schema()
+        settings = Settings(home=tmp_path, allowed_hosts=["Adpulse.Internal"])
+        access = auth.access_of_server(wh, settings, "127.0.0.1", insecure=False)
+        assert access == Access(required=False, hosts=frozenset({"adpulse.internal"}))
+        with TestClient(api.create_app(wh, settings, access=access)) as client:
+            for host in ("127.0.0.1:8080", "localhost:8080", "[::1]:8080", "adpulse.internal"):
+                assert client.get("/api/v1/health", headers={"Host": host}).status_code == 200
+            for host in ("evil.example", "evil.example:8080", "127.0.0.1.evil.example"):
+                refused = client.get("/", headers={"Host": host})
+                assert (refused.status_code, refused.json()["error"]) == (400, "invalid_host")
+                assert "allowed_hosts" in refused.json()["detail"]
+        # off loopback (keys protect it), any Host unless a list is given
+        create_key(wh, "read")
+        anywhere = auth.access_of_server(wh, Settings(home=tmp_path), "0.0.0.0", False)
+        assert anywhere.hosts is None
+        assert auth.access_of_server(wh, settings, "0.0.0.0", False).hosts == {"adpulse.internal"}

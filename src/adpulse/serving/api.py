@@ -51,7 +51,7 @@ from adpulse.config import Settings
 from adpulse.metrics import GROUPED_NAMES
 from adpulse.processor.commits import CommitSignal
 from adpulse.serving import queries
-from adpulse.serving.auth import Access, ReadGate, session_routes
+from adpulse.serving.auth import Access, HostGate, ReadGate, session_routes
 from adpulse.serving.cache import ResultCache
 from adpulse.serving.cors import CollectorCors
 from adpulse.serving.queries import FilterError, Filters
@@ -581,8 +581,9 @@ def create_app(
     app.state.known_requests = known
     app.add_middleware(AnswerShortcut, known=known, answers=answers)
     app.add_middleware(ReadGate, access=access)  # no answer without a key
-    if settings.cors_origins:  # outermost: a browser's preflight carries no key
+    if settings.cors_origins:  # before the key: a browser's preflight carries none
         app.add_middleware(CollectorCors, origins=settings.cors_origins)
+    app.add_middleware(HostGate, access=access)  # outermost: DNS rebinding
 
     async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         # DuckDB reads release the GIL; a thread keeps the event loop (and SSE) responsive

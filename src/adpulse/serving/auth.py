@@ -32,7 +32,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
@@ -216,6 +216,9 @@ class Access:
     required: bool
     ring: KeyRing | None = None
     limiter: RateLimiter | None = None
+    #: ``Host`` names requests may carry, besides loopback ones (None: any), see
+    #: :class:`HostGate`.
+    hosts: frozenset[str] | None = None
 
     @classmethod
     def open(cls) -> Access:
@@ -251,8 +254,10 @@ def access_of_server(warehouse: Warehouse, settings: Settings, host: str, insecu
     access = access_for(settings.auth, host, ring, insecure=insecure)
     rate = settings.key_rate_limit
     if access.required and rate > 0:
-        limiter = RateLimiter(rate, max(2 * rate, 10))
-        return Access(required=True, ring=ring, limiter=limiter)
+        access = replace(access, limiter=RateLimiter(rate, max(2 * rate, 10)))
+    listed = frozenset(h.lower() for h in settings.allowed_hosts)
+    if is_loopback(host) or listed:
+        access = replace(access, hosts=listed)
     return access
 
 
@@ -393,6 +398,40 @@ class ReadGate:
                 )
             except KeyRejectedError as exc:
                 await _rejection_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def host_name(header: str) -> str:
+    """The name of a ``Host`` header without its port: ``[::1]:8080`` -> ``[::1]``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header.partition("]")[0] + "]"
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
+class HostGate:
+    """Refuses (400) a request whose ``Host`` is neither a loopback name nor one of
+    ``access.hosts``: a server on loopback needs no key, and DNS rebinding (a page on
+    ``evil.example`` whose name is made to resolve to 127.0.0.1) would otherwise let any
+    web page the user visits read it. No-op when ``access.hosts`` is None."""
+
+    def __init__(self, app: ASGIApp, access: Access) -> None:
+        self.app = app
+        self.hosts = access.hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.hosts is not None and scope["type"] in ("http", "websocket"):
+            header = next((v for k, v in scope["headers"] if k == b"host"), b"")
+            name = host_name(header.decode("latin-1"))
+            if not (is_loopback(name) or name in self.hosts):
+                rejection = KeyRejectedError(
+                    400,
+                    "invalid_host",
+                    f"this server does not answer to Host {name!r}; add it to the"
+                    " allowed_hosts setting if it is this server's name",
+                )
+                await _rejection_response(rejection)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
