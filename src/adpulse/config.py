@@ -184,6 +184,12 @@ class Settings(BaseSettings):
         le=256,
         description="HTTP: live streams open at once from one client address (then 429).",
     )
+    stream_clients_per_key: int = Field(
+        32,
+        ge=1,
+        le=256,
+        description="HTTP: live streams open at once with one API key (then 429).",
+    )
     trending_window_minutes: int = Field(15, ge=1)
     min_clicks: int = Field(20, ge=0, description="Minimum clicks for rate rankings.")
 

@@ -139,3 +139,58 @@ def test_live_streams_per_address_are_capped(server: tuple[str, int]) -> None:
                 break
         time.sleep(0.1)
     assert again.status_code == 200
+
+
+def test_live_streams_per_key_and_address_are_capped() -> None:
+    from fastapi import HTTPException
+
+    from adpulse.serving.queries import Filters
+
+    async def run(fn: object) -> None:
+        return None
+
+    feed = api.LiveFeed(dict, lambda f: {}, 1.0, run, per_address=3, per_key=2)
+    f = Filters()
+    first = feed.subscribe(f, "10.0.0.1", "key1")
+    feed.subscribe(f, "10.0.0.1", "key1")
+    with pytest.raises(HTTPException) as by_key:
+        feed.subscribe(f, "10.0.0.2", "key1")
+    assert (by_key.value.status_code, by_key.value.headers) == (429, {"Retry-After": "10"})
+    assert by_key.value.detail.startswith("2 live streams are open for key key1 already")
+    assert "stream_clients_per_key" in by_key.value.detail
+    feed.subscribe(f, "10.0.0.1", "key2")  # another key, third stream of this address
+    with pytest.raises(HTTPException) as by_address:
+        feed.subscribe(f, "10.0.0.1", None)
+    assert by_address.value.detail.startswith("3 live streams are open from your address")
+    feed.subscribe(f, "10.0.0.2", None)
+    assert feed.clients == 4
+    feed.unsubscribe(f, first)  # frees a place of its key and of its address
+    feed.subscribe(f, "10.0.0.1", "key1")
+    assert feed.clients == 4
+
+
+def test_the_stream_counts_streams_by_the_key_it_was_opened_with(tmp_path: Path) -> None:
+    from adpulse.serving.auth import KeyRing, access_for, create_key
+
+    settings = Settings(home=tmp_path, stream_clients_per_key=1)
+    with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
+        wh.create_schema()
+        keys = [create_key(wh, "read")[1] for _ in range(2)]
+        access = access_for("required", "127.0.0.1", KeyRing.of(wh, 5))
+        app = api.create_app(wh, settings, refresh_seconds=0.1, access=access)
+        sock = api.bind("127.0.0.1", 0)
+        srv = api.make_server(app)
+        thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        url = api.url_of(sock) + "api/v1/stream"
+        try:
+            with httpx.stream("GET", url, headers={"X-API-Key": keys[0]}, timeout=5) as one:
+                assert one.status_code == 200
+                again = httpx.get(url, headers={"X-API-Key": keys[0]}, timeout=5)
+                assert again.status_code == 429
+                assert "for key " in again.json()["detail"]
+                with httpx.stream("GET", url, headers={"X-API-Key": keys[1]}, timeout=5) as two:
+                    assert two.status_code == 200
+        finally:
+            api.stop_server(srv, thread)
+            sock.close()

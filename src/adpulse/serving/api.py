@@ -51,7 +51,7 @@ from adpulse.config import Settings
 from adpulse.metrics import GROUPED_NAMES
 from adpulse.processor.commits import CommitSignal
 from adpulse.serving import queries
-from adpulse.serving.auth import Access, HostGate, ReadGate, session_routes
+from adpulse.serving.auth import KEY_ID_SCOPE, Access, HostGate, ReadGate, session_routes
 from adpulse.serving.cache import ResultCache
 from adpulse.serving.cors import CollectorCors
 from adpulse.serving.queries import FilterError, Filters
@@ -238,6 +238,7 @@ class LiveFeed:
         run: Callable[[Callable[[], Any]], Awaitable[Any]],
         commits: CommitSignal | None = None,
         per_address: int = MAX_STREAM_CLIENTS,
+        per_key: int = MAX_STREAM_CLIENTS,
     ) -> None:
         self._status = compute_status
         self._summary = compute_summary
@@ -248,11 +249,12 @@ class LiveFeed:
         self._unsubscribe: Callable[[], None] | None = None
         self._wake: asyncio.Event | None = None
         self._subscribers: dict[Filters, set[asyncio.Queue[bytes | None]]] = {}
-        #: Open streams per client address, at most ``per_address`` each: one client
-        #: cannot take every one of the server's streams.
+        #: Open streams per client address and per API key, at most ``per_address`` /
+        #: ``per_key`` each: one client cannot take every one of the server's streams.
         self.per_address = per_address
-        self._addresses: Counter[str] = Counter()
-        self._address_of: dict[asyncio.Queue[bytes | None], str] = {}
+        self.per_key = per_key
+        self._owners: Counter[tuple[str, str]] = Counter()
+        self._owners_of: dict[asyncio.Queue[bytes | None], list[tuple[str, str]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ticks = 0
@@ -298,32 +300,35 @@ class LiveFeed:
             for queue in queues:
                 self._offer(queue, None)
 
-    def subscribe(self, filters: Filters, address: str = "") -> asyncio.Queue[bytes | None]:
-        if self._addresses[address] >= self.per_address:
-            raise HTTPException(
-                429,
-                f"{self.per_address} live streams are open from your address already, the"
-                " most allowed (setting stream_clients_per_address); close one",
-                headers={"Retry-After": "10"},
-            )
+    def subscribe(
+        self, filters: Filters, address: str = "", key_id: str | None = None
+    ) -> asyncio.Queue[bytes | None]:
+        owners = [("address", address)] + ([("key", key_id)] if key_id else [])
+        for kind, owner in owners:
+            cap = self.per_address if kind == "address" else self.per_key
+            if self._owners[kind, owner] >= cap:
+                where = "from your address" if kind == "address" else f"for key {owner}"
+                raise HTTPException(
+                    429,
+                    f"{cap} live streams are open {where} already, the most allowed"
+                    f" (setting stream_clients_per_{kind}); close one",
+                    headers={"Retry-After": "10"},
+                )
         if self.clients >= MAX_STREAM_CLIENTS:
             raise HTTPException(503, "too many live clients; try again later")
         if filters not in self._subscribers and len(self._subscribers) >= MAX_STREAM_KEYS:
             raise HTTPException(503, "too many distinct live filter sets; try again later")
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=CLIENT_QUEUE)
         self._subscribers.setdefault(filters, set()).add(queue)
-        self._addresses[address] += 1
-        self._address_of[queue] = address
+        self._owners.update(owners)
+        self._owners_of[queue] = owners
         if self._wake is not None:
             self._wake.set()  # a new client gets numbers now, not at the next commit
         return queue
 
     def unsubscribe(self, filters: Filters, queue: asyncio.Queue[bytes | None]) -> None:
-        address = self._address_of.pop(queue, None)
-        if address is not None:
-            self._addresses[address] -= 1
-            if self._addresses[address] <= 0:
-                del self._addresses[address]
+        self._owners.subtract(self._owners_of.pop(queue, ()))
+        self._owners = +self._owners  # drop the zeros
         queues = self._subscribers.get(filters)
         if queues is not None:
             queues.discard(queue)
@@ -516,6 +521,7 @@ def create_app(
         read_for_feed,
         commits,
         per_address=settings.stream_clients_per_address,
+        per_key=settings.stream_clients_per_key,
     )
     answers = ResultCache(
         settings.api_cache_seconds,
@@ -801,7 +807,8 @@ def create_app(
         """Server-Sent Events: an ``update`` event (summary for the filters + pipeline
         health) after each commit (at most 4 a second) and at least once a second, the
         same payload for every client."""
-        queue = feed.subscribe(filters, request.client.host if request.client else "")
+        address = request.client.host if request.client else ""
+        queue = feed.subscribe(filters, address, request.scope.get(KEY_ID_SCOPE))
 
         async def events() -> AsyncIterator[bytes]:
             sent = 0

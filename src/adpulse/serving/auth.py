@@ -55,6 +55,9 @@ COOKIE: Final = "adpulse_key"
 #: Paths the read gate covers; the session route checks the key it is given itself.
 READ_PREFIX: Final = "/api/v1/"
 SESSION_PATH: Final = "/api/v1/session"
+#: Where :class:`ReadGate` leaves the id of the key a request was let in with (the live
+#: stream caps streams per key).
+KEY_ID_SCOPE: Final = "adpulse.key_id"
 #: Longest accepted key text (a real one is 8 + 10 + 1 + 43 characters).
 _MAX_KEY_LENGTH: Final = 128
 
@@ -393,12 +396,14 @@ class ReadGate:
 
             connection = HTTPConnection(scope)
             try:
-                await check(
+                key = await check(
                     self.access, "read", presented_key(connection.headers, connection.cookies)
                 )
             except KeyRejectedError as exc:
                 await _rejection_response(exc)(scope, receive, send)
                 return
+            if key is not None:
+                scope[KEY_ID_SCOPE] = key.key_id
         await self.app(scope, receive, send)
 
 
