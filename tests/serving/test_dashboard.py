@@ -90,7 +90,11 @@ def test_vendor_chart_library_from_npm(client: TestClient, monkeypatch: pytest.M
     missing = client.get("/vendor/chart.js")
     assert missing.status_code == 404
     assert "npm ci" in missing.json()["detail"]
-    assert client.get("/vendor/other.js").status_code == 404
+    other = client.get("/vendor/other.js")
+    assert other.status_code == 404
+    for answer in (missing, other):  # no server file paths for anyone who asks
+        assert str(api.WEB_DIR.parent) not in answer.text
+        assert str(Path.home()) not in answer.text
 
 
 # --- in the browser -----------------------------------------------------------------------

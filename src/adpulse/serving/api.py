@@ -625,11 +625,15 @@ def create_app(
     @app.get("/vendor/{name}", include_in_schema=False)
     async def vendor(name: Annotated[str, Path(max_length=40)]) -> Response:
         relative = VENDOR_FILES.get(name)
-        path = None if relative is None else WEB_DIR / "node_modules" / relative
-        if path is None or not path.is_file():
+        if relative is None:
+            raise HTTPException(404, f"no vendor file {name!r}")
+        path = WEB_DIR / "node_modules" / relative
+        if not path.is_file():  # no server path in the answer: it is for anyone
+            log.warning("%s is missing; run `npm ci` in %s (./run does it)", path, WEB_DIR)
             raise HTTPException(
                 404,
-                f"vendor file {name!r} is not installed; run `npm ci` in {WEB_DIR} (./run does it)",
+                f"vendor file {name!r} is not installed on the server (`npm ci` in"
+                " src/adpulse/serving/web; ./run does it)",
             )
         return FileResponse(path, media_type="text/javascript")
 
