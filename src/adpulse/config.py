@@ -151,6 +151,10 @@ class Settings(BaseSettings):
         description="HTTP: web origins (https://shop.example) whose pages may call the"
         " collector (/v1/...) from a browser; empty: none.",
     )
+    api_docs: bool = Field(
+        True,
+        description="HTTP: serve the API's description (/openapi.json) and Swagger UI (/docs).",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="HTTP: Host names the server answers to besides loopback ones; on"

@@ -82,8 +82,15 @@ STATIC_FILES: Final = {
     "app.js": "text/javascript",
     "app.css": "text/css",
 }
-#: ``/vendor/<name>`` -> file under ``web/node_modules`` (installed by ``npm ci``).
-VENDOR_FILES: Final = {"chart.js": "chart.js/dist/chart.umd.min.js"}
+#: ``/vendor/<name>`` -> file under ``web/node_modules`` (installed by ``npm ci``): the
+#: chart library, and Swagger UI for ``/docs`` (served here: no CDN, works offline).
+VENDOR_FILES: Final = {
+    "chart.js": "chart.js/dist/chart.umd.min.js",
+    "swagger-ui-bundle.js": "swagger-ui-dist/swagger-ui-bundle.js",
+    "swagger-ui.css": "swagger-ui-dist/swagger-ui.css",
+    "swagger-favicon.png": "swagger-ui-dist/favicon-32x32.png",
+}
+_VENDOR_MEDIA: Final = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
 
 StatusSource = Callable[[], Mapping[str, Any]]
 
@@ -546,6 +553,9 @@ def create_app(
         summary="Real-time ad engagement metrics: the query layer of adpulse as JSON.",
         lifespan=lifespan,
         default_response_class=ORJSONPlainResponse,
+        docs_url=None,  # below, from /vendor/ rather than a CDN
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
     )
     app.state.feed = feed
     app.state.answers = answers
@@ -635,7 +645,22 @@ def create_app(
                 f"vendor file {name!r} is not installed on the server (`npm ci` in"
                 " src/adpulse/serving/web; ./run does it)",
             )
-        return FileResponse(path, media_type="text/javascript")
+        return FileResponse(path, media_type=_VENDOR_MEDIA.get(path.suffix, "text/plain"))
+
+    if settings.api_docs:
+
+        @app.get("/docs", include_in_schema=False)
+        async def api_docs() -> Response:
+            """Swagger UI over ``/openapi.json``, its files served from ``/vendor/``."""
+            from fastapi.openapi.docs import get_swagger_ui_html
+
+            return get_swagger_ui_html(
+                openapi_url="/openapi.json",
+                title="adpulse API",
+                swagger_js_url="/vendor/swagger-ui-bundle.js",
+                swagger_css_url="/vendor/swagger-ui.css",
+                swagger_favicon_url="/vendor/swagger-favicon.png",
+            )
 
     # --- probes ---------------------------------------------------------------------------
     @app.get("/healthz", tags=["probes"])
