@@ -5,9 +5,14 @@ and the refusal to serve off loopback without keys."""
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -375,3 +380,44 @@ def test_a_loopback_server_answers_loopback_host_names_only(tmp_path: Path) -> N
         anywhere = auth.access_of_server(wh, Settings(home=tmp_path), "0.0.0.0", False)
         assert anywhere.hosts is None
         assert auth.access_of_server(wh, settings, "0.0.0.0", False).hosts == {"adpulse.internal"}
+
+
+def _serve(home: Path, *options: str) -> tuple[subprocess.Popen[str], str]:
+    """``adpulse serve`` on all addresses, port 0; returns the process and a loopback URL."""
+    command = [sys.executable, "-m", "adpulse", "serve", "--host", "0.0.0.0", "--port", "0"]
+    process = subprocess.Popen(
+        [*command, *options],
+        env={**os.environ, "ADPULSE_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    shown = ""
+    while (found := re.search(r"http://0\.0\.0\.0:(\d+)/", shown)) is None:
+        line = process.stdout.readline()  # the console may wrap the line
+        if not line:
+            pytest.fail(f"serve did not start: {shown}")
+        shown += line
+    return process, f"http://127.0.0.1:{found.group(1)}"
+
+
+def test_serve_off_loopback_with_a_key_or_insecure(tmp_path: Path) -> None:
+    with DuckDBWarehouse(tmp_path / "warehouse.duckdb") as wh:
+        wh.create_schema()
+    process, url = _serve(tmp_path, "--insecure")
+    try:
+        assert httpx.get(url + "/api/v1/summary").status_code == 200  # open, as asked
+    finally:
+        process.terminate()
+        process.wait(10)
+    with DuckDBWarehouse(tmp_path / "warehouse.duckdb") as wh:
+        _, key = create_key(wh, "read")
+    process, url = _serve(tmp_path)
+    try:
+        assert httpx.get(url + "/api/v1/summary").status_code == 401
+        assert httpx.get(url + "/api/v1/summary", headers=_bearer(key)).status_code == 200
+        assert httpx.get(url + "/healthz").status_code == 200
+    finally:
+        process.terminate()
+        process.wait(10)
