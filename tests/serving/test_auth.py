@@ -421,3 +421,34 @@ def test_serve_off_loopback_with_a_key_or_insecure(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_the_last_keys_stay_in_use_while_the_warehouse_cannot_be_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    now = [0.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    salt = "00" * 16
+    stored = [auth.ApiKey("k1", "", "read", salt, auth._digest(salt, "s"), None)]  # type: ignore[arg-type]
+    reads: list[str] = []
+
+    def load() -> list[auth.ApiKey]:
+        reads.append("read")
+        if len(reads) > 1:
+            raise ConnectionError("warehouse away")
+        return stored
+
+    ring = KeyRing(load, refresh_seconds=5)
+
+    async def scenario() -> list[bool]:
+        found = [await ring.find("ap_live_k1_s") is not None]
+        now[0] = 6.0  # stale: the re-read fails, the last keys still count
+        found.append(await ring.find("ap_live_k1_s") is not None)
+        now[0] = 7.0  # not retried on every request
+        found.append(await ring.find("ap_live_k1_s") is not None)
+        return found
+
+    assert asyncio.run(scenario()) == [True, True, True]
+    assert reads == ["read", "read"]

@@ -28,6 +28,7 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
+import logging
 import math
 import secrets
 import time
@@ -44,6 +45,8 @@ from adpulse.storage.warehouse.base import Warehouse
 
 if TYPE_CHECKING:
     from adpulse.config import Settings
+
+log = logging.getLogger(__name__)
 
 KeyScope = Literal["read", "write"]
 SCOPES: Final[tuple[KeyScope, ...]] = ("read", "write")
@@ -164,7 +167,13 @@ class KeyRing:
                 self._lock = asyncio.Lock()
             async with self._lock:
                 if time.monotonic() - self._loaded_at >= self.refresh_seconds:
-                    await asyncio.to_thread(self.reload)
+                    try:
+                        await asyncio.to_thread(self.reload)
+                    except Exception as exc:  # noqa: BLE001 - keep serving with the last keys
+                        # a warehouse outage must not lock every client out; retried after
+                        # refresh_seconds, not on every request
+                        self._loaded_at = time.monotonic()
+                        log.warning("could not re-read the API keys, using the last ones: %s", exc)
         return self._active
 
     async def find(self, text: str) -> ApiKey | None:
@@ -274,6 +283,9 @@ def _refusal(host: str, why: str) -> str:
 
 # --- checking requests ---------------------------------------------------------------------
 class KeyRejectedError(Exception):
+    """A request's key does not allow the call: the status, error code and detail to
+    answer with (and headers: ``WWW-Authenticate`` on 401, ``Retry-After`` on 429)."""
+
     def __init__(
         self, status: int, error: str, detail: str, headers: Mapping[str, str] | None = None
     ) -> None:
