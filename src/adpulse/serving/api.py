@@ -45,16 +45,18 @@ import polars as pl
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from adpulse.commits import CommitSignal
 from adpulse.config import Settings
 from adpulse.metrics import GROUPED_NAMES
-from adpulse.processor.commits import CommitSignal
 from adpulse.serving import queries
 from adpulse.serving.auth import KEY_ID_SCOPE, Access, HostGate, ReadGate, session_routes
 from adpulse.serving.cache import ResultCache
 from adpulse.serving.cors import CollectorCors
 from adpulse.serving.queries import FilterError, Filters
+from adpulse.serving.store.base import ServingStore
 from adpulse.storage.warehouse.base import Warehouse
 
 log = logging.getLogger(__name__)
@@ -158,7 +160,7 @@ def parse_time(value: str, name: str) -> datetime:
 def _parsed_time(value: str, name: str) -> datetime | str:
     """The time, or why it is refused (the events' own timestamp parser: one value at a
     time is slow there, and dashboards repeat the same few values, hence the cache)."""
-    from adpulse.processor.steps.validate import parse_time_argument
+    from adpulse.contracts import parse_time_argument
 
     try:
         return parse_time_argument(value, name)
@@ -489,9 +491,11 @@ def create_app(
     *,
     refresh_seconds: float = 1.0,
     commits: CommitSignal | None = None,
+    store: ServingStore | None = None,
     access: Access | None = None,
 ) -> FastAPI:
-    """The API over ``warehouse`` (shared, read through the query layer only).
+    """The API over ``warehouse`` (shared, read through the query layer only), with
+    ``store``, the serving store, for live views when the process keeps one.
 
     ``status_source`` adds live process figures (events/s per stream, lag) to the
     health payload, e.g. from the running demo. ``commits`` is the processor's commit
@@ -508,7 +512,10 @@ def create_app(
         return cast("dict[str, Any]", plain(body))
 
     def summary_of(filters: Filters) -> dict[str, Any]:
-        return cast("dict[str, Any]", plain(queries.summary(warehouse, filters).row(0, named=True)))
+        return cast(
+            "dict[str, Any]",
+            plain(queries.summary(warehouse, filters, store=store).row(0, named=True)),
+        )
 
     # Bounded reads: the processor shares this process and its cores, so readers get a
     # few threads (queries beyond that queue here) and the live feed one of its own.
@@ -577,20 +584,15 @@ def create_app(
             details.append(f"{where or 'request'}: {e.get('msg', 'invalid')}")
         return _error(422, "invalid_parameter", "; ".join(details))
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> Response:
+    # Starlette's HTTPException: FastAPI's (raised by the routes) is a subclass, and
+    # Starlette raises its own for unknown paths and methods; one handler serves both.
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         codes = {401: "unauthorized", 403: "forbidden", 404: "not_found"}
         codes |= {405: "method_not_allowed", 429: "too_many_requests", 503: "unavailable"}
         response = _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
-        response.headers.update(exc.headers or {})
+        response.headers.update(exc.headers or {})  # WWW-Authenticate, Retry-After
         return response
-
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _starlette_error(request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        return _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
 
     app.add_middleware(RequestLimits)
     known = KnownRequests()
@@ -697,7 +699,7 @@ def create_app(
                 "metric": metric,
                 "by": by,
                 "filters": _filters_echo(filters),
-                "rows": queries.grouped_metric(warehouse, metric, filters, by),
+                "rows": queries.grouped_metric(warehouse, metric, filters, by, store=store),
             },
         )
 
@@ -723,7 +725,7 @@ def create_app(
             lambda: {
                 "bucket": bucket,
                 "filters": _filters_echo(filters),
-                "rows": queries.bucketed_timeseries(warehouse, filters, bucket),
+                "rows": queries.bucketed_timeseries(warehouse, filters, bucket, store=store),
             },
         )
 
@@ -746,7 +748,7 @@ def create_app(
                 "min_clicks": clicks,
                 "windows": None if windows is None else asdict(windows),
                 "filters": _filters_echo(filters),
-                "rows": queries.trending(warehouse, filters, minutes, clicks, limit),
+                "rows": queries.trending(warehouse, filters, minutes, clicks, limit, store=store),
             }
 
         return await shared(request, ("trending", minutes, clicks, limit, filters), build)
@@ -768,7 +770,7 @@ def create_app(
                 "by": by,
                 "min_clicks": clicks,
                 "filters": _filters_echo(filters),
-                "rows": queries.top_ads(warehouse, filters, by, clicks, limit),
+                "rows": queries.top_ads(warehouse, filters, by, clicks, limit, store=store),
             },
         )
 
@@ -780,7 +782,7 @@ def create_app(
             ("latency-histogram", filters),
             lambda: {
                 "filters": _filters_echo(filters),
-                "rows": queries.latency_histogram(warehouse, filters),
+                "rows": queries.latency_histogram(warehouse, filters, store=store),
             },
         )
 
@@ -802,7 +804,7 @@ def create_app(
             lambda: {
                 "dimension": dimension,
                 "filters": _filters_echo(filters),
-                "rows": queries.breakdown(warehouse, filters, column),
+                "rows": queries.breakdown(warehouse, filters, column, store=store),
             },
         )
 
