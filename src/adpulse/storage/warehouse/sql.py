@@ -22,7 +22,7 @@ import polars as pl
 
 from adpulse.contracts import Stream
 from adpulse.storage.dimensions import DIMENSIONS, scd2_changes, utc_naive
-from adpulse.storage.warehouse import schema
+from adpulse.storage.warehouse import api_keys, schema
 from adpulse.storage.warehouse.base import (
     BatchOutput,
     DimensionKind,
@@ -45,11 +45,16 @@ _BATCH_IDS: Final = "last_batch_id"  # the meta row counting reserved batch ids
 #: workers share the partitions), with its primary key (empty: none). Fact and
 #: rollup tables have none on purpose: the processor dedupes, and an index would slow
 #: the append-only hot path.
-TABLES: Final[dict[str, dict[str, pl.DataType]]] = {**schema.ALL_TABLES, META_TABLE: META}
+TABLES: Final[dict[str, dict[str, pl.DataType]]] = {
+    **schema.ALL_TABLES,
+    META_TABLE: META,
+    api_keys.API_KEYS_TABLE: api_keys.API_KEYS,
+}
 PRIMARY_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "checkpoints": ("stream", "partition"),
     "watermarks": ("stream", "partition"),
     META_TABLE: ("key",),
+    api_keys.API_KEYS_TABLE: api_keys.API_KEYS_KEY,
     **LEASE_KEYS,
 }
 
@@ -261,36 +266,44 @@ class SqlWarehouse(Warehouse):
 
     # -- the processor's commit -------------------------------------------------------------
     def commit(self, output: BatchOutput) -> None:
-        appends = (
-            ("fact_impressions", output.impressions, schema.FACT_IMPRESSIONS),
-            ("fact_clicks", output.clicks, schema.FACT_CLICKS),
-            ("fact_conversions", output.conversions, schema.FACT_CONVERSIONS),
-            ("rollup_minute", output.rollups, schema.ROLLUP_MINUTE),
-            ("dead_letters", _storable(output.dead_letters), schema.DEAD_LETTERS),
-            ("ingest_stats", output.stats, schema.INGEST_STATS),
-        )
-        reattributions = output.reattributions
-        # Check every frame before the first write: a contract error then costs nothing.
-        for table, frame, columns in appends:
+        self._check_frames(output)
+        with self._transaction():
+            self._write(output)
+
+    def check_commit(self, output: BatchOutput) -> None:
+        self._check_frames(output)
+        try:
+            with self._transaction():
+                self._write(output)
+                raise _RolledBack  # the transaction context rolls back on any exception
+        except _RolledBack:
+            pass
+
+    def _check_frames(self, output: BatchOutput) -> None:
+        """Check every frame before the first write: a contract error then costs nothing."""
+        for table, frame, columns in _appends(output):
             if frame.height:
                 check_frame(table, frame, columns)
-        if reattributions.height:
-            check_frame("reattributions", reattributions, schema.CONVERSION_REATTRIBUTIONS)
+        if output.reattributions.height:
+            check_frame("reattributions", output.reattributions, schema.CONVERSION_REATTRIBUTIONS)
+
+    def _write(self, output: BatchOutput) -> None:
+        """Every write of one commit, inside the open transaction."""
+        appends = _appends(output)
         updated_at = now_utc()
-        with self._transaction():
-            if output.fence is not None:
-                self._check_fence(output.fence)  # first: takes the lease rows' locks
-            for table, frame, columns in appends[:3]:
-                self._append(table, frame, columns)
-            if reattributions.height:
-                with self._stage("staged_reattributions", reattributions):
-                    self._execute(reattribute("staged_reattributions"))
-            for table, frame, columns in appends[3:]:
-                self._append(table, frame, columns)
-            if output.offsets:
-                self._upsert("checkpoints", _offsets_frame(output.offsets, updated_at))
-            if output.watermarks:
-                self._upsert("watermarks", _watermarks_frame(output.watermarks, updated_at))
+        if output.fence is not None:
+            self._check_fence(output.fence)  # first: takes the lease rows' locks
+        for table, frame, columns in appends[:3]:
+            self._append(table, frame, columns)
+        if output.reattributions.height:
+            with self._stage("staged_reattributions", output.reattributions):
+                self._execute(reattribute("staged_reattributions"))
+        for table, frame, columns in appends[3:]:
+            self._append(table, frame, columns)
+        if output.offsets:
+            self._upsert("checkpoints", _offsets_frame(output.offsets, updated_at))
+        if output.watermarks:
+            self._upsert("watermarks", _watermarks_frame(output.watermarks, updated_at))
 
     def _check_fence(self, fence: LeaseFence) -> None:
         """Raise :class:`LeaseLostError` unless ``fence.owner`` still holds every lease.
@@ -320,6 +333,23 @@ class SqlWarehouse(Warehouse):
         with self._stage(source, frame):
             for statement in upsert(table, PRIMARY_KEYS[table], frame.columns, source):
                 self._execute(statement)
+
+    # -- API keys (:mod:`.api_keys`) --------------------------------------------------------
+    def api_keys(self) -> pl.DataFrame:
+        if not self._read(api_keys.TABLE_EXISTS).item():
+            return pl.DataFrame(schema=api_keys.API_KEYS)
+        return self._read(api_keys.SELECT_KEYS)
+
+    def add_api_key(
+        self, key_id: str, name: str, scope: str, salt: str, digest: str, created_at: datetime
+    ) -> None:
+        with self._transaction():
+            self._execute(api_keys.INSERT_KEY, [key_id, name, scope, salt, digest, created_at])
+
+    def revoke_api_key(self, key_id: str, at: datetime) -> bool:
+        with self._transaction():
+            self._execute(api_keys.REVOKE_KEY, [at, key_id])
+            return bool(self._fetch(api_keys.COUNT_REVOKED, [key_id, at]).item())
 
     def load_offsets(self) -> dict[tuple[Stream, int], str]:
         rows = self._read('SELECT stream, "partition", "offset" FROM checkpoints')
@@ -448,6 +478,25 @@ class SqlWarehouse(Warehouse):
         key = quote("key")
         rows = self._read(f"SELECT value FROM {META_TABLE} WHERE {key} = ?", [_REVISION])
         return int(rows.item()) if rows.height else 0
+
+
+class _RolledBack(Exception):
+    """Ends :meth:`SqlWarehouse.check_commit`'s transaction by rolling it back."""
+
+
+def _appends(
+    output: BatchOutput,
+) -> tuple[tuple[str, pl.DataFrame, Mapping[str, pl.DataType]], ...]:
+    """The appended tables of a commit, in write order (facts first: re-attributions
+    update conversions appended in the same commit)."""
+    return (
+        ("fact_impressions", output.impressions, schema.FACT_IMPRESSIONS),
+        ("fact_clicks", output.clicks, schema.FACT_CLICKS),
+        ("fact_conversions", output.conversions, schema.FACT_CONVERSIONS),
+        ("rollup_minute", output.rollups, schema.ROLLUP_MINUTE),
+        ("dead_letters", _storable(output.dead_letters), schema.DEAD_LETTERS),
+        ("ingest_stats", output.stats, schema.INGEST_STATS),
+    )
 
 
 def _storable(dead_letters: pl.DataFrame) -> pl.DataFrame:
