@@ -52,6 +52,7 @@ from adpulse.processor.commits import CommitSignal
 from adpulse.serving import queries
 from adpulse.serving.cache import ResultCache
 from adpulse.serving.queries import FilterError, Filters
+from adpulse.sources.collector import Collector, collector_router
 from adpulse.storage.warehouse.base import Warehouse
 
 log = logging.getLogger(__name__)
@@ -459,6 +460,7 @@ def create_app(
     *,
     refresh_seconds: float = 1.0,
     commits: CommitSignal | None = None,
+    collector: Collector | None = None,
 ) -> FastAPI:
     """The API over ``warehouse`` (shared, read through the query layer only).
 
@@ -543,6 +545,8 @@ def create_app(
         codes = {404: "not_found", 405: "method_not_allowed"}
         return _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
 
+    if collector is not None:
+        app.include_router(collector_router(collector))
     app.add_middleware(RequestLimits)
     known = KnownRequests()
     app.state.known_requests = known
