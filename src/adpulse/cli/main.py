@@ -663,33 +663,39 @@ def serve(
     config: ConfigOpt = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: a free one).")] = 8080,
+    process: Annotated[
+        bool,
+        typer.Option(
+            "--process/--no-process",
+            help="Run the processor in this process (--no-process: `adpulse process` runs"
+            " elsewhere; PostgreSQL warehouse, or the API then reads DuckDB read-only).",
+        ),
+    ] = True,
+    collect: Annotated[
+        bool,
+        typer.Option("--collect/--no-collect", help="Serve the event collector (/v1/...)."),
+    ] = True,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Serve the HTTP query API (JSON, OpenAPI at /docs) over an existing data directory,
-    read-only. Ctrl-C stops."""
-    from adpulse.serving.api import bind, create_app, make_server, stop_server, url_of
+    """Serve the HTTP query API (JSON, OpenAPI at /docs), the event collector
+    (POST /v1/events/STREAM, the pixel and the click redirect) and run the processor,
+    so that posted events become queryable. Ctrl-C stops."""
+    from adpulse.operations.serve import run_serve
 
     configure_logging(verbose)
     settings = settings_for(home, config)
-    with open_runtime(settings, read_only=True) as rt:
-        try:
-            sock = bind(host, port)
-        except OSError as exc:
-            raise UserError(f"cannot listen on {host}:{port}: {exc}; choose --port") from exc
-        server = make_server(create_app(rt.warehouse, settings), "info" if verbose else "warning")
-        console.print(f"serving {settings.home} at {url_of(sock)} (API docs: {url_of(sock)}docs)")
-        sys.stdout.flush()
-        # In a thread, uvicorn leaves the signals alone (in the main thread it would
-        # raise them again once stopped): this thread waits for one, then stops it.
-        thread = Worker(server.run, "HTTP API", sockets=[sock])
-        with stop_on_signals() as stopping:
-            thread.start()
-            while thread.is_alive() and not stopping.event.wait(0.5):
-                pass
-            stop_server(server, thread)
-        sock.close()
-        thread.check()
-    console.print(stopping.stopped_line(f"served {settings.home}"))
+    with stop_on_signals() as stopping:
+        done = run_serve(
+            settings,
+            console,
+            stopping,
+            host=host,
+            port=port,
+            process=process,
+            collect=collect,
+            verbose=verbose,
+        )
+    console.print(stopping.stopped_line(done))
 
 
 # ------------------------------------------------------------------------------- demo
