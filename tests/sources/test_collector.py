@@ -7,7 +7,7 @@ import gzip
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,10 +17,15 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from typer.testing import CliRunner
 
+from adpulse.cli.main import app as cli
+from adpulse.cli.runtime import UserError
 from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.serving.api import bind, create_app, make_server
+from adpulse.sources.client import CollectorClient, CollectorSendError, with_event_ids
 from adpulse.sources.collector import PIXEL_GIF, Collector, allowed_redirect
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.transport import framing, open_transport
@@ -52,7 +57,9 @@ class Served:
 
 
 @contextmanager
-def serve(tmp_path: Path, **settings: Any) -> Iterator[Served]:
+def serve(
+    tmp_path: Path, wrap: Callable[[ASGIApp], ASGIApp] | None = None, **settings: Any
+) -> Iterator[Served]:
     config = Settings(home=tmp_path, partitions=PARTITIONS, **settings)
     transport = open_transport(config)
     assert isinstance(transport, EmbeddedTransport)
@@ -61,7 +68,7 @@ def serve(tmp_path: Path, **settings: Any) -> Iterator[Served]:
         warehouse.create_schema()
         app = create_app(warehouse, config, collector=collector)
         sock = bind("127.0.0.1", 0)
-        server = make_server(app)
+        server = make_server(app if wrap is None else wrap(app))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         deadline = time.monotonic() + 10
@@ -315,3 +322,103 @@ def test_with_fsync_concurrent_requests_share_fsyncs(
         assert len(served.payloads(Stream.CLICKS)) == 16
         # Each flush round syncs at most one file per partition.
         assert 1 <= len(synced) <= PARTITIONS * 4, synced
+
+
+# --- the client ---------------------------------------------------------------------------
+def test_the_client_batches_and_gives_every_record_an_event_id(served: Served) -> None:
+    records: list[bytes | dict[str, object]] = [_click(f"u{i}") for i in range(10)]
+    records[3] = {"event_id": "mine", "user_id": "u3"}
+    records[4] = b"not json"
+    with CollectorClient(served.url, batch_records=4) as client:
+        batches: list[int] = []
+        assert client.send("clicks", records, on_batch=batches.append) == 10
+    assert batches == [4, 4, 2]
+    stored = served.payloads(Stream.CLICKS)
+    assert b"not json" in stored
+    ids = [orjson.loads(p)["event_id"] for p in stored if p != b"not json"]
+    assert len(set(ids)) == 9 and "mine" in ids
+    # The same records again carry the same ids (a re-send, recognised as one).
+    again = with_event_ids("clicks", [_click("u0"), _click("u0")], 0)
+    assert orjson.loads(again[0])["event_id"] in ids
+    # ... while identical records at two positions stay two events.
+    assert orjson.loads(again[0])["event_id"] != orjson.loads(again[1])["event_id"]
+
+
+class LostAnswers:
+    """Appends the first ``lost`` requests' records, then answers 503 as if the answer
+    had been lost on the way: the client must send them again."""
+
+    def __init__(self, app: ASGIApp, lost: int) -> None:
+        self.app = app
+        self.lost = lost
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.lost == 0:
+            await self.app(scope, receive, send)
+            return
+        self.lost -= 1
+
+        async def swallow(message: Message) -> None:
+            pass
+
+        await self.app(scope, receive, swallow)
+        body = b'{"error": "unavailable", "detail": "try again"}'
+        await send({"type": "http.response.start", "status": 503, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+
+def test_a_batch_whose_answer_was_lost_is_sent_again_with_the_same_ids(
+    tmp_path: Path,
+) -> None:
+    wrap: Callable[[ASGIApp], ASGIApp] = lambda app: LostAnswers(app, lost=2)  # noqa: E731
+    with serve(tmp_path, wrap=wrap) as served:
+        with CollectorClient(served.url, backoff_seconds=0.01) as client:
+            assert client.send("clicks", [_click("u1"), _click("u2")]) == 2
+            assert client.retries == 2
+        stored = served.payloads(Stream.CLICKS)
+    assert len(stored) == 6  # three copies: the processor keeps one per event_id
+    assert len({orjson.loads(p)["event_id"] for p in stored}) == 2
+
+
+def test_connection_errors_are_retried_until_retry_seconds(tmp_path: Path) -> None:
+    sock = bind("127.0.0.1", 0)  # bound, never served: connections are refused
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+    with CollectorClient(url, retry_seconds=0.5, backoff_seconds=0.02) as client:
+        began = time.monotonic()
+        with pytest.raises(CollectorSendError, match="gave up after 0.5 s of retries"):
+            client.send("clicks", [_click("u1")])
+        # It stops before a wait would end past retry_seconds, not after it.
+        assert time.monotonic() - began < 0.5
+        assert client.retries >= 2
+
+
+def test_a_refused_batch_is_not_retried(served: Served) -> None:
+    with CollectorClient(served.url, batch_records=6) as client:
+        with pytest.raises(CollectorSendError, match="HTTP 413: .*too_many_records"):
+            client.send("clicks", [_click(f"u{i}") for i in range(6)])
+        assert client.retries == 0
+
+
+def test_send_command_sends_jsonl_files_by_their_stream(served: Served, tmp_path: Path) -> None:
+    clicks = tmp_path / "clicks.jsonl.gz"
+    clicks.write_bytes(gzip.compress(b"\n".join(_click(f"u{i}") for i in range(7)) + b"\n"))
+    other = tmp_path / "more.jsonl"
+    other.write_bytes(_click("u8") + b"\n\n")
+    result = CliRunner().invoke(
+        cli,
+        ["send", str(clicks), "--url", served.url, "--batch", "3"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"sent 7 clicks to {served.url} (0 retries)"
+    assert len(served.payloads(Stream.CLICKS)) == 7
+    result = CliRunner().invoke(cli, ["send", str(other), "--url", served.url])
+    assert isinstance(result.exception, UserError)  # one line, from the entry point
+    assert str(result.exception).startswith(f"cannot tell the stream of {other}: ")
+    assert str(result.exception).endswith("give it with --stream")
+    result = CliRunner().invoke(
+        cli, ["send", str(other), "--url", served.url, "--stream", "impressions"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(served.payloads(Stream.IMPRESSIONS)) == 1
