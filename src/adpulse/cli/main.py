@@ -26,6 +26,7 @@ from adpulse.cli.runtime import (
 )
 from adpulse.cli.stopping import StopRequest, stop_on_signals
 from adpulse.contracts import Stream
+from adpulse.metrics import GROUPED_NAMES
 
 app = typer.Typer(
     name="adpulse",
@@ -466,25 +467,15 @@ def _load_dim_file(warehouse: Any, path: Path, when: datetime | None) -> None:
 
 
 # ------------------------------------------------------------------------------ query
-METRICS = (
-    "ctr",
-    "conversion-rate",
-    "revenue-per-conversion",
-    "conversion-latency",
-    "trending",
-    "top-ads",
-    "summary",
-)
+#: What ``query`` shows: the catalog's grouped metrics, then the rankings and the summary.
+METRICS = (*GROUPED_NAMES, "trending", "top-ads", "summary")
 
 
 @app.command()
 def query(
     metric: Annotated[
         str,
-        typer.Argument(
-            help="ctr | conversion-rate | revenue-per-conversion | conversion-latency | "
-            "trending | top-ads | summary"
-        ),
+        typer.Argument(help=" | ".join(METRICS)),
     ],
     home: HomeOpt = None,
     config: ConfigOpt = None,
@@ -542,14 +533,8 @@ def query(
     mc = settings.min_clicks if min_clicks is None else min_clicks
     with open_runtime(settings, read_only=True) as rt:
         wh = rt.warehouse
-        if metric == "ctr":
-            frame = queries.ctr(wh, filters, group)
-        elif metric == "conversion-rate":
-            frame = queries.conversion_rate(wh, filters, group)
-        elif metric == "revenue-per-conversion":
-            frame = queries.revenue_per_conversion(wh, filters, group)
-        elif metric == "conversion-latency":
-            frame = queries.conversion_latency(wh, filters, group)
+        if metric in GROUPED_NAMES:
+            frame = queries.grouped_metric(wh, metric, filters, group)
         elif metric == "trending":
             frame = queries.trending(
                 wh,

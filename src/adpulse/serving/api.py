@@ -48,6 +48,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adpulse.config import Settings
+from adpulse.metrics import GROUPED_NAMES
 from adpulse.processor.commits import CommitSignal
 from adpulse.serving import queries
 from adpulse.serving.cache import ResultCache
@@ -70,13 +71,8 @@ CLIENT_QUEUE: Final = 4
 #: Shortest time between two live-feed ticks when commits come faster.
 MIN_PUSH_GAP: Final = 0.25
 
-METRICS: Final = ("ctr", "conversion-rate", "revenue-per-conversion", "conversion-latency")
-_METRIC_FUNCTIONS: Final = {
-    "ctr": queries.ctr,
-    "conversion-rate": queries.conversion_rate,
-    "revenue-per-conversion": queries.revenue_per_conversion,
-    "conversion-latency": queries.conversion_latency,
-}
+#: The metrics of ``/api/v1/metrics/{metric}``: the catalog's grouped metrics.
+METRICS: Final = GROUPED_NAMES
 DIMENSIONS: Final = ("platform", "location", "gender", "age_band", "interest")
 
 #: The dashboard page (static files) and its npm-installed vendor libraries.
@@ -618,8 +614,7 @@ def create_app(
         by: ByParam = None,
     ) -> Response:
         """One metric of ``adpulse query``, optionally grouped by ad or campaign."""
-        fn = _METRIC_FUNCTIONS.get(metric)
-        if fn is None:
+        if metric not in METRICS:
             raise HTTPException(
                 404, f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}"
             )
@@ -630,7 +625,7 @@ def create_app(
                 "metric": metric,
                 "by": by,
                 "filters": _filters_echo(filters),
-                "rows": fn(warehouse, filters, by),
+                "rows": queries.grouped_metric(warehouse, metric, filters, by),
             },
         )
 

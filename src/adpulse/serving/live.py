@@ -3,7 +3,7 @@ queryable by the query layer's own SQL.
 
 :class:`LiveWarehouse` is a :class:`~adpulse.storage.warehouse.base.Warehouse` (every
 call goes to the warehouse) that also carries a serving store; the query layer
-(:func:`adpulse.serving.queries._reader`) reads a live view from the store when the
+(:func:`adpulse.serving.queries.sources.reader`) reads a live view from the store when the
 store holds the requested range. :class:`LiveTables` runs the very SQL the query layer
 sends to the warehouse over the store's rows, in an in-memory DuckDB, with tables named
 as in the warehouse (``rollup_minute``, ``fact_conversions``); so both sources give the

@@ -51,6 +51,7 @@ from typing import Final, Self
 import polars as pl
 
 from adpulse.contracts import Stream
+from adpulse.metrics import MEASURES
 from adpulse.storage.warehouse.base import BatchOutput
 from adpulse.storage.warehouse.schema import (
     CONVERSION_REATTRIBUTIONS,
@@ -66,7 +67,8 @@ EPOCH: Final = datetime(1970, 1, 1)
 #: Rollup rows as the store holds them: the warehouse's rollup columns, measures summed.
 #: ``latency_sum_seconds`` is not kept (no view reads it) and reads back as 0.
 LIVE_ROLLUPS: Final = {**ROLLUP_KEY, **ROLLUP_MEASURES}
-LIVE_MEASURES: Final = ("impressions", "clicks", "conversions", "attributed_conversions", "revenue")
+#: The summed measures, the metric catalog's (:data:`adpulse.metrics.MEASURES`).
+LIVE_MEASURES: Final = tuple(m.name for m in MEASURES)
 #: Conversions as the store holds them: the ``fact_conversions`` columns the live views
 #: read (latency, filters by campaign, ad, platform, location).
 LIVE_CONVERSIONS: Final = {
@@ -105,7 +107,7 @@ def project(rollups: pl.DataFrame, columns: frozenset[str] = PROJECTIONS[-1]) ->
     keep = ["minute", *(c for c in KEY_COLUMNS if c in columns)]
     return (
         rollups.group_by(keep)
-        .agg(pl.col(m).sum() for m in LIVE_MEASURES)
+        .agg(m.sum_expr() for m in MEASURES)
         .with_columns(
             *(pl.lit(None).alias(c) for c in KEY_COLUMNS if c not in columns),
             pl.lit(0.0).alias("latency_sum_seconds"),

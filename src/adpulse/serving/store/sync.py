@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from adpulse.contracts import Stream
+from adpulse.metrics import MEASURES
 from adpulse.serving.store.base import (
     EPOCH,
     LIVE_CONVERSIONS,
@@ -57,6 +58,8 @@ from adpulse.storage.warehouse.schema import ROLLUP_KEY
 log = logging.getLogger(__name__)
 
 _KEY: Final = ", ".join(ROLLUP_KEY)
+#: The catalog's measures summed per rollup key (one GROUP BY: no empty group).
+_SUMS: Final = "".join(f" {m.sum_sql(empty_as_zero=False)} AS {m.name}," for m in MEASURES)
 
 
 def warehouse_snapshot(warehouse: Warehouse) -> StoreSnapshot:
@@ -75,11 +78,7 @@ def warehouse_snapshot(warehouse: Warehouse) -> StoreSnapshot:
         else:
             start = newest - WINDOW
             rollups = read(
-                f"SELECT {_KEY}, CAST(SUM(impressions) AS BIGINT) AS impressions,"
-                " CAST(SUM(clicks) AS BIGINT) AS clicks,"
-                " CAST(SUM(conversions) AS BIGINT) AS conversions,"
-                " CAST(SUM(attributed_conversions) AS BIGINT) AS attributed_conversions,"
-                " CAST(SUM(revenue) AS DECIMAL(38,4)) AS revenue,"
+                f"SELECT {_KEY},{_SUMS}"
                 " CAST(0 AS DOUBLE PRECISION) AS latency_sum_seconds"
                 f" FROM rollup_minute WHERE minute >= ? GROUP BY {_KEY}",
                 [start],

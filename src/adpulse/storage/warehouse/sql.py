@@ -88,6 +88,15 @@ class Dialect:
         return f"CREATE TABLE IF NOT EXISTS {quote(table)} ({', '.join(parts)})"
 
 
+#: The spelling of the read-side SQL (the query layer, the Grafana panels, the serving
+#: store's rebuild): one text runs unchanged on DuckDB, PostgreSQL, Redshift and the
+#: serving store's in-memory DuckDB, so its casts use the names they all accept.
+PORTABLE: Final = Dialect(
+    name="portable",
+    type_names={pl.Int64: "BIGINT", pl.Int32: "INTEGER", pl.Float64: "DOUBLE PRECISION"},
+)
+
+
 # --- portable statement builders -------------------------------------------------------
 def quote(name: str) -> str:
     """Quote an identifier; several of ours (``offset``, ``partition``) are keywords."""

@@ -1,0 +1,155 @@
+"""What to count: :class:`Filters`, their checks, and their SQL conditions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from adpulse.contracts import AGE_BANDS
+
+#: Longest accepted text filter value; longer ones are certainly not real values.
+MAX_FILTER_LENGTH: Final = 200
+AGE_BAND_LABELS: Final = tuple(label for _, _, label in AGE_BANDS)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: Filters on audience columns, which ``rollup_minute`` does not keep.
+AUDIENCE_FILTERS: Final = ("gender", "age_band", "interest")
+
+
+class FilterError(ValueError):
+    """A filter or option value that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """What to count: every field is optional, and given fields must all match.
+
+    ``start``/``end`` bound event time, ``[start, end)``; naive datetimes are UTC,
+    aware ones are converted to UTC. ``interest`` matches a row when it is one of the
+    row's ``;``-separated interests. ``age_band`` is one of :data:`AGE_BAND_LABELS`.
+    Values are checked on construction (:class:`FilterError`).
+    """
+
+    campaign: str | None = None
+    ad_id: int | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    platform: str | None = None
+    location: str | None = None
+    gender: str | None = None
+    age_band: str | None = None
+    interest: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("campaign", "platform", "location", "gender", "age_band", "interest"):
+            _check_text(name, getattr(self, name))
+        if self.ad_id is not None and (
+            isinstance(self.ad_id, bool)
+            or not isinstance(self.ad_id, int)
+            or not INT64_MIN <= self.ad_id <= INT64_MAX
+        ):
+            raise FilterError(f"ad_id must be a 64-bit integer, got {self.ad_id!r}")
+        if self.age_band is not None and self.age_band not in AGE_BAND_LABELS:
+            raise FilterError(
+                f"age_band must be one of {', '.join(AGE_BAND_LABELS)}; got {self.age_band!r}"
+            )
+        if self.interest is not None and ";" in self.interest:
+            raise FilterError("interest is a single interest; it cannot contain ';'")
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, datetime):
+                raise FilterError(f"{name} must be a datetime, got {type(value).__name__}")
+            if value.tzinfo is not None:
+                # frozen: normalise once here so SQL always gets naive UTC like the tables
+                object.__setattr__(self, name, value.astimezone(UTC).replace(tzinfo=None))
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise FilterError(f"start ({self.start}) must be before end ({self.end})")
+
+    @property
+    def has_audience(self) -> bool:
+        """Whether an audience filter is set (the rollups cannot answer it)."""
+        return any(getattr(self, name) is not None for name in AUDIENCE_FILTERS)
+
+
+def _check_text(name: str, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise FilterError(f"{name} must be text, got {type(value).__name__}")
+    if not value:
+        raise FilterError(f"{name} must not be empty (leave it out to match everything)")
+    if len(value) > MAX_FILTER_LENGTH:
+        raise FilterError(f"{name} is {len(value)} characters long; at most {MAX_FILTER_LENGTH}")
+    if any(ord(c) < 32 for c in value):
+        # No stored value holds control characters, and PostgreSQL rejects NUL outright.
+        raise FilterError(f"{name} must not contain control characters")
+
+
+def check_int(name: str, value: object, low: int, high: int) -> None:
+    """Raise :class:`FilterError` unless ``value`` is an int in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise FilterError(f"{name} must be an integer from {low} to {high}; got {value!r}")
+
+
+def conditions(
+    filters: Filters, time_column: str, *, with_time: bool = True
+) -> tuple[list[str], list[Any]]:
+    """WHERE conditions and their bound values for ``filters`` (columns as in facts/rollups)."""
+    found: list[str] = []
+    params: list[Any] = []
+    for column in ("campaign", "ad_id", "platform", "location", "gender", "age_band"):
+        value = getattr(filters, column)
+        if value is not None:
+            found.append(f"{column} = ?")
+            params.append(value)
+    if filters.interest is not None:
+        # ';a;b;' contains ';a;' exactly when a is one of the items: portable, no arrays.
+        found.append("POSITION(? IN ';' || interests || ';') > 0")
+        params.append(f";{filters.interest};")
+    if with_time and filters.start is not None:
+        found.append(f"{time_column} >= ?")
+        params.append(filters.start)
+    if with_time and filters.end is not None:
+        found.append(f"{time_column} < ?")
+        params.append(filters.end)
+    return found, params
+
+
+def where(found: Sequence[str]) -> str:
+    """`` WHERE a AND b`` for the conditions ``found`` (nothing when there are none)."""
+    return " WHERE " + " AND ".join(found) if found else ""
+
+
+def ceil_minute(value: datetime) -> datetime | None:
+    """The first whole minute at or after ``value``; None when it is out of range."""
+    floor = value.replace(second=0, microsecond=0)
+    if floor == value:
+        return floor
+    try:
+        return floor + timedelta(minutes=1)
+    except OverflowError:
+        return None
+
+
+def minute_aligned(filters: Filters) -> Filters:
+    """``filters`` with ``start`` and ``end`` rounded up to whole minutes.
+
+    The minute rollups read a range this way already (a bucket is in ``[start, end)``
+    exactly when it is in ``[ceil(start), ceil(end))``), so rollup-based results are
+    unchanged; fact-based latency then counts the same minutes as the buckets. The HTTP
+    API aligns every range, so that requests with ``to=now`` in the same minute ask the
+    same question (and share one cached answer). Returned unchanged when rounding would
+    leave an empty range (both bounds in one minute) or overflow.
+    """
+    start = None if filters.start is None else ceil_minute(filters.start)
+    end = None if filters.end is None else ceil_minute(filters.end)
+    if (filters.start is not None and start is None) or (filters.end is not None and end is None):
+        return filters
+    if start == filters.start and end == filters.end:
+        return filters
+    if start is not None and end is not None and start >= end:
+        return filters
+    return replace(filters, start=start, end=end)
