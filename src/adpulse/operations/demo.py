@@ -21,6 +21,7 @@ from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.processor.pipeline import BatchReport, Processor
 from adpulse.serving import queries
+from adpulse.sources.collector import Collector
 from adpulse.sources.files import write_csv
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
@@ -235,7 +236,15 @@ def _start_api(
             **live_figures,
         }
 
-    app = create_app(rt.warehouse, rt.settings, status_source=figures, commits=processor.commits)
+    # The collector too: events posted to the demo join the generated ones.
+    collector = Collector(rt.transport, rt.settings)
+    app = create_app(
+        rt.warehouse,
+        rt.settings,
+        status_source=figures,
+        commits=processor.commits,
+        collector=collector,
+    )
     server = make_server(app)
     url = url_of(sock)
     console.print(f"dashboard at {url} · HTTP API at {url}api/v1/summary (docs: {url}docs)")
