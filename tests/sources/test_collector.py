@@ -17,7 +17,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from redistest import REDIS_URL, redis_prefix
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from tcpproxy import TcpProxy
 from typer.testing import CliRunner
 
 from adpulse.cli.main import app as cli
@@ -29,7 +31,7 @@ from adpulse.sources.client import CollectorClient, CollectorSendError, with_eve
 from adpulse.sources.collector import PIXEL_GIF, Collector, allowed_redirect
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.transport import framing, open_transport
-from adpulse.transport.embedded import EmbeddedTransport
+from adpulse.transport.base import Transport
 
 PARTITIONS = 3
 
@@ -37,7 +39,7 @@ PARTITIONS = 3
 @dataclass
 class Served:
     url: str
-    transport: EmbeddedTransport
+    transport: Transport
     collector: Collector
 
     def records(self, stream: Stream) -> dict[int, list[tuple[bytes, int | None]]]:
@@ -62,7 +64,6 @@ def serve(
 ) -> Iterator[Served]:
     config = Settings(home=tmp_path, partitions=PARTITIONS, **settings)
     transport = open_transport(config)
-    assert isinstance(transport, EmbeddedTransport)
     collector = Collector(transport, config)
     with DuckDBWarehouse(tmp_path / "warehouse.duckdb") as warehouse:
         warehouse.create_schema()
@@ -422,3 +423,34 @@ def test_send_command_sends_jsonl_files_by_their_stream(served: Served, tmp_path
     )
     assert result.exit_code == 0, result.output
     assert len(served.payloads(Stream.IMPRESSIONS)) == 1
+
+
+# --- over Redis Streams -------------------------------------------------------------------
+def test_over_redis_a_batch_the_transport_cannot_take_is_a_503_to_retry(tmp_path: Path) -> None:
+    """Redis Streams: 202 after Redis took the records; with Redis unreachable (a proxy
+    black-holes it) longer than infra_retry_seconds, 503 with Retry-After and no
+    acknowledgement; once it is back, 202 again."""
+    with (
+        redis_prefix() as prefix,
+        TcpProxy.for_url(REDIS_URL) as proxy,
+        serve(
+            tmp_path,
+            transport_url=proxy.url(f"{REDIS_URL}?prefix={prefix}"),
+            infra_timeout_seconds=0.5,
+            infra_retry_seconds=0,
+        ) as served,
+    ):
+        url = f"{served.url}/v1/events/clicks"
+        r = httpx.post(url, content=_click("u1") + b"\n" + _click("u2"))
+        assert (r.status_code, r.json()) == (202, {"accepted": 2})
+        with proxy.paused():
+            r = httpx.post(url, content=_click("u3"), timeout=30)
+            assert r.status_code == 503
+            assert r.headers["retry-after"] == "5"
+            assert r.json()["error"] == "unavailable"
+            assert str(tmp_path) not in r.text
+            r = httpx.get(f"{served.url}/v1/pixel.gif", params={"user_id": "u4"}, timeout=30)
+            assert r.status_code == 503
+        r = httpx.post(url, content=_click("u3"), timeout=30)
+        assert (r.status_code, r.json()) == (202, {"accepted": 1})
+        assert served.payloads(Stream.CLICKS) == sorted([_click("u1"), _click("u2"), _click("u3")])

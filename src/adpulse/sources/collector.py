@@ -20,6 +20,7 @@ crash is Redis's own persistence setting (AOF ``appendfsync``).
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 import zlib
@@ -38,6 +39,8 @@ from adpulse.config import Settings
 from adpulse.contracts import ORIGINAL_TIMESTAMP_FORMAT, Stream
 from adpulse.sources.producer import publish
 from adpulse.transport.base import Transport
+
+log = logging.getLogger(__name__)
 
 COLLECTOR_PREFIX: Final = "/v1"
 
@@ -67,7 +70,8 @@ class CollectorError(Exception):
 
     def response(self) -> Response:
         body = orjson.dumps({"error": self.code, "detail": self.detail})
-        return Response(body, status_code=self.status, media_type="application/json")
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status == 503 else None
+        return Response(body, self.status, headers, media_type="application/json")
 
 
 # --- request bodies --------------------------------------------------------------------
@@ -273,6 +277,27 @@ def allowed_redirect(url: str, hosts: Sequence[str]) -> str:
 
 
 # --- the routes ---------------------------------------------------------------------------
+#: Seconds a client is asked to wait when the transport did not take a batch.
+RETRY_AFTER_SECONDS: Final = 5
+
+
+async def append_or_503(collector: Collector, stream: Stream, records: Sequence[bytes]) -> int:
+    """:meth:`Collector.append` off the event loop; a transport failure (a server down
+    beyond ``infra_retry_seconds``, a full disk) becomes a 503 the client retries,
+    logged here with its cause (not sent: it may name server paths)."""
+    try:
+        return await run_in_threadpool(collector.append, stream, records)
+    except Exception as exc:
+        log.exception("the collector could not append %d %s records", len(records), stream)
+        raise CollectorError(
+            503,
+            "unavailable",
+            f"the transport did not take the records ({type(exc).__name__}); nothing of"
+            " this request is acknowledged: send it again (records with an event_id are"
+            " counted once)",
+        ) from exc
+
+
 _Text = Annotated[str | None, Query(max_length=256)]
 
 
@@ -309,9 +334,9 @@ def collector_router(collector: Collector, dependencies: Sequence[Depends] = ())
                     f" {settings.collector_max_records} (setting collector_max_records);"
                     " send smaller batches",
                 )
+            accepted = await append_or_503(collector, Stream(stream), records)
         except CollectorError as exc:
             return exc.response()
-        accepted = await run_in_threadpool(collector.append, Stream(stream), records)
         return Response(orjson.dumps({"accepted": accepted}), 202, media_type="application/json")
 
     @router.get("/pixel.gif")
@@ -326,7 +351,10 @@ def collector_router(collector: Collector, dependencies: Sequence[Depends] = ())
         params = {"ad_id": ad_id, "user_id": user_id, "platform": platform}
         params |= {"location": location, "event_id": event_id}
         record = browser_record(Stream.IMPRESSIONS, params)
-        await run_in_threadpool(collector.append, Stream.IMPRESSIONS, [record])
+        try:
+            await append_or_503(collector, Stream.IMPRESSIONS, [record])
+        except CollectorError as exc:
+            return exc.response()
         return Response(PIXEL_GIF, media_type="image/gif", headers=NO_CACHE_HEADERS)
 
     @router.get("/click")
@@ -339,14 +367,13 @@ def collector_router(collector: Collector, dependencies: Sequence[Depends] = ())
         event_id: _Text = None,
     ) -> Response:
         """A click: appends it, then redirects (302) to ``to`` if its host is allowed."""
-        try:
-            target = allowed_redirect(to, settings.collector_redirect_hosts)
-        except CollectorError as exc:
-            return exc.response()
         params = {"ad_id": ad_id, "user_id": user_id, "platform": platform}
         params |= {"location": location, "event_id": event_id}
-        record = browser_record(Stream.CLICKS, params)
-        await run_in_threadpool(collector.append, Stream.CLICKS, [record])
+        try:
+            target = allowed_redirect(to, settings.collector_redirect_hosts)
+            await append_or_503(collector, Stream.CLICKS, [browser_record(Stream.CLICKS, params)])
+        except CollectorError as exc:
+            return exc.response()
         return Response(status_code=302, headers={"Location": target, **NO_CACHE_HEADERS})
 
     return router
