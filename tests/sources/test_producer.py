@@ -164,7 +164,7 @@ def test_a_few_records_go_to_the_same_partitions_as_a_large_batch(malformed: boo
     ]
     if not malformed:
         odd = [b'{"user_id": 123}', b'{"user_id": 77.0}', b'{"user_id": null}', b'{"a": 1}']
-    payloads = odd + [orjson.dumps({"user_id": f"user-{i}"}) for i in range(100)]
+    payloads = odd + [orjson.dumps({"user_id": f"user-{i}"}) for i in range(1100)]
     together, one_by_one = InMemoryTransport(5), InMemoryTransport(5)
     publish(together.producer(), Stream.CLICKS, payloads, 5)
     single = one_by_one.producer()

@@ -26,8 +26,10 @@ from adpulse.transport.base import Producer
 #: When throttled, records are sent in slices of at most this long at the target rate.
 _THROTTLE_SLICE_SECONDS = 0.05
 _MIN_CHUNK_BYTES = 16 * 1024
-#: From this many records, user ids are read and hashed as one Polars column.
-_VECTORIZED_FROM = 64
+#: From this many records, user ids are read and hashed as one Polars column; below,
+#: record by record (measured on 500-record collector batches: 1.1 ms key by key, 1.5 ms
+#: as a column, whose per-query cost only pays off on larger batches).
+_VECTORIZED_FROM = 1024
 
 
 def publish(
@@ -51,8 +53,8 @@ def publish(
     if partitions == 1:
         parts = np.zeros(len(payloads), dtype=np.int64)
     elif len(payloads) < _VECTORIZED_FROM:
-        # A few records (the collector's pixel and click): a Polars query per call
-        # costs ~0.5 ms, hashing key by key a few microseconds.
+        # Small batches (the collector's): a Polars query costs ~0.5 ms per call,
+        # reading and hashing one key about 2 microseconds.
         keys = [framing.partition_of(_user_id(p), partitions) for p in payloads]
         parts = np.array(keys, dtype=np.int64)
     else:
