@@ -18,6 +18,10 @@ from pathlib import Path
 import duckdb
 import httpx
 import orjson
+from pgtest import PG_URL, drop_schema, new_schema, require_postgres
+from redistest import REDIS_URL, redis_prefix
+
+from adpulse.storage.warehouse.postgres import PostgresWarehouse
 
 ENV = {
     **os.environ,
@@ -28,11 +32,13 @@ ENV = {
 
 
 @contextmanager
-def running_serve(home: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def running_serve(
+    home: Path, *options: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``adpulse serve`` on a free loopback port; yields the process and its URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "adpulse", "serve", "--home", str(home), "--port", "0"],
-        env=ENV,
+        [sys.executable, "-m", "adpulse", "serve", "--home", str(home), "--port", "0", *options],
+        env=env or ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -163,3 +169,44 @@ def test_every_event_acknowledged_before_a_kill_9_is_in_the_warehouse_once(
     assert len(ids) == len(set(ids)), "an event was committed twice"
     missing = set(acknowledged) - set(ids)
     assert not missing, f"{len(missing)} acknowledged events lost, e.g. {sorted(missing)[:5]}"
+
+
+def test_over_redis_and_postgres_the_collector_and_the_processor_run_apart(
+    tmp_path: Path,
+) -> None:
+    """``serve --no-process`` (collector and API) beside an ``adpulse process`` worker:
+    what is posted to the one is committed by the other and read back by the first."""
+    require_postgres()
+    schema = new_schema()
+    home = tmp_path / "home"
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    body = b"\n".join(orjson.dumps(impression(f"r{i}", f"u{i}", at)) for i in range(30))
+    try:
+        with PostgresWarehouse(PG_URL, schema=schema) as wh:
+            wh.create_schema()
+        with redis_prefix() as prefix:
+            env = {
+                **ENV,
+                "ADPULSE_TRANSPORT_URL": f"{REDIS_URL}?prefix={prefix}",
+                "ADPULSE_WAREHOUSE_URL": f"{PG_URL}?options=-csearch_path%3D{schema}",
+            }
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "adpulse", "process", "--home", str(home)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                with running_serve(home, "--no-process", env=env) as (proc, url):
+                    r = httpx.post(f"{url}/v1/events/impressions", content=body, timeout=10)
+                    assert (r.status_code, r.json()) == (202, {"accepted": 30})
+                    assert impressions_counted(url, 30) == 30
+                    assert stop(proc) == f"stopped by SIGTERM: served {home}"
+            finally:
+                worker.send_signal(signal.SIGTERM)
+                out, err = worker.communicate(timeout=60)
+            assert worker.returncode == 0, err[-3000:]
+            assert "committed 30 records" in out
+    finally:
+        drop_schema(schema)
