@@ -56,6 +56,7 @@ NO_CACHE_HEADERS: Final = {
     "Expires": "0",
 }
 _NDJSON_TYPES: Final = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
+_STREAM_NAMES: Final = frozenset(s.value for s in Stream)
 _STREAMS: Final = ", ".join(s.value for s in Stream)
 
 
@@ -310,7 +311,7 @@ def collector_router(collector: Collector, dependencies: Sequence[Depends] = ())
     async def post_events(stream: str, request: Request) -> Response:
         """Append a batch of records (NDJSON or a JSON array, optionally gzip) to a stream."""
         try:
-            if stream not in Stream._value2member_map_:
+            if stream not in _STREAM_NAMES:
                 raise CollectorError(
                     404, "not_found", f"unknown stream {stream!r}: use one of {_STREAMS}"
                 )
