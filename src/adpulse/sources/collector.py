@@ -39,6 +39,7 @@ from adpulse.config import Settings
 from adpulse.contracts import ORIGINAL_TIMESTAMP_FORMAT, Stream
 from adpulse.sources.producer import publish
 from adpulse.transport.base import Transport
+from adpulse.transport.embedded import EmbeddedTransport
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,9 @@ class Collector:
         self._flushing = False
         self._flushed = threading.Condition()
         self.accepted = dict.fromkeys(Stream, 0)
+        #: An append is a few ``write(2)`` calls to the page cache, never a wait on a
+        #: server or a disk: small ones may run on the event loop.
+        self.appends_inline = isinstance(transport, EmbeddedTransport) and not settings.fsync
 
     def append(self, stream: Stream, payloads: Sequence[bytes]) -> int:
         """Append ``payloads`` to ``stream``; returns once they are durable (see module doc)."""
@@ -282,11 +286,19 @@ def allowed_redirect(url: str, hosts: Sequence[str]) -> str:
 RETRY_AFTER_SECONDS: Final = 5
 
 
+#: Appends of at most this many records run on the event loop when they cannot block
+#: (:attr:`Collector.appends_inline`): the hop to a worker thread costs more (~0.3 ms).
+INLINE_RECORDS: Final = 64
+
+
 async def append_or_503(collector: Collector, stream: Stream, records: Sequence[bytes]) -> int:
-    """:meth:`Collector.append` off the event loop; a transport failure (a server down
+    """:meth:`Collector.append`, in a worker thread unless it is small and cannot block
+    the event loop; a transport failure (a server down
     beyond ``infra_retry_seconds``, a full disk) becomes a 503 the client retries,
     logged here with its cause (not sent: it may name server paths)."""
     try:
+        if collector.appends_inline and len(records) <= INLINE_RECORDS:
+            return collector.append(stream, records)
         return await run_in_threadpool(collector.append, stream, records)
     except Exception as exc:
         log.exception("the collector could not append %d %s records", len(records), stream)
