@@ -210,3 +210,41 @@ def test_over_redis_and_postgres_the_collector_and_the_processor_run_apart(
             assert "committed 30 records" in out
     finally:
         drop_schema(schema)
+
+
+def test_on_the_embedded_log_the_collector_runs_alone_beside_a_processor(
+    tmp_path: Path,
+) -> None:
+    """``serve --no-api --no-process`` opens no warehouse, so ``adpulse process`` can hold
+    the DuckDB file at the same time; what was posted is committed by the processor."""
+    home = tmp_path / "home"
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    batch = [impression(f"a{i}", f"u{i}", at) for i in range(25)]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "adpulse", "process", "--home", str(home)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with running_serve(home, "--no-api", "--no-process") as (proc, url):
+            r = httpx.post(f"{url}/v1/events/impressions", json=batch, timeout=10)
+            assert (r.status_code, r.json()) == (202, {"accepted": 25})
+            r = httpx.post(f"{url}/v1/events/views", content=b"{}", timeout=10)
+            assert r.status_code == 404 and r.json()["error"] == "not_found"
+            assert httpx.get(f"{url}/api/v1/summary", timeout=10).status_code == 404
+            assert stop(proc) == f"stopped by SIGTERM: served {home}"
+        assert worker.poll() is None  # both held their files at the same time
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err[-3000:]
+    # Whatever the stopped worker had not reached yet, a catch-up run commits.
+    subprocess.run(
+        [sys.executable, "-m", "adpulse", "process", "--until-caught-up", "--home", str(home)],
+        env=ENV,
+        check=True,
+        capture_output=True,
+    )
+    assert sorted(fact_ids(home)) == sorted(r["event_id"] for r in batch)

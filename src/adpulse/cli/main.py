@@ -661,6 +661,14 @@ def serve(
         bool,
         typer.Option("--collect/--no-collect", help="Serve the event collector (/v1/...)."),
     ] = True,
+    api: Annotated[
+        bool,
+        typer.Option(
+            "--api/--no-api",
+            help="Serve the query API and dashboard (--no-api --no-process: the collector"
+            " alone, beside `adpulse process` on the embedded log).",
+        ),
+    ] = True,
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve the HTTP query API (JSON, OpenAPI at /docs), the event collector
@@ -679,6 +687,7 @@ def serve(
             port=port,
             process=process,
             collect=collect,
+            api=api,
             verbose=verbose,
         )
     console.print(stopping.stopped_line(done))

@@ -13,18 +13,19 @@ then the collector's producer, then the processor, which commits its batch in fl
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
 from rich.console import Console
 
-from adpulse.cli.runtime import UserError, Worker, open_log, open_runtime
+from adpulse.cli.runtime import Runtime, UserError, Worker, open_log, open_runtime
 from adpulse.cli.stopping import StopRequest
 from adpulse.config import Settings
 from adpulse.processor.commits import CommitSignal
 from adpulse.processor.pipeline import Processor
 from adpulse.processor.workers import PartitionWorker
-from adpulse.sources.collector import Collector
+from adpulse.sources.collector import Collector, collector_app
 from adpulse.transport.base import Transport
 
 #: Seconds the processor gets to commit its batch in flight once told to stop.
@@ -40,26 +41,35 @@ def run_serve(
     port: int,
     process: bool = True,
     collect: bool = True,
+    api: bool = True,
     verbose: bool = False,
 ) -> str:
     """Serve until ``stopping`` is set; returns what the run did, in words.
 
     ``process``: run the processor in this process (needs the warehouse for writing;
     with DuckDB no other process may hold it). ``collect``: serve the collector's
-    endpoints (``/v1/...``). With neither, the API serves the warehouse read-only.
+    endpoints (``/v1/...``). ``api``: serve the query API and the dashboard. With
+    ``collect`` alone the warehouse is not opened at all: beside ``adpulse process``
+    on the embedded log and DuckDB, the collector then runs as its own process.
     """
     from adpulse.serving.api import bind, create_app, make_server, stop_server, url_of
 
-    with open_runtime(settings, read_only=not process, live=process) as rt:
+    if not (api or collect):
+        raise UserError("nothing to serve: --no-api and --no-collect leave no endpoint")
+    with contextlib.ExitStack() as opened:
+        rt: Runtime | None = None
+        if process or api:
+            rt = opened.enter_context(open_runtime(settings, read_only=not process, live=process))
         own_transport: Transport | None = None
-        transport = rt.transport
         if collect and not process:
-            own_transport = transport = open_log(settings)
-        collector = Collector(transport, settings) if collect else None
+            own_transport = open_log(settings)
+            opened.callback(own_transport.close)
+        transport = own_transport or (rt.transport if rt is not None else None)
+        collector = Collector(transport, settings) if collect and transport else None
         runner: Processor | PartitionWorker | None = None
         commits: CommitSignal | None = None
         committed = [0]
-        if process:
+        if process and rt is not None:
             if rt.warehouse.shares_partitions:  # PostgreSQL: shares with other workers
                 runner = PartitionWorker(settings, rt.transport, rt.warehouse)
             else:
@@ -69,7 +79,11 @@ def run_serve(
             sock = bind(host, port)
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc}; choose --port") from exc
-        app = create_app(rt.warehouse, settings, commits=commits, collector=collector)
+        if api and rt is not None:
+            app = create_app(rt.warehouse, settings, commits=commits, collector=collector)
+        else:
+            assert collector is not None
+            app = collector_app(collector)
         server = make_server(app, "info" if verbose else "warning")
         url = url_of(sock)
         console.print(f"serving {settings.home} at {url} (API docs: {url}docs)")
@@ -108,8 +122,6 @@ def run_serve(
             sock.close()
             if runner is not None:
                 runner.close()
-            if own_transport is not None:
-                own_transport.close()
         for thread in threads:
             thread.check()
     done = f"served {settings.home}"

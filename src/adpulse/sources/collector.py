@@ -30,10 +30,12 @@ from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adpulse.config import Settings
 from adpulse.contracts import ORIGINAL_TIMESTAMP_FORMAT, Stream
@@ -390,3 +392,26 @@ def collector_router(collector: Collector, dependencies: Sequence[Depends] = ())
         return Response(status_code=302, headers={"Location": target, **NO_CACHE_HEADERS})
 
     return router
+
+
+def collector_app(collector: Collector) -> FastAPI:
+    """The collector as an app of its own (``adpulse serve --no-api``): no warehouse,
+    so it can run beside another process that holds a DuckDB warehouse."""
+    app = FastAPI(title="adpulse collector", version="1")
+    app.include_router(collector_router(collector))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
+            for e in exc.errors()
+        )
+        return CollectorError(422, "invalid_parameter", where).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        error = CollectorError(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
+        return error.response()
+
+    return app
