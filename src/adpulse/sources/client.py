@@ -3,11 +3,11 @@
 It batches records, gzips each batch, and retries a batch that got no answer, ``429``,
 ``502``, ``503`` or ``504``, with exponential backoff and full jitter (honouring
 ``Retry-After``), for up to ``retry_seconds``. A retried batch may already have been
-appended (the answer was lost, not the request), so every record gets an ``event_id``
-before its first send and the processor drops the second copy: a re-send is counted
-once. Records that carry an ``event_id`` keep it; for the others it is derived from the
-stream, the record's position in the send and its bytes, so sending the same file
-again is also recognised as a re-send.
+appended (the answer was lost, not the request); it is counted once all the same: a
+record's ``event_id`` identifies it, and a record without one gets an id derived from
+its content by the processor (see ``PRODUCT.md``), the same for every copy. The client
+adds no ids itself: ids of its own would make two identical records of a file two
+events, where ``adpulse replay`` of the same file counts them once.
 
 Usage::
 
@@ -18,7 +18,6 @@ Usage::
 from __future__ import annotations
 
 import gzip
-import hashlib
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -39,35 +38,6 @@ DEFAULT_BATCH_RECORDS: Final = 500
 class CollectorSendError(RuntimeError):
     """A batch the collector refused (a status that retrying cannot change), or one
     that still failed when ``retry_seconds`` ran out."""
-
-
-def with_event_ids(
-    stream: Stream | str, payloads: Sequence[bytes], first_index: int
-) -> list[bytes]:
-    """``payloads`` with an ``event_id`` in every JSON object that has none (missing,
-    null or blank); ``first_index`` is the position of ``payloads[0]`` in the send.
-
-    The id is a digest of the stream, the position and the bytes: deterministic, so a
-    retried batch or a file sent again carries the same ids, and two identical records
-    at different positions stay two events. Anything that is not a JSON object passes
-    unchanged (the processor dead-letters it).
-    """
-    out: list[bytes] = []
-    prefix = f"{Stream(stream).value}\0".encode()
-    for index, payload in enumerate(payloads, first_index):
-        try:
-            record = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            out.append(payload)
-            continue
-        event_id = record.get("event_id") if isinstance(record, dict) else "not an object"
-        if event_id is None or (isinstance(event_id, str) and not event_id.strip()):
-            digest = hashlib.blake2b(prefix + str(index).encode() + b"\0" + payload, digest_size=16)
-            record["event_id"] = digest.hexdigest()
-            out.append(orjson.dumps(record))
-        else:
-            out.append(payload)
-    return out
 
 
 class CollectorClient:
@@ -133,27 +103,25 @@ class CollectorClient:
         for record in records:
             batch.append(record if isinstance(record, bytes) else orjson.dumps(record))
             if len(batch) == self.batch_records:
-                accepted += self._send_batch(stream, batch, accepted, on_batch)
+                accepted += self._send_batch(stream, batch, on_batch)
                 batch = []
         if batch:
-            accepted += self._send_batch(stream, batch, accepted, on_batch)
+            accepted += self._send_batch(stream, batch, on_batch)
         return accepted
 
     def _send_batch(
         self,
         stream: Stream | str,
         batch: list[bytes],
-        first_index: int,
         on_batch: Callable[[int], None] | None,
     ) -> int:
-        count = self.post(stream, with_event_ids(stream, batch, first_index))
+        count = self.post(stream, batch)
         if on_batch is not None:
             on_batch(count)
         return count
 
     def post(self, stream: Stream | str, payloads: Sequence[bytes]) -> int:
-        """POST one batch as it is (no ids added), retrying as the module doc says;
-        returns the accepted count."""
+        """POST one batch, retrying as the module doc says; returns the accepted count."""
         body = b"\n".join(payloads) + b"\n"
         headers = {"Content-Type": "application/x-ndjson", **self._headers}
         if self.compress:
