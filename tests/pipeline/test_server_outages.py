@@ -387,8 +387,8 @@ def test_redis_transport_black_holed_gives_up_naming_transport_url(data: Path) -
 def test_serving_store_black_holed_never_stops_ingestion(
     data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from adpulse.serving.live import LiveWarehouse
     from adpulse.serving.store.redis import RedisServingStore
+    from adpulse.serving.store.sync import StoreSync
     from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 
     timeouts = ServerTimeouts(connect_seconds=0.5, statement_seconds=1, retry_seconds=2)
@@ -396,7 +396,6 @@ def test_serving_store_black_holed_never_stops_ingestion(
         store = RedisServingStore(proxy.url(REDIS_URL), prefix=prefix, timeouts=timeouts)
         duck = DuckDBWarehouse(tmp_path / "warehouse.duckdb")
         duck.create_schema()
-        warehouse = LiveWarehouse(duck, store)
         transport = InMemoryTransport(PARTITIONS)
         replay_directory(data, transport.producer(), PARTITIONS)
         batches = [0]
@@ -407,7 +406,11 @@ def test_serving_store_black_holed_never_stops_ingestion(
                 proxy.pause()
 
         processor = Processor(
-            _settings(tmp_path), transport, warehouse, clock=lambda: NOW.astimezone()
+            _settings(tmp_path),
+            transport,
+            duck,
+            clock=lambda: NOW.astimezone(),
+            listeners=[StoreSync(store, duck)],
         )
         started = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="adpulse.serving"):
@@ -418,7 +421,8 @@ def test_serving_store_black_holed_never_stops_ingestion(
         elapsed = time.monotonic() - started
         proxy.resume()
         received = duck.query("SELECT sum(received) FROM ingest_stats").item()
-        warehouse.close()
+        store.close()
+        duck.close()
     assert batches[0] > 3
     assert received == sum(_count(p) for p in data.glob("*.jsonl"))
     assert any("serving store" in r.getMessage() for r in caplog.records)

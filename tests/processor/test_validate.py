@@ -10,13 +10,9 @@ import orjson
 import polars as pl
 import pytest
 
-from adpulse.contracts import Reason, Stream
+from adpulse.contracts import Reason, Stream, parse_time_argument, parse_timestamp
 from adpulse.processor.steps.decode import decode
-from adpulse.processor.steps.validate import (
-    parse_time_argument,
-    parse_timestamp,
-    validate,
-)
+from adpulse.processor.steps.validate import validate
 from adpulse.storage.warehouse.schema import MAX_REVENUE, REVENUE
 from adpulse.transport.base import Chunk
 from adpulse.transport.framing import frame

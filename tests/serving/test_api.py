@@ -288,9 +288,9 @@ def test_stream_fans_one_payload_out(live_server: tuple[str, Any], monkeypatch: 
     calls = []
     original = queries.summary
 
-    def counting(warehouse: Any, filters: Filters) -> Any:
+    def counting(warehouse: Any, filters: Filters, **options: Any) -> Any:
         calls.append(filters)
-        return original(warehouse, filters)
+        return original(warehouse, filters, **options)
 
     monkeypatch.setattr(queries, "summary", counting)
     with (

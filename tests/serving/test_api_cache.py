@@ -17,8 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 from query_dataset import M0, empty_output, minute, rollups
 
+from adpulse.commits import CommitSignal
 from adpulse.config import Settings
-from adpulse.processor.commits import CommitSignal
 from adpulse.serving import queries
 from adpulse.serving.api import bind, create_app, make_server, plain
 from adpulse.serving.cache import ResultCache

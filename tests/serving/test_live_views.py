@@ -3,7 +3,7 @@
 Two days of generated traffic (duplicates, out-of-order and late records, so conversions
 get re-attributed across batches) go through the processor with a serving store; then
 every live view over the last 24 h, for several filter sets, is computed twice: from the
-store (through a LiveWarehouse) and from the plain warehouse. They must be equal. Also:
+store (the query layer handed the store) and from the plain warehouse. They must be equal. Also:
 replayed batches change nothing, a crash between the warehouse commit and the store
 write is repaired on restart, and a Redis outage neither stops ingestion nor leaves the
 store wrong once Redis is back.
@@ -32,7 +32,7 @@ from adpulse.contracts import Stream
 from adpulse.processor.pipeline import Processor
 from adpulse.processor.workers import PartitionWorker
 from adpulse.serving import queries
-from adpulse.serving.live import LiveTables, LiveWarehouse
+from adpulse.serving.live import LiveTables
 from adpulse.serving.queries import Filters
 from adpulse.serving.store import MemoryServingStore, ServingStore, live_delta
 from adpulse.serving.store.base import StoreSnapshot
@@ -78,9 +78,9 @@ class RecordingSync(StoreSync):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.outputs: list[BatchOutput] = []
 
-    def after_commit(self, output: BatchOutput) -> None:
+    def on_commit(self, output: BatchOutput) -> None:
         self.outputs.append(output)
-        super().after_commit(output)
+        super().on_commit(output)
 
 
 @dataclass
@@ -101,7 +101,8 @@ class Run:
         )
         self.transport = InMemoryTransport(PARTITIONS)
         self.producer = self.transport.producer()
-        self.live = LiveWarehouse(self.warehouse, self.store)
+        #: The store the views read (another process's reader in one test).
+        self.read_store: ServingStore = self.store
         for name in ("campaigns.csv", "users.csv"):
             kind, rows = read_dimension_csv(self.data / name)
             self.warehouse.load_dimension(kind, rows, datetime(2023, 1, 1))
@@ -116,9 +117,9 @@ class Run:
         return Processor(
             self.settings,
             self.transport,
-            self.live,
+            self.warehouse,
             clock=lambda: NOW.astimezone(),
-            serving=self.sync,
+            listeners=[self.sync],
         )
 
     def send(self, part: int) -> None:
@@ -158,22 +159,24 @@ def filter_sets(warehouse: Warehouse) -> list[Filters]:
     ]
 
 
-VIEWS: dict[str, Callable[[Warehouse, Filters], pl.DataFrame]] = {
-    "summary": queries.summary,
-    "timeseries": queries.timeseries,
-    "per_minute": lambda w, f: queries.bucketed_timeseries(w, f, "minute"),
-    "per_hour": lambda w, f: queries.bucketed_timeseries(w, f, "hour"),
-    "top_by_revenue": lambda w, f: queries.top_ads(w, f, "revenue"),
-    "top_by_rate": lambda w, f: queries.top_ads(w, f, "conversion_rate", min_clicks=5),
-    "counts_by_ad": lambda w, f: queries.counts(w, f, "ad"),
-    "ctr_by_campaign": lambda w, f: queries.ctr(w, f, "campaign"),
-    "conversion_rate": queries.conversion_rate,
-    "revenue_per_conversion": lambda w, f: queries.revenue_per_conversion(w, f, "campaign"),
-    "latency_by_campaign": lambda w, f: queries.conversion_latency(w, f, "campaign"),
-    "latency_histogram": queries.latency_histogram,
-    "trending": lambda w, f: queries.trending(w, f, 60, min_clicks=1),
-    "by_platform": lambda w, f: queries.breakdown(w, f, "platform"),
-    "by_location": lambda w, f: queries.breakdown(w, f, "location"),
+VIEWS: dict[str, Callable[[Warehouse, Filters, ServingStore | None], pl.DataFrame]] = {
+    "summary": lambda w, f, s: queries.summary(w, f, store=s),
+    "timeseries": lambda w, f, s: queries.timeseries(w, f, store=s),
+    "per_minute": lambda w, f, s: queries.bucketed_timeseries(w, f, "minute", store=s),
+    "per_hour": lambda w, f, s: queries.bucketed_timeseries(w, f, "hour", store=s),
+    "top_by_revenue": lambda w, f, s: queries.top_ads(w, f, "revenue", store=s),
+    "top_by_rate": lambda w, f, s: queries.top_ads(w, f, "conversion_rate", min_clicks=5, store=s),
+    "counts_by_ad": lambda w, f, s: queries.counts(w, f, "ad", store=s),
+    "ctr_by_campaign": lambda w, f, s: queries.ctr(w, f, "campaign", store=s),
+    "conversion_rate": lambda w, f, s: queries.conversion_rate(w, f, store=s),
+    "revenue_per_conversion": lambda w, f, s: queries.revenue_per_conversion(
+        w, f, "campaign", store=s
+    ),
+    "latency_by_campaign": lambda w, f, s: queries.conversion_latency(w, f, "campaign", store=s),
+    "latency_histogram": lambda w, f, s: queries.latency_histogram(w, f, store=s),
+    "trending": lambda w, f, s: queries.trending(w, f, 60, min_clicks=1, store=s),
+    "by_platform": lambda w, f, s: queries.breakdown(w, f, "platform", store=s),
+    "by_location": lambda w, f, s: queries.breakdown(w, f, "location", store=s),
 }
 
 
@@ -182,10 +185,10 @@ FEW_VIEWS: Final = ("summary", "per_minute", "top_by_revenue", "latency_by_campa
 
 
 class LiveAndTruth(Protocol):
-    """Where the views are read from: ``live`` (store first) and ``warehouse``."""
+    """Where the views are read from: ``read_store`` (store first) and ``warehouse``."""
 
     @property
-    def live(self) -> Warehouse: ...
+    def read_store(self) -> ServingStore: ...
 
     @property
     def warehouse(self) -> Warehouse: ...
@@ -196,10 +199,11 @@ def assert_live_views_equal(
 ) -> None:
     """Each view, for each filter set, is read from the store and equals the warehouse's."""
     for filters in filter_sets(run.warehouse)[:sets]:
-        assert isinstance(queries._reader(run.live, filters), LiveTables), filters
+        assert isinstance(queries._reader(run.warehouse, run.read_store, filters), LiveTables)
         for name in views:
             view = VIEWS[name]
-            live, truth = view(run.live, filters), view(run.warehouse, filters)
+            live = view(run.warehouse, filters, run.read_store)
+            truth = view(run.warehouse, filters, None)
             try:
                 if isinstance(run.warehouse, DuckDBWarehouse):  # the same engine: exact
                     assert_frame_equal(live, truth, check_dtypes=False, check_exact=True)
@@ -207,7 +211,8 @@ def assert_live_views_equal(
                     assert_frame_equal(live, truth, check_dtypes=False, rel_tol=1e-12, abs_tol=0)
             except AssertionError as exc:
                 raise AssertionError(f"{name} differs for {filters}: {exc}") from exc
-    everything = queries.summary(run.live, filter_sets(run.warehouse)[0]).row(0, named=True)
+    first = filter_sets(run.warehouse)[0]
+    everything = queries.summary(run.warehouse, first, store=run.read_store).row(0, named=True)
     assert everything["impressions"] > 5_000 and everything["attributed_conversions"] > 20
 
 
@@ -249,7 +254,7 @@ def test_live_views_equal_the_warehouse_redis_store_postgres_warehouse(data: Pat
         run.process()
         # the store is read by another process: a reader of its own over the same keys
         with RedisServingStore(REDIS_URL, prefix=store.base.removesuffix(":serving")) as other:
-            run.live = LiveWarehouse(warehouse, other)
+            run.read_store = other
             assert_live_views_equal(run)
         run.processor.close()
 
@@ -267,9 +272,10 @@ def test_ranges_beyond_the_window_and_audience_filters_read_the_warehouse(
             Filters(end=end),  # open start
             Filters(start=start, end=end, gender="F"),  # audience: the store has none
         ):
-            assert not isinstance(queries._reader(run.live, filters), LiveTables)
+            assert not isinstance(queries._reader(warehouse, run.store, filters), LiveTables)
             assert_frame_equal(
-                queries.summary(run.live, filters), queries.summary(warehouse, filters)
+                queries.summary(warehouse, filters, store=run.store),
+                queries.summary(warehouse, filters),
             )
         run.processor.close()
 
@@ -282,12 +288,12 @@ def test_a_crash_between_commit_and_store_write_is_repaired_on_restart(
         run.send(0)
         run.process()
         # from here on the process "dies" after each warehouse commit, before its store write
-        run.processor.committer.serving = None
+        run.processor.committer.listeners = ()
         run.send(1)
         run.process()
         run.processor.close()
         filters = filter_sets(warehouse)[0]
-        stale = queries.summary(run.live, filters)["impressions"].item()
+        stale = queries.summary(warehouse, filters, store=store)["impressions"].item()
         assert stale < queries.summary(warehouse, filters)["impressions"].item()
         run.processor = run.start()  # the restart rebuilds the store from the warehouse
         assert_live_views_equal(run, FEW_VIEWS, sets=2)
@@ -312,7 +318,9 @@ def test_a_redis_outage_does_not_stop_ingestion_and_is_repaired(data: Path, tmp_
         assert run.sync.failures >= 2 and run.sync.behind
         # reads fall back to the warehouse while the store is unreachable
         filters = filter_sets(warehouse)[0]
-        assert_frame_equal(queries.summary(run.live, filters), queries.summary(warehouse, filters))
+        assert_frame_equal(
+            queries.summary(warehouse, filters, store=store), queries.summary(warehouse, filters)
+        )
         store.client.connection_pool = reachable
         run.send(2)
         run.process()  # the first commit after the outage rebuilds the store
@@ -349,13 +357,13 @@ def test_a_restart_over_a_current_store_does_not_rebuild_one_after_a_crash_does(
         run.processor.close()
         # a rebalance: a processor of one partition, over a store current for it
         run.processor = Processor(
-            run.settings, run.transport, run.live, partitions=[1], serving=run.sync
+            run.settings, run.transport, warehouse, partitions=[1], listeners=[run.sync]
         )
         assert run.sync.rebuilds == 1
         run.processor.close()
         run.processor = run.start()
         # from here on the process "dies" after each warehouse commit, before its store write
-        run.processor.committer.serving = None
+        run.processor.committer.listeners = ()
         run.send(1)
         run.process()
         run.processor.close()
@@ -372,6 +380,12 @@ def test_a_restart_over_a_current_store_does_not_rebuild_one_after_a_crash_does(
         run.processor.close()
 
 
+def sync_of(processor: Processor) -> StoreSync:
+    """The store sync among ``processor``'s commit listeners."""
+    (sync,) = (x for x in processor.listeners if isinstance(x, StoreSync))
+    return sync
+
+
 class HeldSync(StoreSync):
     """Keeps its store writes back while ``hold`` is set (a slow worker)."""
 
@@ -380,16 +394,16 @@ class HeldSync(StoreSync):
         self.hold = False
         self.held: list[BatchOutput] = []
 
-    def after_commit(self, output: BatchOutput) -> None:
+    def on_commit(self, output: BatchOutput) -> None:
         if self.hold:
             self.held.append(output)
         else:
-            super().after_commit(output)
+            super().on_commit(output)
 
     def release(self) -> None:
         self.hold = False
         for output in self.held:
-            super().after_commit(output)
+            super().on_commit(output)
         self.held.clear()
 
 
@@ -414,7 +428,7 @@ class InterleavedSync(StoreSync):
 
 @dataclass
 class Views:
-    live: Warehouse
+    read_store: ServingStore
     warehouse: Warehouse
 
 
@@ -453,10 +467,10 @@ def test_a_rebuild_while_other_processors_commit_loses_and_doubles_nothing(data:
             return Processor(
                 settings,
                 transport,
-                LiveWarehouse(warehouse, store),
+                warehouse,
                 partitions=[partition],
                 clock=lambda: NOW.astimezone(),
-                serving=sync(store, warehouse, 0.0, **hooks),
+                listeners=[sync(store, warehouse, 0.0, **hooks)],
             )
 
         def drain(processor: Processor) -> None:
@@ -469,16 +483,16 @@ def test_a_rebuild_while_other_processors_commit_loses_and_doubles_nothing(data:
         send(0)
         send(1)
         first, second, third = start(0, HeldSync), start(1, StoreSync), start(2, StoreSync)
-        assert first.serving is not None and first.serving.rebuilds == 1  # a fresh store
+        assert sync_of(first).rebuilds == 1  # a fresh store
         for processor in (second, third):  # nothing committed of theirs: the store agrees
-            assert processor.serving is not None and processor.serving.rebuilds == 0
+            assert sync_of(processor).rebuilds == 0
         for processor in (first, second, third):
             drain(processor)
         send(2)  # the newest third: the batches below fall into the window compared
-        second.committer.serving = None  # it "dies" after its commits, before the writes
+        second.committer.listeners = ()  # it "dies" after its commits, before the writes
         drain(second)
         second.close()
-        held = first.serving
+        held = sync_of(first)
         assert isinstance(held, HeldSync)
 
         def before_snapshot() -> None:
@@ -491,14 +505,14 @@ def test_a_rebuild_while_other_processors_commit_loses_and_doubles_nothing(data:
             batch(third)
 
         second = start(1, InterleavedSync, before=before_snapshot, after=after_snapshot)
-        assert second.serving is not None and second.serving.rebuilds == 1
+        assert sync_of(second).rebuilds == 1
         assert len(held.held) == 1
         held.release()
         for processor in (first, second, third):
             drain(processor)
-        assert sum(p.serving.failures for p in (first, second, third) if p.serving) == 0
+        assert sum(sync_of(p).failures for p in (first, second, third)) == 0
         assert stores[0].offsets() == warehouse.load_offsets()
-        assert_live_views_equal(Views(LiveWarehouse(warehouse, stores[0]), warehouse))
+        assert_live_views_equal(Views(stores[0], warehouse))
         for processor in (first, second, third):
             processor.close()
         for store in stores:
@@ -539,14 +553,19 @@ def test_workers_rebalancing_over_a_current_store_do_not_rebuild_it(data: Path) 
             warehouse.load_dimension(kind, rows, datetime(2023, 1, 1))
         workers: list[PartitionWorker] = []
         threads: list[threading.Thread] = []
-        opened: list[LiveWarehouse] = []
+        opened: list[tuple[Warehouse, ServingStore]] = []
         stop = threading.Event()
 
         def join() -> PartitionWorker:
             own = PostgresWarehouse(PG_URL, schema=warehouse.schema)
-            opened.append(LiveWarehouse(own, CountingStore(REDIS_URL, prefix=prefix)))
+            store = CountingStore(REDIS_URL, prefix=prefix)
+            opened.append((own, store))
             worker = PartitionWorker(
-                settings, transport, opened[-1], clock=lambda: NOW.astimezone()
+                settings,
+                transport,
+                own,
+                clock=lambda: NOW.astimezone(),
+                listeners=[StoreSync(store, own)],
             )
             thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
             workers.append(worker)
@@ -580,12 +599,13 @@ def test_workers_rebalancing_over_a_current_store_do_not_rebuild_it(data: Path) 
         for thread in threads:
             thread.join(timeout=30)
             assert not thread.is_alive()
-        for live in opened:
-            live.close()
+        for own, store in opened:
+            store.close()
+            own.close()
         assert CountingStore.rebuilds == 1  # the fresh store, at the first start only
         with RedisServingStore(REDIS_URL, prefix=prefix) as store:
             assert store.offsets() == warehouse.load_offsets()
-            assert_live_views_equal(Views(LiveWarehouse(warehouse, store), warehouse))
+            assert_live_views_equal(Views(store, warehouse))
 
 
 def test_a_processor_starting_during_another_rebuild_waits_for_it(tmp_path: Path) -> None:

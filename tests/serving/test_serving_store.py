@@ -13,9 +13,9 @@ import polars as pl
 import pytest
 from redistest import REDIS_URL, redis_prefix
 
-from adpulse.cli.runtime import UserError, with_serving_store
 from adpulse.config import Settings
 from adpulse.contracts import Stream
+from adpulse.runtime import UserError, open_store
 from adpulse.serving.store import (
     LiveDelta,
     LiveRows,
@@ -345,17 +345,14 @@ def test_serving_url_opens_the_named_store(tmp_path: Path) -> None:
 
 
 def test_a_wrong_serving_url_is_one_clear_error_naming_the_setting(tmp_path: Path) -> None:
-    from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
-
-    with DuckDBWarehouse(tmp_path / "w.duckdb") as warehouse:
-        wrong = Settings(home=tmp_path, serving_url="dynamo://table")
-        with pytest.raises(UserError, match=r"unsupported serving_url 'dynamo://table'"):
-            with_serving_store(wrong, warehouse, live=True)
-        down = Settings(home=tmp_path, serving_url="redis://:s3cret@127.0.0.1:1/0")
-        with pytest.raises(UserError, match="serving_url") as info:
-            with_serving_store(down, warehouse, live=True)
-        assert "s3cret" not in str(info.value)
-        assert "***" in str(info.value)
+    wrong = Settings(home=tmp_path, serving_url="dynamo://table")
+    with pytest.raises(UserError, match=r"unsupported serving_url 'dynamo://table'"):
+        open_store(wrong, live=True)
+    down = Settings(home=tmp_path, serving_url="redis://:s3cret@127.0.0.1:1/0")
+    with pytest.raises(UserError, match="serving_url") as info:
+        open_store(down, live=True)
+    assert "s3cret" not in str(info.value)
+    assert "***" in str(info.value)
     with pytest.raises(ServingStoreUnavailableError):
         open_serving_store(down)
 

@@ -446,6 +446,6 @@ def test_open_transport_by_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     for url in ("rediss+x://localhost:6379", "kinesis://clicks", "/some/dir", "embedded:/x"):
         with pytest.raises(ValueError) as error:
             open_transport(Settings(home=tmp_path / "home", transport_url=url))
-        assert f"Unsupported transport_url {url!r}" in str(error.value)
+        assert f"unsupported transport_url {url!r}" in str(error.value)
         assert "'embedded://DIR'" in str(error.value)
         assert "'memory://'" in str(error.value)

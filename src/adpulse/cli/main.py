@@ -22,6 +22,8 @@ from adpulse.cli.runtime import (
     configure_logging,
     open_log,
     open_runtime,
+    partition_worker_for,
+    processor_for,
     settings_for,
 )
 from adpulse.cli.stopping import StopRequest, stop_on_signals
@@ -209,7 +211,6 @@ def _replay(
     stopping: StopRequest,
 ) -> None:
     """``replay``'s work; a stop signal ends appending and committing between batches."""
-    from adpulse.processor.pipeline import Processor
 
     if produce_only:
         # No warehouse here: a separate `adpulse process` holds it.
@@ -229,7 +230,7 @@ def _replay(
             for name in ("campaigns.csv", "users.csv"):
                 if (directory / name).exists():
                     _load_dim_file(rt.warehouse, directory / name, None)
-        processor = Processor(settings, rt.transport, rt.warehouse)
+        processor = processor_for(rt)
         committed = [0]
 
         def on_batch(report: Any) -> None:
@@ -360,9 +361,9 @@ def process(
 
             if supervised:  # a closed supervisor pipe stops as a signal does
                 stop_when_stdin_closes()
-            runner = PartitionWorker(settings, rt.transport, rt.warehouse)
+            runner = partition_worker_for(rt)
         else:
-            runner = Processor(settings, rt.transport, rt.warehouse)
+            runner = processor_for(rt)
         committed = [0]
 
         def on_batch(report: Any) -> None:
@@ -506,8 +507,8 @@ def query(
         OutputFormat, typer.Option("--format", help="table | json | csv")
     ] = OutputFormat.table,
 ) -> None:
-    """Metrics over any time range and filters (one query layer, shared with the coming
-    HTTP API and dashboard)."""
+    """Metrics over any time range and filters (the query layer the HTTP API and the
+    dashboard also read)."""
     from adpulse.serving import queries
 
     if metric not in METRICS:
@@ -534,7 +535,7 @@ def query(
     with open_runtime(settings, read_only=True) as rt:
         wh = rt.warehouse
         if metric in GROUPED_NAMES:
-            frame = queries.grouped_metric(wh, metric, filters, group)
+            frame = queries.grouped_metric(wh, metric, filters, group, store=rt.store)
         elif metric == "trending":
             frame = queries.trending(
                 wh,
@@ -542,6 +543,7 @@ def query(
                 window_minutes=settings.trending_window_minutes if window is None else window,
                 min_clicks=mc,
                 limit=limit,
+                store=rt.store,
             )
         elif metric == "top-ads":
             frame = queries.top_ads(
@@ -550,9 +552,10 @@ def query(
                 by=cast("Literal['revenue', 'conversion_rate']", rank_by),
                 min_clicks=mc,
                 limit=limit,
+                store=rt.store,
             )
         else:
-            frame = queries.summary(wh, filters)
+            frame = queries.summary(wh, filters, store=rt.store)
     _print_frame(frame, fmt)
 
 
@@ -682,7 +685,7 @@ def serve(
         done = run_serve(
             settings,
             console,
-            stopping,
+            stopping.event,
             host=host,
             port=port,
             process=process,
@@ -938,7 +941,7 @@ def config_show(home: HomeOpt = None, config: ConfigOpt = None) -> None:
 
 # ---------------------------------------------------------------------------- helpers
 def _parse_time(value: str, option: str) -> datetime:
-    from adpulse.processor.steps.validate import parse_time_argument
+    from adpulse.contracts import parse_time_argument
 
     try:
         return parse_time_argument(value, option)

@@ -1,164 +1,37 @@
-"""Opening the configured parts for a command, with errors a user can act on."""
+"""What the CLI needs of the composition root (:mod:`adpulse.runtime`), plus logging.
+
+The wiring lives in :mod:`adpulse.runtime`; the CLI only parses arguments, calls it and
+prints.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from adpulse.config import Settings, load_settings
-from adpulse.outages import InfrastructureError
-from adpulse.storage.warehouse import open_warehouse
-from adpulse.storage.warehouse.base import Warehouse
-from adpulse.transport import open_transport
-from adpulse.transport.base import Consumer, Producer, Transport
+from adpulse.runtime import (
+    Runtime,
+    UserError,
+    Worker,
+    open_log,
+    open_runtime,
+    open_store,
+    partition_worker_for,
+    processor_for,
+    settings_for,
+)
 
-
-class UserError(Exception):
-    """An error the user can fix; printed without a traceback."""
-
-
-@dataclass
-class Runtime:
-    settings: Settings
-    transport: Transport
-    warehouse: Warehouse
-    lock: threading.Lock
-
-    def close(self) -> None:
-        self.transport.close()
-        self.warehouse.close()
-
-
-def settings_for(home: Path | None, config: Path | None, **overrides: Any) -> Settings:
-    """The effective settings; an existing log's partition count wins over the default."""
-    try:
-        settings = load_settings(home=home, config=config, **overrides)
-    except Exception as exc:  # pydantic ValidationError, TOML errors
-        raise UserError(f"invalid configuration: {exc}") from exc
-    if "partitions" not in settings.model_fields_set:
-        existing = _log_partitions(settings.log_dir)
-        if existing is not None:
-            settings = settings.model_copy(update={"partitions": existing})
-    return settings
-
-
-def _log_partitions(log_dir: Path) -> int | None:
-    """The partition count recorded by an existing embedded log, if any."""
-    from adpulse.transport.embedded import META_FILE
-
-    try:
-        return int(json.loads((log_dir / META_FILE).read_text())["partitions"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def open_log(settings: Settings) -> Transport:
-    """The configured transport (the home directory is created if needed)."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    try:
-        return open_transport(settings)
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
-
-
-def with_serving_store(settings: Settings, warehouse: Warehouse, live: bool) -> Warehouse:
-    """``warehouse`` paired with the configured serving store, when there is one to use.
-
-    A Redis store is shared by processes: processors write it, readers read it. The
-    in-process store only helps a process that both processes and serves (``live``,
-    e.g. the demo); elsewhere it could never be current, so it is not opened.
-    """
-    from adpulse.serving.live import LiveWarehouse
-    from adpulse.serving.store import is_in_process, open_serving_store
-
-    try:
-        store = open_serving_store(settings)  # also rejects a malformed serving_url
-    except Exception as exc:  # ValueError, ServingStoreUnavailableError: both name it
-        raise UserError(str(exc)) from exc
-    if is_in_process(settings) and not live:
-        store.close()
-        return warehouse
-    return LiveWarehouse(warehouse, store)
-
-
-@contextmanager
-def open_runtime(
-    settings: Settings, read_only: bool = False, live: bool = False
-) -> Iterator[Runtime]:
-    """Open transport, warehouse and serving store; close them at the end.
-
-    ``read_only`` (queries, status) opens the warehouse only and creates nothing.
-    ``live``: this process runs the processor and serves reads, so it keeps an
-    in-process serving store when no shared one is configured.
-    """
-    transport = _NoTransport() if read_only else open_log(settings)
-    try:
-        warehouse = open_warehouse(settings, read_only=read_only)
-    except Exception as exc:
-        transport.close()
-        raise UserError(str(exc)) from exc
-    try:
-        warehouse = with_serving_store(settings, warehouse, live)
-    except BaseException:
-        transport.close()
-        warehouse.close()
-        raise
-    if not read_only:
-        warehouse.create_schema()
-    runtime = Runtime(settings, transport, warehouse, threading.Lock())
-    try:
-        yield runtime
-    finally:
-        runtime.close()
-
-
-class Worker(threading.Thread):
-    """A daemon thread that keeps the exception it died of, for the main thread."""
-
-    def __init__(self, target: Any, name: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(name=name, daemon=True)
-        self._call = (target, args, kwargs)
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        target, args, kwargs = self._call
-        try:
-            target(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - reported by check()
-            if isinstance(exc, InfrastructureError):  # one line from the CLI; trace with -v
-                logging.getLogger(__name__).debug("%s failed", self.name, exc_info=True)
-            else:
-                logging.getLogger(__name__).exception("%s failed", self.name)
-            self.error = exc
-
-    def check(self) -> None:
-        """Raise a UserError if the thread died of an exception (an
-        :class:`InfrastructureError` as it is: it names the server and its setting)."""
-        if isinstance(self.error, InfrastructureError):
-            raise self.error
-        if self.error is not None:
-            raise UserError(
-                f"the {self.name} stopped: {type(self.error).__name__}: {self.error}. "
-                "Committed results are safe; run the command again to resume."
-            ) from self.error
-
-
-class _NoTransport(Transport):
-    """Stands in for the transport of read-only commands, which never use it."""
-
-    partitions = 0
-
-    def producer(self) -> Producer:
-        raise UserError("this command is read-only and has no transport")
-
-    def consumer(self) -> Consumer:
-        raise UserError("this command is read-only and has no transport")
+__all__ = [
+    "Runtime",
+    "UserError",
+    "Worker",
+    "configure_logging",
+    "open_log",
+    "open_runtime",
+    "partition_worker_for",
+    "processor_for",
+    "settings_for",
+    "open_store",
+]
 
 
 def configure_logging(verbose: bool) -> None:

@@ -42,13 +42,14 @@ from urllib.parse import urlencode
 from rich.console import Console
 from rich.table import Table
 
-from adpulse.cli.runtime import UserError, Worker, open_runtime
+from adpulse.commits import CommitSignal
 from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.operations.bench import scratch_dir
 from adpulse.operations.demo import load_generated_dimensions
 from adpulse.operations.loadgen import percentiles
-from adpulse.processor.pipeline import BatchReport, Processor
+from adpulse.processor.pipeline import BatchReport
+from adpulse.runtime import UserError, Worker, open_runtime, processor_for
 from adpulse.serving import queries
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
@@ -235,7 +236,8 @@ def run_bench_api(
         result: dict[str, Any] = {"home": str(settings.home)}
         with open_runtime(settings) as rt:
             producer = rt.transport.producer()
-            processor = Processor(settings, rt.transport, rt.warehouse)
+            commits = CommitSignal()
+            processor = processor_for(rt, commits)
             reused = rt.warehouse.next_batch_id() > 1
             if not reused:
                 load_generated_dimensions(rt, gen, console)
@@ -274,7 +276,9 @@ def run_bench_api(
             live.rate = load_rate
             stop = threading.Event()
             sock = bind("127.0.0.1", 0)
-            server = make_server(create_app(rt.warehouse, settings, commits=processor.commits))
+            server = make_server(
+                create_app(rt.warehouse, settings, commits=commits, store=rt.store)
+            )
             threads = [
                 Worker(live.run, "producer", stop),
                 Worker(processor.run, "processor", stop, on_batch=live.batches.add),

@@ -39,12 +39,12 @@ from urllib.parse import urlsplit, urlunsplit
 from rich.console import Console
 from rich.table import Table
 
-from adpulse.cli.runtime import UserError, open_runtime
 from adpulse.config import Settings, redact_url
 from adpulse.contracts import Stream
 from adpulse.operations.bench import WORKLOAD_START, scratch_dir
 from adpulse.operations.bench_api import LiveProducer, event_to_screen
 from adpulse.operations.loadgen import percentiles
+from adpulse.runtime import UserError, open_runtime
 from adpulse.sources.files import write_csv
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish

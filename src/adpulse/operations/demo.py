@@ -16,10 +16,11 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from adpulse.cli.runtime import Runtime, UserError, Worker, open_runtime
+from adpulse.commits import CommitSignal
 from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.processor.pipeline import BatchReport, Processor
+from adpulse.runtime import Runtime, UserError, Worker, open_runtime, processor_for
 from adpulse.serving import queries
 from adpulse.sources.collector import Collector
 from adpulse.sources.files import write_csv
@@ -154,13 +155,14 @@ def run_demo(
                 producer.flush()
                 last = current
 
-        processor = Processor(settings, rt.transport, rt.warehouse)
+        commits = CommitSignal()  # the API's cache and live feed follow the commits
+        processor = processor_for(rt, commits)
         produce_thread = Worker(produce, "producer")
         process_thread = Worker(processor.run, "processor", processing, on_batch=rates.add)
         threads = [produce_thread, process_thread]
         server = server_thread = None
         if sock is not None:
-            server, server_thread = _start_api(rt, sock, rates, live_figures, console, processor)
+            server, server_thread = _start_api(rt, sock, rates, live_figures, console, commits)
             threads.append(server_thread)
         for t in threads:
             t.start()
@@ -223,7 +225,7 @@ def _start_api(
     rates: _Rates,
     live_figures: dict[str, float],
     console: Console,
-    processor: Processor,
+    commits: CommitSignal,
 ) -> tuple[Any, Worker]:
     """The HTTP API server and the thread to run it in (not started), over the demo's
     own warehouse object (DuckDB lets one process hold the file; reads use their own
@@ -242,7 +244,8 @@ def _start_api(
         rt.warehouse,
         rt.settings,
         status_source=figures,
-        commits=processor.commits,
+        commits=commits,
+        store=rt.store,
         collector=collector,
     )
     server = make_server(app)
@@ -307,7 +310,7 @@ def _screen(
         start=(end - timedelta(minutes=15)) if end else None,
         end=(end + timedelta(minutes=1)) if end else None,
     )
-    headline = queries.summary(rt.warehouse, filters).row(0, named=True)
+    headline = queries.summary(rt.warehouse, filters, store=rt.store).row(0, named=True)
     metrics = Table(title="headline, last 15 minutes of event time", show_header=False)
     metrics.add_column("metric")
     metrics.add_column("value", justify="right")

@@ -19,12 +19,19 @@ from typing import Any
 
 from rich.console import Console
 
-from adpulse.cli.runtime import Runtime, UserError, Worker, open_log, open_runtime
-from adpulse.cli.stopping import StopRequest
+from adpulse.commits import CommitSignal
 from adpulse.config import Settings
-from adpulse.processor.commits import CommitSignal
 from adpulse.processor.pipeline import Processor
 from adpulse.processor.workers import PartitionWorker
+from adpulse.runtime import (
+    Runtime,
+    UserError,
+    Worker,
+    open_log,
+    open_runtime,
+    partition_worker_for,
+    processor_for,
+)
 from adpulse.sources.collector import Collector, collector_app
 from adpulse.transport.base import Transport
 
@@ -35,7 +42,7 @@ PROCESSOR_STOP_SECONDS = 60.0
 def run_serve(
     settings: Settings,
     console: Console,
-    stopping: StopRequest,
+    stop: threading.Event,
     *,
     host: str,
     port: int,
@@ -44,7 +51,7 @@ def run_serve(
     api: bool = True,
     verbose: bool = False,
 ) -> str:
-    """Serve until ``stopping`` is set; returns what the run did, in words.
+    """Serve until ``stop`` is set (by a signal); returns what the run did, in words.
 
     ``process``: run the processor in this process (needs the warehouse for writing;
     with DuckDB no other process may hold it). ``collect``: serve the collector's
@@ -71,16 +78,18 @@ def run_serve(
         committed = [0]
         if process and rt is not None:
             if rt.warehouse.shares_partitions:  # PostgreSQL: shares with other workers
-                runner = PartitionWorker(settings, rt.transport, rt.warehouse)
+                runner = partition_worker_for(rt)
             else:
-                runner = Processor(settings, rt.transport, rt.warehouse)
-                commits = runner.commits
+                commits = CommitSignal()  # the API's cache and live feed follow the commits
+                runner = processor_for(rt, commits)
         try:
             sock = bind(host, port)
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc}; choose --port") from exc
         if api and rt is not None:
-            app = create_app(rt.warehouse, settings, commits=commits, collector=collector)
+            app = create_app(
+                rt.warehouse, settings, commits=commits, store=rt.store, collector=collector
+            )
         else:
             assert collector is not None
             app = collector_app(collector)
@@ -104,7 +113,7 @@ def run_serve(
         try:
             for thread in threads:
                 thread.start()
-            while all(t.is_alive() for t in threads) and not stopping.event.wait(0.5):
+            while all(t.is_alive() for t in threads) and not stop.wait(0.5):
                 pass
             stop_server(server, server_thread)
             if collector is not None:

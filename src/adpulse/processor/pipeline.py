@@ -23,7 +23,7 @@ import polars as pl
 from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.outages import InfrastructureError
-from adpulse.processor.commits import CommitSignal
+from adpulse.processor.listeners import CommitListener, tell_commit, tell_start
 from adpulse.processor.state import (
     CLICK_STATE_COLUMNS,
     OPEN_CONVERSION_COLUMNS,
@@ -40,8 +40,6 @@ from adpulse.processor.steps.decode import Decoded, decode
 from adpulse.processor.steps.dedupe import drop_duplicates, flag_late, with_event_ids
 from adpulse.processor.steps.enrich import CAMPAIGN_FIELDS, USER_FIELDS, DimensionLookup, enrich
 from adpulse.processor.steps.validate import validate
-from adpulse.serving.live import LiveWarehouse
-from adpulse.serving.store.sync import StoreSync
 from adpulse.storage.warehouse.base import BatchOutput, LeaseFence, Warehouse
 from adpulse.storage.warehouse.schema import (
     CONVERSION_REATTRIBUTIONS,
@@ -114,14 +112,12 @@ class _Committer:
         warehouse: Warehouse,
         consumer: Consumer,
         seconds: dict[str, float],
-        commits: CommitSignal,
-        serving: StoreSync | None = None,
+        listeners: Sequence[CommitListener] = (),
     ) -> None:
         self.warehouse = warehouse
         self.consumer = consumer
         self.seconds = seconds
-        self.commits = commits
-        self.serving = serving
+        self.listeners = listeners
         self.error: BaseException | None = None
         #: What failed: the warehouse's commit, or the transport's ack after it.
         self.failed_step = "a commit to the warehouse failed"
@@ -182,10 +178,8 @@ class _Committer:
                         log.exception("batch %s: %s", output.batch_id, step)
                     self.error = exc
                 else:
-                    # after the commit, never instead: the store only mirrors the warehouse
-                    if self.serving is not None:
-                        self.serving.after_commit(output)
-                    self.commits.notify()
+                    # after the commit, never instead: listeners only mirror the warehouse
+                    tell_commit(self.listeners, output)
                 self.seconds["commit"] += time.perf_counter() - t
                 self.last_commit_wall = time.time()
             finally:
@@ -203,13 +197,13 @@ class Processor:
         partitions: Sequence[int] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         fence: LeaseFence | None = None,
-        serving: StoreSync | None = None,
+        listeners: Sequence[CommitListener] = (),
     ) -> None:
         """``partitions``: the ones to process (default all). ``fence``: when workers
         share the partitions, the leases every commit must still hold (else it fails
-        with :class:`~adpulse.storage.warehouse.base.LeaseLostError`). ``serving`` keeps
-        a serving store in step with the commits; by default the store of a
-        :class:`LiveWarehouse`, none for a plain warehouse."""
+        with :class:`~adpulse.storage.warehouse.base.LeaseLostError`). ``listeners``
+        are told of the start and of every commit (:mod:`adpulse.processor.listeners`):
+        the serving-store sync, the commit signal, whatever the wiring adds."""
         self.settings = settings
         self.fence = fence
         self.transport = transport
@@ -244,17 +238,10 @@ class Processor:
         )
         self._last_idle_commit = 0.0
         self.recover()
-        if serving is None and isinstance(warehouse, LiveWarehouse):
-            serving = StoreSync(warehouse.store, warehouse)
-        self.serving = serving
-        if serving is not None:
-            # rebuilds only when the store misses a committed batch of these partitions
-            serving.start(self.partitions)
-        #: Bumped after every commit: the HTTP API caches and pushes by it.
-        self.commits = CommitSignal()
-        self.committer = _Committer(
-            warehouse, self.consumer, self.step_seconds, self.commits, serving
-        )
+        self.listeners = tuple(listeners)
+        # e.g. the store sync rebuilds only when it misses a committed batch of these
+        tell_start(self.listeners, self.partitions)
+        self.committer = _Committer(warehouse, self.consumer, self.step_seconds, self.listeners)
 
     # -- recovery ----------------------------------------------------------------------
     def recover(self) -> None:

@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 
 from adpulse.config import Settings
 from adpulse.contracts import Stream
+from adpulse.processor.listeners import CommitListener
 from adpulse.processor.pipeline import BatchReport, Processor
 from adpulse.storage.warehouse.base import LeaseLostError, Warehouse
 from adpulse.storage.warehouse.leases import WorkerIdentity
@@ -60,11 +61,15 @@ class PartitionWorker:
         warehouse: Warehouse,
         worker: WorkerIdentity | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        listeners: Sequence[CommitListener] = (),
     ) -> None:
+        """``listeners``: handed to each processor this worker builds (each is told of
+        its start with the new partition set, then of its commits)."""
         self.settings = settings
         self.transport = transport
         self.warehouse = warehouse
         self.clock = clock
+        self.listeners = tuple(listeners)
         self.leases = warehouse.partition_leases(
             worker or WorkerIdentity.of_this_process(),
             transport.partitions,
@@ -180,6 +185,7 @@ class PartitionWorker:
                 partitions=sorted(keep),
                 clock=self.clock,
                 fence=self.leases.fence(keep),
+                listeners=self.listeners,
             )
 
     def _drop_processor(self) -> None:

@@ -45,14 +45,16 @@ import polars as pl
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from adpulse.commits import CommitSignal
 from adpulse.config import Settings
 from adpulse.metrics import GROUPED_NAMES
-from adpulse.processor.commits import CommitSignal
 from adpulse.serving import queries
 from adpulse.serving.cache import ResultCache
 from adpulse.serving.queries import FilterError, Filters
+from adpulse.serving.store.base import ServingStore
 from adpulse.sources.collector import Collector, collector_router
 from adpulse.storage.warehouse.base import Warehouse
 
@@ -150,7 +152,7 @@ def parse_time(value: str, name: str) -> datetime:
 def _parsed_time(value: str, name: str) -> datetime | str:
     """The time, or why it is refused (the events' own timestamp parser: one value at a
     time is slow there, and dashboards repeat the same few values, hence the cache)."""
-    from adpulse.processor.steps.validate import parse_time_argument
+    from adpulse.contracts import parse_time_argument
 
     try:
         return parse_time_argument(value, name)
@@ -456,9 +458,11 @@ def create_app(
     *,
     refresh_seconds: float = 1.0,
     commits: CommitSignal | None = None,
+    store: ServingStore | None = None,
     collector: Collector | None = None,
 ) -> FastAPI:
-    """The API over ``warehouse`` (shared, read through the query layer only).
+    """The API over ``warehouse`` (shared, read through the query layer only), with
+    ``store``, the serving store, for live views when the process keeps one.
 
     ``status_source`` adds live process figures (events/s per stream, lag) to the
     health payload, e.g. from the running demo. ``commits`` is the processor's commit
@@ -474,7 +478,10 @@ def create_app(
         return cast("dict[str, Any]", plain(body))
 
     def summary_of(filters: Filters) -> dict[str, Any]:
-        return cast("dict[str, Any]", plain(queries.summary(warehouse, filters).row(0, named=True)))
+        return cast(
+            "dict[str, Any]",
+            plain(queries.summary(warehouse, filters, store=store).row(0, named=True)),
+        )
 
     # Bounded reads: the processor shares this process and its cores, so readers get a
     # few threads (queries beyond that queue here) and the live feed one of its own.
@@ -529,16 +536,11 @@ def create_app(
             details.append(f"{where or 'request'}: {e.get('msg', 'invalid')}")
         return _error(422, "invalid_parameter", "; ".join(details))
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed", 503: "unavailable"}
-        return _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
-
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
+    # Starlette's HTTPException: FastAPI's (raised by the routes) is a subclass, and
+    # Starlette raises its own for unknown paths and methods; one handler serves both.
     @app.exception_handler(StarletteHTTPException)
-    async def _starlette_error(request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed", 503: "unavailable"}
         return _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
 
     if collector is not None:
@@ -625,7 +627,7 @@ def create_app(
                 "metric": metric,
                 "by": by,
                 "filters": _filters_echo(filters),
-                "rows": queries.grouped_metric(warehouse, metric, filters, by),
+                "rows": queries.grouped_metric(warehouse, metric, filters, by, store=store),
             },
         )
 
@@ -651,7 +653,7 @@ def create_app(
             lambda: {
                 "bucket": bucket,
                 "filters": _filters_echo(filters),
-                "rows": queries.bucketed_timeseries(warehouse, filters, bucket),
+                "rows": queries.bucketed_timeseries(warehouse, filters, bucket, store=store),
             },
         )
 
@@ -674,7 +676,7 @@ def create_app(
                 "min_clicks": clicks,
                 "windows": None if windows is None else asdict(windows),
                 "filters": _filters_echo(filters),
-                "rows": queries.trending(warehouse, filters, minutes, clicks, limit),
+                "rows": queries.trending(warehouse, filters, minutes, clicks, limit, store=store),
             }
 
         return await shared(request, ("trending", minutes, clicks, limit, filters), build)
@@ -696,7 +698,7 @@ def create_app(
                 "by": by,
                 "min_clicks": clicks,
                 "filters": _filters_echo(filters),
-                "rows": queries.top_ads(warehouse, filters, by, clicks, limit),
+                "rows": queries.top_ads(warehouse, filters, by, clicks, limit, store=store),
             },
         )
 
@@ -708,7 +710,7 @@ def create_app(
             ("latency-histogram", filters),
             lambda: {
                 "filters": _filters_echo(filters),
-                "rows": queries.latency_histogram(warehouse, filters),
+                "rows": queries.latency_histogram(warehouse, filters, store=store),
             },
         )
 
@@ -730,7 +732,7 @@ def create_app(
             lambda: {
                 "dimension": dimension,
                 "filters": _filters_echo(filters),
-                "rows": queries.breakdown(warehouse, filters, column),
+                "rows": queries.breakdown(warehouse, filters, column, store=store),
             },
         )
 

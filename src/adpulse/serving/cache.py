@@ -11,7 +11,7 @@ JSON body) under its endpoint and normalized parameters, for ``seconds``
   the warehouse, and each answer is computed at most about once per ``seconds``;
 - an answer older than ``2 * seconds`` is never served: requests wait for a
   computation, all of them for the same one (single flight);
-- with a commit counter (:class:`~adpulse.processor.commits.CommitSignal`), an answer
+- with a commit counter (:class:`~adpulse.commits.CommitSignal`), an answer
   computed since the latest commit is current whatever its age.
 
 So a response reflects every commit made more than ``2 * seconds`` before the request

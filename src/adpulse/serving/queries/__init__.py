@@ -31,11 +31,11 @@ Sources:
   an aggregation of the current facts;
 - latency comes from ``fact_conversions`` (percentiles need the individual values);
 - live views (every metric, ranking and chart below except the status and picker
-  values) read a serving store instead of the warehouse when the warehouse handed in is
-  a :class:`~adpulse.serving.live.LiveWarehouse` whose store holds the whole range and
-  no audience filter is set (:func:`.sources.reader`). The store holds the same rows at
-  the same grain (summed rollup rows and the conversions of its last 24 h), and the same
-  SQL runs over them, so the numbers are the same.
+  values) take an optional ``store`` keyword: the serving store, read instead of the
+  warehouse when it holds the whole range and no audience filter is set
+  (:func:`.sources.reader`). The store holds the same rows at the same grain (summed
+  rollup rows and the conversions of its last 24 h), and the same SQL runs over them, so
+  the numbers are the same.
 
 Time ranges are half-open, ``[start, end)``, and minute-aligned for rollups: a minute
 bucket belongs to the range when ``start <= minute < end``, so a start of 10:00:30

@@ -17,6 +17,7 @@ from adpulse.serving.queries.filters import (
     where,
 )
 from adpulse.serving.queries.sources import NONZERO, ROLLUP_SUMS, reader, rollup_source
+from adpulse.serving.store.base import ServingStore
 from adpulse.storage.warehouse.base import Warehouse
 
 Bucket = Literal["minute", "hour"]
@@ -30,7 +31,11 @@ BUCKET_STATISTICS: Final = tuple(LATENCY.statistic(n) for n in ("latency_p50", "
 
 
 def bucketed_timeseries(
-    warehouse: Warehouse, filters: Filters, bucket: Bucket = "minute"
+    warehouse: Warehouse,
+    filters: Filters,
+    bucket: Bucket = "minute",
+    *,
+    store: ServingStore | None = None,
 ) -> pl.DataFrame:
     """Totals per minute or hour bucket, for trend charts.
 
@@ -68,10 +73,12 @@ def bucketed_timeseries(
         f" SELECT totals.bucket, {columns}"
         " FROM totals LEFT JOIN lat ON lat.bucket = totals.bucket ORDER BY totals.bucket"
     )
-    return reader(warehouse, filters).query(sql, [*source_params, *params, *l_params])
+    return reader(warehouse, store, filters).query(sql, [*source_params, *params, *l_params])
 
 
-def latency_histogram(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
+def latency_histogram(
+    warehouse: Warehouse, filters: Filters, *, store: ServingStore | None = None
+) -> pl.DataFrame:
     """Conversion latency histogram over :data:`LATENCY_EDGES` (attributed conversions
     with event time in range, as :func:`~adpulse.serving.queries.conversion_latency`).
 
@@ -89,7 +96,7 @@ def latency_histogram(warehouse: Warehouse, filters: Filters) -> pl.DataFrame:
         " CAST(COUNT(*) AS BIGINT) AS conversions"
         f" FROM {LATENCY.table}{where(found)} GROUP BY 1"
     )
-    found_rows = dict(reader(warehouse, filters).query(sql, params).iter_rows())
+    found_rows = dict(reader(warehouse, store, filters).query(sql, params).iter_rows())
     lows = (0, *LATENCY_EDGES)
     highs: tuple[int | None, ...] = (*LATENCY_EDGES, None)
     return pl.DataFrame(
@@ -112,7 +119,11 @@ _BREAKDOWN_COLUMNS: Final = {
 
 
 def breakdown(
-    warehouse: Warehouse, filters: Filters, dimension: BreakdownDimension
+    warehouse: Warehouse,
+    filters: Filters,
+    dimension: BreakdownDimension,
+    *,
+    store: ServingStore | None = None,
 ) -> pl.DataFrame:
     """Counts and rates by one dimension value.
 
@@ -138,7 +149,7 @@ def breakdown(
         f"SELECT {column} AS value, {sums} FROM {source}{where(found)}"
         f" GROUP BY {column} HAVING {NONZERO}"
     )
-    rows = reader(warehouse, filters, facts=audience, keys=[column])
+    rows = reader(warehouse, store, filters, facts=audience, keys=[column])
     frame = rows.query(sql, [*source_params, *params])
     types = frame.schema
     if dimension == "interest":

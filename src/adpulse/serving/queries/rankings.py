@@ -39,6 +39,7 @@ from adpulse.serving.queries.sources import (
     rollup_source,
 )
 from adpulse.serving.queries.status import data_range
+from adpulse.serving.store.base import ServingStore
 from adpulse.storage.warehouse.base import Warehouse
 
 TopAdsBy = Literal["revenue", "conversion_rate"]
@@ -115,6 +116,8 @@ def trending(
     window_minutes: int = 15,
     min_clicks: int = 20,
     limit: int = 10,
+    *,
+    store: ServingStore | None = None,
 ) -> pl.DataFrame:
     """Campaigns ranked by the change of conversions per click between two windows.
 
@@ -155,7 +158,7 @@ def trending(
         limit,
     ]
     rows = reader(
-        warehouse, filters, bounds[0], bounds[2], use_filter_range=False, keys=["campaign"]
+        warehouse, store, filters, bounds[0], bounds[2], use_filter_range=False, keys=["campaign"]
     )
     return rows.query(sql, all_params)
 
@@ -187,6 +190,8 @@ def top_ads(
     by: TopAdsBy = "revenue",
     min_clicks: int = 20,
     limit: int = 10,
+    *,
+    store: ServingStore | None = None,
 ) -> pl.DataFrame:
     """The best ads in the range, by revenue or by conversion rate.
 
@@ -204,5 +209,5 @@ def top_ads(
     found, params = conditions(filters, "minute")
     sql = top_ads_sql(source, found, by, min_clicks="?", limit="?")
     tail_params = [limit] if by == "revenue" else [min_clicks, limit]
-    rows = reader(warehouse, filters, keys=["ad_id", "campaign"])
+    rows = reader(warehouse, store, filters, keys=["ad_id", "campaign"])
     return rows.query(sql, [*source_params, *params, *tail_params])

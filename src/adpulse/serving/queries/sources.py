@@ -15,7 +15,7 @@ from typing import Any, Final, Literal, Protocol
 import polars as pl
 
 from adpulse.metrics import MEASURES, nonzero_sql
-from adpulse.serving.live import LiveWarehouse
+from adpulse.serving.live import live_tables
 from adpulse.serving.queries.filters import (
     FilterError,
     Filters,
@@ -23,6 +23,7 @@ from adpulse.serving.queries.filters import (
     conditions,
     where,
 )
+from adpulse.serving.store.base import ServingStore
 from adpulse.storage.warehouse.base import Warehouse
 from adpulse.storage.warehouse.schema import FACT_TABLES
 
@@ -96,6 +97,7 @@ class Reader(Protocol):
 
 def reader(
     warehouse: Warehouse,
+    store: ServingStore | None,
     filters: Filters,
     start: datetime | None = None,
     end: datetime | None = None,
@@ -106,14 +108,15 @@ def reader(
 ) -> Reader:
     """Where a live view reads its rows: the serving store or the warehouse.
 
-    The store when ``warehouse`` is a :class:`LiveWarehouse` whose store is ready and
-    holds every minute of the range (``start``/``end`` as in :func:`rollup_source`), and
-    the view reads no audience column (``facts``, audience filters): the store keeps
-    none. Otherwise, and whenever the store cannot be read, the warehouse. An open start
-    is never the store's (the warehouse holds older data). ``keys``: the rollup key
-    columns the view groups by; with the filtered ones, the store may sum over the rest.
+    The serving ``store``, when one is given (the process keeps one, see
+    :mod:`adpulse.runtime`) and it is ready and holds every minute of the range
+    (``start``/``end`` as in :func:`rollup_source`), and the view reads no audience
+    column (``facts``, audience filters): the store keeps none. Otherwise, and whenever
+    the store cannot be read, the warehouse. An open start is never the store's (the
+    warehouse holds older data). ``keys``: the rollup key columns the view groups by;
+    with the filtered ones, the store may sum over the rest.
     """
-    if facts or not isinstance(warehouse, LiveWarehouse) or filters.has_audience:
+    if facts or store is None or filters.has_audience:
         return warehouse
     if use_filter_range:
         start = filters.start if start is None else start
@@ -124,7 +127,7 @@ def reader(
     first = start.replace(second=0, microsecond=0)
     last = None if end is None else ceil_minute(end)
     filtered = [c for c in ("ad_id", "campaign", "platform", "location") if getattr(filters, c)]
-    return warehouse.live(first, last, frozenset([*keys, *filtered])) or warehouse
+    return live_tables(store, first, last, frozenset([*keys, *filtered])) or warehouse
 
 
 def grouped(

@@ -1,14 +1,12 @@
 """Serving stores: live aggregates of the last 24 h for the query layer's live views.
 
 The contract is :mod:`.base`; :mod:`.memory` (in-process, the default) and :mod:`.redis`
-implement it; :mod:`.sync` keeps a store in step with the warehouse. To add a backend
-(DynamoDB), write ``<name>.py`` implementing :class:`ServingStore`, import its driver
-lazily inside its opener, and register the opener in ``_OPENERS`` below.
+implement it; :mod:`.sync` keeps a store in step with the warehouse. The openers are
+below; to add a backend (DynamoDB), see :mod:`adpulse.backends`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from adpulse.outages import ServerTimeouts
@@ -46,21 +44,16 @@ __all__ = [
 ]
 
 
-def _open_memory(url: str, timeouts: ServerTimeouts) -> ServingStore:
+def open_memory_store(settings: Settings) -> ServingStore:
+    """``memory://`` or ``""``: the in-process store."""
     return MemoryServingStore()
 
 
-def _open_redis(url: str, timeouts: ServerTimeouts) -> ServingStore:
+def open_redis_serving_store(settings: Settings) -> ServingStore:
+    """``redis://...``: the Redis store (the driver is imported only here)."""
     from adpulse.serving.store.redis import open_redis_store
 
-    return open_redis_store(url, timeouts)
-
-
-_OPENERS: dict[str, Callable[[str, ServerTimeouts], ServingStore]] = {
-    "memory": _open_memory,
-    "redis": _open_redis,
-}
-_ACCEPTED = "'' or 'memory://' (in-process, the default), 'redis://HOST:PORT/DB[?prefix=NAME]'"
+    return open_redis_store(settings.serving_url, ServerTimeouts.from_settings(settings))
 
 
 def is_in_process(settings: Settings) -> bool:
@@ -70,32 +63,25 @@ def is_in_process(settings: Settings) -> bool:
 
 
 def open_serving_store(settings: Settings) -> ServingStore:
-    """Open the store named by ``settings.serving_url``.
+    """Open the store named by ``settings.serving_url`` (the scheme -> opener table:
+    :data:`adpulse.backends.SERVING`).
 
-    Raises ``ValueError`` for a URL of another form and
-    :class:`ServingStoreUnavailableError` for an unreachable server; both name the
-    setting, with any password masked.
+    Raises :class:`~adpulse.backends.UnsupportedUrlError` (a ``ValueError``) for a URL
+    no backend opens or a malformed one, and :class:`ServingStoreUnavailableError` for an
+    unreachable server; both name the setting, with any password masked.
     """
+    from adpulse.backends import SERVING
     from adpulse.config import redact_url
 
     url = settings.serving_url
-    scheme, separator, rest = url.partition("://")
-    if url == "":
-        scheme, separator = "memory", "://"
-    opener = _OPENERS.get(scheme) if separator else None
-    if opener is None or (scheme == "memory" and rest):
-        raise ValueError(
-            f"unsupported serving_url {redact_url(url)!r} (setting serving_url, env"
-            f" ADPULSE_SERVING_URL); accepted: {_ACCEPTED}"
-        )
+    backend = SERVING.backend(url)
     try:
-        return opener(url, ServerTimeouts.from_settings(settings))
+        store: ServingStore = backend.load()(settings)
     except ServingStoreUnavailableError as exc:
         raise ServingStoreUnavailableError(
             f"the serving store of serving_url {redact_url(url)!r} is unavailable: {exc};"
             " start it or fix serving_url (ADPULSE_SERVING_URL)"
         ) from exc
-    except ValueError as exc:
-        raise ValueError(
-            f"invalid serving_url {redact_url(url)!r}: {exc}; accepted: {_ACCEPTED}"
-        ) from exc
+    except ValueError as exc:  # e.g. a malformed query parameter
+        raise SERVING.refusal(url, str(exc)) from exc
+    return store

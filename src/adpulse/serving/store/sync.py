@@ -182,7 +182,7 @@ class StoreSync:
         self.behind = False
         return True
 
-    def after_commit(self, output: BatchOutput) -> None:
+    def on_commit(self, output: BatchOutput) -> None:
         """Bring the store up to date with ``output``, which the warehouse just committed.
 
         A batch of more than ``max_delta_rows`` rollup rows and conversions (catching up

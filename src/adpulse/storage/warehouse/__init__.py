@@ -2,8 +2,8 @@
 portable SQL layer (:mod:`.sql`) and one module per database (:mod:`.duckdb`,
 :mod:`.postgres`).
 
-:func:`open_warehouse` picks the backend from ``settings.warehouse_url``; database
-drivers are imported only when their backend is chosen.
+:func:`open_warehouse` picks the backend from ``settings.warehouse_url`` (the table:
+:mod:`adpulse.backends`); database drivers are imported only when their backend is chosen.
 """
 
 from __future__ import annotations
@@ -30,45 +30,21 @@ __all__ = [
     "open_warehouse",
 ]
 
-_ACCEPTED = (
-    "'' (default: HOME/warehouse.duckdb), duckdb:///PATH,"
-    " or postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE (also postgres://)"
-)
-_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
 
 def open_warehouse(settings: Settings, read_only: bool = False) -> Warehouse:
     """Open the warehouse named by ``settings.warehouse_url``, creating its tables.
 
     ``""`` or ``duckdb:///PATH`` opens DuckDB at ``settings.warehouse_path``;
     ``postgresql://...`` (or ``postgres://...``) connects to PostgreSQL, with
-    ``settings.warehouse_password`` when the URL has no password. Tables are created if
-    missing unless ``read_only``. Anything else raises ``ValueError``; an unreachable
-    server raises :class:`~.base.WarehouseUnavailableError` naming the setting.
+    ``settings.warehouse_password`` when the URL has no password (the scheme -> opener
+    table: :data:`adpulse.backends.WAREHOUSE`). Tables are created if missing unless
+    ``read_only``. Anything else raises :class:`~adpulse.backends.UnsupportedUrlError`
+    (a ``ValueError``); an unreachable server raises
+    :class:`~.base.WarehouseUnavailableError` naming the setting.
     """
-    url = settings.warehouse_url
-    warehouse: Warehouse
-    if url == "" or (url.startswith("duckdb:///") and len(url) > len("duckdb:///")):
-        from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+    from adpulse.backends import WAREHOUSE
 
-        warehouse = DuckDBWarehouse(settings.warehouse_path, read_only=read_only)
-    elif url.startswith(_POSTGRES_SCHEMES) and len(url) > len("postgres://"):
-        from adpulse.outages import ServerTimeouts
-        from adpulse.storage.warehouse.postgres import PostgresWarehouse
-
-        warehouse = PostgresWarehouse(
-            url,
-            password=settings.warehouse_password,
-            read_only=read_only,
-            timeouts=ServerTimeouts.from_settings(settings),
-        )
-    else:
-        from adpulse.config import redact_url
-
-        raise ValueError(
-            f"unsupported warehouse_url {redact_url(url)!r} (setting warehouse_url, env"
-            f" ADPULSE_WAREHOUSE_URL); accepted: {_ACCEPTED}"
-        )
+    warehouse: Warehouse = WAREHOUSE.open(settings, read_only=read_only)
     try:
         if not read_only:
             warehouse.create_schema()
@@ -76,3 +52,23 @@ def open_warehouse(settings: Settings, read_only: bool = False) -> Warehouse:
         warehouse.close()
         raise
     return warehouse
+
+
+def open_duckdb(settings: Settings, read_only: bool = False) -> Warehouse:
+    """``duckdb:///PATH`` or ``""``: DuckDB at ``settings.warehouse_path``."""
+    from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+
+    return DuckDBWarehouse(settings.warehouse_path, read_only=read_only)
+
+
+def open_postgres(settings: Settings, read_only: bool = False) -> Warehouse:
+    """``postgresql://...``: PostgreSQL (psycopg is imported only here)."""
+    from adpulse.outages import ServerTimeouts
+    from adpulse.storage.warehouse.postgres import PostgresWarehouse
+
+    return PostgresWarehouse(
+        settings.warehouse_url,
+        password=settings.warehouse_password,
+        read_only=read_only,
+        timeouts=ServerTimeouts.from_settings(settings),
+    )

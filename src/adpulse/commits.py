@@ -1,7 +1,8 @@
 """A signal that the processor committed a batch, for readers that cache or push.
 
 The warehouse is the source of truth, but asking it "did anything change?" costs a
-query. The processor knows exactly when it commits, so it bumps a counter here after
+query. The processor knows exactly when it commits, so, as one of its commit
+listeners (:mod:`adpulse.processor.listeners`), this bumps a counter after
 every successful commit and calls the subscribed callbacks: the HTTP API uses the counter
 to keep cached results that no commit has made stale, and the live feed to push fresh
 numbers right after a commit instead of on a timer. Thread-safe: the committer thread
@@ -13,7 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from adpulse.storage.warehouse.base import BatchOutput
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,14 @@ class CommitSignal:
     def version(self) -> int:
         """How many commits were signalled so far (0 before the first)."""
         return self._version
+
+    def start(self, partitions: Sequence[int]) -> None:
+        """A processor started (a :class:`~adpulse.processor.listeners.CommitListener`):
+        nothing changed yet."""
+
+    def on_commit(self, output: BatchOutput) -> None:
+        """A processor committed a batch: :meth:`notify`."""
+        self.notify()
 
     def notify(self) -> None:
         """Record one commit and call every subscriber with the new version."""
