@@ -11,7 +11,7 @@ import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -143,6 +143,73 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Collector: hosts /v1/click may redirect to ('example.com', or"
         " '*.example.com' for its subdomains); any other landing URL gets 400.",
+    )
+    auth: Literal["auto", "required", "off"] = Field(
+        "auto",
+        description="HTTP: 'auto' needs keys off loopback only, 'required' everywhere, 'off'"
+        " never (see docs/security.md).",
+    )
+    auth_refresh_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="HTTP: how often servers re-read the API keys (a revoked key stops"
+        " working within this long).",
+    )
+    key_rate_limit: float = Field(
+        0.0,
+        ge=0,
+        le=1_000_000,
+        description="HTTP: requests a second per API key, bursts of twice that (at least"
+        " 10); over it, 429 with Retry-After (0: unlimited).",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="HTTP: web origins (https://shop.example) whose pages may call the"
+        " collector (/v1/...) from a browser; empty: none.",
+    )
+    api_docs: bool = Field(
+        True,
+        description="HTTP: serve the API's description (/openapi.json) and Swagger UI (/docs).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="HTTP: Host names the server answers to besides loopback ones; on"
+        " loopback only these (DNS rebinding), elsewhere any when empty.",
+    )
+    http_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="HTTP: a request's headers must arrive within this long of the"
+        " connection opening or the previous response (slow clients are closed).",
+    )
+    http_keep_alive_seconds: float = Field(
+        5.0, gt=0, le=300, description="HTTP: an idle connection is closed after this long."
+    )
+    http_max_header_bytes: int = Field(
+        16 * 1024,
+        ge=4096,
+        le=1024 * 1024,
+        description="HTTP: larger request headers get 431 and the connection is closed.",
+    )
+    http_max_connections: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="HTTP: connections and requests at once; beyond it requests get 503.",
+    )
+    stream_clients_per_address: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="HTTP: live streams open at once from one client address (then 429).",
+    )
+    stream_clients_per_key: int = Field(
+        32,
+        ge=1,
+        le=256,
+        description="HTTP: live streams open at once with one API key (then 429).",
     )
     trending_window_minutes: int = Field(15, ge=1)
     min_clicks: int = Field(20, ge=0, description="Minimum clicks for rate rankings.")

@@ -90,7 +90,11 @@ def test_vendor_chart_library_from_npm(client: TestClient, monkeypatch: pytest.M
     missing = client.get("/vendor/chart.js")
     assert missing.status_code == 404
     assert "npm ci" in missing.json()["detail"]
-    assert client.get("/vendor/other.js").status_code == 404
+    other = client.get("/vendor/other.js")
+    assert other.status_code == 404
+    for answer in (missing, other):  # no server file paths for anyone who asks
+        assert str(api.WEB_DIR.parent) not in answer.text
+        assert str(Path.home()) not in answer.text
 
 
 # --- in the browser -----------------------------------------------------------------------
@@ -349,3 +353,133 @@ def test_chromium_is_installed_by_ci() -> None:
         shutil.which("npm") is None
         or "npm ci" in (Path(__file__).resolve().parents[2] / "run").read_text()
     )
+
+
+@pytest.mark.browser
+def test_page_asks_for_a_read_key_once_then_shows_numbers(browser: Any, tmp_path: Path) -> None:
+    """A server that requires keys: the page asks for one, refuses a write key, keeps the
+    read key in an HttpOnly cookie (scripts cannot read it) and then shows the numbers."""
+    from query_dataset import build
+
+    from adpulse.serving.auth import KeyRing, access_for, create_key
+
+    with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
+        wh.create_schema()
+        build(wh)
+        _, read_key = create_key(wh, "read")
+        _, write_key = create_key(wh, "write")
+        access = access_for("required", "127.0.0.1", KeyRing.of(wh, 5.0))
+        app = api.create_app(wh, Settings(home=tmp_path), refresh_seconds=0.2, access=access)
+        sock = api.bind("127.0.0.1", 0)
+        server = api.make_server(app)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            base = api.url_of(sock)
+            _until(lambda: httpx.get(base + "healthz").status_code == 200, 10, "server")
+            assert httpx.get(base + "api/v1/summary").status_code == 401
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            page.goto(base + "?range=1h")
+            page.wait_for_selector("#key-form:not([hidden])", timeout=10_000)
+            assert _loads(page) == 0
+            page.fill("#key-form input[name=key]", write_key)
+            page.click("#key-form button[type=submit]")
+            page.wait_for_function(
+                "document.getElementById('key-error').textContent.includes('write key')"
+            )
+            assert page.is_visible("#key-form")
+            page.fill("#key-form input[name=key]", read_key)
+            page.click("#key-form button[type=submit]")
+            page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1")
+            assert page.is_hidden("#key-form")
+            assert page.inner_text(".tile[data-key=impressions] .value") == "230"
+            assert page.evaluate("document.cookie") == ""  # HttpOnly: not for scripts
+            (cookie,) = context.cookies()
+            assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == (
+                "adpulse_key",
+                True,
+                "Strict",
+            )
+            # the live stream works with the cookie too
+            page.wait_for_function("document.getElementById('live').textContent === 'live'")
+            # a second page of the same browser asks no more
+            again = context.new_page()
+            again.goto(base + "?range=1h")
+            again.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1")
+            assert again.is_hidden("#key-form")
+            context.close()
+        finally:
+            api.stop_server(server, thread)  # ends the live streams first
+            sock.close()
+
+
+def test_api_docs_use_no_cdn_and_can_be_turned_off(client: TestClient, tmp_path: Path) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    for url in ("/vendor/swagger-ui-bundle.js", "/vendor/swagger-ui.css", "/openapi.json"):
+        assert url in page.text
+    assert "cdn.jsdelivr.net" not in page.text
+    assert "https://" not in page.text
+    assert client.get("/redoc").status_code == 404  # it would load from a CDN
+    if (api.WEB_DIR / "node_modules" / api.VENDOR_FILES["swagger-ui.css"]).is_file():
+        media = {
+            "swagger-ui-bundle.js": "text/javascript",
+            "swagger-ui.css": "text/css",
+            "swagger-favicon.png": "image/png",
+        }
+        for name, kind in media.items():
+            answer = client.get(f"/vendor/{name}")
+            assert (answer.status_code, answer.headers["content-type"].split(";")[0]) == (
+                200,
+                kind,
+            )
+    elif os.environ.get("CI"):
+        pytest.fail("swagger-ui-dist is not installed: the install step runs `npm ci` (./run)")
+    with DuckDBWarehouse(tmp_path / "off.duckdb") as wh:
+        wh.create_schema()
+        with TestClient(api.create_app(wh, Settings(home=tmp_path, api_docs=False))) as off:
+            assert off.get("/docs").status_code == 404
+            assert off.get("/openapi.json").status_code == 404
+            assert off.get("/api/v1/health").status_code == 200
+
+
+@pytest.mark.browser
+def test_api_docs_render_offline_in_chromium(browser: Any, tmp_path: Path) -> None:
+    """Swagger UI shows the API with every request to another host refused."""
+    if not (api.WEB_DIR / "node_modules" / api.VENDOR_FILES["swagger-ui.css"]).is_file():
+        pytest.skip("swagger-ui-dist is not installed (npm ci)")
+    with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
+        wh.create_schema()
+        app = api.create_app(wh, Settings(home=tmp_path))
+        sock = api.bind("127.0.0.1", 0)
+        server = api.make_server(app)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            base = api.url_of(sock)
+            _until(lambda: httpx.get(base + "healthz").status_code == 200, 10, "server")
+            context = browser.new_context()
+            elsewhere: list[str] = []
+
+            def only_this_server(route: Any) -> None:
+                if route.request.url.startswith(base):
+                    route.continue_()
+                else:
+                    elsewhere.append(route.request.url)
+                    route.abort()
+
+            context.route("**/*", only_this_server)
+            page = context.new_page()
+            page.goto(base + "docs")
+            page.wait_for_selector(".opblock", timeout=20_000)
+            paths = page.eval_on_selector_all(
+                ".opblock-summary-path", "ps => ps.map(p => p.dataset.path)"
+            )
+            assert "/api/v1/summary" in paths
+            assert page.inner_text(".info .title").startswith("adpulse")
+            assert elsewhere == []
+            context.close()
+        finally:
+            api.stop_server(server, thread)
+            sock.close()

@@ -139,7 +139,7 @@ def test_create_schema_is_idempotent_and_maps_types(warehouse: DuckDBWarehouse) 
         "processed_at": "TIMESTAMP",
     }
     tables = set(warehouse.query("SELECT table_name FROM information_schema.tables")["table_name"])
-    assert tables == {*schema.ALL_TABLES, "meta"}
+    assert tables == {*schema.ALL_TABLES, "meta", "api_keys"}
     blob = warehouse.query(
         "SELECT data_type FROM information_schema.columns"
         " WHERE table_name = 'dead_letters' AND column_name = 'payload'"
@@ -150,6 +150,7 @@ def test_create_schema_is_idempotent_and_maps_types(warehouse: DuckDBWarehouse) 
         " WHERE constraint_type = 'PRIMARY KEY' ORDER BY table_name"
     ).rows()
     assert keys == [
+        ("api_keys", ["key_id"]),
         ("checkpoints", ["stream", "partition"]),
         ("meta", ["key"]),
         ("watermarks", ["stream", "partition"]),

@@ -79,7 +79,7 @@ def test_create_schema_is_idempotent_and_maps_types(warehouse: PostgresWarehouse
             " WHERE table_schema = current_schema()"
         )["t"]
     )
-    assert tables == {*schema.ALL_TABLES, "meta", "partition_leases", "workers"}
+    assert tables == {*schema.ALL_TABLES, "meta", "api_keys", "partition_leases", "workers"}
     keys = warehouse.query(
         "SELECT tc.table_name::text, kcu.column_name::text FROM information_schema.table_constraints tc"
         " JOIN information_schema.key_column_usage kcu USING (constraint_schema, constraint_name)"
@@ -87,6 +87,7 @@ def test_create_schema_is_idempotent_and_maps_types(warehouse: PostgresWarehouse
         " ORDER BY 1, kcu.ordinal_position"
     ).rows()
     assert keys == [
+        ("api_keys", "key_id"),
         ("checkpoints", "stream"),
         ("checkpoints", "partition"),
         ("meta", "key"),

@@ -46,9 +46,13 @@ app = typer.Typer(
 )
 dims_app = typer.Typer(help="Campaign and user dimensions (slowly changing, SCD type 2).")
 config_app = typer.Typer(help="Show the effective configuration.")
+keys_app = typer.Typer(
+    help="API keys: read keys for the query API and dashboard, write keys for the collector."
+)
 grafana_app = typer.Typer(help="Grafana provisioning for the PostgreSQL warehouse.")
 app.add_typer(dims_app, name="dims")
 app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
 app.add_typer(grafana_app, name="grafana")
 app.add_typer(log_app, name="log")
 console = Console()
@@ -65,6 +69,13 @@ PartitionsOpt = Annotated[
     int | None, typer.Option("--partitions", min=1, max=1024, help="Partitions per stream.")
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug output.")]
+InsecureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Serve on a non-loopback address even though no API key can be checked.",
+    ),
+]
 
 
 class OutputFormat(StrEnum):
@@ -672,11 +683,13 @@ def serve(
             " alone, beside `adpulse process` on the embedded log).",
         ),
     ] = True,
+    insecure: InsecureOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve the HTTP query API (JSON, OpenAPI at /docs), the event collector
     (POST /v1/events/STREAM, the pixel and the click redirect) and run the processor,
-    so that posted events become queryable. Ctrl-C stops."""
+    so that posted events become queryable. Off loopback it needs API keys
+    (`adpulse keys create`). Ctrl-C stops."""
     from adpulse.operations.serve import run_serve
 
     configure_logging(verbose)
@@ -691,6 +704,7 @@ def serve(
             process=process,
             collect=collect,
             api=api,
+            insecure=insecure,
             verbose=verbose,
         )
     console.print(stopping.stopped_line(done))
@@ -787,6 +801,7 @@ def demo(
     ] = True,
     host: Annotated[str, typer.Option(help="Address the HTTP API listens on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP API port (0: free).")] = 8080,
+    insecure: InsecureOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """The live demo: loads dimensions, produces impressions, clicks and conversions at
@@ -807,6 +822,7 @@ def demo(
             duration=duration,
             refresh=refresh,
             serve_at=(host, port) if serve else None,
+            insecure=insecure,
             stop=stopping.event,
         )
     console.print()  # after the live view's last line
@@ -932,6 +948,74 @@ def bench_server(
 
 
 # ----------------------------------------------------------------------------- config
+# ------------------------------------------------------------------------------- keys
+class KeyScopeOpt(StrEnum):
+    read = "read"
+    write = "write"
+
+
+def _open_keys_warehouse(settings: Any, read_only: bool) -> Any:
+    from adpulse.storage.warehouse import open_warehouse
+
+    try:
+        warehouse = open_warehouse(settings, read_only=read_only)
+    except Exception as exc:  # a DuckDB file in use, a server away: the message says what to do
+        raise UserError(str(exc)) from exc
+    if not read_only:
+        warehouse.create_schema()
+    return warehouse
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[
+        KeyScopeOpt,
+        typer.Option("--scope", help="read: API, stream, dashboard; write: the collector."),
+    ],
+    name: Annotated[str, typer.Option("--name", help="What the key is for.")] = "",
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create an API key and print it, once: only its salted hash is stored."""
+    from adpulse.serving.auth import create_key
+
+    settings = settings_for(home, config)
+    with _open_keys_warehouse(settings, read_only=False) as warehouse:
+        key, text = create_key(warehouse, scope.value, name)  # type: ignore[arg-type]
+    err.print(f"created {key.scope} key {key.key_id}; it is shown once, keep it now:")
+    sys.stdout.write(text + "\n")
+
+
+@keys_app.command("list")
+def keys_list(
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.table,
+) -> None:
+    """The API keys: id, name, scope, created, revoked (never a secret)."""
+    from adpulse.serving.auth import keys_frame, list_keys
+
+    settings = settings_for(home, config)
+    with _open_keys_warehouse(settings, read_only=True) as warehouse:
+        _print_frame(keys_frame(list_keys(warehouse)), fmt)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (see `adpulse keys list`).")],
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke an API key: servers refuse it within auth_refresh_seconds."""
+    from adpulse.serving.auth import revoke_key
+
+    settings = settings_for(home, config)
+    with _open_keys_warehouse(settings, read_only=False) as warehouse:
+        if not revoke_key(warehouse, key_id):
+            raise UserError(f"no active key {key_id!r}; see `adpulse keys list`")
+    console.print(f"revoked key {key_id}")
+
+
 @config_app.command("show")
 def config_show(home: HomeOpt = None, config: ConfigOpt = None) -> None:
     """Print the effective settings (secrets masked) and where they come from."""

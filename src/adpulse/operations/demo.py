@@ -7,7 +7,7 @@ import time
 from collections import deque
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from rich.columns import Columns
@@ -28,6 +28,9 @@ from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
 from adpulse.storage.dimensions import read_dimension_csv
 from adpulse.transport.base import Consumer
+
+if TYPE_CHECKING:
+    from adpulse.serving.auth import Access
 
 #: Most history events the demo backfills (``--days``), whatever the rate.
 MAX_HISTORY_EVENTS = 3_000_000
@@ -85,6 +88,7 @@ def run_demo(
     duration: float | None,
     refresh: float,
     serve_at: tuple[str, int] | None = None,
+    insecure: bool = False,
     stop: threading.Event | None = None,
 ) -> str:
     """Run until ``stop`` is set or for ``duration`` seconds (``duration`` seconds of
@@ -120,6 +124,16 @@ def run_demo(
                 f"cannot listen on {serve_at[0]}:{serve_at[1]}: {exc}; choose --port or --no-serve"
             ) from exc
     with open_runtime(settings, live=True) as rt:
+        access = None
+        if serve_at is not None:
+            from adpulse.serving.auth import InsecureServeError, access_of_server
+
+            try:
+                access = access_of_server(rt.warehouse, settings, serve_at[0], insecure)
+            except InsecureServeError as exc:
+                if sock is not None:
+                    sock.close()
+                raise UserError(str(exc)) from None
         load_generated_dimensions(rt, gen, console)
         producer = rt.transport.producer()
         now = datetime.now(UTC).replace(tzinfo=None)
@@ -162,7 +176,9 @@ def run_demo(
         threads = [produce_thread, process_thread]
         server = server_thread = None
         if sock is not None:
-            server, server_thread = _start_api(rt, sock, rates, live_figures, console, commits)
+            server, server_thread = _start_api(
+                rt, sock, rates, live_figures, console, commits, access
+            )
             threads.append(server_thread)
         for t in threads:
             t.start()
@@ -226,6 +242,7 @@ def _start_api(
     live_figures: dict[str, float],
     console: Console,
     commits: CommitSignal,
+    access: Access | None = None,
 ) -> tuple[Any, Worker]:
     """The HTTP API server and the thread to run it in (not started), over the demo's
     own warehouse object (DuckDB lets one process hold the file; reads use their own
@@ -246,6 +263,7 @@ def _start_api(
         status_source=figures,
         commits=commits,
         store=rt.store,
+        access=access,
         collector=collector,
     )
     server = make_server(app)

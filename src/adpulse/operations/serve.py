@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from dataclasses import replace
 from typing import Any
 
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from rich.console import Console
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adpulse.commits import CommitSignal
 from adpulse.config import Settings
@@ -32,7 +36,9 @@ from adpulse.runtime import (
     partition_worker_for,
     processor_for,
 )
-from adpulse.sources.collector import Collector, collector_app
+from adpulse.serving.auth import Access, HostGate, InsecureServeError, access_of_server, is_loopback
+from adpulse.serving.cors import CollectorCors
+from adpulse.sources.collector import Collector, CollectorError, collector_router
 from adpulse.transport.base import Transport
 
 #: Seconds the processor gets to commit its batch in flight once told to stop.
@@ -49,6 +55,7 @@ def run_serve(
     process: bool = True,
     collect: bool = True,
     api: bool = True,
+    insecure: bool = False,
     verbose: bool = False,
 ) -> str:
     """Serve until ``stop`` is set (by a signal); returns what the run did, in words.
@@ -57,7 +64,9 @@ def run_serve(
     with DuckDB no other process may hold it). ``collect``: serve the collector's
     endpoints (``/v1/...``). ``api``: serve the query API and the dashboard. With
     ``collect`` alone the warehouse is not opened at all: beside ``adpulse process``
-    on the embedded log and DuckDB, the collector then runs as its own process.
+    on the embedded log and DuckDB, the collector then runs as its own process; having
+    no warehouse, it has no API keys to check either, so it serves loopback only unless
+    ``insecure``. Keys: see :func:`adpulse.serving.auth.access_of_server`.
     """
     from adpulse.serving.api import bind, create_app, make_server, stop_server, url_of
 
@@ -82,17 +91,23 @@ def run_serve(
             else:
                 commits = CommitSignal()  # the API's cache and live feed follow the commits
                 runner = processor_for(rt, commits)
+        access = _access(rt, settings, host, insecure)
         try:
             sock = bind(host, port)
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc}; choose --port") from exc
         if api and rt is not None:
             app = create_app(
-                rt.warehouse, settings, commits=commits, store=rt.store, collector=collector
+                rt.warehouse,
+                settings,
+                commits=commits,
+                store=rt.store,
+                access=access,
+                collector=collector,
             )
         else:
             assert collector is not None
-            app = collector_app(collector)
+            app = collector_app(collector, settings, access)
         server = make_server(app, "info" if verbose else "warning")
         url = url_of(sock)
         console.print(f"serving {settings.home} at {url} (API docs: {url}docs)")
@@ -137,3 +152,49 @@ def run_serve(
     if runner is not None:
         done += f", committed {committed[0]:,} records"
     return done
+
+
+def _access(rt: Runtime | None, settings: Settings, host: str, insecure: bool) -> Access:
+    """Who may use the server: API keys off loopback (from the warehouse), or, for the
+    collector alone (no warehouse, no keys), loopback only unless ``insecure``."""
+    if rt is not None:
+        try:
+            return access_of_server(rt.warehouse, settings, host, insecure)
+        except InsecureServeError as exc:
+            raise UserError(str(exc)) from None
+    if not is_loopback(host) and not insecure:
+        raise UserError(
+            f"refusing to serve the collector alone on {host}: it opens no warehouse, so it"
+            " has no API keys to check. Serve it on loopback behind a proxy that checks,"
+            " or with the API (without --no-api), or give --insecure to accept events"
+            " from anyone who can reach it"
+        )
+    hosts = frozenset(h.lower() for h in settings.allowed_hosts)
+    return replace(Access.open(), hosts=hosts if is_loopback(host) else hosts or None)
+
+
+def collector_app(collector: Collector, settings: Settings, access: Access) -> FastAPI:
+    """The collector as an app of its own (``serve --no-api``), with the query API's
+    error shape, ``Host`` check and CORS for the collector."""
+    app = FastAPI(title="adpulse collector", version="1", docs_url=None, redoc_url=None)
+    app.state.access = access
+    app.include_router(collector_router(collector))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
+            for e in exc.errors()
+        )
+        return CollectorError(422, "invalid_parameter", where).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        error = CollectorError(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
+        return error.response()
+
+    if settings.cors_origins:
+        app.add_middleware(CollectorCors, origins=settings.cors_origins)
+    app.add_middleware(HostGate, access=access)
+    return app

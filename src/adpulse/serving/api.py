@@ -52,7 +52,16 @@ from adpulse.commits import CommitSignal
 from adpulse.config import Settings
 from adpulse.metrics import GROUPED_NAMES
 from adpulse.serving import queries
+from adpulse.serving.auth import (
+    KEY_ID_SCOPE,
+    Access,
+    HostGate,
+    ReadGate,
+    require_write_key,
+    session_routes,
+)
 from adpulse.serving.cache import ResultCache
+from adpulse.serving.cors import CollectorCors
 from adpulse.serving.queries import FilterError, Filters
 from adpulse.serving.store.base import ServingStore
 from adpulse.sources.collector import Collector, collector_router
@@ -83,8 +92,15 @@ STATIC_FILES: Final = {
     "app.js": "text/javascript",
     "app.css": "text/css",
 }
-#: ``/vendor/<name>`` -> file under ``web/node_modules`` (installed by ``npm ci``).
-VENDOR_FILES: Final = {"chart.js": "chart.js/dist/chart.umd.min.js"}
+#: ``/vendor/<name>`` -> file under ``web/node_modules`` (installed by ``npm ci``): the
+#: chart library, and Swagger UI for ``/docs`` (served here: no CDN, works offline).
+VENDOR_FILES: Final = {
+    "chart.js": "chart.js/dist/chart.umd.min.js",
+    "swagger-ui-bundle.js": "swagger-ui-dist/swagger-ui-bundle.js",
+    "swagger-ui.css": "swagger-ui-dist/swagger-ui.css",
+    "swagger-favicon.png": "swagger-ui-dist/favicon-32x32.png",
+}
+_VENDOR_MEDIA: Final = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
 
 StatusSource = Callable[[], Mapping[str, Any]]
 
@@ -238,6 +254,8 @@ class LiveFeed:
         interval: float,
         run: Callable[[Callable[[], Any]], Awaitable[Any]],
         commits: CommitSignal | None = None,
+        per_address: int = MAX_STREAM_CLIENTS,
+        per_key: int = MAX_STREAM_CLIENTS,
     ) -> None:
         self._status = compute_status
         self._summary = compute_summary
@@ -248,6 +266,12 @@ class LiveFeed:
         self._unsubscribe: Callable[[], None] | None = None
         self._wake: asyncio.Event | None = None
         self._subscribers: dict[Filters, set[asyncio.Queue[bytes | None]]] = {}
+        #: Open streams per client address and per API key, at most ``per_address`` /
+        #: ``per_key`` each: one client cannot take every one of the server's streams.
+        self.per_address = per_address
+        self.per_key = per_key
+        self._owners: Counter[tuple[str, str]] = Counter()
+        self._owners_of: dict[asyncio.Queue[bytes | None], list[tuple[str, str]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ticks = 0
@@ -293,18 +317,35 @@ class LiveFeed:
             for queue in queues:
                 self._offer(queue, None)
 
-    def subscribe(self, filters: Filters) -> asyncio.Queue[bytes | None]:
+    def subscribe(
+        self, filters: Filters, address: str = "", key_id: str | None = None
+    ) -> asyncio.Queue[bytes | None]:
+        owners = [("address", address)] + ([("key", key_id)] if key_id else [])
+        for kind, owner in owners:
+            cap = self.per_address if kind == "address" else self.per_key
+            if self._owners[kind, owner] >= cap:
+                where = "from your address" if kind == "address" else f"for key {owner}"
+                raise HTTPException(
+                    429,
+                    f"{cap} live streams are open {where} already, the most allowed"
+                    f" (setting stream_clients_per_{kind}); close one",
+                    headers={"Retry-After": "10"},
+                )
         if self.clients >= MAX_STREAM_CLIENTS:
             raise HTTPException(503, "too many live clients; try again later")
         if filters not in self._subscribers and len(self._subscribers) >= MAX_STREAM_KEYS:
             raise HTTPException(503, "too many distinct live filter sets; try again later")
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=CLIENT_QUEUE)
         self._subscribers.setdefault(filters, set()).add(queue)
+        self._owners.update(owners)
+        self._owners_of[queue] = owners
         if self._wake is not None:
             self._wake.set()  # a new client gets numbers now, not at the next commit
         return queue
 
     def unsubscribe(self, filters: Filters, queue: asyncio.Queue[bytes | None]) -> None:
+        self._owners.subtract(self._owners_of.pop(queue, ()))
+        self._owners = +self._owners  # drop the zeros
         queues = self._subscribers.get(filters)
         if queues is not None:
             queues.discard(queue)
@@ -459,6 +500,7 @@ def create_app(
     refresh_seconds: float = 1.0,
     commits: CommitSignal | None = None,
     store: ServingStore | None = None,
+    access: Access | None = None,
     collector: Collector | None = None,
 ) -> FastAPI:
     """The API over ``warehouse`` (shared, read through the query layer only), with
@@ -467,7 +509,8 @@ def create_app(
     ``status_source`` adds live process figures (events/s per stream, lag) to the
     health payload, e.g. from the running demo. ``commits`` is the processor's commit
     signal when it runs in this process: the live feed then pushes after each commit,
-    and shared answers stay current until the next commit.
+    and shared answers stay current until the next commit. ``access`` says whether keys
+    are required (:func:`adpulse.serving.auth.access_for`; default: open).
     """
 
     def health() -> dict[str, Any]:
@@ -494,7 +537,15 @@ def create_app(
     async def read_for_feed(fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(feed_reader, fn)
 
-    feed = LiveFeed(health, summary_of, refresh_seconds, read_for_feed, commits)
+    feed = LiveFeed(
+        health,
+        summary_of,
+        refresh_seconds,
+        read_for_feed,
+        commits,
+        per_address=settings.stream_clients_per_address,
+        per_key=settings.stream_clients_per_key,
+    )
     answers = ResultCache(
         settings.api_cache_seconds,
         read,
@@ -518,10 +569,16 @@ def create_app(
         summary="Real-time ad engagement metrics: the query layer of adpulse as JSON.",
         lifespan=lifespan,
         default_response_class=ORJSONPlainResponse,
+        docs_url=None,  # below, from /vendor/ rather than a CDN
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
     )
     app.state.feed = feed
     app.state.answers = answers
     app.state.warehouse = warehouse
+    app.state.access = access = access or Access.open()
+    app.state.settings = settings
+    app.include_router(session_routes())
 
     # --- errors ---------------------------------------------------------------------------
     @app.exception_handler(FilterError)
@@ -540,15 +597,22 @@ def create_app(
     # Starlette raises its own for unknown paths and methods; one handler serves both.
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed", 503: "unavailable"}
-        return _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
+        codes = {401: "unauthorized", 403: "forbidden", 404: "not_found"}
+        codes |= {405: "method_not_allowed", 429: "too_many_requests", 503: "unavailable"}
+        response = _error(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
+        response.headers.update(exc.headers or {})  # WWW-Authenticate, Retry-After
+        return response
 
-    if collector is not None:
-        app.include_router(collector_router(collector))
+    if collector is not None:  # POST /v1/events needs the write key when keys are required
+        app.include_router(collector_router(collector, [Depends(require_write_key)]))
     app.add_middleware(RequestLimits)
     known = KnownRequests()
     app.state.known_requests = known
-    app.add_middleware(AnswerShortcut, known=known, answers=answers)  # outermost: first
+    app.add_middleware(AnswerShortcut, known=known, answers=answers)
+    app.add_middleware(ReadGate, access=access)  # no answer without a key
+    if settings.cors_origins:  # before the key: a browser's preflight carries none
+        app.add_middleware(CollectorCors, origins=settings.cors_origins)
+    app.add_middleware(HostGate, access=access)  # outermost: DNS rebinding
 
     async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         # DuckDB reads release the GIL; a thread keeps the event loop (and SSE) responsive
@@ -584,13 +648,32 @@ def create_app(
     @app.get("/vendor/{name}", include_in_schema=False)
     async def vendor(name: Annotated[str, Path(max_length=40)]) -> Response:
         relative = VENDOR_FILES.get(name)
-        path = None if relative is None else WEB_DIR / "node_modules" / relative
-        if path is None or not path.is_file():
+        if relative is None:
+            raise HTTPException(404, f"no vendor file {name!r}")
+        path = WEB_DIR / "node_modules" / relative
+        if not path.is_file():  # no server path in the answer: it is for anyone
+            log.warning("%s is missing; run `npm ci` in %s (./run does it)", path, WEB_DIR)
             raise HTTPException(
                 404,
-                f"vendor file {name!r} is not installed; run `npm ci` in {WEB_DIR} (./run does it)",
+                f"vendor file {name!r} is not installed on the server (`npm ci` in"
+                " src/adpulse/serving/web; ./run does it)",
             )
-        return FileResponse(path, media_type="text/javascript")
+        return FileResponse(path, media_type=_VENDOR_MEDIA.get(path.suffix, "text/plain"))
+
+    if settings.api_docs:
+
+        @app.get("/docs", include_in_schema=False)
+        async def api_docs() -> Response:
+            """Swagger UI over ``/openapi.json``, its files served from ``/vendor/``."""
+            from fastapi.openapi.docs import get_swagger_ui_html
+
+            return get_swagger_ui_html(
+                openapi_url="/openapi.json",
+                title="adpulse API",
+                swagger_js_url="/vendor/swagger-ui-bundle.js",
+                swagger_css_url="/vendor/swagger-ui.css",
+                swagger_favicon_url="/vendor/swagger-favicon.png",
+            )
 
     # --- probes ---------------------------------------------------------------------------
     @app.get("/healthz", tags=["probes"])
@@ -766,7 +849,8 @@ def create_app(
         """Server-Sent Events: an ``update`` event (summary for the filters + pipeline
         health) after each commit (at most 4 a second) and at least once a second, the
         same payload for every client."""
-        queue = feed.subscribe(filters)
+        address = request.client.host if request.client else ""
+        queue = feed.subscribe(filters, address, request.scope.get(KEY_ID_SCOPE))
 
         async def events() -> AsyncIterator[bytes]:
             sent = 0
@@ -831,12 +915,26 @@ def make_server(app: FastAPI, log_level: str = "warning") -> Any:
 
     Also shortens the process's GIL switch interval (see
     :data:`GIL_SWITCH_INTERVAL_SECONDS`): the server shares the process with the
-    processor in the demo.
+    processor in the demo. Connection limits (:mod:`adpulse.serving.limits`) come from
+    the app's settings.
     """
     import uvicorn
 
+    from adpulse.serving.limits import HttpLimits, uvicorn_options
+
     sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_SECONDS))
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on")
+    settings = getattr(app.state, "settings", None)
+    limits = HttpLimits()
+    if isinstance(settings, Settings):
+        limits = HttpLimits(
+            header_timeout_seconds=settings.http_header_timeout_seconds,
+            keep_alive_seconds=settings.http_keep_alive_seconds,
+            max_header_bytes=settings.http_max_header_bytes,
+            max_connections=settings.http_max_connections,
+        )
+    config = uvicorn.Config(
+        app, log_level=log_level, access_log=False, lifespan="on", **uvicorn_options(limits)
+    )
     return uvicorn.Server(config)
 
 

@@ -30,12 +30,10 @@ from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
 import orjson
-from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Query, Request
 from fastapi.params import Depends
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adpulse.config import Settings
 from adpulse.contracts import ORIGINAL_TIMESTAMP_FORMAT, Stream
@@ -316,12 +314,14 @@ async def append_or_503(collector: Collector, stream: Stream, records: Sequence[
 _Text = Annotated[str | None, Query(max_length=256)]
 
 
-def collector_router(collector: Collector, dependencies: Sequence[Depends] = ()) -> APIRouter:
-    """The collector's endpoints; ``dependencies`` apply to every one (e.g. a write key)."""
-    router = APIRouter(prefix=COLLECTOR_PREFIX, tags=["collector"], dependencies=dependencies)
+def collector_router(collector: Collector, post_dependencies: Sequence[Depends] = ()) -> APIRouter:
+    """The collector's endpoints. ``post_dependencies`` guard ``POST /v1/events`` (the
+    server's write key): the pixel and the click stay open, as in any ad tracker, since
+    a browser showing an ad cannot keep a secret (a key in a page is public)."""
+    router = APIRouter(prefix=COLLECTOR_PREFIX, tags=["collector"])
     settings = collector.settings
 
-    @router.post("/events/{stream}", status_code=202)
+    @router.post("/events/{stream}", status_code=202, dependencies=list(post_dependencies))
     async def post_events(stream: str, request: Request) -> Response:
         """Append a batch of records (NDJSON or a JSON array, optionally gzip) to a stream."""
         try:
@@ -392,26 +392,3 @@ def collector_router(collector: Collector, dependencies: Sequence[Depends] = ())
         return Response(status_code=302, headers={"Location": target, **NO_CACHE_HEADERS})
 
     return router
-
-
-def collector_app(collector: Collector) -> FastAPI:
-    """The collector as an app of its own (``adpulse serve --no-api``): no warehouse,
-    so it can run beside another process that holds a DuckDB warehouse."""
-    app = FastAPI(title="adpulse collector", version="1")
-    app.include_router(collector_router(collector))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        where = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
-            for e in exc.errors()
-        )
-        return CollectorError(422, "invalid_parameter", where).response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        error = CollectorError(exc.status_code, codes.get(exc.status_code, "error"), exc.detail)
-        return error.response()
-
-    return app

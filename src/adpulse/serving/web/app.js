@@ -95,10 +95,49 @@
     return q.toString();
   }
   async function get(path, query) {
-    const response = await fetch(API + path + (query ? "?" + query : ""));
-    const body = await response.json();
-    if (!response.ok) throw new Error(body.detail || body.error || response.statusText);
-    return body;
+    for (;;) {
+      const response = await fetch(API + path + (query ? "?" + query : ""), { credentials: "same-origin" });
+      // 401: this server requires a read key; ask once (every request waits for the same answer)
+      if (response.status === 401) { await askForKey(); continue; }
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.detail || body.error || response.statusText);
+      return body;
+    }
+  }
+
+  // --- the read key ----------------------------------------------------------------------------
+  // The key goes to the server once, which keeps it in an HttpOnly, SameSite=Strict cookie:
+  // scripts (this one included) never read it back, and the live stream sends it too.
+  let asking = null;
+  function askForKey() {
+    if (asking) return asking;
+    const keyForm = document.getElementById("key-form");
+    const message = document.getElementById("key-error");
+    keyForm.hidden = false;
+    keyForm.key.focus();
+    asking = new Promise((resolve) => {
+      keyForm.onsubmit = async (event) => {
+        event.preventDefault();
+        message.textContent = "";
+        const response = await fetch(API + "/session", {
+          method: "POST",
+          credentials: "same-origin",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ key: keyForm.key.value.trim() }),
+        });
+        if (response.ok) {
+          keyForm.reset();
+          keyForm.hidden = true;
+          asking = null;
+          resolve();
+          return;
+        }
+        let detail = response.statusText;
+        try { const body = await response.json(); detail = body.detail || body.error || detail; } catch (_) { /* keep the status */ }
+        message.textContent = detail;
+      };
+    });
+    return asking;
   }
 
   // --- pickers -----------------------------------------------------------------------------
@@ -322,7 +361,11 @@
     // no filters: every tab shares the server's one refresh of the same payload
     source = new EventSource(API + "/stream");
     source.addEventListener("open", () => { badge.textContent = "live"; badge.className = "live on"; });
-    source.addEventListener("error", () => { badge.textContent = "reconnecting…"; badge.className = "live off"; });
+    source.addEventListener("error", () => {
+      badge.textContent = "reconnecting…"; badge.className = "live off";
+      // refused (a key revoked meanwhile, or the server away): the browser gives up, we retry
+      if (source.readyState === EventSource.CLOSED) setTimeout(async () => { try { await get("/health"); } catch (_) { /* shown by refresh */ } connect(); }, 5000);
+    });
     source.addEventListener("update", (e) => {
       badge.textContent = "live"; badge.className = "live on";
       try { onSignal(JSON.parse(e.data).health || {}); } catch (_) { /* ignore a bad event */ }

@@ -170,6 +170,22 @@ class Warehouse(ABC):
             " warehouse (warehouse_url = postgresql://...) for several workers"
         )
 
+    # -- API keys (:mod:`adpulse.serving.auth`) -------------------------------------------
+    def api_keys(self) -> pl.DataFrame:
+        """Every API key (schema ``api_keys.API_KEYS``: ids, scopes, salted digests,
+        never a secret), revoked ones included; empty where the table does not exist."""
+        raise WarehouseUnavailableError(f"the {self.dialect} warehouse stores no API keys")
+
+    def add_api_key(
+        self, key_id: str, name: str, scope: str, salt: str, digest: str, created_at: datetime
+    ) -> None:
+        """Store one new key (its salted digest; the secret itself is never passed)."""
+        raise WarehouseUnavailableError(f"the {self.dialect} warehouse stores no API keys")
+
+    def revoke_api_key(self, key_id: str, at: datetime) -> bool:
+        """Mark a key revoked at ``at``; False when no unrevoked key has that id."""
+        raise WarehouseUnavailableError(f"the {self.dialect} warehouse stores no API keys")
+
     # -- reads -----------------------------------------------------------------------------
     @abstractmethod
     def query(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:

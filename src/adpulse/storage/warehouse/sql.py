@@ -22,7 +22,7 @@ import polars as pl
 
 from adpulse.contracts import Stream
 from adpulse.storage.dimensions import DIMENSIONS, scd2_changes, utc_naive
-from adpulse.storage.warehouse import schema
+from adpulse.storage.warehouse import api_keys, schema
 from adpulse.storage.warehouse.base import (
     BatchOutput,
     DimensionKind,
@@ -45,11 +45,16 @@ _BATCH_IDS: Final = "last_batch_id"  # the meta row counting reserved batch ids
 #: workers share the partitions), with its primary key (empty: none). Fact and
 #: rollup tables have none on purpose: the processor dedupes, and an index would slow
 #: the append-only hot path.
-TABLES: Final[dict[str, dict[str, pl.DataType]]] = {**schema.ALL_TABLES, META_TABLE: META}
+TABLES: Final[dict[str, dict[str, pl.DataType]]] = {
+    **schema.ALL_TABLES,
+    META_TABLE: META,
+    api_keys.API_KEYS_TABLE: api_keys.API_KEYS,
+}
 PRIMARY_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "checkpoints": ("stream", "partition"),
     "watermarks": ("stream", "partition"),
     META_TABLE: ("key",),
+    api_keys.API_KEYS_TABLE: api_keys.API_KEYS_KEY,
     **LEASE_KEYS,
 }
 
@@ -320,6 +325,23 @@ class SqlWarehouse(Warehouse):
         with self._stage(source, frame):
             for statement in upsert(table, PRIMARY_KEYS[table], frame.columns, source):
                 self._execute(statement)
+
+    # -- API keys (:mod:`.api_keys`) --------------------------------------------------------
+    def api_keys(self) -> pl.DataFrame:
+        if not self._read(api_keys.TABLE_EXISTS).item():
+            return pl.DataFrame(schema=api_keys.API_KEYS)
+        return self._read(api_keys.SELECT_KEYS)
+
+    def add_api_key(
+        self, key_id: str, name: str, scope: str, salt: str, digest: str, created_at: datetime
+    ) -> None:
+        with self._transaction():
+            self._execute(api_keys.INSERT_KEY, [key_id, name, scope, salt, digest, created_at])
+
+    def revoke_api_key(self, key_id: str, at: datetime) -> bool:
+        with self._transaction():
+            self._execute(api_keys.REVOKE_KEY, [at, key_id])
+            return bool(self._fetch(api_keys.COUNT_REVOKED, [key_id, at]).item())
 
     def load_offsets(self) -> dict[tuple[Stream, int], str]:
         rows = self._read('SELECT stream, "partition", "offset" FROM checkpoints')
