@@ -27,6 +27,7 @@ from adpulse.cli.runtime import UserError
 from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.serving.api import bind, create_app, make_server
+from adpulse.serving.auth import Access, KeyRing, create_key
 from adpulse.sources.client import CollectorClient, CollectorSendError
 from adpulse.sources.collector import PIXEL_GIF, Collector, allowed_redirect
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
@@ -60,14 +61,18 @@ class Served:
 
 @contextmanager
 def serve(
-    tmp_path: Path, wrap: Callable[[ASGIApp], ASGIApp] | None = None, **settings: Any
+    tmp_path: Path,
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
+    keys: Callable[[DuckDBWarehouse], Access] | None = None,
+    **settings: Any,
 ) -> Iterator[Served]:
     config = Settings(home=tmp_path, partitions=PARTITIONS, **settings)
     transport = open_transport(config)
     collector = Collector(transport, config)
     with DuckDBWarehouse(tmp_path / "warehouse.duckdb") as warehouse:
         warehouse.create_schema()
-        app = create_app(warehouse, config, collector=collector)
+        access = keys(warehouse) if keys is not None else None
+        app = create_app(warehouse, config, collector=collector, access=access)
         sock = bind("127.0.0.1", 0)
         server = make_server(app if wrap is None else wrap(app))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -448,3 +453,33 @@ def test_over_redis_a_batch_the_transport_cannot_take_is_a_503_to_retry(tmp_path
         r = httpx.post(url, content=_click("u3"), timeout=30)
         assert (r.status_code, r.json()) == (202, {"accepted": 1})
         assert served.payloads(Stream.CLICKS) == sorted([_click("u1"), _click("u2"), _click("u3")])
+
+
+# --- keys ---------------------------------------------------------------------------------
+def test_when_keys_are_required_posting_needs_a_write_key_and_the_pixel_none(
+    tmp_path: Path,
+) -> None:
+    secrets: dict[str, str] = {}
+
+    def required(warehouse: DuckDBWarehouse) -> Access:
+        for scope in ("read", "write"):
+            secrets[scope] = create_key(warehouse, scope, f"{scope} key")[1]
+        return Access(required=True, ring=KeyRing.of(warehouse, 0))
+
+    with serve(tmp_path, keys=required) as served:
+        url = f"{served.url}/v1/events/clicks"
+        r = httpx.post(url, content=_click("u1"))
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+        r = httpx.post(url, content=_click("u1"), headers={"X-API-Key": secrets["read"]})
+        assert r.status_code == 403 and r.json()["error"] == "forbidden"
+        with CollectorClient(served.url, key=secrets["write"]) as client:
+            assert client.send("clicks", [_click("u2")]) == 1
+        with (
+            CollectorClient(served.url) as client,
+            pytest.raises(CollectorSendError, match="HTTP 401"),
+        ):
+            client.send("clicks", [_click("u3")])
+        pixel = httpx.get(f"{served.url}/v1/pixel.gif", params={"user_id": "u4"})
+        assert pixel.status_code == 200 and pixel.content == PIXEL_GIF
+        assert served.payloads(Stream.CLICKS) == [_click("u2")]
+        assert len(served.payloads(Stream.IMPRESSIONS)) == 1

@@ -718,6 +718,14 @@ def send(
         Stream | None,
         typer.Option(help="Stream of every file (default: from each file's name)."),
     ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ADPULSE_KEY",
+            help="A write key (`adpulse keys create --scope write`), when the server"
+            " requires keys.",
+        ),
+    ] = None,
     batch: Annotated[int, typer.Option(min=1, help="Records per request.")] = 500,
     gzip_body: Annotated[bool, typer.Option("--gzip/--no-gzip", help="Gzip each request.")] = True,
     retry_seconds: Annotated[
@@ -746,7 +754,7 @@ def send(
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
     with (
         CollectorClient(
-            url, batch_records=batch, compress=gzip_body, retry_seconds=retry_seconds
+            url, batch_records=batch, compress=gzip_body, retry_seconds=retry_seconds, key=key
         ) as client,
         Progress(*columns, TimeRemainingColumn(), console=err) as progress,
     ):

@@ -43,8 +43,9 @@ class CollectorSendError(RuntimeError):
 class CollectorClient:
     """Sends records to a collector; one keep-alive connection, safe to retry.
 
-    ``url`` is the server's base URL (``http://HOST:PORT``). ``headers`` go with every
-    request (e.g. an API key). ``http`` replaces the internal ``httpx.Client`` (tests,
+    ``url`` is the server's base URL (``http://HOST:PORT``). ``key``: a write key (sent
+    as ``Authorization: Bearer``), needed when the server requires keys. ``headers`` go
+    with every request. ``http`` replaces the internal ``httpx.Client`` (tests,
     custom TLS or proxies).
     """
 
@@ -58,6 +59,7 @@ class CollectorClient:
         backoff_seconds: float = 0.1,
         max_backoff_seconds: float = 5.0,
         timeout_seconds: float = 30.0,
+        key: str | None = None,
         headers: Mapping[str, str] | None = None,
         http: httpx.Client | None = None,
     ) -> None:
@@ -72,6 +74,8 @@ class CollectorClient:
         self._http = http or httpx.Client(timeout=timeout_seconds)
         self._own_http = http is None
         self._headers = dict(headers or {})
+        if key:
+            self._headers["Authorization"] = f"Bearer {key}"
         #: Sends retried so far (all batches), for progress displays and tests.
         self.retries = 0
 
