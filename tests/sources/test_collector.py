@@ -350,6 +350,7 @@ class LostAnswers:
     def __init__(self, app: ASGIApp, lost: int) -> None:
         self.app = app
         self.lost = lost
+        self.state = getattr(app, "state", None)  # make_server reads the app's settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.lost == 0:

@@ -254,3 +254,21 @@ def test_on_the_embedded_log_the_collector_runs_alone_beside_a_processor(
         capture_output=True,
     )
     assert sorted(fact_ids(home)) == sorted(r["event_id"] for r in batch)
+
+
+def test_the_collector_alone_refuses_to_serve_off_loopback_without_insecure(
+    tmp_path: Path,
+) -> None:
+    """Without a warehouse there are no keys to check: off loopback it needs --insecure."""
+    home = tmp_path / "home"
+    done = subprocess.run(
+        [sys.executable, "-m", "adpulse", "serve", "--home", str(home), "--no-api"]
+        + ["--no-process", "--host", "0.0.0.0", "--port", "0"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr  # a user error, as for the API off loopback
+    assert done.stderr.startswith("error: refusing to serve the collector alone on 0.0.0.0")
+    assert "--insecure" in done.stderr and "Traceback" not in done.stderr

@@ -178,6 +178,7 @@ def collector_app(collector: Collector, settings: Settings, access: Access) -> F
     error shape, ``Host`` check and CORS for the collector."""
     app = FastAPI(title="adpulse collector", version="1", docs_url=None, redoc_url=None)
     app.state.access = access
+    app.state.settings = settings  # make_server's connection limits
     app.include_router(collector_router(collector))
 
     @app.exception_handler(RequestValidationError)
