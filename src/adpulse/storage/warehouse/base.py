@@ -110,6 +110,22 @@ class Warehouse(ABC):
         """Write all outputs, offsets and watermarks atomically (all or nothing)."""
 
     @abstractmethod
+    def check_commit(self, output: BatchOutput) -> None:
+        """Run :meth:`commit` in a transaction that is always rolled back: raises what
+        the commit would raise, writes nothing. Only the processor's isolation of a
+        refused batch calls it (see :mod:`adpulse.processor.isolation`)."""
+
+    def refuses_data(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised by :meth:`commit`, means the database refused the
+        batch's *data* (a value it cannot store), not that it is unavailable.
+
+        Data refusals are isolated record by record and dead-lettered; anything else
+        (a lost connection, a full disk, a lost lease, a bug) stops or retries. This
+        default knows no database; each backend names its driver's data errors.
+        """
+        return False
+
+    @abstractmethod
     def load_offsets(self) -> dict[tuple[Stream, int], str]: ...
 
     @abstractmethod
