@@ -58,7 +58,6 @@ from adpulse.storage.warehouse.schema import (
     FACT_IMPRESSIONS,
     INGEST_STATS,
     REVENUE,
-    ROLLUP_MINUTE,
     conform,
     storable_text,
 )
@@ -484,17 +483,8 @@ class Processor:
         if now - self._last_idle_commit < 1.0:
             return
         self._last_idle_commit = now
-        output = BatchOutput(
-            batch_id=self.batch_id,
-            impressions=pl.DataFrame(schema=FACT_IMPRESSIONS),
-            clicks=pl.DataFrame(schema=FACT_CLICKS),
-            conversions=pl.DataFrame(schema=FACT_CONVERSIONS),
-            reattributions=pl.DataFrame(schema=CONVERSION_REATTRIBUTIONS),
-            rollups=pl.DataFrame(schema=ROLLUP_MINUTE),
-            dead_letters=pl.DataFrame(schema=DEAD_LETTERS),
-            stats=pl.DataFrame(schema=INGEST_STATS),
-            watermarks=self.watermarks.snapshot(),
-            fence=self.fence,
+        output = BatchOutput.empty(
+            self.batch_id, watermarks=self.watermarks.snapshot(), fence=self.fence
         )
         self.committer.submit(output, [])
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 import polars as pl
 
 from adpulse.contracts import Stream
+from adpulse.storage.warehouse import schema
 
 if TYPE_CHECKING:
     from adpulse.storage.warehouse.leases import PartitionLeases, WorkerIdentity
@@ -70,6 +71,31 @@ class BatchOutput:
     watermarks: dict[tuple[Stream, int], PartitionWatermark] = field(default_factory=dict)
     #: Set when partitions are shared between workers (see :class:`LeaseFence`).
     fence: LeaseFence | None = None
+
+    @classmethod
+    def empty(
+        cls,
+        batch_id: int,
+        *,
+        offsets: dict[tuple[Stream, int], str] | None = None,
+        watermarks: dict[tuple[Stream, int], PartitionWatermark] | None = None,
+        fence: LeaseFence | None = None,
+    ) -> BatchOutput:
+        """A batch with no rows: commits only offsets and watermarks (an idle tick, a
+        checkpoint moved by a log repair)."""
+        return cls(
+            batch_id=batch_id,
+            impressions=pl.DataFrame(schema=schema.FACT_IMPRESSIONS),
+            clicks=pl.DataFrame(schema=schema.FACT_CLICKS),
+            conversions=pl.DataFrame(schema=schema.FACT_CONVERSIONS),
+            reattributions=pl.DataFrame(schema=schema.CONVERSION_REATTRIBUTIONS),
+            rollups=pl.DataFrame(schema=schema.ROLLUP_MINUTE),
+            dead_letters=pl.DataFrame(schema=schema.DEAD_LETTERS),
+            stats=pl.DataFrame(schema=schema.INGEST_STATS),
+            offsets=offsets or {},
+            watermarks=watermarks or {},
+            fence=fence,
+        )
 
 
 @dataclass(frozen=True, slots=True)
