@@ -87,7 +87,11 @@ class Settings(BaseSettings):
     batch_interval_seconds: float = Field(
         0.2, gt=0, description="Wait between polls when the log has no new data."
     )
-    fsync: bool = Field(False, description="fsync the embedded log on every flush.")
+    fsync: bool = Field(
+        False,
+        description="fsync the embedded log on every flush; the collector then answers 202"
+        " only after an fsync (group commit), so acknowledged events survive a power loss.",
+    )
     infra_timeout_seconds: float = Field(
         10.0,
         ge=0.5,
@@ -126,6 +130,19 @@ class Settings(BaseSettings):
     )
     api_query_threads: int = Field(
         2, ge=1, le=64, description="HTTP API: warehouse queries run at once, at most."
+    )
+    collector_max_body_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1024,
+        description="Collector: largest request body, before and after gzip (413 beyond).",
+    )
+    collector_max_records: int = Field(
+        10_000, ge=1, description="Collector: most records in one request (413 beyond)."
+    )
+    collector_redirect_hosts: list[str] = Field(
+        default_factory=list,
+        description="Collector: hosts /v1/click may redirect to ('example.com', or"
+        " '*.example.com' for its subdomains); any other landing URL gets 400.",
     )
     auth: Literal["auto", "required", "off"] = Field(
         "auto",

@@ -144,3 +144,33 @@ def test_replay_of_a_directory_without_stream_files_says_what_it_expects(
 ) -> None:
     with pytest.raises(FileNotFoundError, match=r"impressions\.jsonl"):
         replay_directory(tmp_path, RecordingProducer(), 2)
+
+
+@pytest.mark.parametrize("malformed", [True, False])
+def test_a_few_records_go_to_the_same_partitions_as_a_large_batch(malformed: bool) -> None:
+    """Small batches (the collector's pixel and click) hash key by key, large ones as a
+    Polars column: every record lands in the same partition either way (``malformed``:
+    the large batch reads its ids one by one too; else in one vectorized decode)."""
+    odd = [
+        b'{"user_id": 123}',
+        b'{"user_id": 1.5}',
+        b'{"user_id": true}',
+        b'{"user_id": null}',
+        b'{"user_id": {"a": 1}}',
+        b'{"user_id": "[x"}',
+        b"not json",
+        b"[1, 2]",
+        b'{"ad_id": 1}',
+    ]
+    if not malformed:
+        odd = [b'{"user_id": 123}', b'{"user_id": 77.0}', b'{"user_id": null}', b'{"a": 1}']
+    payloads = odd + [orjson.dumps({"user_id": f"user-{i}"}) for i in range(1100)]
+    together, one_by_one = InMemoryTransport(5), InMemoryTransport(5)
+    publish(together.producer(), Stream.CLICKS, payloads, 5)
+    single = one_by_one.producer()
+    for payload in payloads:
+        publish(single, Stream.CLICKS, [payload], 5)
+    assert _read_all(one_by_one, Stream.CLICKS) == _read_all(together, Stream.CLICKS)
+    assert sorted(p for ps in _read_all(together, Stream.CLICKS).values() for p in ps) == sorted(
+        payloads
+    )

@@ -22,6 +22,7 @@ from adpulse.contracts import Stream
 from adpulse.processor.pipeline import BatchReport, Processor
 from adpulse.runtime import Runtime, UserError, Worker, open_runtime, processor_for
 from adpulse.serving import queries
+from adpulse.sources.collector import Collector
 from adpulse.sources.files import write_csv
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
@@ -254,6 +255,8 @@ def _start_api(
             **live_figures,
         }
 
+    # The collector too: events posted to the demo join the generated ones.
+    collector = Collector(rt.transport, rt.settings)
     app = create_app(
         rt.warehouse,
         rt.settings,
@@ -261,6 +264,7 @@ def _start_api(
         commits=commits,
         store=rt.store,
         access=access,
+        collector=collector,
     )
     server = make_server(app)
     url = url_of(sock)

@@ -52,11 +52,19 @@ from adpulse.commits import CommitSignal
 from adpulse.config import Settings
 from adpulse.metrics import GROUPED_NAMES
 from adpulse.serving import queries
-from adpulse.serving.auth import KEY_ID_SCOPE, Access, HostGate, ReadGate, session_routes
+from adpulse.serving.auth import (
+    KEY_ID_SCOPE,
+    Access,
+    HostGate,
+    ReadGate,
+    require_write_key,
+    session_routes,
+)
 from adpulse.serving.cache import ResultCache
 from adpulse.serving.cors import CollectorCors
 from adpulse.serving.queries import FilterError, Filters
 from adpulse.serving.store.base import ServingStore
+from adpulse.sources.collector import Collector, collector_router
 from adpulse.storage.warehouse.base import Warehouse
 
 log = logging.getLogger(__name__)
@@ -493,6 +501,7 @@ def create_app(
     commits: CommitSignal | None = None,
     store: ServingStore | None = None,
     access: Access | None = None,
+    collector: Collector | None = None,
 ) -> FastAPI:
     """The API over ``warehouse`` (shared, read through the query layer only), with
     ``store``, the serving store, for live views when the process keeps one.
@@ -594,6 +603,8 @@ def create_app(
         response.headers.update(exc.headers or {})  # WWW-Authenticate, Retry-After
         return response
 
+    if collector is not None:  # POST /v1/events needs the write key when keys are required
+        app.include_router(collector_router(collector, [Depends(require_write_key)]))
     app.add_middleware(RequestLimits)
     known = KnownRequests()
     app.state.known_requests = known

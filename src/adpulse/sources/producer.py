@@ -26,6 +26,10 @@ from adpulse.transport.base import Producer
 #: When throttled, records are sent in slices of at most this long at the target rate.
 _THROTTLE_SLICE_SECONDS = 0.05
 _MIN_CHUNK_BYTES = 16 * 1024
+#: From this many records, user ids are read and hashed as one Polars column; below,
+#: record by record (measured on 500-record collector batches: 1.1 ms key by key, 1.5 ms
+#: as a column, whose per-query cost only pays off on larger batches).
+_VECTORIZED_FROM = 1024
 
 
 def publish(
@@ -48,6 +52,11 @@ def publish(
     joined = b"\n".join(payloads)
     if partitions == 1:
         parts = np.zeros(len(payloads), dtype=np.int64)
+    elif len(payloads) < _VECTORIZED_FROM:
+        # Small batches (the collector's): a Polars query costs ~0.5 ms per call,
+        # reading and hashing one key about 2 microseconds.
+        keys = [framing.partition_of(_user_id(p), partitions) for p in payloads]
+        parts = np.array(keys, dtype=np.int64)
     else:
         parts = framing.partitions_of(user_ids(payloads, joined), partitions)
     # Bulk framing when no payload needs escaping (the common case): the framed lines

@@ -1,0 +1,486 @@
+"""The HTTP event collector against a real server (uvicorn on a loopback port) over the
+embedded log: bodies, limits, the browser endpoints, and group commit."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from redistest import REDIS_URL, redis_prefix
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from tcpproxy import TcpProxy
+from typer.testing import CliRunner
+
+from adpulse.cli.main import app as cli
+from adpulse.cli.runtime import UserError
+from adpulse.config import Settings
+from adpulse.contracts import Stream
+from adpulse.serving.api import bind, create_app, make_server
+from adpulse.serving.auth import Access, KeyRing, create_key
+from adpulse.sources.client import CollectorClient, CollectorSendError
+from adpulse.sources.collector import PIXEL_GIF, Collector, allowed_redirect
+from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+from adpulse.transport import framing, open_transport
+from adpulse.transport.base import Transport
+
+PARTITIONS = 3
+
+
+@dataclass
+class Served:
+    url: str
+    transport: Transport
+    collector: Collector
+
+    def records(self, stream: Stream) -> dict[int, list[tuple[bytes, int | None]]]:
+        """What the log holds per partition: (payload, original size if cut) per record."""
+        consumer = self.transport.consumer()
+        found: dict[int, list[tuple[bytes, int | None]]] = {}
+        for partition in range(PARTITIONS):
+            chunk = consumer.poll(stream, partition, None, 1 << 24)
+            if chunk is not None:
+                lines = chunk.data.split(b"\n")[:-1]
+                found[partition] = [framing.unframe_line(line) for line in lines]
+        consumer.close()
+        return found
+
+    def payloads(self, stream: Stream) -> list[bytes]:
+        return sorted(p for rows in self.records(stream).values() for p, _ in rows)
+
+
+@contextmanager
+def serve(
+    tmp_path: Path,
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
+    keys: Callable[[DuckDBWarehouse], Access] | None = None,
+    **settings: Any,
+) -> Iterator[Served]:
+    config = Settings(home=tmp_path, partitions=PARTITIONS, **settings)
+    transport = open_transport(config)
+    collector = Collector(transport, config)
+    with DuckDBWarehouse(tmp_path / "warehouse.duckdb") as warehouse:
+        warehouse.create_schema()
+        access = keys(warehouse) if keys is not None else None
+        app = create_app(warehouse, config, collector=collector, access=access)
+        sock = bind("127.0.0.1", 0)
+        server = make_server(app if wrap is None else wrap(app))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        try:
+            yield Served(f"http://127.0.0.1:{sock.getsockname()[1]}", transport, collector)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+            sock.close()
+            collector.close()
+            transport.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    with serve(
+        tmp_path,
+        collector_max_body_bytes=4096,
+        collector_max_records=5,
+        collector_redirect_hosts=["shop.example", "*.ads.example"],
+        max_record_bytes=256,
+    ) as served:
+        yield served
+
+
+def _click(user: str, ad: int = 7) -> bytes:
+    return orjson.dumps(
+        {
+            "ad_id": ad,
+            "user_id": user,
+            "click_timestamp": "2026-11-29 08:00:00",
+            "platform": "web",
+            "location": "FR",
+        }
+    )
+
+
+# --- POST /v1/events/{stream} -------------------------------------------------------------
+def test_ndjson_lines_are_appended_byte_for_byte_to_the_partition_of_their_user(
+    served: Served,
+) -> None:
+    lines = [_click("u1"), _click("u2"), b'{"user_id": "u3", broken', _click("u4")]
+    body = lines[0] + b"\r\n" + lines[1] + b"\n\n  \n" + lines[2] + b"\n" + lines[3]
+    r = httpx.post(f"{served.url}/v1/events/clicks", content=body)
+    assert (r.status_code, r.json()) == (202, {"accepted": 4})
+    by_partition = served.records(Stream.CLICKS)
+    for user, line in (("u1", lines[0]), ("u2", lines[1]), ("u4", lines[3])):
+        assert (line, None) in by_partition[framing.partition_of(user, PARTITIONS)]
+    assert (lines[2], None) in by_partition[0]  # no readable user id: partition 0
+    assert sum(map(len, by_partition.values())) == 4
+    assert served.payloads(Stream.IMPRESSIONS) == []
+    assert served.collector.accepted[Stream.CLICKS] == 4
+
+
+def test_a_json_array_gives_one_record_per_element_and_an_object_one_record(
+    served: Served,
+) -> None:
+    items = [orjson.loads(_click("u1")), orjson.loads(_click("u2")), 5]
+    r = httpx.post(f"{served.url}/v1/events/clicks", json=items)
+    assert (r.status_code, r.json()) == (202, {"accepted": 3})
+    r = httpx.post(f"{served.url}/v1/events/clicks", json=items[0])
+    assert (r.status_code, r.json()) == (202, {"accepted": 1})
+    # Without a JSON content type, a leading "[" still means an array.
+    r = httpx.post(f"{served.url}/v1/events/clicks", content=b" [" + _click("u9") + b"]")
+    assert (r.status_code, r.json()) == (202, {"accepted": 1})
+    assert served.payloads(Stream.CLICKS) == sorted(
+        [_click("u1"), _click("u1"), _click("u2"), _click("u9"), b"5"]
+    )
+
+
+def test_a_gzip_body_is_decompressed(served: Served) -> None:
+    body = gzip.compress(_click("u1") + b"\n" + _click("u2") + b"\n")
+    r = httpx.post(
+        f"{served.url}/v1/events/clicks", content=body, headers={"Content-Encoding": "gzip"}
+    )
+    assert (r.status_code, r.json()) == (202, {"accepted": 2})
+    assert served.payloads(Stream.CLICKS) == sorted([_click("u1"), _click("u2")])
+
+
+def test_an_empty_body_accepts_nothing(served: Served) -> None:
+    r = httpx.post(f"{served.url}/v1/events/clicks", content=b"\n")
+    assert (r.status_code, r.json()) == (202, {"accepted": 0})
+
+
+def test_a_record_over_max_record_bytes_is_appended_cut_for_the_dead_letters(
+    served: Served,
+) -> None:
+    big = orjson.dumps({"user_id": "u1", "note": "x" * 400})
+    r = httpx.post(f"{served.url}/v1/events/clicks", content=big)
+    assert (r.status_code, r.json()) == (202, {"accepted": 1})
+    [(payload, original_size)] = served.records(Stream.CLICKS)[framing.partition_of("u1", 3)]
+    assert original_size == len(big)  # the processor's payload_too_large dead letter
+    assert big.startswith(payload)  # its head is kept as evidence
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "error"),
+    [
+        (b"x" * 5000, {}, 413, "body_too_large"),
+        (gzip.compress(b"\n" * 5000), {"Content-Encoding": "gzip"}, 413, "body_too_large"),
+        (b"\n".join([b"{}"] * 6), {}, 413, "too_many_records"),
+        (b"\x1f\x8b not gzip", {"Content-Encoding": "gzip"}, 400, "invalid_body"),
+        (gzip.compress(b"{}\n" * 20)[:-6], {"Content-Encoding": "gzip"}, 400, "invalid_body"),
+        (b"[{}, ", {}, 400, "invalid_body"),
+        (b"{}", {"Content-Type": "application/json", "X": "1"}, 202, None),
+        (b"7", {"Content-Type": "application/json"}, 400, "invalid_body"),
+        (b"{}", {"Content-Encoding": "br"}, 415, "unsupported_encoding"),
+    ],
+)
+def test_refused_bodies_append_nothing(
+    served: Served, body: bytes, headers: dict[str, str], status: int, error: str | None
+) -> None:
+    r = httpx.post(f"{served.url}/v1/events/clicks", content=body, headers=headers)
+    assert r.status_code == status, r.text
+    if error is None:
+        assert served.payloads(Stream.CLICKS) == [b"{}"]
+        return
+    assert r.json()["error"] == error
+    assert isinstance(r.json()["detail"], str) and r.json()["detail"]
+    assert served.payloads(Stream.CLICKS) == []
+
+
+def test_a_body_over_the_limit_without_content_length_is_refused(served: Served) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(10):
+            yield b"{}\n" * 200
+
+    r = httpx.post(f"{served.url}/v1/events/clicks", content=chunks())
+    assert (r.status_code, r.json()["error"]) == (413, "body_too_large")
+    assert served.payloads(Stream.CLICKS) == []
+
+
+def test_an_unknown_stream_is_404(served: Served) -> None:
+    r = httpx.post(f"{served.url}/v1/events/views", content=b"{}")
+    assert r.status_code == 404
+    assert r.json() == {
+        "error": "not_found",
+        "detail": "unknown stream 'views': use one of impressions, clicks, conversions",
+    }
+
+
+# --- browser endpoints -------------------------------------------------------------------
+def test_the_pixel_appends_an_impression_and_answers_an_uncached_gif(served: Served) -> None:
+    before = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+    params = {"ad_id": "12", "user_id": "u5", "platform": "web", "location": "DE"}
+    r = httpx.get(f"{served.url}/v1/pixel.gif", params={**params, "event_id": "imp-1"})
+    after = datetime.now(UTC).replace(tzinfo=None)
+    assert r.status_code == 200
+    assert r.content == PIXEL_GIF and len(PIXEL_GIF) == 43
+    assert r.headers["content-type"] == "image/gif"
+    assert "no-store" in r.headers["cache-control"] and r.headers["expires"] == "0"
+    [payload] = served.payloads(Stream.IMPRESSIONS)
+    record = orjson.loads(payload)
+    stamp = datetime.strptime(record.pop("impression_timestamp"), "%Y-%m-%d %H:%M:%S")
+    assert before <= stamp <= after
+    assert record == {**params, "ad_id": 12, "event_id": "imp-1"}
+    # Without an event_id, each view gets a new one.
+    httpx.get(f"{served.url}/v1/pixel.gif", params=params)
+    httpx.get(f"{served.url}/v1/pixel.gif", params=params)
+    ids = {orjson.loads(p)["event_id"] for p in served.payloads(Stream.IMPRESSIONS)}
+    assert len(ids) == 3
+
+
+def test_a_click_is_appended_then_redirected_to_an_allowed_host(served: Served) -> None:
+    to = "https://shop.example/landing?x=1&email=a@b.example"
+    params = {"ad_id": "3", "user_id": "u1", "platform": "ios", "location": "US", "to": to}
+    r = httpx.get(f"{served.url}/v1/click", params=params)
+    assert (r.status_code, r.headers["location"]) == (302, to)
+    r = httpx.get(f"{served.url}/v1/click", params={**params, "to": "http://a.b.ads.example/"})
+    assert (r.status_code, r.headers["location"]) == (302, "http://a.b.ads.example/")
+    records = [orjson.loads(p) for p in served.payloads(Stream.CLICKS)]
+    assert len(records) == 2
+    assert {k: records[0][k] for k in ("ad_id", "user_id", "platform", "location")} == {
+        "ad_id": 3,
+        "user_id": "u1",
+        "platform": "ios",
+        "location": "US",
+    }
+    assert "click_timestamp" in records[0]
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        "//evil.com",
+        "//shop.example",
+        "https://evil.com@shop.example",
+        "https://shop.example@evil.com",
+        "javascript:alert(1)",
+        "JavaScript://shop.example/%0aalert(1)",
+        "https://shop.example\\@evil.com",
+        "https:\\\\evil.com",
+        "/\\evil.com",
+        "https://evil.com",
+        "https://shop.example.evil.com/",
+        "https://evilshop.example/",
+        "https://ads.example/",  # '*.ads.example' allows subdomains only
+        "https:// shop.example/",
+        "https://shop.example\t.evil.com/",
+        "https://shop.example:99999/",
+        "ftp://shop.example/",
+        "shop.example",
+        "",
+    ],
+)
+def test_a_click_to_a_host_not_allowed_is_refused_and_not_counted(served: Served, to: str) -> None:
+    r = httpx.get(f"{served.url}/v1/click", params={"ad_id": "3", "user_id": "u1", "to": to})
+    assert r.status_code == 400, r.headers.get("location")
+    assert "location" not in r.headers
+    assert r.json()["error"] == "redirect_not_allowed"
+    assert served.payloads(Stream.CLICKS) == []
+
+
+def test_no_redirect_is_allowed_without_a_list() -> None:
+    with pytest.raises(Exception, match="collector_redirect_hosts"):
+        allowed_redirect("https://shop.example/", [])
+
+
+# --- durability ---------------------------------------------------------------------------
+def test_with_fsync_concurrent_requests_share_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: every 202 follows an fsync that began after its append, and 16
+    requests at once need far fewer than 16 fsyncs."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        time.sleep(0.05)  # a disk: requests arriving meanwhile wait for the next round
+        real_fsync(fd)
+        synced.append(fd)
+
+    statuses: list[int] = []
+    with serve(tmp_path, fsync=True) as served:
+        monkeypatch.setattr(os, "fsync", slow_fsync)
+        start = threading.Barrier(16)
+
+        def post(user: str) -> None:
+            start.wait()
+            r = httpx.post(f"{served.url}/v1/events/clicks", content=_click(user))
+            statuses.append(r.status_code)
+
+        threads = [threading.Thread(target=post, args=(f"u{i}",)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert statuses == [202] * 16
+        assert len(served.payloads(Stream.CLICKS)) == 16
+        # Each flush round syncs at most one file per partition.
+        assert 1 <= len(synced) <= PARTITIONS * 4, synced
+
+
+# --- the client ---------------------------------------------------------------------------
+def test_the_client_sends_records_in_batches_as_they_are(served: Served) -> None:
+    records: list[bytes | dict[str, object]] = [_click(f"u{i}") for i in range(10)]
+    records[3] = {"event_id": "mine", "user_id": "u3"}
+    records[4] = b"not json"
+    with CollectorClient(served.url, batch_records=4) as client:
+        batches: list[int] = []
+        assert client.send("clicks", records, on_batch=batches.append) == 10
+    assert batches == [4, 4, 2]
+    expected = [r if isinstance(r, bytes) else orjson.dumps(r) for r in records]
+    assert served.payloads(Stream.CLICKS) == sorted(expected)
+
+
+class LostAnswers:
+    """Appends the first ``lost`` requests' records, then answers 503 as if the answer
+    had been lost on the way: the client must send them again."""
+
+    def __init__(self, app: ASGIApp, lost: int) -> None:
+        self.app = app
+        self.lost = lost
+        self.state = getattr(app, "state", None)  # make_server reads the app's settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.lost == 0:
+            await self.app(scope, receive, send)
+            return
+        self.lost -= 1
+
+        async def swallow(message: Message) -> None:
+            pass
+
+        await self.app(scope, receive, swallow)
+        body = b'{"error": "unavailable", "detail": "try again"}'
+        await send({"type": "http.response.start", "status": 503, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+
+def test_a_batch_whose_answer_was_lost_is_sent_again_as_it_was(
+    tmp_path: Path,
+) -> None:
+    wrap: Callable[[ASGIApp], ASGIApp] = lambda app: LostAnswers(app, lost=2)  # noqa: E731
+    with serve(tmp_path, wrap=wrap) as served:
+        with CollectorClient(served.url, backoff_seconds=0.01) as client:
+            assert client.send("clicks", [_click("u1"), _click("u2")]) == 2
+            assert client.retries == 2
+        stored = served.payloads(Stream.CLICKS)
+    # Three identical copies of each: the processor derives one id per content (these
+    # records have no event_id) and counts each once (test_collector_serve).
+    assert stored == sorted([_click("u1"), _click("u2")] * 3)
+
+
+def test_connection_errors_are_retried_until_retry_seconds(tmp_path: Path) -> None:
+    sock = bind("127.0.0.1", 0)  # bound, never served: connections are refused
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+    with CollectorClient(url, retry_seconds=0.5, backoff_seconds=0.02) as client:
+        began = time.monotonic()
+        with pytest.raises(CollectorSendError, match="gave up after 0.5 s of retries"):
+            client.send("clicks", [_click("u1")])
+        # It stops before a wait would end past retry_seconds, not after it.
+        assert time.monotonic() - began < 0.5
+        assert client.retries >= 2
+
+
+def test_a_refused_batch_is_not_retried(served: Served) -> None:
+    with CollectorClient(served.url, batch_records=6) as client:
+        with pytest.raises(CollectorSendError, match="HTTP 413: .*too_many_records"):
+            client.send("clicks", [_click(f"u{i}") for i in range(6)])
+        assert client.retries == 0
+
+
+def test_send_command_sends_jsonl_files_by_their_stream(served: Served, tmp_path: Path) -> None:
+    clicks = tmp_path / "clicks.jsonl.gz"
+    clicks.write_bytes(gzip.compress(b"\n".join(_click(f"u{i}") for i in range(7)) + b"\n"))
+    other = tmp_path / "more.jsonl"
+    other.write_bytes(_click("u8") + b"\n\n")
+    result = CliRunner().invoke(
+        cli,
+        ["send", str(clicks), "--url", served.url, "--batch", "3"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"sent 7 clicks to {served.url} (0 retries)"
+    assert len(served.payloads(Stream.CLICKS)) == 7
+    result = CliRunner().invoke(cli, ["send", str(other), "--url", served.url])
+    assert isinstance(result.exception, UserError)  # one line, from the entry point
+    assert str(result.exception).startswith(f"cannot tell the stream of {other}: ")
+    assert str(result.exception).endswith("give it with --stream")
+    result = CliRunner().invoke(
+        cli, ["send", str(other), "--url", served.url, "--stream", "impressions"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(served.payloads(Stream.IMPRESSIONS)) == 1
+
+
+# --- over Redis Streams -------------------------------------------------------------------
+def test_over_redis_a_batch_the_transport_cannot_take_is_a_503_to_retry(tmp_path: Path) -> None:
+    """Redis Streams: 202 after Redis took the records; with Redis unreachable (a proxy
+    black-holes it) longer than infra_retry_seconds, 503 with Retry-After and no
+    acknowledgement; once it is back, 202 again."""
+    with (
+        redis_prefix() as prefix,
+        TcpProxy.for_url(REDIS_URL) as proxy,
+        serve(
+            tmp_path,
+            transport_url=proxy.url(f"{REDIS_URL}?prefix={prefix}"),
+            infra_timeout_seconds=0.5,
+            infra_retry_seconds=0,
+        ) as served,
+    ):
+        url = f"{served.url}/v1/events/clicks"
+        r = httpx.post(url, content=_click("u1") + b"\n" + _click("u2"))
+        assert (r.status_code, r.json()) == (202, {"accepted": 2})
+        with proxy.paused():
+            r = httpx.post(url, content=_click("u3"), timeout=30)
+            assert r.status_code == 503
+            assert r.headers["retry-after"] == "5"
+            assert r.json()["error"] == "unavailable"
+            assert str(tmp_path) not in r.text
+            r = httpx.get(f"{served.url}/v1/pixel.gif", params={"user_id": "u4"}, timeout=30)
+            assert r.status_code == 503
+        r = httpx.post(url, content=_click("u3"), timeout=30)
+        assert (r.status_code, r.json()) == (202, {"accepted": 1})
+        assert served.payloads(Stream.CLICKS) == sorted([_click("u1"), _click("u2"), _click("u3")])
+
+
+# --- keys ---------------------------------------------------------------------------------
+def test_when_keys_are_required_posting_needs_a_write_key_and_the_pixel_none(
+    tmp_path: Path,
+) -> None:
+    secrets: dict[str, str] = {}
+
+    def required(warehouse: DuckDBWarehouse) -> Access:
+        for scope in ("read", "write"):
+            secrets[scope] = create_key(warehouse, scope, f"{scope} key")[1]
+        return Access(required=True, ring=KeyRing.of(warehouse, 0))
+
+    with serve(tmp_path, keys=required) as served:
+        url = f"{served.url}/v1/events/clicks"
+        r = httpx.post(url, content=_click("u1"))
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+        r = httpx.post(url, content=_click("u1"), headers={"X-API-Key": secrets["read"]})
+        assert r.status_code == 403 and r.json()["error"] == "forbidden"
+        with CollectorClient(served.url, key=secrets["write"]) as client:
+            assert client.send("clicks", [_click("u2")]) == 1
+        with (
+            CollectorClient(served.url) as client,
+            pytest.raises(CollectorSendError, match="HTTP 401"),
+        ):
+            client.send("clicks", [_click("u3")])
+        pixel = httpx.get(f"{served.url}/v1/pixel.gif", params={"user_id": "u4"})
+        assert pixel.status_code == 200 and pixel.content == PIXEL_GIF
+        assert served.payloads(Stream.CLICKS) == [_click("u2")]
+        assert len(served.payloads(Stream.IMPRESSIONS)) == 1
