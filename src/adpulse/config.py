@@ -28,6 +28,7 @@ DEFAULT_MIN_EVENT_TIME: Final = datetime(2000, 1, 1)
 #: representable time.
 MAX_FUTURE_SECONDS_LIMIT: Final = 100 * 365 * 86_400
 MASK: Final = "***"
+AlertStream = Literal["impressions", "clicks", "conversions"]
 _URL_PASSWORD: Final = re.compile(r"(://[^:/?#@]*:)[^@/?#]*@")
 _PARAM_PASSWORD: Final = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
 
@@ -221,8 +222,8 @@ class Settings(BaseSettings):
     alert_stream_silent_seconds: float = Field(
         600.0, ge=0, description="Alerts: a stream without events this long alerts (0: off)."
     )
-    alert_silent_streams: list[Literal["impressions", "clicks", "conversions"]] = Field(
-        default_factory=lambda: ["impressions", "clicks"],
+    alert_silent_streams: list[AlertStream] = Field(
+        default_factory=lambda: list[AlertStream](["impressions", "clicks"]),
         description="Alerts: the streams alert_stream_silent_seconds applies to.",
     )
     alert_webhook_url: str = Field("", description="Alerts: webhook to POST alerts to.")

@@ -36,7 +36,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from adpulse.config import Settings
-from adpulse.contracts import Stream
 from adpulse.storage.warehouse.base import BatchOutput
 
 log = logging.getLogger(__name__)

@@ -976,8 +976,8 @@ def alerts_test(home: HomeOpt = None, config: ConfigOpt = None) -> None:
     results = send_all(notifiers, alert)
     for name, error in results.items():
         if error is None:
-            console.print(f"{name}: sent")
+            console.print(f"{name}: sent", soft_wrap=True)
         else:
-            console.print(f"{name}: FAILED: {error}")
+            console.print(f"{name}: FAILED: {error}", soft_wrap=True, markup=False)
     if any(error is not None for error in results.values()):
         raise typer.Exit(1)
