@@ -15,9 +15,10 @@ import polars as pl
 import pytest
 from receiver import SECRET, Receiver
 
-from adpulse.alerts import AlertMonitor
+from adpulse.alerts import AlertMonitor, open_alerting
 from adpulse.alerts.rules import Alert
 from adpulse.contracts import Stream
+from adpulse.outages import InfrastructureError, Retrier
 from adpulse.runtime import Runtime, open_runtime, processor_for, settings_for
 from adpulse.storage.warehouse import schema
 from adpulse.storage.warehouse.base import BatchOutput
@@ -197,3 +198,47 @@ def test_a_flapping_rule_fires_at_most_once_per_interval(tmp_path: Path) -> None
         ("processor_stopped", "firing"),
         ("processor_stopped", "resolved"),
     ]
+
+
+def test_failing_commits_alert_while_retried_and_resolve_when_one_succeeds(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    settings = settings_for(tmp_path, None, **{**QUIET, "alert_webhook_url": receiver.url})
+    monitor = open_alerting(settings)
+    retrier = Retrier("warehouse (postgresql://db/ads)", "warehouse_url", 30.0, (ConnectionError,))
+    back = threading.Event()
+
+    def commit() -> str:
+        if not back.is_set():
+            raise ConnectionError("server closed the connection")
+        return "committed"
+
+    result: list[str] = []
+    thread = threading.Thread(
+        target=lambda: result.append(retrier.call("the commit of batch 7", commit))
+    )
+    thread.start()
+    assert receiver.wait_for(1) == [("commits_failing", "firing")]
+    assert receiver.alerts[0]["details"] == {
+        "component": "warehouse (postgresql://db/ads)",
+        "operation": "the commit of batch 7",
+        "reason": "server closed the connection",
+    }
+    back.set()
+    thread.join()
+    assert result == ["committed"]
+    assert receiver.wait_for(2) == [("commits_failing", "firing"), ("commits_failing", "resolved")]
+
+    # given up: the process ends, and its last check still tells it
+    quick = Retrier("transport (redis://r:6379)", "transport_url", 0.2, (ConnectionError,))
+    with pytest.raises(InfrastructureError):
+        quick.call("a read of clicks partition 0", _down)
+    monitor.close()
+    alerts = receiver.wait_for(3)
+    assert alerts[2] == ("server_unavailable:transport_url", "firing")
+    assert "was given up" in receiver.alerts[2]["summary"]
+    assert receiver.bad_signatures == 0
+
+
+def _down() -> None:
+    raise ConnectionError("connection refused")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from adpulse.alerts.notifiers import Dispatcher, notifiers_for
 from adpulse.alerts.rules import Alert, AlertMonitor
 from adpulse.config import Settings
+from adpulse.outages import observe_retries
 
 if TYPE_CHECKING:
     from adpulse.serving.store.sync import StoreSync
@@ -27,8 +28,7 @@ def open_alerting(settings: Settings, sync: StoreSync | None = None) -> AlertMon
     ``sync``: the serving store's sync, whose rebuilds the monitor reports."""
     dispatcher = Dispatcher(notifiers_for(settings))
     probe = None if sync is None else (lambda: (sync.rebuilds, sync.behind))
-    monitor = AlertMonitor(
-        settings, dispatcher.send, store_rebuilds=probe, on_close=[dispatcher.close]
-    )
+    monitor = AlertMonitor(settings, dispatcher.send, store_rebuilds=probe)
+    monitor.closes(observe_retries(monitor), dispatcher.close)
     monitor.start_checking()
     return monitor

@@ -15,6 +15,11 @@ events), which no commit can announce:
   ``alert_dead_letter_min_records`` received, so a handful of records cannot fire it);
 - ``stream_silent:STREAM``: no events on a stream of ``alert_silent_streams`` for
   ``alert_stream_silent_seconds``;
+- ``commits_failing``: the warehouse's commits fail and are being retried, or were given
+  up on (which stops the processor); ``server_unavailable:SETTING``: another operation
+  on a server (the transport, a read) is being retried or was given up on. Both are
+  told by the servers' retriers (:func:`adpulse.outages.observe_retries`) and resolve
+  with the first success after the failure;
 - ``store_rebuild``: the serving store was rebuilt from the warehouse after its start
   (a failed write or a gap); resolved once it is current again.
 
@@ -36,6 +41,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from adpulse.config import Settings
+from adpulse.outages import Retrier
 from adpulse.storage.warehouse.base import BatchOutput
 
 log = logging.getLogger(__name__)
@@ -86,13 +92,12 @@ class AlertMonitor:
         send: Callable[[Alert], None],
         clock: Callable[[], float] = time.monotonic,
         store_rebuilds: Callable[[], tuple[int, bool]] | None = None,
-        on_close: Sequence[Callable[[], None]] = (),
     ) -> None:
         self.settings = settings
         self.send = send
         self.clock = clock
         self.store_rebuilds = store_rebuilds
-        self._on_close = list(on_close)
+        self._on_close: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._rules: dict[str, _Rule] = {}
         started = clock()
@@ -100,6 +105,8 @@ class AlertMonitor:
         #: (when, received, rejected) per committed batch within the dead-letter window.
         self._window: deque[tuple[float, int, int]] = deque()
         self._last_events: dict[str, float] = {s: started for s in settings.alert_silent_streams}
+        #: rule -> (summary, details) of servers failing now, from the retriers.
+        self._servers: dict[str, tuple[str, dict[str, Any]]] = {}
         self._rebuilds_seen: int | None = None
         self._rebuild_active = False
         self._stop = threading.Event()
@@ -128,6 +135,39 @@ class AlertMonitor:
                 if stream in self._last_events:
                     self._last_events[stream] = now
 
+    # -- the retry observer (any thread: record only) ------------------------------------
+    @staticmethod
+    def _server_rule(retrier: Retrier, what: str) -> str:
+        if retrier.setting == "warehouse_url" and what.startswith("the commit"):
+            return "commits_failing"
+        return f"server_unavailable:{retrier.setting}"
+
+    def retrying(self, retrier: Retrier, what: str, reason: str) -> None:
+        summary = f"{retrier.component}: {what} fails ({reason}); retrying"
+        with self._lock:
+            self._servers[self._server_rule(retrier, what)] = (
+                summary,
+                {"component": retrier.component, "operation": what, "reason": reason},
+            )
+
+    def gave_up(self, retrier: Retrier, what: str, reason: str) -> None:
+        summary = (
+            f"{retrier.component}: {what} failed for infra_retry_seconds and was given up"
+            f" ({reason}); the process stops: check the server and {retrier.setting}"
+        )
+        with self._lock:
+            self._servers[self._server_rule(retrier, what)] = (
+                summary,
+                {"component": retrier.component, "operation": what, "reason": reason},
+            )
+
+    def recovered(self, retrier: Retrier, what: str) -> None:
+        with self._lock:
+            for rule in ("commits_failing", f"server_unavailable:{retrier.setting}"):
+                if rule == "commits_failing" and retrier.setting != "warehouse_url":
+                    continue
+                self._servers.pop(rule, None)
+
     # -- evaluation ---------------------------------------------------------------------
     def active(self) -> dict[str, tuple[str, dict[str, Any]]]:
         """The rules holding now: rule -> (summary, details)."""
@@ -141,6 +181,7 @@ class AlertMonitor:
             received = sum(r for _, r, _ in self._window)
             rejected = sum(d for _, _, d in self._window)
             last_events = dict(self._last_events)
+            found.update(self._servers)
         silent = s.alert_processor_silent_seconds
         if silent and last_commit is not None and now - last_commit > silent:
             found["processor_stopped"] = (
@@ -216,10 +257,20 @@ class AlertMonitor:
             except Exception:  # noqa: BLE001 - alerting must never stop the process
                 log.exception("checking the alert rules failed")
 
+    def closes(self, *calls: Callable[[], None]) -> None:
+        """Run ``calls``, in order, when the monitor closes (after its last check)."""
+        self._on_close.extend(calls)
+
     def close(self) -> None:
-        """Stop checking, then close what was handed over (the notifiers' sender)."""
+        """Stop checking, check once more (what made the process end, e.g. a server
+        given up on, is still told), then close what was handed over (the notifiers'
+        sender, the retry observation)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - closing must go on
+                log.exception("checking the alert rules failed")
         for close in self._on_close:
             close()
