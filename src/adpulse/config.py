@@ -226,6 +226,15 @@ class Settings(BaseSettings):
         default_factory=lambda: list[AlertStream](["impressions", "clicks"]),
         description="Alerts: the streams alert_stream_silent_seconds applies to.",
     )
+    alert_crash_restarts: int = Field(
+        3,
+        ge=0,
+        description="Alerts: this many worker restarts within alert_crash_window_seconds"
+        " is a crash loop (0: off).",
+    )
+    alert_crash_window_seconds: float = Field(
+        600.0, gt=0, description="Alerts: the window worker restarts are counted over."
+    )
     alert_webhook_url: str = Field("", description="Alerts: webhook to POST alerts to.")
     alert_webhook_secret: SecretStr | None = Field(
         None, description="Alerts: HMAC-SHA256 key signing webhook requests."

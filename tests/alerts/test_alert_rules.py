@@ -4,6 +4,7 @@ receiver, signed; a flapping rule is rate-limited."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from adpulse.alerts import AlertMonitor, open_alerting
 from adpulse.alerts.rules import Alert
 from adpulse.contracts import Stream
 from adpulse.outages import InfrastructureError, Retrier
+from adpulse.processor.workers import supervise
 from adpulse.runtime import Runtime, open_runtime, processor_for, settings_for
 from adpulse.storage.warehouse import schema
 from adpulse.storage.warehouse.base import BatchOutput
@@ -242,3 +244,39 @@ def test_failing_commits_alert_while_retried_and_resolve_when_one_succeeds(
 
 def _down() -> None:
     raise ConnectionError("connection refused")
+
+
+def test_workers_crashing_again_and_again_alert_a_crash_loop_once(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    settings = settings_for(
+        tmp_path,
+        None,
+        **{
+            **QUIET,
+            "alert_webhook_url": receiver.url,
+            "alert_crash_restarts": 3,
+            "alert_crash_window_seconds": 3.0,
+        },
+    )
+    monitor = open_alerting(settings, watch_streams=False)
+    stop = threading.Event()
+    crashing = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    thread = threading.Thread(
+        target=supervise,
+        args=(crashing, 1, stop),
+        kwargs={"restart_delay": 0.05, "on_crash": monitor.crashed},
+    )
+    thread.start()
+    try:
+        assert receiver.wait_for(1) == [("crash_loop", "firing")]
+    finally:
+        stop.set()
+        thread.join()
+    details = receiver.alerts[0]["details"]
+    assert (details["workers"], details["exit_statuses"]) == ([0], [3])
+    assert details["crashes"] >= 3
+    # no more crashes: resolved once they left the window
+    assert receiver.wait_for(2) == [("crash_loop", "firing"), ("crash_loop", "resolved")]
+    monitor.close()
+    assert receiver.seen() == [("crash_loop", "firing"), ("crash_loop", "resolved")]

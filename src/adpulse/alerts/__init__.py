@@ -23,12 +23,17 @@ if TYPE_CHECKING:
 __all__ = ["Alert", "AlertMonitor", "Dispatcher", "open_alerting"]
 
 
-def open_alerting(settings: Settings, sync: StoreSync | None = None) -> AlertMonitor:
+def open_alerting(
+    settings: Settings, sync: StoreSync | None = None, watch_streams: bool = True
+) -> AlertMonitor:
     """A started monitor sending to every configured notifier; ``close()`` it at the end.
-    ``sync``: the serving store's sync, whose rebuilds the monitor reports."""
+    ``sync``: the serving store's sync, whose rebuilds the monitor reports;
+    ``watch_streams``: see :class:`AlertMonitor`."""
     dispatcher = Dispatcher(notifiers_for(settings))
     probe = None if sync is None else (lambda: (sync.rebuilds, sync.behind))
-    monitor = AlertMonitor(settings, dispatcher.send, store_rebuilds=probe)
+    monitor = AlertMonitor(
+        settings, dispatcher.send, store_rebuilds=probe, watch_streams=watch_streams
+    )
     monitor.closes(observe_retries(monitor), dispatcher.close)
     monitor.start_checking()
     return monitor

@@ -20,6 +20,9 @@ events), which no commit can announce:
   on a server (the transport, a read) is being retried or was given up on. Both are
   told by the servers' retriers (:func:`adpulse.outages.observe_retries`) and resolve
   with the first success after the failure;
+- ``crash_loop``: ``process --workers N`` restarted crashed workers at least
+  ``alert_crash_restarts`` times within ``alert_crash_window_seconds`` (the supervisor
+  tells :meth:`AlertMonitor.crashed`);
 - ``store_rebuild``: the serving store was rebuilt from the warehouse after its start
   (a failed write or a gap); resolved once it is current again.
 
@@ -83,7 +86,9 @@ class AlertMonitor:
 
     ``clock`` (seconds, monotonic) is injectable for tests. ``store_rebuilds``, when
     given, returns how many times the serving store was rebuilt and whether it is behind
-    the warehouse (the runtime passes the store sync's counters).
+    the warehouse (the runtime passes the store sync's counters). ``watch_streams``:
+    False in a process that runs no processor (the workers' supervisor), where streams
+    are never seen.
     """
 
     def __init__(
@@ -92,6 +97,7 @@ class AlertMonitor:
         send: Callable[[Alert], None],
         clock: Callable[[], float] = time.monotonic,
         store_rebuilds: Callable[[], tuple[int, bool]] | None = None,
+        watch_streams: bool = True,
     ) -> None:
         self.settings = settings
         self.send = send
@@ -104,7 +110,11 @@ class AlertMonitor:
         self._last_commit: float | None = None
         #: (when, received, rejected) per committed batch within the dead-letter window.
         self._window: deque[tuple[float, int, int]] = deque()
-        self._last_events: dict[str, float] = {s: started for s in settings.alert_silent_streams}
+        self._last_events: dict[str, float] = (
+            {s: started for s in settings.alert_silent_streams} if watch_streams else {}
+        )
+        #: (when, slot, exit status) of each worker crash within the crash window.
+        self._crashes: deque[tuple[float, int, int]] = deque()
         #: rule -> (summary, details) of servers failing now, from the retriers.
         self._servers: dict[str, tuple[str, dict[str, Any]]] = {}
         self._rebuilds_seen: int | None = None
@@ -168,6 +178,11 @@ class AlertMonitor:
                     continue
                 self._servers.pop(rule, None)
 
+    def crashed(self, slot: int, status: int) -> None:
+        """A supervised worker crashed and will be restarted."""
+        with self._lock:
+            self._crashes.append((self.clock(), slot, status))
+
     # -- evaluation ---------------------------------------------------------------------
     def active(self) -> dict[str, tuple[str, dict[str, Any]]]:
         """The rules holding now: rule -> (summary, details)."""
@@ -182,6 +197,20 @@ class AlertMonitor:
             rejected = sum(d for _, _, d in self._window)
             last_events = dict(self._last_events)
             found.update(self._servers)
+            while self._crashes and now - self._crashes[0][0] > s.alert_crash_window_seconds:
+                self._crashes.popleft()
+            crashes = list(self._crashes)
+        if s.alert_crash_restarts and len(crashes) >= s.alert_crash_restarts:
+            found["crash_loop"] = (
+                f"workers crashed {len(crashes)} times in {s.alert_crash_window_seconds:g} s"
+                f" (alert_crash_restarts = {s.alert_crash_restarts}); see their errors in the"
+                " log",
+                {
+                    "crashes": len(crashes),
+                    "workers": sorted({slot for _, slot, _ in crashes}),
+                    "exit_statuses": sorted({status for _, _, status in crashes}),
+                },
+            )
         silent = s.alert_processor_silent_seconds
         if silent and last_commit is not None and now - last_commit > silent:
             found["processor_stopped"] = (

@@ -430,8 +430,20 @@ def _supervise_workers(
     if verbose:
         command.append("--verbose")
     console.print(f"running {workers} workers over {settings.partitions} partitions (Ctrl-C)")
-    with stop_on_signals() as stopping:
-        code = supervise(command, workers, stopping.event, until_caught_up=until_caught_up)
+    from adpulse.alerts import open_alerting
+
+    alerts = open_alerting(settings, watch_streams=False)  # tells crash loops
+    try:
+        with stop_on_signals() as stopping:
+            code = supervise(
+                command,
+                workers,
+                stopping.event,
+                until_caught_up=until_caught_up,
+                on_crash=alerts.crashed,
+            )
+    finally:
+        alerts.close()
     if code:
         raise UserError(f"a worker failed (exit status {code}); see its messages above")
     console.print(stopping.stopped_line(f"{workers} workers done"))
