@@ -226,6 +226,15 @@ class Settings(BaseSettings):
         default_factory=lambda: list[AlertStream](["impressions", "clicks"]),
         description="Alerts: the streams alert_stream_silent_seconds applies to.",
     )
+    alert_lag_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Alerts: the processor more than this many bytes behind the log"
+        " for alert_lag_seconds alerts (0: off).",
+    )
+    alert_lag_seconds: float = Field(
+        120.0, ge=0, description="Alerts: how long the lag may stay over alert_lag_bytes."
+    )
     alert_crash_restarts: int = Field(
         3,
         ge=0,

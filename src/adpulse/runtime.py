@@ -199,7 +199,7 @@ def processor_for(
     :func:`commit_listeners`."""
     from adpulse.processor.pipeline import Processor
 
-    return Processor(
+    processor = Processor(
         rt.settings,
         rt.transport,
         rt.warehouse,
@@ -207,6 +207,22 @@ def processor_for(
         clock=clock,
         listeners=commit_listeners(rt, commits),
     )
+    if rt.alerts is not None:
+        rt.alerts.watch_lag(_lag_reader(rt, processor))
+    return processor
+
+
+def _lag_reader(rt: Runtime, processor: Processor) -> Callable[[], int]:
+    """The processor's lag in bytes, read with a consumer of the caller's thread (opened
+    on the first call; consumers are not thread-safe)."""
+    consumer: list[Consumer] = []
+
+    def lag() -> int:
+        if not consumer:
+            consumer.append(rt.transport.consumer())
+        return processor.lag_bytes(consumer[0])
+
+    return lag
 
 
 def partition_worker_for(rt: Runtime) -> PartitionWorker:

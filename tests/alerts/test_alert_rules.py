@@ -32,6 +32,7 @@ QUIET: dict[str, Any] = {
     "alert_processor_silent_seconds": 0,
     "alert_stream_silent_seconds": 0,
     "alert_dead_letter_share": 1.0,
+    "alert_lag_bytes": 0,
     "alert_webhook_secret": SECRET,
 }
 
@@ -280,3 +281,18 @@ def test_workers_crashing_again_and_again_alert_a_crash_loop_once(
     assert receiver.wait_for(2) == [("crash_loop", "firing"), ("crash_loop", "resolved")]
     monitor.close()
     assert receiver.seen() == [("crash_loop", "firing"), ("crash_loop", "resolved")]
+
+
+def test_a_lagging_processor_alerts_once_and_resolves_when_it_catches_up(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    with runtime(tmp_path, receiver, alert_lag_bytes=2000, alert_lag_seconds=0.5) as rt:
+        processor = processor_for(rt)  # not running yet: the log fills up
+        send(rt, Stream.IMPRESSIONS, [impression(n) for n in range(100)])
+        assert receiver.wait_for(1) == [("lag", "firing")]
+        assert receiver.alerts[0]["details"]["lag_bytes"] > 2000
+        processor.run(threading.Event(), until_caught_up=True)
+        processor.committer.drain()
+        assert receiver.wait_for(2) == [("lag", "firing"), ("lag", "resolved")]
+        time.sleep(0.3)
+    assert receiver.seen() == [("lag", "firing"), ("lag", "resolved")]

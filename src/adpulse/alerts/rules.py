@@ -20,6 +20,9 @@ events), which no commit can announce:
   on a server (the transport, a read) is being retried or was given up on. Both are
   told by the servers' retriers (:func:`adpulse.outages.observe_retries`) and resolve
   with the first success after the failure;
+- ``lag``: the processor stayed more than ``alert_lag_bytes`` behind the log (bytes not
+  yet processed) for longer than ``alert_lag_seconds``; read every check by the runtime's
+  probe (:meth:`AlertMonitor.watch_lag`);
 - ``crash_loop``: ``process --workers N`` restarted crashed workers at least
   ``alert_crash_restarts`` times within ``alert_crash_window_seconds`` (the supervisor
   tells :meth:`AlertMonitor.crashed`);
@@ -117,6 +120,8 @@ class AlertMonitor:
         self._crashes: deque[tuple[float, int, int]] = deque()
         #: rule -> (summary, details) of servers failing now, from the retriers.
         self._servers: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._lag: Callable[[], int] | None = None
+        self._lag_since: float | None = None  # when the lag went over the bound
         self._rebuilds_seen: int | None = None
         self._rebuild_active = False
         self._stop = threading.Event()
@@ -178,6 +183,11 @@ class AlertMonitor:
                     continue
                 self._servers.pop(rule, None)
 
+    def watch_lag(self, lag: Callable[[], int]) -> None:
+        """Read the processor's lag (bytes) with ``lag`` on each check; called on the
+        evaluation thread only (a consumer of that thread's own). Replaces the last."""
+        self._lag, self._lag_since = lag, None
+
     def crashed(self, slot: int, status: int) -> None:
         """A supervised worker crashed and will be restarted."""
         with self._lock:
@@ -237,6 +247,9 @@ class AlertMonitor:
                     f" (alert_stream_silent_seconds = {bound:g}); check the producers",
                     {"stream": stream, "silent_seconds": round(now - last, 1)},
                 )
+        lagging = self._lagging(now)
+        if lagging is not None:
+            found["lag"] = lagging
         if self.store_rebuilds is not None:
             rebuilds, behind = self.store_rebuilds()
             if self._rebuilds_seen is None:  # the start's rebuild is no incident
@@ -252,6 +265,29 @@ class AlertMonitor:
                     {"rebuilds": rebuilds, "behind": behind},
                 )
         return found
+
+    def _lagging(self, now: float) -> tuple[str, dict[str, Any]] | None:
+        s = self.settings
+        if self._lag is None or not s.alert_lag_bytes:
+            return None
+        try:
+            lag = self._lag()
+        except Exception:  # noqa: BLE001 - a server down is its own rule
+            log.debug("reading the lag failed", exc_info=True)
+            return None
+        if lag <= s.alert_lag_bytes:
+            self._lag_since = None
+            return None
+        if self._lag_since is None:
+            self._lag_since = now
+        if now - self._lag_since < s.alert_lag_seconds:
+            return None
+        return (
+            f"the processor is {lag:,} bytes behind the log and has been more than"
+            f" alert_lag_bytes = {s.alert_lag_bytes:,} behind for"
+            f" {now - self._lag_since:.0f} s; add workers or check what slows it",
+            {"lag_bytes": lag, "behind_seconds": round(now - self._lag_since, 1)},
+        )
 
     def check(self) -> list[Alert]:
         """Evaluate the rules once and send what changed; returns what was sent."""
