@@ -296,3 +296,29 @@ def test_a_lagging_processor_alerts_once_and_resolves_when_it_catches_up(
         assert receiver.wait_for(2) == [("lag", "firing"), ("lag", "resolved")]
         time.sleep(0.3)
     assert receiver.seen() == [("lag", "firing"), ("lag", "resolved")]
+
+
+def test_a_serving_store_rebuild_after_the_start_alerts_until_the_store_is_current(
+    tmp_path: Path,
+) -> None:
+    store = {"rebuilds": 0, "behind": True}  # (the store sync's counters)
+    sent: list[Alert] = []
+    monitor = AlertMonitor(
+        settings_for(tmp_path, None, **QUIET),
+        sent.append,
+        store_rebuilds=lambda: (store["rebuilds"], store["behind"]),
+    )
+
+    def check(rebuilds: int, behind: bool) -> list[tuple[str, str]]:
+        store.update(rebuilds=rebuilds, behind=behind)
+        return [(a.rule, a.state) for a in monitor.check()]
+
+    assert check(0, True) == []  # starting: the first rebuild is no incident
+    assert check(1, False) == []
+    assert check(1, False) == []
+    assert check(1, True) == []  # a failed write: behind until the next rebuild
+    assert check(2, True) == [("store_rebuild", "firing")]
+    assert check(2, True) == []
+    assert check(2, False) == [("store_rebuild", "resolved")]
+    assert check(3, False) == [("store_rebuild", "firing")]  # rebuilt between two checks
+    assert check(3, False) == [("store_rebuild", "resolved")]
