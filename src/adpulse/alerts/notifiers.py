@@ -36,6 +36,8 @@ TIMESTAMP_HEADER = "X-Adpulse-Timestamp"
 #: Webhook attempts per alert, and the first wait between them (doubled each time).
 WEBHOOK_ATTEMPTS = 4
 WEBHOOK_FIRST_DELAY = 0.5
+#: How long a process that ends waits for queued alerts to be sent.
+CLOSE_SECONDS = 15.0
 
 
 class Notifier(Protocol):
@@ -178,10 +180,14 @@ class Dispatcher:
                         "alert %s %s not sent by %s: %s", alert.rule, alert.state, name, error
                     )
 
-    def close(self) -> None:
-        """Send what is queued, then stop."""
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
+        """Send what is queued, then stop; a process ending waits at most ``timeout``
+        for an unreachable receiver (the rest is logged as not sent)."""
         self._queue.put(None)
-        self._thread.join()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("alerts still queued after %.0f s were not sent", timeout)
+            return
         for notifier in self.notifiers:
             if isinstance(notifier, WebhookNotifier):
                 notifier.close()
