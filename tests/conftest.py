@@ -28,7 +28,7 @@ settings.load_profile(os.environ.get("ADPULSE_HYPOTHESIS_PROFILE", "quick"))
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from minipipeline import MiniPipeline  # noqa: E402
+from builders import MiniPipeline  # noqa: E402
 
 #: The original's sample records: shared/ lies beside the clone (here and in CI).
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from adpulse.operations.bench_api import _WRK_SCRIPT, _dashboard_paths, event_to_screen
+from adpulse.operations.bench_api import dashboard_paths, event_to_screen, wrk_script
 from adpulse.operations.loadgen import percentiles, run_load
 
 
@@ -58,7 +58,7 @@ def test_load_generator_is_loopback_only_and_bounded() -> None:
 def test_dashboard_mix_is_a_24h_range() -> None:
     from datetime import datetime
 
-    paths = _dashboard_paths(datetime(2023, 9, 8, 12, 0))
+    paths = dashboard_paths(datetime(2023, 9, 8, 12, 0))
     assert [p.split("?")[0] for p in paths] == [
         "/api/v1/summary",
         "/api/v1/timeseries",
@@ -87,7 +87,7 @@ def test_wrk_script_cycles_the_mix_and_prints_its_summary(tmp_path: Path) -> Non
 
     paths = ["/api/v1/summary?from=2023-09-07T12%3A00", "/b", "/broken"]
     script = tmp_path / "mix.lua"
-    script.write_text(_WRK_SCRIPT % {"paths": ", ".join(json.dumps(p) for p in paths)})
+    script.write_text(wrk_script(paths))
     with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.server_address[1]

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import generated_dataset
 from pgtest import PG_URL, drop_schema, new_schema, require_postgres
 
 from adpulse.cli.stopping import StopRequest, stop_on_signals
 from adpulse.config import load_settings
 from adpulse.contracts import Stream
 from adpulse.serving.api import SHUTDOWN_GRACE_SECONDS
-from adpulse.sources.files import write_dataset
-from adpulse.sources.generator import EventGenerator, GeneratorConfig, MalformedKind, StreamCounts
+from adpulse.sources.generator import MalformedKind, StreamCounts
 from adpulse.sources.producer import replay_directory
 from adpulse.storage.warehouse.base import Warehouse
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
@@ -190,8 +190,15 @@ def _uninterrupted(home: Path, copy: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     data = tmp_path_factory.mktemp("stopping") / "data"
-    gen = EventGenerator(GeneratorConfig(seed=11, malformed_rate=0.003, duplicate_rate=0.02))
-    summary = write_dataset(data, gen, 30_000, datetime(2023, 9, 9), datetime(2023, 9, 10))
+    summary = generated_dataset(
+        data,
+        30_000,
+        datetime(2023, 9, 9),
+        datetime(2023, 9, 10),
+        seed=11,
+        malformed_rate=0.003,
+        duplicate_rate=0.02,
+    )
     return data, summary
 
 

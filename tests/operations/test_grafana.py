@@ -36,6 +36,7 @@ import polars as pl
 import psycopg
 import pytest
 import yaml
+from builders import generated_dataset, load_dimensions
 from fastapi.testclient import TestClient
 from pgtest import PG_URL, postgres_warehouse
 from typer.testing import CliRunner
@@ -51,10 +52,7 @@ from adpulse.processor.pipeline import Processor  # noqa: E402
 from adpulse.serving import queries  # noqa: E402
 from adpulse.serving.api import create_app, plain  # noqa: E402
 from adpulse.serving.queries import Filters  # noqa: E402
-from adpulse.sources.files import write_dataset  # noqa: E402
-from adpulse.sources.generator import EventGenerator, GeneratorConfig  # noqa: E402
 from adpulse.sources.producer import replay_directory  # noqa: E402
-from adpulse.storage.dimensions import read_dimension_csv  # noqa: E402
 from adpulse.storage.warehouse.postgres import PostgresWarehouse  # noqa: E402
 from adpulse.transport.memory import InMemoryTransport  # noqa: E402
 
@@ -553,14 +551,19 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
     replayed through the processor into PostgreSQL, then exported."""
     directory = tmp_path_factory.mktemp("generated")
     data = directory / "data"
-    generator = EventGenerator(
-        GeneratorConfig(seed=5, ads=40, campaigns=6, users=1_500, ctr_mean=0.2)
+    generated_dataset(
+        data,
+        30_000,
+        GENERATED_START,
+        GENERATED_START + timedelta(hours=2),
+        seed=5,
+        ads=40,
+        campaigns=6,
+        users=1_500,
+        ctr_mean=0.2,
     )
-    write_dataset(data, generator, 30_000, GENERATED_START, GENERATED_START + timedelta(hours=2))
     with postgres_warehouse() as warehouse:
-        for name in ("campaigns.csv", "users.csv"):
-            kind, dimension_rows = read_dimension_csv(data / name)
-            warehouse.load_dimension(kind, dimension_rows, datetime(2023, 1, 1))
+        load_dimensions(warehouse, data)
         settings = Settings(home=directory / "home", partitions=2, warehouse_url=PG_URL)
         transport = InMemoryTransport(2)
         replay_directory(data, transport.producer(), 2)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from builders import generated_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("crash")]
 
@@ -80,23 +81,21 @@ def _snapshot(home: Path) -> dict[str, list[tuple[object, ...]]]:
 
 
 def test_kill_9_at_random_instants_changes_nothing(tmp_path: Path) -> None:
-    from adpulse.sources.files import write_dataset
-    from adpulse.sources.generator import EventGenerator, GeneratorConfig
-
     data = tmp_path / "data"
-    gen = EventGenerator(
-        GeneratorConfig(
-            seed=5,
-            ads=40,
-            campaigns=8,
-            users=2_000,
-            duplicate_rate=0.02,
-            out_of_order_rate=0.05,
-            late_rate=0.01,
-            malformed_rate=0.003,
-        )
+    generated_dataset(
+        data,
+        60_000,
+        datetime(2023, 9, 9),
+        datetime(2023, 9, 10),
+        seed=5,
+        ads=40,
+        campaigns=8,
+        users=2_000,
+        duplicate_rate=0.02,
+        out_of_order_rate=0.05,
+        late_rate=0.01,
+        malformed_rate=0.003,
     )
-    write_dataset(data, gen, 60_000, datetime(2023, 9, 9), datetime(2023, 9, 10))
 
     reference = tmp_path / "reference"
     _run(reference, "dims", "load", str(data / "campaigns.csv"), str(data / "users.csv"))

@@ -12,22 +12,14 @@ from pathlib import Path
 import duckdb
 import oracle
 import pytest
+from builders import generated_dataset, open_pipeline
 from pgtest import PG_URL, drop_schema, new_schema, require_postgres
 from redistest import REDIS_URL, delete_prefix, new_prefix, require_redis
 
-from adpulse.config import Settings
 from adpulse.contracts import Stream
-from adpulse.processor.pipeline import Processor
 from adpulse.serving import queries
-from adpulse.sources.files import write_dataset
-from adpulse.sources.generator import (
-    EXPECTED_REASON,
-    EventGenerator,
-    GeneratorConfig,
-    MalformedKind,
-)
+from adpulse.sources.generator import EXPECTED_REASON, MalformedKind
 from adpulse.sources.producer import replay_directory
-from adpulse.storage.dimensions import read_dimension_csv
 from adpulse.storage.warehouse.base import Warehouse
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.storage.warehouse.postgres import PostgresWarehouse
@@ -44,22 +36,23 @@ NOW = datetime(2026, 1, 1)
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
     data = tmp_path_factory.mktemp("data")
-    gen = EventGenerator(
-        GeneratorConfig(
-            seed=11,
-            ads=80,
-            campaigns=12,
-            users=3_000,
-            ctr_mean=0.2,
-            conversion_rate_min=0.2,
-            conversion_rate_max=0.4,
-            duplicate_rate=0.02,
-            out_of_order_rate=0.05,
-            late_rate=0.01,
-            malformed_rate=0.004,
-        )
+    summary = generated_dataset(
+        data,
+        EVENTS,
+        START,
+        END,
+        seed=11,
+        ads=80,
+        campaigns=12,
+        users=3_000,
+        ctr_mean=0.2,
+        conversion_rate_min=0.2,
+        conversion_rate_max=0.4,
+        duplicate_rate=0.02,
+        out_of_order_rate=0.05,
+        late_rate=0.01,
+        malformed_rate=0.004,
     )
-    summary = write_dataset(data, gen, EVENTS, START, END)
     return data, summary
 
 
@@ -80,7 +73,6 @@ def _run(
     pg_schema: str | None = None,
     redis_prefix: str | None = None,
 ) -> Warehouse:
-    settings = Settings(home=home, partitions=partitions, batch_max_bytes=batch_bytes)
     transport: Transport
     if redis_prefix is None:
         transport = EmbeddedTransport(home / "log", partitions)
@@ -91,12 +83,9 @@ def _run(
         warehouse = DuckDBWarehouse(home / "warehouse.duckdb")
     else:
         warehouse = PostgresWarehouse(PG_URL, schema=pg_schema)
-    warehouse.create_schema()
-    for name in ("campaigns.csv", "users.csv"):
-        kind, rows = read_dimension_csv(data / name)
-        warehouse.load_dimension(kind, rows, datetime(2023, 1, 1))
+    pipeline = open_pipeline(data, home, transport, warehouse, NOW, batch_max_bytes=batch_bytes)
     producer = transport.producer()
-    processor = Processor(settings, transport, warehouse, clock=lambda: NOW.astimezone())
+    processor = pipeline.processor()
     stop = threading.Event()
     # Produce and process concurrently, as in production.
     worker = threading.Thread(target=processor.run, args=(stop,))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from minipipeline import MiniPipeline
+from builders import MiniPipeline
 from pgtest import postgres_warehouse
 
 from adpulse.contracts import Reason, Stream

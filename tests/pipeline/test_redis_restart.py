@@ -10,15 +10,11 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from builders import Pipeline, generated_dataset, open_pipeline
 from redistest import REDIS_URL, redis_prefix
 
-from adpulse.config import Settings
 from adpulse.contracts import Stream
-from adpulse.processor.pipeline import Processor
-from adpulse.sources.files import write_dataset
-from adpulse.sources.generator import EventGenerator, GeneratorConfig
-from adpulse.sources.producer import replay_directory
-from adpulse.storage.dimensions import read_dimension_csv
+from adpulse.storage.warehouse.base import Warehouse
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.transport.redis_streams import RedisStreamsTransport
 
@@ -35,40 +31,38 @@ TABLES = {
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("data")
-    gen = EventGenerator(
-        GeneratorConfig(
-            seed=5,
-            ads=30,
-            campaigns=6,
-            users=500,
-            duplicate_rate=0.02,
-            out_of_order_rate=0.05,
-            malformed_rate=0.005,
-        )
+    generated_dataset(
+        out,
+        15_000,
+        datetime(2023, 9, 8),
+        datetime(2023, 9, 9),
+        seed=5,
+        ads=30,
+        campaigns=6,
+        users=500,
+        duplicate_rate=0.02,
+        out_of_order_rate=0.05,
+        malformed_rate=0.005,
     )
-    write_dataset(out, gen, 15_000, datetime(2023, 9, 8), datetime(2023, 9, 9))
     return out
 
 
-def _pipeline(data: Path, home: Path, prefix: str):  # type: ignore[no-untyped-def]
-    settings = Settings(
-        home=home, partitions=PARTITIONS, batch_max_bytes=60_000, idle_timeout_seconds=100_000
+def _pipeline(data: Path, home: Path, prefix: str) -> Pipeline:
+    """DuckDB over Redis Streams, with every record of ``data`` sent."""
+    pipeline = open_pipeline(
+        data,
+        home,
+        RedisStreamsTransport(REDIS_URL, PARTITIONS, prefix=prefix),
+        DuckDBWarehouse(home / "warehouse.duckdb"),
+        NOW,
+        batch_max_bytes=60_000,
+        idle_timeout_seconds=100_000,
     )
-    transport = RedisStreamsTransport(REDIS_URL, PARTITIONS, prefix=prefix)
-    warehouse = DuckDBWarehouse(home / "warehouse.duckdb")
-    warehouse.create_schema()
-    for name in ("campaigns.csv", "users.csv"):
-        kind, rows = read_dimension_csv(data / name)
-        warehouse.load_dimension(kind, rows, datetime(2023, 1, 1))
-    replay_directory(data, transport.producer(), PARTITIONS)
-    return settings, transport, warehouse
+    pipeline.replay(data)
+    return pipeline
 
 
-def _processor(settings, transport, warehouse) -> Processor:  # type: ignore[no-untyped-def]
-    return Processor(settings, transport, warehouse, clock=lambda: NOW.astimezone())
-
-
-def _snapshot(warehouse: DuckDBWarehouse) -> dict[str, list[tuple[object, ...]]]:
+def _snapshot(warehouse: Warehouse) -> dict[str, list[tuple[object, ...]]]:
     out = {
         table: warehouse.query(f"SELECT {cols} FROM {table} ORDER BY ALL").rows()
         for table, cols in TABLES.items()
@@ -84,28 +78,28 @@ def _snapshot(warehouse: DuckDBWarehouse) -> dict[str, list[tuple[object, ...]]]
 
 def _uninterrupted(data: Path, home: Path, prefix: str) -> dict[str, list[tuple[object, ...]]]:
     """The warehouse of one processor run over ``data`` without interruption."""
-    settings, transport, warehouse = _pipeline(data, home, prefix)
+    pipeline = _pipeline(data, home, prefix)
     try:
-        processor = _processor(settings, transport, warehouse)
+        processor = pipeline.processor()
         processor.run(threading.Event(), until_caught_up=True)
         processor.close()
-        return _snapshot(warehouse)
+        return _snapshot(pipeline.warehouse)
     finally:
-        transport.close()
-        warehouse.close()
+        pipeline.close()
 
 
 def test_restart_mid_stream_equals_uninterrupted_run(data: Path, tmp_path: Path) -> None:
     with redis_prefix() as prefix_a, redis_prefix() as prefix_b:
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()
-        settings, transport, warehouse = _pipeline(data, tmp_path / "a", prefix_a)
-        processor = _processor(settings, transport, warehouse)
+        pipeline = _pipeline(data, tmp_path / "a", prefix_a)
+        transport, warehouse = pipeline.transport, pipeline.warehouse
+        processor = pipeline.processor()
         for _ in range(4):
             assert processor.run_once() is not None
         processor.close()
         # A new processor on the same streams and warehouse resumes from the checkpoints.
-        processor = _processor(settings, transport, warehouse)
+        processor = pipeline.processor()
         processor.run(threading.Event(), until_caught_up=True)
         processor.close()
         restarted = _snapshot(warehouse)
@@ -142,8 +136,9 @@ def test_batches_read_but_never_committed_are_taken_over(data: Path, tmp_path: P
     with redis_prefix() as prefix_a, redis_prefix() as prefix_b:
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()
-        settings, transport, warehouse = _pipeline(data, tmp_path / "a", prefix_a)
-        processor = _processor(settings, transport, warehouse)
+        pipeline = _pipeline(data, tmp_path / "a", prefix_a)
+        transport, warehouse = pipeline.transport, pipeline.warehouse
+        processor = pipeline.processor()
         commit = warehouse.commit
         commits = 0
 
@@ -169,7 +164,7 @@ def test_batches_read_but_never_committed_are_taken_over(data: Path, tmp_path: P
         assert {c["name"].decode() for h in held.values() for c in h["consumers"]} == {dead}
         warehouse.commit = commit  # type: ignore[method-assign]
 
-        heir = _processor(settings, transport, warehouse)
+        heir = pipeline.processor()
         heir.run(threading.Event(), until_caught_up=True)
         heir.close()
         recovered = _snapshot(warehouse)

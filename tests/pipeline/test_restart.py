@@ -3,7 +3,7 @@ like the state of an uninterrupted run."""
 
 from __future__ import annotations
 
-from minipipeline import MiniPipeline
+from builders import MiniPipeline
 
 from adpulse.contracts import Stream
 from adpulse.processor.pipeline import Processor

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from builders import generated_dataset, open_pipeline
 from pgtest import PG_URL, drop_schema, new_schema, require_postgres
 from redistest import REDIS_URL, redis_prefix
 from tcpproxy import TcpProxy
@@ -25,10 +26,7 @@ from adpulse.contracts import Stream
 from adpulse.outages import InfrastructureError, ServerTimeouts
 from adpulse.processor.pipeline import BatchReport, Processor
 from adpulse.processor.workers import PartitionWorker
-from adpulse.sources.files import write_dataset
-from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import replay_directory
-from adpulse.storage.dimensions import read_dimension_csv
 from adpulse.storage.warehouse.postgres import PostgresWarehouse
 from adpulse.transport.memory import InMemoryTransport
 from adpulse.transport.redis_streams import RedisStreamsTransport
@@ -49,10 +47,17 @@ FAST = ServerTimeouts(connect_seconds=1, statement_seconds=1.5, retry_seconds=20
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("data")
-    gen = EventGenerator(
-        GeneratorConfig(seed=11, ads=20, campaigns=5, users=300, duplicate_rate=0.02)
+    generated_dataset(
+        out,
+        6_000,
+        datetime(2023, 9, 8),
+        datetime(2023, 9, 9),
+        seed=11,
+        ads=20,
+        campaigns=5,
+        users=300,
+        duplicate_rate=0.02,
     )
-    write_dataset(out, gen, 6_000, datetime(2023, 9, 8), datetime(2023, 9, 9))
     return out
 
 
@@ -84,19 +89,23 @@ def _run(
 ) -> None:
     """Process ``data``; ``workers``: as a partition worker (leases, fenced commits), as
     ``adpulse process`` does over PostgreSQL."""
-    warehouse.create_schema()
-    for name in ("campaigns.csv", "users.csv"):
-        kind, rows = read_dimension_csv(data / name)
-        warehouse.load_dimension(kind, rows, datetime(2023, 1, 1))
-    transport = InMemoryTransport(PARTITIONS)
-    replay_directory(data, transport.producer(), PARTITIONS)
+    pipeline = open_pipeline(
+        data,
+        home,
+        InMemoryTransport(PARTITIONS),
+        warehouse,
+        NOW,
+        batch_max_bytes=30_000,
+        idle_timeout_seconds=100_000,
+    )
+    pipeline.replay(data)
     processor: Processor | PartitionWorker
     if workers:
         processor = PartitionWorker(
-            _settings(home), transport, warehouse, clock=lambda: NOW.astimezone()
+            pipeline.settings, pipeline.transport, warehouse, clock=pipeline.clock
         )
     else:
-        processor = Processor(_settings(home), transport, warehouse, clock=lambda: NOW.astimezone())
+        processor = pipeline.processor()
     try:
         processor.run(threading.Event(), on_batch=on_batch, until_caught_up=True)  # type: ignore[arg-type]
     finally:

@@ -24,6 +24,7 @@ from pathlib import Path
 import duckdb
 import oracle
 import pytest
+from builders import generated_dataset, load_dimensions
 from pgtest import PG_URL, drop_schema, new_schema, require_postgres
 from redistest import REDIS_URL, delete_prefix, new_prefix, require_redis
 from typer.testing import CliRunner
@@ -31,10 +32,7 @@ from typer.testing import CliRunner
 from adpulse.cli.main import app
 from adpulse.cli.runtime import UserError
 from adpulse.contracts import Stream
-from adpulse.sources.files import write_dataset
-from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import replay_directory
-from adpulse.storage.dimensions import read_dimension_csv
 from adpulse.storage.warehouse.postgres import PostgresWarehouse
 from adpulse.transport.redis_streams import RedisStreamsTransport
 
@@ -50,22 +48,23 @@ SLACK_SECONDS = 6.0
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("data")
-    gen = EventGenerator(
-        GeneratorConfig(
-            seed=17,
-            ads=40,
-            campaigns=8,
-            users=1_500,
-            ctr_mean=0.2,
-            conversion_rate_min=0.2,
-            conversion_rate_max=0.4,
-            duplicate_rate=0.02,
-            out_of_order_rate=0.05,
-            late_rate=0.01,
-            malformed_rate=0.004,
-        )
+    generated_dataset(
+        data,
+        30_000,
+        datetime(2023, 9, 9),
+        datetime(2023, 9, 10),
+        seed=17,
+        ads=40,
+        campaigns=8,
+        users=1_500,
+        ctr_mean=0.2,
+        conversion_rate_min=0.2,
+        conversion_rate_max=0.4,
+        duplicate_rate=0.02,
+        out_of_order_rate=0.05,
+        late_rate=0.01,
+        malformed_rate=0.004,
     )
-    write_dataset(data, gen, 30_000, datetime(2023, 9, 9), datetime(2023, 9, 10))
     return data
 
 
@@ -175,9 +174,8 @@ def cluster(tmp_path: Path, dims_from: Path | None = None) -> Iterator[Cluster]:
     )
     try:
         warehouse.create_schema()
-        for name in ("campaigns.csv", "users.csv") if dims_from else ():
-            kind, rows = read_dimension_csv(dims_from / name)  # type: ignore[operator]
-            warehouse.load_dimension(kind, rows, datetime(2023, 1, 1))
+        if dims_from is not None:
+            load_dimensions(warehouse, dims_from)
         yield c
     finally:
         for proc in c.procs:

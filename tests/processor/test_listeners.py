@@ -7,7 +7,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from minipipeline import MiniPipeline
+from builders import MiniPipeline
 
 from adpulse.commits import CommitSignal
 from adpulse.contracts import Stream

@@ -1,5 +1,6 @@
 """Fixtures: a warehouse holding the known data of :mod:`query_dataset`, and an empty one,
-on every backend (DuckDB and PostgreSQL) with the same expected values."""
+on every backend (DuckDB and PostgreSQL) with the same expected values; a serving store
+on every backend (in-process and Redis)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from pathlib import Path
 import pytest
 from pgtest import postgres_warehouse
 from query_dataset import build
+from redistest import REDIS_URL, redis_prefix
 
+from adpulse.serving.store import MemoryServingStore, ServingStore
+from adpulse.serving.store.redis import RedisServingStore
 from adpulse.storage.warehouse.base import Warehouse
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 
@@ -39,3 +43,13 @@ def warehouse(backend: str, tmp_path: Path) -> Iterator[Warehouse]:
 @pytest.fixture
 def empty_warehouse(backend: str, tmp_path: Path) -> Iterator[Warehouse]:
     yield from _open(backend, tmp_path / "empty.duckdb")
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[ServingStore]:
+    """An empty serving store of each kind (a fresh Redis key prefix, deleted after)."""
+    if request.param == "memory":
+        yield MemoryServingStore()
+        return
+    with redis_prefix() as prefix, RedisServingStore(REDIS_URL, prefix=prefix) as redis_store:
+        yield redis_store

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from builders import MiniPipeline
 from fastapi.testclient import TestClient
-from minipipeline import MiniPipeline
 
 from adpulse.config import Settings
 from adpulse.contracts import Stream

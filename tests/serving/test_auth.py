@@ -108,7 +108,7 @@ def test_keys_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> 
         return real(a, b)
 
     monkeypatch.setattr(auth.hmac, "compare_digest", recording)
-    key = auth.ApiKey("abc", "", "read", "00" * 16, auth._digest("00" * 16, "s3cret"), None)  # type: ignore[arg-type]
+    key = auth.ApiKey("abc", "", "read", "00" * 16, auth.key_digest("00" * 16, "s3cret"), None)  # type: ignore[arg-type]
     assert key.matches("s3cret") is True
     assert key.matches("s3creT") is False
     assert len(calls) == 2
@@ -431,7 +431,7 @@ def test_the_last_keys_stay_in_use_while_the_warehouse_cannot_be_read(
     now = [0.0]
     monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
     salt = "00" * 16
-    stored = [auth.ApiKey("k1", "", "read", salt, auth._digest(salt, "s"), None)]  # type: ignore[arg-type]
+    stored = [auth.ApiKey("k1", "", "read", salt, auth.key_digest(salt, "s"), None)]  # type: ignore[arg-type]
     reads: list[str] = []
 
     def load() -> list[auth.ApiKey]:

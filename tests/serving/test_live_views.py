@@ -23,6 +23,7 @@ from typing import Final, Protocol
 import polars as pl
 import pytest
 import redis
+from builders import fixed_clock, generated_dataset, load_dimensions
 from pgtest import PG_URL, postgres_warehouse
 from polars.testing import assert_frame_equal
 from redistest import REDIS_URL, redis_prefix
@@ -38,10 +39,8 @@ from adpulse.serving.store import MemoryServingStore, ServingStore, live_delta
 from adpulse.serving.store.base import StoreSnapshot
 from adpulse.serving.store.redis import RedisServingStore
 from adpulse.serving.store.sync import StoreSync, warehouse_snapshot
-from adpulse.sources.files import iter_stream_files, write_dataset
-from adpulse.sources.generator import EventGenerator, GeneratorConfig
+from adpulse.sources.files import iter_stream_files
 from adpulse.sources.producer import publish
-from adpulse.storage.dimensions import read_dimension_csv
 from adpulse.storage.warehouse.base import BatchOutput, Warehouse
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.storage.warehouse.postgres import PostgresWarehouse
@@ -55,19 +54,20 @@ START, END = datetime(2023, 9, 7), datetime(2023, 9, 9)
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("data")
-    gen = EventGenerator(
-        GeneratorConfig(
-            seed=11,
-            ads=30,
-            campaigns=6,
-            users=400,
-            duplicate_rate=0.02,
-            out_of_order_rate=0.05,
-            late_rate=0.01,
-            conversion_delay_median_seconds=120.0,
-        )
+    generated_dataset(
+        out,
+        40_000,
+        START,
+        END,
+        seed=11,
+        ads=30,
+        campaigns=6,
+        users=400,
+        duplicate_rate=0.02,
+        out_of_order_rate=0.05,
+        late_rate=0.01,
+        conversion_delay_median_seconds=120.0,
     )
-    write_dataset(out, gen, 40_000, START, END)
     return out
 
 
@@ -103,9 +103,7 @@ class Run:
         self.producer = self.transport.producer()
         #: The store the views read (another process's reader in one test).
         self.read_store: ServingStore = self.store
-        for name in ("campaigns.csv", "users.csv"):
-            kind, rows = read_dimension_csv(self.data / name)
-            self.warehouse.load_dimension(kind, rows, datetime(2023, 1, 1))
+        load_dimensions(self.warehouse, self.data)
         self.lines = {
             stream: Path(path).read_bytes().splitlines()
             for stream, path in iter_stream_files(self.data).items()
@@ -118,7 +116,7 @@ class Run:
             self.settings,
             self.transport,
             self.warehouse,
-            clock=lambda: NOW.astimezone(),
+            clock=fixed_clock(NOW),
             listeners=[self.sync],
         )
 
@@ -199,7 +197,7 @@ def assert_live_views_equal(
 ) -> None:
     """Each view, for each filter set, is read from the store and equals the warehouse's."""
     for filters in filter_sets(run.warehouse)[:sets]:
-        assert isinstance(queries._reader(run.warehouse, run.read_store, filters), LiveTables)
+        assert isinstance(queries.reader(run.warehouse, run.read_store, filters), LiveTables)
         for name in views:
             view = VIEWS[name]
             live = view(run.warehouse, filters, run.read_store)
@@ -272,7 +270,7 @@ def test_ranges_beyond_the_window_and_audience_filters_read_the_warehouse(
             Filters(end=end),  # open start
             Filters(start=start, end=end, gender="F"),  # audience: the store has none
         ):
-            assert not isinstance(queries._reader(warehouse, run.store, filters), LiveTables)
+            assert not isinstance(queries.reader(warehouse, run.store, filters), LiveTables)
             assert_frame_equal(
                 queries.summary(warehouse, filters, store=run.store),
                 queries.summary(warehouse, filters),
@@ -456,9 +454,7 @@ def test_a_rebuild_while_other_processors_commit_loses_and_doubles_nothing(data:
         producer.flush()
 
     with postgres_warehouse() as warehouse, redis_prefix() as prefix:
-        for name in ("campaigns.csv", "users.csv"):
-            kind, rows = read_dimension_csv(data / name)
-            warehouse.load_dimension(kind, rows, datetime(2023, 1, 1))
+        load_dimensions(warehouse, data)
         stores: list[RedisServingStore] = []
 
         def start(partition: int, sync: type[StoreSync], **hooks: Callable[[], None]) -> Processor:
@@ -469,7 +465,7 @@ def test_a_rebuild_while_other_processors_commit_loses_and_doubles_nothing(data:
                 transport,
                 warehouse,
                 partitions=[partition],
-                clock=lambda: NOW.astimezone(),
+                clock=fixed_clock(NOW),
                 listeners=[sync(store, warehouse, 0.0, **hooks)],
             )
 
@@ -548,9 +544,7 @@ def test_workers_rebalancing_over_a_current_store_do_not_rebuild_it(data: Path) 
     producer.flush()
     CountingStore.rebuilds = 0
     with postgres_warehouse() as warehouse, redis_prefix() as prefix:
-        for name in ("campaigns.csv", "users.csv"):
-            kind, rows = read_dimension_csv(data / name)
-            warehouse.load_dimension(kind, rows, datetime(2023, 1, 1))
+        load_dimensions(warehouse, data)
         workers: list[PartitionWorker] = []
         threads: list[threading.Thread] = []
         opened: list[tuple[Warehouse, ServingStore]] = []
@@ -564,7 +558,7 @@ def test_workers_rebalancing_over_a_current_store_do_not_rebuild_it(data: Path) 
                 settings,
                 transport,
                 own,
-                clock=lambda: NOW.astimezone(),
+                clock=fixed_clock(NOW),
                 listeners=[StoreSync(store, own)],
             )
             thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)

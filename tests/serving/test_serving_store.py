@@ -4,7 +4,6 @@ of minutes older than 24 h, and the serving_url setting."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from redistest import REDIS_URL, redis_prefix
+from store_rows import T0, conversions, delta, no_reattributions, rollups
 
 from adpulse.config import Settings
 from adpulse.contracts import Stream
@@ -29,40 +29,6 @@ from adpulse.serving.store import (
 from adpulse.serving.store.base import LIVE_CONVERSIONS, LIVE_ROLLUPS, StoreSnapshot
 from adpulse.serving.store.redis import RedisServingStore
 from adpulse.storage.warehouse.schema import CONVERSION_REATTRIBUTIONS
-
-T0 = datetime(2023, 9, 1, 12, 0)
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[ServingStore]:
-    if request.param == "memory":
-        yield MemoryServingStore()
-        return
-    with redis_prefix() as prefix, RedisServingStore(REDIS_URL, prefix=prefix) as redis_store:
-        yield redis_store
-
-
-def rollups(*rows: tuple[object, ...]) -> pl.DataFrame:
-    """Rows of (minute, ad_id, campaign, platform, location, impressions, clicks,
-    conversions, attributed, revenue text)."""
-    return pl.DataFrame(
-        [(*r[:9], Decimal(str(r[9])), 0.0) for r in rows],
-        schema=LIVE_ROLLUPS,
-        orient="row",
-    )
-
-
-def conversions(*rows: tuple[object, ...]) -> pl.DataFrame:
-    return pl.DataFrame(list(rows), schema=LIVE_CONVERSIONS, orient="row")
-
-
-def no_reattributions() -> pl.DataFrame:
-    return pl.DataFrame(schema=CONVERSION_REATTRIBUTIONS)
-
-
-def delta(r: pl.DataFrame, c: pl.DataFrame | None = None) -> LiveDelta:
-    c = conversions() if c is None else c
-    return LiveDelta(LiveRows(r, c), no_reattributions())
 
 
 def sorted_rollups(rows: LiveRows) -> list[tuple[object, ...]]:

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import polars as pl
 from redistest import REDIS_URL, redis_prefix
-from test_serving_store import T0, delta, rollups, store  # noqa: F401 - the fixture
+from store_rows import T0, delta, rollups
 
 from adpulse.serving.store import LiveRows, ServingStore, StoreWindow
 from adpulse.serving.store.base import LIVE_CONVERSIONS
@@ -24,7 +24,7 @@ def _revenue(serving: ServingStore) -> list[Decimal]:
 
 
 def test_revenue_sums_are_exact_beyond_doubles_and_decimal_18_4(
-    store: ServingStore,  # noqa: F811 - the fixture
+    store: ServingStore,
 ) -> None:
     # 6000000000000001 + 6000000000000002 ten-thousandths = 12000000000000003: odd and
     # above 2**53, so a double (one integer of ten-thousandths, in Lua) would round it.

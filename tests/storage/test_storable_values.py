@@ -6,22 +6,19 @@ and no NUL from a dimension file."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
 import pytest
+from builders import T0, output, stats
 from pgtest import postgres_warehouse
-from test_warehouse_duckdb import output, stats
 
 from adpulse.storage.dimensions import DimensionFileError, parse_dimension_csv
 from adpulse.storage.warehouse import schema
 from adpulse.storage.warehouse.base import Warehouse
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.storage.warehouse.sql import SqlWarehouse
-
-T0 = datetime(2023, 9, 9, 10, 0)
 
 
 @pytest.fixture(params=["duckdb", "postgres"])

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from pgtest import postgres_warehouse
-from test_warehouse_duckdb import (
-    _committed_state,
-    _good_then_next,
+from builders import (
     at,
     clicks,
+    committed_state,
     conversions,
     count,
+    good_then_next,
     output,
     stats,
 )
+from pgtest import postgres_warehouse
 
 from adpulse.contracts import Stream
 from adpulse.storage.warehouse import schema
@@ -87,12 +87,12 @@ def test_reattribution_updates_committed_conversions(warehouse: Warehouse) -> No
 
 
 def test_a_frame_with_a_wrong_type_writes_nothing(warehouse: Warehouse) -> None:
-    nxt = _good_then_next(warehouse)
-    before = _committed_state(warehouse)
+    nxt = good_then_next(warehouse)
+    before = committed_state(warehouse)
     nxt.stats = nxt.stats.with_columns(pl.col("received").cast(pl.String))
     with pytest.raises(SchemaMismatchError, match=r"'ingest_stats'.*received: String"):
         warehouse.commit(nxt)
-    assert _committed_state(warehouse) == before
+    assert committed_state(warehouse) == before
 
 
 def test_query_binds_parameters_and_runs_only_selects(warehouse: Warehouse) -> None:

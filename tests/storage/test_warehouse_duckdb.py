@@ -7,92 +7,33 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+from builders import (
+    T0,
+    at,
+    clicks,
+    committed_state,
+    conversions,
+    count,
+    good_then_next,
+    output,
+    stats,
+)
 
 from adpulse.contracts import Stream
 from adpulse.storage.warehouse import schema
-from adpulse.storage.warehouse.base import BatchOutput, PartitionWatermark
+from adpulse.storage.warehouse.base import PartitionWatermark
 from adpulse.storage.warehouse.duckdb import (
     DuckDBWarehouse,
     WarehouseLockedError,
     WarehouseUnavailableError,
 )
 from adpulse.storage.warehouse.sql import SchemaMismatchError
-
-T0 = datetime(2023, 9, 9, 10, 0)
-
-
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
-
-
-def output(batch_id: int, **frames: Any) -> BatchOutput:
-    base: dict[str, Any] = {
-        "impressions": schema.empty(schema.FACT_IMPRESSIONS),
-        "clicks": schema.empty(schema.FACT_CLICKS),
-        "conversions": schema.empty(schema.FACT_CONVERSIONS),
-        "reattributions": schema.empty(schema.CONVERSION_REATTRIBUTIONS),
-        "rollups": schema.empty(schema.ROLLUP_MINUTE),
-        "dead_letters": schema.empty(schema.DEAD_LETTERS),
-        "stats": schema.empty(schema.INGEST_STATS),
-    }
-    base.update(frames)
-    return BatchOutput(batch_id=batch_id, **base)
-
-
-def clicks(*rows: tuple[str, float, int]) -> pl.DataFrame:
-    """(event_id, seconds after T0, partition) rows of fact_clicks."""
-    frame = pl.DataFrame(
-        {
-            "event_id": [r[0] for r in rows],
-            "event_time": [at(r[1]) for r in rows],
-            "ad_id": [1001] * len(rows),
-            "user_id": ["U1234"] * len(rows),
-            "platform": ["Web"] * len(rows),
-            "location": ["New York"] * len(rows),
-            "campaign": ["Back-to-School"] * len(rows),
-            "age": [22] * len(rows),
-            "is_late": [False] * len(rows),
-            "partition": [r[2] for r in rows],
-            "processed_at": [T0] * len(rows),
-        }
-    )
-    return schema.conform(frame, schema.FACT_CLICKS)
-
-
-def conversions(*rows: tuple[str, float, str | None, float | None, str | None]) -> pl.DataFrame:
-    """(event_id, seconds after T0, click_event_id, latency, platform) rows."""
-    frame = pl.DataFrame(
-        {
-            "event_id": [r[0] for r in rows],
-            "event_time": [at(r[1]) for r in rows],
-            "ad_id": [1001] * len(rows),
-            "user_id": ["U1234"] * len(rows),
-            "product_id": ["P501"] * len(rows),
-            "revenue": ["50.00"] * len(rows),
-            "click_event_id": [r[2] for r in rows],
-            "click_time": [None if r[3] is None else at(r[1] - r[3]) for r in rows],
-            "latency_seconds": [r[3] for r in rows],
-            "platform": [r[4] for r in rows],
-            "location": [None if r[4] is None else "New York" for r in rows],
-            "partition": [0] * len(rows),
-        },
-        schema_overrides={"revenue": pl.String},
-    )
-    return schema.conform(frame, schema.FACT_CONVERSIONS)
-
-
-def stats(batch_id: int, received: int) -> pl.DataFrame:
-    frame = pl.DataFrame(
-        {"batch_id": [batch_id], "stream": ["clicks"], "partition": [0], "received": [received]}
-    )
-    return schema.conform(frame, schema.INGEST_STATS)
 
 
 @pytest.fixture
@@ -102,11 +43,6 @@ def warehouse(tmp_path: Path) -> Iterator[DuckDBWarehouse]:
         yield wh
 
 
-def count(wh: DuckDBWarehouse, table: str) -> int:
-    return int(wh.query(f"SELECT COUNT(*) FROM {table}").item())
-
-
-# --- schema --------------------------------------------------------------------------------
 def test_create_schema_is_idempotent_and_maps_types(warehouse: DuckDBWarehouse) -> None:
     warehouse.create_schema()
     types = dict(
@@ -244,42 +180,6 @@ def test_checkpoints_and_watermarks_upsert_and_reload(tmp_path: Path) -> None:
         assert count(wh, "watermarks") == 2
 
 
-def _committed_state(wh: DuckDBWarehouse) -> tuple[Any, ...]:
-    return (
-        count(wh, "fact_clicks"),
-        count(wh, "fact_conversions"),
-        count(wh, "rollup_minute"),
-        count(wh, "ingest_stats"),
-        wh.load_offsets(),
-        wh.load_watermarks(),
-        wh.query("SELECT event_id, click_event_id FROM fact_conversions").rows(),
-    )
-
-
-def _good_then_next(wh: DuckDBWarehouse) -> BatchOutput:
-    first = output(1, clicks=clicks(("k1", 0, 0)), stats=stats(1, 1))
-    first.offsets = {(Stream.CLICKS, 0): "1"}
-    first.watermarks = {(Stream.CLICKS, 0): PartitionWatermark(at(0), at(0))}
-    wh.commit(first)
-    first_conv = output(2, conversions=conversions(("v1", 5, "k1", 5.0, "Web")))
-    wh.commit(first_conv)
-    moves = schema.conform(
-        pl.DataFrame({"event_id": ["v1"], "click_event_id": ["k9"], "latency_seconds": [1.0]}),
-        schema.CONVERSION_REATTRIBUTIONS,
-    )
-    nxt = output(
-        3,
-        clicks=clicks(("k2", 1, 0), ("k3", 2, 0)),
-        conversions=conversions(("v2", 9, None, None, None)),
-        reattributions=moves,
-        rollups=schema.conform(pl.DataFrame({"minute": [T0], "clicks": [2]}), schema.ROLLUP_MINUTE),
-        stats=stats(3, 2),
-    )
-    nxt.offsets = {(Stream.CLICKS, 0): "3"}
-    nxt.watermarks = {(Stream.CLICKS, 0): PartitionWatermark(at(2), at(2))}
-    return nxt
-
-
 def test_a_frame_with_wrong_columns_names_them(warehouse: DuckDBWarehouse) -> None:
     bad = clicks(("k1", 0, 0)).drop("campaign").with_columns(pl.lit(1).alias("extra"))
     with pytest.raises(
@@ -293,14 +193,14 @@ def test_a_frame_with_wrong_columns_names_them(warehouse: DuckDBWarehouse) -> No
 
 
 def test_a_commit_failing_midway_rolls_back_everything(warehouse: DuckDBWarehouse) -> None:
-    nxt = _good_then_next(warehouse)
-    before = _committed_state(warehouse)
+    nxt = good_then_next(warehouse)
+    before = committed_state(warehouse)
     # Facts, re-attribution, rollups and stats are written before the offsets fail:
     # a partition number beyond INTEGER cannot be stored.
     nxt.offsets[(Stream.CLICKS, 2**40)] = "9"
     with pytest.raises(Exception, match="Int32|INT32|out of range|overflow"):
         warehouse.commit(nxt)
-    assert _committed_state(warehouse) == before
+    assert committed_state(warehouse) == before
     # and the connection is usable again: the same batch commits once fixed
     del nxt.offsets[(Stream.CLICKS, 2**40)]
     warehouse.commit(nxt)
@@ -315,8 +215,8 @@ def test_a_commit_failing_midway_rolls_back_everything(warehouse: DuckDBWarehous
 def test_a_database_error_midway_rolls_back(
     warehouse: DuckDBWarehouse, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    nxt = _good_then_next(warehouse)
-    before = _committed_state(warehouse)
+    nxt = good_then_next(warehouse)
+    before = committed_state(warehouse)
     real_execute = warehouse._execute
 
     def failing(sql: str, params: Any = ()) -> None:
@@ -328,7 +228,7 @@ def test_a_database_error_midway_rolls_back(
     with pytest.raises(Exception, match="no_such_table"):
         warehouse.commit(nxt)
     monkeypatch.undo()
-    assert _committed_state(warehouse) == before
+    assert committed_state(warehouse) == before
     assert not warehouse._staged  # no view left holding a frame
     warehouse.commit(nxt)
     assert count(warehouse, "fact_clicks") == 3

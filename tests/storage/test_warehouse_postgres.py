@@ -12,18 +12,18 @@ from typing import Any
 
 import polars as pl
 import pytest
-from pgtest import PG_URL, drop_schema, new_schema, postgres_warehouse, require_postgres
-from pydantic import SecretStr
-from test_warehouse_duckdb import (
+from builders import (
     T0,
-    _committed_state,
-    _good_then_next,
     at,
     clicks,
+    committed_state,
     conversions,
+    good_then_next,
     output,
     stats,
 )
+from pgtest import PG_URL, drop_schema, new_schema, postgres_warehouse, require_postgres
+from pydantic import SecretStr
 
 from adpulse.config import Settings
 from adpulse.contracts import Stream
@@ -185,12 +185,12 @@ def test_checkpoints_and_watermarks_upsert_and_reload() -> None:
 
 
 def test_a_commit_failing_midway_rolls_back_everything(warehouse: PostgresWarehouse) -> None:
-    nxt = _good_then_next(warehouse)  # type: ignore[arg-type]
-    before = _committed_state(warehouse)  # type: ignore[arg-type]
+    nxt = good_then_next(warehouse)  # type: ignore[arg-type]
+    before = committed_state(warehouse)  # type: ignore[arg-type]
     nxt.offsets[(Stream.CLICKS, 2**40)] = "9"  # beyond INTEGER: the offsets step fails
     with pytest.raises(Exception, match="Int32|out of range"):
         warehouse.commit(nxt)
-    assert _committed_state(warehouse) == before  # type: ignore[arg-type]
+    assert committed_state(warehouse) == before  # type: ignore[arg-type]
     del nxt.offsets[(Stream.CLICKS, 2**40)]
     warehouse.commit(nxt)  # the connection is usable again, no staging table left over
     assert count(warehouse, "fact_clicks") == 3
@@ -204,8 +204,8 @@ def test_a_commit_failing_midway_rolls_back_everything(warehouse: PostgresWareho
 def test_a_database_error_midway_rolls_back(
     warehouse: PostgresWarehouse, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    nxt = _good_then_next(warehouse)  # type: ignore[arg-type]
-    before = _committed_state(warehouse)  # type: ignore[arg-type]
+    nxt = good_then_next(warehouse)  # type: ignore[arg-type]
+    before = committed_state(warehouse)  # type: ignore[arg-type]
     real_execute = warehouse._execute
 
     def failing(sql: str, params: Any = ()) -> None:
@@ -217,7 +217,7 @@ def test_a_database_error_midway_rolls_back(
     with pytest.raises(Exception, match="no_such_table"):
         warehouse.commit(nxt)
     monkeypatch.undo()
-    assert _committed_state(warehouse) == before  # type: ignore[arg-type]
+    assert committed_state(warehouse) == before  # type: ignore[arg-type]
     warehouse.commit(nxt)
     assert count(warehouse, "fact_clicks") == 3
 

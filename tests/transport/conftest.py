@@ -1,43 +1,35 @@
-"""Fixtures shared by the transport tests: every transport behind one factory."""
+"""Fixtures shared by the transport tests: every transport behind one factory.
+
+``make_transport`` runs a test against every transport (in-memory, embedded, embedded
+with tiny segments, Redis Streams); such tests treat offsets as opaque tokens, compared
+for equality only. ``make_byte_transport`` covers the transports whose offsets are byte
+positions, for the tests of that numbering.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from adpulse.transport import EmbeddedTransport, InMemoryTransport, Transport
-
-TransportFactory = Callable[[int], Transport]
-
-# "embedded-tiny-segments" rolls a segment at (almost) every append, so every contract
-# test also reads across segment boundaries.
-TRANSPORT_KINDS = ("memory", "embedded", "embedded-tiny-segments")
+from builders import BYTE_OFFSET_KINDS, TRANSPORT_KINDS, TransportMaker
 
 
-def make_factory(kind: str, log_dir: Path) -> TransportFactory:
-    def factory(partitions: int) -> Transport:
-        if kind == "memory":
-            return InMemoryTransport(partitions)
-        if kind == "embedded":
-            return EmbeddedTransport(log_dir, partitions)
-        return EmbeddedTransport(log_dir, partitions, segment_bytes=1)
-
-    return factory
+def _maker(kind: str, tmp_path: Path) -> Iterator[TransportMaker]:
+    maker = TransportMaker(kind, tmp_path / "log")
+    try:
+        yield maker
+    finally:
+        maker.close()
 
 
 @pytest.fixture(params=TRANSPORT_KINDS)
-def make_transport(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TransportFactory]:
-    """Builds a transport of each kind (one log directory per test)."""
-    opened: list[Transport] = []
-    factory = make_factory(request.param, tmp_path / "log")
+def make_transport(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TransportMaker]:
+    """Builds a transport of each kind (one log directory or Redis prefix per test)."""
+    yield from _maker(request.param, tmp_path)
 
-    def tracked(partitions: int) -> Transport:
-        transport = factory(partitions)
-        opened.append(transport)
-        return transport
 
-    yield tracked
-    for transport in opened:
-        transport.close()
+@pytest.fixture(params=BYTE_OFFSET_KINDS)
+def make_byte_transport(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TransportMaker]:
+    """Builds a transport of each kind whose offsets are byte positions."""
+    yield from _maker(request.param, tmp_path)

@@ -20,7 +20,6 @@ from adpulse.transport import (
     OffsetOutOfRangeError,
     open_transport,
 )
-from adpulse.transport import embedded as embedded_module
 from adpulse.transport.embedded import count_lines, list_segments, segment_name
 
 
@@ -394,11 +393,8 @@ def test_fsync_mode_round_trip(tmp_path: Path) -> None:
     transport.close()
 
 
-def test_many_partitions_beyond_the_descriptor_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(embedded_module, "_MAX_OPEN_PARTITIONS", 3)
-    transport = EmbeddedTransport(tmp_path / "log", 8)
+def test_many_partitions_beyond_the_descriptor_cache(tmp_path: Path) -> None:
+    transport = EmbeddedTransport(tmp_path / "log", 8, max_open_partitions=3)
     producer = transport.producer()
     consumer = transport.consumer()
     for round_ in range(3):

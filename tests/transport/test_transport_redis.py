@@ -1,7 +1,7 @@
-"""The Transport contract against Redis Streams (a real server, see tests/redistest.py).
-
-Same properties as test_transport_contract.py; offsets are entry ids instead of byte
-positions, so the expectations are stated in records and data rather than offsets.
+"""What only the Redis Streams transport does (a real server, see tests/redistest.py):
+entry-id offsets, trimming on ack, maxlen, the partition count kept per prefix, opening by
+URL. The Transport contract itself runs on Redis in test_transport_contract.py; consumer
+groups are in test_transport_redis_groups.py.
 """
 
 from __future__ import annotations
@@ -15,21 +15,7 @@ from redistest import REDIS_URL, redis_prefix, redis_transport
 from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.transport import OffsetOutOfRangeError, open_transport
-from adpulse.transport.base import Consumer
-from adpulse.transport.framing import frame_one, partition_of
 from adpulse.transport.redis_streams import RedisStreamsTransport
-
-
-def read_all(
-    consumer: Consumer, stream: Stream, partition: int, after: str | None, max_bytes: int
-) -> list[tuple[str | None, str, bytes, int]]:
-    chunks = []
-    while (chunk := consumer.poll(stream, partition, after, max_bytes)) is not None:
-        assert chunk.stream is stream
-        assert chunk.partition == partition
-        chunks.append((chunk.start_offset, chunk.end_offset, chunk.data, chunk.records))
-        after = chunk.end_offset
-    return chunks
 
 
 @pytest.fixture
@@ -42,115 +28,19 @@ def _ids(t: RedisStreamsTransport, stream: Stream, partition: int) -> list[str]:
     return [i.decode() for i, _ in t.client.xrange(t.key(stream, partition))]
 
 
-def test_round_trip_over_streams_and_partitions(transport: RedisStreamsTransport) -> None:
-    producer = transport.producer()
-    expected: dict[tuple[Stream, int], list[bytes]] = {}
-    for stream in Stream:
-        for batch in range(3):
-            users = [f"user_{(batch * 7 + i) % 23}" for i in range(40)]
-            payloads = [f'{{"s":"{stream}","b":{batch},"i":{i}}}'.encode() for i in range(40)]
-            producer.send(stream, payloads, users)
-            for payload, user in zip(payloads, users, strict=True):
-                expected.setdefault((stream, partition_of(user, 4)), []).append(payload)
-    producer.flush()
-    consumer = transport.consumer()
-    assert set(expected) == {(s, p) for s in Stream for p in range(4)}
-    for (stream, partition), payloads in expected.items():
-        framed = b"".join(p + b"\n" for p in payloads)
-        chunks = read_all(consumer, stream, partition, None, 1 << 20)
-        assert b"".join(c[2] for c in chunks) == framed
-        assert sum(c[3] for c in chunks) == len(payloads)
-        assert chunks[0][0] is None
-        ids = _ids(transport, stream, partition)
-        assert len(ids) == len(payloads)  # one entry per record
-        assert chunks[-1][1] == ids[-1]
-        # Approximate by design; exact here because all entries of a partition are alike.
-        assert abs(consumer.lag_bytes(stream, partition, None) - len(framed)) <= len(payloads)
-        assert consumer.lag_bytes(stream, partition, ids[-1]) == 0
-        assert consumer.poll(stream, partition, ids[-1], 1 << 20) is None
-
-
-def test_chunks_hold_whole_lines_up_to_max_bytes(transport: RedisStreamsTransport) -> None:
-    producer = transport.producer()
-    lines = [b"%09d\n" % i for i in range(10)]  # 10 bytes each
-    for line in lines:
-        producer.send_framed(Stream.CLICKS, 0, line, 1)
-    ids = _ids(transport, Stream.CLICKS, 0)
-    consumer = transport.consumer()
-    chunks = read_all(consumer, Stream.CLICKS, 0, None, 25)
-    assert [(c[0], c[1], c[3]) for c in chunks] == [
-        (None, ids[1], 2),
-        (ids[1], ids[3], 2),
-        (ids[3], ids[5], 2),
-        (ids[5], ids[7], 2),
-        (ids[7], ids[9], 2),
-    ]
-    assert [c[2] for c in chunks] == [b"".join(lines[i : i + 2]) for i in range(0, 10, 2)]
-    chunk = consumer.poll(Stream.CLICKS, 0, ids[2], 30)
-    assert chunk is not None
-    assert (chunk.end_offset, chunk.data, chunk.records) == (ids[5], b"".join(lines[3:6]), 3)
-    # A first guess of the entry size far off (large budget) still respects the budget.
-    fresh = transport.consumer()
-    chunk = fresh.poll(Stream.CLICKS, 0, None, 35)
-    assert chunk is not None and chunk.records == 3
-
-
-def test_a_line_longer_than_max_bytes_comes_alone(transport: RedisStreamsTransport) -> None:
-    producer = transport.producer()
-    long_line = b'{"pad":"' + b"x" * 200_000 + b'"}\n'
-    producer.send_framed(Stream.CLICKS, 0, b"a\n", 1)
-    producer.send_framed(Stream.CLICKS, 0, long_line, 1)
-    producer.send_framed(Stream.CLICKS, 0, b"b\nc\n", 2)
-    ids = _ids(transport, Stream.CLICKS, 0)
-    chunks = read_all(transport.consumer(), Stream.CLICKS, 0, None, 10)
-    assert chunks == [
-        (None, ids[0], b"a\n", 1),
-        (ids[0], ids[1], long_line, 1),
-        (ids[1], ids[3], b"b\nc\n", 2),
-    ]
-
-
-def test_nothing_to_read(transport: RedisStreamsTransport) -> None:
-    consumer = transport.consumer()
-    assert consumer.poll(Stream.CONVERSIONS, 2, None, 1000) is None
-    assert consumer.poll(Stream.CONVERSIONS, 2, "0-0", 1000) is None
-    assert consumer.lag_bytes(Stream.CONVERSIONS, 2, None) == 0
-    transport.producer().send_framed(Stream.CONVERSIONS, 2, b"x\n", 1)
-    chunk = consumer.poll(Stream.CONVERSIONS, 2, None, 1000)
-    assert chunk is not None
-    (only,) = _ids(transport, Stream.CONVERSIONS, 2)
-    assert (chunk.start_offset, chunk.end_offset, chunk.data, chunk.records) == (
-        None,
-        only,
-        b"x\n",
-        1,
-    )
-    assert consumer.poll(Stream.CONVERSIONS, 2, only, 1000) is None
-    assert consumer.poll(Stream.CONVERSIONS, 1, None, 1000) is None
-
-
-def test_send_frames_special_payloads(transport: RedisStreamsTransport) -> None:
-    payloads = [b'{"a":1}', b"", b"two\nlines", b"\x00escape", b"x" * 70_000, b"\r\n"]
-    transport.producer().send(Stream.CLICKS, payloads, [None] * len(payloads))
-    chunk = transport.consumer().poll(Stream.CLICKS, 0, None, 1 << 20)
-    assert chunk is not None
-    assert chunk.data == b"".join(frame_one(p) for p in payloads)
-    assert chunk.records == len(payloads)
-
-
-def test_rejects_bad_arguments(transport: RedisStreamsTransport) -> None:
+def test_offsets_are_entry_ids(transport: RedisStreamsTransport) -> None:
+    """Each record is one entry and its offset the entry id; byte positions are refused."""
     producer = transport.producer()
     consumer = transport.consumer()
     producer.send_framed(Stream.CLICKS, 0, b"abc\ndef\n", 2)
     first, last = _ids(transport, Stream.CLICKS, 0)
-    with pytest.raises(ValueError, match=r"partitions 0\.\.3"):
-        producer.send_framed(Stream.CLICKS, 4, b"x\n", 1)
-    with pytest.raises(ValueError, match=r"partitions 0\.\.3"):
-        consumer.poll(Stream.CLICKS, 5, None, 100)
-    with pytest.raises(ValueError, match="ending in b'\\\\n'"):
-        producer.send_framed(Stream.CLICKS, 0, b"no newline", 1)
-    with pytest.raises(ValueError, match="3 payloads but 2 keys"):
-        producer.send(Stream.CLICKS, [b"1", b"2", b"3"], ["a", "b"])
+    chunk = consumer.poll(Stream.CLICKS, 0, None, 100)
+    assert chunk is not None
+    assert (chunk.data, chunk.records, chunk.end_offset) == (b"abc\ndef\n", 2, last)
+    chunk = consumer.poll(Stream.CLICKS, 0, first, 100)
+    assert chunk is not None
+    assert (chunk.data, chunk.end_offset) == (b"def\n", last)
+    assert consumer.poll(Stream.CONVERSIONS, 2, "0-0", 1000) is None  # the empty start
     with pytest.raises(ValueError, match="not an offset of the Redis Streams"):
         consumer.poll(Stream.CLICKS, 0, "8", 100)
     ms, seq = (int(x) for x in last.split("-"))
@@ -158,26 +48,6 @@ def test_rejects_bad_arguments(transport: RedisStreamsTransport) -> None:
         consumer.poll(Stream.CLICKS, 0, f"{ms}-{seq + 1}", 100)
     with pytest.raises(OffsetOutOfRangeError, match="beyond the end.*empty"):
         consumer.poll(Stream.CLICKS, 1, "5-0", 100)
-    with pytest.raises(ValueError, match="max_bytes must be at least 1"):
-        consumer.poll(Stream.CLICKS, 0, None, 0)
-    chunk = consumer.poll(Stream.CLICKS, 0, first, 100)
-    assert chunk is not None
-    assert (chunk.data, chunk.end_offset) == (b"def\n", last)
-
-
-def test_consumers_are_independent(transport: RedisStreamsTransport) -> None:
-    transport.producer().send_framed(Stream.IMPRESSIONS, 0, b"1\n22\n333\n", 3)
-    ids = _ids(transport, Stream.IMPRESSIONS, 0)
-    first, second = transport.consumer(), transport.consumer()
-    one = first.poll(Stream.IMPRESSIONS, 0, None, 2)
-    assert one is not None
-    assert (one.data, one.end_offset) == (b"1\n", ids[0])
-    everything = second.poll(Stream.IMPRESSIONS, 0, None, 100)
-    assert everything is not None
-    assert (everything.data, everything.end_offset) == (b"1\n22\n333\n", ids[2])
-    rest = first.poll(Stream.IMPRESSIONS, 0, ids[0], 100)
-    assert rest is not None
-    assert (rest.data, rest.records, rest.end_offset) == (b"22\n333\n", 2, ids[2])
 
 
 def test_ack_trims_only_committed_entries(transport: RedisStreamsTransport) -> None:

@@ -36,7 +36,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlencode
 
 from rich.console import Console
@@ -192,7 +192,7 @@ def _committed(warehouse: Warehouse) -> dict[str, int]:
     return {row["stream"]: int(row["received"]) for row in streams.to_dicts()}
 
 
-def _dashboard_paths(end: datetime) -> list[str]:
+def dashboard_paths(end: datetime) -> list[str]:
     """The dashboard's queries for its '24 h' quick range ending at ``end``."""
     start = end - timedelta(hours=24)
     q = urlencode({"from": start.strftime("%Y-%m-%dT%H:%M"), "to": end.strftime("%Y-%m-%dT%H:%M")})
@@ -358,7 +358,7 @@ def _query_load(
     console: Console,
 ) -> dict[str, Any]:
     end = (_now() + timedelta(minutes=1)).replace(second=0, microsecond=0)
-    paths = _dashboard_paths(end)
+    paths = dashboard_paths(end)
     command = [
         sys.executable,
         "-m",
@@ -395,8 +395,8 @@ def _run_load(
 
 
 #: wrk script: each connection takes the next path of the mix in turn; ``done`` prints
-#: one JSON line (latencies in microseconds).
-_WRK_SCRIPT = """
+#: one JSON line (latencies in microseconds). Rendered by :func:`wrk_script`.
+WRK_SCRIPT: Final = """
 local paths = {%(paths)s}
 local counter = 0
 request = function()
@@ -414,6 +414,11 @@ end
 """
 
 
+def wrk_script(paths: list[str]) -> str:
+    """The wrk Lua script that requests ``paths`` in turn and prints its summary as JSON."""
+    return WRK_SCRIPT % {"paths": ", ".join(json.dumps(p) for p in paths)}
+
+
 def _query_load_wrk(
     url: str,
     clients: int,
@@ -428,8 +433,8 @@ def _query_load_wrk(
         console.print("wrk is not installed: query load measured with the Python client only")
         return None
     end = (_now() + timedelta(minutes=1)).replace(second=0, microsecond=0)
-    paths = _dashboard_paths(end)
-    script = _WRK_SCRIPT % {"paths": ", ".join(json.dumps(p) for p in paths)}
+    paths = dashboard_paths(end)
+    script = wrk_script(paths)
     with tempfile.TemporaryDirectory(prefix="adpulse-wrk-") as folder:
         script_path = Path(folder) / "mix.lua"
         script_path.write_text(script)

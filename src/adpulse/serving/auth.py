@@ -83,10 +83,12 @@ class ApiKey:
 
     def matches(self, secret: str) -> bool:
         """Whether ``secret`` is this key's, compared in constant time."""
-        return hmac.compare_digest(_digest(self.salt, secret), self.digest)
+        return hmac.compare_digest(key_digest(self.salt, secret), self.digest)
 
 
-def _digest(salt: str, secret: str) -> str:
+def key_digest(salt: str, secret: str) -> str:
+    """What the warehouse stores of a key's secret: SHA-256 of the salt (hex) and the
+    secret, in hex."""
     return hashlib.sha256(bytes.fromhex(salt) + secret.encode()).hexdigest()
 
 
@@ -110,7 +112,7 @@ def create_key(warehouse: Warehouse, scope: KeyScope, name: str = "") -> tuple[A
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)
     created = datetime.now(UTC).replace(tzinfo=None)
-    key = ApiKey(key_id, name, scope, salt, _digest(salt, secret), created)
+    key = ApiKey(key_id, name, scope, salt, key_digest(salt, secret), created)
     warehouse.add_api_key(key_id, name, scope, salt, key.digest, created)
     return key, f"{KEY_PREFIX}{key_id}_{secret}"
 

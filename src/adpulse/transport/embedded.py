@@ -65,7 +65,7 @@ LOG_FORMAT: Final = "adpulse-embedded-log/1"
 # Each open partition costs file descriptors (writer: lock + segment, reader: segment);
 # beyond this many, the least recently used partition's files are closed, so that
 # hundreds of partitions stay under a laptop's default descriptor limit.
-_MAX_OPEN_PARTITIONS: Final = 128
+MAX_OPEN_PARTITIONS: Final = 128
 # Step of the scans for a line end (torn-tail repair, the cut at a poll's budget).
 _SCAN_BYTES: Final = 64 * 1024
 # Block size of count_lines (its temporary stays in cache).
@@ -191,6 +191,8 @@ class EmbeddedTransport(Transport):
     ``retention_bytes``: ``None`` keeps everything; otherwise :meth:`Consumer.ack` deletes
     the sealed segments lying wholly more than this many bytes before the acknowledged
     offset. A consumer asking for a deleted offset gets :class:`OffsetOutOfRangeError`.
+    ``max_open_partitions``: partitions whose files each producer and consumer keeps
+    open; beyond it the least recently used one's files are closed (and reopened on use).
     """
 
     def __init__(
@@ -202,6 +204,7 @@ class EmbeddedTransport(Transport):
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         retention_bytes: int | None = None,
+        max_open_partitions: int = MAX_OPEN_PARTITIONS,
     ) -> None:
         if partitions < 1:
             raise ValueError(f"partitions must be at least 1, got {partitions}")
@@ -209,12 +212,15 @@ class EmbeddedTransport(Transport):
             raise ValueError(f"segment_bytes must be at least 1, got {segment_bytes}")
         if retention_bytes is not None and retention_bytes < 0:
             raise ValueError(f"retention_bytes must be >= 0 or None, got {retention_bytes}")
+        if max_open_partitions < 1:
+            raise ValueError(f"max_open_partitions must be at least 1, got {max_open_partitions}")
         self.log_dir = Path(log_dir)
         self.partitions = partitions
         self.fsync = fsync
         self.max_record_bytes = max_record_bytes
         self.segment_bytes = segment_bytes
         self.retention_bytes = retention_bytes
+        self.max_open_partitions = max_open_partitions
         _open_meta(self.log_dir, partitions)
         # Weak: a caller creating a producer per request must not make this grow forever.
         self._clients: weakref.WeakSet[EmbeddedProducer | EmbeddedConsumer] = weakref.WeakSet()
@@ -417,7 +423,7 @@ class EmbeddedProducer(Producer):
             return writer
         writer = _PartitionWriter(self._transport.partition_dir(stream, partition))
         self._writers[key] = writer
-        if len(self._writers) > _MAX_OPEN_PARTITIONS:
+        if len(self._writers) > self._transport.max_open_partitions:
             _, evicted = self._writers.popitem(last=False)
             evicted.close(self._transport.fsync)
         return writer
@@ -684,7 +690,7 @@ class EmbeddedConsumer(Consumer):
             self._transport.partition_dir(stream, partition), Stream(stream), partition
         )
         self._readers[key] = reader
-        if len(self._readers) > _MAX_OPEN_PARTITIONS:
+        if len(self._readers) > self._transport.max_open_partitions:
             _, evicted = self._readers.popitem(last=False)
             evicted.close()
         return reader

@@ -2,7 +2,7 @@
 
 Fast path: each chunk is decoded by ONE vectorized NDJSON call with the stream's
 schema. If that call fails (some record is not valid JSON, has a wrong type, or was
-stored escaped), the chunk is decoded again in blocks of :data:`_BLOCK` records; only a
+stored escaped), the chunk is decoded again in blocks of :data:`BLOCK_RECORDS` records; only a
 block that fails is checked record by record (framing, UTF-8, JSON, types: cheap
 checks, no decoder call per record), and its good records are decoded together in one
 call. A bad record thus costs one block of per-record checks, and a stream with a
@@ -29,7 +29,7 @@ from adpulse.transport.framing import DamagedRecordError, split_lines, unframe_l
 #: Records per block when a chunk fails to decode at once. Small enough that most
 #: blocks of a stream with a few bad records per thousand still decode in one call,
 #: large enough that the per-call overhead stays small against the decoding itself.
-_BLOCK = 256
+BLOCK_RECORDS: Final = 256
 #: JSON escapes the vectorized decoder turns into NUL: ``\\u0000`` itself and a lone
 #: high surrogate (``\\ud800``-``\\udbff``, any case; found by trying all 65,536).
 _NUL_ESCAPES = re.compile(rb"\\u(?:0000|[dD][89abAB])")
@@ -75,8 +75,13 @@ class Decoded:
         return self.chunks[i], row - int(self.chunk_starts[i])
 
 
-def decode(stream: Stream, chunks: list[Chunk]) -> Decoded:
-    """Decode all chunks of one stream in a batch (one vectorized call per chunk)."""
+def decode(stream: Stream, chunks: list[Chunk], block_records: int = BLOCK_RECORDS) -> Decoded:
+    """Decode all chunks of one stream in a batch (one vectorized call per chunk).
+
+    ``block_records``: records per block when a chunk fails to decode at once (see the
+    module docstring); a record's fate does not depend on it, which the tests check by
+    varying it.
+    """
     counts = np.array([c.records for c in chunks], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(chunks) else counts
     schema = stream.decode_schema
@@ -101,7 +106,7 @@ def decode(stream: Stream, chunks: list[Chunk]) -> Decoded:
             lines = split_lines(chunk.data)
             pieces: list[pl.DataFrame] = []
             rejects: list[Reject] = []
-            _decode_blocks(lines, schema, pieces, rejects)
+            _decode_blocks(lines, schema, pieces, rejects, block_records)
             for r in rejects:
                 r.row += start
             out.rejects.extend(rejects)
@@ -201,10 +206,11 @@ def _decode_blocks(
     schema: dict[str, pl.DataType],
     parts: list[pl.DataFrame],
     rejects: list[Reject],
+    block_records: int,
 ) -> None:
     """Decode ``lines`` block by block; failing blocks are checked record by record."""
-    for lo in range(0, len(lines), _BLOCK):
-        hi = min(lo + _BLOCK, len(lines))
+    for lo in range(0, len(lines), block_records):
+        hi = min(lo + block_records, len(lines))
         frame = _try_decode(b"\n".join(lines[lo:hi]) + b"\n", schema, hi - lo)
         if frame is not None:
             parts.append(frame.with_row_index("_row", offset=lo))

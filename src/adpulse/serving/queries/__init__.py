@@ -96,9 +96,6 @@ from adpulse.serving.queries.status import (
     pipeline_status,
 )
 
-#: The name the live-view tests use for :func:`.sources.reader`.
-_reader = reader
-
 __all__ = [
     "AGE_BAND_LABELS",
     "LATENCY_EDGES",
