@@ -28,6 +28,7 @@ DEFAULT_MIN_EVENT_TIME: Final = datetime(2000, 1, 1)
 #: representable time.
 MAX_FUTURE_SECONDS_LIMIT: Final = 100 * 365 * 86_400
 MASK: Final = "***"
+AlertStream = Literal["impressions", "clicks", "conversions"]
 _URL_PASSWORD: Final = re.compile(r"(://[^:/?#@]*:)[^@/?#]*@")
 _PARAM_PASSWORD: Final = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
 
@@ -210,6 +211,64 @@ class Settings(BaseSettings):
         ge=1,
         le=256,
         description="HTTP: live streams open at once with one API key (then 429).",
+    )
+    alert_check_seconds: float = Field(
+        5.0, gt=0, le=3600, description="Alerts: how often the rules are evaluated."
+    )
+    alert_min_interval_seconds: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description="Alerts: a rule fires at most once per this long (flapping rules).",
+    )
+    alert_processor_silent_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="Alerts: the processor counts as stopped after this long without a"
+        " commit (0: off).",
+    )
+    alert_dead_letter_share: float = Field(
+        0.05, ge=0, le=1, description="Alerts: the highest share of dead letters received."
+    )
+    alert_dead_letter_window_seconds: float = Field(
+        300.0, gt=0, description="Alerts: the window the dead-letter share is taken over."
+    )
+    alert_dead_letter_min_records: int = Field(
+        100, ge=1, description="Alerts: records received in the window before the share counts."
+    )
+    alert_stream_silent_seconds: float = Field(
+        600.0, ge=0, description="Alerts: a stream without events this long alerts (0: off)."
+    )
+    alert_silent_streams: list[AlertStream] = Field(
+        default_factory=lambda: list[AlertStream](["impressions", "clicks"]),
+        description="Alerts: the streams alert_stream_silent_seconds applies to.",
+    )
+    alert_lag_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Alerts: the processor more than this many bytes behind the log"
+        " for alert_lag_seconds alerts (0: off).",
+    )
+    alert_lag_seconds: float = Field(
+        120.0, ge=0, description="Alerts: how long the lag may stay over alert_lag_bytes."
+    )
+    alert_crash_restarts: int = Field(
+        3,
+        ge=0,
+        description="Alerts: this many worker restarts within alert_crash_window_seconds"
+        " is a crash loop (0: off).",
+    )
+    alert_crash_window_seconds: float = Field(
+        600.0, gt=0, description="Alerts: the window worker restarts are counted over."
+    )
+    alert_webhook_url: str = Field("", description="Alerts: webhook to POST alerts to.")
+    alert_webhook_secret: SecretStr | None = Field(
+        None, description="Alerts: HMAC-SHA256 key signing webhook requests."
+    )
+    alert_sns_topic_arn: str = Field("", description="Alerts: SNS topic to publish alerts to.")
+    alert_sns_region: str = Field("", description="Alerts: SNS region (default: the ARN's).")
+    alert_sns_endpoint_url: str = Field(
+        "", description="Alerts: SNS endpoint (default: AWS's; e.g. a local test server)."
     )
     trending_window_minutes: int = Field(15, ge=1)
     min_clicks: int = Field(20, ge=0, description="Minimum clicks for rate rankings.")

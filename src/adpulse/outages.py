@@ -11,6 +11,11 @@ the setting to check, and exits with status 2.
 
 Only failures of the connection are retried (the caller says which exceptions those
 are); an error caused by the data or the statement is raised at once.
+
+Whoever watches a process's servers (the alerts, :mod:`adpulse.alerts`) registers a
+:class:`RetryObserver` with :func:`observe_retries`: it is told of each retry, each
+give-up and the first success after a failure, never of the operations that simply
+succeed, so watching costs nothing while the servers are up.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from adpulse.config import Settings
@@ -78,6 +83,39 @@ def setting_hint(setting: str) -> str:
     return f"{setting} (ADPULSE_{setting.upper()})"
 
 
+class RetryObserver(Protocol):
+    """Told of retries (module docs); must be quick and must not raise."""
+
+    def retrying(self, retrier: Retrier, what: str, reason: str) -> None: ...
+
+    def gave_up(self, retrier: Retrier, what: str, reason: str) -> None: ...
+
+    def recovered(self, retrier: Retrier, what: str) -> None: ...
+
+
+_observers: list[RetryObserver] = []
+
+
+def observe_retries(observer: RetryObserver) -> Callable[[], None]:
+    """Tell ``observer`` of every retrier's failures in this process; returns the call
+    that stops it."""
+    _observers.append(observer)
+
+    def stop() -> None:
+        if observer in _observers:
+            _observers.remove(observer)
+
+    return stop
+
+
+def _tell(event: str, *args: object) -> None:
+    for observer in list(_observers):
+        try:
+            getattr(observer, event)(*args)
+        except Exception:  # noqa: BLE001 - an observer must never change a retry
+            log.exception("retry observer %r failed", observer)
+
+
 @dataclass(frozen=True, slots=True)
 class Retrier:
     """Retries one component's operations on connection failures, with exponential
@@ -119,8 +157,10 @@ class Retrier:
                 reason = describe(exc)
                 if elapsed + delay > self.seconds or self.gave_up.is_set():
                     self.gave_up.set()
+                    _tell("gave_up", self, what, reason)
                     raise self.give_up(what, elapsed, reason) from exc
                 attempt += 1
+                _tell("retrying", self, what, reason)
                 log.warning(
                     "%s: connection lost (%s); retrying %s in %s s (attempt %d, giving up"
                     " after %s s)",
@@ -138,6 +178,8 @@ class Retrier:
                     with contextlib.suppress(*self.transient):
                         before_retry(exc)
             else:
+                if attempt > 1 or self.gave_up.is_set():
+                    _tell("recovered", self, what)
                 self.gave_up.clear()  # the server is back: retry fully next time
                 return result
 

@@ -10,7 +10,8 @@ connects them for each kind of process:
   (``adpulse process``, ``--workers N``);
 - :func:`commit_listeners`: what each processor reports its commits to, the seam where
   later capabilities (alerts, metrics) plug in: add a listener here
-  (:mod:`adpulse.processor.listeners`);
+  (:mod:`adpulse.processor.listeners`); the alert monitor (:mod:`adpulse.alerts`) is
+  opened with the first processor of a process and closed with the runtime;
 - serving (``adpulse serve``, ``adpulse query``, the demo's API) hands the query layer
   ``Runtime.warehouse`` and ``Runtime.store`` (the serving store, when one is open).
 
@@ -38,6 +39,7 @@ from adpulse.transport import open_transport
 from adpulse.transport.base import Consumer, Producer, Transport
 
 if TYPE_CHECKING:
+    from adpulse.alerts import AlertMonitor
     from adpulse.commits import CommitSignal
     from adpulse.processor.listeners import CommitListener
     from adpulse.processor.pipeline import Processor
@@ -59,8 +61,17 @@ class Runtime:
     transport: Transport
     warehouse: Warehouse
     store: ServingStore | None = field(default=None)
+    #: The alert monitor, opened with this process's first processor (commit_listeners).
+    alerts: AlertMonitor | None = field(default=None)
 
     def close(self) -> None:
+        try:
+            if self.alerts is not None:
+                self.alerts.close()  # sends what is queued
+        finally:
+            self._close_parts()
+
+    def _close_parts(self) -> None:
         try:
             self.transport.close()
         finally:
@@ -155,14 +166,26 @@ def open_runtime(
 def commit_listeners(rt: Runtime, commits: CommitSignal | None = None) -> list[CommitListener]:
     """What a processor of this process reports its commits to: the serving-store sync
     when a store is open, and ``commits`` (the API's cache and live feed) when the API
-    runs in this process. New listeners (alerts, metrics) are added here."""
+    runs in this process, and the alert monitor (opened on the first call; its rules
+    and notifiers follow the ``alert_*`` settings, see docs/alerts.md). New listeners
+    (metrics) are added here."""
     listeners: list[CommitListener] = []
+    sync = None
     if rt.store is not None:
         from adpulse.serving.store.sync import StoreSync
 
-        listeners.append(StoreSync(rt.store, rt.warehouse))
+        sync = StoreSync(rt.store, rt.warehouse)
+        listeners.append(sync)
     if commits is not None:
         listeners.append(commits)
+    if rt.alerts is None:
+        from adpulse.alerts import open_alerting
+
+        try:
+            rt.alerts = open_alerting(rt.settings, sync)
+        except ValueError as exc:  # a webhook without its secret, a malformed ARN
+            raise UserError(str(exc)) from exc
+    listeners.append(rt.alerts)
     return listeners
 
 
@@ -176,7 +199,7 @@ def processor_for(
     :func:`commit_listeners`."""
     from adpulse.processor.pipeline import Processor
 
-    return Processor(
+    processor = Processor(
         rt.settings,
         rt.transport,
         rt.warehouse,
@@ -184,6 +207,22 @@ def processor_for(
         clock=clock,
         listeners=commit_listeners(rt, commits),
     )
+    if rt.alerts is not None:
+        rt.alerts.watch_lag(_lag_reader(rt, processor))
+    return processor
+
+
+def _lag_reader(rt: Runtime, processor: Processor) -> Callable[[], int]:
+    """The processor's lag in bytes, read with a consumer of the caller's thread (opened
+    on the first call; consumers are not thread-safe)."""
+    consumer: list[Consumer] = []
+
+    def lag() -> int:
+        if not consumer:
+            consumer.append(rt.transport.consumer())
+        return processor.lag_bytes(consumer[0])
+
+    return lag
 
 
 def partition_worker_for(rt: Runtime) -> PartitionWorker:

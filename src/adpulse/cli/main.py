@@ -50,10 +50,12 @@ keys_app = typer.Typer(
     help="API keys: read keys for the query API and dashboard, write keys for the collector."
 )
 grafana_app = typer.Typer(help="Grafana provisioning for the PostgreSQL warehouse.")
+alerts_app = typer.Typer(help="Alerts to operators: the log, a webhook, an SNS topic.")
 app.add_typer(dims_app, name="dims")
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
 app.add_typer(grafana_app, name="grafana")
+app.add_typer(alerts_app, name="alerts")
 app.add_typer(log_app, name="log")
 console = Console()
 err = Console(stderr=True)
@@ -429,8 +431,20 @@ def _supervise_workers(
     if verbose:
         command.append("--verbose")
     console.print(f"running {workers} workers over {settings.partitions} partitions (Ctrl-C)")
-    with stop_on_signals() as stopping:
-        code = supervise(command, workers, stopping.event, until_caught_up=until_caught_up)
+    from adpulse.alerts import open_alerting
+
+    alerts = open_alerting(settings, watch_streams=False)  # tells crash loops
+    try:
+        with stop_on_signals() as stopping:
+            code = supervise(
+                command,
+                workers,
+                stopping.event,
+                until_caught_up=until_caught_up,
+                on_crash=alerts.crashed,
+            )
+    finally:
+        alerts.close()
     if code:
         raise UserError(f"a worker failed (exit status {code}); see its messages above")
     console.print(stopping.stopped_line(f"{workers} workers done"))
@@ -1043,3 +1057,26 @@ def _parse_time(value: str, option: str) -> datetime:
 
 if __name__ == "__main__":
     main()
+
+
+@alerts_app.command("test")
+def alerts_test(home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """Send a test alert through every configured notifier and say which succeeded
+    (exit status 1 if one failed)."""
+    from adpulse.alerts import Alert
+    from adpulse.alerts.notifiers import notifiers_for, send_all
+
+    settings = settings_for(home, config)
+    try:
+        notifiers = notifiers_for(settings)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    alert = Alert("test", "firing", "a test alert from `adpulse alerts test`; no action needed")
+    results = send_all(notifiers, alert)
+    for name, error in results.items():
+        if error is None:
+            console.print(f"{name}: sent", soft_wrap=True)
+        else:
+            console.print(f"{name}: FAILED: {error}", soft_wrap=True, markup=False)
+    if any(error is not None for error in results.values()):
+        raise typer.Exit(1)

@@ -259,6 +259,7 @@ def supervise(
     until_caught_up: bool = False,
     restart_delay: float = 1.0,
     stop_timeout: float = 60.0,
+    on_crash: Callable[[int, int], None] | None = None,
 ) -> int:
     """Run ``workers`` child processes of ``command``; restart one that crashes.
 
@@ -267,6 +268,8 @@ def supervise(
     too if this process dies, even by kill -9. With ``until_caught_up`` a child that
     exits with status 0 is done and not restarted. Returns 0 when all ended well, else
     the first bad exit status (a child failing on its configuration stops everything).
+    ``on_crash(slot, status)`` is told of each crash before its restart (the alerts'
+    crash-loop rule).
     """
     children: dict[int, subprocess.Popen[bytes]] = {}
     restart_at: dict[int, float] = {}
@@ -293,6 +296,8 @@ def supervise(
                     failure = code
                 else:
                     log.error("worker %d (pid %d) exited with status %s", slot, child.pid, code)
+                    if on_crash is not None:
+                        on_crash(slot, code)
                     restart_at[slot] = time.monotonic() + restart_delay
             for slot, when in list(restart_at.items()):
                 if time.monotonic() >= when and not stop.is_set():
