@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from adpulse.processor.pipeline import Processor
     from adpulse.processor.workers import PartitionWorker
     from adpulse.serving.store.base import ServingStore
+    from adpulse.telemetry import PipelineMetrics
 
 
 class UserError(Exception):
@@ -59,6 +60,17 @@ class Runtime:
     transport: Transport
     warehouse: Warehouse
     store: ServingStore | None = field(default=None)
+    #: This process's Prometheus metrics of its processors (:meth:`pipeline_metrics`).
+    telemetry: PipelineMetrics | None = field(default=None)
+
+    def pipeline_metrics(self) -> PipelineMetrics:
+        """The commit counters of this process's processors, on a registry of this
+        process (made on first use: a read-only server has none)."""
+        if self.telemetry is None:
+            from adpulse.telemetry import PipelineMetrics, new_registry
+
+            self.telemetry = PipelineMetrics(new_registry())
+        return self.telemetry
 
     def close(self) -> None:
         try:
@@ -155,8 +167,9 @@ def open_runtime(
 def commit_listeners(rt: Runtime, commits: CommitSignal | None = None) -> list[CommitListener]:
     """What a processor of this process reports its commits to: the serving-store sync
     when a store is open, and ``commits`` (the API's cache and live feed) when the API
-    runs in this process. New listeners (alerts, metrics) are added here."""
-    listeners: list[CommitListener] = []
+    runs in this process, and always the process's Prometheus metrics. New listeners
+    (alerts) are added here."""
+    listeners: list[CommitListener] = [rt.pipeline_metrics()]
     if rt.store is not None:
         from adpulse.serving.store.sync import StoreSync
 

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from adpulse.cli.log_commands import log_app
 from adpulse.cli.runtime import (
+    Runtime,
     UserError,
     Worker,
     configure_logging,
@@ -351,6 +352,15 @@ def process(
     supervised: Annotated[
         bool, typer.Option("--supervised", hidden=True, help="Started by --workers.")
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics (0: none;"
+            " default: the metrics_port setting).",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the processor on its own: consume the log and commit results until stopped
@@ -360,7 +370,15 @@ def process(
     from adpulse.processor.workers import PartitionWorker
 
     configure_logging(verbose)
-    settings = settings_for(home, config, partitions=partitions)
+    overrides: dict[str, Any] = {} if metrics_port is None else {"metrics_port": metrics_port}
+    settings = settings_for(home, config, partitions=partitions, **overrides)
+    if workers > 1 and settings.metrics_port:
+        raise UserError(
+            f"--workers {workers} with metrics port {settings.metrics_port}: the workers"
+            " cannot share one port. Start each worker as its own `adpulse process"
+            " --metrics-port PORT` (they share the partitions all the same), or set"
+            " --metrics-port 0"
+        )
     if workers > 1:
         _supervise_workers(settings, workers, home, config, until_caught_up, verbose)
         return
@@ -374,6 +392,8 @@ def process(
             runner = partition_worker_for(rt)
         else:
             runner = processor_for(rt)
+        if settings.metrics_port:
+            _serve_process_metrics(rt, runner, settings.metrics_port)
         committed = [0]
 
         def on_batch(report: Any) -> None:
@@ -397,6 +417,29 @@ def process(
             runner.close()
         who = f"worker {runner.worker_id}: " if isinstance(runner, PartitionWorker) else ""
         console.print(who + stopping.stopped_line(f"committed {committed[0]:,} records"))
+
+
+def _serve_process_metrics(rt: Runtime, runner: Any, port: int) -> None:
+    """prometheus-client's own HTTP server for this process's metrics (daemon thread,
+    gone with the process), with the lag asked of a consumer of the scrapes' own."""
+    from adpulse.processor.pipeline import Processor
+    from adpulse.telemetry import serve_metrics
+
+    metrics = rt.pipeline_metrics()
+    if isinstance(runner, Processor):  # a shared-partitions worker's set changes; no lag
+        reader = rt.transport.consumer()
+        lock = threading.Lock()
+
+        def lag() -> int:
+            with lock:  # scrapes may overlap; a consumer is not thread-safe
+                return runner.lag_bytes(reader)
+
+        metrics.watch_lag(lag)
+    try:
+        serve_metrics(metrics.registry, port)
+    except OSError as exc:
+        raise UserError(str(exc)) from None
+    console.print(f"metrics at http://127.0.0.1:{port}/metrics")
 
 
 def _supervise_workers(

@@ -178,6 +178,7 @@ class _Committer:
                         log.exception("batch %s: %s", output.batch_id, step)
                     self.error = exc
                 else:
+                    output.seconds["commit"] = time.perf_counter() - t
                     # after the commit, never instead: listeners only mirror the warehouse
                     tell_commit(self.listeners, output)
                 self.seconds["commit"] += time.perf_counter() - t
@@ -500,6 +501,7 @@ class Processor:
             )
         with timer("commit_wait"):
             acks = [(s, c.partition, c.end_offset) for s in Stream for c in chunks[s]]
+            output.seconds.update(timer.spent)  # commit_wait: until the submit returned
             self.committer.submit(output, acks)
         self.watermarks.advance_idle(active)
         self._expire_state()
