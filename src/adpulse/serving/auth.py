@@ -391,8 +391,9 @@ WriteKey = Annotated[ApiKey | None, Depends(require_write_key)]
 
 class ReadGate:
     """Requires a read key on every ``/api/v1/`` path but the session route, and on
-    ``/metrics``, before anything else runs (the shared-answer shortcut answers without routing, so a route
-    dependency alone would not be asked). Plain ASGI, like the other middleware here."""
+    ``/metrics``, before anything else runs (the shared-answer shortcut answers without
+    routing, so a route dependency alone would not be asked). Plain ASGI, like the
+    other middleware here."""
 
     def __init__(self, app: ASGIApp, access: Access) -> None:
         self.app = app
