@@ -88,7 +88,7 @@ class PipelineMetrics:
         self.step_seconds = Histogram(
             "adpulse_batch_step_duration_seconds",
             "Time one batch spent in each processor step (decode, validate, dedupe, enrich,"
-            " attribute, aggregate, commit_wait).",
+            " attribute, aggregate).",
             ["step"],
             buckets=STEP_BUCKETS,
             registry=registry,
