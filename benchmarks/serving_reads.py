@@ -37,8 +37,8 @@ from adpulse.contracts import Stream
 from adpulse.processor.pipeline import Processor
 from adpulse.serving import queries
 from adpulse.serving.api import create_app
-from adpulse.serving.live import LiveWarehouse
 from adpulse.serving.store import MemoryServingStore, ServingStore
+from adpulse.serving.store.sync import StoreSync
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
 from adpulse.storage.warehouse.base import Warehouse
@@ -105,8 +105,9 @@ def fill(warehouse: Warehouse, store: ServingStore, events: int, days: int, home
     processor = Processor(
         settings,
         transport,
-        LiveWarehouse(warehouse, store),
+        warehouse,
         clock=lambda: datetime.now().astimezone(),
+        listeners=[StoreSync(store, warehouse)],
     )
     processor.run(threading.Event(), until_caught_up=True)
     processor.close()
@@ -186,7 +187,7 @@ def main() -> None:
                 f" last 24 h: {summary['impressions'].item():,} impressions"
             )
             settings = Settings(home=home, partitions=PARTITIONS)
-            live_app = create_app(LiveWarehouse(warehouse, store), settings)
+            live_app = create_app(warehouse, settings, store=store)
             plain_app = create_app(warehouse, settings)
             with TestClient(live_app) as live, TestClient(plain_app) as plain:
                 for path, extra in (

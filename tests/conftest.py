@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+#: Property tests (tests/pipeline/test_hostile_input.py): a bounded run in the normal
+#: suite; ADPULSE_HYPOTHESIS_PROFILE=long for a longer one.
+settings.register_profile(
+    "quick",
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "long",
+    max_examples=1500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("ADPULSE_HYPOTHESIS_PROFILE", "quick"))
 
 sys.path.insert(0, str(Path(__file__).parent))
 

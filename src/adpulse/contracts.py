@@ -96,6 +96,10 @@ class Reason(StrEnum):
     INVALID_CHARACTER = "invalid_character"
     #: A stored line no writer produces (a damaged log), or bytes lost in it.
     DAMAGED_RECORD = "damaged_record"
+    #: A step of the processor raised on this record (see ``processor/isolation.py``).
+    PROCESSING_FAILED = "processing_failed"
+    #: The warehouse refused to store this record (its message is the detail).
+    COMMIT_REJECTED = "commit_rejected"
 
 
 # Age bands used for filters and rollups; upper bounds are exclusive.

@@ -35,6 +35,17 @@ class IdSet:
     def __len__(self) -> int:
         return int(np.count_nonzero(self._bucket != _EMPTY))
 
+    def copy(self) -> IdSet:
+        """An independent copy (the processor's isolation of a failed batch undoes a
+        piece's insertions by going back to one)."""
+        other = IdSet.__new__(IdSet)
+        other._mask = self._mask
+        other._hi = self._hi.copy()
+        other._lo = self._lo.copy()
+        other._bucket = self._bucket.copy()
+        other._used = self._used
+        return other
+
     @property
     def capacity(self) -> int:
         return len(self._bucket)

@@ -21,8 +21,17 @@ import numpy as np
 import polars as pl
 
 from adpulse.config import Settings
-from adpulse.contracts import Stream
+from adpulse.contracts import Reason, Stream
 from adpulse.outages import InfrastructureError
+from adpulse.processor.isolation import (
+    BatchRecords,
+    Failure,
+    bisect,
+    describe,
+    merge_outputs,
+    rebase_dead_letters,
+    step_refuses_data,
+)
 from adpulse.processor.listeners import CommitListener, tell_commit, tell_start
 from adpulse.processor.state import (
     CLICK_STATE_COLUMNS,
@@ -49,7 +58,6 @@ from adpulse.storage.warehouse.schema import (
     FACT_IMPRESSIONS,
     INGEST_STATS,
     REVENUE,
-    ROLLUP_MINUTE,
     conform,
     storable_text,
 )
@@ -97,6 +105,10 @@ class BatchReport:
         return sum(self.received.values())
 
 
+class CommitFailedError(RuntimeError):
+    """A commit failed; ``__cause__`` is the warehouse's error."""
+
+
 class _Committer:
     """Commits batches in order on a thread of its own, one batch behind the processing.
 
@@ -104,7 +116,9 @@ class _Committer:
     deduplicated and aggregated while batch N is being committed. Each commit is still
     one transaction holding its outputs and offsets; the in-memory state may run one
     batch ahead of the committed one, and a crash rebuilds it from what was committed.
-    A failed commit stops the processor at its next submit.
+    A failed commit stops the processor at its next submit, or, when the warehouse
+    refused the batch's data, makes it isolate the records at fault
+    (:meth:`Processor.settle`). Batches submitted after a failed one are never committed.
     """
 
     def __init__(
@@ -137,6 +151,13 @@ class _Committer:
         self._queue.join()
         self._raise()
 
+    def take_error(self) -> BaseException | None:
+        """Wait until every submitted batch is committed or skipped, then return the
+        failure of the first that failed (None if none) and forget it: commits resume."""
+        self._queue.join()
+        error, self.error = self.error, None
+        return error
+
     def close(self) -> None:
         """Drain, then stop the thread (also after a failed commit, which is raised)."""
         try:
@@ -146,10 +167,18 @@ class _Committer:
             self._thread.join()
 
     def _raise(self) -> None:
-        if isinstance(self.error, InfrastructureError):
-            raise self.error  # already names the server and its setting
         if self.error is not None:
-            raise RuntimeError(f"{self.failed_step}; restart the processor") from self.error
+            raise self.failure(self.error)
+
+    def failure(self, error: BaseException) -> BaseException:
+        """What the processor raises for a failed commit: an :class:`InfrastructureError`
+        as it is (it already names the server and its setting), anything else as a
+        :class:`CommitFailedError` saying which step failed."""
+        if isinstance(error, InfrastructureError):
+            return error
+        failed = CommitFailedError(f"{self.failed_step}; restart the processor")
+        failed.__cause__ = error
+        return failed
 
     def _run(self) -> None:
         while True:
@@ -174,6 +203,13 @@ class _Committer:
                     self.failed_step = step
                     if isinstance(exc, InfrastructureError):  # printed by the CLI, once
                         log.debug("batch %s: %s", output.batch_id, step, exc_info=True)
+                    elif self.warehouse.refuses_data(exc):
+                        log.warning(
+                            "the warehouse refused batch %s for its data (%s);"
+                            " isolating the records at fault",
+                            output.batch_id,
+                            describe(exc),
+                        )
                     else:
                         log.exception("batch %s: %s", output.batch_id, step)
                     self.error = exc
@@ -246,7 +282,10 @@ class Processor:
 
     # -- recovery ----------------------------------------------------------------------
     def recover(self) -> None:
-        """Load committed offsets and watermarks and rebuild state from committed facts."""
+        """Load committed offsets and watermarks and rebuild state from committed facts
+        (from scratch: after a refused batch, what the state held is forgotten)."""
+        self.watermarks = Watermarks(self.settings.idle_timeout_seconds)
+        self.dedupe = DedupeState()
         saved = self.warehouse.load_offsets()
         self.offsets = {(s, p): saved.get((s, p)) for s in Stream for p in self.partitions}
         marks = {
@@ -343,23 +382,53 @@ class Processor:
         try:
             while not stop.is_set():
                 report = self.run_once()
+                if report is None and until_caught_up:
+                    # Caught up once the last commits are done (or, refused, isolated).
+                    report = self.settle()
+                    if report is None:
+                        return
                 if report is not None:
                     if on_batch is not None:
                         on_batch(report)
                     continue
-                if until_caught_up:
-                    return
                 stop.wait(self.settings.batch_interval_seconds)
         finally:
-            self.committer.drain()
+            self._finish_commits()
 
     def close(self) -> None:
         """Commit what is pending, stop the committer thread, then let the consumer go
         (a Redis consumer leaves its groups where nothing of it is pending)."""
         try:
-            self.committer.close()
+            try:
+                self._finish_commits()
+            finally:
+                self.committer.close()
         finally:
             self.consumer.close()
+
+    def settle(self) -> BatchReport | None:
+        """Wait until every submitted batch is committed. If the warehouse refused one
+        for its data, isolate the records at fault and commit the rest (see
+        :mod:`.isolation`): returns that batch's report; None when nothing was refused.
+        Raises :class:`CommitFailedError` when a commit failed for any other reason."""
+        error = self.committer.take_error()
+        if error is None:
+            return None
+        if not self.warehouse.refuses_data(error):
+            raise self.committer.failure(error)
+        return self._isolate_after(error)
+
+    def _finish_commits(self) -> None:
+        """On the way out: wait for the commits in flight. A batch refused for its data
+        is left uncommitted, not raised: its records are read again (and isolated) by
+        the next run, and the state forgets them now."""
+        error = self.committer.take_error()
+        if error is None:
+            return
+        if not self.warehouse.refuses_data(error):
+            raise self.committer.failure(error)
+        log.warning("a batch refused for its data is left for the next run: %s", describe(error))
+        self.recover()
 
     def lag_bytes(self, consumer: Consumer | None = None) -> int:
         """Bytes in the log not yet processed. From another thread, pass a consumer of
@@ -374,6 +443,27 @@ class Processor:
         """Poll once; process and commit a batch if there is data. None when idle."""
         t0 = time.perf_counter()
         self.refresh_dimensions()
+        chunks = self._poll()
+        self.step_seconds["poll"] += time.perf_counter() - t0
+        try:
+            if not any(chunks.values()):
+                self._idle_tick()  # its commit may report the previous batch's failure
+                return None
+            return self.process(chunks)
+        except BaseException as exc:  # PanicException is not an Exception
+            cause = exc.__cause__ if isinstance(exc, CommitFailedError) else None
+            if cause is not None and self.warehouse.refuses_data(cause):
+                return self._isolate_after(cause)
+            if cause is None and step_refuses_data(exc):
+                log.warning(
+                    "processing batch %s failed for its data (%s); isolating the records at fault",
+                    self.batch_id,
+                    describe(exc),
+                )
+                return self._isolate_after(exc)
+            raise
+
+    def _poll(self) -> dict[Stream, list[Chunk]]:
         # The budget is per stream: impressions outnumber clicks ~40:1, and a batch large
         # enough to fill whole DuckDB row groups (~123k rows) is written straight to the
         # database file instead of going through the WAL first.
@@ -384,11 +474,7 @@ class Processor:
                 chunk = self.consumer.poll(stream, p, self.offsets[(stream, p)], budget)
                 if chunk is not None and chunk.records:
                     chunks[stream].append(chunk)
-        self.step_seconds["poll"] += time.perf_counter() - t0
-        if not any(chunks.values()):
-            self._idle_tick()
-            return None
-        return self.process(chunks)
+        return chunks
 
     def _idle_tick(self) -> None:
         if not self.watermarks.advance_idle(set()):
@@ -398,23 +484,146 @@ class Processor:
         if now - self._last_idle_commit < 1.0:
             return
         self._last_idle_commit = now
-        output = BatchOutput(
-            batch_id=self.batch_id,
-            impressions=pl.DataFrame(schema=FACT_IMPRESSIONS),
-            clicks=pl.DataFrame(schema=FACT_CLICKS),
-            conversions=pl.DataFrame(schema=FACT_CONVERSIONS),
-            reattributions=pl.DataFrame(schema=CONVERSION_REATTRIBUTIONS),
-            rollups=pl.DataFrame(schema=ROLLUP_MINUTE),
-            dead_letters=pl.DataFrame(schema=DEAD_LETTERS),
-            stats=pl.DataFrame(schema=INGEST_STATS),
-            watermarks=self.watermarks.snapshot(),
-            fence=self.fence,
+        output = BatchOutput.empty(
+            self.batch_id, watermarks=self.watermarks.snapshot(), fence=self.fence
         )
         self.committer.submit(output, [])
 
     def process(self, chunks: dict[Stream, list[Chunk]]) -> BatchReport:
         """Run every step over one batch of chunks and commit it."""
         timer = _StepTimer(self.step_seconds)
+        output, report, active = self._compute(chunks, timer)
+        output.seconds.update(timer.spent)  # the steps, for metrics (commit: its own)
+        with timer("commit_wait"):
+            acks = [(s, c.partition, c.end_offset) for s in Stream for c in chunks[s]]
+            self.committer.submit(output, acks)
+        self.watermarks.advance_idle(active)
+        self._expire_state()
+        self._next_batch_id()
+        report.seconds = dict(timer.spent)
+        return report
+
+    def _next_batch_id(self) -> None:
+        self.batch_id += 1
+        if self.batch_id >= self._batch_id_end:
+            self._reserve_batch_ids()
+
+    # -- isolation of records that make a batch fail (see isolation.py) -------------------
+    def _isolate_after(self, error: BaseException) -> BatchReport | None:
+        """After a batch failed for its data: go back to the committed state, read the
+        uncommitted records again, and process them isolating the ones at fault."""
+        pending = self.committer.take_error()  # the commit in flight, or the refused one
+        if (
+            pending is not None
+            and pending is not error
+            and not self.warehouse.refuses_data(pending)
+        ):
+            raise self.committer.failure(pending)
+        self.recover()
+        chunks = self._poll()
+        if not any(chunks.values()):
+            return None
+        return self.process_isolating(chunks)
+
+    def process_isolating(self, chunks: dict[Stream, list[Chunk]]) -> BatchReport:
+        """Process one batch piece by piece, dead-letter the records that fail on their
+        own, and commit the rest, with the batch's offsets, in one transaction.
+
+        Needs the in-memory state to be the committed one (nothing in flight); commits
+        synchronously. Only runs after a batch failed: the hot path is :meth:`process`.
+        """
+        timer = _StepTimer(self.step_seconds)
+        records = BatchRecords(chunks)
+        passed: list[BatchOutput] = []
+        reports: list[BatchReport] = []
+        active: set[tuple[Stream, int]] = set()
+
+        def attempt(lo: int, hi: int) -> Failure | None:
+            piece, starts = records.piece(lo, hi)
+            saved = self._save_state()
+            try:
+                output, report, touched = self._compute(piece, timer)
+            except BaseException as exc:  # PanicException is not an Exception
+                if not step_refuses_data(exc):
+                    raise
+                self._restore_state(saved)
+                return Failure(Reason.PROCESSING_FAILED, describe(exc))
+            try:
+                self.warehouse.check_commit(output)
+            except Exception as exc:
+                if not self.warehouse.refuses_data(exc):
+                    raise
+                self._restore_state(saved)
+                return Failure(Reason.COMMIT_REJECTED, describe(exc))
+            output.dead_letters = rebase_dead_letters(output.dead_letters, starts)
+            passed.append(output)
+            reports.append(report)
+            active.update(touched)
+            self._expire_state()
+            return None
+
+        refused = bisect(0, len(records), attempt)
+        now = self.clock().replace(tzinfo=None)
+        letters = pl.DataFrame(
+            [records.dead_letter(place, failure, now) for place, failure in refused],
+            schema=DEAD_LETTERS,
+        )
+        for row in letters.iter_rows(named=True):
+            log.warning(
+                "dead letter %s: %s partition %s, record %s of the chunk read after %s: %s",
+                row["reason"],
+                row["stream"],
+                row["partition"],
+                row["record_index"],
+                f"offset {row['source_offset']}" if row["source_offset"] else "the start",
+                row["detail"],
+            )
+        output = merge_outputs(passed, letters, self.batch_id, now)
+        for stream in Stream:
+            for c in chunks[stream]:
+                self.offsets[(stream, c.partition)] = c.end_offset
+                active.add((stream, c.partition))
+        output.offsets = {k: v for k, v in self.offsets.items() if v is not None}
+        output.watermarks = self.watermarks.snapshot()
+        output.fence = self.fence
+        output.seconds.update(timer.spent)  # every piece tried, for metrics
+        with timer("commit_wait"):  # the committer counts the commit itself
+            acks = [(s, c.partition, c.end_offset) for s in Stream for c in chunks[s]]
+            self.committer.submit(output, acks)
+            error = self.committer.take_error()
+        if error is not None:
+            # Every piece passed on its own: a refusal now is not one record's fault.
+            raise CommitFailedError(
+                f"batch {self.batch_id} failed to commit after the records at fault were"
+                " set aside; restart the processor"
+            ) from error
+        self.watermarks.advance_idle(active)
+        report = _merge_reports(self.batch_id, reports, records, refused)
+        report.seconds = dict(timer.spent)
+        self._next_batch_id()
+        return report
+
+    def _save_state(self) -> _SavedState:
+        return _SavedState(
+            offsets=dict(self.offsets),
+            watermarks=self.watermarks.copy(),
+            dedupe=self.dedupe.copy(),
+            clicks=self.clicks.copy(),
+            open_conversions=self.open_conversions.copy(),
+        )
+
+    def _restore_state(self, saved: _SavedState) -> None:
+        self.offsets = saved.offsets
+        self.watermarks = saved.watermarks
+        self.dedupe = saved.dedupe
+        self.clicks = saved.clicks
+        self.open_conversions = saved.open_conversions
+
+    def _compute(
+        self, chunks: dict[Stream, list[Chunk]], timer: _StepTimer
+    ) -> tuple[BatchOutput, BatchReport, set[tuple[Stream, int]]]:
+        """Every step over one batch: its output (to commit), its report and the
+        partitions it touched. Advances the in-memory state and offsets."""
         now = self.clock()
         processed_at = now.replace(tzinfo=None)
         max_future = timedelta(seconds=self.settings.max_future_seconds)
@@ -499,17 +708,7 @@ class Processor:
                 watermarks=self.watermarks.snapshot(),
                 fence=self.fence,
             )
-        with timer("commit_wait"):
-            acks = [(s, c.partition, c.end_offset) for s in Stream for c in chunks[s]]
-            output.seconds.update(timer.spent)  # commit_wait: until the submit returned
-            self.committer.submit(output, acks)
-        self.watermarks.advance_idle(active)
-        self._expire_state()
-        self.batch_id += 1
-        if self.batch_id >= self._batch_id_end:
-            self._reserve_batch_ids()
-        report.seconds = dict(timer.spent)
-        return report
+        return output, report, active
 
     def _close_conversions(self) -> None:
         """Forget conversions that no click within the allowed lateness can precede."""
@@ -523,6 +722,43 @@ class Processor:
 
 
 _MIN_TIME = datetime(1970, 1, 1)
+
+
+@dataclass(slots=True)
+class _SavedState:
+    """The processor's state before a piece of an isolated batch (copies)."""
+
+    offsets: dict[tuple[Stream, int], str | None]
+    watermarks: Watermarks
+    dedupe: DedupeState
+    clicks: FrameState
+    open_conversions: FrameState
+
+
+def _merge_reports(
+    batch_id: int,
+    reports: list[BatchReport],
+    records: BatchRecords,
+    refused: list[tuple[int, Failure]],
+) -> BatchReport:
+    merged = BatchReport(batch_id, {}, {}, {}, {}, {}, 0, 0)
+    for r in reports:
+        merged.reattributed += r.reattributed
+        for total, part in (
+            (merged.received, r.received),
+            (merged.accepted, r.accepted),
+            (merged.rejected, r.rejected),
+            (merged.duplicates, r.duplicates),
+            (merged.late, r.late),
+        ):
+            for stream, n in part.items():
+                total[stream] = total.get(stream, 0) + n
+    for place, _ in refused:
+        stream = records.places[place][0]
+        merged.received[stream] = merged.received.get(stream, 0) + 1
+        merged.rejected[stream] = merged.rejected.get(stream, 0) + 1
+    merged.bytes = sum(len(c.data) for cs in records.chunks.values() for c in cs)
+    return merged
 
 
 class _StepTimer:

@@ -53,6 +53,14 @@ class Watermarks:
         for key, wm in saved.items():
             self._clocks[key] = _Clock(wm.watermark, wm.max_event_time, now)
 
+    def copy(self) -> Watermarks:
+        other = Watermarks(self.idle_timeout)
+        other._clocks = {
+            k: _Clock(c.watermark, c.max_event_time, c.last_event_wall)
+            for k, c in self._clocks.items()
+        }
+        return other
+
     def get(self, stream: Stream, partition: int) -> datetime | None:
         clock = self._clocks.get((stream, partition))
         return clock.watermark if clock else None
@@ -116,6 +124,11 @@ class DedupeState:
     def __len__(self) -> int:
         return sum(len(s) for s in self.sets.values())
 
+    def copy(self) -> DedupeState:
+        other = DedupeState.__new__(DedupeState)
+        other.sets = {stream: ids.copy() for stream, ids in self.sets.items()}
+        return other
+
 
 def key_hashes(event_ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """Two independent 64-bit hashes of each id: a 128-bit in-memory key.
@@ -172,6 +185,13 @@ class FrameState:
 
     def __len__(self) -> int:
         return sum(p.height for p in self._parts)
+
+    def copy(self) -> FrameState:
+        """A copy sharing the (immutable) frames: cheap."""
+        other = FrameState(self.columns)
+        other._parts = list(self._parts)
+        other._frame = self._frame
+        return other
 
     def add(self, rows: pl.DataFrame) -> None:
         if rows.height:

@@ -221,7 +221,8 @@ class PartitionWorker:
         """True when every partition's log is committed up to its end (by any worker)."""
         if self.processor is not None:
             try:
-                self.processor.committer.drain()
+                if self.processor.settle() is not None:
+                    return False  # a refused batch was just isolated and committed
             except RuntimeError as exc:
                 if not _lease_lost(exc):
                     raise

@@ -42,19 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
-import polars as pl
-
 from adpulse.contracts import Stream
 from adpulse.storage.warehouse.base import BatchOutput, Warehouse
-from adpulse.storage.warehouse.schema import (
-    CONVERSION_REATTRIBUTIONS,
-    DEAD_LETTERS,
-    FACT_CLICKS,
-    FACT_CONVERSIONS,
-    FACT_IMPRESSIONS,
-    INGEST_STATS,
-    ROLLUP_MINUTE,
-)
 from adpulse.transport.embedded import LOCK_FILE, count_lines, list_segments, segment_name
 from adpulse.transport.framing import (
     LOST_LINE_MIN_BYTES,
@@ -238,19 +227,7 @@ def commit_checkpoints(warehouse: Warehouse, offsets: Mapping[Key, str]) -> None
     """Write ``offsets`` as the committed checkpoints, in one ordinary (empty) commit."""
     if not offsets:
         return
-    warehouse.commit(
-        BatchOutput(
-            batch_id=warehouse.reserve_batch_ids(1),
-            impressions=pl.DataFrame(schema=FACT_IMPRESSIONS),
-            clicks=pl.DataFrame(schema=FACT_CLICKS),
-            conversions=pl.DataFrame(schema=FACT_CONVERSIONS),
-            reattributions=pl.DataFrame(schema=CONVERSION_REATTRIBUTIONS),
-            rollups=pl.DataFrame(schema=ROLLUP_MINUTE),
-            dead_letters=pl.DataFrame(schema=DEAD_LETTERS),
-            stats=pl.DataFrame(schema=INGEST_STATS),
-            offsets=dict(offsets),
-        )
-    )
+    warehouse.commit(BatchOutput.empty(warehouse.reserve_batch_ids(1), offsets=dict(offsets)))
 
 
 # -- scanning --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 import polars as pl
 
 from adpulse.contracts import Stream
+from adpulse.storage.warehouse import schema
 
 if TYPE_CHECKING:
     from adpulse.storage.warehouse.leases import PartitionLeases, WorkerIdentity
@@ -74,6 +75,31 @@ class BatchOutput:
     #: (for metrics; never stored).
     seconds: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def empty(
+        cls,
+        batch_id: int,
+        *,
+        offsets: dict[tuple[Stream, int], str] | None = None,
+        watermarks: dict[tuple[Stream, int], PartitionWatermark] | None = None,
+        fence: LeaseFence | None = None,
+    ) -> BatchOutput:
+        """A batch with no rows: commits only offsets and watermarks (an idle tick, a
+        checkpoint moved by a log repair)."""
+        return cls(
+            batch_id=batch_id,
+            impressions=pl.DataFrame(schema=schema.FACT_IMPRESSIONS),
+            clicks=pl.DataFrame(schema=schema.FACT_CLICKS),
+            conversions=pl.DataFrame(schema=schema.FACT_CONVERSIONS),
+            reattributions=pl.DataFrame(schema=schema.CONVERSION_REATTRIBUTIONS),
+            rollups=pl.DataFrame(schema=schema.ROLLUP_MINUTE),
+            dead_letters=pl.DataFrame(schema=schema.DEAD_LETTERS),
+            stats=pl.DataFrame(schema=schema.INGEST_STATS),
+            offsets=offsets or {},
+            watermarks=watermarks or {},
+            fence=fence,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class DimensionLoadResult:
@@ -111,6 +137,22 @@ class Warehouse(ABC):
     @abstractmethod
     def commit(self, output: BatchOutput) -> None:
         """Write all outputs, offsets and watermarks atomically (all or nothing)."""
+
+    @abstractmethod
+    def check_commit(self, output: BatchOutput) -> None:
+        """Run :meth:`commit` in a transaction that is always rolled back: raises what
+        the commit would raise, writes nothing. Only the processor's isolation of a
+        refused batch calls it (see :mod:`adpulse.processor.isolation`)."""
+
+    def refuses_data(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised by :meth:`commit`, means the database refused the
+        batch's *data* (a value it cannot store), not that it is unavailable.
+
+        Data refusals are isolated record by record and dead-lettered; anything else
+        (a lost connection, a full disk, a lost lease, a bug) stops or retries. This
+        default knows no database; each backend names its driver's data errors.
+        """
+        return False
 
     @abstractmethod
     def load_offsets(self) -> dict[tuple[Stream, int], str]: ...

@@ -104,6 +104,27 @@ class DuckDBWarehouse(SqlWarehouse):
         self._writer.close()
         self._root.close()
 
+    def refuses_data(self, exc: BaseException) -> bool:
+        """DuckDB's data errors: a value refused by the database, never its state.
+
+        Data (the commit's rows are at fault; isolated and dead-lettered):
+        ``duckdb.DataError`` (its subclasses ``ConversionException``,
+        ``OutOfRangeException``, ``TypeMismatchException``: a value that does not fit
+        its column), ``duckdb.IntegrityError`` (``ConstraintException``) and
+        ``InvalidInputException`` (e.g. a string that is not valid UTF-8 in a staged
+        frame).
+
+        Infrastructure (stop or retry): ``OperationalError`` and its subclasses
+        (``IOException`` for a full disk or a lost file, ``OutOfMemoryException``,
+        ``TransactionException``, ``ConnectionException``), ``InterruptException``,
+        ``FatalException`` (the database is invalidated), and ``OSError``. Errors of the
+        SQL itself (``BinderException``, ``CatalogException``, ``ParserException``) are
+        bugs or a wrong schema: they stop too, since no record can be blamed for them.
+        """
+        return isinstance(
+            exc, duckdb.DataError | duckdb.IntegrityError | duckdb.InvalidInputException
+        )
+
     # -- reads -------------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
         """Run one read-only statement (``SELECT``/``WITH``) on a cursor of its own."""

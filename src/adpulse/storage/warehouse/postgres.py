@@ -326,6 +326,14 @@ class PostgresWarehouse(SqlWarehouse):
 
         self._retry(f"the commit of batch {output.batch_id}", attempt)
 
+    def check_commit(self, output: BatchOutput) -> None:
+        """See :meth:`Warehouse.check_commit`; retried when the connection is lost (it
+        writes nothing, so a retry is always safe)."""
+        self._retry(
+            f"a trial commit of batch {output.batch_id}",
+            lambda: SqlWarehouse.check_commit(self, output),
+        )
+
     def _committed(self, output: BatchOutput) -> bool:
         """Whether ``output`` is committed: its checkpoints are in the warehouse. (A batch
         always moves at least one offset on, so they identify it; an idle tick without
@@ -375,6 +383,24 @@ class PostgresWarehouse(SqlWarehouse):
             guard=self._deadlines.guard,
             retry=self._retry,
         )
+
+    def refuses_data(self, exc: BaseException) -> bool:
+        """PostgreSQL's data errors, by SQLSTATE class (psycopg maps each to a class).
+
+        Data (the commit's rows are at fault; isolated and dead-lettered):
+        ``psycopg.DataError`` (class 22: a NUL or an invalid byte in text, a number or
+        a timestamp out of its column's range, a string too long for its column, ...)
+        and ``psycopg.IntegrityError`` (class 23: a constraint).
+
+        Infrastructure (retried on a new connection, then stop): every
+        ``OperationalError`` (class 08 a lost connection, 53 a full disk or no memory,
+        57 a server shut down or a statement cancelled, 40 a serialization failure;
+        also 54, program limits, which no record of at most ``max_record_bytes`` can
+        reach here), ``InterfaceError`` (the driver's connection is unusable) and
+        ``OSError``. ``ProgrammingError`` (class 42, the SQL or the schema) and
+        ``InternalError`` (class XX) are not the data's fault either: they stop.
+        """
+        return isinstance(exc, self._psycopg.DataError | self._psycopg.IntegrityError)
 
     # -- reads -------------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:

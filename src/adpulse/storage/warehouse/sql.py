@@ -266,36 +266,44 @@ class SqlWarehouse(Warehouse):
 
     # -- the processor's commit -------------------------------------------------------------
     def commit(self, output: BatchOutput) -> None:
-        appends = (
-            ("fact_impressions", output.impressions, schema.FACT_IMPRESSIONS),
-            ("fact_clicks", output.clicks, schema.FACT_CLICKS),
-            ("fact_conversions", output.conversions, schema.FACT_CONVERSIONS),
-            ("rollup_minute", output.rollups, schema.ROLLUP_MINUTE),
-            ("dead_letters", _storable(output.dead_letters), schema.DEAD_LETTERS),
-            ("ingest_stats", output.stats, schema.INGEST_STATS),
-        )
-        reattributions = output.reattributions
-        # Check every frame before the first write: a contract error then costs nothing.
-        for table, frame, columns in appends:
+        self._check_frames(output)
+        with self._transaction():
+            self._write(output)
+
+    def check_commit(self, output: BatchOutput) -> None:
+        self._check_frames(output)
+        try:
+            with self._transaction():
+                self._write(output)
+                raise _RolledBack  # the transaction context rolls back on any exception
+        except _RolledBack:
+            pass
+
+    def _check_frames(self, output: BatchOutput) -> None:
+        """Check every frame before the first write: a contract error then costs nothing."""
+        for table, frame, columns in _appends(output):
             if frame.height:
                 check_frame(table, frame, columns)
-        if reattributions.height:
-            check_frame("reattributions", reattributions, schema.CONVERSION_REATTRIBUTIONS)
+        if output.reattributions.height:
+            check_frame("reattributions", output.reattributions, schema.CONVERSION_REATTRIBUTIONS)
+
+    def _write(self, output: BatchOutput) -> None:
+        """Every write of one commit, inside the open transaction."""
+        appends = _appends(output)
         updated_at = now_utc()
-        with self._transaction():
-            if output.fence is not None:
-                self._check_fence(output.fence)  # first: takes the lease rows' locks
-            for table, frame, columns in appends[:3]:
-                self._append(table, frame, columns)
-            if reattributions.height:
-                with self._stage("staged_reattributions", reattributions):
-                    self._execute(reattribute("staged_reattributions"))
-            for table, frame, columns in appends[3:]:
-                self._append(table, frame, columns)
-            if output.offsets:
-                self._upsert("checkpoints", _offsets_frame(output.offsets, updated_at))
-            if output.watermarks:
-                self._upsert("watermarks", _watermarks_frame(output.watermarks, updated_at))
+        if output.fence is not None:
+            self._check_fence(output.fence)  # first: takes the lease rows' locks
+        for table, frame, columns in appends[:3]:
+            self._append(table, frame, columns)
+        if output.reattributions.height:
+            with self._stage("staged_reattributions", output.reattributions):
+                self._execute(reattribute("staged_reattributions"))
+        for table, frame, columns in appends[3:]:
+            self._append(table, frame, columns)
+        if output.offsets:
+            self._upsert("checkpoints", _offsets_frame(output.offsets, updated_at))
+        if output.watermarks:
+            self._upsert("watermarks", _watermarks_frame(output.watermarks, updated_at))
 
     def _check_fence(self, fence: LeaseFence) -> None:
         """Raise :class:`LeaseLostError` unless ``fence.owner`` still holds every lease.
@@ -470,6 +478,25 @@ class SqlWarehouse(Warehouse):
         key = quote("key")
         rows = self._read(f"SELECT value FROM {META_TABLE} WHERE {key} = ?", [_REVISION])
         return int(rows.item()) if rows.height else 0
+
+
+class _RolledBack(Exception):
+    """Ends :meth:`SqlWarehouse.check_commit`'s transaction by rolling it back."""
+
+
+def _appends(
+    output: BatchOutput,
+) -> tuple[tuple[str, pl.DataFrame, Mapping[str, pl.DataType]], ...]:
+    """The appended tables of a commit, in write order (facts first: re-attributions
+    update conversions appended in the same commit)."""
+    return (
+        ("fact_impressions", output.impressions, schema.FACT_IMPRESSIONS),
+        ("fact_clicks", output.clicks, schema.FACT_CLICKS),
+        ("fact_conversions", output.conversions, schema.FACT_CONVERSIONS),
+        ("rollup_minute", output.rollups, schema.ROLLUP_MINUTE),
+        ("dead_letters", _storable(output.dead_letters), schema.DEAD_LETTERS),
+        ("ingest_stats", output.stats, schema.INGEST_STATS),
+    )
 
 
 def _storable(dead_letters: pl.DataFrame) -> pl.DataFrame:
