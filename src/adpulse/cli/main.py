@@ -679,6 +679,13 @@ def grafana_export(
         str | None,
         typer.Option(help="DIR/dashboards as Grafana sees it (e.g. inside a container)."),
     ] = None,
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Prometheus scraping adpulse (e.g. http://127.0.0.1:9090): adds its data"
+            " source and the pipeline-health dashboard."
+        ),
+    ] = None,
 ) -> None:
     """Write Grafana provisioning files for the PostgreSQL warehouse: a data source
     (password from $ADPULSE_WAREHOUSE_PASSWORD in Grafana's environment) and a dashboard
@@ -687,7 +694,13 @@ def grafana_export(
 
     settings = settings_for(home, config)
     try:
-        written = export(directory, settings, schema=schema, dashboards_path=dashboards_path)
+        written = export(
+            directory,
+            settings,
+            schema=schema,
+            dashboards_path=dashboards_path,
+            prometheus_url=prometheus_url,
+        )
     except GrafanaExportError as exc:
         raise UserError(str(exc)) from exc
     for path in written:
