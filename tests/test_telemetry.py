@@ -95,6 +95,8 @@ def test_api_latency_by_route_template_and_status(tmp_path: Path) -> None:
             assert client.get(f"/api/v1/metrics/{metric}").status_code == 200
         for n in range(5):
             assert client.get(f"/no/such/path/{n}").status_code == 404
+        for method in ("BREW", "WHEN"):  # any token is a method to HTTP
+            assert client.request(method, "/healthz").status_code == 405
         text = client.get("/metrics").text
     got = samples(text)
 
@@ -105,10 +107,12 @@ def test_api_latency_by_route_template_and_status(tmp_path: Path) -> None:
     assert count("/api/v1/summary", "200") == 3
     assert count("/api/v1/metrics/{metric}", "200") == 2
     assert count(UNMATCHED_ROUTE, "404") == 5
+    methods = (("method", "other"), ("route", "/healthz"), ("status", "405"))
+    assert got[("adpulse_http_request_duration_seconds_count", methods)] == 2
     routes = {
         dict(labels)["route"]
         for name, labels in got
         if name == "adpulse_http_request_duration_seconds_count"
     }
-    assert routes == {"/api/v1/summary", "/api/v1/metrics/{metric}", UNMATCHED_ROUTE}
+    assert routes == {"/api/v1/summary", "/api/v1/metrics/{metric}", "/healthz", UNMATCHED_ROUTE}
     assert got[("adpulse_live_stream_clients", ())] == 0

@@ -45,6 +45,8 @@ REQUEST_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 #: The route label of requests answered before routing matched a route: unknown paths
 #: (404), and requests refused by the Host, key or size checks in front of the router.
 UNMATCHED_ROUTE: Final = "unmatched"
+#: Methods labelled as themselves; any other (a client may send any token) is "other".
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: Scope key where a layer that answers without routing (the shared-answer shortcut)
 #: records the route template the answer was first routed to.
 ROUTE_SCOPE: Final = "adpulse.route_template"
@@ -211,7 +213,8 @@ class ApiMetrics:
         try:
             await self.app(scope, receive, sending)
         finally:
-            self.seconds.labels(scope["method"], route_of(scope), str(status[0])).observe(
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.seconds.labels(method, route_of(scope), str(status[0])).observe(
                 time.perf_counter() - t0
             )
 
