@@ -9,8 +9,8 @@ connects them for each kind of process:
 - :func:`partition_worker_for`: a worker sharing the partitions over PostgreSQL
   (``adpulse process``, ``--workers N``);
 - :func:`commit_listeners`: what each processor reports its commits to, the seam where
-  capabilities plug in (the Prometheus metrics of :mod:`adpulse.telemetry`; alerts): add a listener here
-  (:mod:`adpulse.processor.listeners`);
+  capabilities plug in (the Prometheus metrics of :mod:`adpulse.telemetry`; alerts):
+  add a listener here (:mod:`adpulse.processor.listeners`);
 - serving (``adpulse serve``, ``adpulse query``, the demo's API) hands the query layer
   ``Runtime.warehouse`` and ``Runtime.store`` (the serving store, when one is open).
 
