@@ -129,6 +129,13 @@ class Settings(BaseSettings):
         le=60,
         description="HTTP API: answers are shared at most this old (0: every request queries).",
     )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="`adpulse process`: serve Prometheus metrics at http://127.0.0.1:PORT/metrics"
+        " (0: none; `serve` and the demo have /metrics on the API).",
+    )
     api_query_threads: int = Field(
         2, ge=1, le=64, description="HTTP API: warehouse queries run at once, at most."
     )

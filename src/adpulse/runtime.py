@@ -9,9 +9,10 @@ connects them for each kind of process:
 - :func:`partition_worker_for`: a worker sharing the partitions over PostgreSQL
   (``adpulse process``, ``--workers N``);
 - :func:`commit_listeners`: what each processor reports its commits to, the seam where
-  later capabilities (alerts, metrics) plug in: add a listener here
-  (:mod:`adpulse.processor.listeners`); the alert monitor (:mod:`adpulse.alerts`) is
-  opened with the first processor of a process and closed with the runtime;
+  capabilities plug in: add a listener here (:mod:`adpulse.processor.listeners`). The
+  Prometheus metrics (:mod:`adpulse.telemetry`) listen to every processor; the alert
+  monitor (:mod:`adpulse.alerts`) is opened with the first processor of a process and
+  closed with the runtime;
 - serving (``adpulse serve``, ``adpulse query``, the demo's API) hands the query layer
   ``Runtime.warehouse`` and ``Runtime.store`` (the serving store, when one is open).
 
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from adpulse.processor.pipeline import Processor
     from adpulse.processor.workers import PartitionWorker
     from adpulse.serving.store.base import ServingStore
+    from adpulse.telemetry import PipelineMetrics
 
 
 class UserError(Exception):
@@ -63,6 +65,17 @@ class Runtime:
     store: ServingStore | None = field(default=None)
     #: The alert monitor, opened with this process's first processor (commit_listeners).
     alerts: AlertMonitor | None = field(default=None)
+    #: This process's Prometheus metrics of its processors (:meth:`pipeline_metrics`).
+    telemetry: PipelineMetrics | None = field(default=None)
+
+    def pipeline_metrics(self) -> PipelineMetrics:
+        """The commit counters of this process's processors, on a registry of this
+        process (made on first use: a read-only server has none)."""
+        if self.telemetry is None:
+            from adpulse.telemetry import PipelineMetrics, new_registry
+
+            self.telemetry = PipelineMetrics(new_registry())
+        return self.telemetry
 
     def close(self) -> None:
         try:
@@ -166,10 +179,10 @@ def open_runtime(
 def commit_listeners(rt: Runtime, commits: CommitSignal | None = None) -> list[CommitListener]:
     """What a processor of this process reports its commits to: the serving-store sync
     when a store is open, and ``commits`` (the API's cache and live feed) when the API
-    runs in this process, and the alert monitor (opened on the first call; its rules
-    and notifiers follow the ``alert_*`` settings, see docs/alerts.md). New listeners
-    (metrics) are added here."""
-    listeners: list[CommitListener] = []
+    runs in this process, always the process's Prometheus metrics, and the alert
+    monitor (opened on the first call; its rules and notifiers follow the ``alert_*``
+    settings, see docs/alerts.md). New listeners are added here."""
+    listeners: list[CommitListener] = [rt.pipeline_metrics()]
     sync = None
     if rt.store is not None:
         from adpulse.serving.store.sync import StoreSync

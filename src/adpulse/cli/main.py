@@ -17,6 +17,7 @@ from rich.console import Console
 
 from adpulse.cli.log_commands import log_app
 from adpulse.cli.runtime import (
+    Runtime,
     UserError,
     Worker,
     configure_logging,
@@ -354,6 +355,15 @@ def process(
     supervised: Annotated[
         bool, typer.Option("--supervised", hidden=True, help="Started by --workers.")
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics (0: none;"
+            " default: the metrics_port setting).",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the processor on its own: consume the log and commit results until stopped
@@ -363,7 +373,15 @@ def process(
     from adpulse.processor.workers import PartitionWorker
 
     configure_logging(verbose)
-    settings = settings_for(home, config, partitions=partitions)
+    overrides: dict[str, Any] = {} if metrics_port is None else {"metrics_port": metrics_port}
+    settings = settings_for(home, config, partitions=partitions, **overrides)
+    if workers > 1 and settings.metrics_port:
+        raise UserError(
+            f"--workers {workers} with metrics port {settings.metrics_port}: the workers"
+            " cannot share one port. Start each worker as its own `adpulse process"
+            " --metrics-port PORT` (they share the partitions all the same), or set"
+            " --metrics-port 0"
+        )
     if workers > 1:
         _supervise_workers(settings, workers, home, config, until_caught_up, verbose)
         return
@@ -377,6 +395,8 @@ def process(
             runner = partition_worker_for(rt)
         else:
             runner = processor_for(rt)
+        if settings.metrics_port:
+            _serve_process_metrics(rt, runner, settings.metrics_port)
         committed = [0]
 
         def on_batch(report: Any) -> None:
@@ -400,6 +420,29 @@ def process(
             runner.close()
         who = f"worker {runner.worker_id}: " if isinstance(runner, PartitionWorker) else ""
         console.print(who + stopping.stopped_line(f"committed {committed[0]:,} records"))
+
+
+def _serve_process_metrics(rt: Runtime, runner: Any, port: int) -> None:
+    """prometheus-client's own HTTP server for this process's metrics (daemon thread,
+    gone with the process), with the lag asked of a consumer of the scrapes' own."""
+    from adpulse.processor.pipeline import Processor
+    from adpulse.telemetry import serve_metrics
+
+    metrics = rt.pipeline_metrics()
+    if isinstance(runner, Processor):  # a shared-partitions worker's set changes; no lag
+        reader = rt.transport.consumer()
+        lock = threading.Lock()
+
+        def lag() -> int:
+            with lock:  # scrapes may overlap; a consumer is not thread-safe
+                return runner.lag_bytes(reader)
+
+        metrics.watch_lag(lag)
+    try:
+        serve_metrics(metrics.registry, port)
+    except OSError as exc:
+        raise UserError(str(exc)) from None
+    console.print(f"metrics at http://127.0.0.1:{port}/metrics")
 
 
 def _supervise_workers(
@@ -651,6 +694,13 @@ def grafana_export(
         str | None,
         typer.Option(help="DIR/dashboards as Grafana sees it (e.g. inside a container)."),
     ] = None,
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Prometheus scraping adpulse (e.g. http://127.0.0.1:9090): adds its data"
+            " source and the pipeline-health dashboard."
+        ),
+    ] = None,
 ) -> None:
     """Write Grafana provisioning files for the PostgreSQL warehouse: a data source
     (password from $ADPULSE_WAREHOUSE_PASSWORD in Grafana's environment) and a dashboard
@@ -659,7 +709,13 @@ def grafana_export(
 
     settings = settings_for(home, config)
     try:
-        written = export(directory, settings, schema=schema, dashboards_path=dashboards_path)
+        written = export(
+            directory,
+            settings,
+            schema=schema,
+            dashboards_path=dashboards_path,
+            prometheus_url=prometheus_url,
+        )
     except GrafanaExportError as exc:
         raise UserError(str(exc)) from exc
     for path in written:

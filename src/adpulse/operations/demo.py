@@ -171,6 +171,8 @@ def run_demo(
 
         commits = CommitSignal()  # the API's cache and live feed follow the commits
         processor = processor_for(rt, commits)
+        # /metrics shows the lag the display last measured (its consumer, its thread)
+        rt.pipeline_metrics().watch_lag(lambda: int(live_figures.get("lag_bytes", 0)))
         produce_thread = Worker(produce, "producer")
         process_thread = Worker(processor.run, "processor", processing, on_batch=rates.add)
         threads = [produce_thread, process_thread]
@@ -265,6 +267,7 @@ def _start_api(
         store=rt.store,
         access=access,
         collector=collector,
+        registry=rt.pipeline_metrics().registry,
     )
     server = make_server(app)
     url = url_of(sock)

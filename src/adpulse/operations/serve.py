@@ -104,6 +104,8 @@ def run_serve(
                 store=rt.store,
                 access=access,
                 collector=collector,
+                # the processors' metrics when this process runs one (read-only: API only)
+                registry=rt.pipeline_metrics().registry if runner is not None else None,
             )
         else:
             assert collector is not None

@@ -214,6 +214,7 @@ class _Committer:
                         log.exception("batch %s: %s", output.batch_id, step)
                     self.error = exc
                 else:
+                    output.seconds["commit"] = time.perf_counter() - t
                     # after the commit, never instead: listeners only mirror the warehouse
                     tell_commit(self.listeners, output)
                 self.seconds["commit"] += time.perf_counter() - t
@@ -492,6 +493,7 @@ class Processor:
         """Run every step over one batch of chunks and commit it."""
         timer = _StepTimer(self.step_seconds)
         output, report, active = self._compute(chunks, timer)
+        output.seconds.update(timer.spent)  # the steps, for metrics (commit: its own)
         with timer("commit_wait"):
             acks = [(s, c.partition, c.end_offset) for s in Stream for c in chunks[s]]
             self.committer.submit(output, acks)
@@ -584,6 +586,7 @@ class Processor:
         output.offsets = {k: v for k, v in self.offsets.items() if v is not None}
         output.watermarks = self.watermarks.snapshot()
         output.fence = self.fence
+        output.seconds.update(timer.spent)  # every piece tried, for metrics
         with timer("commit_wait"):  # the committer counts the commit itself
             acks = [(s, c.partition, c.end_offset) for s in Stream for c in chunks[s]]
             self.committer.submit(output, acks)

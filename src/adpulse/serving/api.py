@@ -45,6 +45,7 @@ import polars as pl
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -66,6 +67,7 @@ from adpulse.serving.queries import FilterError, Filters
 from adpulse.serving.store.base import ServingStore
 from adpulse.sources.collector import Collector, collector_router
 from adpulse.storage.warehouse.base import Warehouse
+from adpulse.telemetry import ROUTE_SCOPE, UNMATCHED_ROUTE, ApiMetrics, new_registry, route_of
 
 log = logging.getLogger(__name__)
 
@@ -439,6 +441,8 @@ class SharedRequest:
     key: Hashable
     compute: Callable[[], bytes]
     versioned: bool
+    #: The route template it was routed to (the metrics' route label).
+    route: str = UNMATCHED_ROUTE
 
 
 class KnownRequests:
@@ -486,6 +490,7 @@ class AnswerShortcut:
             except Exception:  # the app gives the proper error response
                 log.debug("shortcut for %s failed; routing it", scope["path"], exc_info=True)
             else:
+                scope[ROUTE_SCOPE] = asked.route
                 await json_body(body)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -502,6 +507,7 @@ def create_app(
     store: ServingStore | None = None,
     access: Access | None = None,
     collector: Collector | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> FastAPI:
     """The API over ``warehouse`` (shared, read through the query layer only), with
     ``store``, the serving store, for live views when the process keeps one.
@@ -510,7 +516,9 @@ def create_app(
     health payload, e.g. from the running demo. ``commits`` is the processor's commit
     signal when it runs in this process: the live feed then pushes after each commit,
     and shared answers stay current until the next commit. ``access`` says whether keys
-    are required (:func:`adpulse.serving.auth.access_for`; default: open).
+    are required (:func:`adpulse.serving.auth.access_for`; default: open). ``/metrics``
+    shows ``registry`` (the process's, holding its processors' metrics; default: a new
+    one) with the API's own metrics added (:mod:`adpulse.telemetry`).
     """
 
     def health() -> dict[str, Any]:
@@ -612,7 +620,19 @@ def create_app(
     app.add_middleware(ReadGate, access=access)  # no answer without a key
     if settings.cors_origins:  # before the key: a browser's preflight carries none
         app.add_middleware(CollectorCors, origins=settings.cors_origins)
-    app.add_middleware(HostGate, access=access)  # outermost: DNS rebinding
+    app.add_middleware(HostGate, access=access)  # DNS rebinding
+    registry = new_registry() if registry is None else registry
+    app.add_middleware(ApiMetrics, registry=registry)  # outermost: times every answer
+    live_clients = Gauge(
+        "adpulse_live_stream_clients", "Open live-feed (SSE) streams.", registry=registry
+    )
+    live_clients.set_function(lambda: feed.clients)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """The Prometheus text format; behind a read key when keys are required."""
+        body = await asyncio.to_thread(generate_latest, registry)  # lag may ask the log
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         # DuckDB reads release the GIL; a thread keeps the event loop (and SSE) responsive
@@ -627,7 +647,8 @@ def create_app(
             return _dumps(build())
 
         body = await answers.get(key, compute, versioned=versioned)
-        known.remember(request.scope, SharedRequest(key, compute, versioned))
+        route = route_of(request.scope)
+        known.remember(request.scope, SharedRequest(key, compute, versioned, route))
         return json_body(body)
 
     # --- dashboard ------------------------------------------------------------------------

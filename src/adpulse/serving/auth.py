@@ -58,6 +58,8 @@ COOKIE: Final = "adpulse_key"
 #: Paths the read gate covers; the session route checks the key it is given itself.
 READ_PREFIX: Final = "/api/v1/"
 SESSION_PATH: Final = "/api/v1/session"
+#: Prometheus metrics: read like the API (a scraper sends ``Authorization: Bearer``).
+METRICS_PATH: Final = "/metrics"
 #: Where :class:`ReadGate` leaves the id of the key a request was let in with (the live
 #: stream caps streams per key).
 KEY_ID_SCOPE: Final = "adpulse.key_id"
@@ -390,9 +392,10 @@ WriteKey = Annotated[ApiKey | None, Depends(require_write_key)]
 
 
 class ReadGate:
-    """Requires a read key on every ``/api/v1/`` path but the session route, before
-    anything else runs (the shared-answer shortcut answers without routing, so a route
-    dependency alone would not be asked). Plain ASGI, like the other middleware here."""
+    """Requires a read key on every ``/api/v1/`` path but the session route, and on
+    ``/metrics``, before anything else runs (the shared-answer shortcut answers without
+    routing, so a route dependency alone would not be asked). Plain ASGI, like the
+    other middleware here."""
 
     def __init__(self, app: ASGIApp, access: Access) -> None:
         self.app = app
@@ -403,8 +406,7 @@ class ReadGate:
         if (
             self.access.required
             and scope["type"] == "http"
-            and path.startswith(READ_PREFIX)
-            and path != SESSION_PATH
+            and ((path.startswith(READ_PREFIX) and path != SESSION_PATH) or path == METRICS_PATH)
         ):
             from starlette.requests import HTTPConnection
 

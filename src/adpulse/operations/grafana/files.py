@@ -15,6 +15,12 @@ from adpulse.operations.grafana.datasource import (
     datasource_provisioning,
     warehouse_connection,
 )
+from adpulse.operations.grafana.health import (
+    HEALTH_DASHBOARD_FILE,
+    PROMETHEUS_DATASOURCE_FILE,
+    health_dashboard,
+    prometheus_provisioning,
+)
 from adpulse.operations.grafana.panels import PanelSql
 
 DATASOURCE_FILE: Final = Path("provisioning/datasources/adpulse.yaml")
@@ -68,12 +74,15 @@ def export(
     *,
     schema: str | None = None,
     dashboards_path: str | None = None,
+    prometheus_url: str | None = None,
 ) -> list[Path]:
     """Write the provisioning files under ``directory``; return their paths.
 
     ``schema`` overrides the one read from ``warehouse_url``; ``dashboards_path`` is
     where Grafana will find ``DIR/dashboards`` (default: its absolute path here, for a
-    Grafana on this machine; give the mounted path for a container).
+    Grafana on this machine; give the mounted path for a container). With
+    ``prometheus_url``, also a Prometheus data source and the pipeline-health dashboard
+    (:mod:`.health`).
     """
     connection = warehouse_connection(settings.warehouse_url, schema)
     directory = directory.expanduser().resolve()
@@ -92,6 +101,14 @@ def export(
             json.dumps(dashboard(PanelSql(connection.schema), settings), indent=2) + "\n",
         ),
     ]
+    if prometheus_url is not None:
+        documents += [
+            (
+                PROMETHEUS_DATASOURCE_FILE,
+                _HEADER + to_yaml(prometheus_provisioning(prometheus_url)) + "\n",
+            ),
+            (HEALTH_DASHBOARD_FILE, json.dumps(health_dashboard(), indent=2) + "\n"),
+        ]
     written = []
     try:
         for relative, text in documents:

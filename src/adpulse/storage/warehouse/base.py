@@ -71,6 +71,9 @@ class BatchOutput:
     watermarks: dict[tuple[Stream, int], PartitionWatermark] = field(default_factory=dict)
     #: Set when partitions are shared between workers (see :class:`LeaseFence`).
     fence: LeaseFence | None = None
+    #: Seconds the batch spent per processor step, ``commit`` included once committed
+    #: (for metrics; never stored).
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def empty(

@@ -1,0 +1,242 @@
+"""Operational metrics in the Prometheus text format (``/metrics``; docs/metrics-prometheus.md).
+
+Not to be confused with :mod:`adpulse.metrics`, the catalog of the business numbers
+(clicks, CTR, ...): these describe the pipeline and the API themselves.
+
+- :class:`PipelineMetrics` is a commit listener (:mod:`adpulse.processor.listeners`): it
+  counts what each committed batch's ``stats`` and dead letters say, so its counters move
+  exactly as ``adpulse status`` does, never ahead of the warehouse. Watermark delay and
+  lag are computed when scraped (a gauge that only moved on commits would freeze while the
+  processor is stuck, which is when it matters).
+- :class:`ApiMetrics` is the outermost ASGI layer of the HTTP API: request latency by
+  route *template* and status, so unknown paths share one label and a scanner cannot
+  grow the series without bound.
+
+Each process makes its own :class:`~prometheus_client.CollectorRegistry` (not the
+library's global one), so several apps and processors can live in one test process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Final
+
+import polars as pl
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from adpulse.contracts import Stream
+from adpulse.storage.warehouse.base import BatchOutput, PartitionWatermark
+
+log = logging.getLogger(__name__)
+
+#: Counters of ``ingest_stats`` exported per stream as ``adpulse_events_<name>_total``.
+EVENT_COUNTERS: Final = ("received", "accepted", "rejected", "duplicates", "late")
+#: Batch step times run from sub-millisecond (dedupe of a small batch) to seconds.
+STEP_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+#: A shared answer costs well under a millisecond; a cold warehouse query, seconds.
+REQUEST_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+#: The route label of requests answered before routing matched a route: unknown paths
+#: (404), and requests refused by the Host, key or size checks in front of the router.
+UNMATCHED_ROUTE: Final = "unmatched"
+#: Methods labelled as themselves; any other (a client may send any token) is "other".
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: Scope key where a layer that answers without routing (the shared-answer shortcut)
+#: records the route template the answer was first routed to.
+ROUTE_SCOPE: Final = "adpulse.route_template"
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry for one process (or one app in a test), never the global default."""
+    return CollectorRegistry(auto_describe=True)
+
+
+class PipelineMetrics:
+    """Counts committed batches; a :class:`~adpulse.processor.listeners.CommitListener`."""
+
+    def __init__(
+        self, registry: CollectorRegistry, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self.registry = registry
+        self._clock = clock
+        self.events = {
+            name: Counter(
+                f"adpulse_events_{name}",
+                f"Records {name} by the processor, per stream (committed batches; as"
+                " `adpulse status`).",
+                ["stream"],
+                registry=registry,
+            )
+            for name in EVENT_COUNTERS
+        }
+        for counter in self.events.values():
+            for stream in Stream:
+                counter.labels(stream.value)  # zeros before the first batch, not absence
+        self.dead_letters = Counter(
+            "adpulse_dead_letters",
+            "Records sent to the dead-letter table, per stream and reason.",
+            ["stream", "reason"],
+            registry=registry,
+        )
+        self.batches = Counter(
+            "adpulse_batches_committed", "Batches committed to the warehouse.", registry=registry
+        )
+        self.step_seconds = Histogram(
+            "adpulse_batch_step_duration_seconds",
+            "Time one batch spent in each processor step (decode, validate, dedupe, enrich,"
+            " attribute, aggregate).",
+            ["step"],
+            buckets=STEP_BUCKETS,
+            registry=registry,
+        )
+        self.commit_seconds = Histogram(
+            "adpulse_commit_duration_seconds",
+            "Time of one batch's warehouse commit and transport acknowledgement.",
+            buckets=STEP_BUCKETS,
+            registry=registry,
+        )
+        self.last_commit = Gauge(
+            "adpulse_last_commit_timestamp_seconds",
+            "Unix time of the latest committed batch (0 before the first).",
+            registry=registry,
+        )
+        self._lock = threading.Lock()
+        self._watermarks: dict[tuple[Stream, int], PartitionWatermark] = {}
+        self._lag: Callable[[], int] | None = None
+        registry.register(_ScrapeTimeCollector(self))
+
+    # -- the commit listener -------------------------------------------------------------
+    def start(self, partitions: object) -> None:
+        """Nothing to recover: counters count this process's commits from zero."""
+
+    def on_commit(self, output: BatchOutput) -> None:
+        for row in output.stats.select("stream", *EVENT_COUNTERS).iter_rows(named=True):
+            for name in EVENT_COUNTERS:
+                self.events[name].labels(row["stream"]).inc(row[name])
+        if output.dead_letters.height:
+            reasons = output.dead_letters.group_by("stream", "reason").agg(pl.len().alias("n"))
+            for stream, reason, n in reasons.iter_rows():
+                self.dead_letters.labels(stream, reason).inc(n)
+        for step, seconds in output.seconds.items():
+            if step == "commit":
+                self.commit_seconds.observe(seconds)
+            else:
+                self.step_seconds.labels(step).observe(seconds)
+        self.batches.inc()
+        self.last_commit.set(time.time())
+        with self._lock:
+            self._watermarks.update(output.watermarks)
+
+    # -- scrape-time figures -------------------------------------------------------------
+    def watch_lag(self, lag_bytes: Callable[[], int]) -> None:
+        """Report ``lag_bytes()`` (bytes in the log not yet processed) at each scrape;
+        it runs on the scraping thread, so it must use a consumer of its own."""
+        self._lag = lag_bytes
+
+    def watermark_delays(self) -> dict[str, float]:
+        """Seconds from each stream's oldest partition watermark to now."""
+        now = self._clock().replace(tzinfo=None)
+        oldest: dict[str, datetime] = {}
+        with self._lock:
+            for (stream, _), mark in self._watermarks.items():
+                if stream.value not in oldest or mark.watermark < oldest[stream.value]:
+                    oldest[stream.value] = mark.watermark
+        return {s: (now - w).total_seconds() for s, w in oldest.items()}
+
+
+class _ScrapeTimeCollector(Collector):
+    """Watermark delay and lag, computed when scraped."""
+
+    def __init__(self, pipeline: PipelineMetrics) -> None:
+        self.pipeline = pipeline
+
+    def describe(self) -> list[Metric]:
+        return []  # computed per scrape; nothing to check for name clashes up front
+
+    def collect(self) -> Iterator[Metric]:
+        delay = GaugeMetricFamily(
+            "adpulse_watermark_delay_seconds",
+            "Now minus the stream's watermark (its slowest partition), as of the last commit.",
+            labels=["stream"],
+        )
+        for stream, seconds in sorted(self.pipeline.watermark_delays().items()):
+            delay.add_metric([stream], seconds)
+        yield delay
+        lag = self.pipeline._lag
+        if lag is not None:
+            try:
+                behind = lag()
+            except Exception:  # noqa: BLE001 - a scrape must not fail on the transport
+                log.warning("lag for /metrics unavailable", exc_info=True)
+            else:
+                yield GaugeMetricFamily(
+                    "adpulse_lag_bytes",
+                    "Bytes in the log not yet processed by this process's partitions.",
+                    value=behind,
+                )
+
+
+class ApiMetrics:
+    """Request latency by route template and status; the API's outermost layer, so it
+    also times requests the Host, key and size checks refuse. Plain ASGI, like the other
+    layers of :mod:`adpulse.serving.api` (no response re-streaming)."""
+
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.seconds = Histogram(
+            "adpulse_http_request_duration_seconds",
+            "HTTP API request time (to the end of the response body), by method, route"
+            " template and status. Unknown paths and refused requests: route='unmatched'.",
+            ["method", "route", "status"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.seconds.labels(method, route_of(scope), str(status[0])).observe(
+                time.perf_counter() - t0
+            )
+
+
+def route_of(scope: Scope) -> str:
+    """The route template a request was routed to (``/api/v1/metrics/{metric}``), never
+    the raw path."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    return str(scope.get(ROUTE_SCOPE, UNMATCHED_ROUTE))
+
+
+def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> object:
+    """Start prometheus-client's own HTTP server for ``registry`` on a daemon thread (for
+    processes without the API: ``adpulse process`` and its workers). Returns the server."""
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise OSError(
+            f"cannot serve metrics on {host}:{port}: {exc}; choose another --metrics-port"
+            " (setting metrics_port), or 0 for none"
+        ) from exc
+    return server
