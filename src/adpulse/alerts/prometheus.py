@@ -28,10 +28,8 @@ NOT_EXPRESSED: Final = {
     "commits_failing": "no metric counts failed or retried commits (the retriers only log"
     " and tell the built-in monitor); a commit given up on stops the processor, which"
     " processor_stopped then reports",
-    "server_unavailable:SETTING": "no metric counts retried transport or warehouse"
-    " operations",
-    "crash_loop": "the `process --workers N` supervisor, which counts restarts, serves no"
-    " metrics",
+    "server_unavailable:SETTING": "no metric counts retried transport or warehouse operations",
+    "crash_loop": "the `process --workers N` supervisor, which counts restarts, serves no metrics",
     "store_rebuild": "no metric counts serving-store rebuilds",
 }
 
@@ -76,7 +74,7 @@ def prometheus_rules(settings: Settings) -> list[PromRule]:
             PromRule(
                 "processor_stopped",
                 f"time() - {last} > {silent:g} and {last} > 0",
-                f"{{{{ $labels.instance }}}} committed nothing for {{{{ $value | humanizeDuration }}}}"
+                "{{ $labels.instance }} committed nothing for {{ $value | humanizeDuration }}"
                 f" (alert_processor_silent_seconds = {silent:g}): it stopped, hangs or"
                 " cannot commit; check its log and the warehouse",
             )
