@@ -1,7 +1,8 @@
 """A real Prometheus (Debian's ``prometheus`` and ``promtool``) against a running
 ``adpulse process --metrics-port``: the exported rules pass ``promtool check rules``, the
-scraped counters in Prometheus equal ``/metrics`` and ``adpulse status``, and the
-``dead_letters`` rule fires in Prometheus after a burst of dead letters."""
+scraped counters in Prometheus equal ``/metrics`` and ``adpulse status``, the
+``dead_letters`` rule fires in Prometheus after a burst of dead letters, and
+``processor_stopped`` once the worker is gone."""
 
 from __future__ import annotations
 
@@ -31,10 +32,12 @@ from adpulse.contracts import Stream
 from adpulse.runtime import open_log
 
 PROMETHEUS, PROMTOOL = "/usr/bin/prometheus", "/usr/bin/promtool"
-#: The dead-letter rule's bounds for the test: a small burst is enough.
+#: Bounds for the test: a small dead-letter burst is enough; a stopped worker is told
+#: within seconds (a running one commits about every second).
 ALERT_ENV = {
     "ADPULSE_ALERT_DEAD_LETTER_MIN_RECORDS": "20",
     "ADPULSE_ALERT_DEAD_LETTER_SHARE": "0.5",
+    "ADPULSE_ALERT_PROCESSOR_SILENT_SECONDS": "4",
 }
 #: The counters compared (not batches_committed, which idle commits move every second).
 COUNTER_NAMES = re.compile(r"adpulse_(events_[a-z]+|dead_letters)_total")
@@ -256,3 +259,10 @@ def test_prometheus_scrapes_counters_and_fires_the_dead_letter_rule(
     }
     assert dead == {(r["stream"], r["reason"]): r["records"] for r in status["dead_letters"]}
     assert sum(dead.values()) == 30
+
+    # the worker is gone (its series with it): Prometheus still tells it stopped
+    def stopped() -> list[dict[str, Any]]:
+        return [a for a in firing() if a["labels"]["alertname"] == "processor_stopped"]
+
+    (alert,) = _wait("the processor_stopped rule fired in Prometheus", 15, stopped)
+    assert "(alert_processor_silent_seconds = 4)" in alert["annotations"]["summary"]
