@@ -37,7 +37,7 @@ PROMETHEUS, PROMTOOL = "/usr/bin/prometheus", "/usr/bin/promtool"
 ALERT_ENV = {
     "ADPULSE_ALERT_DEAD_LETTER_MIN_RECORDS": "20",
     "ADPULSE_ALERT_DEAD_LETTER_SHARE": "0.5",
-    "ADPULSE_ALERT_PROCESSOR_SILENT_SECONDS": "4",
+    "ADPULSE_ALERT_PROCESSOR_SILENT_SECONDS": "6",
 }
 #: The counters compared (not batches_committed, which idle commits move every second).
 COUNTER_NAMES = re.compile(r"adpulse_(events_[a-z]+|dead_letters)_total")
@@ -265,4 +265,4 @@ def test_prometheus_scrapes_counters_and_fires_the_dead_letter_rule(
         return [a for a in firing() if a["labels"]["alertname"] == "processor_stopped"]
 
     (alert,) = _wait("the processor_stopped rule fired in Prometheus", 15, stopped)
-    assert "(alert_processor_silent_seconds = 4)" in alert["annotations"]["summary"]
+    assert "(alert_processor_silent_seconds = 6)" in alert["annotations"]["summary"]
