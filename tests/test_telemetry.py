@@ -7,8 +7,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from builders import MiniPipeline
 from fastapi.testclient import TestClient
-from minipipeline import MiniPipeline
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 

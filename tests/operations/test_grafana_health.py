@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 
 import yaml
+from builders import MiniPipeline
 from fastapi.testclient import TestClient
-from minipipeline import MiniPipeline
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -63,8 +63,12 @@ def test_health_dashboard_reads_metrics_adpulse_exports(tmp_path: Path) -> None:
         prometheus_url="http://prometheus:9090",
     )
     out = (tmp_path / "out").resolve()
-    assert written[-2:] == [out / PROMETHEUS_DATASOURCE_FILE, out / HEALTH_DASHBOARD_FILE]
-    (source,) = yaml.safe_load(written[-2].read_text())["datasources"]
+    assert written[-3:] == [
+        out / PROMETHEUS_DATASOURCE_FILE,
+        out / HEALTH_DASHBOARD_FILE,
+        out / grafana.RULES_FILE,
+    ]
+    (source,) = yaml.safe_load(written[-3].read_text())["datasources"]
     assert (source["type"], source["url"], source["access"]) == (
         "prometheus",
         "http://prometheus:9090",
@@ -72,7 +76,7 @@ def test_health_dashboard_reads_metrics_adpulse_exports(tmp_path: Path) -> None:
     )
     ref = {"type": "prometheus", "uid": source["uid"]}
 
-    board = json.loads(written[-1].read_text())
+    board = json.loads(written[-2].read_text())
     row, *panels = board["panels"]
     assert (row["type"], row["title"]) == ("row", "Pipeline health")
     assert [p["title"] for p in panels] == [p.title for p in HEALTH_PANELS]

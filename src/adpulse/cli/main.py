@@ -698,7 +698,8 @@ def grafana_export(
         str | None,
         typer.Option(
             help="Prometheus scraping adpulse (e.g. http://127.0.0.1:9090): adds its data"
-            " source and the pipeline-health dashboard."
+            " source, the pipeline-health dashboard and DIR/prometheus/adpulse-rules.yml"
+            " (the built-in alerts as Prometheus alerting rules, from these settings)."
         ),
     ] = None,
 ) -> None:
@@ -1136,3 +1137,27 @@ def alerts_test(home: HomeOpt = None, config: ConfigOpt = None) -> None:
             console.print(f"{name}: FAILED: {error}", soft_wrap=True, markup=False)
     if any(error is not None for error in results.values()):
         raise typer.Exit(1)
+
+
+@alerts_app.command("prometheus-rules")
+def alerts_prometheus_rules(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="File to write (default: standard output).")
+    ] = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write the built-in alerts as Prometheus alerting rules, with the bounds of these
+    settings (also written by `grafana export --prometheus-url`; any warehouse here)."""
+    from adpulse.operations.grafana import rules_text
+
+    text = rules_text(settings_for(home, config))
+    if out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write the rules to {out}: {exc}; choose another --out") from exc
+    console.print(f"wrote {out}; check it with: promtool check rules {out}", soft_wrap=True)

@@ -7,6 +7,9 @@ Writes, under ``DIR``:
   written: the file references ``$ADPULSE_WAREHOUSE_PASSWORD``, which Grafana expands
   from its own environment when it reads provisioning files;
 - ``provisioning/dashboards/adpulse.yaml``: a file provider for ``DIR/dashboards``;
+- with ``--prometheus-url``: a Prometheus data source, the pipeline-health dashboard
+  (:mod:`.health`) and ``prometheus/adpulse-rules.yml``, the built-in alerts as
+  Prometheus alerting rules (:mod:`adpulse.alerts.prometheus`);
 - ``dashboards/adpulse.json``: one dashboard with every metric of the product brief,
   filterable by campaign, platform and location (multi-value, with "All") and by the
   dashboard time range, refreshing every 5 s.
@@ -67,7 +70,9 @@ from adpulse.operations.grafana.files import (
     DASHBOARD_FILE,
     DATASOURCE_FILE,
     PROVIDER_FILE,
+    RULES_FILE,
     export,
+    rules_text,
     to_yaml,
 )
 from adpulse.operations.grafana.panels import (
@@ -94,6 +99,7 @@ __all__ = [
     "PROVIDER_FILE",
     "RANKING_LIMIT",
     "REFRESH",
+    "RULES_FILE",
     "VARIABLE_VALUES_LIMIT",
     "GrafanaExportError",
     "PanelKind",
@@ -106,6 +112,7 @@ __all__ = [
     "datasource_ref",
     "export",
     "panel_specs",
+    "rules_text",
     "to_yaml",
     "variable",
     "warehouse_connection",

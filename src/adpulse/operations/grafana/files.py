@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
+from adpulse.alerts.prometheus import rules_comment, rules_document
 from adpulse.config import Settings
 from adpulse.operations.grafana.dashboard import dashboard
 from adpulse.operations.grafana.datasource import (
@@ -26,6 +27,8 @@ from adpulse.operations.grafana.panels import PanelSql
 DATASOURCE_FILE: Final = Path("provisioning/datasources/adpulse.yaml")
 PROVIDER_FILE: Final = Path("provisioning/dashboards/adpulse.yaml")
 DASHBOARD_FILE: Final = Path("dashboards/adpulse.json")
+#: Prometheus alerting rules equal to the built-in alerts (:mod:`adpulse.alerts.prometheus`).
+RULES_FILE: Final = Path("prometheus/adpulse-rules.yml")
 
 
 def to_yaml(value: Any, indent: int = 0) -> str:
@@ -68,6 +71,15 @@ def _scalar(value: Any) -> str:
 _HEADER: Final = "# Written by `adpulse grafana export`; regenerate rather than edit.\n"
 
 
+def rules_text(settings: Settings) -> str:
+    """The Prometheus rules file of the built-in alerts with the bounds of ``settings``
+    (written by the export and by ``adpulse prometheus rules``)."""
+    return (
+        "# Written by adpulse (`grafana export` or `alerts prometheus-rules`); regenerate rather"
+        " than edit.\n" + rules_comment(settings) + to_yaml(rules_document(settings)) + "\n"
+    )
+
+
 def export(
     directory: Path,
     settings: Settings,
@@ -82,7 +94,8 @@ def export(
     where Grafana will find ``DIR/dashboards`` (default: its absolute path here, for a
     Grafana on this machine; give the mounted path for a container). With
     ``prometheus_url``, also a Prometheus data source and the pipeline-health dashboard
-    (:mod:`.health`).
+    (:mod:`.health`), and the Prometheus alerting rules of the built-in alerts, from
+    ``settings`` (:data:`RULES_FILE`).
     """
     connection = warehouse_connection(settings.warehouse_url, schema)
     directory = directory.expanduser().resolve()
@@ -108,6 +121,7 @@ def export(
                 _HEADER + to_yaml(prometheus_provisioning(prometheus_url)) + "\n",
             ),
             (HEALTH_DASHBOARD_FILE, json.dumps(health_dashboard(), indent=2) + "\n"),
+            (RULES_FILE, rules_text(settings)),
         ]
     written = []
     try:
