@@ -185,7 +185,7 @@ class _ScrapeTimeCollector(Collector):
 class ApiMetrics:
     """Request latency by route template and status; the API's outermost layer, so it
     also times requests the Host, key and size checks refuse. Plain ASGI, like the other
-    layers of :mod:`adpulse.serving.api` (no response re-streaming)."""
+    layers of :mod:`adpulse.serving.http.middleware` (no response re-streaming)."""
 
     def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
         self.app = app

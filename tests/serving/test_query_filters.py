@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -93,3 +93,30 @@ def test_option_values_are_checked(warehouse: Warehouse) -> None:
         queries.trending(warehouse, Filters(), min_clicks=-1)
     with pytest.raises(FilterError, match="window_minutes must be an integer from 1"):
         queries.trending(warehouse, Filters(), window_minutes=0)
+
+
+def test_filters_from_text_parse_times_and_name_them_in_errors() -> None:
+    filters = Filters.from_text(
+        campaign="Summer Sale", ad_id=7, start="2023-09-09 10:00", end="2023-09-09T12:30:00+02:00"
+    )
+    assert filters == Filters(
+        "Summer Sale", 7, datetime(2023, 9, 9, 10, 0), datetime(2023, 9, 9, 10, 30)
+    )
+    assert Filters.from_text(start="", end=None) == Filters()  # empty text: no bound
+    with pytest.raises(FilterError, match=r"^--from: cannot read 'xx'; use 'YYYY-MM-DD'"):
+        Filters.from_text(start="xx", start_name="--from")
+    with pytest.raises(FilterError, match=r"^to: cannot read '2023-13-01'"):
+        Filters.from_text(end="2023-13-01", end_name="to")
+    with pytest.raises(FilterError, match=r"^age_band must be one of"):
+        Filters.from_text(age_band="99")
+
+
+def test_filters_from_text_refuse_a_range_over_max_range() -> None:
+    days = timedelta(days=10)
+    within = Filters.from_text(start="2023-09-01", end="2023-09-11", max_range=days)
+    assert within.end - within.start == days  # type: ignore[operator]
+    with pytest.raises(FilterError) as refused:
+        Filters.from_text(start="2023-09-01", end="2023-09-11 12:00", max_range=days)
+    assert str(refused.value) == "the time range is 10.5 days long; at most 10 days"
+    # without max_range (the CLI) any length is fine
+    assert Filters.from_text(start="2000-01-01", end="2023-09-11").start == datetime(2000, 1, 1)

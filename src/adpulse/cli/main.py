@@ -583,18 +583,20 @@ def query(
         raise UserError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
     settings = settings_for(home, config)
     try:
-        filters = queries.Filters(
+        filters = queries.Filters.from_text(
             campaign=campaign,
             ad_id=ad,
-            start=_parse_time(from_, "--from") if from_ else None,
-            end=_parse_time(to, "--to") if to else None,
+            start=from_,
+            end=to,
             platform=platform,
             location=location,
             gender=gender,
             age_band=age_band,
             interest=interest,
+            start_name="--from",
+            end_name="--to",
         )
-    except ValueError as exc:
+    except queries.FilterError as exc:
         raise UserError(str(exc)) from exc
     group = cast("queries.GroupBy", None if by is GroupByOpt.none else by.value)
     if rank_by not in ("revenue", "conversion_rate"):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from adpulse.contracts import AGE_BANDS
+from adpulse.contracts import AGE_BANDS, parse_time_argument
 
 #: Longest accepted text filter value; longer ones are certainly not real values.
 MAX_FILTER_LENGTH: Final = 200
@@ -68,10 +69,75 @@ class Filters:
         if self.start is not None and self.end is not None and self.start >= self.end:
             raise FilterError(f"start ({self.start}) must be before end ({self.end})")
 
+    @classmethod
+    def from_text(
+        cls,
+        *,
+        campaign: str | None = None,
+        ad_id: int | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        platform: str | None = None,
+        location: str | None = None,
+        gender: str | None = None,
+        age_band: str | None = None,
+        interest: str | None = None,
+        start_name: str = "start",
+        end_name: str = "end",
+        max_range: timedelta | None = None,
+    ) -> Filters:
+        """Filters from what a user typed (the CLI's options, the API's parameters):
+        ``start``/``end`` as text for :func:`parse_time`, named ``start_name`` and
+        ``end_name`` in its messages; a range longer than ``max_range`` refused. Every
+        refusal is a :class:`FilterError` whose message says what to change, which the
+        CLI prints and the API answers with 400."""
+        first = parse_time(start, start_name) if start else None
+        last = parse_time(end, end_name) if end else None
+        if (
+            max_range is not None
+            and first is not None
+            and last is not None
+            and last - first > max_range
+        ):
+            days = (last - first) / timedelta(days=1)
+            raise FilterError(
+                f"the time range is {days:g} days long; at most {max_range.days} days"
+            )
+        return cls(
+            campaign=campaign,
+            ad_id=ad_id,
+            start=first,
+            end=last,
+            platform=platform,
+            location=location,
+            gender=gender,
+            age_band=age_band,
+            interest=interest,
+        )
+
     @property
     def has_audience(self) -> bool:
         """Whether an audience filter is set (the rollups cannot answer it)."""
         return any(getattr(self, name) is not None for name in AUDIENCE_FILTERS)
+
+
+def parse_time(value: str, name: str) -> datetime:
+    """A time argument: 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]' (UTC) or ISO-8601; a
+    :class:`FilterError` for text that is no time or a time out of range."""
+    parsed = _parsed_time(value, name)
+    if isinstance(parsed, str):
+        raise FilterError(parsed)
+    return parsed
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_time(value: str, name: str) -> datetime | str:
+    """The time, or why it is refused (the events' own timestamp parser: one value at a
+    time is slow there, and dashboards repeat the same few values, hence the cache)."""
+    try:
+        return parse_time_argument(value, name)
+    except ValueError as exc:
+        return str(exc)
 
 
 def _check_text(name: str, value: object) -> None:
