@@ -27,6 +27,7 @@ from adpulse.cli.runtime import (
     processor_for,
     settings_for,
 )
+from adpulse.cli import tables
 from adpulse.cli.stopping import StopRequest, stop_on_signals
 from adpulse.contracts import Stream
 from adpulse.metrics import GROUPED_NAMES
@@ -600,6 +601,7 @@ def query(
     if rank_by not in ("revenue", "conversion_rate"):
         raise UserError(f"--rank-by must be revenue or conversion_rate, not {rank_by!r}")
     mc = settings.min_clicks if min_clicks is None else min_clicks
+    minutes = settings.trending_window_minutes if window is None else window
     with open_runtime(settings, read_only=True) as rt:
         wh = rt.warehouse
         if metric in GROUPED_NAMES:
@@ -608,7 +610,7 @@ def query(
             frame = queries.trending(
                 wh,
                 filters,
-                window_minutes=settings.trending_window_minutes if window is None else window,
+                window_minutes=minutes,
                 min_clicks=mc,
                 limit=limit,
                 store=rt.store,
@@ -624,31 +626,43 @@ def query(
             )
         else:
             frame = queries.summary(wh, filters, store=rt.store)
-    _print_frame(frame, fmt)
+        empty = "no rows match these filters"
+        if frame.height == 0 and fmt is OutputFormat.table:
+            empty = _why_nothing(wh, metric, filters, rank_by, mc, minutes)
+    _print_frame(frame, fmt, empty)
 
 
-def _print_frame(frame: pl.DataFrame, fmt: OutputFormat) -> None:
+def _why_nothing(
+    wh: Any, metric: str, filters: Any, rank_by: str, min_clicks: int, minutes: int
+) -> str:
+    """One line saying why a query has no rows, and what to change."""
+    from adpulse.serving import queries
+
+    if queries.data_range(wh)["last_minute"] is None:
+        return "no data yet: nothing is committed (run `adpulse replay` or `adpulse demo`)"
+    if metric == "trending":
+        windows = queries.trending_windows(wh, filters, minutes)
+        before = f" before {windows.end:%Y-%m-%d %H:%M}" if windows is not None else ""
+        return (
+            f"no campaign trending: none has {min_clicks:,}+ clicks in both"
+            f" {minutes}-minute windows{before}; try a longer --window or a lower"
+            " --min-clicks"
+        )
+    if metric == "top-ads" and rank_by == "conversion_rate":
+        return (
+            f"no ad has at least {min_clicks:,} clicks under these filters;"
+            " try a lower --min-clicks or a wider --from/--to"
+        )
+    return "no rows match these filters; try fewer filters or a wider --from/--to"
+
+
+def _print_frame(frame: pl.DataFrame, fmt: OutputFormat, empty: str = "no rows") -> None:
     if fmt is OutputFormat.json:
         sys.stdout.write(json.dumps(frame.to_dicts(), default=str, indent=2) + "\n")
     elif fmt is OutputFormat.csv:
         sys.stdout.write(frame.write_csv())
     else:
-        from rich.table import Table
-
-        table = Table(show_lines=False)
-        for name in frame.columns:
-            table.add_column(name, justify="right" if frame[name].dtype.is_numeric() else "left")
-        for row in frame.iter_rows():
-            table.add_row(*(_cell(v) for v in row))
-        console.print(table)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:,.6g}"
-    return str(value)
+        tables.print_frame(frame, console, empty)
 
 
 # ----------------------------------------------------------------------------- status
