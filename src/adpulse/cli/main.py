@@ -15,6 +15,7 @@ import polars as pl
 import typer
 from rich.console import Console
 
+from adpulse.cli import tables
 from adpulse.cli.log_commands import log_app
 from adpulse.cli.runtime import (
     Runtime,
@@ -27,7 +28,6 @@ from adpulse.cli.runtime import (
     processor_for,
     settings_for,
 )
-from adpulse.cli import tables
 from adpulse.cli.stopping import StopRequest, stop_on_signals
 from adpulse.contracts import Stream
 from adpulse.metrics import GROUPED_NAMES
@@ -43,7 +43,7 @@ app = typer.Typer(
         "that TOML file (or --config) and ADPULSE_* environment variables."
     ),
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 dims_app = typer.Typer(help="Campaign and user dimensions (slowly changing, SCD type 2).")

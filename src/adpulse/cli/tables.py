@@ -157,4 +157,4 @@ def print_frame(frame: pl.DataFrame, console: Console, empty: str = "no rows") -
     if frame.height == 0:
         console.print(empty, markup=False, highlight=False)
         return
-    console.print(frame_table(frame, console.width))
+    console.print(frame_table(frame, console.width), crop=False)  # too narrow: wrap, never cut
