@@ -691,7 +691,7 @@ def status(
         if isinstance(value, pl.DataFrame):
             _print_frame(value, OutputFormat.table)
         else:
-            console.print(value)
+            console.print(tables.format_value(name, value))
 
 
 # ---------------------------------------------------------------------------- grafana
