@@ -689,7 +689,7 @@ def status(
     for name, value in info.items():
         console.rule(name)
         if isinstance(value, pl.DataFrame):
-            _print_frame(value, OutputFormat.table)
+            _print_frame(value, OutputFormat.table, f"no {name.replace('_', ' ')}")
         else:
             console.print(tables.format_value(name, value))
 
@@ -1089,7 +1089,8 @@ def keys_list(
 
     settings = settings_for(home, config)
     with _open_keys_warehouse(settings, read_only=True) as warehouse:
-        _print_frame(keys_frame(list_keys(warehouse)), fmt)
+        empty = "no API keys yet (create one: adpulse keys create --scope read)"
+        _print_frame(keys_frame(list_keys(warehouse)), fmt, empty)
 
 
 @keys_app.command("revoke")
