@@ -15,6 +15,7 @@ import polars as pl
 import typer
 from rich.console import Console
 
+from adpulse.cli import tables
 from adpulse.cli.log_commands import log_app
 from adpulse.cli.runtime import (
     Runtime,
@@ -42,7 +43,7 @@ app = typer.Typer(
         "that TOML file (or --config) and ADPULSE_* environment variables."
     ),
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 dims_app = typer.Typer(help="Campaign and user dimensions (slowly changing, SCD type 2).")
@@ -602,6 +603,7 @@ def query(
     if rank_by not in ("revenue", "conversion_rate"):
         raise UserError(f"--rank-by must be revenue or conversion_rate, not {rank_by!r}")
     mc = settings.min_clicks if min_clicks is None else min_clicks
+    minutes = settings.trending_window_minutes if window is None else window
     with open_runtime(settings, read_only=True) as rt:
         wh = rt.warehouse
         if metric in GROUPED_NAMES:
@@ -610,7 +612,7 @@ def query(
             frame = queries.trending(
                 wh,
                 filters,
-                window_minutes=settings.trending_window_minutes if window is None else window,
+                window_minutes=minutes,
                 min_clicks=mc,
                 limit=limit,
                 store=rt.store,
@@ -626,31 +628,43 @@ def query(
             )
         else:
             frame = queries.summary(wh, filters, store=rt.store)
-    _print_frame(frame, fmt)
+        empty = "no rows match these filters"
+        if frame.height == 0 and fmt is OutputFormat.table:
+            empty = _why_nothing(wh, metric, filters, rank_by, mc, minutes)
+    _print_frame(frame, fmt, empty)
 
 
-def _print_frame(frame: pl.DataFrame, fmt: OutputFormat) -> None:
+def _why_nothing(
+    wh: Any, metric: str, filters: Any, rank_by: str, min_clicks: int, minutes: int
+) -> str:
+    """One line saying why a query has no rows, and what to change."""
+    from adpulse.serving import queries
+
+    if queries.data_range(wh)["last_minute"] is None:
+        return "no data yet: nothing is committed (run `adpulse replay` or `adpulse demo`)"
+    if metric == "trending":
+        windows = queries.trending_windows(wh, filters, minutes)
+        before = f" before {windows.end:%Y-%m-%d %H:%M}" if windows is not None else ""
+        return (
+            f"no campaign trending: none has {min_clicks:,}+ clicks in both"
+            f" {minutes}-minute windows{before}; try a longer --window or a lower"
+            " --min-clicks"
+        )
+    if metric == "top-ads" and rank_by == "conversion_rate":
+        return (
+            f"no ad has at least {min_clicks:,} clicks under these filters;"
+            " try a lower --min-clicks or a wider --from/--to"
+        )
+    return "no rows match these filters; try fewer filters or a wider --from/--to"
+
+
+def _print_frame(frame: pl.DataFrame, fmt: OutputFormat, empty: str = "no rows") -> None:
     if fmt is OutputFormat.json:
         sys.stdout.write(json.dumps(frame.to_dicts(), default=str, indent=2) + "\n")
     elif fmt is OutputFormat.csv:
         sys.stdout.write(frame.write_csv())
     else:
-        from rich.table import Table
-
-        table = Table(show_lines=False)
-        for name in frame.columns:
-            table.add_column(name, justify="right" if frame[name].dtype.is_numeric() else "left")
-        for row in frame.iter_rows():
-            table.add_row(*(_cell(v) for v in row))
-        console.print(table)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:,.6g}"
-    return str(value)
+        tables.print_frame(frame, console, empty)
 
 
 # ----------------------------------------------------------------------------- status
@@ -677,9 +691,9 @@ def status(
     for name, value in info.items():
         console.rule(name)
         if isinstance(value, pl.DataFrame):
-            _print_frame(value, OutputFormat.table)
+            _print_frame(value, OutputFormat.table, f"no {name.replace('_', ' ')}")
         else:
-            console.print(value)
+            console.print(tables.format_value(name, value))
 
 
 # ---------------------------------------------------------------------------- grafana
@@ -1078,7 +1092,8 @@ def keys_list(
 
     settings = settings_for(home, config)
     with _open_keys_warehouse(settings, read_only=True) as warehouse:
-        _print_frame(keys_frame(list_keys(warehouse)), fmt)
+        empty = "no API keys yet (create one: adpulse keys create --scope read)"
+        _print_frame(keys_frame(list_keys(warehouse)), fmt, empty)
 
 
 @keys_app.command("revoke")
