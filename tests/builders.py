@@ -8,7 +8,8 @@ the ``conftest.py`` files.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import orjson
 import polars as pl
+from pgtest import postgres_warehouse
 from redistest import REDIS_URL, delete_prefix, new_prefix, require_redis
 
 from adpulse.config import Settings
@@ -79,6 +81,23 @@ class TransportMaker:
 # Warehouse batches: small hand-built BatchOutputs for the warehouse tests -----------------
 
 T0 = datetime(2023, 9, 9, 10, 0)
+
+
+#: The warehouse backends every storage-facing test runs on.
+WAREHOUSES = ("duckdb", "postgres")
+
+
+@contextmanager
+def fresh_warehouse(kind: str, duckdb_file: Path) -> Iterator[Warehouse]:
+    """An empty warehouse with its tables: a DuckDB file at ``duckdb_file``, or a new
+    PostgreSQL schema (dropped on exit)."""
+    if kind == "duckdb":
+        with DuckDBWarehouse(duckdb_file) as wh:
+            wh.create_schema()
+            yield wh
+    else:
+        with postgres_warehouse() as pg:
+            yield pg
 
 
 def at(seconds: float) -> datetime:

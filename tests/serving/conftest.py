@@ -8,14 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pgtest import postgres_warehouse
+from builders import fresh_warehouse
 from query_dataset import build
 from redistest import REDIS_URL, redis_prefix
 
 from adpulse.serving.store import MemoryServingStore, ServingStore
 from adpulse.serving.store.redis import RedisServingStore
 from adpulse.storage.warehouse.base import Warehouse
-from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 
 
 @pytest.fixture(params=["duckdb", "postgres"])
@@ -23,26 +22,17 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def _open(backend: str, path: Path) -> Iterator[Warehouse]:
-    if backend == "duckdb":
-        with DuckDBWarehouse(path) as wh:
-            wh.create_schema()
-            yield wh
-    else:
-        with postgres_warehouse() as pg:
-            yield pg
-
-
 @pytest.fixture
 def warehouse(backend: str, tmp_path: Path) -> Iterator[Warehouse]:
-    for wh in _open(backend, tmp_path / "warehouse.duckdb"):
+    with fresh_warehouse(backend, tmp_path / "warehouse.duckdb") as wh:
         build(wh)
         yield wh
 
 
 @pytest.fixture
 def empty_warehouse(backend: str, tmp_path: Path) -> Iterator[Warehouse]:
-    yield from _open(backend, tmp_path / "empty.duckdb")
+    with fresh_warehouse(backend, tmp_path / "empty.duckdb") as wh:
+        yield wh
 
 
 @pytest.fixture(params=["memory", "redis"])

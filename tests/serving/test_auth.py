@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from builders import fresh_warehouse
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pgtest import PG_URL, new_schema, postgres_warehouse, require_postgres
@@ -40,13 +41,8 @@ from adpulse.storage.warehouse.postgres import PostgresWarehouse
 
 @pytest.fixture(params=["duckdb", "postgres"])
 def keystore(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
-    if request.param == "duckdb":
-        with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
-            wh.create_schema()
-            yield wh
-    else:
-        with postgres_warehouse() as pg:
-            yield pg
+    with fresh_warehouse(request.param, tmp_path / "w.duckdb") as wh:
+        yield wh
 
 
 # --- storage ---------------------------------------------------------------------------------

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from pgtest import postgres_warehouse
+from builders import fresh_warehouse
 
 from adpulse.storage.dimensions import DIMENSIONS, EPOCH, parse_dimension_csv, scd2_changes
 from adpulse.storage.warehouse import schema
 from adpulse.storage.warehouse.base import DimensionKind, DimensionLoadResult, Warehouse
-from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 
 CAMPAIGNS = (
     "ad_id, campaign, product, target_start_date, target_end_date\n"
@@ -41,12 +40,7 @@ def campaigns(*lines: str) -> pl.DataFrame:
 
 @pytest.fixture(params=["duckdb", "postgres"])
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
-    if request.param == "postgres":
-        with postgres_warehouse() as pg:
-            yield pg
-        return
-    with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
-        wh.create_schema()
+    with fresh_warehouse(request.param, tmp_path / "w.duckdb") as wh:
         yield wh
 
 

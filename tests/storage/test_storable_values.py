@@ -11,25 +11,19 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from builders import T0, output, stats
-from pgtest import postgres_warehouse
+from builders import T0, fresh_warehouse, output, stats
 
 from adpulse.storage.dimensions import DimensionFileError, parse_dimension_csv
 from adpulse.storage.warehouse import schema
 from adpulse.storage.warehouse.base import Warehouse
-from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.storage.warehouse.sql import SqlWarehouse
 
 
 @pytest.fixture(params=["duckdb", "postgres"])
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlWarehouse]:
-    if request.param == "duckdb":
-        with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
-            wh.create_schema()
-            yield wh
-    else:
-        with postgres_warehouse() as wh:
-            yield wh
+    with fresh_warehouse(request.param, tmp_path / "w.duckdb") as wh:
+        assert isinstance(wh, SqlWarehouse)
+        yield wh
 
 
 def dead_letter(detail: str, payload: bytes, reason: str = "bad_timestamp") -> dict[str, object]:

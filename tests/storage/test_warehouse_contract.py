@@ -16,28 +16,22 @@ from builders import (
     committed_state,
     conversions,
     count,
+    fresh_warehouse,
     good_then_next,
     output,
     stats,
 )
-from pgtest import postgres_warehouse
 
 from adpulse.contracts import Stream
 from adpulse.storage.warehouse import schema
 from adpulse.storage.warehouse.base import Warehouse
-from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.storage.warehouse.sql import SchemaMismatchError
 
 
 @pytest.fixture(params=["duckdb", "postgres"])
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
-    if request.param == "duckdb":
-        with DuckDBWarehouse(tmp_path / "w.duckdb") as wh:
-            wh.create_schema()
-            yield wh
-    else:
-        with postgres_warehouse() as wh:
-            yield wh
+    with fresh_warehouse(request.param, tmp_path / "w.duckdb") as wh:
+        yield wh
 
 
 def test_empty_frames_are_skipped(warehouse: Warehouse) -> None:

@@ -48,6 +48,7 @@ from adpulse.storage.warehouse.schema import (
     FACT_IMPRESSIONS,
     INGEST_STATS,
     ROLLUP_MINUTE,
+    STREAM_COUNTERS,
     conform,
     storable_text,
 )
@@ -227,18 +228,7 @@ def merge_outputs(
     if stats.height:
         stats = conform(
             stats.group_by("batch_id", "stream", "partition", maintain_order=True).agg(
-                *(
-                    pl.col(c).sum()
-                    for c in (
-                        "received",
-                        "accepted",
-                        "rejected",
-                        "duplicates",
-                        "late",
-                        "unknown_ad",
-                        "unknown_user",
-                    )
-                ),
+                *(pl.col(c).sum() for c in STREAM_COUNTERS),
                 pl.col("min_event_time").min(),
                 pl.col("max_event_time").max(),
                 pl.col("committed_at").max(),

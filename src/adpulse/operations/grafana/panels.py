@@ -20,7 +20,7 @@ from adpulse.serving.queries.charts import BUCKET_STATISTICS
 from adpulse.serving.queries.filters import where
 from adpulse.serving.queries.rankings import top_ads_sql, trending_sql
 from adpulse.serving.queries.sources import NONZERO, ROLLUP_INPUTS, ROLLUP_SUMS, grouped
-from adpulse.serving.queries.status import STREAM_COUNTERS
+from adpulse.storage.warehouse.schema import STREAM_COUNTERS
 from adpulse.storage.warehouse.sql import quote
 
 #: The custom "All" value of the filter variables. Grafana inserts a custom all value

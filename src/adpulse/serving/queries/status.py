@@ -4,12 +4,13 @@ owners of shared partitions (over all data, not a range)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Final, TypedDict
+from typing import TypedDict
 
 import polars as pl
 
 from adpulse.contracts import Stream
 from adpulse.storage.warehouse.base import Warehouse
+from adpulse.storage.warehouse.schema import STREAM_COUNTERS
 
 
 class DataRange(TypedDict):
@@ -44,18 +45,6 @@ class PipelineStatus(TypedDict):
     dead_letters: pl.DataFrame
     watermarks: pl.DataFrame
     last_commit: datetime | None
-
-
-#: The counters of ``ingest_stats``, per batch and stream.
-STREAM_COUNTERS: Final = (
-    "received",
-    "accepted",
-    "rejected",
-    "duplicates",
-    "late",
-    "unknown_ad",
-    "unknown_user",
-)
 
 
 def pipeline_status(warehouse: Warehouse) -> PipelineStatus:

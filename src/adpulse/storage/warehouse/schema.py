@@ -165,6 +165,16 @@ INGEST_STATS: Final = {
     "max_event_time": pl.Datetime("us"),
     "committed_at": pl.Datetime("us"),
 }
+#: The counters of ``ingest_stats``, per batch, stream and partition: summed by readers.
+STREAM_COUNTERS: Final = (
+    "received",
+    "accepted",
+    "rejected",
+    "duplicates",
+    "late",
+    "unknown_ad",
+    "unknown_user",
+)
 CHECKPOINTS: Final = {
     "stream": pl.String(),
     "partition": pl.Int32(),
