@@ -33,11 +33,13 @@ from pathlib import Path
 import httpx
 import orjson
 
+from adpulse.operations.bench_api import WRK_DONE
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 
 CASES = ("post", "post-gzip", "post-fsync", "pixel")
 
-_WRK_SCRIPT = """
+_WRK_SCRIPT = (
+    """
 wrk.method = "%(method)s"
 local f = io.open("%(body)s", "rb")
 wrk.body = f:read("*a")
@@ -58,15 +60,9 @@ request = function()
   local body = string.gsub(wrk.body, "@R@", (tid or "t") .. "-" .. counter)
   return wrk.format(nil, nil, nil, body)
 end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '{"requests": %%d, "duration_us": %%d, "errors": %%d, "non_2xx_3xx": %%d, ' ..
-    '"p50_us": %%.0f, "p90_us": %%.0f, "p99_us": %%.0f, "max_us": %%.0f}\\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
-end
 """
+    + WRK_DONE
+)
 
 
 def batch_body(records: int) -> bytes:

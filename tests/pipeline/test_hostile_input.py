@@ -16,22 +16,19 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import fresh_warehouse
 from hypothesis import example, given
 from hypothesis import strategies as st
-from pgtest import PG_URL, drop_schema, new_schema, require_postgres
+from pgtest import require_postgres
 
 from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.processor.pipeline import Processor
 from adpulse.storage.warehouse.base import Warehouse
-from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
-from adpulse.storage.warehouse.postgres import PostgresWarehouse
 from adpulse.transport.memory import InMemoryTransport
 
 pytestmark = pytest.mark.xdist_group("hostile")
@@ -168,23 +165,6 @@ _PROBE = {
 }
 
 
-@contextmanager
-def _warehouse(backend: str, home: Path) -> Iterator[Warehouse]:
-    if backend == "duckdb":
-        with DuckDBWarehouse(home / "warehouse.duckdb") as wh:
-            wh.create_schema()
-            yield wh
-        return
-    schema = new_schema()
-    wh = PostgresWarehouse(PG_URL, schema=schema)
-    try:
-        wh.create_schema()
-        yield wh
-    finally:
-        wh.close()
-        drop_schema(schema)
-
-
 @pytest.mark.parametrize("backend", ["duckdb", "postgres"])
 @given(hostile=batches)
 @example(hostile=_PROBE)
@@ -202,7 +182,10 @@ def test_no_record_stops_the_processor_and_every_line_is_counted(
 ) -> None:
     if backend == "postgres":
         require_postgres()
-    with tempfile.TemporaryDirectory() as tmp, _warehouse(backend, Path(tmp)) as warehouse:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        fresh_warehouse(backend, Path(tmp) / "warehouse.duckdb") as warehouse,
+    ):
         transport = InMemoryTransport(2)
         producer = transport.producer()
         sent: dict[Stream, int] = {}

@@ -394,16 +394,10 @@ def _run_load(
     return done, _ingest(live, warehouse, before, time.perf_counter() - t)
 
 
-#: wrk script: each connection takes the next path of the mix in turn; ``done`` prints
-#: one JSON line (latencies in microseconds). Rendered by :func:`wrk_script`.
-WRK_SCRIPT: Final = """
-local paths = {%(paths)s}
-local counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format("GET", paths[(counter %% #paths) + 1])
-end
-done = function(summary, latency, requests)
+#: wrk's ``done`` hook shared by the load scripts (this one and the collector
+#: benchmark's): one JSON line, latencies in microseconds. ``%``-escaped: the scripts are
+#: rendered with ``%`` formatting.
+WRK_DONE: Final = """done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     '{"requests": %%d, "duration_us": %%d, "errors": %%d, "non_2xx_3xx": %%d, ' ..
@@ -412,6 +406,20 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
 """
+
+#: wrk script: each connection takes the next path of the mix in turn; ``done`` prints
+#: one JSON line (latencies in microseconds). Rendered by :func:`wrk_script`.
+WRK_SCRIPT: Final = (
+    """
+local paths = {%(paths)s}
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", paths[(counter %% #paths) + 1])
+end
+"""
+    + WRK_DONE
+)
 
 
 def wrk_script(paths: list[str]) -> str:
