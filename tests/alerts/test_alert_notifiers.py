@@ -4,14 +4,12 @@ the topic; the webhook retried and signed; ``adpulse alerts test`` through each.
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
+from awstest import REGION, unique_name, use_local_aws
 from receiver import SECRET, Receiver
 from typer.testing import CliRunner
 
@@ -19,37 +17,19 @@ from adpulse.alerts.notifiers import SnsNotifier, WebhookNotifier
 from adpulse.alerts.rules import Alert
 from adpulse.cli.main import app
 
-REGION = "eu-central-1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A local AWS API (moto) on a free port; its endpoint URL."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+def aws(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The local AWS API (moto); its endpoint URL."""
+    return use_local_aws(monkeypatch)
 
 
 def subscribed_queue(endpoint: str) -> tuple[str, str, Any]:
     """A topic and an SQS queue subscribed to it: (topic ARN, queue URL, SQS client)."""
     sns = boto3.client("sns", region_name=REGION, endpoint_url=endpoint)
     sqs = boto3.client("sqs", region_name=REGION, endpoint_url=endpoint)
-    topic = sns.create_topic(Name="adpulse-alerts")["TopicArn"]
-    queue_url = sqs.create_queue(QueueName="ops")["QueueUrl"]
+    topic = sns.create_topic(Name=unique_name("adpulse-alerts"))["TopicArn"]
+    queue_url = sqs.create_queue(QueueName=unique_name("ops"))["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
         "Attributes"
     ]["QueueArn"]
