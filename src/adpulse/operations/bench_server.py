@@ -194,7 +194,9 @@ def _throughput(
     args = ["process", *(["--until-caught-up"] if embedded else _workers_args(target))]
     with console.status(f"{target.label}: processing {records:,} records"):
         t = time.perf_counter()
-        process = _start(settings, args)
+        # Catch-up throughput: the server workers run live (they are stopped by the
+        # benchmark), so their live batch cap is lifted to batch like the embedded run.
+        process = _start(settings, args, {"ADPULSE_LIVE_BATCH_MAX_BYTES": "0"})
         try:
             if embedded:
                 process.wait(timeout=RUN_TIMEOUT_SECONDS)
@@ -220,9 +222,12 @@ def _workers_args(target: Target) -> list[str]:
     return ["--workers", str(target.workers)] if target.workers > 1 else []
 
 
-def _start(settings: Settings, args: list[str]) -> subprocess.Popen[bytes]:
+def _start(
+    settings: Settings, args: list[str], extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
+        **(extra_env or {}),
         "ADPULSE_HOME": str(settings.home),
         "ADPULSE_PARTITIONS": str(settings.partitions),
         "ADPULSE_TRANSPORT_URL": settings.transport_url,

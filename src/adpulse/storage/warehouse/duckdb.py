@@ -251,7 +251,10 @@ def _total_ram() -> int:
 def _connect(
     path: Path, read_only: bool, memory: str = "", threads: int = 0
 ) -> duckdb.DuckDBPyConnection:
-    config = {**DUCKDB_CONFIG, "memory_limit": memory_limit(memory)}
+    config: dict[str, str | bool | int | float | list[str]] = {
+        **DUCKDB_CONFIG,
+        "memory_limit": memory_limit(memory),
+    }
     if threads:
         config["threads"] = threads
     try:
