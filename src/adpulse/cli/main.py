@@ -1016,6 +1016,14 @@ def bench_server(
         float, typer.Option(min=0, help="Events/s for the latency run (0: skip it).")
     ] = 20_000,
     latency_seconds: Annotated[float, typer.Option(min=1, max=600)] = 30,
+    backlog: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Impressions appended before the latency run, which then runs the embedded"
+            " pipeline (live, with and without live_batch_max_bytes) instead of the servers.",
+        ),
+    ] = 0,
     seed: Annotated[int, typer.Option()] = 7,
     workdir: Annotated[Path | None, typer.Option(help="Scratch directory.")] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.table,
@@ -1034,6 +1042,7 @@ def bench_server(
         workers=workers or [1, 2],
         rate=rate,
         latency_seconds=latency_seconds,
+        backlog=backlog,
         seed=seed,
         workdir=workdir,
         console=err if fmt is OutputFormat.json else console,

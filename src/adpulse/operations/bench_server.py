@@ -22,11 +22,14 @@ A benchmark, not a test: it measures and reports, it asserts nothing.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +53,7 @@ from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
 from adpulse.storage.dimensions import read_dimension_csv
 from adpulse.storage.warehouse.base import Warehouse
+from adpulse.transport import open_transport
 from adpulse.transport.redis_streams import delete_prefix
 
 #: Longest a throughput run may take before the benchmark gives up on it.
@@ -80,6 +84,7 @@ def run_bench_server(
     seed: int,
     workdir: Path | None,
     console: Console,
+    backlog: int = 0,
 ) -> dict[str, Any]:
     gen = EventGenerator(GeneratorConfig(seed=seed))
     runs: list[dict[str, Any]] = []
@@ -91,7 +96,16 @@ def run_bench_server(
             with _fresh_servers(target, root / f"run{i}", partitions) as settings:
                 runs.append(_throughput(settings, target, gen, events, console))
         latency: dict[str, Any] | None = None
-        if rate > 0 and workers:
+        backlogged: list[dict[str, Any]] = []
+        if rate > 0 and backlog:
+            for cap in (True, False):
+                target = Target("embedded log + DuckDB, 1 process", "", "", 1)
+                home = root / f"backlog-{'cap' if cap else 'nocap'}"
+                with _fresh_servers(target, home, partitions) as settings:
+                    run = _backlog_latency(settings, gen, rate, latency_seconds, backlog, cap)
+                    backlogged.append(run)
+                    console.print(_backlog_line(run))
+        elif rate > 0 and workers:
             target = Target(
                 f"Redis + PostgreSQL, {max(workers)} worker(s)", redis_url, pg_url, max(workers)
             )
@@ -104,6 +118,7 @@ def run_bench_server(
         "pg_url": redact_url(pg_url),
         "throughput": runs,
         "latency": latency,
+        "backlog_latency": backlogged,
     }
     _print(result, console)
     return result
@@ -347,6 +362,135 @@ def _wait_backlog(
             return
         time.sleep(0.5)
     raise UserError(f"the workers did not keep up with {rate:,.0f} events/s within 120 s")
+
+
+# -- latency while a backlog is processed --------------------------------------------------
+def _backlog_latency(
+    settings: Settings,
+    gen: EventGenerator,
+    rate: float,
+    seconds: float,
+    backlog: int,
+    cap: bool,
+) -> dict[str, Any]:
+    """Event-to-queryable latency of ``adpulse process`` (embedded, live) at ``rate``
+    while it works off ``backlog`` impressions appended before it started (a replay of
+    history). Committed counts come from its Prometheus metrics (counted after each
+    commit), read every 50 ms: the DuckDB file is the process's alone. The fresh clicks
+    and conversions are behind no backlog: their latency is what the live batch cap
+    bounds. Fresh impressions queue behind the backlog in their partitions (a log is
+    read in order), so theirs is reported apart, with the time the backlog took."""
+    with open_runtime(settings) as rt:
+        _load_dimensions(rt.warehouse, gen, settings.home)
+        producer = rt.transport.producer()
+        queued = 0
+        for part in gen.iter_generate(
+            backlog, WORKLOAD_START, WORKLOAD_START + timedelta(days=max(1.0, backlog / 3e6))
+        ):
+            impressions = part.records[Stream.IMPRESSIONS]
+            publish(producer, Stream.IMPRESSIONS, impressions, settings.partitions)
+            queued += len(impressions)
+        producer.flush()
+        producer.close()
+    port = _free_port()
+    env = {"ADPULSE_METRICS_PORT": str(port)}
+    if not cap:
+        env["ADPULSE_LIVE_BATCH_MAX_BYTES"] = "0"
+    transport = open_transport(settings)
+    live = LiveProducer(gen, transport.producer(), settings.partitions)
+    live.rate = rate
+    process = _start(settings, ["process"], env)
+    stop = threading.Event()
+    producing = threading.Thread(target=live.run, args=(stop,), daemon=True)
+    updates: list[tuple[float, dict[str, int]]] = []
+    drained_at: float | None = None
+    try:
+        while _scrape(port) is None:  # until the process serves its metrics
+            if process.poll() is not None:
+                raise UserError(f"adpulse process exited ({process.returncode}) at start")
+            time.sleep(0.05)
+        live.set_baseline({Stream.IMPRESSIONS.value: queued})
+        t0 = time.time()
+        producing.start()
+        while time.time() - t0 < seconds:
+            counts = _scrape(port)
+            if counts is not None:
+                updates.append((time.time(), counts))
+                if drained_at is None and counts.get(Stream.IMPRESSIONS.value, 0) >= queued:
+                    drained_at = time.time() - t0
+            time.sleep(POLL_SECONDS)
+        elapsed = time.time() - t0
+    finally:
+        stop.set()
+        producing.join(timeout=10)
+        _stop(process)
+        transport.close()
+    with live.lock:
+        marks = list(live.marks)
+
+    def only(streams: set[str], rows: list[tuple[float, dict[str, int]]]) -> Any:
+        return [(t, {k: v for k, v in c.items() if k in streams}) for t, c in rows]
+
+    fresh = {Stream.CLICKS.value, Stream.CONVERSIONS.value}
+    during = [u for u in updates if drained_at is None or u[0] - updates[0][0] <= drained_at]
+    imp = {Stream.IMPRESSIONS.value}
+    return {
+        "label": "live batch cap " + ("on" if cap else "off (live_batch_max_bytes = 0)"),
+        "rate": rate,
+        "backlog_impressions": queued,
+        "seconds": round(elapsed, 1),
+        "backlog_drained_after_s": None if drained_at is None else round(drained_at, 1),
+        "produced": live.produced() - queued,
+        "fresh_streams_ms": percentiles(event_to_screen(only(fresh, marks), only(fresh, updates))),
+        "fresh_streams_during_backlog_ms": percentiles(
+            event_to_screen(only(fresh, marks), only(fresh, during))
+        ),
+        "impressions_ms": percentiles(event_to_screen(only(imp, marks), only(imp, updates))),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _scrape(port: int) -> dict[str, int] | None:
+    """Records received per stream, from the process's /metrics (None: not answering)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    counts: dict[str, int] = {}
+    for match in _RECEIVED.finditer(text):
+        counts[match["stream"]] = int(float(match["value"]))
+    return counts
+
+
+_RECEIVED = re.compile(
+    r'^adpulse_events_received_total\{stream="(?P<stream>\w+)"\} (?P<value>\S+)$', re.M
+)
+
+
+def _backlog_line(run: dict[str, Any]) -> str:
+    def s(ms: float | None) -> str:
+        return "-" if ms is None else f"{ms / 1000:.2f} s"
+
+    fresh, during, imp = (
+        run["fresh_streams_ms"],
+        run["fresh_streams_during_backlog_ms"],
+        run["impressions_ms"],
+    )
+    drained = run["backlog_drained_after_s"]
+    return (
+        f"{run['label']}: {run['rate']:,.0f} events/s for {run['seconds']} s over a backlog of"
+        f" {run['backlog_impressions']:,} impressions"
+        f" ({'drained after ' + str(drained) + ' s' if drained is not None else 'not drained'});"
+        f" clicks + conversions event-to-queryable p50 {s(fresh['p50_ms'])},"
+        f" p99 {s(fresh['p99_ms'])} (during the backlog p99 {s(during['p99_ms'])});"
+        f" impressions p50 {s(imp['p50_ms'])}, p99 {s(imp['p99_ms'])}"
+    )
 
 
 # -- report -------------------------------------------------------------------------------
