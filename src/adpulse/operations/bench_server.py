@@ -432,7 +432,7 @@ def _backlog_latency(
         return [(t, {k: v for k, v in c.items() if k in streams}) for t, c in rows]
 
     fresh = {Stream.CLICKS.value, Stream.CONVERSIONS.value}
-    during = [u for u in updates if drained_at is None or u[0] - updates[0][0] <= drained_at]
+    during = [u for u in updates if drained_at is None or u[0] - t0 <= drained_at]
     imp = {Stream.IMPRESSIONS.value}
     return {
         "label": "live batch cap " + ("on" if cap else "off (live_batch_max_bytes = 0)"),
@@ -441,12 +441,63 @@ def _backlog_latency(
         "seconds": round(elapsed, 1),
         "backlog_drained_after_s": None if drained_at is None else round(drained_at, 1),
         "produced": live.produced() - queued,
-        "fresh_streams_ms": percentiles(event_to_screen(only(fresh, marks), only(fresh, updates))),
-        "fresh_streams_during_backlog_ms": percentiles(
-            event_to_screen(only(fresh, marks), only(fresh, during))
+        "fresh_streams_ms": weighted_percentiles(
+            event_latencies(only(fresh, marks), only(fresh, updates))
         ),
-        "impressions_ms": percentiles(event_to_screen(only(imp, marks), only(imp, updates))),
+        "fresh_streams_during_backlog_ms": weighted_percentiles(
+            event_latencies(only(fresh, marks), only(fresh, during))
+        ),
+        "impressions_ms": weighted_percentiles(
+            event_latencies(only(imp, marks), only(imp, updates))
+        ),
     }
+
+
+def event_latencies(
+    marks: list[tuple[float, dict[str, int]]], updates: list[tuple[float, dict[str, int]]]
+) -> list[tuple[float, int]]:
+    """(latency in seconds, how many events) for every event appended after the first
+    mark and queryable by the last update: an event is appended at the first producer
+    mark whose count reaches it and queryable at the first update whose committed count
+    does. Unlike :func:`event_to_screen` (the newest event of each update), every event
+    counts, so a long batch weighs by the events it held back."""
+    out: list[tuple[float, int]] = []
+    for stream in {k for _, c in marks for k in c}:
+        appended = [(t, c[stream]) for t, c in marks if stream in c]
+        visible = [(t, c[stream]) for t, c in updates if stream in c]
+        if not appended or not visible:
+            continue
+        done = appended[0][1]  # events up to the first mark are not timed
+        i = j = 0
+        while True:
+            while i < len(appended) and appended[i][1] <= done:
+                i += 1
+            while j < len(visible) and visible[j][1] <= done:
+                j += 1
+            if i == len(appended) or j == len(visible):
+                break
+            upto = min(appended[i][1], visible[j][1])
+            out.append((visible[j][0] - appended[i][0], upto - done))
+            done = upto
+    return out
+
+
+def weighted_percentiles(samples: list[tuple[float, int]]) -> dict[str, float | None]:
+    """p50/p90/p99/max in milliseconds over events (``samples`` as from
+    :func:`event_latencies`)."""
+    total = sum(n for _, n in samples)
+    result: dict[str, float | None] = {"p50_ms": None, "p90_ms": None, "p99_ms": None}
+    if not total:
+        return {**result, "max_ms": None, "events": 0}
+    ordered = sorted(samples)
+    for name, q in (("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99)):
+        rank, seen = q * total, 0
+        for latency, n in ordered:
+            seen += n
+            if seen >= rank:
+                result[name] = round(latency * 1000, 1)
+                break
+    return {**result, "max_ms": round(ordered[-1][0] * 1000, 1), "events": total}
 
 
 def _free_port() -> int:
