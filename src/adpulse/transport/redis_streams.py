@@ -4,15 +4,26 @@ a consumer group.
 Layout (``PREFIX`` and ``GROUP`` both default to ``adpulse``)::
 
     PREFIX:meta                  hash  {"format": ..., "partitions": N}
-    PREFIX:clicks:3              stream, one entry per record: field ``r`` = framed line,
-                                 with the consumer group GROUP (one group per stream key)
+    PREFIX:clicks:3              stream of entries, each either packed: fields ``n`` =
+                                 record count, ``b`` = framed lines; or of one record:
+                                 field ``r`` = framed line; with the consumer group GROUP
+                                 (one group per stream key)
     PREFIX:committed             hash  {"GROUP:clicks:3": "<entry id>"}  (see ack)
 
-Each entry holds one framed line of :mod:`adpulse.transport.framing` (without its
+Entries hold framed lines of :mod:`adpulse.transport.framing` (without the last one's
 ``\\n``), so escaped payloads (newlines, NUL, oversized heads) survive byte for byte, and
-a chunk is rebuilt as NDJSON by joining the entries' lines. An offset is the entry id of
-the last record read (``"1700000000000-0"``). Each :class:`RedisStreamsConsumer` is one
-consumer of the group, named ``host:pid:random`` unless given a name.
+a chunk is rebuilt as NDJSON by joining the entries. **Packing:** a producer with
+``entry_bytes`` > 0 (``transport_url`` opens one with 64 KiB, ``?entry_bytes=N`` to
+change it) puts up to that many bytes of consecutive records of a partition into one
+entry (a longer record makes an entry of its own) and stores their count; with
+``entry_bytes`` = 0 every record is an entry of field ``r``, the layout before packing.
+Readers take both kinds, in any mix, so streams written before packing read on. Reading
+through the consumer group costs ~15 µs per *entry*: packing a few hundred records per
+entry makes it negligible. An offset is the id of the last entry read
+(``"1700000000000-0"``): a chunk holds whole entries, so offsets fall between entries, and
+everything below (pending lists, acks, trimming, lag, ``maxlen``) counts entries. Each
+:class:`RedisStreamsConsumer` is one consumer of the group, named ``host:pid:random``
+unless given a name.
 
 **The warehouse is the authority.** The processor stores its offsets in the warehouse in
 the same transaction as its outputs and restarts from them: that is what makes processing
@@ -59,15 +70,15 @@ the same progress, kept in step with the warehouse beneath that contract:
   Acknowledging and trimming run in one Lua script: one round trip, atomic, at most
   20,000 XACKs per call (a large backlog takes several calls, never blocks the server).
 
-**Producers** append by batches: one Lua script call XADDs up to 5,000 lines (8 MB), and
+**Producers** append by batches: one Lua script call XADDs up to 5,000 entries (8 MB), and
 all the batches of one append go in one pipelined round trip. The client packs one
 command per batch instead of one per entry, which cuts its CPU about tenfold; the server
 does the same XADDs. The cost of the consumer group is on the server: a pending-list
 insert per entry read and an XPENDING + XACK per entry acknowledged (about 4 µs per
 entry in all, see the README).
 
-``maxlen`` (off by default) adds ``XADD ... MAXLEN ~ N``: a memory cap that *can* drop
-uncommitted entries; a consumer whose offset was dropped gets
+``maxlen`` (off by default) adds ``XADD ... MAXLEN ~ N`` (N entries, packed or not): a
+memory cap that *can* drop uncommitted entries; a consumer whose offset was dropped gets
 :class:`OffsetOutOfRangeError`, never a silent gap.
 """
 
