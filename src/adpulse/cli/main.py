@@ -1024,6 +1024,13 @@ def bench_server(
             " pipeline (live, with and without live_batch_max_bytes) instead of the servers.",
         ),
     ] = 0,
+    pin_cores: Annotated[
+        bool,
+        typer.Option(
+            help="Throughput runs: N worker processes on CPUs 0..N-1 only (the embedded run"
+            " on CPU 0), so that each worker has a core of its own."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option()] = 7,
     workdir: Annotated[Path | None, typer.Option(help="Scratch directory.")] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.table,
@@ -1043,6 +1050,7 @@ def bench_server(
         rate=rate,
         latency_seconds=latency_seconds,
         backlog=backlog,
+        pin_cores=pin_cores,
         seed=seed,
         workdir=workdir,
         console=err if fmt is OutputFormat.json else console,

@@ -85,6 +85,7 @@ def run_bench_server(
     workdir: Path | None,
     console: Console,
     backlog: int = 0,
+    pin_cores: bool = False,
 ) -> dict[str, Any]:
     gen = EventGenerator(GeneratorConfig(seed=seed))
     runs: list[dict[str, Any]] = []
@@ -94,7 +95,8 @@ def run_bench_server(
             targets.append(Target(f"Redis + PostgreSQL, {n} worker(s)", redis_url, pg_url, n))
         for i, target in enumerate(targets):
             with _fresh_servers(target, root / f"run{i}", partitions) as settings:
-                runs.append(_throughput(settings, target, gen, events, console))
+                cores = target.workers if pin_cores else None
+                runs.append(_throughput(settings, target, gen, events, console, cores))
         latency: dict[str, Any] | None = None
         backlogged: list[dict[str, Any]] = []
         if rate > 0 and backlog:
@@ -113,6 +115,7 @@ def run_bench_server(
                 latency = _latency(settings, target, gen, rate, latency_seconds, console)
     result = {
         "events": runs[0]["records"] if runs else 0,
+        "pinned_cores": pin_cores,
         "partitions": partitions,
         "redis_url": redact_url(redis_url),
         "pg_url": redact_url(pg_url),
@@ -202,8 +205,15 @@ def _load_dimensions(warehouse: Warehouse, gen: EventGenerator, home: Path) -> N
 
 
 def _throughput(
-    settings: Settings, target: Target, gen: EventGenerator, events: int, console: Console
+    settings: Settings,
+    target: Target,
+    gen: EventGenerator,
+    events: int,
+    console: Console,
+    cores: int | None = None,
 ) -> dict[str, Any]:
+    """Records/s of ``target`` over a fresh log of ``events``; ``cores``: the processes
+    may run on CPUs 0..cores-1 only (``--pin-cores``: one core per worker)."""
     records = _fill(settings, gen, events, console)
     embedded = target.transport_url == ""
     args = ["process", *(["--until-caught-up"] if embedded else _workers_args(target))]
@@ -211,7 +221,7 @@ def _throughput(
         t = time.perf_counter()
         # Catch-up throughput: the server workers run live (they are stopped by the
         # benchmark), so their live batch cap is lifted to batch like the embedded run.
-        process = _start(settings, args, {"ADPULSE_LIVE_BATCH_MAX_BYTES": "0"})
+        process = _start(settings, args, {"ADPULSE_LIVE_BATCH_MAX_BYTES": "0"}, cores)
         try:
             if embedded:
                 process.wait(timeout=RUN_TIMEOUT_SECONDS)
@@ -238,7 +248,10 @@ def _workers_args(target: Target) -> list[str]:
 
 
 def _start(
-    settings: Settings, args: list[str], extra_env: dict[str, str] | None = None
+    settings: Settings,
+    args: list[str],
+    extra_env: dict[str, str] | None = None,
+    cores: int | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -254,6 +267,8 @@ def _start(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        # Forked workers inherit the affinity: N workers share CPUs 0..N-1.
+        preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, range(cores)),
     )
 
 
