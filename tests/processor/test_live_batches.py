@@ -75,3 +75,18 @@ def test_batch_max_bytes_below_the_cap_wins_and_zero_lifts_the_cap(
     assert sizes == [(15, 15), (15, 15), (15, 0), (5, 0)]
     # 0: no live cap at all.
     assert batches(tmp_path / "nocap", live=True, live_batch_max_bytes=0) == [(50, 30)]
+
+
+def test_run_once_is_live_as_the_workers_drive_it(tmp_path: Path) -> None:
+    pipeline = MiniPipeline(tmp_path, partitions=1, live_batch_max_bytes=4000)
+    pipeline.send(Stream.IMPRESSIONS, [impression(n) for n in range(50)])
+    processor = Processor(pipeline.settings, pipeline.transport, pipeline.warehouse)
+    try:
+        report = processor.run_once()
+    finally:
+        processor.close()
+    assert report is not None and report.received == {
+        Stream.IMPRESSIONS: 20,
+        Stream.CLICKS: 0,
+        Stream.CONVERSIONS: 0,
+    }

@@ -274,8 +274,9 @@ class Processor:
             },
         )
         self._last_idle_commit = 0.0
-        #: Bytes polled per stream and batch: batch_max_bytes, capped in live mode (run).
-        self.batch_max_bytes = settings.batch_max_bytes
+        #: Bytes polled per stream and batch: live (the default, also for the workers'
+        #: run_once), batch_max_bytes capped by live_batch_max_bytes; see run().
+        self.batch_max_bytes = _live_budget(settings)
         self.recover()
         self.listeners = tuple(listeners)
         # e.g. the store sync rebuilds only when it misses a committed batch of these
@@ -386,10 +387,9 @@ class Processor:
         per stream: while a backlog is worked off, each batch stays short, so the fresh
         events of the other streams and partitions wait one short batch, not a long one.
         """
-        live_cap = self.settings.live_batch_max_bytes
-        self.batch_max_bytes = self.settings.batch_max_bytes
-        if not until_caught_up and live_cap:
-            self.batch_max_bytes = min(self.batch_max_bytes, live_cap)
+        self.batch_max_bytes = (
+            self.settings.batch_max_bytes if until_caught_up else _live_budget(self.settings)
+        )
         try:
             while not stop.is_set():
                 report = self.run_once()
@@ -733,6 +733,13 @@ class Processor:
 
 
 _MIN_TIME = datetime(1970, 1, 1)
+
+
+def _live_budget(settings: Settings) -> int:
+    """Bytes per stream and batch when live: ``batch_max_bytes``, at most
+    ``live_batch_max_bytes`` (0: no cap)."""
+    cap = settings.live_batch_max_bytes
+    return min(settings.batch_max_bytes, cap) if cap else settings.batch_max_bytes
 
 
 @dataclass(slots=True)
