@@ -36,9 +36,8 @@ def kinesis_transport(
     partitions: int, prefix: str | None = None, **options: Any
 ) -> KinesisTransport:
     """A Kinesis transport on fresh streams (``prefix`` given: those streams)."""
-    return KinesisTransport(
-        prefix or unique_name("adpulse"), partitions, client=kinesis_client(), **options
-    )
+    options.setdefault("client", kinesis_client())
+    return KinesisTransport(prefix or unique_name("adpulse"), partitions, **options)
 
 
 def kinesis_url(prefix: str, shards: int) -> str:

@@ -666,7 +666,13 @@ class KinesisConsumer(Consumer):
         iterator: str | None = response.get("ShardIterator")
         return iterator
 
-    def _fetch(self, stream: Stream, partition: int, reading: _Reading) -> int:
+    def _fetch(
+        self,
+        stream: Stream,
+        partition: int,
+        reading: _Reading,
+        list_max_age: float = LIST_INTERVAL_SECONDS,
+    ) -> int:
         """One GetRecords into the buffer; returns MillisBehindLatest (0 at the tip).
 
         Renews an expired iterator, waits out the per-shard read rate and backs off on
@@ -726,9 +732,9 @@ class KinesisConsumer(Consumer):
             reading.buffer.append(_Record(reading.shard_id, sequence, lines, skip))
         if reading.iterator is None:
             reading.shard_ended = True
-        elif not records and behind == 0:
-            # At the tip: a closed shard read to its end stays empty for ever.
-            shards = transport.list_shards(stream, max_age=LIST_INTERVAL_SECONDS)
+        elif behind == 0:
+            # At the tip: a closed shard read to its end stays so for ever.
+            shards = transport.list_shards(stream, max_age=list_max_age)
             shard = next((s for s in shards if s.shard_id == reading.shard_id), None)
             if shard is not None and shard.closed:
                 reading.shard_ended = True
@@ -824,7 +830,7 @@ class KinesisConsumer(Consumer):
             while reading.shard_ended:
                 if not self._next_shard(stream, partition, reading):
                     return total
-            behind = self._fetch(stream, partition, reading)
+            behind = self._fetch(stream, partition, reading, list_max_age=0.0)
             total += _buffered(reading)
             reading.buffer.clear()
             if behind == 0 and not reading.shard_ended:
