@@ -1,11 +1,13 @@
 """The pipeline over the Kinesis transport on the local AWS API server (moto), against the
 independent oracle (tests/oracle.py): 2 shards; a shard split in the middle of a replay;
-a worker process killed with ``kill -9`` mid-stream while another takes its shards.
+a worker process killed with ``kill -9`` mid-stream while another takes its shards (and
+``adpulse status`` shows the shards' new owner).
 
 Data sets are small (moto answers in milliseconds per call, not microseconds)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,7 +25,9 @@ from awstest import CREDENTIALS, unique_name
 from builders import generated_dataset, load_dimensions, open_pipeline
 from kinesistest import kinesis_client, kinesis_transport, kinesis_url, realistic_resharding
 from pgtest import PG_URL, drop_schema, new_schema, require_postgres
+from typer.testing import CliRunner
 
+from adpulse.cli.main import app
 from adpulse.contracts import Stream
 from adpulse.sources.producer import replay_directory
 from adpulse.storage.warehouse.base import Warehouse
@@ -300,6 +304,15 @@ def test_kill_9_worker_mid_stream_equals_oracle(
             "the survivor owns every partition",
         )
         print(f"shards owned by the survivor {time.monotonic() - killed:.2f}s after kill -9")
+        status = CliRunner().invoke(app, ["status", "--format", "json"], env=env)
+        assert status.exit_code == 0, status.output
+        shards = json.loads(status.output)["kinesis_shards"]
+        assert [(r["stream"], r["partition"]) for r in shards] == [
+            (s.value, p) for s in Stream for p in range(PARTITIONS)
+        ]
+        assert {r["owner"].rsplit(":", 1)[1] for r in shards} == {str(second.pid)}
+        assert {r["shard"] for r in shards} == {"shardId-000000000000", "shardId-000000000001"}
+        assert all(r["state"] == "open" and r["millis_behind_latest"] >= 0 for r in shards)
         replayer.join()
         _wait(caught_up, 90, "everything committed")
         second.send_signal(signal.SIGINT)
