@@ -942,18 +942,30 @@ def open_kinesis_transport(
         read_interval = float(query.get("read_interval", READ_INTERVAL_SECONDS))
     except ValueError:
         raise ValueError(f"Invalid `{setting}` {url!r}: shards must be a whole number") from None
-    return KinesisTransport(
-        parts.netloc,
-        partitions,
-        region=query.get("region"),
-        shards=shards,
-        endpoint_url=query.get("endpoint_url"),
-        max_record_bytes=max_record_bytes,
-        retry_seconds=retry_seconds,
-        connect_seconds=connect_seconds,
-        read_interval=read_interval,
-        create=create,
-    )
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return KinesisTransport(
+            parts.netloc,
+            partitions,
+            region=query.get("region"),
+            shards=shards,
+            endpoint_url=query.get("endpoint_url"),
+            max_record_bytes=max_record_bytes,
+            retry_seconds=retry_seconds,
+            connect_seconds=connect_seconds,
+            read_interval=read_interval,
+            create=create,
+        )
+    except (BotoCoreError, ClientError, TimeoutError) as exc:
+        raise ValueError(
+            f"The Kinesis streams of `{setting}` ({url}) cannot be opened: "
+            f"{str(exc).rstrip('.')}. Give the "
+            "region (?region=, or AWS_REGION), AWS credentials (AWS_PROFILE, or "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an instance role) allowed "
+            f"kinesis:CreateStream/DescribeStreamSummary/ListShards/PutRecords/GetRecords, "
+            f"or fix `{setting}` (ADPULSE_{setting.upper()})."
+        ) from exc
 
 
 __all__: Sequence[str] = [
