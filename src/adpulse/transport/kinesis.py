@@ -483,8 +483,16 @@ class KinesisTransport(Transport):
                 behind: int | None = None
                 if shard is not None:
                     kwargs["ShardId"] = shard.shard_id
-                    iterator = self.client.get_shard_iterator(**kwargs)["ShardIterator"]
-                    answer = self.client.get_records(ShardIterator=iterator, Limit=1)
+                    what = f"the iterator age of {kwargs['StreamName']} {shard.shard_id}"
+                    iterator = self.call(what, partial(self.client.get_shard_iterator, **kwargs))
+                    answer = self.call(
+                        what,
+                        partial(
+                            self.client.get_records,
+                            ShardIterator=iterator["ShardIterator"],
+                            Limit=1,
+                        ),
+                    )
                     behind = int(answer.get("MillisBehindLatest", 0))
                 rows.append(
                     {
@@ -667,13 +675,19 @@ class KinesisConsumer(Consumer):
     def _start(self, stream: Stream, partition: int, after: str | None) -> _Reading | None:
         """A reading positioned at ``after``; ``None`` when the partition has no shard yet."""
         transport = self._transport
-        lineage = transport.lineage(stream, partition)
-        if after is None:
+        parsed = None if after is None else parse_offset(after, stream, partition)
+        # A listing of the last second will do unless it lacks what we look for.
+        lineage = transport.lineage(stream, partition, max_age=LIST_INTERVAL_SECONDS)
+        if parsed is None and not lineage:
+            lineage = transport.lineage(stream, partition)
+        if parsed is None:
             if not lineage:
                 return None
             return _Reading(None, 0, lineage[0].shard_id, None, None)
-        parsed = parse_offset(after, stream, partition)
         index = next((i for i, s in enumerate(lineage) if s.shard_id == parsed.shard_id), None)
+        if index is None:
+            lineage = transport.lineage(stream, partition)
+            index = next((i for i, s in enumerate(lineage) if s.shard_id == parsed.shard_id), None)
         if index is None:
             listed = {s.shard_id for s in transport.list_shards(stream)}
             why = (
