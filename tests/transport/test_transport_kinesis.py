@@ -288,3 +288,40 @@ def test_opened_by_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
             open_transport(settings.model_copy(update={"transport_url": bad}))
     with pytest.raises(ValueError, match="too large for Kinesis"):
         kinesis_transport(1, max_record_bytes=1 << 20)
+
+
+def test_puts_failing_for_longer_than_the_retry_time_raise() -> None:
+    transport, client = _flaky_transport(1, shards=1, retry_seconds=0.3)
+    try:
+
+        def always_throttled(call: int, records: list[dict[str, Any]]) -> dict[str, Any]:
+            failed = {"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": ""}
+            return {"FailedRecordCount": len(records), "Records": [failed] * len(records)}
+
+        client.put_hook = always_throttled
+        with pytest.raises(TimeoutError, match=r"PutRecords to .* kept failing.*add shards"):
+            transport.producer().send(Stream.CLICKS, [b"{}"], ["u1"])
+        assert len(client.put_requests) > 2  # retried with backoff until the deadline
+        assert transport.consumer().poll(Stream.CLICKS, 0, None, 100) is None
+    finally:
+        transport.delete_streams()
+
+
+def test_waits_for_streams_being_created() -> None:
+    class Creating(FlakyClient):
+        creating = 2
+
+        def describe_stream_summary(self, StreamName: str) -> dict[str, Any]:  # noqa: N803
+            if self.creating:
+                self.creating -= 1
+                return {"StreamDescriptionSummary": {"StreamStatus": "CREATING"}}
+            result: dict[str, Any] = self.real.describe_stream_summary(StreamName=StreamName)
+            return result
+
+    client = Creating(kinesis_client())
+    transport = kinesis_transport(1, client=client)
+    try:
+        assert client.creating == 0
+        assert [len(transport.list_shards(s)) for s in Stream] == [1, 1, 1]
+    finally:
+        transport.delete_streams()
