@@ -325,3 +325,18 @@ def test_waits_for_streams_being_created() -> None:
         assert [len(transport.list_shards(s)) for s in Stream] == [1, 1, 1]
     finally:
         transport.delete_streams()
+
+
+def test_existing_streams_need_no_create_right() -> None:
+    class NoCreate(FlakyClient):
+        def create_stream(self, **_: Any) -> None:
+            raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": ""}}, "Create")
+
+    first = kinesis_transport(2, shards=2)
+    try:
+        again = kinesis_transport(2, first.prefix, client=NoCreate(kinesis_client()))
+        assert [len(again.list_shards(s)) for s in Stream] == [2, 2, 2]
+        with pytest.raises(ClientError, match="AccessDenied"):
+            kinesis_transport(2, client=NoCreate(kinesis_client()))  # a new prefix
+    finally:
+        first.delete_streams()

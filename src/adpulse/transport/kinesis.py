@@ -394,29 +394,26 @@ class KinesisTransport(Transport):
         """Create the missing streams with ``shards`` shards; wait until all are ACTIVE."""
         from botocore.exceptions import ClientError
 
-        for stream in Stream:
-            name = self.stream_name(stream)
-            try:
-                self.call(
-                    f"creating {name}",
-                    lambda name=name: self.client.create_stream(  # type: ignore[misc]
-                        StreamName=name, ShardCount=self.shards
-                    ),
-                )
-                log.info("created Kinesis stream %s with %d shards", name, self.shards)
-            except ClientError as exc:
-                if _error_code(exc) != "ResourceInUseException":
-                    raise
         deadline = time.monotonic() + max(self.retry_seconds, 30.0)
         for stream in Stream:
             name = self.stream_name(stream)
             while True:
-                summary = self.call(
-                    f"describing {name}",
-                    lambda name=name: self.client.describe_stream_summary(  # type: ignore[misc]
-                        StreamName=name
-                    ),
-                )
+                try:
+                    summary = self.call(
+                        f"describing {name}",
+                        partial(self.client.describe_stream_summary, StreamName=name),
+                    )
+                except ClientError as exc:
+                    if _error_code(exc) != "ResourceNotFoundException":
+                        raise
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"Kinesis stream {name} was created but is not found; check it "
+                            "in the AWS console and retry"
+                        ) from exc
+                    self._create(name)
+                    time.sleep(0.1)
+                    continue
                 status = summary["StreamDescriptionSummary"]["StreamStatus"]
                 if status in ("ACTIVE", "UPDATING"):
                     break
@@ -426,6 +423,20 @@ class KinesisTransport(Transport):
                         "it in the AWS console"
                     )
                 time.sleep(0.5)
+
+    def _create(self, name: str) -> None:
+        """CreateStream (only for a missing stream: existing ones need no such right)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.call(
+                f"creating {name}",
+                partial(self.client.create_stream, StreamName=name, ShardCount=self.shards),
+            )
+            log.info("created Kinesis stream %s with %d shards", name, self.shards)
+        except ClientError as exc:
+            if _error_code(exc) != "ResourceInUseException":  # created meanwhile
+                raise
 
     def list_shards(self, stream: Stream, *, max_age: float = 0.0) -> list[ShardInfo]:
         """Every shard of the stream (open and closed), re-listed if older than ``max_age``."""
@@ -607,13 +618,11 @@ class KinesisProducer(Producer):
             ]
             response = transport.call(
                 f"PutRecords to {name}",
-                lambda entries=entries: transport.client.put_records(  # type: ignore[misc]
-                    StreamName=name, Records=entries
-                ),
+                partial(transport.client.put_records, StreamName=name, Records=entries),
             )
             failed = 0
             for partition, result in zip(batch, response["Records"], strict=True):
-                if "ErrorCode" in result and result.get("ErrorCode"):
+                if result.get("ErrorCode"):
                     failed += 1
                 else:
                     queues[partition].popleft()
