@@ -6,6 +6,7 @@ injected by a client wrapper around the real one."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -340,3 +341,34 @@ def test_existing_streams_need_no_create_right() -> None:
             kinesis_transport(2, client=NoCreate(kinesis_client()))  # a new prefix
     finally:
         first.delete_streams()
+
+
+def test_records_of_another_writer_go_to_one_partition_and_halt_nothing() -> None:
+    transport = kinesis_transport(2, shards=2, read_interval=0.0)
+    client = kinesis_client()
+    try:
+        ours = _send(transport, 0, range(3))
+        client.put_records(
+            StreamName=transport.stream_name(Stream.CLICKS),
+            Records=[
+                {"Data": b"not ours", "PartitionKey": "U1234"},
+                {"Data": b'{"n":9}', "PartitionKey": "7"},  # a partition that does not exist
+            ],
+        )
+        hashes = [int(hashlib.md5(k.encode()).hexdigest(), 16) for k in ("U1234", "7")]
+        shards = transport.list_shards(Stream.CLICKS)
+        owners = [
+            next(
+                shard_partitions(s.starting_hash_key, s.ending_hash_key, 2)[0]
+                for s in shards
+                if s.starting_hash_key <= h <= s.ending_hash_key
+            )
+            for h in hashes
+        ]
+        want: dict[int, list[bytes]] = {0: list(ours), 1: []}
+        want[owners[0]].append(b"not ours")
+        want[owners[1]].append(b'{"n":9}')
+        got = {p: _read(transport.consumer(), Stream.CLICKS, p, None) for p in (0, 1)}
+        assert {p: sorted(v) for p, v in got.items()} == {p: sorted(v) for p, v in want.items()}
+    finally:
+        transport.delete_streams()

@@ -663,6 +663,8 @@ class _Reading:
     """Lines to drop from the first record fetched (offsets inside an aggregate)."""
     at_sequence: int | None = None
     shard_closed: bool = False
+    foreign_partition: int | None = None
+    """Where records of this shard not put by adpulse go (see ``_partition_of``)."""
     """The shard is closed (split or merged): once read to its end, its child follows."""
     shard_ended: bool = False
     buffer: deque[_Record] = field(default_factory=deque)
@@ -754,7 +756,6 @@ class KinesisConsumer(Consumer):
 
         transport = self._transport
         name = transport.stream_name(stream)
-        backoff = transport.backoff()
         while True:
             wait = reading.last_read + transport.read_interval - time.monotonic()
             if wait > 0:
@@ -773,7 +774,6 @@ class KinesisConsumer(Consumer):
                     reading.iterator = None  # renewed from the cursor on the next turn
                     continue
                 raise
-            backoff.reset()
             break
         reading.iterator = response.get("NextShardIterator")
         behind = int(response.get("MillisBehindLatest", 0))
@@ -796,7 +796,7 @@ class KinesisConsumer(Consumer):
                 reading.at_sequence = None
                 skip = reading.skip
                 reading.skip = 0
-            if record_partition(record["PartitionKey"]) != partition:
+            if self._partition_of(stream, reading, record["PartitionKey"]) != partition:
                 continue
             lines = _lines(record["Data"])
             if skip >= len(lines):
@@ -818,6 +818,32 @@ class KinesisConsumer(Consumer):
                     reading.shard_ended = True
         return behind
 
+    def _partition_of(self, stream: Stream, reading: _Reading, key: str) -> int:
+        """The partition of a record read from the reading's shard.
+
+        A record another application put (its key is no partition number of ours) goes
+        to the lowest partition the shard holds: one reader gets it, and the processor
+        dead-letters what it cannot read instead of the poll failing.
+        """
+        if key.isascii() and key.isdigit() and int(key) < self._transport.partitions:
+            return int(key)
+        if reading.foreign_partition is None:
+            shards = self._transport.list_shards(stream, max_age=LIST_INTERVAL_SECONDS)
+            shard = next(s for s in shards if s.shard_id == reading.shard_id)
+            held = shard_partitions(
+                shard.starting_hash_key, shard.ending_hash_key, self._transport.partitions
+            )
+            reading.foreign_partition = held[0] if held else -1
+            log.warning(
+                "%s %s holds records not put by adpulse (partition key %r); they go to "
+                "partition %d",
+                self._transport.stream_name(stream),
+                reading.shard_id,
+                key[:40],
+                reading.foreign_partition,
+            )
+        return reading.foreign_partition
+
     def _next_shard(self, stream: Stream, partition: int, reading: _Reading) -> bool:
         """Move an ended reading to the next shard of the lineage; ``False`` if none yet."""
         lineage = self._transport.lineage(stream, partition)
@@ -832,6 +858,7 @@ class KinesisConsumer(Consumer):
         reading.at_sequence = None
         reading.shard_ended = False
         reading.shard_closed = False
+        reading.foreign_partition = None
         reading.last_read = 0.0
         return True
 
