@@ -69,7 +69,9 @@ def read_warehouse_secret(arn: str, client: Any = None) -> tuple[str, str | None
             " it"
         ) from None
     if not text:
-        raise SecretError(f"the warehouse secret {arn} has no SecretString (binary secrets are not read)")
+        raise SecretError(
+            f"the warehouse secret {arn} has no SecretString (binary secrets are not read)"
+        )
     return parse_warehouse_secret(text, arn)
 
 
@@ -92,7 +94,7 @@ def parse_warehouse_secret(text: str, arn: str = "the secret") -> tuple[str, str
     if missing:
         raise SecretError(
             f"{arn} holds JSON without 'url' and without {', '.join(missing)}: store the"
-            " warehouse URL, {\"url\": ...}, or host, port, username, password and dbname"
+            ' warehouse URL, {"url": ...}, or host, port, username, password and dbname'
         )
     engine = str(value.get("engine", "postgres"))
     if not engine.startswith("postgres"):
