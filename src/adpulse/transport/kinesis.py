@@ -601,6 +601,9 @@ class _Reading:
     shard_ended: bool = False
     buffer: deque[_Record] = field(default_factory=deque)
     last_read: float = 0.0
+    first_arrival: float = 0.0
+    last_arrival: float = 0.0
+    """Arrival times (epoch seconds) of the first and last record fetched (lag estimate)."""
 
 
 class KinesisConsumer(Consumer):
@@ -701,6 +704,10 @@ class KinesisConsumer(Consumer):
         for record in records:
             sequence = int(record["SequenceNumber"])
             reading.cursor = sequence
+            arrival = record.get("ApproximateArrivalTimestamp")
+            if arrival is not None:
+                reading.last_arrival = arrival.timestamp()
+                reading.first_arrival = reading.first_arrival or reading.last_arrival
             skip = 0
             if reading.at_sequence is not None:
                 if sequence != reading.at_sequence:
@@ -773,6 +780,7 @@ class KinesisConsumer(Consumer):
         end: str | None = None
         while reading.buffer:
             record = reading.buffer[0]
+            first = record.taken
             while record.taken < len(record.lines):
                 line = record.lines[record.taken]
                 if parts and size + len(line) > max_bytes:
@@ -780,6 +788,8 @@ class KinesisConsumer(Consumer):
                 parts.append(line)
                 size += len(line)
                 record.taken += 1
+            if record.taken == first:
+                break  # the budget ended with the previous record
             done = record.taken == len(record.lines)
             end = format_offset(
                 record.shard_id, record.sequence_number, None if done else record.taken
@@ -799,29 +809,30 @@ class KinesisConsumer(Consumer):
         )
 
     def lag_bytes(self, stream: Stream, partition: int, after: str | None) -> int:
-        """Bytes of this partition after ``after``: exact for up to :data:`LAG_SCAN_CALLS`
-        GetRecords calls' worth, beyond that extrapolated from MillisBehindLatest and the
-        byte rate of what was read (see docs/kinesis.md)."""
+        """Bytes of this partition after ``after``: counted exactly when they are read by
+        at most :data:`LAG_SCAN_CALLS` GetRecords calls, else the bytes read plus the
+        rest estimated from MillisBehindLatest at the byte rate of what was read (the
+        service tells how far behind in time, not in bytes; see docs/kinesis.md)."""
         stream = Stream(stream)
         _check_partition(partition, self._transport.partitions)
         reading = self._start(stream, partition, after)
         if reading is None:
             return 0
         total = 0
+        behind = 0
         for _ in range(LAG_SCAN_CALLS):
             while reading.shard_ended:
                 if not self._next_shard(stream, partition, reading):
-                    return total + _buffered(reading)
-            before = len(reading.buffer)
-            reading.last_read = 0.0  # a fresh reader: no read of this shard to space from
+                    return total
             behind = self._fetch(stream, partition, reading)
-            if behind == 0 and not reading.shard_ended:
-                return total + _buffered(reading)
-            del before
             total += _buffered(reading)
             reading.buffer.clear()
-        # Still behind after the scan: what was read, plus as much again per unit of time.
-        return total + total * max(behind, 0) // max(1, 1000)
+            if behind == 0 and not reading.shard_ended:
+                return total
+        span_ms = 1000 * (reading.last_arrival - reading.first_arrival)
+        if span_ms <= 0:
+            return total
+        return total + int(total * behind / span_ms)
 
 
 def _buffered(reading: _Reading) -> int:
