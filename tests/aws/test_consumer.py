@@ -235,7 +235,6 @@ def test_rollups_equal_the_oracle(run: Run) -> None:
     assert got == want
 
 
-
 def test_out_of_step_shards_were_reattributed(run: Run) -> None:
     """Shard 1's conversions came before its clicks: they were attributed late, by the
     re-attribution path (a negative rollup row for each conversion it moved)."""

@@ -86,12 +86,14 @@ class ConsumerFunction:
         records = decode_event(event, self.kinesis.prefix, self.kinesis.partitions)
         if not records:
             return {"batchItemFailures": []}
-        self._catch_up()
-        started = dict(self.processor.offsets)
-        self.delivery.deliver(records)
-        fresh = len(self.delivery.uncommitted(started))
+        started: dict[tuple[Stream, int], str | None] = {}
+        fresh = len(records)
         reports: list[BatchReport] = []
         try:
+            self._catch_up()
+            started = dict(self.processor.offsets)
+            self.delivery.deliver(records)
+            fresh = len(self.delivery.uncommitted(started))
             while (report := self.processor.run_once()) is not None:
                 reports.append(report)
             settled = self.processor.settle()
@@ -99,7 +101,10 @@ class ConsumerFunction:
                 reports.append(settled)
         except Exception as exc:  # noqa: BLE001 - answered as failed items, retried
             self.broken = True
-            failed = self.delivery.uncommitted(started)
+            if self.delivery.records:  # delivered: what a commit acked is done
+                failed = self.delivery.uncommitted(started)
+            else:  # failed before: none of it is
+                failed = [r.sequence_number for r in records]
             log.error(
                 "%d of %d delivered records were not committed (%s: %s); the mapping"
                 " delivers them again",
@@ -136,8 +141,14 @@ class ConsumerFunction:
             self.processor.recover()
 
     def close(self) -> None:
+        """Close the processor and the runtime; after a failed invocation, the failure
+        (already answered) is not raised again."""
         try:
             self.processor.close()
+        except Exception:
+            if not self.broken:
+                raise
+            log.debug("closing the consumer after its failure", exc_info=True)
         finally:
             self._parts.close()
 
@@ -155,9 +166,17 @@ def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     try:
         return function.handle(event)
     finally:
-        if function.broken:
+        if function.broken:  # the next invocation starts cold
             _function = None
             try:
                 function.close()
-            except Exception:  # noqa: BLE001 - the next invocation starts afresh
-                log.warning("closing the failed consumer", exc_info=True)
+            except Exception:  # noqa: BLE001 - a broken connection; the answer stands
+                log.warning("closing the failed consumer's runtime failed", exc_info=True)
+
+
+def reset() -> None:
+    """Close this environment's consumer (tests; the next invocation starts cold)."""
+    global _function
+    function, _function = _function, None
+    if function is not None:
+        function.close()

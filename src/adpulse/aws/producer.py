@@ -161,3 +161,11 @@ def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     if _function is None:
         _function = ProducerFunction(function_settings())
     return _function.handle(event)
+
+
+def reset() -> None:
+    """Close this environment's producer (tests; the next invocation starts cold)."""
+    global _function
+    function, _function = _function, None
+    if function is not None:
+        function.close()
