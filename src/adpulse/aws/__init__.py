@@ -6,8 +6,8 @@
 - :mod:`.consumer`: ``adpulse.aws.consumer.handler``, a Kinesis event-source mapping's
   deliveries processed as micro-batches and committed exactly once;
 - :mod:`.delivery`: the delivered records as the processor reads them;
-- :mod:`.settings`: the functions' settings, the warehouse URL from Secrets Manager;
-- :mod:`.packaging`: what the functions' image holds, against Lambda's size limits.
+- :mod:`.settings`: the functions' settings, the warehouse URL from Secrets Manager.
 
-Deploying, costs and the cold start: ``docs/aws.md``.
+Deploying, packaging (``deploy/aws/footprint.py``), costs and the cold start:
+``docs/aws.md``.
 """
