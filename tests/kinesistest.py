@@ -36,9 +36,8 @@ def kinesis_transport(
     partitions: int, prefix: str | None = None, **options: Any
 ) -> KinesisTransport:
     """A Kinesis transport on fresh streams (``prefix`` given: those streams)."""
-    return KinesisTransport(
-        prefix or unique_name("adpulse"), partitions, client=kinesis_client(), **options
-    )
+    options.setdefault("client", kinesis_client())
+    return KinesisTransport(prefix or unique_name("adpulse"), partitions, **options)
 
 
 def kinesis_url(prefix: str, shards: int) -> str:
@@ -48,12 +47,14 @@ def kinesis_url(prefix: str, shards: int) -> str:
 
 @contextmanager
 def realistic_resharding() -> Iterator[None]:
-    """Make moto's SplitShard and MergeShards keep the parents' records, as the service does.
+    """Make moto's SplitShard and MergeShards behave as the service does.
 
     moto (5.x) moves a parent's records into its children with new sequence numbers, so a
-    reader that had read part of the parent would read those records again; the service
-    keeps them in the closed parent (until retention) and starts the children empty. The
-    server runs in this process (ThreadedMotoServer), so patching its model class works.
+    reader that had read part of the parent would read those records again, and it keeps
+    putting records into the closed parent; the service keeps the parent's records in the
+    closed parent (until retention), starts the children empty and puts only into open
+    shards. The server runs in this process (ThreadedMotoServer), so patching its model
+    class works.
     """
     from moto.kinesis.models import Shard
     from moto.kinesis.models import Stream as MotoStream
@@ -75,16 +76,33 @@ def realistic_resharding() -> Iterator[None]:
         if one.ending_hash + 1 != two.starting_hash:
             raise ValueError(f"{shard_to_merge} and {adjacent_shard_to_merge} are not adjacent")
         last = sorted(self.shards.values(), key=attrgetter("_shard_id"))[-1]._shard_id
-        child = Shard(
-            last + 1, one.starting_hash, two.ending_hash, one.shard_id, two.shard_id
-        )
+        child = Shard(last + 1, one.starting_hash, two.ending_hash, one.shard_id, two.shard_id)
         self.shards[child.shard_id] = child
         one.is_open = two.is_open = False
 
-    saved = MotoStream.split_shard, MotoStream.merge_shards
+    original_shard_for_key = MotoStream.get_shard_for_key
+
+    def get_shard_for_key(self: MotoStream, partition_key: str, explicit_hash_key: str) -> Any:
+        # moto puts into the first shard of the key's range, closed ones included.
+        shard = original_shard_for_key(self, partition_key, explicit_hash_key)
+        if shard is None or shard.is_open:
+            return shard
+        key = int(explicit_hash_key) if explicit_hash_key else None
+        if key is None:
+            raise NotImplementedError("resharding tests put with explicit hash keys")
+        return next(
+            s for s in self.shards.values() if s.is_open and s.starting_hash <= key <= s.ending_hash
+        )
+
+    saved = MotoStream.split_shard, MotoStream.merge_shards, MotoStream.get_shard_for_key
     MotoStream.split_shard = split_shard  # type: ignore[method-assign]
     MotoStream.merge_shards = merge_shards  # type: ignore[method-assign]
+    MotoStream.get_shard_for_key = get_shard_for_key  # type: ignore[method-assign]
     try:
         yield
     finally:
-        MotoStream.split_shard, MotoStream.merge_shards = saved  # type: ignore[method-assign]
+        (  # type: ignore[method-assign]
+            MotoStream.split_shard,
+            MotoStream.merge_shards,
+            MotoStream.get_shard_for_key,
+        ) = saved

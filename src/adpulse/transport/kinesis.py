@@ -43,7 +43,7 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final, TypeVar
@@ -452,6 +452,49 @@ class KinesisTransport(Transport):
             self.list_shards(stream, max_age=max_age), partition, self.partitions
         )
 
+    def shard_report(
+        self,
+        committed: Mapping[tuple[Stream, int], str | None],
+        owners: Mapping[int, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """One row per stream and partition: the shard its committed offset is in (the
+        one its owner reads next), the shard's state, the partition's owner (``owners``:
+        partition -> worker, from the leases) and the iterator age there
+        (``millis_behind_latest``: how far the committed position trails the shard's
+        newest record, by one GetRecords of a single record; ``None`` when unknown)."""
+        rows: list[dict[str, Any]] = []
+        for stream in Stream:
+            for partition in range(self.partitions):
+                offset = committed.get((stream, partition))
+                lineage = self.lineage(stream, partition, max_age=LIST_INTERVAL_SECONDS)
+                kwargs: dict[str, Any] = {"StreamName": self.stream_name(stream)}
+                shard: ShardInfo | None = lineage[0] if lineage else None
+                if offset is not None:
+                    parsed = parse_offset(offset, stream, partition)
+                    shard = next((s for s in lineage if s.shard_id == parsed.shard_id), None)
+                    kwargs["ShardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
+                    kwargs["StartingSequenceNumber"] = str(parsed.sequence_number)
+                else:
+                    kwargs["ShardIteratorType"] = "TRIM_HORIZON"
+                behind: int | None = None
+                if shard is not None:
+                    kwargs["ShardId"] = shard.shard_id
+                    iterator = self.client.get_shard_iterator(**kwargs)["ShardIterator"]
+                    answer = self.client.get_records(ShardIterator=iterator, Limit=1)
+                    behind = int(answer.get("MillisBehindLatest", 0))
+                rows.append(
+                    {
+                        "stream": stream.value,
+                        "partition": partition,
+                        "shard": None if shard is None else shard.shard_id,
+                        "state": None if shard is None else ("closed" if shard.closed else "open"),
+                        "owner": (owners or {}).get(partition),
+                        "committed_offset": offset,
+                        "millis_behind_latest": behind,
+                    }
+                )
+        return rows
+
     def producer(self) -> KinesisProducer:
         return KinesisProducer(self)
 
@@ -666,7 +709,13 @@ class KinesisConsumer(Consumer):
         iterator: str | None = response.get("ShardIterator")
         return iterator
 
-    def _fetch(self, stream: Stream, partition: int, reading: _Reading) -> int:
+    def _fetch(
+        self,
+        stream: Stream,
+        partition: int,
+        reading: _Reading,
+        list_max_age: float = LIST_INTERVAL_SECONDS,
+    ) -> int:
         """One GetRecords into the buffer; returns MillisBehindLatest (0 at the tip).
 
         Renews an expired iterator, waits out the per-shard read rate and backs off on
@@ -726,9 +775,9 @@ class KinesisConsumer(Consumer):
             reading.buffer.append(_Record(reading.shard_id, sequence, lines, skip))
         if reading.iterator is None:
             reading.shard_ended = True
-        elif not records and behind == 0:
-            # At the tip: a closed shard read to its end stays empty for ever.
-            shards = transport.list_shards(stream, max_age=LIST_INTERVAL_SECONDS)
+        elif behind == 0:
+            # At the tip: a closed shard read to its end stays so for ever.
+            shards = transport.list_shards(stream, max_age=list_max_age)
             shard = next((s for s in shards if s.shard_id == reading.shard_id), None)
             if shard is not None and shard.closed:
                 reading.shard_ended = True
@@ -824,7 +873,7 @@ class KinesisConsumer(Consumer):
             while reading.shard_ended:
                 if not self._next_shard(stream, partition, reading):
                     return total
-            behind = self._fetch(stream, partition, reading)
+            behind = self._fetch(stream, partition, reading, list_max_age=0.0)
             total += _buffered(reading)
             reading.buffer.clear()
             if behind == 0 and not reading.shard_ended:
@@ -860,6 +909,7 @@ def open_kinesis_transport(
     retry_seconds: float = 60.0,
     connect_seconds: float = 10.0,
     setting: str = "transport_url",
+    create: bool = True,
 ) -> KinesisTransport:
     """Open ``kinesis://PREFIX?region=REGION&shards=N&endpoint_url=URL``; one clear error
     naming the setting when the URL is malformed."""
@@ -888,6 +938,7 @@ def open_kinesis_transport(
         retry_seconds=retry_seconds,
         connect_seconds=connect_seconds,
         read_interval=read_interval,
+        create=create,
     )
 
 
