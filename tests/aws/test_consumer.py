@@ -20,12 +20,15 @@ from awstest import unique_name, use_local_aws
 from builders import fixed_clock, generated_dataset, load_dimensions
 from kinesistest import kinesis_client, kinesis_transport, kinesis_url
 from lambdatest import deliveries, read_back
+from pgtest import PG_URL, drop_schema, new_schema, require_postgres
 
 from adpulse.aws.consumer import ConsumerFunction
 from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.sources.producer import replay_directory
+from adpulse.storage.warehouse.base import Warehouse
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+from adpulse.storage.warehouse.postgres import PostgresWarehouse
 from adpulse.transport.kinesis import stream_name
 
 START = datetime(2023, 9, 8)
@@ -38,7 +41,7 @@ BATCH = 4
 
 @dataclass
 class Run:
-    warehouse: DuckDBWarehouse
+    warehouse: Warehouse
     truth: duckdb.DuckDBPyConnection
     received: dict[str, int]
     answers: list[dict[str, Any]]
@@ -46,7 +49,7 @@ class Run:
     summary: dict[str, object]
 
 
-def _state(wh: DuckDBWarehouse) -> tuple[Any, ...]:
+def _state(wh: Warehouse) -> tuple[Any, ...]:
     """Everything a commit changes."""
     counts = tuple(
         wh.query(f"SELECT count(*) FROM {t}").item()
@@ -65,12 +68,15 @@ def _state(wh: DuckDBWarehouse) -> tuple[Any, ...]:
     return counts, wh.load_offsets(), attributions
 
 
-def settings_for(home: Path, prefix: str) -> Settings:
+def settings_for(home: Path, prefix: str, schema: str | None) -> Settings:
+    """The function's settings: a DuckDB file in ``home``, or PostgreSQL's ``schema``."""
     return Settings(
         home=home,
         partitions=PARTITIONS,
         transport_url=kinesis_url(prefix, SHARDS),
-        warehouse_url=f"duckdb:///{home / 'warehouse.duckdb'}",
+        warehouse_url=f"duckdb:///{home / 'warehouse.duckdb'}"
+        if schema is None
+        else f"{PG_URL}?options=-csearch_path%3D{schema}",
         # Deliveries of a stream may be seconds apart here; watermarks follow event time.
         idle_timeout_seconds=3600,
     )
@@ -100,8 +106,18 @@ def interleave(*queues: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+def open_warehouse(settings: Settings, schema: str | None) -> Warehouse:
+    if schema is None:
+        return DuckDBWarehouse(settings.warehouse_path)
+    return PostgresWarehouse(PG_URL, schema=schema)
+
+
+@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    schema = None
+    if request.param == "postgres":
+        require_postgres()
+        schema = new_schema()
     with pytest.MonkeyPatch.context() as mp:
         use_local_aws(mp)
         data = tmp_path_factory.mktemp("data")
@@ -125,8 +141,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             malformed_rate=0.004,
         )
         prefix = unique_name("lambda")
-        settings = settings_for(home, prefix)
-        with DuckDBWarehouse(settings.warehouse_path) as wh:
+        settings = settings_for(home, prefix, schema)
+        with open_warehouse(settings, schema) as wh:
             wh.create_schema()
             load_dimensions(wh, data)
         queues = put_dataset(data, prefix)
@@ -165,8 +181,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 
         truth = duckdb.connect()
         received = oracle.build(truth, data, now=NOW)
-        with DuckDBWarehouse(settings.warehouse_path) as wh:
-            yield Run(wh, truth, received, answers, retried, summary)
+        try:
+            with open_warehouse(settings, schema) as wh:
+                yield Run(wh, truth, received, answers, retried, summary)
+        finally:
+            if schema is not None:
+                drop_schema(schema)
 
 
 def test_every_delivery_is_answered_without_failures(run: Run) -> None:
@@ -201,14 +221,20 @@ def test_counts_reconcile_with_the_oracle(run: Run) -> None:
 
 
 def test_facts_equal_the_oracle(run: Run) -> None:
-    got = run.warehouse.query(
-        "SELECT event_id, event_time, click_time, round(latency_seconds, 3), platform,"
-        " campaign, age_band FROM fact_conversions ORDER BY event_id"
-    ).rows()
-    want = run.truth.execute(
-        "SELECT given_id, event_time, click_time, round(latency_seconds, 3), platform,"
-        " campaign, age_band FROM o_conversions ORDER BY given_id"
-    ).fetchall()
+    got = [
+        (*r[:3], None if r[3] is None else round(r[3], 3), *r[4:])
+        for r in run.warehouse.query(
+            "SELECT event_id, event_time, click_time, latency_seconds, platform,"
+            " campaign, age_band FROM fact_conversions ORDER BY event_id"
+        ).rows()
+    ]
+    want = [
+        (*r[:3], None if r[3] is None else round(r[3], 3), *r[4:])
+        for r in run.truth.execute(
+            "SELECT given_id, event_time, click_time, latency_seconds, platform,"
+            " campaign, age_band FROM o_conversions ORDER BY given_id"
+        ).fetchall()
+    ]
     assert len(got) == len(want) > 100
     assert sum(1 for row in got if row[2] is not None) > 50  # attributed ones
     assert got == want
