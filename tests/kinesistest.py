@@ -101,8 +101,7 @@ def realistic_resharding() -> Iterator[None]:
     try:
         yield
     finally:
-        (  # type: ignore[method-assign]
-            MotoStream.split_shard,
-            MotoStream.merge_shards,
-            MotoStream.get_shard_for_key,
-        ) = saved
+        split, merge, shard_for_key = saved
+        MotoStream.split_shard = split  # type: ignore[method-assign]
+        MotoStream.merge_shards = merge  # type: ignore[method-assign]
+        MotoStream.get_shard_for_key = shard_for_key  # type: ignore[method-assign]

@@ -204,10 +204,13 @@ class ShardInfo:
     ending_hash_key: int
     parents: tuple[str, ...]
     closed: bool
+    ending_sequence_number: int | None = None
+    """Set when the shard is closed: no record of it has a higher sequence number."""
 
     @classmethod
     def from_api(cls, shard: dict[str, Any]) -> ShardInfo:
         hashes = shard["HashKeyRange"]
+        ending = shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
         parents = tuple(
             shard[k] for k in ("ParentShardId", "AdjacentParentShardId") if shard.get(k)
         )
@@ -216,7 +219,8 @@ class ShardInfo:
             starting_hash_key=int(hashes["StartingHashKey"]),
             ending_hash_key=int(hashes["EndingHashKey"]),
             parents=parents,
-            closed="EndingSequenceNumber" in shard.get("SequenceNumberRange", {}),
+            closed=ending is not None,
+            ending_sequence_number=None if ending is None else int(ending),
         )
 
     def holds(self, hash_key: int) -> bool:
@@ -641,6 +645,8 @@ class _Reading:
     skip: int = 0
     """Lines to drop from the first record fetched (offsets inside an aggregate)."""
     at_sequence: int | None = None
+    shard_closed: bool = False
+    """The shard is closed (split or merged): once read to its end, its child follows."""
     shard_ended: bool = False
     buffer: deque[_Record] = field(default_factory=deque)
     last_read: float = 0.0
@@ -776,11 +782,17 @@ class KinesisConsumer(Consumer):
         if reading.iterator is None:
             reading.shard_ended = True
         elif behind == 0:
-            # At the tip: a closed shard read to its end stays so for ever.
+            # At the tip of the shard. The service ends a closed shard with a null
+            # NextShardIterator; without one (moto), an empty answer at the tip of a
+            # closed shard, or its ending sequence number read, ends it too.
             shards = transport.list_shards(stream, max_age=list_max_age)
             shard = next((s for s in shards if s.shard_id == reading.shard_id), None)
             if shard is not None and shard.closed:
-                reading.shard_ended = True
+                reading.shard_closed = True
+                ending = shard.ending_sequence_number
+                read_all = ending is not None and (reading.cursor or 0) >= ending
+                if not records or read_all:
+                    reading.shard_ended = True
         return behind
 
     def _next_shard(self, stream: Stream, partition: int, reading: _Reading) -> bool:
@@ -796,6 +808,7 @@ class KinesisConsumer(Consumer):
         reading.cursor = None
         reading.at_sequence = None
         reading.shard_ended = False
+        reading.shard_closed = False
         reading.last_read = 0.0
         return True
 
@@ -822,7 +835,7 @@ class KinesisConsumer(Consumer):
                     return None
                 continue
             behind = self._fetch(stream, partition, reading)
-            if not reading.buffer and behind == 0 and not reading.shard_ended:
+            if not reading.buffer and behind == 0 and not reading.shard_closed:
                 return None
         parts: list[bytes] = []
         size = 0
@@ -876,12 +889,13 @@ class KinesisConsumer(Consumer):
             behind = self._fetch(stream, partition, reading, list_max_age=0.0)
             total += _buffered(reading)
             reading.buffer.clear()
-            if behind == 0 and not reading.shard_ended:
+            if behind == 0 and not reading.shard_closed:
                 return total
+        # Not at the tip after the scan: never report 0 (callers take 0 as caught up).
         span_ms = 1000 * (reading.last_arrival - reading.first_arrival)
         if span_ms <= 0:
-            return total
-        return total + int(total * behind / span_ms)
+            return max(1, total)
+        return max(1, total + int(total * behind / span_ms))
 
 
 def _buffered(reading: _Reading) -> int:
@@ -928,18 +942,30 @@ def open_kinesis_transport(
         read_interval = float(query.get("read_interval", READ_INTERVAL_SECONDS))
     except ValueError:
         raise ValueError(f"Invalid `{setting}` {url!r}: shards must be a whole number") from None
-    return KinesisTransport(
-        parts.netloc,
-        partitions,
-        region=query.get("region"),
-        shards=shards,
-        endpoint_url=query.get("endpoint_url"),
-        max_record_bytes=max_record_bytes,
-        retry_seconds=retry_seconds,
-        connect_seconds=connect_seconds,
-        read_interval=read_interval,
-        create=create,
-    )
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return KinesisTransport(
+            parts.netloc,
+            partitions,
+            region=query.get("region"),
+            shards=shards,
+            endpoint_url=query.get("endpoint_url"),
+            max_record_bytes=max_record_bytes,
+            retry_seconds=retry_seconds,
+            connect_seconds=connect_seconds,
+            read_interval=read_interval,
+            create=create,
+        )
+    except (BotoCoreError, ClientError, TimeoutError) as exc:
+        raise ValueError(
+            f"The Kinesis streams of `{setting}` ({url}) cannot be opened: "
+            f"{str(exc).rstrip('.')}. Give the "
+            "region (?region=, or AWS_REGION), AWS credentials (AWS_PROFILE, or "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an instance role) allowed "
+            f"kinesis:CreateStream/DescribeStreamSummary/ListShards/PutRecords/GetRecords, "
+            f"or fix `{setting}` (ADPULSE_{setting.upper()})."
+        ) from exc
 
 
 __all__: Sequence[str] = [
