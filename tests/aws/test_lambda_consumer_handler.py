@@ -6,7 +6,7 @@ then commits), and events it must refuse."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from lambdatest import deliveries, event_record, read_back
 from adpulse.aws import consumer
 from adpulse.aws.consumer import ConsumerFunction
 from adpulse.aws.delivery import DeliveryError
+from adpulse.aws.producer import ProducerFunction
 from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.sources.producer import replay_directory
@@ -174,3 +175,40 @@ def test_events_of_other_streams_are_refused(
         assert function.handle({"Records": []}) == {"batchItemFailures": []}
     finally:
         function.close()
+
+
+def test_producer_to_consumer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two functions together: what the producer put, the consumer received, every
+    record a fact, a counted duplicate or a dead letter."""
+    use_local_aws(monkeypatch)
+    prefix = unique_name("e2e")
+    settings = Settings(
+        home=tmp_path,
+        partitions=2,
+        transport_url=kinesis_url(prefix, 2),
+        warehouse_url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
+    )
+    made = ProducerFunction(settings)
+    sent = {s.value: 0 for s in Stream}
+    for minute in range(3):
+        put = made.generate(800, NOW + timedelta(minutes=minute))
+        for stream, n in put["records"].items():
+            sent[stream] += n
+    made.close()
+    function = ConsumerFunction(settings)
+    client = kinesis_client()
+    for stream in Stream:
+        for shard in read_back(client, stream_name(prefix, stream)):
+            for event in deliveries(shard, 5):
+                assert function.handle(event) == {"batchItemFailures": []}
+    wh = function.runtime.warehouse
+    rows = wh.query(
+        "SELECT stream, sum(received)::BIGINT, sum(duplicates)::BIGINT FROM ingest_stats GROUP BY 1"
+    ).rows()
+    assert {r[0]: r[1] for r in rows} == {s: n for s, n in sent.items() if n}
+    for stream, received, duplicates in rows:
+        facts = wh.query(f"SELECT count(*) FROM fact_{stream}").item()
+        dead = wh.query("SELECT count(*) FROM dead_letters WHERE stream = ?", [stream]).item()
+        assert facts + duplicates + dead == received
+    assert sent["impressions"] > 2_000
+    function.close()
