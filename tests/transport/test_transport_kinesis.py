@@ -6,6 +6,7 @@ injected by a client wrapper around the real one."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -288,3 +289,86 @@ def test_opened_by_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
             open_transport(settings.model_copy(update={"transport_url": bad}))
     with pytest.raises(ValueError, match="too large for Kinesis"):
         kinesis_transport(1, max_record_bytes=1 << 20)
+
+
+def test_puts_failing_for_longer_than_the_retry_time_raise() -> None:
+    transport, client = _flaky_transport(1, shards=1, retry_seconds=0.3)
+    try:
+
+        def always_throttled(call: int, records: list[dict[str, Any]]) -> dict[str, Any]:
+            failed = {"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": ""}
+            return {"FailedRecordCount": len(records), "Records": [failed] * len(records)}
+
+        client.put_hook = always_throttled
+        with pytest.raises(TimeoutError, match=r"PutRecords to .* kept failing.*add shards"):
+            transport.producer().send(Stream.CLICKS, [b"{}"], ["u1"])
+        assert len(client.put_requests) > 2  # retried with backoff until the deadline
+        assert transport.consumer().poll(Stream.CLICKS, 0, None, 100) is None
+    finally:
+        transport.delete_streams()
+
+
+def test_waits_for_streams_being_created() -> None:
+    class Creating(FlakyClient):
+        creating = 2
+
+        def describe_stream_summary(self, StreamName: str) -> dict[str, Any]:  # noqa: N803
+            if self.creating:
+                self.creating -= 1
+                return {"StreamDescriptionSummary": {"StreamStatus": "CREATING"}}
+            result: dict[str, Any] = self.real.describe_stream_summary(StreamName=StreamName)
+            return result
+
+    client = Creating(kinesis_client())
+    transport = kinesis_transport(1, client=client)
+    try:
+        assert client.creating == 0
+        assert [len(transport.list_shards(s)) for s in Stream] == [1, 1, 1]
+    finally:
+        transport.delete_streams()
+
+
+def test_existing_streams_need_no_create_right() -> None:
+    class NoCreate(FlakyClient):
+        def create_stream(self, **_: Any) -> None:
+            raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": ""}}, "Create")
+
+    first = kinesis_transport(2, shards=2)
+    try:
+        again = kinesis_transport(2, first.prefix, client=NoCreate(kinesis_client()))
+        assert [len(again.list_shards(s)) for s in Stream] == [2, 2, 2]
+        with pytest.raises(ClientError, match="AccessDenied"):
+            kinesis_transport(2, client=NoCreate(kinesis_client()))  # a new prefix
+    finally:
+        first.delete_streams()
+
+
+def test_records_of_another_writer_go_to_one_partition_and_halt_nothing() -> None:
+    transport = kinesis_transport(2, shards=2, read_interval=0.0)
+    client = kinesis_client()
+    try:
+        ours = _send(transport, 0, range(3))
+        client.put_records(
+            StreamName=transport.stream_name(Stream.CLICKS),
+            Records=[
+                {"Data": b"not ours", "PartitionKey": "U1234"},
+                {"Data": b'{"n":9}', "PartitionKey": "7"},  # a partition that does not exist
+            ],
+        )
+        hashes = [int(hashlib.md5(k.encode()).hexdigest(), 16) for k in ("U1234", "7")]
+        shards = transport.list_shards(Stream.CLICKS)
+        owners = [
+            next(
+                shard_partitions(s.starting_hash_key, s.ending_hash_key, 2)[0]
+                for s in shards
+                if s.starting_hash_key <= h <= s.ending_hash_key
+            )
+            for h in hashes
+        ]
+        want: dict[int, list[bytes]] = {0: list(ours), 1: []}
+        want[owners[0]].append(b"not ours")
+        want[owners[1]].append(b'{"n":9}')
+        got = {p: _read(transport.consumer(), Stream.CLICKS, p, None) for p in (0, 1)}
+        assert {p: sorted(v) for p, v in got.items()} == {p: sorted(v) for p, v in want.items()}
+    finally:
+        transport.delete_streams()

@@ -394,29 +394,26 @@ class KinesisTransport(Transport):
         """Create the missing streams with ``shards`` shards; wait until all are ACTIVE."""
         from botocore.exceptions import ClientError
 
-        for stream in Stream:
-            name = self.stream_name(stream)
-            try:
-                self.call(
-                    f"creating {name}",
-                    lambda name=name: self.client.create_stream(  # type: ignore[misc]
-                        StreamName=name, ShardCount=self.shards
-                    ),
-                )
-                log.info("created Kinesis stream %s with %d shards", name, self.shards)
-            except ClientError as exc:
-                if _error_code(exc) != "ResourceInUseException":
-                    raise
         deadline = time.monotonic() + max(self.retry_seconds, 30.0)
         for stream in Stream:
             name = self.stream_name(stream)
             while True:
-                summary = self.call(
-                    f"describing {name}",
-                    lambda name=name: self.client.describe_stream_summary(  # type: ignore[misc]
-                        StreamName=name
-                    ),
-                )
+                try:
+                    summary = self.call(
+                        f"describing {name}",
+                        partial(self.client.describe_stream_summary, StreamName=name),
+                    )
+                except ClientError as exc:
+                    if _error_code(exc) != "ResourceNotFoundException":
+                        raise
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"Kinesis stream {name} was created but is not found; check it "
+                            "in the AWS console and retry"
+                        ) from exc
+                    self._create(name)
+                    time.sleep(0.1)
+                    continue
                 status = summary["StreamDescriptionSummary"]["StreamStatus"]
                 if status in ("ACTIVE", "UPDATING"):
                     break
@@ -426,6 +423,20 @@ class KinesisTransport(Transport):
                         "it in the AWS console"
                     )
                 time.sleep(0.5)
+
+    def _create(self, name: str) -> None:
+        """CreateStream (only for a missing stream: existing ones need no such right)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.call(
+                f"creating {name}",
+                partial(self.client.create_stream, StreamName=name, ShardCount=self.shards),
+            )
+            log.info("created Kinesis stream %s with %d shards", name, self.shards)
+        except ClientError as exc:
+            if _error_code(exc) != "ResourceInUseException":  # created meanwhile
+                raise
 
     def list_shards(self, stream: Stream, *, max_age: float = 0.0) -> list[ShardInfo]:
         """Every shard of the stream (open and closed), re-listed if older than ``max_age``."""
@@ -483,8 +494,16 @@ class KinesisTransport(Transport):
                 behind: int | None = None
                 if shard is not None:
                     kwargs["ShardId"] = shard.shard_id
-                    iterator = self.client.get_shard_iterator(**kwargs)["ShardIterator"]
-                    answer = self.client.get_records(ShardIterator=iterator, Limit=1)
+                    what = f"the iterator age of {kwargs['StreamName']} {shard.shard_id}"
+                    iterator = self.call(what, partial(self.client.get_shard_iterator, **kwargs))
+                    answer = self.call(
+                        what,
+                        partial(
+                            self.client.get_records,
+                            ShardIterator=iterator["ShardIterator"],
+                            Limit=1,
+                        ),
+                    )
                     behind = int(answer.get("MillisBehindLatest", 0))
                 rows.append(
                     {
@@ -599,13 +618,11 @@ class KinesisProducer(Producer):
             ]
             response = transport.call(
                 f"PutRecords to {name}",
-                lambda entries=entries: transport.client.put_records(  # type: ignore[misc]
-                    StreamName=name, Records=entries
-                ),
+                partial(transport.client.put_records, StreamName=name, Records=entries),
             )
             failed = 0
             for partition, result in zip(batch, response["Records"], strict=True):
-                if "ErrorCode" in result and result.get("ErrorCode"):
+                if result.get("ErrorCode"):
                     failed += 1
                 else:
                     queues[partition].popleft()
@@ -646,6 +663,8 @@ class _Reading:
     """Lines to drop from the first record fetched (offsets inside an aggregate)."""
     at_sequence: int | None = None
     shard_closed: bool = False
+    foreign_partition: int | None = None
+    """Where records of this shard not put by adpulse go (see ``_partition_of``)."""
     """The shard is closed (split or merged): once read to its end, its child follows."""
     shard_ended: bool = False
     buffer: deque[_Record] = field(default_factory=deque)
@@ -667,13 +686,19 @@ class KinesisConsumer(Consumer):
     def _start(self, stream: Stream, partition: int, after: str | None) -> _Reading | None:
         """A reading positioned at ``after``; ``None`` when the partition has no shard yet."""
         transport = self._transport
-        lineage = transport.lineage(stream, partition)
-        if after is None:
+        parsed = None if after is None else parse_offset(after, stream, partition)
+        # A listing of the last second will do unless it lacks what we look for.
+        lineage = transport.lineage(stream, partition, max_age=LIST_INTERVAL_SECONDS)
+        if parsed is None and not lineage:
+            lineage = transport.lineage(stream, partition)
+        if parsed is None:
             if not lineage:
                 return None
             return _Reading(None, 0, lineage[0].shard_id, None, None)
-        parsed = parse_offset(after, stream, partition)
         index = next((i for i, s in enumerate(lineage) if s.shard_id == parsed.shard_id), None)
+        if index is None:
+            lineage = transport.lineage(stream, partition)
+            index = next((i for i, s in enumerate(lineage) if s.shard_id == parsed.shard_id), None)
         if index is None:
             listed = {s.shard_id for s in transport.list_shards(stream)}
             why = (
@@ -731,7 +756,6 @@ class KinesisConsumer(Consumer):
 
         transport = self._transport
         name = transport.stream_name(stream)
-        backoff = transport.backoff()
         while True:
             wait = reading.last_read + transport.read_interval - time.monotonic()
             if wait > 0:
@@ -750,7 +774,6 @@ class KinesisConsumer(Consumer):
                     reading.iterator = None  # renewed from the cursor on the next turn
                     continue
                 raise
-            backoff.reset()
             break
         reading.iterator = response.get("NextShardIterator")
         behind = int(response.get("MillisBehindLatest", 0))
@@ -773,7 +796,7 @@ class KinesisConsumer(Consumer):
                 reading.at_sequence = None
                 skip = reading.skip
                 reading.skip = 0
-            if record_partition(record["PartitionKey"]) != partition:
+            if self._partition_of(stream, reading, record["PartitionKey"]) != partition:
                 continue
             lines = _lines(record["Data"])
             if skip >= len(lines):
@@ -795,6 +818,32 @@ class KinesisConsumer(Consumer):
                     reading.shard_ended = True
         return behind
 
+    def _partition_of(self, stream: Stream, reading: _Reading, key: str) -> int:
+        """The partition of a record read from the reading's shard.
+
+        A record another application put (its key is no partition number of ours) goes
+        to the lowest partition the shard holds: one reader gets it, and the processor
+        dead-letters what it cannot read instead of the poll failing.
+        """
+        if key.isascii() and key.isdigit() and int(key) < self._transport.partitions:
+            return int(key)
+        if reading.foreign_partition is None:
+            shards = self._transport.list_shards(stream, max_age=LIST_INTERVAL_SECONDS)
+            shard = next(s for s in shards if s.shard_id == reading.shard_id)
+            held = shard_partitions(
+                shard.starting_hash_key, shard.ending_hash_key, self._transport.partitions
+            )
+            reading.foreign_partition = held[0] if held else -1
+            log.warning(
+                "%s %s holds records not put by adpulse (partition key %r); they go to "
+                "partition %d",
+                self._transport.stream_name(stream),
+                reading.shard_id,
+                key[:40],
+                reading.foreign_partition,
+            )
+        return reading.foreign_partition
+
     def _next_shard(self, stream: Stream, partition: int, reading: _Reading) -> bool:
         """Move an ended reading to the next shard of the lineage; ``False`` if none yet."""
         lineage = self._transport.lineage(stream, partition)
@@ -809,6 +858,7 @@ class KinesisConsumer(Consumer):
         reading.at_sequence = None
         reading.shard_ended = False
         reading.shard_closed = False
+        reading.foreign_partition = None
         reading.last_read = 0.0
         return True
 
