@@ -25,7 +25,7 @@ from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.sources.producer import replay_directory
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
-from adpulse.transport.kinesis import stream_name
+from adpulse.transport.kinesis import partition_hash_key, stream_name
 
 NOW = datetime(2026, 1, 1)
 
@@ -211,4 +211,36 @@ def test_producer_to_consumer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         dead = wh.query("SELECT count(*) FROM dead_letters WHERE stream = ?", [stream]).item()
         assert facts + duplicates + dead == received
     assert sent["impressions"] > 2_000
+    function.close()
+
+
+def test_records_of_another_writer_are_dead_letters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record adpulse did not put (its key is no partition number) goes to the lowest
+    partition of its shard, as with the Kinesis consumer, and is a dead letter there."""
+    use_local_aws(monkeypatch)
+    prefix = unique_name("foreign")
+    settings = Settings(
+        home=tmp_path,
+        partitions=4,
+        transport_url=kinesis_url(prefix, 2),
+        warehouse_url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
+    )
+    function = ConsumerFunction(settings, clock=fixed_clock(NOW))
+    client = kinesis_client()
+    name = stream_name(prefix, Stream.CLICKS)
+    client.put_record(
+        StreamName=name,
+        Data=b'{"sensor": 7, "reading": 21.5}',
+        PartitionKey="device-42",
+        ExplicitHashKey=str(partition_hash_key(3, 4)),  # in the second shard
+    )
+    (event,) = [e for s in read_back(client, name) for e in deliveries(s, 10)]
+    assert event["Records"][0]["eventID"].startswith("shardId-000000000001:")
+    assert function.handle(event) == {"batchItemFailures": []}
+    wh = function.runtime.warehouse
+    assert wh.query("SELECT partition, reason FROM dead_letters").rows() == [(2, "missing_field")]
+    assert wh.query("SELECT sum(received)::BIGINT FROM ingest_stats").item() == 1
+    assert set(wh.load_offsets()) == {(Stream.CLICKS, 2)}
     function.close()

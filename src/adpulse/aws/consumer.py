@@ -31,7 +31,7 @@ from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.processor.pipeline import BatchReport
 from adpulse.runtime import open_runtime, processor_for
-from adpulse.transport.kinesis import KinesisTransport
+from adpulse.transport.kinesis import KinesisTransport, shard_partitions
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,25 @@ class ConsumerFunction:
     def _lineage(self, stream: Stream, partition: int) -> list[str]:
         return [s.shard_id for s in self.kinesis.lineage(stream, partition, max_age=60.0)]
 
+    def _foreign_partition(self, stream: Stream, shard_id: str) -> int:
+        """Where records another application put in ``shard_id`` go: the lowest
+        partition the shard holds (the Kinesis consumer's rule)."""
+        for shard in self.kinesis.list_shards(stream, max_age=60.0):
+            if shard.shard_id == shard_id:
+                held = shard_partitions(
+                    shard.starting_hash_key, shard.ending_hash_key, self.kinesis.partitions
+                )
+                if held:
+                    return held[0]
+        return 0
+
     def handle(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """Process one delivery; the answer a Kinesis mapping with
         ``ReportBatchItemFailures`` expects."""
         self.invocations += 1
-        records = decode_event(event, self.kinesis.prefix, self.kinesis.partitions)
+        records = decode_event(
+            event, self.kinesis.prefix, self.kinesis.partitions, self._foreign_partition
+        )
         if not records:
             return {"batchItemFailures": []}
         started: dict[tuple[Stream, int], str | None] = {}

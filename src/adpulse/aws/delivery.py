@@ -59,14 +59,20 @@ class DeliveredRecord:
         return format_offset(self.shard_id, self.sequence_number)
 
 
-def decode_event(event: Mapping[str, Any], prefix: str, partitions: int) -> list[DeliveredRecord]:
+def decode_event(
+    event: Mapping[str, Any],
+    prefix: str,
+    partitions: int,
+    foreign_partition: Callable[[Stream, str], int] = lambda stream, shard_id: 0,
+) -> list[DeliveredRecord]:
     """The records of a Kinesis event-source-mapping event, in delivery order.
 
     ``prefix``: the streams' prefix (``PREFIX-clicks`` ...); a record of another stream
     raises :class:`DeliveryError` (the mapping points at a stream this function does not
-    own). A partition key that is not a partition number (a record another application
-    wrote) is read as a user id and given its partition, so the processor still counts
-    and dead-letters what it holds.
+    own). A record whose partition key is no partition number (another application
+    wrote it) goes to ``foreign_partition(stream, shard_id)``: as the Kinesis consumer
+    does, the lowest partition its shard holds, where the processor counts and
+    dead-letters what it cannot read.
     """
     names = {stream_name(prefix, s): s for s in Stream}
     out: list[DeliveredRecord] = []
@@ -91,12 +97,10 @@ def decode_event(event: Mapping[str, Any], prefix: str, partitions: int) -> list
                 " the event-source mappings at this stack's streams, or set"
                 " ADPULSE_TRANSPORT_URL to kinesis://PREFIX of the streams it reads"
             )
-        try:
+        if key.isascii() and key.isdigit() and int(key) < partitions:
             partition = record_partition(key)
-            if not 0 <= partition < partitions:
-                raise ValueError(key)
-        except ValueError:
-            partition = framing.partition_of(key or None, partitions)
+        else:
+            partition = foreign_partition(stream, shard_id)
         if data and not data.endswith(b"\n"):
             data += b"\n"  # one bare payload (not from the adpulse producer): one line
         out.append(DeliveredRecord(stream, shard_id, sequence, partition, data))
