@@ -11,7 +11,7 @@ mapping deliveries, and the benchmark measures:
 - the first delivery after it, then the same amount again on the warm state.
 
 Run: ``.venv/bin/python benchmarks/lambda_cold_start.py [--events 1000000] [--days 2]
-[--delivery 2000] [--warehouse duckdb|postgresql://...]``. It also times the producer
+[--delivery 2000] [--warehouse duckdb|postgresql://...] [--profile]``. It also times the producer
 (``ProducerFunction``: init, then invocations of 1,000 events). A benchmark, not a test.
 """
 
@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import cProfile
 import logging
 import os
+import pstats
 import subprocess
 import sys
 import threading
@@ -153,6 +155,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=2)
     parser.add_argument("--delivery", type=int, default=2_000)
     parser.add_argument("--warehouse", default="duckdb")
+    parser.add_argument(
+        "--profile", action="store_true", help="print where the cold start's time goes (cProfile)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     for key, value in {
@@ -182,7 +187,13 @@ def main() -> None:
             print(f"history: {args.events:,} events processed in {time.perf_counter() - t:.1f} s")
             events = deliveries(endpoint, prefix, args.delivery, args.days)
             print(f"import adpulse.aws.consumer (fresh interpreter): {import_seconds():.3f} s")
+            profiler = cProfile.Profile() if args.profile else None
+            if profiler is not None:
+                profiler.enable()
             function = ConsumerFunction(settings)
+            if profiler is not None:
+                profiler.disable()
+                pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
             cold = function.cold_start
             print(f"cold start: open {cold['open']:.3f} s, rebuild state {cold['rebuild']:.3f} s")
             print(
