@@ -112,10 +112,15 @@ def open_warehouse(settings: Settings, schema: str | None) -> Warehouse:
     return PostgresWarehouse(PG_URL, schema=schema)
 
 
-@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+#: DuckDB; PostgreSQL; PostgreSQL with two execution environments taking turns in the
+#: second half (each must notice the other's commits and rebuild its state).
+RUNS = ["duckdb", "postgres", "postgres-two-environments"]
+
+
+@pytest.fixture(scope="module", params=RUNS)
 def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     schema = None
-    if request.param == "postgres":
+    if request.param.startswith("postgres"):
         require_postgres()
         schema = new_schema()
     with pytest.MonkeyPatch.context() as mp:
@@ -169,15 +174,19 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         function.close()
 
         # A cold start: the state is rebuilt from the warehouse.
-        function = ConsumerFunction(settings, clock=clock)
+        functions = [ConsumerFunction(settings, clock=clock)]
+        if request.param == "postgres-two-environments":
+            functions.append(ConsumerFunction(settings, clock=clock))
         for i, event in enumerate(second):
+            function = functions[i % len(functions)]
             answers.append(function.handle(event))
             if i == len(second) // 2:
                 before = _state(function.runtime.warehouse)
                 answers.append(function.handle(first[len(first) // 2]))
                 answers.append(function.handle(event))
                 retried.append((before, _state(function.runtime.warehouse)))
-        function.close()
+        for function in functions:
+            function.close()
 
         truth = duckdb.connect()
         received = oracle.build(truth, data, now=NOW)
