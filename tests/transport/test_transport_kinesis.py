@@ -7,6 +7,7 @@ injected by a client wrapper around the real one."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,13 @@ import pytest
 from awstest import REGION, use_local_aws
 from botocore.exceptions import ClientError
 from kinesistest import kinesis_client, kinesis_transport, kinesis_url, realistic_resharding
+from typer.testing import CliRunner
 
 from adpulse.backends import UnsupportedUrlError
+from adpulse.cli.main import app
 from adpulse.config import Settings
 from adpulse.contracts import Stream
+from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.transport import open_transport
 from adpulse.transport.base import Consumer
 from adpulse.transport.framing import partition_of
@@ -370,5 +374,37 @@ def test_records_of_another_writer_go_to_one_partition_and_halt_nothing() -> Non
         want[owners[1]].append(b'{"n":9}')
         got = {p: _read(transport.consumer(), Stream.CLICKS, p, None) for p in (0, 1)}
         assert {p: sorted(v) for p, v in got.items()} == {p: sorted(v) for p, v in want.items()}
+    finally:
+        transport.delete_streams()
+
+
+def test_status_shows_each_partitions_shard(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    use_local_aws(monkeypatch)
+    with DuckDBWarehouse(tmp_path / "warehouse.duckdb") as warehouse:
+        warehouse.create_schema()
+    transport = kinesis_transport(2, shards=2)
+    try:
+        _send(transport, 1, range(3))
+        env = {
+            "ADPULSE_HOME": str(tmp_path),
+            "ADPULSE_PARTITIONS": "2",
+            "ADPULSE_TRANSPORT_URL": kinesis_url(transport.prefix, 2),
+        }
+        result = CliRunner().invoke(app, ["status", "--format", "json"], env=env)
+        assert result.exit_code == 0, result.output
+        rows = json.loads(result.output[result.output.index("{") :])["kinesis_shards"]
+        assert [(r["stream"], r["partition"], r["shard"], r["state"]) for r in rows] == [
+            (s.value, p, f"shardId-00000000000{p}", "open") for s in Stream for p in (0, 1)
+        ]
+        assert all(r["owner"] is None and r["committed_offset"] is None for r in rows)
+        assert all(r["millis_behind_latest"] >= 0 for r in rows)
+
+        env["ADPULSE_TRANSPORT_URL"] = kinesis_url("no-such-streams", 2)
+        result = CliRunner().invoke(app, ["status", "--format", "json"], env=env)
+        assert result.exit_code == 0, result.output
+        shown = json.loads(result.output[result.output.index("{") :])["kinesis_shards"]
+        assert shown.startswith("unavailable: ") and "ResourceNotFoundException" in shown
     finally:
         transport.delete_streams()

@@ -701,9 +701,9 @@ def status(
 
 def _kinesis_shards(
     settings: Settings, committed: dict[tuple[Stream, int], str], owners: pl.DataFrame
-) -> pl.DataFrame:
+) -> pl.DataFrame | str:
     """Shard, owner and iterator age of each stream partition (the streams are not
-    created: status only reads)."""
+    created: status only reads); why not, when the streams cannot be read."""
     from adpulse.transport.kinesis import open_kinesis_transport
 
     by_partition = {
@@ -711,13 +711,16 @@ def _kinesis_shards(
         for r in (owners.to_dicts() if owners.height else [])
         if r["live"]
     }
-    transport = open_kinesis_transport(
-        settings.transport_url, settings.partitions, settings.max_record_bytes, create=False
-    )
     try:
-        return pl.DataFrame(transport.shard_report(dict(committed), by_partition))
-    finally:
-        transport.close()
+        transport = open_kinesis_transport(
+            settings.transport_url, settings.partitions, settings.max_record_bytes, create=False
+        )
+        try:
+            return pl.DataFrame(transport.shard_report(dict(committed), by_partition))
+        finally:
+            transport.close()
+    except Exception as exc:  # noqa: BLE001 - status reports what it cannot read
+        return f"unavailable: {exc}"
 
 
 # ---------------------------------------------------------------------------- grafana

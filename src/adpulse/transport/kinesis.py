@@ -362,8 +362,6 @@ class KinesisTransport(Transport):
             )
         self.client = client
         self._listings: dict[Stream, tuple[float, list[ShardInfo]]] = {}
-        #: The last MillisBehindLatest seen per (stream, shard), by this process's readers.
-        self.millis_behind: dict[tuple[Stream, str], int] = {}
         if create:
             self.ensure_streams()
 
@@ -777,7 +775,6 @@ class KinesisConsumer(Consumer):
             break
         reading.iterator = response.get("NextShardIterator")
         behind = int(response.get("MillisBehindLatest", 0))
-        transport.millis_behind[(stream, reading.shard_id)] = behind
         records = response.get("Records", [])
         for record in records:
             sequence = int(record["SequenceNumber"])
