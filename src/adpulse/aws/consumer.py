@@ -76,8 +76,9 @@ class ConsumerFunction:
             self.cold_start["rebuild"],
         )
 
-    def _lineage(self, stream: Stream, partition: int) -> list[str]:
-        return [s.shard_id for s in self.kinesis.lineage(stream, partition, max_age=60.0)]
+    def _lineage(self, stream: Stream, partition: int, fresh: bool) -> list[str]:
+        age = 0.0 if fresh else 60.0
+        return [s.shard_id for s in self.kinesis.lineage(stream, partition, max_age=age)]
 
     def _foreign_partition(self, stream: Stream, shard_id: str) -> int:
         """Where records another application put in ``shard_id`` go: the lowest

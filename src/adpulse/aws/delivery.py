@@ -34,8 +34,9 @@ from adpulse.transport.kinesis import (
     stream_name,
 )
 
-#: The shard ids of a partition's lineage in one stream, oldest first.
-Lineage = Callable[[Stream, int], Sequence[str]]
+#: The shard ids of a partition's lineage in one stream, oldest first; the third
+#: argument asks for a fresh listing rather than a cached one.
+Lineage = Callable[[Stream, int, bool], Sequence[str]]
 
 
 class DeliveryError(ValueError):
@@ -120,9 +121,10 @@ def is_after(offset: str | None, record: DeliveredRecord, lineage: Lineage) -> b
     committed = parse_offset(offset, record.stream, record.partition)
     if committed.shard_id == record.shard_id:
         return sequence_after(offset, record.shard_id, record.sequence_number)
-    shards = list(lineage(record.stream, record.partition))
-    if committed.shard_id in shards and record.shard_id in shards:
-        return shards.index(record.shard_id) > shards.index(committed.shard_id)
+    for fresh in (False, True):  # a shard made since the cached listing: list again
+        shards = list(lineage(record.stream, record.partition, fresh))
+        if committed.shard_id in shards and record.shard_id in shards:
+            return shards.index(record.shard_id) > shards.index(committed.shard_id)
     return True
 
 
