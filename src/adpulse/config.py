@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         description="duckdb:///FILE (default: HOME/warehouse.duckdb) or postgresql://...",
     )
     warehouse_password: SecretStr | None = Field(None, description="Warehouse password, if any.")
+    warehouse_secret_arn: str = Field(
+        "",
+        description="AWS Lambda: the Secrets Manager secret (ARN) holding the warehouse URL;"
+        " read when a function starts, it replaces warehouse_url (docs/aws.md).",
+    )
     serving_url: str = Field(
         "",
         description="Serving store of live views: memory:// (default: in-process) or"

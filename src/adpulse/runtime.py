@@ -207,32 +207,34 @@ def processor_for(
     commits: CommitSignal | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     partitions: Sequence[int] | None = None,
+    transport: Transport | None = None,
 ) -> Processor:
-    """A processor over ``rt``'s transport and warehouse, reporting to
+    """A processor over ``rt``'s transport (or ``transport``: the delivery in hand of a
+    Lambda consumer, :mod:`adpulse.aws.delivery`) and warehouse, reporting to
     :func:`commit_listeners`."""
     from adpulse.processor.pipeline import Processor
 
     processor = Processor(
         rt.settings,
-        rt.transport,
+        transport or rt.transport,
         rt.warehouse,
         partitions=partitions,
         clock=clock,
         listeners=commit_listeners(rt, commits),
     )
     if rt.alerts is not None:
-        rt.alerts.watch_lag(_lag_reader(rt, processor))
+        rt.alerts.watch_lag(_lag_reader(processor))
     return processor
 
 
-def _lag_reader(rt: Runtime, processor: Processor) -> Callable[[], int]:
+def _lag_reader(processor: Processor) -> Callable[[], int]:
     """The processor's lag in bytes, read with a consumer of the caller's thread (opened
     on the first call; consumers are not thread-safe)."""
     consumer: list[Consumer] = []
 
     def lag() -> int:
         if not consumer:
-            consumer.append(rt.transport.consumer())
+            consumer.append(processor.transport.consumer())
         return processor.lag_bytes(consumer[0])
 
     return lag
