@@ -81,8 +81,85 @@ def test_query_json_matches_the_query_layer(home: Path) -> None:
     )
     with DuckDBWarehouse(home / "home" / "warehouse.duckdb", read_only=True) as wh:
         want = queries.ctr(wh, queries.Filters(platform="Web"), "campaign").to_dicts()
-    assert out == json.loads(json.dumps(want, default=str))
-    assert len(out) > 5
+    assert out["filters"] == {"platform": "Web"}
+    assert out["rows"] == json.loads(json.dumps(want, default=str))
+    assert len(out["rows"]) > 5
+
+
+#: (CLI arguments, the same query as an API path and parameters).
+SAME_QUERIES: list[tuple[list[str], str, dict[str, str]]] = [
+    (["summary"], "/summary", {}),
+    (
+        [
+            "summary",
+            "--platform",
+            "Mobile",
+            "--from",
+            "2023-09-01 06:00",
+            "--to",
+            "2023-09-01 18:00",
+        ],
+        "/summary",
+        {"platform": "Mobile", "from": "2023-09-01 06:00", "to": "2023-09-01 18:00"},
+    ),
+    (
+        ["summary", "--gender", "Female", "--interest", "Travel"],
+        "/summary",
+        {"gender": "Female", "interest": "Travel"},
+    ),
+    (
+        ["ctr", "--by", "campaign", "--location", "New York"],
+        "/metrics/ctr",
+        {"by": "campaign", "location": "New York"},
+    ),
+    (
+        ["conversion-rate", "--by", "ad", "--from", "2023-09-01 10:00:30"],
+        "/metrics/conversion-rate",
+        {"by": "ad", "from": "2023-09-01 10:00:30"},
+    ),
+    (
+        ["revenue-per-conversion", "--age-band", "25-34"],
+        "/metrics/revenue-per-conversion",
+        {"age_band": "25-34"},
+    ),
+    (["conversion-latency", "--by", "campaign"], "/metrics/conversion-latency", {"by": "campaign"}),
+    (
+        ["top-ads", "--rank-by", "conversion_rate", "--min-clicks", "5", "--platform", "Web"],
+        "/top-ads",
+        {"by": "conversion_rate", "min_clicks": "5", "platform": "Web"},
+    ),
+    (["top-ads", "--limit", "3"], "/top-ads", {"limit": "3"}),
+    (
+        ["trending", "--window", "120", "--min-clicks", "2"],
+        "/trending",
+        {"window": "120", "min_clicks": "2"},
+    ),
+]
+
+
+def test_cli_json_equals_the_api_answer(home: Path) -> None:
+    """``adpulse query --format json`` prints exactly what the HTTP API answers."""
+    from fastapi.testclient import TestClient
+
+    from adpulse.config import Settings
+    from adpulse.serving.api import create_app
+    from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+
+    settings = Settings(home=home / "home")
+    with DuckDBWarehouse(home / "home" / "warehouse.duckdb", read_only=True) as wh:
+        with TestClient(create_app(wh, settings)) as client:
+            api = []
+            for _, path, params in SAME_QUERIES:
+                response = client.get("/api/v1" + path, params=params)
+                assert response.status_code == 200, response.text
+                api.append(response.json())
+    for (args, path, _), answer in zip(SAME_QUERIES, api, strict=True):
+        cli = json.loads(_ok("query", *args, "--home", str(home / "home"), "--format", "json"))
+        assert cli == answer, (args, path)
+    summary = api[0]["summary"]
+    assert isinstance(summary["revenue"], float) and summary["revenue"] > 0  # money: a number
+    assert api[3]["rows"] and api[7]["rows"] and api[9]["rows"]  # not equal by being empty
+    assert api[4]["filters"] == {"start": "2023-09-01T10:01:00Z"}  # whole minutes, both
 
 
 def test_csv_output_has_a_header(home: Path) -> None:

@@ -597,6 +597,7 @@ def query(
             start_name="--from",
             end_name="--to",
         )
+        filters = queries.minute_aligned(filters)  # whole minutes, as the HTTP API reads them
     except queries.FilterError as exc:
         raise UserError(str(exc)) from exc
     group = cast("queries.GroupBy", None if by is GroupByOpt.none else by.value)
@@ -604,6 +605,11 @@ def query(
         raise UserError(f"--rank-by must be revenue or conversion_rate, not {rank_by!r}")
     mc = settings.min_clicks if min_clicks is None else min_clicks
     minutes = settings.trending_window_minutes if window is None else window
+    if fmt is OutputFormat.json:  # the HTTP API's answer, byte for byte the same shape
+        with open_runtime(settings, read_only=True) as rt:
+            answer = _answer(rt, metric, filters, group, rank_by, mc, minutes, limit)
+        sys.stdout.write(_json(answer))
+        return
     with open_runtime(settings, read_only=True) as rt:
         wh = rt.warehouse
         if metric in GROUPED_NAMES:
@@ -632,6 +638,35 @@ def query(
         if frame.height == 0 and fmt is OutputFormat.table:
             empty = _why_nothing(wh, metric, filters, rank_by, mc, minutes)
     _print_frame(frame, fmt, empty)
+
+
+def _answer(
+    rt: Runtime,
+    metric: str,
+    filters: Any,
+    group: Any,
+    rank_by: str,
+    min_clicks: int,
+    minutes: int,
+    limit: int,
+) -> dict[str, Any]:
+    """What ``GET /api/v1/...`` answers for this query (:mod:`adpulse.serving.answers`)."""
+    from adpulse.serving import answers
+
+    wh, store = rt.warehouse, rt.store
+    if metric in GROUPED_NAMES:
+        return answers.metric_answer(wh, metric, filters, group, store)
+    if metric == "trending":
+        return answers.trending_answer(wh, filters, minutes, min_clicks, limit, store)
+    if metric == "top-ads":
+        by = cast("Literal['revenue', 'conversion_rate']", rank_by)
+        return answers.top_ads_answer(wh, filters, by, min_clicks, limit, store)
+    return answers.summary_answer(wh, filters, store)
+
+
+def _json(value: Any) -> str:
+    """``value`` (JSON-ready) as indented JSON and a newline."""
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
 
 
 def _why_nothing(

@@ -4,7 +4,6 @@ parameters. Filters are built by the query layer (:meth:`Filters.from_text`), wh
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import timedelta
 from typing import Annotated, Any, Final, Literal
 
@@ -12,6 +11,7 @@ from fastapi import Depends, Query
 
 from adpulse.metrics import GROUPED_NAMES
 from adpulse.serving import queries
+from adpulse.serving.answers import filters_echo
 from adpulse.serving.queries import Filters
 
 #: Longest accepted time range (end - start).
@@ -79,8 +79,3 @@ MinClicksParam = Annotated[
     int | None,
     Query(ge=0, le=10**12, description="Minimum clicks for rate rankings (default: settings)."),
 ]
-
-
-def filters_echo(filters: Filters) -> dict[str, Any]:
-    """The filters given, as echoed in every answer."""
-    return {k: v for k, v in asdict(filters).items() if v is not None}

@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from adpulse.config import Settings
-from adpulse.serving import queries
+from adpulse.serving import answers, queries
 from adpulse.serving.auth import KEY_ID_SCOPE
 from adpulse.serving.http.encoding import ORJSONPlainResponse, error_response, ok
 from adpulse.serving.http.feed import LiveFeed
@@ -179,12 +179,7 @@ def data_routes(ctx: Reads) -> APIRouter:
         return await ctx.shared.respond(
             request,
             ("metric", metric, by, filters),
-            lambda: {
-                "metric": metric,
-                "by": by,
-                "filters": filters_echo(filters),
-                "rows": queries.grouped_metric(ctx.warehouse, metric, filters, by, store=ctx.store),
-            },
+            lambda: answers.metric_answer(ctx.warehouse, metric, filters, by, ctx.store),
         )
 
     @router.get(f"{API_PREFIX}/summary", tags=["metrics"])
@@ -193,7 +188,7 @@ def data_routes(ctx: Reads) -> APIRouter:
         return await ctx.shared.respond(
             request,
             ("summary", filters),
-            lambda: {"filters": filters_echo(filters), "summary": ctx.summary_of(filters)},
+            lambda: answers.summary_answer(ctx.warehouse, filters, ctx.store),
         )
 
     @router.get(f"{API_PREFIX}/timeseries", tags=["metrics"])
@@ -227,20 +222,12 @@ def data_routes(ctx: Reads) -> APIRouter:
         minutes = ctx.settings.trending_window_minutes if window is None else window
         clicks = ctx.settings.min_clicks if min_clicks is None else min_clicks
 
-        def build() -> dict[str, Any]:
-            windows = queries.trending_windows(ctx.warehouse, filters, minutes)
-            return {
-                "window_minutes": minutes,
-                "min_clicks": clicks,
-                "windows": None if windows is None else asdict(windows),
-                "filters": filters_echo(filters),
-                "rows": queries.trending(
-                    ctx.warehouse, filters, minutes, clicks, limit, store=ctx.store
-                ),
-            }
-
         return await ctx.shared.respond(
-            request, ("trending", minutes, clicks, limit, filters), build
+            request,
+            ("trending", minutes, clicks, limit, filters),
+            lambda: answers.trending_answer(
+                ctx.warehouse, filters, minutes, clicks, limit, ctx.store
+            ),
         )
 
     @router.get(f"{API_PREFIX}/top-ads", tags=["metrics"])
@@ -256,12 +243,7 @@ def data_routes(ctx: Reads) -> APIRouter:
         return await ctx.shared.respond(
             request,
             ("top-ads", by, clicks, limit, filters),
-            lambda: {
-                "by": by,
-                "min_clicks": clicks,
-                "filters": filters_echo(filters),
-                "rows": queries.top_ads(ctx.warehouse, filters, by, clicks, limit, store=ctx.store),
-            },
+            lambda: answers.top_ads_answer(ctx.warehouse, filters, by, clicks, limit, ctx.store),
         )
 
     @router.get(f"{API_PREFIX}/latency-histogram", tags=["metrics"])
