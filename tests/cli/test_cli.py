@@ -162,6 +162,62 @@ def test_cli_json_equals_the_api_answer(home: Path) -> None:
     assert api[4]["filters"] == {"start": "2023-09-01T10:01:00Z"}  # whole minutes, both
 
 
+def test_filter_values_match_the_data_without_regard_to_case(home: Path) -> None:
+    at = ["--home", str(home / "home"), "--format", "json"]
+    lower = json.loads(
+        _ok("query", "summary", "--platform", "mobile", "--location", "NEW YORK", *at)
+    )
+    exact = json.loads(
+        _ok("query", "summary", "--platform", "Mobile", "--location", "New York", *at)
+    )
+    assert lower == exact and lower["filters"] == {"platform": "Mobile", "location": "New York"}
+    assert lower["summary"]["impressions"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--platform", "Mobil"], "unknown --platform 'Mobil'; did you mean Mobile?"),
+        (["--interest", "travl"], "unknown --interest 'travl'; did you mean Travel?"),
+        (["--ad", "-1"], "unknown --ad -1; none of the 320 stored values is close"),
+        (
+            ["--from", "2023-13-01"],
+            "--from: cannot read '2023-13-01'; use 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]'"
+            " (UTC) or ISO-8601 with an offset",
+        ),
+    ],
+)
+def test_unknown_filter_values_name_close_matches(
+    home: Path, args: list[str], message: str
+) -> None:
+    from adpulse.runtime import UserError
+
+    result = runner.invoke(app, ["query", "summary", *args, "--home", str(home / "home")])
+    assert isinstance(result.exception, UserError) and str(result.exception) == message
+
+
+def test_an_unknown_value_exits_2_with_one_line(home: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "adpulse", "query", "ctr", "--location", "new yrok"]
+        + ["--home", str(home / "home")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == "error: unknown --location 'new yrok'; did you mean New York?\n"
+
+
+def test_unknown_options_are_refused(home: Path) -> None:
+    result = runner.invoke(
+        app, ["query", "summary", "--platfrom", "Web", "--home", str(home / "home")]
+    )
+    assert result.exit_code == 2 and "No such option: --platfrom" in result.output
+
+
 def test_csv_output_has_a_header(home: Path) -> None:
     out = _ok("query", "summary", "--home", str(home / "home"), "--format", "csv")
     assert out.splitlines()[0].startswith("impressions,clicks,conversions")

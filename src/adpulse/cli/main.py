@@ -605,13 +605,15 @@ def query(
         raise UserError(f"--rank-by must be revenue or conversion_rate, not {rank_by!r}")
     mc = settings.min_clicks if min_clicks is None else min_clicks
     minutes = settings.trending_window_minutes if window is None else window
-    if fmt is OutputFormat.json:  # the HTTP API's answer, byte for byte the same shape
+    if fmt is OutputFormat.json:  # the HTTP API's answer, the same shape
         with open_runtime(settings, read_only=True) as rt:
+            filters = _checked(rt, filters)
             answer = _answer(rt, metric, filters, group, rank_by, mc, minutes, limit)
         sys.stdout.write(_json(answer))
         return
     with open_runtime(settings, read_only=True) as rt:
         wh = rt.warehouse
+        filters = _checked(rt, filters)
         if metric in GROUPED_NAMES:
             frame = queries.grouped_metric(wh, metric, filters, group, store=rt.store)
         elif metric == "trending":
@@ -638,6 +640,28 @@ def query(
         if frame.height == 0 and fmt is OutputFormat.table:
             empty = _why_nothing(wh, metric, filters, rank_by, mc, minutes)
     _print_frame(frame, fmt, empty)
+
+
+#: The CLI's names of the checked filters, for messages.
+OPTION_NAMES = {
+    "campaign": "--campaign",
+    "ad_id": "--ad",
+    "platform": "--platform",
+    "location": "--location",
+    "gender": "--gender",
+    "interest": "--interest",
+}
+
+
+def _checked(rt: Runtime, filters: Any) -> Any:
+    """``filters`` with stored spellings; a :class:`UserError` (exit 2) naming the close
+    matches of a value the data does not hold."""
+    from adpulse.serving import queries
+
+    try:
+        return queries.known_values(rt.warehouse).check(filters, OPTION_NAMES)
+    except queries.FilterError as exc:
+        raise UserError(str(exc)) from exc
 
 
 def _answer(

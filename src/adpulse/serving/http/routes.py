@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Final, Literal, cast
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -34,6 +34,7 @@ from adpulse.serving.http.params import (
     LimitParam,
     MinClicksParam,
     filters_echo,
+    refuse_unknown_parameters,
 )
 from adpulse.serving.queries import Filters
 from adpulse.serving.store.base import ServingStore
@@ -161,8 +162,9 @@ def probe_routes(ctx: Reads) -> APIRouter:
 
 
 def data_routes(ctx: Reads) -> APIRouter:
-    """The data endpoints under :data:`API_PREFIX`, the live stream among them."""
-    router = APIRouter()
+    """The data endpoints under :data:`API_PREFIX`, the live stream among them; each
+    refuses query parameters it does not take."""
+    router = APIRouter(dependencies=[Depends(refuse_unknown_parameters)])
 
     @router.get(f"{API_PREFIX}/metrics/{{metric}}", tags=["metrics"])
     async def metric(
