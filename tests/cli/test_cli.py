@@ -146,13 +146,15 @@ def test_cli_json_equals_the_api_answer(home: Path) -> None:
     from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 
     settings = Settings(home=home / "home")
-    with DuckDBWarehouse(home / "home" / "warehouse.duckdb", read_only=True) as wh:
-        with TestClient(create_app(wh, settings)) as client:
-            api = []
-            for _, path, params in SAME_QUERIES:
-                response = client.get("/api/v1" + path, params=params)
-                assert response.status_code == 200, response.text
-                api.append(response.json())
+    api = []
+    with (
+        DuckDBWarehouse(home / "home" / "warehouse.duckdb", read_only=True) as wh,
+        TestClient(create_app(wh, settings)) as client,
+    ):
+        for _, path, params in SAME_QUERIES:
+            response = client.get("/api/v1" + path, params=params)
+            assert response.status_code == 200, response.text
+            api.append(response.json())
     for (args, path, _), answer in zip(SAME_QUERIES, api, strict=True):
         cli = json.loads(_ok("query", *args, "--home", str(home / "home"), "--format", "json"))
         assert cli == answer, (args, path)

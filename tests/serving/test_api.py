@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 

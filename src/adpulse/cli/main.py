@@ -15,7 +15,7 @@ import polars as pl
 import typer
 from rich.console import Console
 
-from adpulse.cli import tables
+from adpulse.cli import remote, tables
 from adpulse.cli.log_commands import log_app
 from adpulse.cli.runtime import (
     Runtime,
@@ -605,41 +605,72 @@ def query(
         raise UserError(f"--rank-by must be revenue or conversion_rate, not {rank_by!r}")
     mc = settings.min_clicks if min_clicks is None else min_clicks
     minutes = settings.trending_window_minutes if window is None else window
-    if fmt is OutputFormat.json:  # the HTTP API's answer, the same shape
+    try:
         with open_runtime(settings, read_only=True) as rt:
+            wh = rt.warehouse
             filters = _checked(rt, filters)
-            answer = _answer(rt, metric, filters, group, rank_by, mc, minutes, limit)
-        sys.stdout.write(_json(answer))
-        return
-    with open_runtime(settings, read_only=True) as rt:
-        wh = rt.warehouse
-        filters = _checked(rt, filters)
-        if metric in GROUPED_NAMES:
-            frame = queries.grouped_metric(wh, metric, filters, group, store=rt.store)
-        elif metric == "trending":
-            frame = queries.trending(
-                wh,
-                filters,
-                window_minutes=minutes,
-                min_clicks=mc,
-                limit=limit,
-                store=rt.store,
-            )
-        elif metric == "top-ads":
-            frame = queries.top_ads(
-                wh,
-                filters,
-                by=cast("Literal['revenue', 'conversion_rate']", rank_by),
-                min_clicks=mc,
-                limit=limit,
-                store=rt.store,
-            )
-        else:
-            frame = queries.summary(wh, filters, store=rt.store)
+            if fmt is OutputFormat.json:  # the HTTP API's answer, the same shape
+                answer = _answer(rt, metric, filters, group, rank_by, mc, minutes, limit)
+                sys.stdout.write(_json(answer))
+                return
+            if metric in GROUPED_NAMES:
+                frame = queries.grouped_metric(wh, metric, filters, group, store=rt.store)
+            elif metric == "trending":
+                frame = queries.trending(
+                    wh,
+                    filters,
+                    window_minutes=minutes,
+                    min_clicks=mc,
+                    limit=limit,
+                    store=rt.store,
+                )
+            elif metric == "top-ads":
+                frame = queries.top_ads(
+                    wh,
+                    filters,
+                    by=cast("Literal['revenue', 'conversion_rate']", rank_by),
+                    min_clicks=mc,
+                    limit=limit,
+                    store=rt.store,
+                )
+            else:
+                frame = queries.summary(wh, filters, store=rt.store)
+            empty = "no rows match these filters"
+            if frame.height == 0 and fmt is OutputFormat.table:
+                empty = _why_nothing(wh, metric, filters, rank_by, mc, minutes)
+    except UserError as exc:  # a running demo or server holds the warehouse: ask it
+        server = remote.server_holding(settings, exc)
+        path, params = _api_query(metric, group, rank_by, mc, minutes, limit)
+        params |= {"campaign": campaign, "ad": ad, "from": from_, "to": to}
+        params |= {"platform": platform, "location": location, "gender": gender}
+        params |= {"age_band": age_band, "interest": interest}
+        err.print(f"(asking {server.url}: process {server.pid} holds the warehouse)")
+        answer = remote.get(server, path, params)
+        if fmt is OutputFormat.json:
+            sys.stdout.write(_json(answer))
+            return
+        frame = _frame_of(answer)
         empty = "no rows match these filters"
-        if frame.height == 0 and fmt is OutputFormat.table:
-            empty = _why_nothing(wh, metric, filters, rank_by, mc, minutes)
     _print_frame(frame, fmt, empty)
+
+
+def _api_query(
+    metric: str, group: Any, rank_by: str, min_clicks: int, minutes: int, limit: int
+) -> tuple[str, dict[str, Any]]:
+    """The HTTP API's path and parameters (filters aside) for this ``query``."""
+    if metric in GROUPED_NAMES:
+        return f"metrics/{metric}", {"by": group}
+    if metric == "trending":
+        return "trending", {"window": minutes, "min_clicks": min_clicks, "limit": limit}
+    if metric == "top-ads":
+        return "top-ads", {"by": rank_by, "min_clicks": min_clicks, "limit": limit}
+    return "summary", {}
+
+
+def _frame_of(answer: dict[str, Any]) -> pl.DataFrame:
+    """The rows of an API answer (the summary's one object as one row) as a frame."""
+    rows = [answer["summary"]] if "summary" in answer else answer.get("rows") or []
+    return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
 
 
 #: The CLI's names of the checked filters, for messages.
@@ -738,11 +769,23 @@ def status(
     from adpulse.serving import queries
 
     settings = settings_for(home, config)
-    with open_runtime(settings, read_only=True) as rt:
-        info: dict[str, Any] = dict(queries.pipeline_status(rt.warehouse))
-        owners = queries.partition_owners(rt.warehouse)
-        if owners.height:  # only when workers share the partitions
-            info["partition_owners"] = owners
+    try:
+        with open_runtime(settings, read_only=True) as rt:
+            info: dict[str, Any] = dict(queries.pipeline_status(rt.warehouse))
+            owners = queries.partition_owners(rt.warehouse)
+            if owners.height:  # only when workers share the partitions
+                info["partition_owners"] = owners
+    except UserError as exc:  # a running demo or server holds the warehouse: ask it
+        server = remote.server_holding(settings, exc)
+        err.print(f"(asking {server.url}: process {server.pid} holds the warehouse)")
+        health = remote.get(server, "health", {})
+        info = {
+            name: pl.DataFrame(value, infer_schema_length=None)
+            if isinstance(value, list)
+            else value
+            for name, value in health.items()
+            if name not in ("data_range", "live")  # what `status` shows, no more
+        }
     if fmt is OutputFormat.json:
         plain = {k: v.to_dicts() if isinstance(v, pl.DataFrame) else v for k, v in info.items()}
         sys.stdout.write(json.dumps(plain, default=str, indent=2) + "\n")

@@ -16,7 +16,6 @@ from fastapi.routing import APIRoute
 
 from adpulse.metrics import GROUPED_NAMES
 from adpulse.serving import queries
-from adpulse.serving.answers import filters_echo
 from adpulse.serving.queries import Filters
 
 #: Longest accepted time range (end - start).
@@ -58,7 +57,8 @@ class CheckedFilters:
         self._lock = asyncio.Lock()
 
     async def check(self, filters: Filters) -> Filters:
-        """``filters`` with stored spellings, or an :class:`~adpulse.serving.queries.UnknownValueError`."""
+        """``filters`` with stored spellings, or an
+        :class:`~adpulse.serving.queries.UnknownValueError`."""
         if not any(getattr(filters, name) is not None for name in queries.CHECKED_FILTERS):
             return filters
         known = self._known or await self._reload(None)

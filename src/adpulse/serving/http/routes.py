@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Final, Literal, cast
 
@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from adpulse.config import Settings
 from adpulse.serving import answers, queries
+from adpulse.serving.answers import filters_echo
 from adpulse.serving.auth import KEY_ID_SCOPE
 from adpulse.serving.http.encoding import ORJSONPlainResponse, error_response, ok
 from adpulse.serving.http.feed import LiveFeed
@@ -33,7 +34,6 @@ from adpulse.serving.http.params import (
     FiltersDep,
     LimitParam,
     MinClicksParam,
-    filters_echo,
     refuse_unknown_parameters,
 )
 from adpulse.serving.queries import Filters
