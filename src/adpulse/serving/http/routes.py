@@ -100,6 +100,11 @@ def page_routes(settings: Settings) -> APIRouter:
         """The live dashboard page."""
         return FileResponse(WEB_DIR / "index.html", media_type="text/html", headers=no_cache)
 
+    @router.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        """The page's icon (SVG, which browsers take at this path too)."""
+        return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml")
+
     @router.get("/static/{name}", include_in_schema=False)
     async def static(name: Annotated[str, Path(max_length=40)]) -> Response:
         media = STATIC_FILES.get(name)
