@@ -336,6 +336,16 @@ def test_dashboard_labels_and_texts_read_right(browser: Any, demo_url: str) -> N
     for dimension in ("platform", "location", "gender", "age_band", "interest"):
         drawn = _chart(page, f"c-b-{dimension}")
         assert drawn["labels"] and drawn["y"] == drawn["labels"], dimension  # every bar
+        window = _window(page)
+        rows = httpx.get(
+            f"{demo_url}api/v1/breakdown/{dimension}", params={"from": window[0], "to": window[1]}
+        ).json()["rows"]
+        most = sorted(rows, key=lambda r: -r["clicks"])[:12]
+        # the 12 values with most clicks (ties at the edge may differ), in the API's order
+        assert len(drawn["labels"]) == len(most), dimension
+        if len(rows) > 12:
+            caption = page.inner_text(f"#cap-{dimension}")
+            assert caption.endswith(f"(the 12 with most clicks of {len(rows)})")
     histogram = _chart(page, "c-histogram")
     assert len(histogram["labels"]) > 6 and histogram["x"] == histogram["labels"]
     assert histogram["labels"][:2] == ["0 s–30 s", "30 s–1 min"]
@@ -350,7 +360,7 @@ def test_dashboard_labels_and_texts_read_right(browser: Any, demo_url: str) -> N
     assert "is not complete yet" in page.inner_text("#partial")
 
     # the backfill is 5 minutes: the 24 h before hold nothing to compare with
-    assert page.inner_text(".tile[data-key=impressions] .delta") == "new vs previous"
+    assert page.inner_text(".tile[data-key=impressions] .delta") == "no previous data"
     conversions = page.inner_text(".tile[data-key=conversions]")
     assert conversions.startswith("Conversions (all)\n")
     assert re.search(r"\nattributed: [\d,]+\n", conversions), conversions
@@ -430,6 +440,20 @@ def test_page_without_chart_library_still_shows_numbers(
             assert page.evaluate("document.body.dataset.to") == "2023-09-09T10:05"
             assert page.inner_text(".tile[data-key=impressions] .value") == "230"
             assert summary["impressions"] == 230
+            # "vs previous": a percentage against 140 impressions before (80 now) ...
+            at = "?range=custom&from=2023-09-09T10:0{}&to=2023-09-09T10:0{}"
+            page.goto(base + at.format(1, 3))
+            page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1")
+            delta = ".tile[data-key=impressions] .delta"
+            assert page.inner_text(delta) == "▼ -42.9% vs previous"
+            # ... and "new" against 80 before (under 100: too few to compare)
+            page.goto(base + at.format(3, 5))
+            page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1")
+            assert page.inner_text(".tile[data-key=impressions] .value") == "10"
+            assert page.inner_text(delta) == "new vs previous"
+            assert page.get_attribute(delta, "title") == (
+                "previous 2 min: 80 (too few impressions before to compare: 80)"
+            )
             page.close()
         finally:
             server.should_exit = True

@@ -15,7 +15,7 @@ import polars as pl
 import typer
 from rich.console import Console
 
-from adpulse.cli import remote, tables
+from adpulse.cli import tables
 from adpulse.cli.log_commands import log_app
 from adpulse.cli.runtime import (
     Runtime,
@@ -639,6 +639,8 @@ def query(
             if frame.height == 0 and fmt is OutputFormat.table:
                 empty = _why_nothing(wh, metric, filters, rank_by, mc, minutes)
     except UserError as exc:  # a running demo or server holds the warehouse: ask it
+        from adpulse.cli import remote
+
         server = remote.server_holding(settings, exc)
         path, params = _api_query(metric, group, rank_by, mc, minutes, limit)
         params |= {"campaign": campaign, "ad": ad, "from": from_, "to": to}
@@ -776,6 +778,8 @@ def status(
             if owners.height:  # only when workers share the partitions
                 info["partition_owners"] = owners
     except UserError as exc:  # a running demo or server holds the warehouse: ask it
+        from adpulse.cli import remote
+
         server = remote.server_holding(settings, exc)
         err.print(f"(asking {server.url}: process {server.pid} holds the warehouse)")
         health = remote.get(server, "health", {})

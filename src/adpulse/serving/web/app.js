@@ -22,6 +22,7 @@
   // another rate, the pipeline's first minutes) says "new" rather than +80,000 %.
   const MIN_PREVIOUS_SHARE = 0.1;
   const MIN_PREVIOUS = 100;
+  const MAX_BARS = 12; // values per breakdown chart
   const HAS_CHARTS = typeof window.Chart === "function";
   const charts = {};
   const form = document.getElementById("filters");
@@ -187,11 +188,11 @@
       const v = el("span", { class: "value", "data-value": value === null ? "" : String(value) }, fmt(value, kind));
       tile.append(v);
       if (key === "conversions") {
-        tile.append(el("span", { class: "note", title: "the conversion rate and latency count attributed conversions only" }, "attributed: " + fmt(now.attributed_conversions, "int")));
+        tile.append(el("span", { class: "sub", title: "the conversion rate and latency count attributed conversions only" }, "attributed: " + fmt(now.attributed_conversions, "int")));
       }
       let delta = "no previous data", cls = "delta";
       if (value !== null && prev !== null && prev !== undefined) {
-        if (!compare) delta = value === 0 && prev === 0 ? "±0 vs previous" : "new vs previous";
+        if (!compare) delta = before.impressions === 0 ? "no previous data" : "new vs previous";
         else if (prev === 0) delta = value === 0 ? "±0 vs previous" : "new vs previous";
         else {
           const change = (value - prev) / Math.abs(prev) * 100;
@@ -215,16 +216,16 @@
       box.classList.toggle("cut", box.scrollWidth > box.clientWidth + 1);
     }
   }
-  function table(id, columns, rows) {
+  function table(id, columns, rows) { // columns: [key, label, kind]; no kind: text that may wrap
     const t = document.getElementById(id);
     t.replaceChildren();
     const head = el("tr");
-    for (const [, label] of columns) head.append(el("th", {}, label));
+    for (const [, label, kind] of columns) head.append(el("th", kind ? {} : { class: "text" }, label));
     t.append(head);
     if (!rows.length) { const tr = el("tr"); tr.append(el("td", { colspan: columns.length }, "no data")); t.append(tr); }
     for (const row of rows) {
       const tr = el("tr");
-      for (const [key, , kind] of columns) tr.append(el("td", {}, fmt(row[key], kind)));
+      for (const [key, , kind] of columns) tr.append(el("td", kind ? {} : { class: "text" }, fmt(row[key], kind)));
       t.append(tr);
     }
   }
@@ -309,13 +310,17 @@
       let card = document.getElementById("b-" + dim);
       if (!card) {
         card = el("figure", { class: "card", id: "b-" + dim });
-        card.append(el("figcaption", {}, "By " + dim.replace("_", " ")));
+        card.append(el("figcaption", { id: "cap-" + dim }, "By " + dim.replace("_", " ")));
         const wrap = el("div", { class: "chart" });
         wrap.append(el("canvas", { id: "c-b-" + dim }));
         card.append(wrap);
         box.append(card);
       }
-      const rows = results[i].rows.slice(0, 12);
+      // at most MAX_BARS values: those with the most clicks, in the API's order
+      const all = results[i].rows;
+      const kept = new Set([...all].sort((a, b) => b.clicks - a.clicks).slice(0, MAX_BARS));
+      const rows = all.filter((r) => kept.has(r));
+      document.getElementById("cap-" + dim).textContent = "By " + dim.replace("_", " ") + (all.length > MAX_BARS ? " (the " + MAX_BARS + " with most clicks of " + all.length + ")" : "");
       // room for every bar's label: 14 px a bar pair at least
       card.querySelector(".chart").style.height = Math.max(200, 60 + 14 * rows.length * 1.5) + "px";
       chart("c-b-" + dim, "bar", rows.map((r) => r.value === null ? "(unknown)" : String(r.value)), [
