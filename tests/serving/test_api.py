@@ -273,6 +273,39 @@ def test_filter_values_match_without_regard_to_case(
     assert r.status_code == 200 and [row["value"] for row in r.json()["rows"]] == ["Female"]
 
 
+def test_known_values_are_reloaded_after_a_commit_only(
+    warehouse: DuckDBWarehouse, tmp_path: Path
+) -> None:
+    from adpulse.commits import CommitSignal
+
+    load_users(warehouse)
+    commits = CommitSignal()
+    app = create_app(warehouse, Settings(home=tmp_path), commits=commits)
+    with TestClient(app) as c:
+        assert c.get(f"{V1}/summary", params={"gender": "Robot"}).status_code == 422
+        _, robot = parse_dimension_csv("user_id, age, gender, interests\nr, 40, Robot, Chess\n")
+        warehouse.load_dimension("users", robot, datetime(2023, 9, 1))
+        # no commit signalled: the values loaded before still hold, no query per request
+        assert c.get(f"{V1}/summary", params={"gender": "robot"}).status_code == 422
+        commits.notify()
+        r = c.get(f"{V1}/summary", params={"gender": "robot"})
+        assert r.status_code == 200 and r.json()["filters"] == {"gender": "Robot"}
+
+
+def test_known_values_check() -> None:
+    known = queries.KnownValues({"platform": ["Web", "WEB", "Mobile"], "ad_id": [1, 2]})
+    assert known.check(Filters(platform="mobile", ad_id=2)) == Filters(platform="Mobile", ad_id=2)
+    assert known.check(Filters(platform="WEB")) == Filters(platform="WEB")  # exact first
+    with pytest.raises(queries.UnknownValueError) as ambiguous:
+        known.check(Filters(platform="web"))
+    assert str(ambiguous.value) == (
+        "platform 'web' is ambiguous: the data holds 'WEB', 'Web'; give one exactly"
+    )
+    assert known.check(Filters(location="Nowhere")) == Filters(location="Nowhere")  # none stored
+    with pytest.raises(queries.UnknownValueError, match=r"^unknown --ad 3; the data holds 1, 2$"):
+        known.check(Filters(ad_id=3), {"ad_id": "--ad"})
+
+
 def test_other_endpoints_refuse_parameters_they_do_not_take(client: TestClient) -> None:
     assert client.get(f"{V1}/health", params={"platform": "Web"}).status_code == 422
     r = client.get(f"{V1}/top-ads", params={"rank_by": "revenue"})
