@@ -598,6 +598,7 @@ def query(
             start_name="--from",
             end_name="--to",
         )
+        filters = queries.minute_aligned(filters)  # whole minutes, as the HTTP API reads them
     except queries.FilterError as exc:
         raise UserError(str(exc)) from exc
     group = cast("queries.GroupBy", None if by is GroupByOpt.none else by.value)
@@ -605,34 +606,125 @@ def query(
         raise UserError(f"--rank-by must be revenue or conversion_rate, not {rank_by!r}")
     mc = settings.min_clicks if min_clicks is None else min_clicks
     minutes = settings.trending_window_minutes if window is None else window
-    with open_runtime(settings, read_only=True) as rt:
-        wh = rt.warehouse
-        if metric in GROUPED_NAMES:
-            frame = queries.grouped_metric(wh, metric, filters, group, store=rt.store)
-        elif metric == "trending":
-            frame = queries.trending(
-                wh,
-                filters,
-                window_minutes=minutes,
-                min_clicks=mc,
-                limit=limit,
-                store=rt.store,
-            )
-        elif metric == "top-ads":
-            frame = queries.top_ads(
-                wh,
-                filters,
-                by=cast("Literal['revenue', 'conversion_rate']", rank_by),
-                min_clicks=mc,
-                limit=limit,
-                store=rt.store,
-            )
-        else:
-            frame = queries.summary(wh, filters, store=rt.store)
+    try:
+        with open_runtime(settings, read_only=True) as rt:
+            wh = rt.warehouse
+            filters = _checked(rt, filters)
+            if fmt is OutputFormat.json:  # the HTTP API's answer, the same shape
+                answer = _answer(rt, metric, filters, group, rank_by, mc, minutes, limit)
+                sys.stdout.write(_json(answer))
+                return
+            if metric in GROUPED_NAMES:
+                frame = queries.grouped_metric(wh, metric, filters, group, store=rt.store)
+            elif metric == "trending":
+                frame = queries.trending(
+                    wh,
+                    filters,
+                    window_minutes=minutes,
+                    min_clicks=mc,
+                    limit=limit,
+                    store=rt.store,
+                )
+            elif metric == "top-ads":
+                frame = queries.top_ads(
+                    wh,
+                    filters,
+                    by=cast("Literal['revenue', 'conversion_rate']", rank_by),
+                    min_clicks=mc,
+                    limit=limit,
+                    store=rt.store,
+                )
+            else:
+                frame = queries.summary(wh, filters, store=rt.store)
+            empty = "no rows match these filters"
+            if frame.height == 0 and fmt is OutputFormat.table:
+                empty = _why_nothing(wh, metric, filters, rank_by, mc, minutes)
+    except UserError as exc:  # a running demo or server holds the warehouse: ask it
+        from adpulse.cli import remote
+
+        server = remote.server_holding(settings, exc)
+        path, params = _api_query(metric, group, rank_by, mc, minutes, limit)
+        params |= {"campaign": campaign, "ad": ad, "from": from_, "to": to}
+        params |= {"platform": platform, "location": location, "gender": gender}
+        params |= {"age_band": age_band, "interest": interest}
+        err.print(f"(asking {server.url}: process {server.pid} holds the warehouse)")
+        answer = remote.get(server, path, params)
+        if fmt is OutputFormat.json:
+            sys.stdout.write(_json(answer))
+            return
+        frame = _frame_of(answer)
         empty = "no rows match these filters"
-        if frame.height == 0 and fmt is OutputFormat.table:
-            empty = _why_nothing(wh, metric, filters, rank_by, mc, minutes)
     _print_frame(frame, fmt, empty)
+
+
+def _api_query(
+    metric: str, group: Any, rank_by: str, min_clicks: int, minutes: int, limit: int
+) -> tuple[str, dict[str, Any]]:
+    """The HTTP API's path and parameters (filters aside) for this ``query``."""
+    if metric in GROUPED_NAMES:
+        return f"metrics/{metric}", {"by": group}
+    if metric == "trending":
+        return "trending", {"window": minutes, "min_clicks": min_clicks, "limit": limit}
+    if metric == "top-ads":
+        return "top-ads", {"by": rank_by, "min_clicks": min_clicks, "limit": limit}
+    return "summary", {}
+
+
+def _frame_of(answer: dict[str, Any]) -> pl.DataFrame:
+    """The rows of an API answer (the summary's one object as one row) as a frame."""
+    rows = [answer["summary"]] if "summary" in answer else answer.get("rows") or []
+    return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
+
+
+#: The CLI's names of the checked filters, for messages.
+OPTION_NAMES = {
+    "campaign": "--campaign",
+    "ad_id": "--ad",
+    "platform": "--platform",
+    "location": "--location",
+    "gender": "--gender",
+    "interest": "--interest",
+}
+
+
+def _checked(rt: Runtime, filters: Any) -> Any:
+    """``filters`` with stored spellings; a :class:`UserError` (exit 2) naming the close
+    matches of a value the data does not hold."""
+    from adpulse.serving import queries
+
+    try:
+        return queries.known_values(rt.warehouse).check(filters, OPTION_NAMES)
+    except queries.FilterError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _answer(
+    rt: Runtime,
+    metric: str,
+    filters: Any,
+    group: Any,
+    rank_by: str,
+    min_clicks: int,
+    minutes: int,
+    limit: int,
+) -> dict[str, Any]:
+    """What ``GET /api/v1/...`` answers for this query (:mod:`adpulse.serving.answers`)."""
+    from adpulse.serving import answers
+
+    wh, store = rt.warehouse, rt.store
+    if metric in GROUPED_NAMES:
+        return answers.metric_answer(wh, metric, filters, group, store)
+    if metric == "trending":
+        return answers.trending_answer(wh, filters, minutes, min_clicks, limit, store)
+    if metric == "top-ads":
+        by = cast("Literal['revenue', 'conversion_rate']", rank_by)
+        return answers.top_ads_answer(wh, filters, by, min_clicks, limit, store)
+    return answers.summary_answer(wh, filters, store)
+
+
+def _json(value: Any) -> str:
+    """``value`` (JSON-ready) as indented JSON and a newline."""
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
 
 
 def _why_nothing(
@@ -680,13 +772,29 @@ def status(
     from adpulse.serving import queries
 
     settings = settings_for(home, config)
-    with open_runtime(settings, read_only=True) as rt:
-        info: dict[str, Any] = dict(queries.pipeline_status(rt.warehouse))
-        owners = queries.partition_owners(rt.warehouse)
-        if owners.height:  # only when workers share the partitions
-            info["partition_owners"] = owners
-        if settings.transport_url.startswith("kinesis://"):
-            info["kinesis_shards"] = _kinesis_shards(settings, rt.warehouse.load_offsets(), owners)
+    try:
+        with open_runtime(settings, read_only=True) as rt:
+            info: dict[str, Any] = dict(queries.pipeline_status(rt.warehouse))
+            owners = queries.partition_owners(rt.warehouse)
+            if owners.height:  # only when workers share the partitions
+                info["partition_owners"] = owners
+            if settings.transport_url.startswith("kinesis://"):
+                info["kinesis_shards"] = _kinesis_shards(
+                    settings, rt.warehouse.load_offsets(), owners
+                )
+    except UserError as exc:  # a running demo or server holds the warehouse: ask it
+        from adpulse.cli import remote
+
+        server = remote.server_holding(settings, exc)
+        err.print(f"(asking {server.url}: process {server.pid} holds the warehouse)")
+        health = remote.get(server, "health", {})
+        info = {
+            name: pl.DataFrame(value, infer_schema_length=None)
+            if isinstance(value, list)
+            else value
+            for name, value in health.items()
+            if name not in ("data_range", "live")  # what `status` shows, no more
+        }
     if fmt is OutputFormat.json:
         plain = {k: v.to_dicts() if isinstance(v, pl.DataFrame) else v for k, v in info.items()}
         sys.stdout.write(json.dumps(plain, default=str, indent=2) + "\n")

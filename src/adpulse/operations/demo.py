@@ -22,6 +22,7 @@ from adpulse.contracts import Stream
 from adpulse.processor.pipeline import BatchReport, Processor
 from adpulse.runtime import Runtime, UserError, Worker, open_runtime, processor_for
 from adpulse.serving import queries
+from adpulse.serving.http.announce import Announcement
 from adpulse.sources.collector import Collector
 from adpulse.sources.files import write_csv
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
@@ -176,12 +177,14 @@ def run_demo(
         produce_thread = Worker(produce, "producer")
         process_thread = Worker(processor.run, "processor", processing, on_batch=rates.add)
         threads = [produce_thread, process_thread]
-        server = server_thread = None
+        server = server_thread = announcement = None
         if sock is not None:
             server, server_thread = _start_api(
                 rt, sock, rates, live_figures, console, commits, access
             )
             threads.append(server_thread)
+            # `adpulse query`/`status` ask this process while it holds the warehouse
+            announcement = Announcement(settings, sock)
         for t in threads:
             t.start()
         # The display thread's own consumer: consumers are not thread-safe.
@@ -208,6 +211,8 @@ def run_demo(
         finally:
             producing.set()
             processing.set()
+            if announcement is not None:
+                announcement.close()
             if server is not None and server_thread is not None:
                 from adpulse.serving.api import stop_server
 
