@@ -100,7 +100,7 @@ def rules(tmp_path: Path) -> Path:
         [PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=30
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 4 rules found" in check.stdout
+    assert "SUCCESS: 8 rules found" in check.stdout
     return path
 
 

@@ -57,6 +57,11 @@ def duration(seconds: float) -> str:
     return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
+def number(value: float) -> str:
+    """A bound as PromQL and people read it: ``1000000``, ``0.5`` (never ``1e+06``)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def prometheus_rules(settings: Settings) -> list[PromRule]:
     """The built-in rules that have a metric, with the bounds of ``settings``; a rule the
     settings turn off (bound 0) is left out, as the built-in one never fires."""
@@ -118,10 +123,10 @@ def prometheus_rules(settings: Settings) -> list[PromRule]:
         rules.append(
             PromRule(
                 "lag",
-                " or ".join(f"{metric} > {bound:g}" for metric, _, bound in bounds),
+                " or ".join(f"{metric} > {number(bound)}" for metric, _, bound in bounds),
                 "{{ $labels.instance }} is behind the log ({{ $labels.__name__ }} ="
                 " {{ $value }}) over "
-                + ", ".join(f"{setting} = {bound:g}" for _, setting, bound in bounds)
+                + ", ".join(f"{setting} = {number(bound)}" for _, setting, bound in bounds)
                 + f" for {s.alert_lag_seconds:g} s; add workers or check what slows it",
                 for_seconds=s.alert_lag_seconds,
             )

@@ -62,13 +62,13 @@ class Lag:
     def plus(self, other: Lag) -> Lag:
         """Both partitions' lag: bytes and records add up, the age is the larger one;
         a figure unknown on either side is unknown."""
-        return Lag(
-            self.bytes + other.bytes,
-            None if self.records is None or other.records is None else self.records + other.records,
-            None
-            if self.seconds is None or other.seconds is None
-            else max(self.seconds, other.seconds),
-        )
+        records: int | None = None
+        seconds: float | None = None
+        if self.records is not None and other.records is not None:
+            records = self.records + other.records
+        if self.seconds is not None and other.seconds is not None:
+            seconds = max(self.seconds, other.seconds)
+        return Lag(self.bytes + other.bytes, records, seconds)
 
 
 class Producer(ABC):
