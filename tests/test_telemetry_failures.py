@@ -31,6 +31,7 @@ from adpulse.serving.store.memory import MemoryServingStore
 from adpulse.serving.store.sync import StoreSync
 from adpulse.storage.warehouse.postgres import PostgresWarehouse
 from adpulse.telemetry import PipelineMetrics, SupervisorMetrics, new_registry
+from adpulse.transport.base import Lag
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -314,3 +315,13 @@ def test_lag_metrics_and_the_alert_read_one_probe(tmp_path: Path) -> None:
         assert "lag" not in rt.alerts.active()
         processor.close()
         assert consumers[0] == 2
+
+
+def test_a_lag_without_records_and_age_exports_bytes_only() -> None:
+    metrics = PipelineMetrics(new_registry())
+    metrics.watch_lag(lambda: Lag(7, None, None))
+    names = {name for name, _ in scrape(metrics.registry)}
+    assert "adpulse_lag_bytes" in names
+    assert not names & {"adpulse_lag_records", "adpulse_lag_seconds"}
+    metrics.watch_lag(lambda: None)  # no processor runs now
+    assert not {name for name, _ in scrape(metrics.registry)} & {"adpulse_lag_bytes"}

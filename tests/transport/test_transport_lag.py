@@ -86,10 +86,16 @@ def test_lag_counts_records_and_their_age(make_transport: TransportMaker) -> Non
     assert consumer.lag(Stream.IMPRESSIONS, 0, None) == Lag(0, 0, 0.0)  # never written
 
 
-def test_redis_lag_of_real_appends(make_transport: TransportMaker) -> None:
-    if make_transport.kind != "redis":
-        pytest.skip("the producer's own appends: Redis assigns the entry ids")
-    transport = make_transport(1)
+def test_redis_lag_of_real_appends(tmp_path: Path) -> None:
+    """The producer's own appends, whose entry ids Redis assigns."""
+    maker = TransportMaker("redis", tmp_path)
+    try:
+        _check_real_appends(maker(1))
+    finally:
+        maker.close()
+
+
+def _check_real_appends(transport: Transport) -> None:
     producer = transport.producer()
     producer.send_framed(Stream.CLICKS, 0, b'{"a":1}\n{"a":2}\n', 2)
     time.sleep(0.05)
@@ -128,3 +134,21 @@ def test_embedded_age_without_append_times_falls_back_to_the_segment_time(
         "00000000000000000026.log",
         "00000000000000000026.times",
     ]
+
+
+class BytesOnly(Consumer):
+    """A transport's consumer written before ``lag`` existed (e.g. on another branch)."""
+
+    def poll(self, stream: Stream, partition: int, after: str | None, max_bytes: int) -> None:
+        return None
+
+    def lag_bytes(self, stream: Stream, partition: int, after: str | None) -> int:
+        return 7 if stream is Stream.CLICKS else 0
+
+
+def test_a_consumer_without_its_own_lag_reports_bytes_only() -> None:
+    consumer = BytesOnly()
+    assert consumer.lag(Stream.CLICKS, 0, None) == Lag(7, None, None)
+    total = consumer.lag(Stream.CLICKS, 0, None).plus(Lag(3, 2, 1.5))
+    assert total == Lag(10, None, None)  # unknown on one side: unknown
+    assert Lag(3, 2, 1.5).plus(Lag(4, 5, 0.5)) == Lag(7, 7, 1.5)
