@@ -13,6 +13,8 @@ connects them for each kind of process:
   Prometheus metrics (:mod:`adpulse.telemetry`) listen to every processor; the alert
   monitor (:mod:`adpulse.alerts`) is opened with the first processor of a process and
   closed with the runtime;
+- :meth:`Runtime.lag_probe`: the one reader of the running processor's lag (bytes,
+  records, age) per process, which the alert monitor and the metrics share;
 - serving (``adpulse serve``, ``adpulse query``, the demo's API) hands the query layer
   ``Runtime.warehouse`` and ``Runtime.store`` (the serving store, when one is open).
 
