@@ -80,6 +80,8 @@ class InMemoryTransport(Transport):
                 _check_boundary(log, position, stream, partition)
                 del log.data[: position - log.start]
                 log.start = position
+                kept = bisect.bisect_right(log.appends, position, key=lambda a: a[0])
+                del log.appends[:kept]  # appends wholly before the start
             return str(log.start)
 
     # Used by the producer and consumer, always under ``_lock``.
