@@ -441,7 +441,7 @@ def test_open_transport_by_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert isinstance(memory, InMemoryTransport)
     assert memory.partitions == 4
 
-    for url in ("rediss+x://localhost:6379", "kinesis://clicks", "/some/dir", "embedded:/x"):
+    for url in ("rediss+x://localhost:6379", "kafka://clicks", "/some/dir", "embedded:/x"):
         with pytest.raises(ValueError) as error:
             open_transport(Settings(home=tmp_path / "home", transport_url=url))
         assert f"unsupported transport_url {url!r}" in str(error.value)

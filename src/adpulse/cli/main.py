@@ -29,6 +29,7 @@ from adpulse.cli.runtime import (
     settings_for,
 )
 from adpulse.cli.stopping import StopRequest, stop_on_signals
+from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.metrics import GROUPED_NAMES
 
@@ -688,6 +689,8 @@ def status(
         owners = queries.partition_owners(rt.warehouse)
         if owners.height:  # only when workers share the partitions
             info["partition_owners"] = owners
+        if settings.transport_url.startswith("kinesis://"):
+            info["kinesis_shards"] = _kinesis_shards(settings, rt.warehouse.load_offsets(), owners)
     if fmt is OutputFormat.json:
         plain = {k: v.to_dicts() if isinstance(v, pl.DataFrame) else v for k, v in info.items()}
         sys.stdout.write(json.dumps(plain, default=str, indent=2) + "\n")
@@ -698,6 +701,30 @@ def status(
             _print_frame(value, OutputFormat.table, f"no {name.replace('_', ' ')}")
         else:
             console.print(tables.format_value(name, value))
+
+
+def _kinesis_shards(
+    settings: Settings, committed: dict[tuple[Stream, int], str], owners: pl.DataFrame
+) -> pl.DataFrame | str:
+    """Shard, owner and iterator age of each stream partition (the streams are not
+    created: status only reads); why not, when the streams cannot be read."""
+    from adpulse.transport.kinesis import open_kinesis_transport
+
+    by_partition = {
+        int(r["partition"]): f"{r['host']}:{r['pid']}"
+        for r in (owners.to_dicts() if owners.height else [])
+        if r["live"]
+    }
+    try:
+        transport = open_kinesis_transport(
+            settings.transport_url, settings.partitions, settings.max_record_bytes, create=False
+        )
+        try:
+            return pl.DataFrame(transport.shard_report(dict(committed), by_partition))
+        finally:
+            transport.close()
+    except Exception as exc:  # noqa: BLE001 - status reports what it cannot read
+        return f"unavailable: {exc}"
 
 
 # ---------------------------------------------------------------------------- grafana

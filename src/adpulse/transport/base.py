@@ -1,14 +1,14 @@
 """The transport contract: a partitioned, durable, at-least-once log of event records.
 
-Every transport (the embedded on-disk log, in-memory for tests, Redis Streams)
-implements :class:`Transport`; a new one (e.g. Kinesis, not built yet) implements it too
-and passes the shared contract tests. Records travel as *framed lines* (see
+Every transport (the embedded on-disk log, in-memory for tests, Redis Streams, Kinesis)
+implements :class:`Transport`; a new one implements it too and passes the shared
+contract tests. Records travel as *framed lines* (see
 :mod:`adpulse.transport.framing`): one record per ``\\n``-terminated line, so a chunk of
 a partition can be handed to a vectorized NDJSON decoder without copying record by record.
 
 Offsets are opaque strings chosen by the transport: a byte position for the embedded
-log, an entry id (``1700000000000-0``) for Redis Streams (a shard sequence number would
-do for Kinesis).
+log, an entry id (``1700000000000-0``) for Redis Streams, a shard id and sequence
+number (``shardId-000000000001:4959...``) for Kinesis.
 ``None`` means "from the beginning". A consumer never interprets another transport's
 offsets; it hands back the ``end_offset`` of the last chunk it committed.
 """
