@@ -1,21 +1,25 @@
-"""``Consumer.lag``: bytes, records and age behind a position, for every transport, with
-records appended at known times (an injected clock; for Redis Streams, entry ids, which
-carry the server's append time)."""
+"""``Consumer.lag``: bytes, records and age behind a position, for every transport that
+implements it, with records appended at known times (an injected clock; for Redis
+Streams, entry ids, which carry the server's append time); the others (Kinesis) keep the
+default, bytes only."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from builders import TransportMaker
+from builders import TRANSPORT_KINDS, TransportMaker
 
 from adpulse.contracts import Stream
 from adpulse.transport.base import Consumer, Lag, Transport
 from adpulse.transport.embedded import EmbeddedTransport
 from adpulse.transport.redis_streams import FIELD, RedisStreamsTransport
 
+#: The transports with a ``lag`` of their own (records and age); the others: bytes only.
+LAG_KINDS = ("memory", "embedded", "embedded-tiny-segments", "redis")
 #: (append time in seconds, records appended then), in order.
 APPENDS = ((1000.0, 2), (1004.5, 3), (1010.25, 1))
 
@@ -45,8 +49,18 @@ def record_ends(consumer: Consumer) -> list[str]:
     return ends
 
 
-def test_lag_counts_records_and_their_age(make_transport: TransportMaker) -> None:
-    transport = make_transport(1)
+@pytest.fixture(params=LAG_KINDS)
+def make_lag_transport(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TransportMaker]:
+    """Builds a transport of each kind of :data:`LAG_KINDS`."""
+    maker = TransportMaker(request.param, tmp_path / "log")
+    try:
+        yield maker
+    finally:
+        maker.close()
+
+
+def test_lag_counts_records_and_their_age(make_lag_transport: TransportMaker) -> None:
+    transport = make_lag_transport(1)
     payloads = [_payload(n) for n in range(6)]
     sent = 0
     for at, records in APPENDS:
@@ -70,7 +84,7 @@ def test_lag_counts_records_and_their_age(make_transport: TransportMaker) -> Non
     for consumed, records, seconds in expected:
         got = lag(None if consumed == 0 else ends[consumed - 1])
         assert (got.records, got.seconds) == (records, pytest.approx(seconds, abs=1e-9))
-        if make_transport.exact_lag:
+        if make_lag_transport.exact_lag:
             assert got.bytes == behind(consumed)
     assert lag(ends[-1]) == Lag(0, 0, 0.0)
     assert consumer.lag(Stream.CLICKS, 0, None).records == 6  # counted again from the start
@@ -80,7 +94,7 @@ def test_lag_counts_records_and_their_age(make_transport: TransportMaker) -> Non
     ends = record_ends(transport.consumer())
     got = lag(ends[2])
     assert (got.records, got.seconds) == (5, pytest.approx(1030.0 - 1004.5))
-    if make_transport.exact_lag:
+    if make_lag_transport.exact_lag:
         sizes += [len(_payload(6)) + 1, len(_payload(7)) + 1]
         assert got.bytes == behind(3)
     assert consumer.lag(Stream.IMPRESSIONS, 0, None) == Lag(0, 0, 0.0)  # never written
@@ -152,3 +166,19 @@ def test_a_consumer_without_its_own_lag_reports_bytes_only() -> None:
     total = consumer.lag(Stream.CLICKS, 0, None).plus(Lag(3, 2, 1.5))
     assert total == Lag(10, None, None)  # unknown on one side: unknown
     assert Lag(3, 2, 1.5).plus(Lag(4, 5, 0.5)) == Lag(7, 7, 1.5)
+
+
+@pytest.mark.parametrize("kind", [k for k in TRANSPORT_KINDS if k not in LAG_KINDS])
+def test_the_other_transports_report_the_bytes_of_the_default(kind: str, tmp_path: Path) -> None:
+    maker = TransportMaker(kind, tmp_path / "log")
+    try:
+        transport = maker(1)
+        producer = transport.producer()
+        producer.send_framed(Stream.CLICKS, 0, b'{"a":1}\n{"a":2}\n', 2)
+        producer.close()
+        consumer = transport.consumer()
+        lag = consumer.lag(Stream.CLICKS, 0, None)
+        assert lag == Lag(consumer.lag_bytes(Stream.CLICKS, 0, None), None, None)
+        assert lag.bytes > 0
+    finally:
+        maker.close()
