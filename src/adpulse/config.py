@@ -261,8 +261,20 @@ class Settings(BaseSettings):
         description="Alerts: the processor more than this many bytes behind the log"
         " for alert_lag_seconds alerts (0: off).",
     )
+    alert_lag_records: int = Field(
+        1_000_000,
+        ge=0,
+        description="Alerts: the processor more than this many records behind the log"
+        " for alert_lag_seconds alerts (0: off).",
+    )
+    alert_lag_age_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="Alerts: the processor's oldest unprocessed record appended more than"
+        " this many seconds before the newest, for alert_lag_seconds, alerts (0: off).",
+    )
     alert_lag_seconds: float = Field(
-        120.0, ge=0, description="Alerts: how long the lag may stay over alert_lag_bytes."
+        120.0, ge=0, description="Alerts: how long the lag may stay over a lag bound."
     )
     alert_crash_restarts: int = Field(
         3,

@@ -363,7 +363,8 @@ def process(
             min=0,
             max=65535,
             help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics (0: none;"
-            " default: the metrics_port setting).",
+            " default: the metrics_port setting). With --workers N: the supervisor's"
+            " (worker restarts).",
         ),
     ] = None,
     verbose: VerboseOpt = False,
@@ -377,13 +378,6 @@ def process(
     configure_logging(verbose)
     overrides: dict[str, Any] = {} if metrics_port is None else {"metrics_port": metrics_port}
     settings = settings_for(home, config, partitions=partitions, **overrides)
-    if workers > 1 and settings.metrics_port:
-        raise UserError(
-            f"--workers {workers} with metrics port {settings.metrics_port}: the workers"
-            " cannot share one port. Start each worker as its own `adpulse process"
-            " --metrics-port PORT` (they share the partitions all the same), or set"
-            " --metrics-port 0"
-        )
     if workers > 1:
         _supervise_workers(settings, workers, home, config, until_caught_up, verbose)
         return
@@ -426,20 +420,11 @@ def process(
 
 def _serve_process_metrics(rt: Runtime, runner: Any, port: int) -> None:
     """prometheus-client's own HTTP server for this process's metrics (daemon thread,
-    gone with the process), with the lag asked of a consumer of the scrapes' own."""
-    from adpulse.processor.pipeline import Processor
+    gone with the process); the lag comes from the runtime's probe, shared with the
+    alerts (wired by processor_for and partition_worker_for)."""
     from adpulse.telemetry import serve_metrics
 
     metrics = rt.pipeline_metrics()
-    if isinstance(runner, Processor):  # a shared-partitions worker's set changes; no lag
-        reader = rt.transport.consumer()
-        lock = threading.Lock()
-
-        def lag() -> int:
-            with lock:  # scrapes may overlap; a consumer is not thread-safe
-                return runner.lag_bytes(reader)
-
-        metrics.watch_lag(lag)
     try:
         serve_metrics(metrics.registry, port)
     except OSError as exc:
@@ -455,7 +440,9 @@ def _supervise_workers(
     until_caught_up: bool,
     verbose: bool,
 ) -> None:
-    """``process --workers N``: N child ``adpulse process`` workers, restarted if they crash."""
+    """``process --workers N``: N child ``adpulse process`` workers, restarted if they
+    crash; ``settings.metrics_port`` serves the supervisor's metrics (its restarts), not
+    the workers' (N workers cannot share a port: start them separately for theirs)."""
     from adpulse.processor.workers import supervise
 
     with open_runtime(settings) as rt:  # checks the settings, creates the tables once
@@ -466,7 +453,8 @@ def _supervise_workers(
                 " Set warehouse_url (ADPULSE_WAREHOUSE_URL) to postgresql://..., or run"
                 " one worker (--workers 1)"
             )
-    command = [sys.executable, "-m", "adpulse", "process", "--supervised"]
+    # the workers serve no metrics: the port, if any, is the supervisor's
+    command = [sys.executable, "-m", "adpulse", "process", "--supervised", "--metrics-port", "0"]
     for option, value in (("--home", home), ("--config", config)):
         if value is not None:
             command += [option, str(value)]
@@ -479,6 +467,22 @@ def _supervise_workers(
     from adpulse.alerts import open_alerting
 
     alerts = open_alerting(settings, watch_streams=False)  # tells crash loops
+    on_crash = alerts.crashed
+    if settings.metrics_port:
+        from adpulse.telemetry import SupervisorMetrics, new_registry, serve_metrics
+
+        metrics = SupervisorMetrics(new_registry(), workers)
+        try:
+            serve_metrics(metrics.registry, settings.metrics_port)
+        except OSError as exc:
+            alerts.close()
+            raise UserError(str(exc)) from None
+        console.print(f"supervisor metrics at http://127.0.0.1:{settings.metrics_port}/metrics")
+
+        def on_crash(slot: int, status: int) -> None:
+            alerts.crashed(slot, status)
+            metrics.crashed(slot, status)
+
     try:
         with stop_on_signals() as stopping:
             code = supervise(
@@ -486,7 +490,7 @@ def _supervise_workers(
                 workers,
                 stopping.event,
                 until_caught_up=until_caught_up,
-                on_crash=alerts.crashed,
+                on_crash=on_crash,
             )
     finally:
         alerts.close()

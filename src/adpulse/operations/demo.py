@@ -19,6 +19,7 @@ from rich.table import Table
 from adpulse.commits import CommitSignal
 from adpulse.config import Settings
 from adpulse.contracts import Stream
+from adpulse.processor.lag import LagProbe
 from adpulse.processor.pipeline import BatchReport, Processor
 from adpulse.runtime import Runtime, UserError, Worker, open_runtime, processor_for
 from adpulse.serving import queries
@@ -28,7 +29,6 @@ from adpulse.sources.files import write_csv
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
 from adpulse.storage.dimensions import read_dimension_csv
-from adpulse.transport.base import Consumer
 
 if TYPE_CHECKING:
     from adpulse.serving.auth import Access
@@ -171,9 +171,7 @@ def run_demo(
                 last = current
 
         commits = CommitSignal()  # the API's cache and live feed follow the commits
-        processor = processor_for(rt, commits)
-        # /metrics shows the lag the display last measured (its consumer, its thread)
-        rt.pipeline_metrics().watch_lag(lambda: int(live_figures.get("lag_bytes", 0)))
+        processor = processor_for(rt, commits)  # also points the lag probe at it
         produce_thread = Worker(produce, "producer")
         process_thread = Worker(processor.run, "processor", processing, on_batch=rates.add)
         threads = [produce_thread, process_thread]
@@ -187,15 +185,14 @@ def run_demo(
             announcement = Announcement(settings, sock)
         for t in threads:
             t.start()
-        # The display thread's own consumer: consumers are not thread-safe.
-        lag_reader = rt.transport.consumer()
+        lag_probe = rt.lag_probe()  # the process's one, shared with /metrics and the alerts
         console.print(f"demo running at {rate:,.0f} events/s into {settings.home} — Ctrl-C to stop")
         try:
             with Live(console=console, refresh_per_second=4, transient=False) as live:
                 while not stop.is_set():
                     if any(t.error is not None for t in threads):
                         break
-                    live.update(_screen(rt, processor, rates, settings, lag_reader, live_figures))
+                    live.update(_screen(rt, processor, rates, settings, lag_probe, live_figures))
                     if duration is not None and not produce_thread.is_alive():
                         break  # it produced its --duration of events
                     stop.wait(refresh)
@@ -219,7 +216,6 @@ def run_demo(
                 stop_server(server, server_thread)
             if sock is not None:
                 sock.close()
-            lag_reader.close()
             producer.close()
             processor.close()
         for t in threads:
@@ -285,7 +281,7 @@ def _screen(
     processor: Processor,
     rates: _Rates,
     settings: Settings,
-    lag_reader: Consumer,
+    lag_probe: LagProbe,
     live_figures: dict[str, float] | None = None,
 ) -> Group:
     per_second = rates.per_second()
@@ -327,7 +323,8 @@ def _screen(
         by_reason = reasons.group_by("reason").agg(pl.col("records").sum()).sort("reason")
         for reason, records in by_reason.iter_rows():
             dead.add_row(str(reason), f"{records:,}")
-    lag = processor.lag_bytes(lag_reader)
+    measured = lag_probe.read()
+    lag = 0 if measured is None else measured.bytes
     if live_figures is not None:
         live_figures["lag_bytes"] = float(lag)
     latest = queries.data_range(rt.warehouse)

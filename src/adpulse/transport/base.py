@@ -43,6 +43,34 @@ class Chunk:
     records: int
 
 
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """How far a consumer position is behind the end of one partition (or of several:
+    :meth:`plus`).
+
+    ``bytes``: framed bytes after the position. ``records``: records after it.
+    ``seconds``: the *age* of the lag, seconds from the append of the oldest record
+    after the position to the append of the newest record of the partition (0 when
+    nothing is behind; a partition caught up but for one record is 0 s behind).
+    ``None``: the transport cannot tell (the default :meth:`Consumer.lag`).
+    """
+
+    bytes: int
+    records: int | None = None
+    seconds: float | None = None
+
+    def plus(self, other: Lag) -> Lag:
+        """Both partitions' lag: bytes and records add up, the age is the larger one;
+        a figure unknown on either side is unknown."""
+        records: int | None = None
+        seconds: float | None = None
+        if self.records is not None and other.records is not None:
+            records = self.records + other.records
+        if self.seconds is not None and other.seconds is not None:
+            seconds = max(self.seconds, other.seconds)
+        return Lag(self.bytes + other.bytes, records, seconds)
+
+
 class Producer(ABC):
     """Appends records to a stream, partitioned by ``user_id``.
 
@@ -104,6 +132,14 @@ class Consumer(ABC):
     @abstractmethod
     def lag_bytes(self, stream: Stream, partition: int, after: str | None) -> int:
         """How many bytes of this partition are not yet consumed after ``after``."""
+
+    def lag(self, stream: Stream, partition: int, after: str | None) -> Lag:
+        """Bytes, records and age (:class:`Lag`) of this partition after ``after``.
+
+        The default knows the bytes only (records and age ``None``); a transport that
+        can count records or knows append times overrides it.
+        """
+        return Lag(self.lag_bytes(stream, partition, after))
 
     def ack(self, stream: Stream, partition: int, offset: str) -> None:  # noqa: B027
         """Called after the outputs up to ``offset`` are committed (retention, XACK...)."""
