@@ -167,3 +167,17 @@ def test_transport_url_packs_by_default_and_entry_bytes_sets_it(tmp_path: Path) 
         url = f"{REDIS_URL}?prefix={prefix}&entry_bytes=lots"
         with pytest.raises(ValueError, match="entry_bytes='lots' is not a whole number"):
             open_transport(Settings(home=tmp_path, transport_url=url, partitions=2))
+
+
+def test_lag_counts_the_records_of_packed_entries(transport: RedisStreamsTransport) -> None:
+    transport.producer().send_framed(CLICKS, 0, lines(0, 12), 12)  # entries of 4, 4, 4
+    ids = [i for i, _ in entries(transport)]
+    consumer = transport.consumer()
+    lag = consumer.lag(CLICKS, 0, None)
+    assert (lag.bytes, lag.records) == (12 * 9, 12)
+    assert consumer.lag(CLICKS, 0, ids[0]).records == 8
+    assert consumer.lag(CLICKS, 0, ids[2]).records == 0
+    transport.producer().send_framed(CLICKS, 0, lines(12, 14), 2)  # one entry of 2
+    # Two entries after ids[1]: 4 and 2 records, counted as their mean, 3, twice.
+    assert consumer.lag(CLICKS, 0, ids[1]).records == 6
+    assert consumer.lag(CLICKS, 0, ids[2]).records == 2

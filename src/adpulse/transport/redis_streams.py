@@ -843,10 +843,12 @@ def entry_lag(client: Any, key: str, after: str | None) -> tuple[int, float]:
     age: seconds from the oldest one's entry id to the newest entry's (ids carry the
     server's append time in milliseconds).
 
-    One record per entry, so records = entries: XLEN minus the entries up to ``after``,
-    counted exactly when there are at most 1000 of them (the usual case: acks trim the
-    stream to the committed offset), else interpolated from the ids' times. A format
-    packing several records per entry counts its records here instead.
+    Entries after ``after``: XLEN minus the entries up to ``after``, counted exactly
+    when there are at most 1000 of them (the usual case: acks trim the stream to the
+    committed offset), else interpolated from the ids' times. Entries of one record each:
+    records = entries, exact. Packed entries (field ``n``): entries times the mean count
+    of the oldest and the newest of them (exact for one entry, approximate beyond, as
+    :meth:`RedisStreamsConsumer.lag_bytes`; reading every entry would move the bodies).
     """
     pipe = client.pipeline(transaction=False)
     pipe.xlen(key)
@@ -863,6 +865,9 @@ def entry_lag(client: Any, key: str, after: str | None) -> tuple[int, float]:
         first_ms = _id(client.xrange(key, "-", "+", count=1)[0][0])[0]
         span = max(1, newest_ms - first_ms)
         records = max(1, int(length * (newest_ms - oldest_ms) / span))
+    per_entry = (entry_lines(oldest[0][1])[1] + entry_lines(newest[0][1])[1]) / 2
+    if per_entry != 1:  # packed entries: ``records`` counted entries so far
+        records = max(1, round(records * per_entry))
     return records, (newest_ms - oldest_ms) / 1000
 
 
