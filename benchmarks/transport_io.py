@@ -2,8 +2,9 @@
 
 Run: ``python benchmarks/transport_io.py [--total-mb 512] [--dir DIR]`` for the embedded
 log, or ``python benchmarks/transport_io.py --redis-url redis://127.0.0.1:6379/0
---total-mb 143`` for Redis Streams (1M records of 143 bytes; its keys are deleted
-afterwards). Prints figures; it is a benchmark, not a test.
+--total-mb 143 [--entry-bytes 0]`` for Redis Streams (1M records of 143 bytes; 64 KiB
+of records per stream entry, or one per entry with 0; its keys are deleted afterwards).
+Prints figures; it is a benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -38,9 +39,15 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--redis-url", default=None, help="Measure Redis Streams instead.")
+    parser.add_argument(
+        "--entry-bytes",
+        type=int,
+        default=64 * 1024,
+        help="Redis: bytes of records packed per stream entry (0: one record per entry).",
+    )
     args = parser.parse_args()
     if args.redis_url:
-        run_redis(args.redis_url, args.total_mb, args.partitions)
+        run_redis(args.redis_url, args.total_mb, args.partitions, args.entry_bytes)
         return
     root = Path(tempfile.mkdtemp(dir=args.dir, prefix="adpulse-bench-"))
     try:
@@ -118,7 +125,7 @@ def run(root: Path, total_mb: int, partitions: int) -> None:
     transport.close()
 
 
-def run_redis(url: str, total_mb: int, partitions: int) -> None:
+def run_redis(url: str, total_mb: int, partitions: int, entry_bytes: int) -> None:
     """Produce (pipelined XADDs), then poll and ack each chunk, through Redis Streams.
 
     Besides wall-clock rates it prints the CPU seconds of this client and of the Redis
@@ -131,7 +138,7 @@ def run_redis(url: str, total_mb: int, partitions: int) -> None:
     block, per_block = make_block(1 << 20)
     blocks = max(1, total_mb * (1 << 20) // len(block))
     prefix = f"adpulse-bench-{uuid.uuid4().hex[:12]}"
-    transport = RedisStreamsTransport(url, partitions, prefix=prefix)
+    transport = RedisStreamsTransport(url, partitions, prefix=prefix, entry_bytes=entry_bytes)
 
     def server_cpu() -> float:
         info = transport.client.info("cpu")

@@ -90,6 +90,24 @@ class Settings(BaseSettings):
         ge=1024,
         description="Upper bound of one micro-batch per stream, in bytes.",
     )
+    live_batch_max_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=0,
+        description="Live mode (`process` without --until-caught-up, the demo): upper bound"
+        " of one micro-batch per stream, in bytes, so that while a backlog is worked off a"
+        " batch stays short and the other streams' fresh events are queryable within"
+        " seconds (0: batch_max_bytes only).",
+    )
+    duckdb_memory_limit: str = Field(
+        "",
+        pattern=r"^(|\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)|\d{1,3}%)$",
+        description="DuckDB warehouse: memory its buffer manager may use ('512MB', '2GiB',"
+        " '25%' of RAM). Default '': 25 % of RAM, at most 1 GiB. Beyond it DuckDB spills"
+        " to HOME/warehouse.duckdb.tmp or fails with an out-of-memory error.",
+    )
+    duckdb_threads: int = Field(
+        0, ge=0, le=256, description="DuckDB warehouse: worker threads (0: one per core)."
+    )
     batch_interval_seconds: float = Field(
         0.2, gt=0, description="Wait between polls when the log has no new data."
     )

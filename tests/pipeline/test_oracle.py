@@ -77,7 +77,10 @@ def _run(
     if redis_prefix is None:
         transport = EmbeddedTransport(home / "log", partitions)
     else:
-        transport = RedisStreamsTransport(REDIS_URL, partitions, prefix=redis_prefix)
+        # Packed entries, as transport_url opens them (smaller, for several per batch).
+        transport = RedisStreamsTransport(
+            REDIS_URL, partitions, prefix=redis_prefix, entry_bytes=4096
+        )
     warehouse: Warehouse
     if pg_schema is None:
         warehouse = DuckDBWarehouse(home / "warehouse.duckdb")

@@ -52,7 +52,7 @@ def _pipeline(data: Path, home: Path, prefix: str) -> Pipeline:
     pipeline = open_pipeline(
         data,
         home,
-        RedisStreamsTransport(REDIS_URL, PARTITIONS, prefix=prefix),
+        RedisStreamsTransport(REDIS_URL, PARTITIONS, prefix=prefix, entry_bytes=4096),
         DuckDBWarehouse(home / "warehouse.duckdb"),
         NOW,
         batch_max_bytes=60_000,

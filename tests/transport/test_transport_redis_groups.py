@@ -179,7 +179,8 @@ def test_close_keeps_a_consumer_that_still_holds_entries(transport: RedisStreams
 
 def test_group_and_consumer_names(tmp_path: Path) -> None:
     with redis_prefix() as prefix:
-        url = f"{REDIS_URL}?prefix={prefix}&group=analytics"
+        # One record per entry (entry_bytes=0), as the assertions below count entries.
+        url = f"{REDIS_URL}?prefix={prefix}&group=analytics&entry_bytes=0"
         transport = open_transport(Settings(home=tmp_path, transport_url=url, partitions=2))
         try:
             assert isinstance(transport, RedisStreamsTransport)

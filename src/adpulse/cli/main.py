@@ -1155,6 +1155,21 @@ def bench_server(
         float, typer.Option(min=0, help="Events/s for the latency run (0: skip it).")
     ] = 20_000,
     latency_seconds: Annotated[float, typer.Option(min=1, max=600)] = 30,
+    backlog: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Impressions appended before the latency run, which then runs the embedded"
+            " pipeline (live, with and without live_batch_max_bytes) instead of the servers.",
+        ),
+    ] = 0,
+    pin_cores: Annotated[
+        bool,
+        typer.Option(
+            help="Throughput runs: N worker processes on CPUs 0..N-1 only (the embedded run"
+            " on CPU 0), so that each worker has a core of its own."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option()] = 7,
     workdir: Annotated[Path | None, typer.Option(help="Scratch directory.")] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.table,
@@ -1173,6 +1188,8 @@ def bench_server(
         workers=workers or [1, 2],
         rate=rate,
         latency_seconds=latency_seconds,
+        backlog=backlog,
+        pin_cores=pin_cores,
         seed=seed,
         workdir=workdir,
         console=err if fmt is OutputFormat.json else console,

@@ -274,6 +274,9 @@ class Processor:
             },
         )
         self._last_idle_commit = 0.0
+        #: Bytes polled per stream and batch: live (the default, also for the workers'
+        #: run_once), batch_max_bytes capped by live_batch_max_bytes; see run().
+        self.batch_max_bytes = _live_budget(settings)
         self.recover()
         self.listeners = tuple(listeners)
         # e.g. the store sync rebuilds only when it misses a committed batch of these
@@ -378,7 +381,15 @@ class Processor:
         on_batch: Callable[[BatchReport], None] | None = None,
         until_caught_up: bool = False,
     ) -> None:
-        """Process until ``stop`` is set (or, with ``until_caught_up``, the log is drained)."""
+        """Process until ``stop`` is set (or, with ``until_caught_up``, the log is drained).
+
+        Live (without ``until_caught_up``) a batch takes at most ``live_batch_max_bytes``
+        per stream: while a backlog is worked off, each batch stays short, so the fresh
+        events of the other streams and partitions wait one short batch, not a long one.
+        """
+        self.batch_max_bytes = (
+            self.settings.batch_max_bytes if until_caught_up else _live_budget(self.settings)
+        )
         try:
             while not stop.is_set():
                 report = self.run_once()
@@ -467,7 +478,7 @@ class Processor:
         # The budget is per stream: impressions outnumber clicks ~40:1, and a batch large
         # enough to fill whole DuckDB row groups (~123k rows) is written straight to the
         # database file instead of going through the WAL first.
-        budget = max(1024, self.settings.batch_max_bytes // len(self.partitions))
+        budget = max(1024, self.batch_max_bytes // len(self.partitions))
         chunks: dict[Stream, list[Chunk]] = {s: [] for s in Stream}
         for stream in Stream:
             for p in self.partitions:
@@ -722,6 +733,13 @@ class Processor:
 
 
 _MIN_TIME = datetime(1970, 1, 1)
+
+
+def _live_budget(settings: Settings) -> int:
+    """Bytes per stream and batch when live: ``batch_max_bytes``, at most
+    ``live_batch_max_bytes`` (0: no cap)."""
+    cap = settings.live_batch_max_bytes
+    return min(settings.batch_max_bytes, cap) if cap else settings.batch_max_bytes
 
 
 @dataclass(slots=True)

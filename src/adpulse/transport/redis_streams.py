@@ -4,15 +4,26 @@ a consumer group.
 Layout (``PREFIX`` and ``GROUP`` both default to ``adpulse``)::
 
     PREFIX:meta                  hash  {"format": ..., "partitions": N}
-    PREFIX:clicks:3              stream, one entry per record: field ``r`` = framed line,
-                                 with the consumer group GROUP (one group per stream key)
+    PREFIX:clicks:3              stream of entries, each either packed: fields ``n`` =
+                                 record count, ``b`` = framed lines; or of one record:
+                                 field ``r`` = framed line; with the consumer group GROUP
+                                 (one group per stream key)
     PREFIX:committed             hash  {"GROUP:clicks:3": "<entry id>"}  (see ack)
 
-Each entry holds one framed line of :mod:`adpulse.transport.framing` (without its
+Entries hold framed lines of :mod:`adpulse.transport.framing` (without the last one's
 ``\\n``), so escaped payloads (newlines, NUL, oversized heads) survive byte for byte, and
-a chunk is rebuilt as NDJSON by joining the entries' lines. An offset is the entry id of
-the last record read (``"1700000000000-0"``). Each :class:`RedisStreamsConsumer` is one
-consumer of the group, named ``host:pid:random`` unless given a name.
+a chunk is rebuilt as NDJSON by joining the entries. **Packing:** a producer with
+``entry_bytes`` > 0 (``transport_url`` opens one with 64 KiB, ``?entry_bytes=N`` to
+change it) puts up to that many bytes of consecutive records of a partition into one
+entry (a longer record makes an entry of its own) and stores their count; with
+``entry_bytes`` = 0 every record is an entry of field ``r``, the layout before packing.
+Readers take both kinds, in any mix, so streams written before packing read on. Reading
+through the consumer group costs ~15 µs per *entry*: packing a few hundred records per
+entry makes it negligible. An offset is the id of the last entry read
+(``"1700000000000-0"``): a chunk holds whole entries, so offsets fall between entries, and
+everything below (pending lists, acks, trimming, lag, ``maxlen``) counts entries. Each
+:class:`RedisStreamsConsumer` is one consumer of the group, named ``host:pid:random``
+unless given a name.
 
 **The warehouse is the authority.** The processor stores its offsets in the warehouse in
 the same transaction as its outputs and restarts from them: that is what makes processing
@@ -59,15 +70,15 @@ the same progress, kept in step with the warehouse beneath that contract:
   Acknowledging and trimming run in one Lua script: one round trip, atomic, at most
   20,000 XACKs per call (a large backlog takes several calls, never blocks the server).
 
-**Producers** append by batches: one Lua script call XADDs up to 5,000 lines (8 MB), and
+**Producers** append by batches: one Lua script call XADDs up to 5,000 entries (8 MB), and
 all the batches of one append go in one pipelined round trip. The client packs one
 command per batch instead of one per entry, which cuts its CPU about tenfold; the server
 does the same XADDs. The cost of the consumer group is on the server: a pending-list
 insert per entry read and an XPENDING + XACK per entry acknowledged (about 4 µs per
 entry in all, see the README).
 
-``maxlen`` (off by default) adds ``XADD ... MAXLEN ~ N``: a memory cap that *can* drop
-uncommitted entries; a consumer whose offset was dropped gets
+``maxlen`` (off by default) adds ``XADD ... MAXLEN ~ N`` (N entries, packed or not): a
+memory cap that *can* drop uncommitted entries; a consumer whose offset was dropped gets
 :class:`OffsetOutOfRangeError`, never a silent gap.
 """
 
@@ -100,8 +111,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOG_FORMAT: Final = "adpulse-redis-streams/1"
-#: The entry field holding the framed line (also spelled out in APPEND_SCRIPT).
+#: The field of an entry holding one framed line (also spelled out in APPEND_SCRIPT).
 FIELD: Final = b"r"
+#: The fields of a packed entry: framed lines (BLOCK_FIELD, without the last line's
+#: ``\n``) and how many (COUNT_FIELD); also spelled out in APPEND_BLOCKS_SCRIPT.
+BLOCK_FIELD: Final = b"b"
+COUNT_FIELD: Final = b"n"
+#: Default bytes of framed lines packed into one entry by ``open_redis_transport``.
+ENTRY_BYTES: Final = 64 * 1024
 DEFAULT_GROUP: Final = "adpulse"
 #: Entries and bytes appended by one call of the append script (several per round trip).
 APPEND_ENTRIES: Final = 5000
@@ -182,6 +199,46 @@ end
 return #ARGV - 1
 """
 
+# KEYS: stream key. ARGV: maxlen ("0": none), then for each entry its record count and
+# its block of framed lines. One XADD per entry, fields n (count) and b (block).
+APPEND_BLOCKS_SCRIPT: Final = """
+local key, maxlen = KEYS[1], tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  if maxlen > 0 then
+    redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'n', ARGV[i], 'b', ARGV[i + 1])
+  else
+    redis.call('XADD', key, '*', 'n', ARGV[i], 'b', ARGV[i + 1])
+  end
+end
+return (#ARGV - 1) / 2
+"""
+
+
+def entry_lines(fields: dict[bytes, bytes]) -> tuple[bytes, int]:
+    """The framed lines of one entry (joined by ``\n``, without the last one's) and how
+    many records they are: one for an entry of one line (field ``r``), the count field
+    for a packed one (fields ``n`` and ``b``). Both kinds may share a stream."""
+    block = fields.get(BLOCK_FIELD)
+    if block is None:
+        return fields[FIELD], 1
+    return block, int(fields[COUNT_FIELD])
+
+
+def pack_lines(framed: bytes, entry_bytes: int) -> list[tuple[int, bytes]]:
+    """Split framed lines (each ending in ``\n``) into entries of at most
+    ``entry_bytes`` (a longer line makes an entry of its own): ``(records, block)``
+    pairs, each block without its last ``\n``."""
+    entries: list[tuple[int, bytes]] = []
+    start, end = 0, len(framed)
+    while start < end:
+        cut = framed.rfind(b"\n", start, start + entry_bytes)
+        if cut < 0:
+            cut = framed.index(b"\n", start)
+        block = framed[start:cut]
+        entries.append((block.count(b"\n") + 1, block))
+        start = cut + 1
+    return entries
+
 
 def _parse_id(stream: Stream, partition: int, offset: str) -> tuple[int, int]:
     match = _ID.match(offset)
@@ -235,6 +292,7 @@ class RedisStreamsTransport(Transport):
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         maxlen: int | None = None,
         timeouts: ServerTimeouts | None = None,
+        entry_bytes: int = 0,
     ) -> None:
         import redis
         from redis.backoff import NoBackoff
@@ -246,12 +304,15 @@ class RedisStreamsTransport(Transport):
             raise ValueError(f"maxlen must be at least 1 or None, got {maxlen}")
         if not group:
             raise ValueError("the consumer group name must not be empty")
+        if entry_bytes < 0:
+            raise ValueError(f"entry_bytes must be at least 0, got {entry_bytes}")
         self.url = url
         self.partitions = partitions
         self.prefix = prefix
         self.group = group
         self.max_record_bytes = max_record_bytes
         self.maxlen = maxlen
+        self.entry_bytes = entry_bytes
         self.timeouts = timeouts or ServerTimeouts()
         self.retrier = Retrier(
             component=f"transport ({_mask(url)})",
@@ -270,6 +331,7 @@ class RedisStreamsTransport(Transport):
         )
         self.ack_script = self.client.register_script(ACK_SCRIPT)
         self.append_script = self.client.register_script(APPEND_SCRIPT)
+        self.append_blocks_script = self.client.register_script(APPEND_BLOCKS_SCRIPT)
         try:
             self._open_meta()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -370,6 +432,9 @@ class RedisStreamsProducer(Producer):
         )
 
     def _append_once(self, stream: Stream, partition: int, framed: bytes) -> None:
+        if self._transport.entry_bytes:
+            self._append_packed(stream, partition, framed)
+            return
         key = self._transport.key(stream, partition)
         lines = framed.split(b"\n")
         if lines and lines[-1] == b"":
@@ -388,9 +453,27 @@ class RedisStreamsProducer(Producer):
             self._transport.append_script(keys=[key], args=[maxlen, *batch], client=pipe)
         pipe.execute()
 
+    def _append_packed(self, stream: Stream, partition: int, framed: bytes) -> None:
+        """Entries of up to ``entry_bytes`` of lines each; script calls of up to
+        APPEND_BYTES, all in one pipelined round trip."""
+        key = self._transport.key(stream, partition)
+        maxlen = str(self._transport.maxlen or 0)
+        pipe = self._transport.client.pipeline(transaction=False)
+        args: list[bytes | int] = []
+        size = 0
+        for records, block in pack_lines(framed, self._transport.entry_bytes):
+            if args and size + len(block) > APPEND_BYTES:
+                self._transport.append_blocks_script(keys=[key], args=[maxlen, *args], client=pipe)
+                args, size = [], 0
+            args += [records, block]
+            size += len(block)
+        if args:
+            self._transport.append_blocks_script(keys=[key], args=[maxlen, *args], client=pipe)
+        pipe.execute()
 
-Entry = tuple[bytes, bytes]
-"""(entry id, framed line without its ``\\n``)."""
+
+Entry = tuple[bytes, bytes, int]
+"""(entry id, framed lines without the last ``\\n``, how many)."""
 
 
 @dataclass(slots=True)
@@ -465,7 +548,7 @@ class RedisStreamsConsumer(Consumer):
             self._readings[(stream.value, partition)] = reading
         size = self._entry_bytes.get((stream.value, partition), INITIAL_ENTRY_BYTES)
         lines: list[bytes] = []
-        used = 0
+        used = records = 0
         while True:
             more = True
             if not reading.buffered:
@@ -478,19 +561,19 @@ class RedisStreamsConsumer(Consumer):
                 # A short re-delivery ends the consumer's pending entries, not the stream.
                 more = len(entries) == count or (redelivering and not reading.redelivering)
             while reading.buffered:
-                entry_id, line = reading.buffered[0]
+                entry_id, line, count_of = reading.buffered[0]
                 if lines and used + len(line) + 1 > max_bytes:
                     break
                 reading.buffered.popleft()
                 lines.append(line)
                 used += len(line) + 1
+                records += count_of
                 reading.position = _text(entry_id)
             if reading.buffered or not more or used >= max_bytes:
                 break
         if not lines:
             return None
-        taken = len(lines)
-        self._entry_bytes[(stream.value, partition)] = used / taken
+        self._entry_bytes[(stream.value, partition)] = used / len(lines)
         lines.append(b"")
         assert reading.position is not None
         return Chunk(
@@ -499,7 +582,7 @@ class RedisStreamsConsumer(Consumer):
             start_offset=after,
             end_offset=reading.position,
             data=b"\n".join(lines),
-            records=taken,
+            records=records,
         )
 
     def _create_group(self, key: str, at: str | None) -> bool:
@@ -595,10 +678,10 @@ class RedisStreamsConsumer(Consumer):
                 return self._fall_back(stream, partition, reading, count, "re-delivered")
             if not delivered:
                 return self._read(stream, partition, reading, count)
-            return [(entry_id, fields[FIELD]) for entry_id, fields in expected[: len(ids)]]
+            return [(entry_id, *entry_lines(fields)) for entry_id, fields in expected[: len(ids)]]
         if (delivered[0][0] if delivered else None) != (expected[0][0] if expected else None):
             return self._fall_back(stream, partition, reading, count, "new")
-        return [(entry_id, fields[FIELD]) for entry_id, fields in delivered]  # type: ignore[index]
+        return [(entry_id, *entry_lines(fields)) for entry_id, fields in delivered]  # type: ignore[arg-type]
 
     def _fall_back(
         self, stream: Stream, partition: int, reading: _Reading, count: int, what: str
@@ -621,7 +704,7 @@ class RedisStreamsConsumer(Consumer):
         reading.redelivering = False
         if entries:
             self._client.xgroup_setid(reading.key, self.group, entries[-1][0])
-        return [(entry_id, fields[FIELD]) for entry_id, fields in entries]
+        return [(entry_id, *entry_lines(fields)) for entry_id, fields in entries]
 
     def _check_offset(
         self,
@@ -675,7 +758,7 @@ class RedisStreamsConsumer(Consumer):
         length, first, last = pipe.execute()
         if not length:
             return 0
-        average = (len(first[0][1][FIELD]) + len(last[0][1][FIELD])) / 2 + 1
+        average = (len(entry_lines(first[0][1])[0]) + len(entry_lines(last[0][1])[0])) / 2 + 1
         if after is None:
             return int(length * average)
         after_id = _parse_id(stream, partition, after)
@@ -760,10 +843,12 @@ def entry_lag(client: Any, key: str, after: str | None) -> tuple[int, float]:
     age: seconds from the oldest one's entry id to the newest entry's (ids carry the
     server's append time in milliseconds).
 
-    One record per entry, so records = entries: XLEN minus the entries up to ``after``,
-    counted exactly when there are at most 1000 of them (the usual case: acks trim the
-    stream to the committed offset), else interpolated from the ids' times. A format
-    packing several records per entry counts its records here instead.
+    Entries after ``after``: XLEN minus the entries up to ``after``, counted exactly
+    when there are at most 1000 of them (the usual case: acks trim the stream to the
+    committed offset), else interpolated from the ids' times. Entries of one record each:
+    records = entries, exact. Packed entries (field ``n``): entries times the mean count
+    of the oldest and the newest of them (exact for one entry, approximate beyond, as
+    :meth:`RedisStreamsConsumer.lag_bytes`; reading every entry would move the bodies).
     """
     pipe = client.pipeline(transaction=False)
     pipe.xlen(key)
@@ -780,6 +865,9 @@ def entry_lag(client: Any, key: str, after: str | None) -> tuple[int, float]:
         first_ms = _id(client.xrange(key, "-", "+", count=1)[0][0])[0]
         span = max(1, newest_ms - first_ms)
         records = max(1, int(length * (newest_ms - oldest_ms) / span))
+    per_entry = (entry_lines(oldest[0][1])[1] + entry_lines(newest[0][1])[1]) / 2
+    if per_entry != 1:  # packed entries: ``records`` counted entries so far
+        records = max(1, round(records * per_entry))
     return records, (newest_ms - oldest_ms) / 1000
 
 
@@ -810,15 +898,22 @@ def open_redis_transport(
     """Open the transport for a setting; one clear error naming the setting on failure.
 
     Query parameters override the key prefix (``?prefix=NAME``: several pipelines in one
-    database) and the consumer group (``?group=NAME``).
+    database), the consumer group (``?group=NAME``) and the bytes of records packed into
+    one entry (``?entry_bytes=N``, default :data:`ENTRY_BYTES`; 0: one record per entry).
     """
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-    ours = ("prefix", "group")
+    ours = ("prefix", "group", "entry_bytes")
     parts = urlsplit(url)
     query = parse_qsl(parts.query)
     prefix = next((v for k, v in query if k == "prefix"), prefix)
     group = next((v for k, v in query if k == "group"), group)
+    packing = next((v for k, v in query if k == "entry_bytes"), str(ENTRY_BYTES))
+    if not packing.isdigit():
+        raise ValueError(
+            f"Invalid `{setting}` {_mask(url)!r}: entry_bytes={packing!r} is not a whole"
+            " number of bytes (e.g. ?entry_bytes=65536, or 0 for one record per entry)"
+        )
     url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k not in ours])))
     try:
         return RedisStreamsTransport(
@@ -828,6 +923,7 @@ def open_redis_transport(
             group=group,
             max_record_bytes=max_record_bytes,
             timeouts=timeouts,
+            entry_bytes=int(packing),
         )
     except ConnectionError as exc:
         raise ValueError(

@@ -58,7 +58,12 @@ def open_duckdb(settings: Settings, read_only: bool = False) -> Warehouse:
     """``duckdb:///PATH`` or ``""``: DuckDB at ``settings.warehouse_path``."""
     from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 
-    return DuckDBWarehouse(settings.warehouse_path, read_only=read_only)
+    return DuckDBWarehouse(
+        settings.warehouse_path,
+        read_only=read_only,
+        memory_limit=settings.duckdb_memory_limit,
+        threads=settings.duckdb_threads,
+    )
 
 
 def open_postgres(settings: Settings, read_only: bool = False) -> Warehouse:

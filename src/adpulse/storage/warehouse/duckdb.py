@@ -14,6 +14,7 @@ file (even read-only, while a writer holds it); a second one gets
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -72,7 +73,11 @@ class DuckDBWarehouse(SqlWarehouse):
     dialect = "duckdb"
     sql_dialect = DUCKDB
 
-    def __init__(self, path: Path, read_only: bool = False) -> None:
+    def __init__(
+        self, path: Path, read_only: bool = False, *, memory_limit: str = "", threads: int = 0
+    ) -> None:
+        """``memory_limit``: the setting ``duckdb_memory_limit`` (see :func:`memory_limit`);
+        ``threads``: DuckDB's worker threads (0: its default, one per core)."""
         self.path = Path(path)
         self.read_only = read_only
         if read_only and not self.path.exists():
@@ -82,7 +87,7 @@ class DuckDBWarehouse(SqlWarehouse):
             )
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._root = _connect(self.path, read_only)
+        self._root = _connect(self.path, read_only, memory_limit, threads)
         # The root connection only hands out cursors: the writer is one of them, and
         # each read gets its own, so no connection object is shared between threads.
         self._writer = self._root.cursor()
@@ -213,9 +218,47 @@ class DuckDBWarehouse(SqlWarehouse):
             cursor.close()
 
 
-def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+#: Default DuckDB memory limit: this share of the machine's RAM, at most DEFAULT_MEMORY_CAP.
+DEFAULT_MEMORY_SHARE: Final = 0.25
+DEFAULT_MEMORY_CAP: Final = 1 << 30
+
+
+def memory_limit(setting: str, total_ram: int | None = None) -> str:
+    """DuckDB's ``memory_limit`` for the setting ``duckdb_memory_limit``.
+
+    ``""``: 25 % of RAM, at most 1 GiB (DuckDB's own default is 80 % of RAM, which it
+    fills with cached blocks of the file under a long live run). ``"N%"``: that share of
+    RAM. Anything else ("512MB", "2GiB") is passed to DuckDB as it is.
+    """
+    if setting and not setting.endswith("%"):
+        return setting
+    ram = total_ram if total_ram is not None else _total_ram()
+    if not setting:
+        return f"{min(int(ram * DEFAULT_MEMORY_SHARE), DEFAULT_MEMORY_CAP) >> 20}MiB"
+    return f"{int(ram * float(setting[:-1]) / 100) >> 20}MiB"
+
+
+def _total_ram() -> int:
+    """Physical RAM, or the cgroup's memory limit when that is lower (containers)."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            ram = min(ram, int(limit))
+    return ram
+
+
+def _connect(
+    path: Path, read_only: bool, memory: str = "", threads: int = 0
+) -> duckdb.DuckDBPyConnection:
+    config: dict[str, str | bool | int | float | list[str]] = {
+        **DUCKDB_CONFIG,
+        "memory_limit": memory_limit(memory),
+    }
+    if threads:
+        config["threads"] = threads
     try:
-        return duckdb.connect(str(path), read_only=read_only, config=dict(DUCKDB_CONFIG))
+        return duckdb.connect(str(path), read_only=read_only, config=config)
     except duckdb.IOException as exc:
         if "lock" not in str(exc).lower():
             raise WarehouseUnavailableError(f"cannot open warehouse {path}: {exc}") from exc

@@ -73,6 +73,7 @@ from pydantic import SecretStr
 from adpulse.config import redact_url
 from adpulse.contracts import Stream
 from adpulse.outages import Retrier, ServerTimeouts
+from adpulse.storage.warehouse import pgcopy
 from adpulse.storage.warehouse.base import BatchOutput, SnapshotRead, WarehouseUnavailableError
 from adpulse.storage.warehouse.leases import PartitionLeases, WorkerIdentity
 from adpulse.storage.warehouse.sql import (
@@ -475,7 +476,18 @@ class PostgresWarehouse(SqlWarehouse):
             self._execute(merge(table, PRIMARY_KEYS[table], frame.columns, source))
 
     def _copy(self, table: str, frame: pl.DataFrame) -> None:
-        """Bulk-load ``frame`` into ``table`` with COPY (CSV: unquoted empty is NULL)."""
+        """Bulk-load ``frame`` into ``table`` with COPY, in the binary format (see
+        :mod:`.pgcopy`: the server parses no text), or as CSV for a frame that format's
+        encoder does not take (unquoted empty is NULL)."""
+        pieces = pgcopy.encode(frame)
+        if pieces is not None:
+            sql = f"COPY {quote(table)} ({column_list(frame.columns)}) FROM STDIN (FORMAT binary)"
+            self._deadlines.arm(self._writer)
+            with self._writer.cursor() as cursor, cursor.copy(sql) as copy:
+                for piece in pieces:
+                    copy.write(piece)
+            self._deadlines.arm(self._writer)
+            return
         binary = [c for c, t in frame.schema.items() if t == pl.Binary]
         if binary:  # bytea's hex input format
             frame = frame.with_columns(
