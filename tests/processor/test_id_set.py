@@ -69,3 +69,20 @@ def test_compaction_keeps_keys_live_for_another_partition_with_keep_from() -> No
         s.check_and_add(new_hi, new_lo, new_buckets, new_cutoffs, keep_from)
         assert len(s) == 6000 + survivors
         assert int(check(s, old_hi, old_lo, 10, 5).sum()) == survivors
+
+
+def test_keys_whose_words_look_like_nan_floats_are_kept_bit_for_bit() -> None:
+    # Slots are moved as complex128 items: words that read as signalling or quiet NaNs
+    # (or negative zero) must survive the copy unchanged, or a key would be lost.
+    words = [0x7FF0_0000_0000_0001, 0x7FF4_0000_0000_0000, 0xFFF0_0000_0000_0001, 1 << 63]
+    hi = np.array(words, dtype=np.uint64)
+    lo = np.array(list(reversed(words)), dtype=np.uint64)
+    s = IdSet()
+    assert not check(s, hi, lo, 10, NO_CUTOFF).any()
+    assert check(s, hi, lo, 10, 10).all()
+    assert len(s) == 4
+    grown = IdSet()
+    check(grown, hi, lo, 10, NO_CUTOFF)
+    more_hi, more_lo = keys(0, 5000)
+    check(grown, more_hi, more_lo, 10, NO_CUTOFF)  # a rebuild moves every slot
+    assert check(grown, hi, lo, 10, 10).all()
