@@ -5,6 +5,16 @@ staging of Polars frames (``register`` of Arrow data, then ``INSERT ... SELECT``
 turning DuckDB's file-lock error into one a user can act on. The statements themselves
 are the portable ones of :mod:`.sql`.
 
+Impressions of a large batch (:data:`SEGMENT_MIN_ROWS` or more) are not inserted row by
+row: they are written as one Parquet file, a *segment*, listed in ``fact_segments`` in
+the same transaction as the batch's other outputs and offsets. ``fact_impressions`` is
+a view over the table of smaller batches' rows (``fact_impressions_rows``) and every
+published segment, so every reader sees one table. A segment is written under
+``pending/`` before the commit and moved beside the others right after it; on opening
+for writing, pending files that ``fact_segments`` lists are moved (the commit happened,
+the move did not), and the others are deleted (their commit never happened). Writing a
+segment costs about a third of the CPU of inserting its rows (see docs/performance.md).
+
 Threads: one writer connection, used under a lock by whoever commits (the processor);
 every read opens its own cursor, so a dashboard thread reads committed data while the
 processor commits, in the same process. Processes: DuckDB lets only one process open a
@@ -14,9 +24,12 @@ file (even read-only, while a writer holds it); a second one gets
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
@@ -24,8 +37,11 @@ from typing import Any, Final
 import duckdb
 import polars as pl
 
+from adpulse.storage.warehouse import schema
 from adpulse.storage.warehouse.base import SnapshotRead, WarehouseUnavailableError
-from adpulse.storage.warehouse.sql import Dialect, SqlWarehouse
+from adpulse.storage.warehouse.sql import Dialect, SqlWarehouse, column_list, now_utc, quote
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DUCKDB", "DuckDBWarehouse", "WarehouseLockedError", "WarehouseUnavailableError"]
 
@@ -58,6 +74,27 @@ DUCKDB_CONFIG: Final[dict[str, str | int | bool]] = {
 }
 
 
+#: A batch's impressions from this many rows on are written as a Parquet segment (about
+#: half a DuckDB row group: smaller ones, e.g. a live stream's, go to the table, so
+#: segments stay few and large).
+SEGMENT_MIN_ROWS: Final = 50_000
+#: The fact table stored in segments, and the table of its smaller batches' rows.
+SEGMENTED: Final = "fact_impressions"
+SEGMENT_ROWS_TABLE: Final = "fact_impressions_rows"
+#: The manifest: one row per committed segment file.
+SEGMENTS_TABLE: Final = "fact_segments"
+SEGMENTS: Final = {
+    "table_name": pl.String(),
+    "file": pl.String(),
+    "rows": pl.Int64(),
+    "min_event_time": pl.Datetime("us"),
+    "max_event_time": pl.Datetime("us"),
+    "created_at": pl.Datetime("us"),
+}
+#: A segment of no rows, so that the view's file pattern always matches a file.
+_PLACEHOLDER: Final = "empty.parquet"
+
+
 class WarehouseLockedError(WarehouseUnavailableError):
     """Another process holds the DuckDB file."""
 
@@ -72,9 +109,19 @@ class DuckDBWarehouse(SqlWarehouse):
     dialect = "duckdb"
     sql_dialect = DUCKDB
 
-    def __init__(self, path: Path, read_only: bool = False) -> None:
+    def __init__(
+        self, path: Path, read_only: bool = False, segment_min_rows: int = SEGMENT_MIN_ROWS
+    ) -> None:
+        """``segment_min_rows``: impressions of a batch from this many rows on are written
+        as a Parquet segment (tests lower it to exercise segments on small data)."""
         self.path = Path(path)
         self.read_only = read_only
+        self.segment_min_rows = segment_min_rows
+        # Beside the database file, named after it (glob characters replaced: the view
+        # reads the segments through a file pattern).
+        self._segments_name = re.sub(r"[^A-Za-z0-9._-]", "_", self.path.name) + ".segments"
+        self.segments_dir = self.path.parent / self._segments_name / SEGMENTED
+        self._pending: list[Path] = []  # segments written by the open transaction
         if read_only and not self.path.exists():
             raise WarehouseUnavailableError(
                 f"no warehouse at {self.path}: run the pipeline once to create it,"
@@ -95,7 +142,97 @@ class DuckDBWarehouse(SqlWarehouse):
     def create_schema(self) -> None:
         if self.read_only:
             return  # nothing to create, and no right to; reads fail clearly if tables lack
+        with self._transaction():
+            # A warehouse of an earlier version: its impressions table keeps its rows.
+            if self._object_type(SEGMENTED) == "BASE TABLE":
+                self._execute(
+                    f"ALTER TABLE {quote(SEGMENTED)} RENAME TO {quote(SEGMENT_ROWS_TABLE)}"
+                )
         super().create_schema()
+        (self.segments_dir / "pending").mkdir(parents=True, exist_ok=True)
+        placeholder = self.segments_dir / _PLACEHOLDER
+        if not placeholder.exists():
+            schema.empty(schema.FACT_IMPRESSIONS).write_parquet(placeholder)
+        self._settle_segments()
+        columns = column_list(list(schema.FACT_IMPRESSIONS))
+        pattern = f"{self._segments_name}/{SEGMENTED}/*.parquet".replace("'", "''")
+        with self._transaction():
+            self._execute(
+                f"CREATE OR REPLACE VIEW {quote(SEGMENTED)} AS"
+                f" SELECT {columns} FROM {quote(SEGMENT_ROWS_TABLE)}"
+                f" UNION ALL SELECT {columns} FROM read_parquet('{pattern}')"
+            )
+
+    def _tables(self) -> dict[str, dict[str, pl.DataType]]:
+        tables = super()._tables()
+        tables[SEGMENT_ROWS_TABLE] = tables.pop(SEGMENTED)
+        tables[SEGMENTS_TABLE] = SEGMENTS
+        return tables
+
+    def _object_type(self, name: str) -> str | None:
+        found = self._fetch(
+            "SELECT table_type FROM information_schema.tables"
+            " WHERE table_schema = current_schema() AND table_name = ?",
+            [name],
+        )
+        return str(found.item()) if found.height else None
+
+    def _settle_segments(self) -> None:
+        """After a crash: publish the pending segments whose commit happened, delete
+        the others, and say which committed segments are missing."""
+        listed = set(
+            self._read(
+                f"SELECT file FROM {quote(SEGMENTS_TABLE)} WHERE table_name = ?", [SEGMENTED]
+            )["file"].to_list()
+        )
+        for pending in (self.segments_dir / "pending").glob("*.parquet"):
+            if pending.name in listed:
+                os.replace(pending, self.segments_dir / pending.name)
+            else:
+                pending.unlink()
+        missing = sorted(f for f in listed if not (self.segments_dir / f).exists())
+        if missing:
+            log.error(
+                "%d committed segment file(s) of %s are missing from %s (e.g. %s):"
+                " impressions counted from the facts lack their rows; restore the files"
+                " from a backup of the warehouse directory",
+                len(missing),
+                SEGMENTED,
+                self.segments_dir,
+                missing[0],
+            )
+
+    def _append(self, table: str, frame: pl.DataFrame, columns: Mapping[str, pl.DataType]) -> None:
+        if table == SEGMENTED:
+            if frame.height >= self.segment_min_rows:
+                self._append_segment(frame)
+                return
+            table = SEGMENT_ROWS_TABLE
+        super()._append(table, frame, columns)
+
+    def _append_segment(self, frame: pl.DataFrame) -> None:
+        """Write ``frame`` as a pending segment and list it, in the open transaction."""
+        path = self.segments_dir / "pending" / f"{uuid.uuid4().hex}.parquet"
+        self._pending.append(path)
+        frame.write_parquet(path, compression="zstd")
+        with path.open("rb") as written:  # durable before the commit that lists it
+            os.fsync(written.fileno())
+        times = frame["event_time"]
+        self._execute(
+            f"INSERT INTO {quote(SEGMENTS_TABLE)} ({column_list(list(SEGMENTS))})"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [SEGMENTED, path.name, frame.height, times.min(), times.max(), now_utc()],
+        )
+
+    def _publish_segments(self) -> None:
+        pending, self._pending = self._pending, []
+        for path in pending:
+            os.replace(path, self.segments_dir / path.name)
+
+    def _discard_segments(self) -> None:
+        pending, self._pending = self._pending, []
+        for path in pending:
+            path.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._closed:
@@ -174,7 +311,11 @@ class DuckDBWarehouse(SqlWarehouse):
                     with suppress(duckdb.Error):
                         self._writer.unregister(name)
                 self._staged.clear()
+                self._discard_segments()
                 raise
+            # Committed: its segments become visible (a crash before this is settled
+            # at the next open, from fact_segments).
+            self._publish_segments()
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._writer.execute(sql, list(params) or None)
@@ -215,7 +356,12 @@ class DuckDBWarehouse(SqlWarehouse):
 
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     try:
-        return duckdb.connect(str(path), read_only=read_only, config=dict(DUCKDB_CONFIG))
+        # Relative file patterns (the segments view's) are found beside the database.
+        config: dict[str, str | bool | int | float | list[str]] = {
+            **DUCKDB_CONFIG,
+            "file_search_path": str(path.resolve().parent),
+        }
+        return duckdb.connect(str(path), read_only=read_only, config=config)
     except duckdb.IOException as exc:
         if "lock" not in str(exc).lower():
             raise WarehouseUnavailableError(f"cannot open warehouse {path}: {exc}") from exc
