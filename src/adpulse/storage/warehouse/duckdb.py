@@ -6,14 +6,14 @@ turning DuckDB's file-lock error into one a user can act on. The statements them
 are the portable ones of :mod:`.sql`.
 
 Impressions of a large batch (:data:`SEGMENT_MIN_ROWS` or more) are not inserted row by
-row: they are written as one Parquet file, a *segment*, listed in ``fact_segments`` in
-the same transaction as the batch's other outputs and offsets. ``fact_impressions`` is
-a view over the table of smaller batches' rows (``fact_impressions_rows``) and every
-published segment, so every reader sees one table. A segment is written under
-``pending/`` before the commit and moved beside the others right after it; on opening
-for writing, pending files that ``fact_segments`` lists are moved (the commit happened,
-the move did not), and the others are deleted (their commit never happened). Writing a
-segment costs about a third of the CPU of inserting its rows (see docs/performance.md).
+row: they are written as one Parquet file, a *segment*, beside the database file, and
+listed in ``fact_segments`` in the same transaction as the batch's other outputs and
+offsets. ``fact_impressions`` is a view over the table of smaller batches' rows
+(``fact_impressions_rows``) and the listed segments (by absolute path), replaced in that
+same transaction, so every reader, inside adpulse or not, sees the committed segments
+and no other. A segment whose commit failed is deleted at once; one left by a crash
+before its commit is deleted at the next open for writing. Writing a segment costs
+about a third of the CPU of inserting its rows (see docs/performance.md).
 
 Threads: one writer connection, used under a lock by whoever commits (the processor);
 every read opens its own cursor, so a dashboard thread reads committed data while the
@@ -91,8 +91,6 @@ SEGMENTS: Final = {
     "max_event_time": pl.Datetime("us"),
     "created_at": pl.Datetime("us"),
 }
-#: A segment of no rows, so that the view's file pattern always matches a file.
-_PLACEHOLDER: Final = "empty.parquet"
 
 
 class WarehouseLockedError(WarehouseUnavailableError):
@@ -117,11 +115,11 @@ class DuckDBWarehouse(SqlWarehouse):
         self.path = Path(path)
         self.read_only = read_only
         self.segment_min_rows = segment_min_rows
-        # Beside the database file, named after it (glob characters replaced: the view
-        # reads the segments through a file pattern).
-        self._segments_name = re.sub(r"[^A-Za-z0-9._-]", "_", self.path.name) + ".segments"
-        self.segments_dir = self.path.parent / self._segments_name / SEGMENTED
-        self._pending: list[Path] = []  # segments written by the open transaction
+        # Beside the database file, named after it (characters a file pattern would read
+        # as wildcards replaced).
+        segments = re.sub(r"[^A-Za-z0-9._-]", "_", self.path.name) + ".segments"
+        self.segments_dir = self.path.parent.resolve() / segments / SEGMENTED
+        self._written: list[Path] = []  # segments written by the open transaction
         if read_only and not self.path.exists():
             raise WarehouseUnavailableError(
                 f"no warehouse at {self.path}: run the pipeline once to create it,"
@@ -149,19 +147,10 @@ class DuckDBWarehouse(SqlWarehouse):
                     f"ALTER TABLE {quote(SEGMENTED)} RENAME TO {quote(SEGMENT_ROWS_TABLE)}"
                 )
         super().create_schema()
-        (self.segments_dir / "pending").mkdir(parents=True, exist_ok=True)
-        placeholder = self.segments_dir / _PLACEHOLDER
-        if not placeholder.exists():
-            schema.empty(schema.FACT_IMPRESSIONS).write_parquet(placeholder)
-        self._settle_segments()
-        columns = column_list(list(schema.FACT_IMPRESSIONS))
-        pattern = f"{self._segments_name}/{SEGMENTED}/*.parquet".replace("'", "''")
+        self.segments_dir.mkdir(parents=True, exist_ok=True)
         with self._transaction():
-            self._execute(
-                f"CREATE OR REPLACE VIEW {quote(SEGMENTED)} AS"
-                f" SELECT {columns} FROM {quote(SEGMENT_ROWS_TABLE)}"
-                f" UNION ALL SELECT {columns} FROM read_parquet('{pattern}')"
-            )
+            self._settle_segments()
+            self._replace_view()  # absolute paths: the warehouse may have been moved
 
     def _tables(self) -> dict[str, dict[str, pl.DataType]]:
         tables = super()._tables()
@@ -177,29 +166,37 @@ class DuckDBWarehouse(SqlWarehouse):
         )
         return str(found.item()) if found.height else None
 
-    def _settle_segments(self) -> None:
-        """After a crash: publish the pending segments whose commit happened, delete
-        the others, and say which committed segments are missing."""
-        listed = set(
-            self._read(
-                f"SELECT file FROM {quote(SEGMENTS_TABLE)} WHERE table_name = ?", [SEGMENTED]
-            )["file"].to_list()
+    def _listed_segments(self) -> list[str]:
+        found = self._fetch(
+            f"SELECT file FROM {quote(SEGMENTS_TABLE)} WHERE table_name = ? ORDER BY file",
+            [SEGMENTED],
         )
-        for pending in (self.segments_dir / "pending").glob("*.parquet"):
-            if pending.name in listed:
-                os.replace(pending, self.segments_dir / pending.name)
-            else:
-                pending.unlink()
+        return [str(f) for f in found["file"]]
+
+    def _replace_view(self) -> None:
+        """``fact_impressions``: the rows table and every listed segment."""
+        columns = column_list(list(schema.FACT_IMPRESSIONS))
+        sql = f"SELECT {columns} FROM {quote(SEGMENT_ROWS_TABLE)}"
+        files = [str(self.segments_dir / name) for name in self._listed_segments()]
+        if files:
+            paths = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            sql += f" UNION ALL SELECT {columns} FROM read_parquet([{paths}])"
+        self._execute(f"CREATE OR REPLACE VIEW {quote(SEGMENTED)} AS {sql}")
+
+    def _settle_segments(self) -> None:
+        """After a crash: delete segment files no commit lists, and say which listed
+        ones are missing."""
+        listed = set(self._listed_segments())
+        for path in self.segments_dir.glob("*.parquet"):
+            if path.name not in listed:
+                path.unlink()
         missing = sorted(f for f in listed if not (self.segments_dir / f).exists())
         if missing:
-            log.error(
-                "%d committed segment file(s) of %s are missing from %s (e.g. %s):"
-                " impressions counted from the facts lack their rows; restore the files"
-                " from a backup of the warehouse directory",
-                len(missing),
-                SEGMENTED,
-                self.segments_dir,
-                missing[0],
+            raise WarehouseUnavailableError(
+                f"{len(missing)} committed segment file(s) of {SEGMENTED} are missing from"
+                f" {self.segments_dir} (e.g. {missing[0]}): restore them from a backup of"
+                " the warehouse's directory (the .duckdb file and its .segments directory"
+                " belong together)"
             )
 
     def _append(self, table: str, frame: pl.DataFrame, columns: Mapping[str, pl.DataType]) -> None:
@@ -211,9 +208,9 @@ class DuckDBWarehouse(SqlWarehouse):
         super()._append(table, frame, columns)
 
     def _append_segment(self, frame: pl.DataFrame) -> None:
-        """Write ``frame`` as a pending segment and list it, in the open transaction."""
-        path = self.segments_dir / "pending" / f"{uuid.uuid4().hex}.parquet"
-        self._pending.append(path)
+        """Write ``frame`` as a segment, list it and show it, in the open transaction."""
+        path = self.segments_dir / f"{uuid.uuid4().hex}.parquet"
+        self._written.append(path)
         frame.write_parquet(path, compression="zstd")
         with path.open("rb") as written:  # durable before the commit that lists it
             os.fsync(written.fileno())
@@ -223,15 +220,11 @@ class DuckDBWarehouse(SqlWarehouse):
             " VALUES (?, ?, ?, ?, ?, ?)",
             [SEGMENTED, path.name, frame.height, times.min(), times.max(), now_utc()],
         )
-
-    def _publish_segments(self) -> None:
-        pending, self._pending = self._pending, []
-        for path in pending:
-            os.replace(path, self.segments_dir / path.name)
+        self._replace_view()
 
     def _discard_segments(self) -> None:
-        pending, self._pending = self._pending, []
-        for path in pending:
+        written, self._written = self._written, []
+        for path in written:
             path.unlink(missing_ok=True)
 
     def close(self) -> None:
@@ -313,9 +306,7 @@ class DuckDBWarehouse(SqlWarehouse):
                 self._staged.clear()
                 self._discard_segments()
                 raise
-            # Committed: its segments become visible (a crash before this is settled
-            # at the next open, from fact_segments).
-            self._publish_segments()
+            self._written.clear()
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._writer.execute(sql, list(params) or None)
@@ -356,12 +347,7 @@ class DuckDBWarehouse(SqlWarehouse):
 
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     try:
-        # Relative file patterns (the segments view's) are found beside the database.
-        config: dict[str, str | bool | int | float | list[str]] = {
-            **DUCKDB_CONFIG,
-            "file_search_path": str(path.resolve().parent),
-        }
-        return duckdb.connect(str(path), read_only=read_only, config=config)
+        return duckdb.connect(str(path), read_only=read_only, config=dict(DUCKDB_CONFIG))
     except duckdb.IOException as exc:
         if "lock" not in str(exc).lower():
             raise WarehouseUnavailableError(f"cannot open warehouse {path}: {exc}") from exc
