@@ -54,9 +54,9 @@ def test_growth_keeps_every_live_key() -> None:
 
 
 def test_compaction_keeps_keys_live_for_another_partition_with_keep_from() -> None:
-    # 3,000 keys in bucket 10 (the table grows to 16,384 slots); then 6,000 keys of a
-    # batch whose own cutoff is 15 (its partition is far ahead) pass half the load and
-    # force a rebuild. With keep_from=5 (another partition still counts bucket 5 on) the
+    # 3,000 keys in bucket 10 (the table grows to 8,192 slots); then 6,000 keys of a
+    # batch whose own cutoff is 15 (its partition is far ahead) pass the maximum load
+    # and force a rebuild. With keep_from=5 (another partition still counts bucket 5 on) the
     # old keys survive it; without, they go, as only a cutoff of 11 or more allows.
     old_hi, old_lo = keys(0, 3000)
     new_hi, new_lo = keys(10_000, 6000)
@@ -65,7 +65,7 @@ def test_compaction_keeps_keys_live_for_another_partition_with_keep_from() -> No
     for keep_from, survivors in ((5, 3000), (None, 0)):
         s = IdSet()
         check(s, old_hi, old_lo, 10, NO_CUTOFF)
-        assert s.capacity == 16_384
+        assert s.capacity == 8_192
         s.check_and_add(new_hi, new_lo, new_buckets, new_cutoffs, keep_from)
         assert len(s) == 6000 + survivors
         assert int(check(s, old_hi, old_lo, 10, 5).sum()) == survivors
