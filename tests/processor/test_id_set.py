@@ -86,3 +86,19 @@ def test_keys_whose_words_look_like_nan_floats_are_kept_bit_for_bit() -> None:
     more_hi, more_lo = keys(0, 5000)
     check(grown, more_hi, more_lo, 10, NO_CUTOFF)  # a rebuild moves every slot
     assert check(grown, hi, lo, 10, 10).all()
+
+
+def test_a_set_filled_in_one_call_larger_than_a_probe_slice_is_exact() -> None:
+    # More keys than one vectorized probe pass takes (they are probed in slices).
+    hi, lo = keys(0, 600_000)
+    s = IdSet()
+    assert not check(s, hi, lo, 10, NO_CUTOFF).any()
+    assert len(s) == 600_000
+    seen = check(
+        s,
+        np.concatenate([hi[:5], hi[-5:] + np.uint64(1)]),
+        np.concatenate([lo[:5], lo[-5:]]),
+        10,
+        10,
+    )
+    assert seen.tolist() == [True] * 5 + [False] * 5
