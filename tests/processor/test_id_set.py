@@ -102,3 +102,17 @@ def test_a_set_filled_in_one_call_larger_than_a_probe_slice_is_exact() -> None:
         10,
     )
     assert seen.tolist() == [True] * 5 + [False] * 5
+
+
+def test_compaction_at_the_same_size_reuses_the_table() -> None:
+    # 3,000 keys in bucket 10 fill 8,192 slots to 37 %; 3,000 more (bucket 20, cutoff
+    # 15) would pass 70 %: the expired ones are dropped and the table is reused as is.
+    s = IdSet()
+    old_hi, old_lo = keys(0, 3000)
+    check(s, old_hi, old_lo, 10, NO_CUTOFF)
+    assert s.capacity == 8_192
+    new_hi, new_lo = keys(10_000, 3000)
+    assert not check(s, new_hi, new_lo, 20, 15).any()
+    assert s.capacity == 8_192 and len(s) == 3000
+    assert check(s, new_hi, new_lo, 20, 15).all()
+    assert not check(s, old_hi, old_lo, 10, NO_CUTOFF).any()  # gone: new again

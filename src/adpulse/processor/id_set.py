@@ -161,7 +161,15 @@ class IdSet:
         size = _MIN_SIZE
         while (live + incoming) * 2 > size:
             size *= 2
-        self._alloc(size)
+        # The live keys are copies now: the old table goes before a new one is made (or
+        # is cleared and reused at the same size), so a rebuild never holds two tables.
+        if size == self.capacity:
+            self._words.fill(0)
+            self._used = 0
+        else:
+            self._words = np.zeros(0, dtype=np.uint64)
+            self._slots = self._words.view(np.complex128)
+            self._alloc(size)
         if live:
             self.check_and_add(
                 hi,
