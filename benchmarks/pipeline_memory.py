@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -82,6 +83,7 @@ def main() -> None:
             f" ({ids.nbytes / max(1, len(ids)):.0f} B per key held)"
         )
     warehouse.close()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
