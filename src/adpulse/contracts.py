@@ -144,8 +144,10 @@ def with_event_time(rows: pl.DataFrame, field: str) -> pl.DataFrame:
     records in practice), not on the whole batch.
     """
     rows = rows.with_columns(
+        # cache=False: the cache of distinct strings costs more than it saves here
+        # (~50 against ~30 ns per row; a batch holds few repeats of a second).
         event_time=pl.col(field).str.strptime(
-            pl.Datetime("us"), ORIGINAL_TIMESTAMP_FORMAT, strict=False
+            pl.Datetime("us"), ORIGINAL_TIMESTAMP_FORMAT, strict=False, cache=False
         )
     )
     need = rows["event_time"].is_null() & rows[field].is_not_null()

@@ -75,7 +75,15 @@ def test_create_schema_is_idempotent_and_maps_types(warehouse: DuckDBWarehouse) 
         "processed_at": "TIMESTAMP",
     }
     tables = set(warehouse.query("SELECT table_name FROM information_schema.tables")["table_name"])
-    assert tables == {*schema.ALL_TABLES, "meta", "api_keys"}
+    # fact_impressions is a view over fact_impressions_rows and the Parquet segments
+    # listed in fact_segments (see storage/warehouse/duckdb.py)
+    assert tables == {
+        *schema.ALL_TABLES,
+        "meta",
+        "api_keys",
+        "fact_impressions_rows",
+        "fact_segments",
+    }
     blob = warehouse.query(
         "SELECT data_type FROM information_schema.columns"
         " WHERE table_name = 'dead_letters' AND column_name = 'payload'"

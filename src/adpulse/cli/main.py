@@ -1073,12 +1073,19 @@ def bench(
         Path | None, typer.Option(help="Scratch directory (default: a temporary one).")
     ] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.table,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            help="Instead: on the same JSON-lines files, time the decode ceiling, a plain"
+            " DuckDB batch query of the per-ad answers, and `replay` end to end."
+        ),
+    ] = False,
 ) -> None:
     """Benchmark: end-to-end events/s from bytes in the log to committed results, time per
     step, peak memory, and the same-run Polars decode ceiling of the same bytes."""
-    from adpulse.operations.bench import run_bench
+    from adpulse.operations.bench import run_bench, run_compare
 
-    result = run_bench(
+    result = (run_compare if compare else run_bench)(
         events=events,
         partitions=partitions,
         seed=seed,

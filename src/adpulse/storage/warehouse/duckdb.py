@@ -5,6 +5,16 @@ staging of Polars frames (``register`` of Arrow data, then ``INSERT ... SELECT``
 turning DuckDB's file-lock error into one a user can act on. The statements themselves
 are the portable ones of :mod:`.sql`.
 
+Impressions of a large batch (:data:`SEGMENT_MIN_ROWS` or more) are not inserted row by
+row: they are written as one Parquet file, a *segment*, beside the database file, and
+listed in ``fact_segments`` in the same transaction as the batch's other outputs and
+offsets. ``fact_impressions`` is a view over the table of smaller batches' rows
+(``fact_impressions_rows``) and the listed segments (by absolute path), replaced in that
+same transaction, so every reader, inside adpulse or not, sees the committed segments
+and no other. A segment whose commit failed is deleted at once; one left by a crash
+before its commit is deleted at the next open for writing. Writing a segment costs
+about a third of the CPU of inserting its rows (see docs/performance.md).
+
 Threads: one writer connection, used under a lock by whoever commits (the processor);
 every read opens its own cursor, so a dashboard thread reads committed data while the
 processor commits, in the same process. Processes: DuckDB lets only one process open a
@@ -14,10 +24,12 @@ file (even read-only, while a writer holds it); a second one gets
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
@@ -25,8 +37,11 @@ from typing import Any, Final
 import duckdb
 import polars as pl
 
+from adpulse.storage.warehouse import schema
 from adpulse.storage.warehouse.base import SnapshotRead, WarehouseUnavailableError
-from adpulse.storage.warehouse.sql import Dialect, SqlWarehouse
+from adpulse.storage.warehouse.sql import Dialect, SqlWarehouse, column_list, now_utc, quote
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DUCKDB", "DuckDBWarehouse", "WarehouseLockedError", "WarehouseUnavailableError"]
 
@@ -59,6 +74,25 @@ DUCKDB_CONFIG: Final[dict[str, str | int | bool]] = {
 }
 
 
+#: A batch's impressions from this many rows on are written as a Parquet segment (about
+#: half a DuckDB row group: smaller ones, e.g. a live stream's, go to the table, so
+#: segments stay few and large).
+SEGMENT_MIN_ROWS: Final = 50_000
+#: The fact table stored in segments, and the table of its smaller batches' rows.
+SEGMENTED: Final = "fact_impressions"
+SEGMENT_ROWS_TABLE: Final = "fact_impressions_rows"
+#: The manifest: one row per committed segment file.
+SEGMENTS_TABLE: Final = "fact_segments"
+SEGMENTS: Final = {
+    "table_name": pl.String(),
+    "file": pl.String(),
+    "rows": pl.Int64(),
+    "min_event_time": pl.Datetime("us"),
+    "max_event_time": pl.Datetime("us"),
+    "created_at": pl.Datetime("us"),
+}
+
+
 class WarehouseLockedError(WarehouseUnavailableError):
     """Another process holds the DuckDB file."""
 
@@ -74,12 +108,26 @@ class DuckDBWarehouse(SqlWarehouse):
     sql_dialect = DUCKDB
 
     def __init__(
-        self, path: Path, read_only: bool = False, *, memory_limit: str = "", threads: int = 0
+        self,
+        path: Path,
+        read_only: bool = False,
+        *,
+        memory_limit: str = "",
+        threads: int = 0,
+        segment_min_rows: int = SEGMENT_MIN_ROWS,
     ) -> None:
         """``memory_limit``: the setting ``duckdb_memory_limit`` (see :func:`memory_limit`);
-        ``threads``: DuckDB's worker threads (0: its default, one per core)."""
+        ``threads``: DuckDB's worker threads (0: its default, one per core);
+        ``segment_min_rows``: impressions of a batch from this many rows on are written
+        as a Parquet segment (tests lower it to exercise segments on small data)."""
         self.path = Path(path)
         self.read_only = read_only
+        self.segment_min_rows = segment_min_rows
+        # Beside the database file, named after it (characters a file pattern would read
+        # as wildcards replaced).
+        segments = re.sub(r"[^A-Za-z0-9._-]", "_", self.path.name) + ".segments"
+        self.segments_dir = self.path.parent.resolve() / segments / SEGMENTED
+        self._written: list[Path] = []  # segments written by the open transaction
         if read_only and not self.path.exists():
             raise WarehouseUnavailableError(
                 f"no warehouse at {self.path}: run the pipeline once to create it,"
@@ -100,7 +148,92 @@ class DuckDBWarehouse(SqlWarehouse):
     def create_schema(self) -> None:
         if self.read_only:
             return  # nothing to create, and no right to; reads fail clearly if tables lack
+        with self._transaction():
+            # A warehouse of an earlier version: its impressions table keeps its rows.
+            if self._object_type(SEGMENTED) == "BASE TABLE":
+                self._execute(
+                    f"ALTER TABLE {quote(SEGMENTED)} RENAME TO {quote(SEGMENT_ROWS_TABLE)}"
+                )
         super().create_schema()
+        self.segments_dir.mkdir(parents=True, exist_ok=True)
+        with self._transaction():
+            self._settle_segments()
+            self._replace_view()  # absolute paths: the warehouse may have been moved
+
+    def _tables(self) -> dict[str, dict[str, pl.DataType]]:
+        tables = super()._tables()
+        tables[SEGMENT_ROWS_TABLE] = tables.pop(SEGMENTED)
+        tables[SEGMENTS_TABLE] = SEGMENTS
+        return tables
+
+    def _object_type(self, name: str) -> str | None:
+        found = self._fetch(
+            "SELECT table_type FROM information_schema.tables"
+            " WHERE table_schema = current_schema() AND table_name = ?",
+            [name],
+        )
+        return str(found.item()) if found.height else None
+
+    def _listed_segments(self) -> list[str]:
+        found = self._fetch(
+            f"SELECT file FROM {quote(SEGMENTS_TABLE)} WHERE table_name = ? ORDER BY file",
+            [SEGMENTED],
+        )
+        return [str(f) for f in found["file"]]
+
+    def _replace_view(self) -> None:
+        """``fact_impressions``: the rows table and every listed segment."""
+        columns = column_list(list(schema.FACT_IMPRESSIONS))
+        sql = f"SELECT {columns} FROM {quote(SEGMENT_ROWS_TABLE)}"
+        files = [str(self.segments_dir / name) for name in self._listed_segments()]
+        if files:
+            paths = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            sql += f" UNION ALL SELECT {columns} FROM read_parquet([{paths}])"
+        self._execute(f"CREATE OR REPLACE VIEW {quote(SEGMENTED)} AS {sql}")
+
+    def _settle_segments(self) -> None:
+        """After a crash: delete segment files no commit lists, and say which listed
+        ones are missing."""
+        listed = set(self._listed_segments())
+        for path in self.segments_dir.glob("*.parquet"):
+            if path.name not in listed:
+                path.unlink()
+        missing = sorted(f for f in listed if not (self.segments_dir / f).exists())
+        if missing:
+            raise WarehouseUnavailableError(
+                f"{len(missing)} committed segment file(s) of {SEGMENTED} are missing from"
+                f" {self.segments_dir} (e.g. {missing[0]}): restore them from a backup of"
+                " the warehouse's directory (the .duckdb file and its .segments directory"
+                " belong together)"
+            )
+
+    def _append(self, table: str, frame: pl.DataFrame, columns: Mapping[str, pl.DataType]) -> None:
+        if table == SEGMENTED:
+            if frame.height >= self.segment_min_rows:
+                self._append_segment(frame)
+                return
+            table = SEGMENT_ROWS_TABLE
+        super()._append(table, frame, columns)
+
+    def _append_segment(self, frame: pl.DataFrame) -> None:
+        """Write ``frame`` as a segment, list it and show it, in the open transaction."""
+        path = self.segments_dir / f"{uuid.uuid4().hex}.parquet"
+        self._written.append(path)
+        frame.write_parquet(path, compression="zstd")
+        with path.open("rb") as written:  # durable before the commit that lists it
+            os.fsync(written.fileno())
+        times = frame["event_time"]
+        self._execute(
+            f"INSERT INTO {quote(SEGMENTS_TABLE)} ({column_list(list(SEGMENTS))})"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [SEGMENTED, path.name, frame.height, times.min(), times.max(), now_utc()],
+        )
+        self._replace_view()
+
+    def _discard_segments(self) -> None:
+        written, self._written = self._written, []
+        for path in written:
+            path.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._closed:
@@ -179,7 +312,9 @@ class DuckDBWarehouse(SqlWarehouse):
                     with suppress(duckdb.Error):
                         self._writer.unregister(name)
                 self._staged.clear()
+                self._discard_segments()
                 raise
+            self._written.clear()
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._writer.execute(sql, list(params) or None)

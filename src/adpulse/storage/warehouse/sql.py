@@ -241,11 +241,15 @@ class SqlWarehouse(Warehouse):
     # -- schema -----------------------------------------------------------------------------
     def create_schema(self) -> None:
         # Lease tables only where worker processes can share the partitions.
-        tables = {**TABLES, **(LEASE_TABLES if self.shares_partitions else {})}
+        tables = {**self._tables(), **(LEASE_TABLES if self.shares_partitions else {})}
         with self._transaction():
             for table, columns in tables.items():
                 self._execute(self.sql_dialect.create_table(table, columns))
             self._widen_columns()
+
+    def _tables(self) -> dict[str, dict[str, pl.DataType]]:
+        """The tables this backend creates, by name (a backend may store one differently)."""
+        return dict(TABLES)
 
     def _widen_columns(self) -> None:
         """Give columns of a warehouse created by an earlier version their current,
