@@ -617,10 +617,7 @@ def _checked_query(
 ) -> dict[str, str | None]:
     """The query's parameters (the last of a repeated one, as Starlette reads them),
     refused (422) as the FastAPI routes refuse them: too long, or required and missing."""
-    query = scope.get("query_string", b"")
-    params: dict[str, str | None] = (
-        dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)) if query else {}
-    )
+    params = _query_params(scope.get("query_string", b""))
     errors = []
     for name, longest, required in expected:
         value = params.get(name)
@@ -631,6 +628,21 @@ def _checked_query(
             errors.append(f"{name}: String should have at most {longest} characters")
     if errors:
         raise CollectorError(422, "invalid_parameter", "; ".join(errors))
+    return params
+
+
+def _query_params(query: bytes) -> dict[str, str | None]:
+    """``dict(parse_qsl(query, keep_blank_values=True))``, as Starlette reads a query
+    (the last of a repeated name wins), without its per-pair unquoting when there is
+    nothing to unquote (no ``%`` or ``+``)."""
+    text = query.decode("latin-1")
+    if "%" in text or "+" in text:
+        return dict(parse_qsl(text, keep_blank_values=True))
+    params: dict[str, str | None] = {}
+    for field in text.split("&"):
+        if field:
+            name, _, value = field.partition("=")
+            params[name] = value
     return params
 
 
