@@ -32,22 +32,26 @@ def publish(
     payloads: Sequence[bytes],
     partitions: int,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    *,
+    joined: bytes | None = None,
 ) -> dict[int, int]:
     """Send ``payloads`` to ``stream``, each to the partition of its ``user_id``.
 
     A record whose user id cannot be read (malformed JSON, missing or null user_id)
     goes to partition 0. Within a partition, records keep their order. Returns the
-    number of records sent per partition.
+    number of records sent per partition. ``joined``, if given, must be
+    ``b"\\n".join(payloads)`` (a file's chunk as read), which spares joining them.
     """
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, got {partitions}")
     if not payloads:
         return {}
-    joined = b"\n".join(payloads)
+    if joined is None:
+        joined = b"\n".join(payloads)
     parts = framing.partitions_of_records(payloads, partitions, joined)
-    # Bulk framing when no payload needs escaping (the common case): the framed lines
-    # are then the payloads themselves, each followed by "\n".
-    plain = _all_plain(payloads, joined, max_record_bytes)
+    # Bulk framing: the framed lines are the payloads themselves, each followed by "\n",
+    # once the few that need escaping (blank, oversized...) are escaped in place.
+    lines = _lines_to_frame(payloads, joined, max_record_bytes)
     order = np.argsort(parts, kind="stable")
     sorted_parts = parts[order]
     bounds = np.flatnonzero(np.diff(sorted_parts)) + 1
@@ -55,12 +59,14 @@ def publish(
     ends = [*bounds.tolist(), len(order)]
     # Gathering through an object array keeps the per-record work in C.
     items = np.empty(len(payloads), dtype=object)
-    items[:] = list(payloads)
+    items[:] = list(payloads) if lines is None else lines
     sent: dict[int, int] = {}
     for lo, hi in zip(starts, ends, strict=True):
         group: list[bytes] = items[order[lo:hi]].tolist()
         part = int(sorted_parts[lo])
-        framed = b"\n".join(group) + b"\n" if plain else framing.frame(group, max_record_bytes)
+        framed = (
+            framing.frame(group, max_record_bytes) if lines is None else b"\n".join(group) + b"\n"
+        )
         producer.send_framed(stream, part, framed, len(group))
         sent[part] = len(group)
     return sent
@@ -76,13 +82,29 @@ def user_ids(payloads: Sequence[bytes], joined: bytes | None = None) -> pl.Serie
     )
 
 
-def _all_plain(payloads: Sequence[bytes], joined: bytes, max_record_bytes: int) -> bool:
-    """True when no payload needs escaping (see :func:`framing.needs_escape`)."""
+def _lines_to_frame(
+    payloads: Sequence[bytes], joined: bytes, max_record_bytes: int
+) -> list[bytes] | None:
+    """The payloads as log lines without their ``\\n``: the payloads themselves, but
+    those that :func:`framing.needs_escape` escaped (found without a per-record test);
+    None when a payload holds a line break (then each is framed on its own)."""
     if joined.count(b"\n") != len(payloads) - 1 or b"\r" in joined:
-        return False  # a payload holds a line break
-    if min(map(len, payloads)) == 0 or max(map(len, payloads)) > max_record_bytes:
-        return False
-    return not (joined.startswith(b"\x00") or b"\n\x00" in joined)
+        return None  # a payload holds a line break
+    lengths = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
+    escape = (lengths == 0) | (lengths > max_record_bytes)
+    if joined.startswith(b"\x00") or b"\n\x00" in joined:
+        starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+        at = joined.find(b"\n\x00")
+        escape[0] |= joined.startswith(b"\x00")
+        while at >= 0:
+            escape[np.searchsorted(starts, at + 1)] = True
+            at = joined.find(b"\n\x00", at + 1)
+    if not escape.any():
+        return list(payloads)
+    lines = list(payloads)
+    for i in np.flatnonzero(escape).tolist():
+        lines[i] = framing.frame_one(lines[i], max_record_bytes)[:-1]
+    return lines
 
 
 def replay_directory(
@@ -136,7 +158,9 @@ def replay_directory(
             if stop is not None and stop.is_set():
                 break
             batch = lines[lo : lo + step]
-            publish(producer, stream, batch, partitions)
+            # A whole chunk goes with its lines as the file held them (no second join).
+            joined = lines.joined if len(batch) == len(lines) else None
+            publish(producer, stream, batch, partitions, joined=joined)
             sent[stream] += len(batch)
             total += len(batch)
             if rate:

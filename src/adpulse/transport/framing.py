@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 import msgspec
 import numpy as np
@@ -223,37 +224,35 @@ def partitions_of_records(
     """The partition of each record's ``user_id``: identical, record by record, to
     ``partition_of(user_id_of(payload), partitions)``, without decoding each record.
 
-    The batch is decoded in one msgspec call (``decode_lines`` of the joined payloads;
-    ``joined``, if given, must be ``b"\\n".join(payloads)``) into each record's
-    ``user_id`` as raw JSON, everything else validated and skipped; a string id without
-    escapes is hashed as it stands in the record (its bytes are its UTF-8). msgspec
-    takes only what orjson takes once three differences are kept away: invalid UTF-8
-    (checked first), numbers that overflow a double (looked for), and ``\\r`` (a line
-    break for ``decode_lines``). A batch that breaks the one call is read record by
-    record with msgspec, and a record msgspec refuses with orjson (the reference).
+    Blocks of :data:`ID_BLOCK_RECORDS` records are each decoded in one msgspec call
+    (``decode_lines``) into each record's ``user_id`` as raw JSON, everything else
+    validated and skipped; a string id without escapes is hashed as it stands in the
+    record (its bytes are its UTF-8). msgspec takes only what orjson takes once three
+    differences are kept away: invalid UTF-8 (checked first), numbers that overflow a
+    double (looked for), and ``\\r`` (a line break for ``decode_lines``). The records
+    of a block that breaks the one call (a malformed record, a blank line) are read one
+    by one with orjson, the reference. ``joined``, if given, must be
+    ``b"\\n".join(payloads)``.
     """
     if partitions <= 1 or not payloads:
         return np.zeros(len(payloads), dtype=np.int64)
     if joined is None:
         joined = b"\n".join(payloads)
     raws = _raw_ids(payloads, joined)
-    if raws is None:
-        keys = [_key_alone(p) for p in payloads]
-    elif b"\\" not in joined:
-        # The common case, inline: a string id without escapes is its own UTF-8 bytes.
-        xxh = xxhash.xxh64_intdigest
-        return np.array(
-            [
-                xxh(r[1:-1]) % partitions
-                if r[:1] == b'"' and r[1:2] not in _OPENERS
-                else partition_of_key(_key_of(r, p), partitions)
-                for r, p in zip(raws, payloads, strict=True)
-            ],
-            dtype=np.int64,
-        )
-    else:
+    if b"\\" in joined:
         keys = [_key_of(r, p) for r, p in zip(raws, payloads, strict=True)]
-    return np.array([partition_of_key(k, partitions) for k in keys], dtype=np.int64)
+        return np.array([partition_of_key(k, partitions) for k in keys], dtype=np.int64)
+    # The common case, inline: a string id without escapes is its own UTF-8 bytes.
+    xxh = xxhash.xxh64_intdigest
+    return np.array(
+        [
+            xxh(r[1:-1]) % partitions
+            if r is not None and r[:1] == b'"' and r[1:2] not in _OPENERS
+            else partition_of_key(_key_of(r, p), partitions)
+            for r, p in zip(raws, payloads, strict=True)
+        ],
+        dtype=np.int64,
+    )
 
 
 def partition_of_key(key: bytes | None, partitions: int) -> int:
@@ -269,29 +268,41 @@ def user_id_keys(payloads: Sequence[bytes], joined: bytes | None = None) -> list
     if joined is None:
         joined = b"\n".join(payloads)
     raws = _raw_ids(payloads, joined)
-    if raws is None:
-        return [_key_alone(p) for p in payloads]
     return [_key_of(r, p) for r, p in zip(raws, payloads, strict=True)]
 
 
-def _raw_ids(payloads: Sequence[bytes], joined: bytes) -> list[bytes] | None:
-    """Each record's ``user_id`` as raw JSON (``b""`` when missing), from one msgspec
-    call over the batch; None when that cannot be used for every record alike."""
+#: Records decoded per msgspec call: a malformed record sends its block's records the
+#: slow way (orjson, one by one), so blocks are small; the call itself costs ~1 µs.
+ID_BLOCK_RECORDS: Final = 32
+
+
+def _raw_ids(payloads: Sequence[bytes], joined: bytes) -> list[bytes | None]:
+    """Each record's ``user_id`` as raw JSON (``b""`` when missing), or None for a
+    record to read with the reference (its block broke the one call)."""
+    if len(payloads) <= ID_BLOCK_RECORDS:
+        return _raw_ids_of_block(payloads, joined)
+    raws: list[bytes | None] = []
+    for lo in range(0, len(payloads), ID_BLOCK_RECORDS):
+        block = payloads[lo : lo + ID_BLOCK_RECORDS]
+        raws += _raw_ids_of_block(block, b"\n".join(block))
+    return raws
+
+
+def _raw_ids_of_block(payloads: Sequence[bytes], joined: bytes) -> list[bytes | None]:
     if (
-        joined.count(b"\n") != len(payloads) - 1  # a payload holds a line break
-        or b"\r" in joined
-        or not _utf8(joined)
-        or _maybe_huge_number(joined)
+        joined.count(b"\n") == len(payloads) - 1  # no payload holds a line break
+        and b"\r" not in joined
+        and _utf8(joined)
+        and not _maybe_huge_number(joined)
     ):
-        return None
-    try:
-        heads = _HEAD.decode_lines(joined)
-    except (msgspec.DecodeError, RecursionError):
-        return None
-    # decode_lines skips blank lines: then the count tells, and each is read alone.
-    if len(heads) != len(payloads):
-        return None
-    return [bytes(h.key) for h in heads]
+        try:
+            heads = _HEAD.decode_lines(joined)
+        except (msgspec.DecodeError, RecursionError):
+            heads = []
+        # decode_lines skips blank lines: then the count tells, and each is read alone.
+        if len(heads) == len(payloads):
+            return [bytes(h.key) for h in heads]
+    return [None] * len(payloads)
 
 
 def _utf8(data: bytes) -> bool:
@@ -304,29 +315,21 @@ def _utf8(data: bytes) -> bool:
     return True
 
 
-def _key_alone(payload: bytes) -> bytes | None:
-    if _utf8(payload) and not _maybe_huge_number(payload):
-        try:
-            raw = bytes(_HEAD.decode(payload).key)
-        except (msgspec.DecodeError, RecursionError):
-            pass
-        else:
-            return _key_of(raw, payload)
-    text = user_id_of(payload)  # the reference decides what msgspec refuses
-    return None if text is None else text.encode()
-
-
-def _key_of(raw: bytes, payload: bytes) -> bytes | None:
-    """The key of a record msgspec read, from its id's raw JSON (``b""``: missing)."""
-    if not raw:
+def _key_of(raw: bytes | None, payload: bytes) -> bytes | None:
+    """The key of a record from its id's raw JSON (``b""``: missing; None: read the
+    record with the reference, orjson)."""
+    if raw is None:
+        decoded = user_id_of(payload)
+    elif not raw:
         return None
-    if raw[0] == 0x22 and b"\\" not in raw:  # a string without escapes: its own bytes
+    elif raw[0] == 0x22 and b"\\" not in raw:  # a string without escapes: its own bytes
         text = raw[1:-1]
         return None if text[:1] in _OPENERS else text
-    try:
-        decoded = _text_of(orjson.loads(raw))
-    except orjson.JSONDecodeError:  # msgspec took what orjson does not: the reference
-        decoded = user_id_of(payload)
+    else:
+        try:
+            decoded = _text_of(orjson.loads(raw))
+        except orjson.JSONDecodeError:  # msgspec took what orjson does not: the reference
+            decoded = user_id_of(payload)
     return None if decoded is None else decoded.encode()
 
 
