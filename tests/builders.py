@@ -38,7 +38,7 @@ from adpulse.transport.redis_streams import RedisStreamsTransport
 # "embedded-tiny-segments" rolls a segment at (almost) every append, so every contract
 # test also reads across segment boundaries.
 BYTE_OFFSET_KINDS = ("memory", "embedded", "embedded-tiny-segments")
-TRANSPORT_KINDS = (*BYTE_OFFSET_KINDS, "redis")
+TRANSPORT_KINDS = (*BYTE_OFFSET_KINDS, "redis", "kinesis")
 
 
 @dataclass
@@ -49,6 +49,7 @@ class TransportMaker:
     log_dir: Path
     opened: list[Transport] = field(default_factory=list)
     prefixes: list[str] = field(default_factory=list)
+    kinesis: list[Any] = field(default_factory=list)
 
     @property
     def exact_lag(self) -> bool:
@@ -64,6 +65,11 @@ class TransportMaker:
             transport = EmbeddedTransport(self.log_dir, partitions)
         elif self.kind == "embedded-tiny-segments":
             transport = EmbeddedTransport(self.log_dir, partitions, segment_bytes=1)
+        elif self.kind == "kinesis":
+            from kinesistest import kinesis_transport
+
+            transport = kinesis_transport(partitions)
+            self.kinesis.append(transport)
         else:
             require_redis()
             self.prefixes.append(new_prefix())
@@ -72,6 +78,8 @@ class TransportMaker:
         return transport
 
     def close(self) -> None:
+        for kinesis in self.kinesis:
+            kinesis.delete_streams()
         for transport in self.opened:
             transport.close()
         for prefix in self.prefixes:

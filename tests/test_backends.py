@@ -31,7 +31,8 @@ def test_every_opener_can_be_imported() -> None:
 @pytest.mark.parametrize(
     ("setting", "url", "why"),
     [
-        ("transport_url", "kinesis://clicks", "no backend for the scheme 'kinesis'"),
+        ("transport_url", "kafka://clicks", "no backend for the scheme 'kafka'"),
+        ("transport_url", "kinesis://a b?region=x", "the part after kinesis:// does not fit"),
         ("transport_url", "/some/dir", "it is not a URL (SCHEME://...)"),
         ("warehouse_url", "duckdb://x", "the part after duckdb:// does not fit"),
         ("warehouse_url", "mysql://bob:hunter2@db/x", "no backend for the scheme 'mysql'"),
@@ -61,8 +62,8 @@ def test_the_accepted_forms_list_every_backend() -> None:
 
 
 def test_the_openers_refuse_through_the_registry(tmp_path: Path) -> None:
-    with pytest.raises(UnsupportedUrlError, match="unsupported transport_url 'kinesis://x'"):
-        open_transport(Settings(home=tmp_path, transport_url="kinesis://x"))
+    with pytest.raises(UnsupportedUrlError, match="unsupported transport_url 'kafka://x'"):
+        open_transport(Settings(home=tmp_path, transport_url="kafka://x"))
     with pytest.raises(UnsupportedUrlError, match="unsupported warehouse_url 'sqlite:///x'"):
         open_warehouse(Settings(home=tmp_path, warehouse_url="sqlite:///x"))
     with pytest.raises(UnsupportedUrlError, match="unsupported serving_url 'memory://x'"):

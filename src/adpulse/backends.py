@@ -107,6 +107,12 @@ TRANSPORT = UrlSetting(
         _EMBEDDED_LOG,
         Backend("memory", "memory://", "adpulse.transport:open_memory"),
         Backend("redis", "redis://HOST:PORT/DB", "adpulse.transport:open_redis", ".+"),
+        Backend(
+            "kinesis",
+            "kinesis://PREFIX?region=REGION&shards=N[&endpoint_url=URL]",
+            "adpulse.transport:open_kinesis",
+            r"[A-Za-z0-9_.-]+/?(\?.*)?",
+        ),
     ),
 )
 

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         description="duckdb:///FILE (default: HOME/warehouse.duckdb) or postgresql://...",
     )
     warehouse_password: SecretStr | None = Field(None, description="Warehouse password, if any.")
+    warehouse_secret_arn: str = Field(
+        "",
+        description="AWS Lambda: the Secrets Manager secret (ARN) holding the warehouse URL;"
+        " read when a function starts, it replaces warehouse_url (docs/aws.md).",
+    )
     serving_url: str = Field(
         "",
         description="Serving store of live views: memory:// (default: in-process) or"
@@ -256,8 +261,20 @@ class Settings(BaseSettings):
         description="Alerts: the processor more than this many bytes behind the log"
         " for alert_lag_seconds alerts (0: off).",
     )
+    alert_lag_records: int = Field(
+        1_000_000,
+        ge=0,
+        description="Alerts: the processor more than this many records behind the log"
+        " for alert_lag_seconds alerts (0: off).",
+    )
+    alert_lag_age_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="Alerts: the processor's oldest unprocessed record appended more than"
+        " this many seconds before the newest, for alert_lag_seconds, alerts (0: off).",
+    )
     alert_lag_seconds: float = Field(
-        120.0, ge=0, description="Alerts: how long the lag may stay over alert_lag_bytes."
+        120.0, ge=0, description="Alerts: how long the lag may stay over a lag bound."
     )
     alert_crash_restarts: int = Field(
         3,

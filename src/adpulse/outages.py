@@ -194,6 +194,13 @@ class Retrier:
         )
 
 
+def is_commit(retrier: Retrier, what: str) -> bool:
+    """Whether a retried operation is the warehouse's commit of a batch (what the alerts
+    call ``commits_failing`` and the metrics ``adpulse_commit_failures_total``), rather
+    than another operation on a server."""
+    return retrier.setting == "warehouse_url" and what.startswith("the commit")
+
+
 def describe(exc: BaseException) -> str:
     """The first line of an exception's message (its type name if it has none), or its
     ``reason`` attribute when it has one (a message that does not repeat the server)."""

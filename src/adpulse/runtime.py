@@ -13,6 +13,8 @@ connects them for each kind of process:
   Prometheus metrics (:mod:`adpulse.telemetry`) listen to every processor; the alert
   monitor (:mod:`adpulse.alerts`) is opened with the first processor of a process and
   closed with the runtime;
+- :meth:`Runtime.lag_probe`: the one reader of the running processor's lag (bytes,
+  records, age) per process, which the alert monitor and the metrics share;
 - serving (``adpulse serve``, ``adpulse query``, the demo's API) hands the query layer
   ``Runtime.warehouse`` and ``Runtime.store`` (the serving store, when one is open).
 
@@ -42,6 +44,7 @@ from adpulse.transport.base import Consumer, Producer, Transport
 if TYPE_CHECKING:
     from adpulse.alerts import AlertMonitor
     from adpulse.commits import CommitSignal
+    from adpulse.processor.lag import LagProbe
     from adpulse.processor.listeners import CommitListener
     from adpulse.processor.pipeline import Processor
     from adpulse.processor.workers import PartitionWorker
@@ -67,15 +70,27 @@ class Runtime:
     alerts: AlertMonitor | None = field(default=None)
     #: This process's Prometheus metrics of its processors (:meth:`pipeline_metrics`).
     telemetry: PipelineMetrics | None = field(default=None)
+    #: The lag of this process's processor, shared by the alerts and /metrics.
+    lag: LagProbe | None = field(default=None)
 
     def pipeline_metrics(self) -> PipelineMetrics:
-        """The commit counters of this process's processors, on a registry of this
-        process (made on first use: a read-only server has none)."""
+        """The commit counters of this process's processors, and the retries of its
+        servers, on a registry of this process (made on first use: a read-only server
+        has none)."""
         if self.telemetry is None:
             from adpulse.telemetry import PipelineMetrics, new_registry
 
-            self.telemetry = PipelineMetrics(new_registry())
+            self.telemetry = PipelineMetrics(new_registry(), observe=True)
         return self.telemetry
+
+    def lag_probe(self) -> LagProbe:
+        """The one lag probe of this process (one consumer), made on first use; the alert
+        monitor and the metrics read it (:func:`processor_for` wires them)."""
+        if self.lag is None:
+            from adpulse.processor.lag import LagProbe
+
+            self.lag = LagProbe()
+        return self.lag
 
     def close(self) -> None:
         try:
@@ -86,6 +101,10 @@ class Runtime:
 
     def _close_parts(self) -> None:
         try:
+            if self.lag is not None:
+                self.lag.close()
+            if self.telemetry is not None:
+                self.telemetry.close()
             self.transport.close()
         finally:
             try:
@@ -182,13 +201,15 @@ def commit_listeners(rt: Runtime, commits: CommitSignal | None = None) -> list[C
     runs in this process, always the process's Prometheus metrics, and the alert
     monitor (opened on the first call; its rules and notifiers follow the ``alert_*``
     settings, see docs/alerts.md). New listeners are added here."""
-    listeners: list[CommitListener] = [rt.pipeline_metrics()]
+    metrics = rt.pipeline_metrics()
+    listeners: list[CommitListener] = [metrics]
     sync = None
     if rt.store is not None:
         from adpulse.serving.store.sync import StoreSync
 
         sync = StoreSync(rt.store, rt.warehouse)
         listeners.append(sync)
+        metrics.watch_store(sync)
     if commits is not None:
         listeners.append(commits)
     if rt.alerts is None:
@@ -207,35 +228,33 @@ def processor_for(
     commits: CommitSignal | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     partitions: Sequence[int] | None = None,
+    transport: Transport | None = None,
 ) -> Processor:
-    """A processor over ``rt``'s transport and warehouse, reporting to
+    """A processor over ``rt``'s transport (or ``transport``: the delivery in hand of a
+    Lambda consumer, :mod:`adpulse.aws.delivery`) and warehouse, reporting to
     :func:`commit_listeners`."""
     from adpulse.processor.pipeline import Processor
 
     processor = Processor(
         rt.settings,
-        rt.transport,
+        transport or rt.transport,
         rt.warehouse,
         partitions=partitions,
         clock=clock,
         listeners=commit_listeners(rt, commits),
     )
-    if rt.alerts is not None:
-        rt.alerts.watch_lag(_lag_reader(rt, processor))
+    _watch_lag(rt, lambda: processor)
     return processor
 
 
-def _lag_reader(rt: Runtime, processor: Processor) -> Callable[[], int]:
-    """The processor's lag in bytes, read with a consumer of the caller's thread (opened
-    on the first call; consumers are not thread-safe)."""
-    consumer: list[Consumer] = []
-
-    def lag() -> int:
-        if not consumer:
-            consumer.append(rt.transport.consumer())
-        return processor.lag_bytes(consumer[0])
-
-    return lag
+def _watch_lag(rt: Runtime, source: Callable[[], Processor | None]) -> None:
+    """Point the process's lag probe at ``source()`` (the processor running now) and
+    hand it to the alert monitor and the metrics, which share it."""
+    probe = rt.lag_probe()
+    probe.follow(source)
+    rt.pipeline_metrics().watch_lag(probe.read)
+    if rt.alerts is not None:
+        rt.alerts.watch_lag(probe.read)
 
 
 def partition_worker_for(rt: Runtime) -> PartitionWorker:
@@ -243,7 +262,11 @@ def partition_worker_for(rt: Runtime) -> PartitionWorker:
     warehouse (which must share partitions: PostgreSQL)."""
     from adpulse.processor.workers import PartitionWorker
 
-    return PartitionWorker(rt.settings, rt.transport, rt.warehouse, listeners=commit_listeners(rt))
+    worker = PartitionWorker(
+        rt.settings, rt.transport, rt.warehouse, listeners=commit_listeners(rt)
+    )
+    _watch_lag(rt, lambda: worker.processor)  # its partitions, as they move
+    return worker
 
 
 class Worker(threading.Thread):

@@ -8,6 +8,10 @@ Not to be confused with :mod:`adpulse.metrics`, the catalog of the business numb
   exactly as ``adpulse status`` does, never ahead of the warehouse. Watermark delay and
   lag are computed when scraped (a gauge that only moved on commits would freeze while the
   processor is stuck, which is when it matters).
+- the same object counts what the servers' retriers tell (:func:`adpulse.outages.
+  observe_retries`: commit failures, retried operations, servers failing now) and, at
+  scrape time, the serving-store syncs' rebuilds;
+- :class:`SupervisorMetrics`: restarts of ``process --workers N``'s crashed workers;
 - :class:`ApiMetrics` is the outermost ASGI layer of the HTTP API: request latency by
   route *template* and status, so unknown paths share one label and a scanner cannot
   grow the series without bound.
@@ -23,16 +27,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adpulse.contracts import Stream
+from adpulse.outages import Retrier, is_commit, observe_retries
 from adpulse.storage.warehouse.base import BatchOutput, PartitionWatermark
+from adpulse.transport.base import Lag
+
+if TYPE_CHECKING:
+    from adpulse.serving.store.sync import StoreSync
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,9 @@ METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OP
 #: Scope key where a layer that answers without routing (the shared-answer shortcut)
 #: records the route template the answer was first routed to.
 ROUTE_SCOPE: Final = "adpulse.route_template"
+#: The settings of the servers whose operations are retried (:class:`~adpulse.outages.
+#: Retrier`), labelled from the start so that ``increase()`` sees their first failure.
+RETRIED_SETTINGS: Final = ("warehouse_url", "transport_url")
 
 
 def new_registry() -> CollectorRegistry:
@@ -61,8 +73,12 @@ class PipelineMetrics:
     """Counts committed batches; a :class:`~adpulse.processor.listeners.CommitListener`."""
 
     def __init__(
-        self, registry: CollectorRegistry, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        registry: CollectorRegistry,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        observe: bool = False,
     ) -> None:
+        """``observe``: count the retries of this process's servers until :meth:`close`."""
         self.registry = registry
         self._clock = clock
         self.events = {
@@ -106,10 +122,62 @@ class PipelineMetrics:
             "Unix time of the latest committed batch (0 before the first).",
             registry=registry,
         )
+        self.commit_failures = Counter(
+            "adpulse_commit_failures",
+            "Failed attempts of the warehouse commit of a batch (a lost connection): each"
+            " one retried, or the last one given up on, which stops the processor.",
+            registry=registry,
+        )
+        self.retries = Counter(
+            "adpulse_server_retries",
+            "Operations on a server retried after a lost connection, by the setting naming"
+            " the server (commits included).",
+            ["setting"],
+            registry=registry,
+        )
+        self.failing = Gauge(
+            "adpulse_server_failing",
+            "1 while operations on a server fail (retried, or given up on) until one"
+            " succeeds; operation: commit (the warehouse's commits) or other.",
+            ["setting", "operation"],
+            registry=registry,
+        )
+        for setting in RETRIED_SETTINGS:
+            self.retries.labels(setting)
+            self.failing.labels(setting, "other")
+        self.failing.labels("warehouse_url", "commit")
         self._lock = threading.Lock()
         self._watermarks: dict[tuple[Stream, int], PartitionWatermark] = {}
-        self._lag: Callable[[], int] | None = None
+        self._lag: Callable[[], Lag | None] | None = None
+        self._stores: list[StoreSync] = []
         registry.register(_ScrapeTimeCollector(self))
+        self._stop_observing = observe_retries(self) if observe else None
+
+    def close(self) -> None:
+        """Stop counting retries (the runtime closes its metrics with it)."""
+        if self._stop_observing is not None:
+            self._stop_observing()
+            self._stop_observing = None
+
+    # -- the retry observer (any thread; prometheus-client's metrics are thread-safe) --------
+    def retrying(self, retrier: Retrier, what: str, reason: str) -> None:
+        self.retries.labels(retrier.setting).inc()
+        self._failed(retrier, what)
+
+    def gave_up(self, retrier: Retrier, what: str, reason: str) -> None:
+        self._failed(retrier, what)
+
+    def _failed(self, retrier: Retrier, what: str) -> None:
+        commit = is_commit(retrier, what)
+        if commit:
+            self.commit_failures.inc()
+        self.failing.labels(retrier.setting, "commit" if commit else "other").set(1)
+
+    def recovered(self, retrier: Retrier, what: str) -> None:
+        """As the alerts: the first success clears every failure of the server."""
+        self.failing.labels(retrier.setting, "other").set(0)
+        if retrier.setting == "warehouse_url":
+            self.failing.labels(retrier.setting, "commit").set(0)
 
     # -- the commit listener -------------------------------------------------------------
     def start(self, partitions: object) -> None:
@@ -134,10 +202,29 @@ class PipelineMetrics:
             self._watermarks.update(output.watermarks)
 
     # -- scrape-time figures -------------------------------------------------------------
-    def watch_lag(self, lag_bytes: Callable[[], int]) -> None:
-        """Report ``lag_bytes()`` (bytes in the log not yet processed) at each scrape;
-        it runs on the scraping thread, so it must use a consumer of its own."""
-        self._lag = lag_bytes
+    def watch_lag(self, lag: Callable[[], Lag | None]) -> None:
+        """Report ``lag()`` (the runtime's :class:`~adpulse.processor.lag.LagProbe`) at
+        each scrape; it runs on the scraping thread, so it must be thread-safe."""
+        self._lag = lag
+
+    def watch_store(self, sync: StoreSync) -> None:
+        """Report the rebuilds of a serving-store sync (every processor's) at each scrape."""
+        with self._lock:
+            self._stores.append(sync)
+
+    def store_figures(self) -> tuple[int, int, int, bool] | None:
+        """(initial rebuilds, repairs, failed writes, behind) summed over the watched
+        syncs; ``None`` when no serving store is kept."""
+        with self._lock:
+            syncs = list(self._stores)
+        if not syncs:
+            return None
+        return (
+            sum(s.rebuilds - s.repairs for s in syncs),
+            sum(s.repairs for s in syncs),
+            sum(s.failures for s in syncs),
+            any(s.behind for s in syncs),
+        )
 
     def watermark_delays(self) -> dict[str, float]:
         """Seconds from each stream's oldest partition watermark to now."""
@@ -168,18 +255,83 @@ class _ScrapeTimeCollector(Collector):
         for stream, seconds in sorted(self.pipeline.watermark_delays().items()):
             delay.add_metric([stream], seconds)
         yield delay
-        lag = self.pipeline._lag
-        if lag is not None:
-            try:
-                behind = lag()
-            except Exception:  # noqa: BLE001 - a scrape must not fail on the transport
-                log.warning("lag for /metrics unavailable", exc_info=True)
-            else:
-                yield GaugeMetricFamily(
-                    "adpulse_lag_bytes",
-                    "Bytes in the log not yet processed by this process's partitions.",
-                    value=behind,
-                )
+        yield from self._lag()
+        yield from self._store()
+
+    def _lag(self) -> Iterator[Metric]:
+        read = self.pipeline._lag
+        if read is None:
+            return
+        try:
+            lag = read()
+        except Exception:  # noqa: BLE001 - a scrape must not fail on the transport
+            log.warning("lag for /metrics unavailable", exc_info=True)
+            return
+        if lag is None:
+            return  # no processor runs now (a worker holding no partition)
+        yield GaugeMetricFamily(
+            "adpulse_lag_bytes",
+            "Bytes in the log not yet processed by this process's partitions.",
+            value=lag.bytes,
+        )
+        if lag.records is not None:
+            yield GaugeMetricFamily(
+                "adpulse_lag_records",
+                "Records in the log not yet processed by this process's partitions.",
+                value=lag.records,
+            )
+        if lag.seconds is not None:
+            yield GaugeMetricFamily(
+                "adpulse_lag_seconds",
+                "Age of the lag: seconds from the append of the oldest record not yet"
+                " processed to the append of the newest (its partition's; the largest).",
+                value=lag.seconds,
+            )
+
+    def _store(self) -> Iterator[Metric]:
+        figures = self.pipeline.store_figures()
+        if figures is None:
+            return
+        initial, repairs, failures, behind = figures
+        rebuilds = CounterMetricFamily(
+            "adpulse_store_rebuilds",
+            "Serving-store rebuilds from the warehouse: kind=initial until the store was"
+            " first current, kind=repair after (a failed write, a gap, a flushed store).",
+            labels=["kind"],
+        )
+        rebuilds.add_metric(["initial"], initial)
+        rebuilds.add_metric(["repair"], repairs)
+        yield rebuilds
+        yield CounterMetricFamily(
+            "adpulse_store_write_failures",
+            "Serving-store writes and rebuilds that failed (reads use the warehouse meanwhile).",
+            value=failures,
+        )
+        yield GaugeMetricFamily(
+            "adpulse_store_behind",
+            "1 while the serving store misses committed batches (until its next rebuild).",
+            value=int(behind),
+        )
+
+
+class SupervisorMetrics:
+    """The metrics of ``adpulse process --workers N``'s supervisor, which runs no
+    processor: its crashed workers' restarts (the ``crash_loop`` alert's count)."""
+
+    def __init__(self, registry: CollectorRegistry, workers: int) -> None:
+        self.registry = registry
+        self.restarts = Counter(
+            "adpulse_worker_restarts",
+            "Worker processes of `process --workers N` that crashed and were restarted.",
+            registry=registry,
+        )
+        Gauge("adpulse_workers", "Worker processes the supervisor runs.", registry=registry).set(
+            workers
+        )
+
+    def crashed(self, slot: int, status: int) -> None:
+        """``supervise``'s ``on_crash``: a worker crashed and will be restarted."""
+        self.restarts.inc()
 
 
 class ApiMetrics:

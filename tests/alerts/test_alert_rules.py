@@ -33,6 +33,8 @@ QUIET: dict[str, Any] = {
     "alert_stream_silent_seconds": 0,
     "alert_dead_letter_share": 1.0,
     "alert_lag_bytes": 0,
+    "alert_lag_records": 0,
+    "alert_lag_age_seconds": 0,
     "alert_webhook_secret": SECRET,
 }
 
@@ -301,24 +303,23 @@ def test_a_lagging_processor_alerts_once_and_resolves_when_it_catches_up(
 def test_a_serving_store_rebuild_after_the_start_alerts_until_the_store_is_current(
     tmp_path: Path,
 ) -> None:
-    store = {"rebuilds": 0, "behind": True}  # (the store sync's counters)
+    store = {"repairs": 0, "behind": True}  # (the store sync's repairs and behind)
     sent: list[Alert] = []
     monitor = AlertMonitor(
         settings_for(tmp_path, None, **QUIET),
         sent.append,
-        store_rebuilds=lambda: (store["rebuilds"], store["behind"]),
+        store_rebuilds=lambda: (store["repairs"], store["behind"]),
     )
 
-    def check(rebuilds: int, behind: bool) -> list[tuple[str, str]]:
-        store.update(rebuilds=rebuilds, behind=behind)
+    def check(repairs: int, behind: bool) -> list[tuple[str, str]]:
+        store.update(repairs=repairs, behind=behind)
         return [(a.rule, a.state) for a in monitor.check()]
 
-    assert check(0, True) == []  # starting: the first rebuild is no incident
-    assert check(1, False) == []
-    assert check(1, False) == []
-    assert check(1, True) == []  # a failed write: behind until the next rebuild
-    assert check(2, True) == [("store_rebuild", "firing")]
-    assert check(2, True) == []
+    assert check(0, True) == []  # starting: the initial rebuild is no repair
+    assert check(0, False) == []
+    assert check(0, True) == []  # a failed write: behind until the next rebuild
+    assert check(1, True) == [("store_rebuild", "firing")]
+    assert check(1, True) == []
+    assert check(1, False) == [("store_rebuild", "resolved")]
+    assert check(2, False) == [("store_rebuild", "firing")]  # rebuilt between two checks
     assert check(2, False) == [("store_rebuild", "resolved")]
-    assert check(3, False) == [("store_rebuild", "firing")]  # rebuilt between two checks
-    assert check(3, False) == [("store_rebuild", "resolved")]

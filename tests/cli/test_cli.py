@@ -81,8 +81,143 @@ def test_query_json_matches_the_query_layer(home: Path) -> None:
     )
     with DuckDBWarehouse(home / "home" / "warehouse.duckdb", read_only=True) as wh:
         want = queries.ctr(wh, queries.Filters(platform="Web"), "campaign").to_dicts()
-    assert out == json.loads(json.dumps(want, default=str))
-    assert len(out) > 5
+    assert out["filters"] == {"platform": "Web"}
+    assert out["rows"] == json.loads(json.dumps(want, default=str))
+    assert len(out["rows"]) > 5
+
+
+#: (CLI arguments, the same query as an API path and parameters).
+SAME_QUERIES: list[tuple[list[str], str, dict[str, str]]] = [
+    (["summary"], "/summary", {}),
+    (
+        [
+            "summary",
+            "--platform",
+            "Mobile",
+            "--from",
+            "2023-09-01 06:00",
+            "--to",
+            "2023-09-01 18:00",
+        ],
+        "/summary",
+        {"platform": "Mobile", "from": "2023-09-01 06:00", "to": "2023-09-01 18:00"},
+    ),
+    (
+        ["summary", "--gender", "Female", "--interest", "Travel"],
+        "/summary",
+        {"gender": "Female", "interest": "Travel"},
+    ),
+    (
+        ["ctr", "--by", "campaign", "--location", "New York"],
+        "/metrics/ctr",
+        {"by": "campaign", "location": "New York"},
+    ),
+    (
+        ["conversion-rate", "--by", "ad", "--from", "2023-09-01 10:00:30"],
+        "/metrics/conversion-rate",
+        {"by": "ad", "from": "2023-09-01 10:00:30"},
+    ),
+    (
+        ["revenue-per-conversion", "--age-band", "25-34"],
+        "/metrics/revenue-per-conversion",
+        {"age_band": "25-34"},
+    ),
+    (["conversion-latency", "--by", "campaign"], "/metrics/conversion-latency", {"by": "campaign"}),
+    (
+        ["top-ads", "--rank-by", "conversion_rate", "--min-clicks", "5", "--platform", "Web"],
+        "/top-ads",
+        {"by": "conversion_rate", "min_clicks": "5", "platform": "Web"},
+    ),
+    (["top-ads", "--limit", "3"], "/top-ads", {"limit": "3"}),
+    (
+        ["trending", "--window", "120", "--min-clicks", "2"],
+        "/trending",
+        {"window": "120", "min_clicks": "2"},
+    ),
+]
+
+
+def test_cli_json_equals_the_api_answer(home: Path) -> None:
+    """``adpulse query --format json`` prints exactly what the HTTP API answers."""
+    from fastapi.testclient import TestClient
+
+    from adpulse.config import Settings
+    from adpulse.serving.api import create_app
+    from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+
+    settings = Settings(home=home / "home")
+    api = []
+    with (
+        DuckDBWarehouse(home / "home" / "warehouse.duckdb", read_only=True) as wh,
+        TestClient(create_app(wh, settings)) as client,
+    ):
+        for _, path, params in SAME_QUERIES:
+            response = client.get("/api/v1" + path, params=params)
+            assert response.status_code == 200, response.text
+            api.append(response.json())
+    for (args, path, _), answer in zip(SAME_QUERIES, api, strict=True):
+        cli = json.loads(_ok("query", *args, "--home", str(home / "home"), "--format", "json"))
+        assert cli == answer, (args, path)
+    summary = api[0]["summary"]
+    assert isinstance(summary["revenue"], float) and summary["revenue"] > 0  # money: a number
+    assert api[3]["rows"] and api[7]["rows"] and api[9]["rows"]  # not equal by being empty
+    assert api[4]["filters"] == {"start": "2023-09-01T10:01:00Z"}  # whole minutes, both
+
+
+def test_filter_values_match_the_data_without_regard_to_case(home: Path) -> None:
+    at = ["--home", str(home / "home"), "--format", "json"]
+    lower = json.loads(
+        _ok("query", "summary", "--platform", "mobile", "--location", "NEW YORK", *at)
+    )
+    exact = json.loads(
+        _ok("query", "summary", "--platform", "Mobile", "--location", "New York", *at)
+    )
+    assert lower == exact and lower["filters"] == {"platform": "Mobile", "location": "New York"}
+    assert lower["summary"]["impressions"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--platform", "Mobil"], "unknown --platform 'Mobil'; did you mean Mobile?"),
+        (["--interest", "travl"], "unknown --interest 'travl'; did you mean Travel?"),
+        (["--ad", "-1"], "unknown --ad -1; none of the 320 stored values is close"),
+        (
+            ["--from", "2023-13-01"],
+            "--from: cannot read '2023-13-01'; use 'YYYY-MM-DD', 'YYYY-MM-DD HH:MM[:SS]'"
+            " (UTC) or ISO-8601 with an offset",
+        ),
+    ],
+)
+def test_unknown_filter_values_name_close_matches(
+    home: Path, args: list[str], message: str
+) -> None:
+    from adpulse.runtime import UserError
+
+    result = runner.invoke(app, ["query", "summary", *args, "--home", str(home / "home")])
+    assert isinstance(result.exception, UserError) and str(result.exception) == message
+
+
+def test_an_unknown_value_exits_2_with_one_line(home: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "adpulse", "query", "ctr", "--location", "new yrok"]
+        + ["--home", str(home / "home")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == "error: unknown --location 'new yrok'; did you mean New York?\n"
+
+
+def test_unknown_options_are_refused(home: Path) -> None:
+    result = runner.invoke(
+        app, ["query", "summary", "--platfrom", "Web", "--home", str(home / "home")]
+    )
+    assert result.exit_code == 2 and "No such option: --platfrom" in result.output
 
 
 def test_csv_output_has_a_header(home: Path) -> None:

@@ -57,4 +57,5 @@ def test_poison_records_replayed_from_files_are_dead_letters(tmp_path: Path) -> 
         ("conversions", "revenue_out_of_range", 2),
     ]
     summary = json.loads(_ok("query", "summary", "--home", home, "--format", "json"))
-    assert [(r["clicks"], r["conversions"], r["revenue"]) for r in summary] == [(2, 1, "25.5000")]
+    row = summary["summary"]
+    assert (row["clicks"], row["conversions"], row["revenue"]) == (2, 1, 25.5)

@@ -13,10 +13,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pgtest import PG_URL, drop_schema, new_schema, require_postgres
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from adpulse.cli.main import app
+from adpulse.storage.warehouse.postgres import PostgresWarehouse
 
 runner = CliRunner()
 ENV = {**os.environ, "COLUMNS": "200"}
@@ -69,7 +71,11 @@ def test_process_metrics_port_counts_what_status_reports(tmp_path: Path) -> None
             except OSError:
                 got = None
             counters = None if got is None else {k: v for k, v in got.items() if "_total" in k[0]}
-            if got is not None and got.get(("adpulse_lag_bytes", ())) == 0 and counters == last:
+            caught_up = got is not None and all(
+                got.get((f"adpulse_lag_{unit}", ())) == 0
+                for unit in ("bytes", "records", "seconds")
+            )
+            if caught_up and counters == last:
                 break
             last = counters
             time.sleep(0.5)
@@ -93,9 +99,44 @@ def test_process_metrics_port_counts_what_status_reports(tmp_path: Path) -> None
     assert dead == {(r["stream"], r["reason"]): r["records"] for r in status["dead_letters"]}
 
 
-def test_workers_cannot_share_one_metrics_port(tmp_path: Path) -> None:
-    result = runner.invoke(
-        app, ["process", "--home", str(tmp_path), "--workers", "2", "--metrics-port", "9400"]
+def test_workers_metrics_port_is_the_supervisors(tmp_path: Path) -> None:
+    """``process --workers 2 --metrics-port P``: the supervisor serves its own metrics
+    (workers run, restarts), the workers none (they cannot share the port)."""
+    require_postgres()
+    schema = new_schema()
+    with PostgresWarehouse(PG_URL, schema=schema) as wh:
+        wh.create_schema()
+    port = _free_port()
+    env = {
+        **ENV,
+        "ADPULSE_WAREHOUSE_URL": PG_URL + f"?options=-csearch_path%3D{schema}",
+        "ADPULSE_METRICS_PORT": str(port),  # the setting, as a TOML file would set it
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adpulse", "process", "--home", str(tmp_path), "--workers", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    assert result.exit_code != 0
-    assert "--workers 2 with metrics port 9400" in str(result.exception)
+    try:
+        deadline, got = time.monotonic() + 60, None
+        while got is None:
+            assert time.monotonic() < deadline, "no supervisor metrics in 60 s"
+            assert proc.poll() is None, proc.communicate()
+            try:
+                got = _scrape(port)
+            except OSError:
+                time.sleep(0.25)
+        time.sleep(2)  # the workers are up (a worker on the same port would crash now)
+        got = _scrape(port)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        drop_schema(schema)
+    assert proc.returncode == 0, err
+    assert got[("adpulse_workers", ())] == 2
+    assert got[("adpulse_worker_restarts_total", ())] == 0
+    assert not any(name.startswith("adpulse_events_") for name, _ in got)
+    assert f"supervisor metrics at http://127.0.0.1:{port}/metrics" in out
+    assert "exited with status" not in err

@@ -24,7 +24,10 @@ from adpulse.operations.grafana.health import (
 )
 from adpulse.processor.pipeline import Processor
 from adpulse.serving.api import create_app
-from adpulse.telemetry import PipelineMetrics, new_registry
+from adpulse.serving.store.memory import MemoryServingStore
+from adpulse.serving.store.sync import StoreSync
+from adpulse.telemetry import PipelineMetrics, SupervisorMetrics, new_registry
+from adpulse.transport.base import Lag
 
 PG = "postgresql://grafana@db.example:5432/ads"
 
@@ -33,7 +36,9 @@ def exported_sample_names(tmp_path: Path) -> set[str]:
     """Every sample name a demo-like process (processor and API) exports, with data."""
     pipeline = MiniPipeline(tmp_path, partitions=1)
     metrics = PipelineMetrics(new_registry())
-    metrics.watch_lag(lambda: 0)
+    metrics.watch_lag(lambda: Lag(0, 0, 0.0))
+    metrics.watch_store(StoreSync(MemoryServingStore(), pipeline.warehouse))
+    SupervisorMetrics(metrics.registry, workers=2)  # (the supervisor's, on its own port)
     pipeline.processor = Processor(
         pipeline.settings, pipeline.transport, pipeline.warehouse, listeners=[metrics]
     )

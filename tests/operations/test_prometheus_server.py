@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from servertest import require_server
 from typer.testing import CliRunner
@@ -100,7 +101,7 @@ def rules(tmp_path: Path) -> Path:
         [PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=30
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 4 rules found" in check.stdout
+    assert "SUCCESS: 8 rules found" in check.stdout
     return path
 
 
@@ -266,3 +267,98 @@ def test_prometheus_scrapes_counters_and_fires_the_dead_letter_rule(
 
     (alert,) = _wait("the processor_stopped rule fired in Prometheus", 15, stopped)
     assert "(alert_processor_silent_seconds = 6)" in alert["annotations"]["summary"]
+
+
+def test_the_rules_without_a_built_in_twin_before_fire_on_their_series(tmp_path: Path) -> None:
+    """``promtool test rules``: the twins of the rules added with their metrics fire on
+    the series adpulse exports when their condition holds, and only then (expressions
+    only: the annotations are left out of the copy tested)."""
+    require_server(None if shutil.which(PROMTOOL) else "promtool not installed")
+    settings = Settings(
+        home=tmp_path,
+        alert_processor_silent_seconds=0,
+        alert_stream_silent_seconds=0,
+        alert_lag_bytes=1000,
+        alert_lag_records=50,
+        alert_lag_age_seconds=30,
+        alert_lag_seconds=60,
+        alert_crash_restarts=3,
+        alert_crash_window_seconds=600,
+    )
+    from adpulse.operations import grafana
+
+    document = yaml.safe_load(grafana.rules_text(settings))
+    for rule in document["groups"][0]["rules"]:
+        del rule["annotations"]
+    (tmp_path / "rules.yml").write_text(json.dumps(document))
+
+    def alert(name: str, **labels: str) -> dict[str, Any]:
+        return {"alertname": name, "exp_alerts": [{"exp_labels": {**labels, "source": "adpulse"}}]}
+
+    def none(name: str) -> dict[str, Any]:
+        return {"alertname": name, "exp_alerts": []}
+
+    def at(seconds: int, *expected: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"eval_time": f"{seconds}s", **e} for e in expected]
+
+    commit = 'setting="warehouse_url", operation="commit"'
+    series = {  # one sample every 15 s from 0 s
+        f'adpulse_server_failing{{instance="w1", {commit}}}': "0 0 1 1 0x40",
+        'adpulse_server_failing{instance="w1", setting="warehouse_url", operation="other"}': "0x45",
+        'adpulse_server_failing{instance="w1", setting="transport_url", operation="other"}': (
+            "0 1 1 0x40"
+        ),
+        'adpulse_worker_restarts_total{instance="sup"}': "0 1 2 3x60",
+        'adpulse_store_rebuilds_total{instance="w1", kind="initial"}': "1x45",
+        'adpulse_store_rebuilds_total{instance="w1", kind="repair"}': "0 0 1x45",
+        'adpulse_lag_bytes{instance="w1"}': "0x45",
+        'adpulse_lag_records{instance="w1"}': "0 100x45",
+        'adpulse_lag_seconds{instance="w1"}': "0x45",
+        'adpulse_lag_bytes{instance="w2"}': "0x45",
+        'adpulse_lag_seconds{instance="w2"}': "40x45",
+    }
+    w1 = {"instance": "w1"}
+    tests = [
+        *at(15, none("commits_failing")),
+        *at(30, alert("commits_failing", **w1, setting="warehouse_url", operation="commit")),
+        *at(60, none("commits_failing")),
+        *at(15, alert("server_unavailable", **w1, setting="transport_url")),
+        *at(45, none("server_unavailable")),
+        *at(30, none("crash_loop")),  # two restarts
+        *at(45, alert("crash_loop", instance="sup")),  # the third within 600 s
+        *at(700, none("crash_loop")),  # none in the last 600 s
+        *at(15, none("store_rebuild")),  # the initial rebuild is no incident
+        *at(30, alert("store_rebuild", **w1, kind="repair")),
+        *at(400, none("store_rebuild")),
+        *at(60, alert("lag", instance="w2")),  # age 40 s > 30 s since 0 s, for 60 s
+        *at(
+            75,
+            {
+                "alertname": "lag",
+                "exp_alerts": [
+                    {"exp_labels": {"instance": i, "source": "adpulse"}} for i in ("w1", "w2")
+                ],
+            },
+        ),  # 100 records > 50 since 15 s
+    ]
+    unit = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                "alert_rule_test": tests,
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(json.dumps(unit))
+    done = subprocess.run(
+        [PROMTOOL, "test", "rules", "test.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout

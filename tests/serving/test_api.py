@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from adpulse.config import Settings
 from adpulse.serving import queries
 from adpulse.serving.api import bind, create_app, make_server, plain
 from adpulse.serving.queries import Filters
+from adpulse.storage.dimensions import parse_dimension_csv
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 
 V1 = "/api/v1"
@@ -186,15 +188,15 @@ BAD = [
     ("/metrics/bogus", {}, 404),
     ("/breakdown/ssn", {}, 404),
     ("/metrics/ctr", {"by": "user"}, 422),
-    ("/summary", {"age_band": "17-19"}, 400),
+    ("/summary", {"age_band": "17-19"}, 422),
     ("/summary", {"ad": "1 OR 1=1"}, 422),
     ("/summary", {"ad": str(2**64)}, 422),
-    ("/summary", {"from": "yesterday"}, 400),
-    ("/summary", {"from": "2023-09-09 10:05", "to": "2023-09-09 10:00"}, 400),
-    ("/summary", {"from": "2022-01-01", "to": "2023-09-09"}, 400),
+    ("/summary", {"from": "yesterday"}, 422),
+    ("/summary", {"from": "2023-09-09 10:05", "to": "2023-09-09 10:00"}, 422),
+    ("/summary", {"from": "2022-01-01", "to": "2023-09-09"}, 422),
     ("/summary", {"campaign": "x" * 201}, 422),
     ("/summary", {"campaign": ""}, 422),
-    ("/summary", {"interest": "a;b"}, 400),
+    ("/summary", {"interest": "a;b"}, 422),
     ("/summary", {"from": "2023-09-09" + " " * 50}, 422),
     ("/timeseries", {"bucket": "second"}, 422),
     ("/top-ads", {"by": "clicks"}, 422),
@@ -215,9 +217,105 @@ def test_bad_input_is_a_clear_4xx(
     assert set(body) == {"error", "detail"} and body["detail"]
 
 
+@pytest.mark.parametrize(
+    ("params", "detail"),
+    [
+        ({"platform": "Mobil"}, "unknown platform 'Mobil'; did you mean Mobile?"),
+        ({"platform": "mobile "}, "unknown platform 'mobile '; did you mean Mobile?"),
+        ({"location": "Los Angles"}, "unknown location 'Los Angles'; did you mean Los Angeles?"),
+        ({"campaign": "Summer"}, "unknown campaign 'Summer'; did you mean Summer Sale?"),
+        ({"gender": "F"}, "unknown gender 'F'; the data holds Female, Male"),
+        ({"ad": "99"}, "unknown ad 99; did you mean 9999?"),
+        ({"ad": "5"}, "unknown ad 5; the data holds 1001, 1002, 1003, 1004, 9999"),
+        ({"interest": "Photo"}, "unknown interest 'Photo'; did you mean Photography?"),
+        (
+            {"platfrom": "Web"},
+            "unknown parameter(s) platfrom; this endpoint takes: ad, age_band,"
+            " campaign, from, gender, interest, location, platform, to",
+        ),
+    ],
+)
+def test_unknown_values_and_parameters_are_refused(
+    client: TestClient, warehouse: DuckDBWarehouse, params: dict[str, str], detail: str
+) -> None:
+    load_users(warehouse)
+    r = client.get(f"{V1}/summary", params=params)
+    assert r.status_code == 422, r.text
+    assert r.json() == {"error": "invalid_parameter", "detail": detail}
+
+
+def load_users(warehouse: DuckDBWarehouse) -> None:
+    """The user dimension behind the facts of query_dataset (its genders and interests)."""
+    _, users = parse_dimension_csv(
+        "user_id, age, gender, interests\n"
+        "m, 20, Male, Music;Travel\n"
+        "f, 30, Female, Reading;Photography\n"
+        "g, 30, Male, Gaming;Cooking\n"
+    )
+    warehouse.load_dimension("users", users, datetime(2023, 9, 1))
+
+
+def test_filter_values_match_without_regard_to_case(
+    client: TestClient, warehouse: DuckDBWarehouse
+) -> None:
+    load_users(warehouse)
+    params = {"platform": "web", "campaign": "SUMMER SALE", "interest": "travel"}
+    r = client.get(f"{V1}/summary", params=params)
+    assert r.status_code == 200, r.text
+    stored = Filters(campaign="Summer Sale", platform="Web", interest="Travel")
+    assert r.json()["filters"] == {
+        "campaign": "Summer Sale",
+        "platform": "Web",
+        "interest": "Travel",
+    }
+    assert r.json()["summary"] == rows(queries.summary(warehouse, stored))[0]
+    r = client.get(f"{V1}/breakdown/gender", params={"gender": "female"})
+    assert r.status_code == 200 and [row["value"] for row in r.json()["rows"]] == ["Female"]
+
+
+def test_known_values_are_reloaded_after_a_commit_only(
+    warehouse: DuckDBWarehouse, tmp_path: Path
+) -> None:
+    from adpulse.commits import CommitSignal
+
+    load_users(warehouse)
+    commits = CommitSignal()
+    app = create_app(warehouse, Settings(home=tmp_path), commits=commits)
+    with TestClient(app) as c:
+        assert c.get(f"{V1}/summary", params={"gender": "Robot"}).status_code == 422
+        _, robot = parse_dimension_csv("user_id, age, gender, interests\nr, 40, Robot, Chess\n")
+        warehouse.load_dimension("users", robot, datetime(2023, 9, 1))
+        # no commit signalled: the values loaded before still hold, no query per request
+        assert c.get(f"{V1}/summary", params={"gender": "robot"}).status_code == 422
+        commits.notify()
+        r = c.get(f"{V1}/summary", params={"gender": "robot"})
+        assert r.status_code == 200 and r.json()["filters"] == {"gender": "Robot"}
+
+
+def test_known_values_check() -> None:
+    known = queries.KnownValues({"platform": ["Web", "WEB", "Mobile"], "ad_id": [1, 2]})
+    assert known.check(Filters(platform="mobile", ad_id=2)) == Filters(platform="Mobile", ad_id=2)
+    assert known.check(Filters(platform="WEB")) == Filters(platform="WEB")  # exact first
+    with pytest.raises(queries.UnknownValueError) as ambiguous:
+        known.check(Filters(platform="web"))
+    assert str(ambiguous.value) == (
+        "platform 'web' is ambiguous: the data holds 'WEB', 'Web'; give one exactly"
+    )
+    assert known.check(Filters(location="Nowhere")) == Filters(location="Nowhere")  # none stored
+    with pytest.raises(queries.UnknownValueError, match=r"^unknown --ad 3; the data holds 1, 2$"):
+        known.check(Filters(ad_id=3), {"ad_id": "--ad"})
+
+
+def test_other_endpoints_refuse_parameters_they_do_not_take(client: TestClient) -> None:
+    assert client.get(f"{V1}/health", params={"platform": "Web"}).status_code == 422
+    r = client.get(f"{V1}/top-ads", params={"rank_by": "revenue"})
+    assert r.status_code == 422 and "unknown parameter(s) rank_by" in r.json()["detail"]
+    assert client.get(f"{V1}/top-ads", params={"by": "revenue", "limit": "2"}).status_code == 200
+
+
 def test_oversized_and_repeated_query(client: TestClient) -> None:
     r = client.get(f"{V1}/summary?campaign=a&campaign=b")
-    assert r.status_code == 400 and "campaign" in r.json()["detail"]
+    assert r.status_code == 422 and "campaign" in r.json()["detail"]
     r = client.get(f"{V1}/summary?junk=" + "x" * 5000)
     assert r.status_code == 414 and r.json()["error"] == "query_too_long"
 

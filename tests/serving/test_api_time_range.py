@@ -44,11 +44,11 @@ def client(warehouse: Warehouse, tmp_path: Path) -> Iterator[TestClient]:
         yield c
 
 
-def test_times_out_of_range_are_a_400_naming_the_parameter(client: TestClient) -> None:
+def test_times_out_of_range_are_a_422_naming_the_parameter(client: TestClient) -> None:
     for endpoint in ENDPOINTS:
         for name, value in OUT_OF_RANGE:
             r = client.get(V1 + endpoint, params={name: value})
-            assert r.status_code == 400, (endpoint, r.text)
+            assert r.status_code == 422, (endpoint, r.text)
             assert r.json() == {
                 "error": "invalid_parameter",
                 "detail": f"{name}: {value!r} is outside the supported range 1000-01-01 to"

@@ -311,6 +311,107 @@ def test_dashboard_live_in_chromium(browser: Any, demo_url: str) -> None:
     page.close()
 
 
+def _chart(page: Any, canvas: str) -> Any:
+    """What a chart draws: its labels, and the tick labels of each axis."""
+    return page.evaluate(
+        """id => { const c = Chart.getChart(id); return { labels: c.data.labels,
+        x: c.scales.x.ticks.map(t => c.scales.x.getLabelForValue(t.value)),
+        y: c.scales.y.ticks.map(t => c.scales.y.getLabelForValue(t.value)) }; }""",
+        canvas,
+    )
+
+
+@pytest.mark.browser
+def test_dashboard_labels_and_texts_read_right(browser: Any, demo_url: str) -> None:
+    """Every bar labelled, health with each dead letter's stream and no cut table,
+    "new" against a thin previous period, trending's rate and its pp, readable hourly
+    labels with the partial last hour marked, age bands youngest first, the conversions
+    tile saying what it counts, and a hint under tables cut at phone width."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(demo_url + "?range=24h")
+    page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1", timeout=30_000)
+
+    for dimension in ("platform", "location", "gender", "age_band", "interest"):
+        drawn = _chart(page, f"c-b-{dimension}")
+        assert drawn["labels"] and drawn["y"] == drawn["labels"], dimension  # every bar
+        window = _window(page)
+        rows = httpx.get(
+            f"{demo_url}api/v1/breakdown/{dimension}", params={"from": window[0], "to": window[1]}
+        ).json()["rows"]
+        most = sorted(rows, key=lambda r: -r["clicks"])[:12]
+        # the 12 values with most clicks (ties at the edge may differ), in the API's order
+        assert len(drawn["labels"]) == len(most), dimension
+        if len(rows) > 12:
+            caption = page.inner_text(f"#cap-{dimension}")
+            assert caption.endswith(f"(the 12 with most clicks of {len(rows)})")
+    histogram = _chart(page, "c-histogram")
+    assert len(histogram["labels"]) > 6 and histogram["x"] == histogram["labels"]
+    assert histogram["labels"][:2] == ["0 s–30 s", "30 s–1 min"]
+
+    ages = _chart(page, "c-b-age_band")["labels"]
+    order = ["<18", "18-24", "25-34", "35-44", "45-54", "55-64", "65+", "(unknown)"]
+    assert ages == sorted(ages, key=order.index) and len(ages) >= 3
+
+    hourly = _chart(page, "c-volume")["labels"]
+    assert all(re.fullmatch(r"[A-Z][a-z]{2} \d{1,2} \d\d:00( \(partial\))?", x) for x in hourly)
+    assert hourly[-1].endswith(" (partial)") and page.is_visible("#partial")
+    assert "is not complete yet" in page.inner_text("#partial")
+
+    # the backfill is 5 minutes: the 24 h before hold nothing to compare with
+    assert page.inner_text(".tile[data-key=impressions] .delta") == "no previous data"
+    conversions = page.inner_text(".tile[data-key=conversions]")
+    assert conversions.startswith("Conversions (all)\n")
+    assert re.search(r"\nattributed: [\d,]+\n", conversions), conversions
+
+    note = page.inner_text("#trending-note")
+    assert note.startswith("conversion rate = attributed conversions per click, in the latest")
+    assert "change in percentage points (pp)" in note
+    headers = page.eval_on_selector_all("#trending th", "ths => ths.map(t => t.textContent)")
+    assert headers == ["campaign", "conv. rate before", "conv. rate latest", "change", "clicks"]
+    changes = page.eval_on_selector_all(
+        "#trending td:nth-child(4)", "t => t.map(c => c.textContent)"
+    )
+    assert all(c.endswith(" pp") for c in changes if c != "no data")
+
+    health = httpx.get(demo_url + "api/v1/health").json()
+    text = page.inner_text("#health")
+    for dead in health["dead_letters"]:
+        assert f"{dead['stream']} · {dead['reason']}: " in text
+    assert not page.eval_on_selector("#health .scroll", "s => s.classList.contains('cut')")
+    assert page.is_hidden("#health .scroll-hint")
+
+    icon = httpx.get(demo_url + "favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    _until(
+        lambda: page.eval_on_selector("#health .scroll", "s => s.classList.contains('cut')"),
+        5,
+        "the health table to say it scrolls at phone width",
+    )
+    assert page.is_visible("#health .scroll-hint")
+    assert page.inner_text("#health .scroll-hint") == "scroll sideways for more →"
+
+    # a filtered URL, for the docs
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(demo_url + "?range=1h&platform=mobile")  # any case: the API gives the stored one
+    page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1", timeout=30_000)
+    assert page.is_hidden("#error")
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT.with_name("dashboard-filtered.png")), full_page=True)
+    assert not errors, errors
+    page.close()
+
+
+def test_favicon_is_served(client: TestClient) -> None:
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+    assert icon.text.startswith("<svg")
+    assert '<link rel="icon" href="/favicon.ico"' in client.get("/").text
+
+
 @pytest.mark.browser
 def test_page_without_chart_library_still_shows_numbers(
     browser: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -339,6 +440,20 @@ def test_page_without_chart_library_still_shows_numbers(
             assert page.evaluate("document.body.dataset.to") == "2023-09-09T10:05"
             assert page.inner_text(".tile[data-key=impressions] .value") == "230"
             assert summary["impressions"] == 230
+            # "vs previous": a percentage against 140 impressions before (80 now) ...
+            at = "?range=custom&from=2023-09-09T10:0{}&to=2023-09-09T10:0{}"
+            page.goto(base + at.format(1, 3))
+            page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1")
+            delta = ".tile[data-key=impressions] .delta"
+            assert page.inner_text(delta) == "▼ -42.9% vs previous"
+            # ... and "new" against 80 before (under 100: too few to compare)
+            page.goto(base + at.format(3, 5))
+            page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1")
+            assert page.inner_text(".tile[data-key=impressions] .value") == "10"
+            assert page.inner_text(delta) == "new vs previous"
+            assert page.get_attribute(delta, "title") == (
+                "previous 2 min: 80 (too few impressions before to compare: 80)"
+            )
             page.close()
         finally:
             server.should_exit = True

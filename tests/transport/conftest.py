@@ -1,7 +1,7 @@
 """Fixtures shared by the transport tests: every transport behind one factory.
 
 ``make_transport`` runs a test against every transport (in-memory, embedded, embedded
-with tiny segments, Redis Streams); such tests treat offsets as opaque tokens, compared
+with tiny segments, Redis Streams, Kinesis on the local AWS API server); such tests treat offsets as opaque tokens, compared
 for equality only. ``make_byte_transport`` covers the transports whose offsets are byte
 positions, for the tests of that numbering.
 """

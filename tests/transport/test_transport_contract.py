@@ -1,8 +1,8 @@
 """The Transport contract, run against every transport (memory, embedded, tiny segments,
-Redis Streams).
+Redis Streams, Kinesis).
 
 Offsets are opaque: each transport numbers its records its own way (byte positions, Redis
-entry ids), so expectations name the offset after the n-th record as read back one record
+entry ids, Kinesis shard sequence numbers), so expectations name the offset after the n-th record as read back one record
 at a time (:func:`record_ends`) and compare offsets for equality only, never by
 arithmetic. What the byte-position numbering promises is tested separately, on the
 transports that use it.

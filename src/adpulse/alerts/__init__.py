@@ -30,7 +30,7 @@ def open_alerting(
     ``sync``: the serving store's sync, whose rebuilds the monitor reports;
     ``watch_streams``: see :class:`AlertMonitor`."""
     dispatcher = Dispatcher(notifiers_for(settings))
-    probe = None if sync is None else (lambda: (sync.rebuilds, sync.behind))
+    probe = None if sync is None else (lambda: (sync.repairs, sync.behind))
     monitor = AlertMonitor(
         settings, dispatcher.send, store_rebuilds=probe, watch_streams=watch_streams
     )

@@ -8,9 +8,10 @@ keep both equal; ``adpulse grafana export DIR --prometheus-url URL`` writes it
 
 Where Prometheus can say more than the process: the built-in ``processor_stopped``
 cannot fire for a process killed outright, this one can (the last commit time is read
-over a window, so the series going away does not clear the condition). Where it can say
-less: rules with no metric to express them are listed in :data:`NOT_EXPRESSED` and
-written as comments into the file, so a reader of the file knows what it lacks.
+over a window, so the series going away does not clear the condition). Every built-in
+rule has a twin here (``server_unavailable:SETTING`` and ``stream_silent:STREAM`` carry
+the setting and the stream as labels); should a rule ever lack a metric, it is listed
+in :data:`NOT_EXPRESSED` and written as a comment into the file.
 """
 
 from __future__ import annotations
@@ -24,14 +25,10 @@ from adpulse.config import Settings
 GROUP: Final = "adpulse"
 
 #: Built-in rules without a metric to express them, and why (the file's comments).
-NOT_EXPRESSED: Final = {
-    "commits_failing": "no metric counts failed or retried commits (the retriers only log"
-    " and tell the built-in monitor); a commit given up on stops the processor, which"
-    " processor_stopped then reports",
-    "server_unavailable:SETTING": "no metric counts retried transport or warehouse operations",
-    "crash_loop": "the `process --workers N` supervisor, which counts restarts, serves no metrics",
-    "store_rebuild": "no metric counts serving-store rebuilds",
-}
+NOT_EXPRESSED: Final[dict[str, str]] = {}
+#: How long ``store_rebuild`` holds after a repair rebuild (the built-in one resolves at
+#: its next check once the store is current; Prometheus sees only the counter's step).
+STORE_REBUILD_WINDOW: Final = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +55,11 @@ def duration(seconds: float) -> str:
     takes no fractions)."""
     millis = round(seconds * 1000)
     return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
+
+
+def number(value: float) -> str:
+    """A bound as PromQL and people read it: ``1000000``, ``0.5`` (never ``1e+06``)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def prometheus_rules(settings: Settings) -> list[PromRule]:
@@ -108,17 +110,66 @@ def prometheus_rules(settings: Settings) -> list[PromRule]:
                 for_seconds=bound - step,
             )
         )
-    if s.alert_lag_bytes:
+    bounds = [
+        (metric, setting, bound)
+        for metric, setting, bound in (
+            ("adpulse_lag_bytes", "alert_lag_bytes", s.alert_lag_bytes),
+            ("adpulse_lag_records", "alert_lag_records", s.alert_lag_records),
+            ("adpulse_lag_seconds", "alert_lag_age_seconds", s.alert_lag_age_seconds),
+        )
+        if bound
+    ]
+    if bounds:
         rules.append(
             PromRule(
                 "lag",
-                f"adpulse_lag_bytes > {s.alert_lag_bytes}",
-                f"{{{{ $labels.instance }}}} is {{{{ $value | humanize1024 }}}}B behind the"
-                f" log, more than alert_lag_bytes = {s.alert_lag_bytes} for"
-                f" {s.alert_lag_seconds:g} s; add workers or check what slows it",
+                " or ".join(f"{metric} > {number(bound)}" for metric, _, bound in bounds),
+                "{{ $labels.instance }} is behind the log ({{ $labels.__name__ }} ="
+                " {{ $value }}) over "
+                + ", ".join(f"{setting} = {number(bound)}" for _, setting, bound in bounds)
+                + f" for {s.alert_lag_seconds:g} s; add workers or check what slows it",
                 for_seconds=s.alert_lag_seconds,
             )
         )
+    rules.append(
+        PromRule(
+            "commits_failing",
+            'adpulse_server_failing{setting="warehouse_url", operation="commit"} > 0',
+            "{{ $labels.instance }}: the warehouse's commits fail and are retried (or were"
+            " given up on, which stops the processor); see adpulse_commit_failures_total and"
+            " check the warehouse",
+        )
+    )
+    rules.append(
+        PromRule(
+            "server_unavailable",
+            'max by (instance, setting) (adpulse_server_failing{operation="other"}) > 0',
+            "{{ $labels.instance }}: operations on the server of {{ $labels.setting }} fail"
+            " and are retried (or were given up on); check that server and the setting",
+        )
+    )
+    restarts = s.alert_crash_restarts
+    if restarts:
+        window = duration(s.alert_crash_window_seconds)
+        rules.append(
+            PromRule(
+                "crash_loop",
+                f"max_over_time(adpulse_worker_restarts_total[{window}])"
+                f" - min_over_time(adpulse_worker_restarts_total[{window}]) >= {restarts}",
+                f"{{{{ $labels.instance }}}}: workers crashed {{{{ $value }}}} times in"
+                f" {s.alert_crash_window_seconds:g} s (alert_crash_restarts = {restarts});"
+                " see their errors in the log",
+            )
+        )
+    rules.append(
+        PromRule(
+            "store_rebuild",
+            f'increase(adpulse_store_rebuilds_total{{kind="repair"}}'
+            f"[{duration(STORE_REBUILD_WINDOW)}]) > 0",
+            "{{ $labels.instance }}: the serving store was rebuilt from the warehouse (a"
+            " write failed or it fell behind); reads fall back to the warehouse meanwhile",
+        )
+    )
     return rules
 
 
@@ -136,15 +187,24 @@ def rules_comment(settings: Settings) -> str:
     lines = [
         "Prometheus alerting rules equal to adpulse's built-in alerts (docs/alerts.md),",
         "with the bounds of the settings they were written from. Check: promtool check rules",
-        "Built-in rules with no metric to express them (alerted by the process itself only):",
     ]
-    lines += [f"  {name}: {why}" for name, why in NOT_EXPRESSED.items()]
+    if NOT_EXPRESSED:
+        lines.append(
+            "Built-in rules with no metric to express them (alerted by the process itself only):"
+        )
+        lines += [f"  {name}: {why}" for name, why in NOT_EXPRESSED.items()]
     off = [
         name
         for name, bound in (
             ("processor_stopped", settings.alert_processor_silent_seconds),
             ("stream_silent", settings.alert_stream_silent_seconds),
-            ("lag", settings.alert_lag_bytes),
+            (
+                "lag",
+                settings.alert_lag_bytes
+                or settings.alert_lag_records
+                or settings.alert_lag_age_seconds,
+            ),
+            ("crash_loop", settings.alert_crash_restarts),
         )
         if not bound
     ]

@@ -20,14 +20,17 @@ events), which no commit can announce:
   on a server (the transport, a read) is being retried or was given up on. Both are
   told by the servers' retriers (:func:`adpulse.outages.observe_retries`) and resolve
   with the first success after the failure;
-- ``lag``: the processor stayed more than ``alert_lag_bytes`` behind the log (bytes not
-  yet processed) for longer than ``alert_lag_seconds``; read every check by the runtime's
-  probe (:meth:`AlertMonitor.watch_lag`);
+- ``lag``: the processor stayed behind the log by more than ``alert_lag_bytes`` bytes,
+  ``alert_lag_records`` records or ``alert_lag_age_seconds`` seconds of appends (any
+  bound over; 0 turns a bound off) for longer than ``alert_lag_seconds``; read every
+  check from the runtime's lag probe (:meth:`AlertMonitor.watch_lag`), which the
+  ``/metrics`` scrapes share;
 - ``crash_loop``: ``process --workers N`` restarted crashed workers at least
   ``alert_crash_restarts`` times within ``alert_crash_window_seconds`` (the supervisor
   tells :meth:`AlertMonitor.crashed`);
-- ``store_rebuild``: the serving store was rebuilt from the warehouse after its start
-  (a failed write or a gap); resolved once it is current again.
+- ``store_rebuild``: the serving store was rebuilt from the warehouse after it had been
+  current (a failed write, a gap, a flushed store: :attr:`StoreSync.repairs`); resolved
+  once it is current again.
 
 Each rule fires once per incident and sends one "resolved" when it clears. A flapping
 rule is rate-limited: a rule fires at most once per ``alert_min_interval_seconds``; a
@@ -47,8 +50,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from adpulse.config import Settings
-from adpulse.outages import Retrier
+from adpulse.outages import Retrier, is_commit
 from adpulse.storage.warehouse.base import BatchOutput
+from adpulse.transport.base import Lag
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +92,9 @@ class AlertMonitor:
     """Evaluates the rules (module docs) and hands each change to ``send``.
 
     ``clock`` (seconds, monotonic) is injectable for tests. ``store_rebuilds``, when
-    given, returns how many times the serving store was rebuilt and whether it is behind
-    the warehouse (the runtime passes the store sync's counters). ``watch_streams``:
+    given, returns how many times the serving store was rebuilt after it had been
+    current, and whether it is behind the warehouse (the runtime passes the store sync's
+    ``repairs`` and ``behind``). ``watch_streams``:
     False in a process that runs no processor (the workers' supervisor), where streams
     are never seen.
     """
@@ -120,9 +125,9 @@ class AlertMonitor:
         self._crashes: deque[tuple[float, int, int]] = deque()
         #: rule -> (summary, details) of servers failing now, from the retriers.
         self._servers: dict[str, tuple[str, dict[str, Any]]] = {}
-        self._lag: Callable[[], int] | None = None
+        self._lag: Callable[[], Lag | None] | None = None
         self._lag_since: float | None = None  # when the lag went over the bound
-        self._rebuilds_seen: int | None = None
+        self._rebuilds_seen = 0
         self._rebuild_active = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -153,7 +158,7 @@ class AlertMonitor:
     # -- the retry observer (any thread: record only) ------------------------------------
     @staticmethod
     def _server_rule(retrier: Retrier, what: str) -> str:
-        if retrier.setting == "warehouse_url" and what.startswith("the commit"):
+        if is_commit(retrier, what):
             return "commits_failing"
         return f"server_unavailable:{retrier.setting}"
 
@@ -183,9 +188,9 @@ class AlertMonitor:
                     continue
                 self._servers.pop(rule, None)
 
-    def watch_lag(self, lag: Callable[[], int]) -> None:
-        """Read the processor's lag (bytes) with ``lag`` on each check; called on the
-        evaluation thread only (a consumer of that thread's own). Replaces the last."""
+    def watch_lag(self, lag: Callable[[], Lag | None]) -> None:
+        """Read the processor's lag with ``lag`` on each check (the runtime's
+        :class:`~adpulse.processor.lag.LagProbe`, thread-safe). Replaces the last."""
         self._lag, self._lag_since = lag, None
 
     def crashed(self, slot: int, status: int) -> None:
@@ -252,9 +257,7 @@ class AlertMonitor:
             found["lag"] = lagging
         if self.store_rebuilds is not None:
             rebuilds, behind = self.store_rebuilds()
-            if self._rebuilds_seen is None:  # the start's rebuild is no incident
-                self._rebuilds_seen = None if behind else rebuilds
-            elif rebuilds > self._rebuilds_seen:
+            if rebuilds > self._rebuilds_seen:
                 self._rebuild_active, self._rebuilds_seen = True, rebuilds
             elif not behind:
                 self._rebuild_active = False
@@ -268,25 +271,35 @@ class AlertMonitor:
 
     def _lagging(self, now: float) -> tuple[str, dict[str, Any]] | None:
         s = self.settings
-        if self._lag is None or not s.alert_lag_bytes:
+        if self._lag is None or not (
+            s.alert_lag_bytes or s.alert_lag_records or s.alert_lag_age_seconds
+        ):
             return None
         try:
             lag = self._lag()
         except Exception:  # noqa: BLE001 - a server down is its own rule
             log.debug("reading the lag failed", exc_info=True)
             return None
-        if lag <= s.alert_lag_bytes:
+        over = [] if lag is None else lag_over(s, lag)
+        if lag is None or not over:
             self._lag_since = None
             return None
         if self._lag_since is None:
             self._lag_since = now
         if now - self._lag_since < s.alert_lag_seconds:
             return None
+        records = "" if lag.records is None else f", {lag.records:,} records"
+        age = "" if lag.seconds is None else f", {lag.seconds:.1f} s of appends"
         return (
-            f"the processor is {lag:,} bytes behind the log and has been more than"
-            f" alert_lag_bytes = {s.alert_lag_bytes:,} behind for"
-            f" {now - self._lag_since:.0f} s; add workers or check what slows it",
-            {"lag_bytes": lag, "behind_seconds": round(now - self._lag_since, 1)},
+            f"the processor is {lag.bytes:,} bytes{records}{age} behind the log and has been"
+            f" over {' and '.join(over)} for {now - self._lag_since:.0f} s; add workers or"
+            " check what slows it",
+            {
+                "lag_bytes": lag.bytes,
+                "lag_records": lag.records,
+                "lag_seconds": lag.seconds,
+                "behind_seconds": round(now - self._lag_since, 1),
+            },
         )
 
     def check(self) -> list[Alert]:
@@ -339,3 +352,18 @@ class AlertMonitor:
                 log.exception("checking the alert rules failed")
         for close in self._on_close:
             close()
+
+
+def lag_over(settings: Settings, lag: Lag) -> list[str]:
+    """The lag bounds ``lag`` is over (``"alert_lag_records = 1,000"``...); a bound of 0,
+    or a figure the transport cannot tell, never is."""
+    s = settings
+    over = []
+    if s.alert_lag_bytes and lag.bytes > s.alert_lag_bytes:
+        over.append(f"alert_lag_bytes = {s.alert_lag_bytes:,}")
+    if s.alert_lag_records and lag.records is not None and lag.records > s.alert_lag_records:
+        over.append(f"alert_lag_records = {s.alert_lag_records:,}")
+    age = s.alert_lag_age_seconds
+    if age and lag.seconds is not None and lag.seconds > age:
+        over.append(f"alert_lag_age_seconds = {age:g}")
+    return over

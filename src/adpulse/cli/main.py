@@ -29,6 +29,7 @@ from adpulse.cli.runtime import (
     settings_for,
 )
 from adpulse.cli.stopping import StopRequest, stop_on_signals
+from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.metrics import GROUPED_NAMES
 
@@ -360,7 +361,8 @@ def process(
             min=0,
             max=65535,
             help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics (0: none;"
-            " default: the metrics_port setting).",
+            " default: the metrics_port setting). With --workers N: the supervisor's"
+            " (worker restarts).",
         ),
     ] = None,
     verbose: VerboseOpt = False,
@@ -374,13 +376,6 @@ def process(
     configure_logging(verbose)
     overrides: dict[str, Any] = {} if metrics_port is None else {"metrics_port": metrics_port}
     settings = settings_for(home, config, partitions=partitions, **overrides)
-    if workers > 1 and settings.metrics_port:
-        raise UserError(
-            f"--workers {workers} with metrics port {settings.metrics_port}: the workers"
-            " cannot share one port. Start each worker as its own `adpulse process"
-            " --metrics-port PORT` (they share the partitions all the same), or set"
-            " --metrics-port 0"
-        )
     if workers > 1:
         _supervise_workers(settings, workers, home, config, until_caught_up, verbose)
         return
@@ -423,20 +418,11 @@ def process(
 
 def _serve_process_metrics(rt: Runtime, runner: Any, port: int) -> None:
     """prometheus-client's own HTTP server for this process's metrics (daemon thread,
-    gone with the process), with the lag asked of a consumer of the scrapes' own."""
-    from adpulse.processor.pipeline import Processor
+    gone with the process); the lag comes from the runtime's probe, shared with the
+    alerts (wired by processor_for and partition_worker_for)."""
     from adpulse.telemetry import serve_metrics
 
     metrics = rt.pipeline_metrics()
-    if isinstance(runner, Processor):  # a shared-partitions worker's set changes; no lag
-        reader = rt.transport.consumer()
-        lock = threading.Lock()
-
-        def lag() -> int:
-            with lock:  # scrapes may overlap; a consumer is not thread-safe
-                return runner.lag_bytes(reader)
-
-        metrics.watch_lag(lag)
     try:
         serve_metrics(metrics.registry, port)
     except OSError as exc:
@@ -452,7 +438,9 @@ def _supervise_workers(
     until_caught_up: bool,
     verbose: bool,
 ) -> None:
-    """``process --workers N``: N child ``adpulse process`` workers, restarted if they crash."""
+    """``process --workers N``: N child ``adpulse process`` workers, restarted if they
+    crash; ``settings.metrics_port`` serves the supervisor's metrics (its restarts), not
+    the workers' (N workers cannot share a port: start them separately for theirs)."""
     from adpulse.processor.workers import supervise
 
     with open_runtime(settings) as rt:  # checks the settings, creates the tables once
@@ -463,7 +451,8 @@ def _supervise_workers(
                 " Set warehouse_url (ADPULSE_WAREHOUSE_URL) to postgresql://..., or run"
                 " one worker (--workers 1)"
             )
-    command = [sys.executable, "-m", "adpulse", "process", "--supervised"]
+    # the workers serve no metrics: the port, if any, is the supervisor's
+    command = [sys.executable, "-m", "adpulse", "process", "--supervised", "--metrics-port", "0"]
     for option, value in (("--home", home), ("--config", config)):
         if value is not None:
             command += [option, str(value)]
@@ -476,6 +465,22 @@ def _supervise_workers(
     from adpulse.alerts import open_alerting
 
     alerts = open_alerting(settings, watch_streams=False)  # tells crash loops
+    on_crash = alerts.crashed
+    if settings.metrics_port:
+        from adpulse.telemetry import SupervisorMetrics, new_registry, serve_metrics
+
+        metrics = SupervisorMetrics(new_registry(), workers)
+        try:
+            serve_metrics(metrics.registry, settings.metrics_port)
+        except OSError as exc:
+            alerts.close()
+            raise UserError(str(exc)) from None
+        console.print(f"supervisor metrics at http://127.0.0.1:{settings.metrics_port}/metrics")
+
+        def on_crash(slot: int, status: int) -> None:
+            alerts.crashed(slot, status)
+            metrics.crashed(slot, status)
+
     try:
         with stop_on_signals() as stopping:
             code = supervise(
@@ -483,7 +488,7 @@ def _supervise_workers(
                 workers,
                 stopping.event,
                 until_caught_up=until_caught_up,
-                on_crash=alerts.crashed,
+                on_crash=on_crash,
             )
     finally:
         alerts.close()
@@ -595,6 +600,7 @@ def query(
             start_name="--from",
             end_name="--to",
         )
+        filters = queries.minute_aligned(filters)  # whole minutes, as the HTTP API reads them
     except queries.FilterError as exc:
         raise UserError(str(exc)) from exc
     group = cast("queries.GroupBy", None if by is GroupByOpt.none else by.value)
@@ -602,34 +608,125 @@ def query(
         raise UserError(f"--rank-by must be revenue or conversion_rate, not {rank_by!r}")
     mc = settings.min_clicks if min_clicks is None else min_clicks
     minutes = settings.trending_window_minutes if window is None else window
-    with open_runtime(settings, read_only=True) as rt:
-        wh = rt.warehouse
-        if metric in GROUPED_NAMES:
-            frame = queries.grouped_metric(wh, metric, filters, group, store=rt.store)
-        elif metric == "trending":
-            frame = queries.trending(
-                wh,
-                filters,
-                window_minutes=minutes,
-                min_clicks=mc,
-                limit=limit,
-                store=rt.store,
-            )
-        elif metric == "top-ads":
-            frame = queries.top_ads(
-                wh,
-                filters,
-                by=cast("Literal['revenue', 'conversion_rate']", rank_by),
-                min_clicks=mc,
-                limit=limit,
-                store=rt.store,
-            )
-        else:
-            frame = queries.summary(wh, filters, store=rt.store)
+    try:
+        with open_runtime(settings, read_only=True) as rt:
+            wh = rt.warehouse
+            filters = _checked(rt, filters)
+            if fmt is OutputFormat.json:  # the HTTP API's answer, the same shape
+                answer = _answer(rt, metric, filters, group, rank_by, mc, minutes, limit)
+                sys.stdout.write(_json(answer))
+                return
+            if metric in GROUPED_NAMES:
+                frame = queries.grouped_metric(wh, metric, filters, group, store=rt.store)
+            elif metric == "trending":
+                frame = queries.trending(
+                    wh,
+                    filters,
+                    window_minutes=minutes,
+                    min_clicks=mc,
+                    limit=limit,
+                    store=rt.store,
+                )
+            elif metric == "top-ads":
+                frame = queries.top_ads(
+                    wh,
+                    filters,
+                    by=cast("Literal['revenue', 'conversion_rate']", rank_by),
+                    min_clicks=mc,
+                    limit=limit,
+                    store=rt.store,
+                )
+            else:
+                frame = queries.summary(wh, filters, store=rt.store)
+            empty = "no rows match these filters"
+            if frame.height == 0 and fmt is OutputFormat.table:
+                empty = _why_nothing(wh, metric, filters, rank_by, mc, minutes)
+    except UserError as exc:  # a running demo or server holds the warehouse: ask it
+        from adpulse.cli import remote
+
+        server = remote.server_holding(settings, exc)
+        path, params = _api_query(metric, group, rank_by, mc, minutes, limit)
+        params |= {"campaign": campaign, "ad": ad, "from": from_, "to": to}
+        params |= {"platform": platform, "location": location, "gender": gender}
+        params |= {"age_band": age_band, "interest": interest}
+        err.print(f"(asking {server.url}: process {server.pid} holds the warehouse)")
+        answer = remote.get(server, path, params)
+        if fmt is OutputFormat.json:
+            sys.stdout.write(_json(answer))
+            return
+        frame = _frame_of(answer)
         empty = "no rows match these filters"
-        if frame.height == 0 and fmt is OutputFormat.table:
-            empty = _why_nothing(wh, metric, filters, rank_by, mc, minutes)
     _print_frame(frame, fmt, empty)
+
+
+def _api_query(
+    metric: str, group: Any, rank_by: str, min_clicks: int, minutes: int, limit: int
+) -> tuple[str, dict[str, Any]]:
+    """The HTTP API's path and parameters (filters aside) for this ``query``."""
+    if metric in GROUPED_NAMES:
+        return f"metrics/{metric}", {"by": group}
+    if metric == "trending":
+        return "trending", {"window": minutes, "min_clicks": min_clicks, "limit": limit}
+    if metric == "top-ads":
+        return "top-ads", {"by": rank_by, "min_clicks": min_clicks, "limit": limit}
+    return "summary", {}
+
+
+def _frame_of(answer: dict[str, Any]) -> pl.DataFrame:
+    """The rows of an API answer (the summary's one object as one row) as a frame."""
+    rows = [answer["summary"]] if "summary" in answer else answer.get("rows") or []
+    return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
+
+
+#: The CLI's names of the checked filters, for messages.
+OPTION_NAMES = {
+    "campaign": "--campaign",
+    "ad_id": "--ad",
+    "platform": "--platform",
+    "location": "--location",
+    "gender": "--gender",
+    "interest": "--interest",
+}
+
+
+def _checked(rt: Runtime, filters: Any) -> Any:
+    """``filters`` with stored spellings; a :class:`UserError` (exit 2) naming the close
+    matches of a value the data does not hold."""
+    from adpulse.serving import queries
+
+    try:
+        return queries.known_values(rt.warehouse).check(filters, OPTION_NAMES)
+    except queries.FilterError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _answer(
+    rt: Runtime,
+    metric: str,
+    filters: Any,
+    group: Any,
+    rank_by: str,
+    min_clicks: int,
+    minutes: int,
+    limit: int,
+) -> dict[str, Any]:
+    """What ``GET /api/v1/...`` answers for this query (:mod:`adpulse.serving.answers`)."""
+    from adpulse.serving import answers
+
+    wh, store = rt.warehouse, rt.store
+    if metric in GROUPED_NAMES:
+        return answers.metric_answer(wh, metric, filters, group, store)
+    if metric == "trending":
+        return answers.trending_answer(wh, filters, minutes, min_clicks, limit, store)
+    if metric == "top-ads":
+        by = cast("Literal['revenue', 'conversion_rate']", rank_by)
+        return answers.top_ads_answer(wh, filters, by, min_clicks, limit, store)
+    return answers.summary_answer(wh, filters, store)
+
+
+def _json(value: Any) -> str:
+    """``value`` (JSON-ready) as indented JSON and a newline."""
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
 
 
 def _why_nothing(
@@ -677,11 +774,29 @@ def status(
     from adpulse.serving import queries
 
     settings = settings_for(home, config)
-    with open_runtime(settings, read_only=True) as rt:
-        info: dict[str, Any] = dict(queries.pipeline_status(rt.warehouse))
-        owners = queries.partition_owners(rt.warehouse)
-        if owners.height:  # only when workers share the partitions
-            info["partition_owners"] = owners
+    try:
+        with open_runtime(settings, read_only=True) as rt:
+            info: dict[str, Any] = dict(queries.pipeline_status(rt.warehouse))
+            owners = queries.partition_owners(rt.warehouse)
+            if owners.height:  # only when workers share the partitions
+                info["partition_owners"] = owners
+            if settings.transport_url.startswith("kinesis://"):
+                info["kinesis_shards"] = _kinesis_shards(
+                    settings, rt.warehouse.load_offsets(), owners
+                )
+    except UserError as exc:  # a running demo or server holds the warehouse: ask it
+        from adpulse.cli import remote
+
+        server = remote.server_holding(settings, exc)
+        err.print(f"(asking {server.url}: process {server.pid} holds the warehouse)")
+        health = remote.get(server, "health", {})
+        info = {
+            name: pl.DataFrame(value, infer_schema_length=None)
+            if isinstance(value, list)
+            else value
+            for name, value in health.items()
+            if name not in ("data_range", "live")  # what `status` shows, no more
+        }
     if fmt is OutputFormat.json:
         plain = {k: v.to_dicts() if isinstance(v, pl.DataFrame) else v for k, v in info.items()}
         sys.stdout.write(json.dumps(plain, default=str, indent=2) + "\n")
@@ -692,6 +807,30 @@ def status(
             _print_frame(value, OutputFormat.table, f"no {name.replace('_', ' ')}")
         else:
             console.print(tables.format_value(name, value))
+
+
+def _kinesis_shards(
+    settings: Settings, committed: dict[tuple[Stream, int], str], owners: pl.DataFrame
+) -> pl.DataFrame | str:
+    """Shard, owner and iterator age of each stream partition (the streams are not
+    created: status only reads); why not, when the streams cannot be read."""
+    from adpulse.transport.kinesis import open_kinesis_transport
+
+    by_partition = {
+        int(r["partition"]): f"{r['host']}:{r['pid']}"
+        for r in (owners.to_dicts() if owners.height else [])
+        if r["live"]
+    }
+    try:
+        transport = open_kinesis_transport(
+            settings.transport_url, settings.partitions, settings.max_record_bytes, create=False
+        )
+        try:
+            return pl.DataFrame(transport.shard_report(dict(committed), by_partition))
+        finally:
+            transport.close()
+    except Exception as exc:  # noqa: BLE001 - status reports what it cannot read
+        return f"unavailable: {exc}"
 
 
 # ---------------------------------------------------------------------------- grafana

@@ -19,15 +19,16 @@ from rich.table import Table
 from adpulse.commits import CommitSignal
 from adpulse.config import Settings
 from adpulse.contracts import Stream
+from adpulse.processor.lag import LagProbe
 from adpulse.processor.pipeline import BatchReport, Processor
 from adpulse.runtime import Runtime, UserError, Worker, open_runtime, processor_for
 from adpulse.serving import queries
+from adpulse.serving.http.announce import Announcement
 from adpulse.sources.collector import Collector
 from adpulse.sources.files import write_csv
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
 from adpulse.storage.dimensions import read_dimension_csv
-from adpulse.transport.base import Consumer
 
 if TYPE_CHECKING:
     from adpulse.serving.auth import Access
@@ -170,29 +171,28 @@ def run_demo(
                 last = current
 
         commits = CommitSignal()  # the API's cache and live feed follow the commits
-        processor = processor_for(rt, commits)
-        # /metrics shows the lag the display last measured (its consumer, its thread)
-        rt.pipeline_metrics().watch_lag(lambda: int(live_figures.get("lag_bytes", 0)))
+        processor = processor_for(rt, commits)  # also points the lag probe at it
         produce_thread = Worker(produce, "producer")
         process_thread = Worker(processor.run, "processor", processing, on_batch=rates.add)
         threads = [produce_thread, process_thread]
-        server = server_thread = None
+        server = server_thread = announcement = None
         if sock is not None:
             server, server_thread = _start_api(
                 rt, sock, rates, live_figures, console, commits, access
             )
             threads.append(server_thread)
+            # `adpulse query`/`status` ask this process while it holds the warehouse
+            announcement = Announcement(settings, sock)
         for t in threads:
             t.start()
-        # The display thread's own consumer: consumers are not thread-safe.
-        lag_reader = rt.transport.consumer()
+        lag_probe = rt.lag_probe()  # the process's one, shared with /metrics and the alerts
         console.print(f"demo running at {rate:,.0f} events/s into {settings.home} — Ctrl-C to stop")
         try:
             with Live(console=console, refresh_per_second=4, transient=False) as live:
                 while not stop.is_set():
                     if any(t.error is not None for t in threads):
                         break
-                    live.update(_screen(rt, processor, rates, settings, lag_reader, live_figures))
+                    live.update(_screen(rt, processor, rates, settings, lag_probe, live_figures))
                     if duration is not None and not produce_thread.is_alive():
                         break  # it produced its --duration of events
                     stop.wait(refresh)
@@ -208,13 +208,14 @@ def run_demo(
         finally:
             producing.set()
             processing.set()
+            if announcement is not None:
+                announcement.close()
             if server is not None and server_thread is not None:
                 from adpulse.serving.api import stop_server
 
                 stop_server(server, server_thread)
             if sock is not None:
                 sock.close()
-            lag_reader.close()
             producer.close()
             processor.close()
         for t in threads:
@@ -280,7 +281,7 @@ def _screen(
     processor: Processor,
     rates: _Rates,
     settings: Settings,
-    lag_reader: Consumer,
+    lag_probe: LagProbe,
     live_figures: dict[str, float] | None = None,
 ) -> Group:
     per_second = rates.per_second()
@@ -322,7 +323,8 @@ def _screen(
         by_reason = reasons.group_by("reason").agg(pl.col("records").sum()).sort("reason")
         for reason, records in by_reason.iter_rows():
             dead.add_row(str(reason), f"{records:,}")
-    lag = processor.lag_bytes(lag_reader)
+    measured = lag_probe.read()
+    lag = 0 if measured is None else measured.bytes
     if live_figures is not None:
         live_figures["lag_bytes"] = float(lag)
     latest = queries.data_range(rt.warehouse)

@@ -38,6 +38,7 @@ from adpulse.runtime import (
 )
 from adpulse.serving.auth import Access, HostGate, InsecureServeError, access_of_server, is_loopback
 from adpulse.serving.cors import CollectorCors
+from adpulse.serving.http.announce import Announcement
 from adpulse.sources.collector import Collector, CollectorError, CollectorPaths, collector_router
 from adpulse.transport.base import Transport
 
@@ -112,6 +113,8 @@ def run_serve(
             app = collector_app(collector, settings, access)
         server = make_server(app, "info" if verbose else "warning")
         url = url_of(sock)
+        if api and rt is not None:  # `adpulse query`/`status` ask here while we hold the file
+            opened.enter_context(Announcement(settings, sock))
         console.print(f"serving {settings.home} at {url} (API docs: {url}docs)")
         if collector is not None:
             console.print(f"collecting events at {url}v1/events/{{stream}}")

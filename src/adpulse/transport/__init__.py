@@ -54,6 +54,19 @@ def open_redis(settings: Settings) -> Transport:
     )
 
 
+def open_kinesis(settings: Settings) -> Transport:
+    """``kinesis://PREFIX?region=...``: Kinesis Data Streams (boto3 is imported only here)."""
+    from adpulse.transport.kinesis import open_kinesis_transport
+
+    return open_kinesis_transport(
+        settings.transport_url,
+        settings.partitions,
+        settings.max_record_bytes,
+        retry_seconds=settings.infra_retry_seconds,
+        connect_seconds=settings.infra_timeout_seconds,
+    )
+
+
 def open_memory(settings: Settings) -> Transport:
     """``memory://``: in-process, for tests."""
     return InMemoryTransport(settings.partitions, max_record_bytes=settings.max_record_bytes)

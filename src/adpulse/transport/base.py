@@ -1,14 +1,14 @@
 """The transport contract: a partitioned, durable, at-least-once log of event records.
 
-Every transport (the embedded on-disk log, in-memory for tests, Redis Streams)
-implements :class:`Transport`; a new one (e.g. Kinesis, not built yet) implements it too
-and passes the shared contract tests. Records travel as *framed lines* (see
+Every transport (the embedded on-disk log, in-memory for tests, Redis Streams, Kinesis)
+implements :class:`Transport`; a new one implements it too and passes the shared
+contract tests. Records travel as *framed lines* (see
 :mod:`adpulse.transport.framing`): one record per ``\\n``-terminated line, so a chunk of
 a partition can be handed to a vectorized NDJSON decoder without copying record by record.
 
 Offsets are opaque strings chosen by the transport: a byte position for the embedded
-log, an entry id (``1700000000000-0``) for Redis Streams (a shard sequence number would
-do for Kinesis).
+log, an entry id (``1700000000000-0``) for Redis Streams, a shard id and sequence
+number (``shardId-000000000001:4959...``) for Kinesis.
 ``None`` means "from the beginning". A consumer never interprets another transport's
 offsets; it hands back the ``end_offset`` of the last chunk it committed.
 """
@@ -41,6 +41,34 @@ class Chunk:
     data: bytes
     """Framed lines, each terminated by ``\\n``; ``b""`` when empty."""
     records: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """How far a consumer position is behind the end of one partition (or of several:
+    :meth:`plus`).
+
+    ``bytes``: framed bytes after the position. ``records``: records after it.
+    ``seconds``: the *age* of the lag, seconds from the append of the oldest record
+    after the position to the append of the newest record of the partition (0 when
+    nothing is behind; a partition caught up but for one record is 0 s behind).
+    ``None``: the transport cannot tell (the default :meth:`Consumer.lag`).
+    """
+
+    bytes: int
+    records: int | None = None
+    seconds: float | None = None
+
+    def plus(self, other: Lag) -> Lag:
+        """Both partitions' lag: bytes and records add up, the age is the larger one;
+        a figure unknown on either side is unknown."""
+        records: int | None = None
+        seconds: float | None = None
+        if self.records is not None and other.records is not None:
+            records = self.records + other.records
+        if self.seconds is not None and other.seconds is not None:
+            seconds = max(self.seconds, other.seconds)
+        return Lag(self.bytes + other.bytes, records, seconds)
 
 
 class Producer(ABC):
@@ -104,6 +132,14 @@ class Consumer(ABC):
     @abstractmethod
     def lag_bytes(self, stream: Stream, partition: int, after: str | None) -> int:
         """How many bytes of this partition are not yet consumed after ``after``."""
+
+    def lag(self, stream: Stream, partition: int, after: str | None) -> Lag:
+        """Bytes, records and age (:class:`Lag`) of this partition after ``after``.
+
+        The default knows the bytes only (records and age ``None``); a transport that
+        can count records or knows append times overrides it.
+        """
+        return Lag(self.lag_bytes(stream, partition, after))
 
     def ack(self, stream: Stream, partition: int, offset: str) -> None:  # noqa: B027
         """Called after the outputs up to ``offset`` are committed (retention, XACK...)."""

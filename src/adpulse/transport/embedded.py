@@ -6,6 +6,7 @@ Layout (one directory per stream and partition)::
     LOG_DIR/clicks/0003/.lock                          flock'ed around every append
     LOG_DIR/clicks/0003/00000000000000000000.log       segment, named by its base offset
     LOG_DIR/clicks/0003/00000000000268435456.log       next segment (base = previous end)
+    LOG_DIR/clicks/0003/00000000000268435456.times     append times of that segment
 
 A segment holds exactly the framed lines of :mod:`adpulse.transport.framing`, so a chunk
 read from it is NDJSON as is. An offset is ``str(byte position in the partition's whole
@@ -23,6 +24,13 @@ Invariants every reader and writer relies on:
 - Retention deletes whole sealed segments only, never the last one, so the first
   segment's base is always the log's start offset.
 
+A segment's ``.times`` sidecar holds one 16-byte entry per append, written under the
+same lock after the append's bytes: the log offset the append ended at and its clock
+time (little-endian int64 and float64). Only the lag's age (:meth:`EmbeddedConsumer.lag`)
+reads it; a missing or short sidecar (a log written before it existed, a crash between
+the two writes) makes that age fall back to the segment file's modification time. It is
+deleted with its segment by retention.
+
 Damage from outside (a file cut, overwritten or deleted by hand or by a failing disk) is
 reported by the reader with :class:`LogDamagedError` or
 :class:`~adpulse.transport.base.OffsetOutOfRangeError`, naming the file and offset;
@@ -38,8 +46,11 @@ import fcntl
 import json
 import logging
 import os
+import struct
+import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -49,6 +60,7 @@ from adpulse.contracts import DEFAULT_MAX_RECORD_BYTES, Stream
 from adpulse.transport.base import (
     Chunk,
     Consumer,
+    Lag,
     OffsetOutOfRangeError,
     Producer,
     Transport,
@@ -60,6 +72,10 @@ DEFAULT_SEGMENT_BYTES: Final = 256 * 1024 * 1024
 META_FILE: Final = "meta.json"
 LOCK_FILE: Final = ".lock"
 SEGMENT_SUFFIX: Final = ".log"
+TIMES_SUFFIX: Final = ".times"
+#: One append-time entry of a ``.times`` sidecar: end offset, clock time in seconds.
+_TIME_ENTRY: Final = struct.Struct("<qd")
+_TIME_DTYPE: Final = np.dtype([("end", "<i8"), ("at", "<f8")])
 LOG_FORMAT: Final = "adpulse-embedded-log/1"
 
 # Each open partition costs file descriptors (writer: lock + segment, reader: segment);
@@ -91,6 +107,11 @@ class OffsetNotAtRecordError(LogDamagedError, ValueError):
 def segment_name(base: int) -> str:
     """File name of the segment whose first byte is at log offset ``base``."""
     return f"{base:020d}{SEGMENT_SUFFIX}"
+
+
+def times_name(base: int) -> str:
+    """File name of the append-time sidecar of the segment at ``base``."""
+    return f"{base:020d}{TIMES_SUFFIX}"
 
 
 def list_segments(directory: Path) -> list[int]:
@@ -193,6 +214,7 @@ class EmbeddedTransport(Transport):
     offset. A consumer asking for a deleted offset gets :class:`OffsetOutOfRangeError`.
     ``max_open_partitions``: partitions whose files each producer and consumer keeps
     open; beyond it the least recently used one's files are closed (and reopened on use).
+    ``clock``: the append time recorded for the lag's age (seconds; tests inject one).
     """
 
     def __init__(
@@ -205,6 +227,7 @@ class EmbeddedTransport(Transport):
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         retention_bytes: int | None = None,
         max_open_partitions: int = MAX_OPEN_PARTITIONS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if partitions < 1:
             raise ValueError(f"partitions must be at least 1, got {partitions}")
@@ -221,6 +244,8 @@ class EmbeddedTransport(Transport):
         self.segment_bytes = segment_bytes
         self.retention_bytes = retention_bytes
         self.max_open_partitions = max_open_partitions
+        #: The append time written to the ``.times`` sidecars (seconds).
+        self.clock = clock
         _open_meta(self.log_dir, partitions)
         # Weak: a caller creating a producer per request must not make this grow forever.
         self._clients: weakref.WeakSet[EmbeddedProducer | EmbeddedConsumer] = weakref.WeakSet()
@@ -268,6 +293,7 @@ class EmbeddedTransport(Transport):
                 if next_base > position:
                     break
                 (directory / segment_name(base)).unlink()
+                (directory / times_name(base)).unlink(missing_ok=True)
                 start = next_base
             if self.fsync and bases and start != bases[0]:
                 _fsync_dir(directory)
@@ -284,7 +310,7 @@ class EmbeddedTransport(Transport):
 class _PartitionWriter:
     """Append side of one partition: its lock file and its last segment, kept open."""
 
-    __slots__ = ("directory", "prefix", "lock_fd", "fd", "base", "dirty")
+    __slots__ = ("directory", "prefix", "lock_fd", "fd", "times_fd", "base", "dirty")
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -292,17 +318,21 @@ class _PartitionWriter:
         self.prefix = os.path.join(directory, "")  # str paths: cheap per-append checks
         self.lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         self.fd = -1
+        self.times_fd = -1
         self.base = -1
         self.dirty = False
 
-    def append(self, data: bytes, segment_bytes: int, fsync: bool) -> None:
+    def append(self, data: bytes, segment_bytes: int, fsync: bool, at: float) -> None:
+        """Append ``data`` (whole lines), appended at clock time ``at``."""
         fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
         try:
             size = self._follow_last_segment(fsync)
             size = self._repair_torn_tail(size)
             if size > 0 and size + len(data) > segment_bytes:
                 self._open(self.base + size, fsync)  # roll: seals the current segment
+                size = 0
             _write_all(self.fd, data)
+            os.write(self.times_fd, _TIME_ENTRY.pack(self.base + size + len(data), at))
             self.dirty = True
         finally:
             fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
@@ -364,11 +394,17 @@ class _PartitionWriter:
         # O_APPEND: every write lands at the current end even if another process
         # truncated or extended the file since (the flock orders them).
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        times_fd = os.open(
+            self.prefix + times_name(base), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+        )
         if self.fd >= 0:
             if fsync and self.dirty:
                 os.fsync(self.fd)  # what we wrote there is durable before we leave it
             os.close(self.fd)
+        if self.times_fd >= 0:
+            os.close(self.times_fd)
         self.fd = fd
+        self.times_fd = times_fd
         self.base = base
         if fsync and created:
             _fsync_dir(self.directory)
@@ -386,6 +422,9 @@ class _PartitionWriter:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self.times_fd >= 0:
+            os.close(self.times_fd)
+            self.times_fd = -1
         if self.lock_fd >= 0:
             os.close(self.lock_fd)
             self.lock_fd = -1
@@ -413,7 +452,9 @@ class EmbeddedProducer(Producer):
 
     def _append(self, stream: Stream, partition: int, framed: bytes) -> None:
         transport = self._transport
-        self._writer(stream, partition).append(framed, transport.segment_bytes, transport.fsync)
+        self._writer(stream, partition).append(
+            framed, transport.segment_bytes, transport.fsync, transport.clock()
+        )
 
     def _writer(self, stream: Stream, partition: int) -> _PartitionWriter:
         key = (str(stream), partition)
@@ -665,6 +706,42 @@ class _PartitionReader:
             start = stop
         return 0
 
+    # The lag --------------------------------------------------------------------------
+    def count_lines(self, start: int, stop: int) -> int:
+        """Line ends in the log between offsets ``start`` and ``stop`` (listed segments)."""
+        count = 0
+        cursor = start
+        while cursor < stop:
+            index = bisect.bisect_right(self.bases, cursor) - 1
+            base = self.bases[index]
+            upto = stop if index + 1 == len(self.bases) else min(stop, self.bases[index + 1])
+            fd = os.open(self.prefix + segment_name(base), os.O_RDONLY)
+            try:
+                while cursor < upto:
+                    block = os.pread(fd, min(_COUNT_BLOCK_BYTES, upto - cursor), cursor - base)
+                    if not block:
+                        break  # shorter than listed: cut from outside, `log check` says so
+                    count += count_lines(block)
+                    cursor += len(block)
+            finally:
+                os.close(fd)
+            cursor = upto
+        return count
+
+    def append_time(self, position: int) -> float:
+        """Clock time of the append that wrote the byte at ``position`` (a listed
+        segment's): from the segment's ``.times`` sidecar, else its modification time."""
+        base = self.bases[bisect.bisect_right(self.bases, position) - 1]
+        try:
+            raw = np.fromfile(self.prefix + times_name(base), dtype=np.uint8)
+        except FileNotFoundError:
+            raw = np.zeros(0, dtype=np.uint8)
+        entries = raw[: len(raw) - len(raw) % _TIME_DTYPE.itemsize].view(_TIME_DTYPE)
+        index = int(np.searchsorted(entries["end"], position, side="right"))
+        if index < len(entries):
+            return float(entries["at"][index])
+        return os.stat(self.prefix + segment_name(base)).st_mtime
+
     def close(self) -> None:
         self._close_fd()
 
@@ -679,6 +756,9 @@ class EmbeddedConsumer(Consumer):
     def __init__(self, transport: EmbeddedTransport) -> None:
         self._transport = transport
         self._readers: OrderedDict[tuple[str, int], _PartitionReader] = OrderedDict()
+        #: (from, to, records) of the last lag count per partition, so the next count
+        #: reads only what was consumed and appended since, never the whole backlog again.
+        self._counted: dict[tuple[str, int], tuple[int, int, int]] = {}
 
     def _reader(self, stream: Stream, partition: int) -> _PartitionReader:
         key = (str(stream), partition)
@@ -743,6 +823,41 @@ class EmbeddedConsumer(Consumer):
         if after is None:
             return end - reader.bases[0]
         return max(0, end - _parse_offset(stream, partition, after))
+
+    def lag(self, stream: Stream, partition: int, after: str | None) -> Lag:
+        """Bytes as :meth:`lag_bytes`; the records (complete lines) after ``after``,
+        counted exactly; the age from the ``.times`` sidecars (module docs)."""
+        stream = Stream(stream)
+        reader = self._reader(stream, partition)
+        end = reader.end()
+        if end is None:
+            return Lag(0, 0, 0.0)
+        start = reader.bases[0]
+        position = start if after is None else _parse_offset(stream, partition, after)
+        behind = max(0, end - position)
+        first = max(position, start)  # bytes deleted by retention are not read
+        if first >= end:
+            return Lag(behind, 0, 0.0)
+        key = (str(stream), partition)
+        counted = self._counted.get(key)
+        if (
+            counted is not None
+            and start <= counted[0] <= first
+            and counted[1] <= end
+            and (first - counted[0]) + (end - counted[1]) < end - first
+        ):
+            records = (
+                counted[2]
+                - reader.count_lines(counted[0], first)
+                + reader.count_lines(counted[1], end)
+            )
+        else:
+            records = reader.count_lines(first, end)
+        self._counted[key] = (first, end, records)
+        if not records:
+            return Lag(behind, 0, 0.0)  # only a line still being written
+        seconds = reader.append_time(end - 1) - reader.append_time(first)
+        return Lag(behind, records, max(0.0, seconds))
 
     def ack(self, stream: Stream, partition: int, offset: str) -> None:
         """Apply ``retention_bytes`` (if set) behind the committed ``offset``."""

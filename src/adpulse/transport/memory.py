@@ -8,13 +8,17 @@ a processor thread may share one instance); nothing survives the process.
 
 from __future__ import annotations
 
+import bisect
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from adpulse.contracts import DEFAULT_MAX_RECORD_BYTES, Stream
 from adpulse.transport.base import (
     Chunk,
     Consumer,
+    Lag,
     OffsetOutOfRangeError,
     Producer,
     Transport,
@@ -26,6 +30,8 @@ class _PartitionLog:
     data: bytearray = field(default_factory=bytearray)
     start: int = 0
     """Log position of ``data[0]``; moved forward by ``truncate_before``."""
+    appends: list[tuple[int, float]] = field(default_factory=list)
+    """(end position, clock time) of each append, for the lag's age."""
 
     @property
     def end(self) -> int:
@@ -35,13 +41,20 @@ class _PartitionLog:
 class InMemoryTransport(Transport):
     """A partitioned log held in memory; same offsets and chunks as the embedded log."""
 
-    def __init__(self, partitions: int, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+    def __init__(
+        self,
+        partitions: int,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``clock``: the append time of records (seconds), for the lag's age."""
         if partitions < 1:
             raise ValueError(f"partitions must be at least 1, got {partitions}")
         self.partitions = partitions
         self.max_record_bytes = max_record_bytes
         self._logs: dict[tuple[str, int], _PartitionLog] = {}
         self._lock = threading.Lock()
+        self.clock = clock
 
     def producer(self) -> InMemoryProducer:
         return InMemoryProducer(self)
@@ -67,6 +80,8 @@ class InMemoryTransport(Transport):
                 _check_boundary(log, position, stream, partition)
                 del log.data[: position - log.start]
                 log.start = position
+                kept = bisect.bisect_right(log.appends, position, key=lambda a: a[0])
+                del log.appends[:kept]  # appends wholly before the start
             return str(log.start)
 
     # Used by the producer and consumer, always under ``_lock``.
@@ -80,7 +95,9 @@ class InMemoryTransport(Transport):
 
     def _append(self, stream: Stream, partition: int, framed: bytes) -> None:
         with self._lock:
-            self._log(stream, partition).data += framed
+            log = self._log(stream, partition)
+            log.data += framed
+            log.appends.append((log.end, self.clock()))
 
 
 def _parse_offset(stream: Stream, partition: int, offset: str) -> int:
@@ -173,3 +190,19 @@ class InMemoryConsumer(Consumer):
             if after is None:
                 return len(log.data)
             return max(0, log.end - _parse_offset(stream, partition, after))
+
+    def lag(self, stream: Stream, partition: int, after: str | None) -> Lag:
+        """Bytes and records after ``after``, and the age (:class:`Lag`) from the
+        appends' clock times."""
+        stream = Stream(stream)
+        with self._transport._lock:
+            log = self._transport._log(stream, partition)
+            position = log.start if after is None else _parse_offset(stream, partition, after)
+            begin = max(0, position - log.start)
+            behind = len(log.data) if after is None else max(0, log.end - position)
+            records = log.data.count(b"\n", begin)
+            oldest = bisect.bisect_right(log.appends, position, key=lambda a: a[0])
+            seconds = (
+                log.appends[-1][1] - log.appends[oldest][1] if oldest < len(log.appends) else 0.0
+            )
+        return Lag(behind, records, seconds)

@@ -68,9 +68,34 @@ HEALTH_PANELS: Final = (
     ),
     HealthPanel(
         "Lag",
-        "Bytes in the log not yet processed (single processors).",
+        "Bytes in the log not yet processed (every process that runs a processor).",
         "bytes",
         (("sum(adpulse_lag_bytes)", "lag"),),
+    ),
+    HealthPanel(
+        "Lag in records, and its age",
+        "Records not yet processed; seconds from the oldest of them to the newest record"
+        " appended (the slowest process).",
+        "short",
+        (("sum(adpulse_lag_records)", "records"), ("max(adpulse_lag_seconds)", "age (s)")),
+    ),
+    HealthPanel(
+        "Failures in the last 5 minutes",
+        "Failed warehouse commits, retried server operations by setting, restarts of"
+        " crashed workers, and serving-store rebuilds after the store was current.",
+        "short",
+        (
+            ("sum(increase(adpulse_commit_failures_total[5m]))", "commit failures"),
+            (
+                "sum by (setting) (increase(adpulse_server_retries_total[5m]))",
+                "retries {{setting}}",
+            ),
+            ("sum(increase(adpulse_worker_restarts_total[5m]))", "worker restarts"),
+            (
+                'sum(increase(adpulse_store_rebuilds_total{kind="repair"}[5m]))',
+                "store rebuilds",
+            ),
+        ),
     ),
     HealthPanel(
         "Batch step time (p95)",

@@ -28,6 +28,7 @@ from adpulse.serving.http.encoding import ORJSONPlainResponse, plain
 from adpulse.serving.http.errors import add_error_handlers
 from adpulse.serving.http.feed import LiveFeed
 from adpulse.serving.http.middleware import KnownRequests, SharedAnswers, add_layers
+from adpulse.serving.http.params import CheckedFilters
 from adpulse.serving.http.routes import (
     Reads,
     data_routes,
@@ -154,6 +155,12 @@ def create_app(
     )
     live_clients.set_function(lambda: feed.clients)
 
+    app.state.checked_filters = CheckedFilters(
+        functools.partial(queries.known_values, warehouse),
+        read,
+        None if commits is None else (lambda: commits.version),
+        max(settings.api_cache_seconds, 1.0),
+    )
     reads = Reads(warehouse, store, settings, shared, feed, run, health, summary_of)
     app.include_router(prometheus_routes(registry))
     app.include_router(page_routes(settings))

@@ -14,6 +14,9 @@ import orjson
 import polars as pl
 from fastapi.responses import JSONResponse, Response
 
+#: The status of every answer to bad input (a value, a time, a parameter): one code.
+BAD_INPUT = 422
+
 
 def plain(value: Any) -> Any:
     """``value`` as JSON-ready Python: frames as lists of row objects, see module doc."""

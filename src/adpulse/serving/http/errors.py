@@ -7,17 +7,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adpulse.serving.http.encoding import error_response
+from adpulse.serving.http.encoding import BAD_INPUT, error_response
 from adpulse.serving.queries import FilterError
 
 
 def add_error_handlers(app: FastAPI) -> None:
-    """A filter the query layer refuses is a 400, a parameter FastAPI refuses a 422, and
-    an ``HTTPException`` its own status with a code for it."""
+    """Bad input is a 422 whoever finds it (a filter the query layer refuses, a value
+    not in the data, a parameter FastAPI refuses), and an ``HTTPException`` its own
+    status with a code for it."""
 
     @app.exception_handler(FilterError)
     async def _filter_error(request: Request, exc: FilterError) -> Response:
-        return error_response(400, "invalid_parameter", str(exc))
+        return error_response(BAD_INPUT, "invalid_parameter", str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -25,7 +26,7 @@ def add_error_handlers(app: FastAPI) -> None:
         for e in exc.errors():
             where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("query", "path"))
             details.append(f"{where or 'request'}: {e.get('msg', 'invalid')}")
-        return error_response(422, "invalid_parameter", "; ".join(details))
+        return error_response(BAD_INPUT, "invalid_parameter", "; ".join(details))
 
     # Starlette's HTTPException: FastAPI's (raised by the routes) is a subclass, and
     # Starlette raises its own for unknown paths and methods; one handler serves both.

@@ -23,8 +23,8 @@ from typing import Any, Final
 from fastapi import HTTPException
 
 from adpulse.commits import CommitSignal
+from adpulse.serving.answers import filters_echo
 from adpulse.serving.http.encoding import dumps
-from adpulse.serving.http.params import filters_echo
 from adpulse.serving.queries import Filters
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from adpulse.config import Settings
 from adpulse.serving.auth import Access, HostGate, ReadGate
 from adpulse.serving.cache import ResultCache
 from adpulse.serving.cors import CollectorCors
-from adpulse.serving.http.encoding import dumps, error_response, json_body
+from adpulse.serving.http.encoding import BAD_INPUT, dumps, error_response, json_body
 from adpulse.telemetry import ROUTE_SCOPE, UNMATCHED_ROUTE, ApiMetrics, route_of
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ MAX_QUERY_STRING: Final = 4096
 
 
 class RequestLimits:
-    """Rejects an over-long query string (414) or a repeated parameter (400) before routing.
+    """Rejects an over-long query string (414) or a repeated parameter (422) before routing.
 
     Plain ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware
     re-streams every response through a task and a queue, which cost more than a shared
@@ -57,7 +57,7 @@ class RequestLimits:
                 repeated = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
                 if repeated:
                     detail = f"repeated parameter(s): {', '.join(repeated)}"
-                    rejection = error_response(400, "invalid_parameter", detail)
+                    rejection = error_response(BAD_INPUT, "invalid_parameter", detail)
             if rejection is not None:
                 await rejection(scope, receive, send)
                 return

@@ -1,14 +1,18 @@
-"""Query parameters: the filters dependency every data endpoint shares, and the ranking
-parameters. Filters are built by the query layer (:meth:`Filters.from_text`), whose
-:class:`FilterError` the app answers with 400."""
+"""Query parameters: the filters dependency every data endpoint shares, the ranking
+parameters, and the refusal of parameters no endpoint knows. Filters are built by the
+query layer (:meth:`Filters.from_text`) and checked against the stored values
+(:class:`CheckedFilters`); the app answers every refusal with 422."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated, Any, Final, Literal
 
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Request
+from fastapi.routing import APIRoute
 
 from adpulse.metrics import GROUPED_NAMES
 from adpulse.serving import queries
@@ -29,7 +33,63 @@ def _text(description: str) -> Any:
     return Query(min_length=1, max_length=_TEXT, description=description)
 
 
+class CheckedFilters:
+    """The stored filter values (:func:`~adpulse.serving.queries.known_values`) for the
+    API, loaded on first use and again only when a value is not found and the data may
+    have changed since: a newer commit (``version``), or, without a commit signal, more
+    than ``max_age`` seconds. Known values cost a dictionary lookup; an unknown one at
+    most one reload per commit."""
+
+    def __init__(
+        self,
+        load: Callable[[], queries.KnownValues],
+        run: Callable[[Callable[[], Any]], Awaitable[Any]],
+        version: Callable[[], int] | None,
+        max_age: float,
+    ) -> None:
+        self._load = load
+        self._run = run
+        self._version = version
+        self._max_age = max_age
+        self._known: queries.KnownValues | None = None
+        self._loaded_version = -1
+        self._loaded_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def check(self, filters: Filters) -> Filters:
+        """``filters`` with stored spellings, or an
+        :class:`~adpulse.serving.queries.UnknownValueError`."""
+        if not any(getattr(filters, name) is not None for name in queries.CHECKED_FILTERS):
+            return filters
+        known = self._known or await self._reload(None)
+        try:
+            return known.check(filters, API_NAMES)
+        except queries.UnknownValueError:
+            if not self._stale():
+                raise
+        return (await self._reload(known)).check(filters, API_NAMES)
+
+    def _stale(self) -> bool:
+        if self._version is not None:
+            return self._version() != self._loaded_version
+        return time.monotonic() - self._loaded_at > self._max_age
+
+    async def _reload(self, seen: queries.KnownValues | None) -> queries.KnownValues:
+        async with self._lock:
+            if self._known is not None and self._known is not seen:  # another request did
+                return self._known
+            version = self._version() if self._version is not None else -1
+            self._known = await self._run(self._load)
+            self._loaded_version, self._loaded_at = version, time.monotonic()
+            return self._known
+
+
+#: The API's names of the checked filters, for messages.
+API_NAMES: Final = {"ad_id": "ad"}
+
+
 async def filters_param(  # async: quick, so it runs on the loop, not in a worker thread
+    request: Request,
     campaign: Annotated[str | None, _text("Only this campaign.")] = None,
     ad: Annotated[
         int | None, Query(ge=-(2**63), le=2**63 - 1, description="Only this ad id.")
@@ -69,7 +129,40 @@ async def filters_param(  # async: quick, so it runs on the loop, not in a worke
         max_range=MAX_RANGE,
     )
     # whole minutes: what the rollups read anyway, and requests within one minute share answers
-    return queries.minute_aligned(filters)
+    filters = queries.minute_aligned(filters)
+    checked: CheckedFilters = request.app.state.checked_filters
+    return await checked.check(filters)
+
+
+async def refuse_unknown_parameters(request: Request) -> None:
+    """A :class:`~adpulse.serving.queries.FilterError` (422) for a query parameter the
+    endpoint does not take: a misspelt filter would otherwise be ignored silently."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    unknown = sorted(set(request.query_params) - _parameters_of(route))
+    if unknown:
+        known = ", ".join(sorted(_parameters_of(route))) or "none"
+        raise queries.FilterError(
+            f"unknown parameter(s) {', '.join(unknown)}; this endpoint takes: {known}"
+        )
+
+
+#: The query parameters of each data route, by its path (every app has the same routes).
+_PARAMETERS: dict[str, frozenset[str]] = {}
+
+
+def _parameters_of(route: APIRoute) -> frozenset[str]:
+    names = _PARAMETERS.get(route.path)
+    if names is None:
+        found: set[str] = set()
+        todo = [route.dependant]
+        while todo:  # the route's own parameters and its dependencies'
+            dependant = todo.pop()
+            found.update(p.alias for p in dependant.query_params)
+            todo.extend(dependant.dependencies)
+        names = _PARAMETERS[route.path] = frozenset(found)
+    return names
 
 
 FiltersDep = Annotated[Filters, Depends(filters_param)]
@@ -79,8 +172,3 @@ MinClicksParam = Annotated[
     int | None,
     Query(ge=0, le=10**12, description="Minimum clicks for rate rankings (default: settings)."),
 ]
-
-
-def filters_echo(filters: Filters) -> dict[str, Any]:
-    """The filters given, as echoed in every answer."""
-    return {k: v for k, v in asdict(filters).items() if v is not None}

@@ -12,16 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Final, Literal, cast
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from adpulse.config import Settings
-from adpulse.serving import queries
+from adpulse.serving import answers, queries
+from adpulse.serving.answers import filters_echo
 from adpulse.serving.auth import KEY_ID_SCOPE
 from adpulse.serving.http.encoding import ORJSONPlainResponse, error_response, ok
 from adpulse.serving.http.feed import LiveFeed
@@ -33,7 +34,7 @@ from adpulse.serving.http.params import (
     FiltersDep,
     LimitParam,
     MinClicksParam,
-    filters_echo,
+    refuse_unknown_parameters,
 )
 from adpulse.serving.queries import Filters
 from adpulse.serving.store.base import ServingStore
@@ -99,6 +100,11 @@ def page_routes(settings: Settings) -> APIRouter:
         """The live dashboard page."""
         return FileResponse(WEB_DIR / "index.html", media_type="text/html", headers=no_cache)
 
+    @router.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        """The page's icon (SVG, which browsers take at this path too)."""
+        return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml")
+
     @router.get("/static/{name}", include_in_schema=False)
     async def static(name: Annotated[str, Path(max_length=40)]) -> Response:
         media = STATIC_FILES.get(name)
@@ -161,8 +167,9 @@ def probe_routes(ctx: Reads) -> APIRouter:
 
 
 def data_routes(ctx: Reads) -> APIRouter:
-    """The data endpoints under :data:`API_PREFIX`, the live stream among them."""
-    router = APIRouter()
+    """The data endpoints under :data:`API_PREFIX`, the live stream among them; each
+    refuses query parameters it does not take."""
+    router = APIRouter(dependencies=[Depends(refuse_unknown_parameters)])
 
     @router.get(f"{API_PREFIX}/metrics/{{metric}}", tags=["metrics"])
     async def metric(
@@ -179,12 +186,7 @@ def data_routes(ctx: Reads) -> APIRouter:
         return await ctx.shared.respond(
             request,
             ("metric", metric, by, filters),
-            lambda: {
-                "metric": metric,
-                "by": by,
-                "filters": filters_echo(filters),
-                "rows": queries.grouped_metric(ctx.warehouse, metric, filters, by, store=ctx.store),
-            },
+            lambda: answers.metric_answer(ctx.warehouse, metric, filters, by, ctx.store),
         )
 
     @router.get(f"{API_PREFIX}/summary", tags=["metrics"])
@@ -193,7 +195,7 @@ def data_routes(ctx: Reads) -> APIRouter:
         return await ctx.shared.respond(
             request,
             ("summary", filters),
-            lambda: {"filters": filters_echo(filters), "summary": ctx.summary_of(filters)},
+            lambda: answers.summary_answer(ctx.warehouse, filters, ctx.store),
         )
 
     @router.get(f"{API_PREFIX}/timeseries", tags=["metrics"])
@@ -227,20 +229,12 @@ def data_routes(ctx: Reads) -> APIRouter:
         minutes = ctx.settings.trending_window_minutes if window is None else window
         clicks = ctx.settings.min_clicks if min_clicks is None else min_clicks
 
-        def build() -> dict[str, Any]:
-            windows = queries.trending_windows(ctx.warehouse, filters, minutes)
-            return {
-                "window_minutes": minutes,
-                "min_clicks": clicks,
-                "windows": None if windows is None else asdict(windows),
-                "filters": filters_echo(filters),
-                "rows": queries.trending(
-                    ctx.warehouse, filters, minutes, clicks, limit, store=ctx.store
-                ),
-            }
-
         return await ctx.shared.respond(
-            request, ("trending", minutes, clicks, limit, filters), build
+            request,
+            ("trending", minutes, clicks, limit, filters),
+            lambda: answers.trending_answer(
+                ctx.warehouse, filters, minutes, clicks, limit, ctx.store
+            ),
         )
 
     @router.get(f"{API_PREFIX}/top-ads", tags=["metrics"])
@@ -256,12 +250,7 @@ def data_routes(ctx: Reads) -> APIRouter:
         return await ctx.shared.respond(
             request,
             ("top-ads", by, clicks, limit, filters),
-            lambda: {
-                "by": by,
-                "min_clicks": clicks,
-                "filters": filters_echo(filters),
-                "rows": queries.top_ads(ctx.warehouse, filters, by, clicks, limit, store=ctx.store),
-            },
+            lambda: answers.top_ads_answer(ctx.warehouse, filters, by, clicks, limit, ctx.store),
         )
 
     @router.get(f"{API_PREFIX}/latency-histogram", tags=["metrics"])

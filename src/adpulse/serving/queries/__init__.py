@@ -59,13 +59,17 @@ from adpulse.serving.queries.charts import (
     breakdown,
     bucketed_timeseries,
     dimension_values,
+    known_values,
     latency_histogram,
 )
 from adpulse.serving.queries.filters import (
     AGE_BAND_LABELS,
+    CHECKED_FILTERS,
     MAX_FILTER_LENGTH,
     FilterError,
     Filters,
+    KnownValues,
+    UnknownValueError,
     minute_aligned,
 )
 from adpulse.serving.queries.metrics import (
@@ -98,6 +102,7 @@ from adpulse.serving.queries.status import (
 
 __all__ = [
     "AGE_BAND_LABELS",
+    "CHECKED_FILTERS",
     "LATENCY_EDGES",
     "MAX_FILTER_LENGTH",
     "BreakdownDimension",
@@ -107,9 +112,11 @@ __all__ = [
     "FilterError",
     "Filters",
     "GroupBy",
+    "KnownValues",
     "PipelineStatus",
     "TopAdsBy",
     "TrendingWindows",
+    "UnknownValueError",
     "breakdown",
     "bucketed_timeseries",
     "conversion_latency",
@@ -120,6 +127,7 @@ __all__ = [
     "dimension_values",
     "distribution",
     "grouped_metric",
+    "known_values",
     "latency_histogram",
     "minute_aligned",
     "partition_owners",

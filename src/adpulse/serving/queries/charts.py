@@ -12,6 +12,7 @@ from adpulse.serving.queries.filters import (
     AGE_BAND_LABELS,
     FilterError,
     Filters,
+    KnownValues,
     check_int,
     conditions,
     where,
@@ -165,7 +166,12 @@ def breakdown(
             .agg(m.sum_expr() for m in MEASURES)
         )
     frame = frame.with_columns(pl.col(m.name).cast(types[m.name]) for m in MEASURES)
-    return frame.with_columns(r.expr() for r in RATIOS).sort("value", nulls_last=True)
+    frame = frame.with_columns(r.expr() for r in RATIOS)
+    if dimension == "age_band":  # youngest first ("<18" sorts after "65+" as text)
+        order = {label: i for i, label in enumerate(AGE_BAND_LABELS)}
+        rank = pl.col("value").replace_strict(order, default=None, return_dtype=pl.Int32)
+        return frame.sort(rank, nulls_last=True)
+    return frame.sort("value", nulls_last=True)
 
 
 class DimensionValues(TypedDict):
@@ -204,4 +210,34 @@ def dimension_values(warehouse: Warehouse, limit: int = 10_000) -> DimensionValu
         genders=distinct("gender", "dim_users"),
         age_bands=list(AGE_BAND_LABELS),
         interests=sorted(interests)[:limit],
+    )
+
+
+def known_values(warehouse: Warehouse) -> KnownValues:
+    """The values the checked filters may take (:class:`KnownValues`): campaigns and ads
+    with data or in the campaign dimension, platforms and locations with data, genders
+    and single interests of the user dimension (all versions)."""
+
+    def distinct(column: str, *tables: str) -> list[Any]:
+        found: set[Any] = set()
+        for table in tables:
+            sql = f"SELECT DISTINCT {column} AS v FROM {table} WHERE {column} IS NOT NULL"
+            found.update(warehouse.query(sql)["v"].to_list())
+        return list(found)
+
+    interests = {
+        item.strip()
+        for text in distinct("interests", "dim_users")
+        for item in str(text).split(";")
+        if item.strip()
+    }
+    return KnownValues(
+        {
+            "campaign": distinct("campaign", "rollup_minute", "dim_campaigns"),
+            "ad_id": distinct("ad_id", "rollup_minute", "dim_campaigns"),
+            "platform": distinct("platform", "rollup_minute"),
+            "location": distinct("location", "rollup_minute"),
+            "gender": distinct("gender", "dim_users"),
+            "interest": interests,
+        }
     )

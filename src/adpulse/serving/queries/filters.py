@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -18,8 +19,16 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 AUDIENCE_FILTERS: Final = ("gender", "age_band", "interest")
 
 
+#: The filters whose values must be stored ones, and where :func:`known_values` finds them.
+CHECKED_FILTERS: Final = ("campaign", "ad_id", "platform", "location", "gender", "interest")
+
+
 class FilterError(ValueError):
     """A filter or option value that cannot be used; the message says which and why."""
+
+
+class UnknownValueError(FilterError):
+    """A filter value that matches no stored value; the message names the close ones."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +128,59 @@ class Filters:
     def has_audience(self) -> bool:
         """Whether an audience filter is set (the rollups cannot answer it)."""
         return any(getattr(self, name) is not None for name in AUDIENCE_FILTERS)
+
+
+class KnownValues:
+    """The values each checked filter (:data:`CHECKED_FILTERS`) may take: the stored ones.
+
+    :meth:`check` matches a filter's value exactly, else without regard to case (and
+    gives the stored spelling), else refuses it naming the close matches. A filter with
+    no stored values at all (nothing committed yet) is not checked: there is nothing to
+    compare with, and its answers are empty either way.
+    """
+
+    def __init__(self, values: Mapping[str, Iterable[str | int]]) -> None:
+        self._values = {name: frozenset(values.get(name, ())) for name in CHECKED_FILTERS}
+        self._folded: dict[str, dict[str, list[str | int]]] = {}
+        for name, known in self._values.items():
+            folded: dict[str, list[str | int]] = {}
+            for value in sorted(known, key=str):
+                folded.setdefault(str(value).casefold(), []).append(value)
+            self._folded[name] = folded
+
+    def values(self, name: str) -> frozenset[str | int]:
+        """The stored values of filter ``name``."""
+        return self._values[name]
+
+    def check(self, filters: Filters, names: Mapping[str, str] | None = None) -> Filters:
+        """``filters`` with each checked value replaced by its stored spelling; an
+        :class:`UnknownValueError` for a value that matches none, naming the filter as
+        ``names`` says (e.g. ``--platform`` for the CLI; default: the field name)."""
+        changes: dict[str, str | int] = {}
+        for name in CHECKED_FILTERS:
+            value = getattr(filters, name)
+            if value is None or not self._values[name] or value in self._values[name]:
+                continue
+            same = self._folded[name].get(str(value).casefold(), [])
+            if len(same) != 1:
+                shown = (names or {}).get(name, name)
+                raise UnknownValueError(self._unknown(name, shown, value, same))
+            changes[name] = same[0]
+        return replace(filters, **changes) if changes else filters  # type: ignore[arg-type]
+
+    def _unknown(self, name: str, shown: str, value: object, same: list[str | int]) -> str:
+        known = self._values[name]
+        if same:  # two stored values differ only in case
+            spellings = ", ".join(repr(v) for v in same)
+            return f"{shown} {value!r} is ambiguous: the data holds {spellings}; give one exactly"
+        close = difflib.get_close_matches(str(value).casefold(), list(self._folded[name]), n=3)
+        found = [v for key in close for v in self._folded[name][key]]
+        what = f"unknown {shown} {value!r}"
+        if found:
+            return f"{what}; did you mean {' or '.join(str(v) for v in found)}?"
+        if len(known) <= 8:
+            return f"{what}; the data holds {', '.join(sorted(str(v) for v in known))}"
+        return f"{what}; none of the {len(known):,} stored values is close"
 
 
 def parse_time(value: str, name: str) -> datetime:

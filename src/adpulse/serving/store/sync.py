@@ -118,7 +118,11 @@ class StoreSync:
         self.run_id = uuid.uuid4().hex
         self.failures = 0
         self.rebuilds = 0
+        #: Rebuilds after the store was first current (a failed write, a gap found at a
+        #: rebalance, a flushed store): the ``store_rebuild`` alert's incidents.
+        self.repairs = 0
         self.behind = True  # until the first rebuild
+        self._was_current = False
         self._last_attempt = float("-inf")
 
     def start(self, partitions: Sequence[int]) -> bool:
@@ -133,7 +137,7 @@ class StoreSync:
         while True:
             try:
                 if self._current(partitions):
-                    self.behind = False
+                    self.behind, self._was_current = False, True
                     return True
                 self.store.rebuild(self.snapshot)
             except RebuildRunningError as exc:
@@ -144,8 +148,7 @@ class StoreSync:
             except Exception as exc:  # noqa: BLE001 - the store must never stop ingestion
                 return self._failed("rebuild", exc)
             self._last_attempt = time.monotonic()
-            self.rebuilds += 1
-            self.behind = False
+            self._rebuilt()
             return True
 
     def _current(self, partitions: Sequence[int]) -> bool:
@@ -178,9 +181,14 @@ class StoreSync:
             self.store.rebuild(self.snapshot)
         except Exception as exc:  # noqa: BLE001 - the store must never stop ingestion
             return self._failed("rebuild", exc)
-        self.rebuilds += 1
-        self.behind = False
+        self._rebuilt()
         return True
+
+    def _rebuilt(self) -> None:
+        self.rebuilds += 1
+        if self._was_current:
+            self.repairs += 1
+        self.behind, self._was_current = False, True
 
     def on_commit(self, output: BatchOutput) -> None:
         """Bring the store up to date with ``output``, which the warehouse just committed.

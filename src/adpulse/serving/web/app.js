@@ -8,7 +8,7 @@
   const TILES = [
     ["impressions", "Impressions", "int"],
     ["clicks", "Clicks", "int"],
-    ["conversions", "Conversions", "int"],
+    ["conversions", "Conversions (all)", "int"],
     ["revenue", "Revenue", "money"],
     ["ctr", "CTR", "pct"],
     ["conversion_rate", "Conversion rate", "pct"],
@@ -17,6 +17,12 @@
     ["latency_p90", "Latency p90", "sec"],
   ];
   const BREAKDOWNS = ["platform", "location", "gender", "age_band", "interest"];
+  // "vs previous" compares only when the previous period holds at least this share of the
+  // current one's impressions (and MIN_PREVIOUS of them): a thin period (a backfill of
+  // another rate, the pipeline's first minutes) says "new" rather than +80,000 %.
+  const MIN_PREVIOUS_SHARE = 0.1;
+  const MIN_PREVIOUS = 100;
+  const MAX_BARS = 12; // values per breakdown chart
   const HAS_CHARTS = typeof window.Chart === "function";
   const charts = {};
   const form = document.getElementById("filters");
@@ -35,6 +41,7 @@
     if (kind === "int") return nf0.format(value);
     if (kind === "money") return nf2.format(value);
     if (kind === "pct") return (value * 100).toFixed(2) + "%";
+    if (kind === "pp") return (value >= 0 ? "+" : "") + (value * 100).toFixed(2) + " pp";
     if (kind === "sec") return nf0.format(value) + " s";
     return String(value);
   }
@@ -166,41 +173,64 @@
   }
 
   // --- rendering ---------------------------------------------------------------------------
+  function comparable(now, before) {
+    if (!before) return false;
+    return before.impressions >= MIN_PREVIOUS && before.impressions >= MIN_PREVIOUS_SHARE * now.impressions;
+  }
   function renderTiles(now, before, win) {
     const box = document.getElementById("tiles");
     box.replaceChildren();
+    const compare = comparable(now, before);
     for (const [key, label, kind] of TILES) {
       const value = now[key], prev = before ? before[key] : null;
       const tile = el("div", { class: "tile", "data-key": key });
       tile.append(el("span", { class: "label" }, label));
       const v = el("span", { class: "value", "data-value": value === null ? "" : String(value) }, fmt(value, kind));
       tile.append(v);
+      if (key === "conversions") {
+        tile.append(el("span", { class: "sub", title: "the conversion rate and latency count attributed conversions only" }, "attributed: " + fmt(now.attributed_conversions, "int")));
+      }
       let delta = "no previous data", cls = "delta";
       if (value !== null && prev !== null && prev !== undefined) {
-        if (prev === 0) delta = value === 0 ? "±0 vs previous" : "new vs previous";
+        if (!compare) delta = before.impressions === 0 ? "no previous data" : "new vs previous";
+        else if (prev === 0) delta = value === 0 ? "±0 vs previous" : "new vs previous";
         else {
           const change = (value - prev) / Math.abs(prev) * 100;
           delta = (change >= 0 ? "▲ +" : "▼ ") + change.toFixed(1) + "% vs previous";
           cls += change >= 0 ? " up" : " down";
         }
       }
-      tile.append(el("span", { class: cls, title: "previous " + (win.minutes || "") + " min: " + fmt(prev, kind) }, delta));
+      const why = compare ? "" : " (too few impressions before to compare: " + fmt(before ? before.impressions : null, "int") + ")";
+      tile.append(el("span", { class: cls, title: "previous " + (win.minutes || "") + " min: " + fmt(prev, kind) + why }, delta));
       box.append(tile);
     }
   }
-  function table(id, columns, rows) {
+  // A table wider than its card scrolls sideways; say so under it, and shade the cut edge.
+  function markCut() {
+    for (const box of document.querySelectorAll(".scroll")) {
+      let hint = box.nextElementSibling;
+      if (!hint || !hint.classList.contains("scroll-hint")) {
+        hint = el("p", { class: "scroll-hint" }, "scroll sideways for more →");
+        box.after(hint);
+      }
+      box.classList.toggle("cut", box.scrollWidth > box.clientWidth + 1);
+    }
+  }
+  function table(id, columns, rows) { // columns: [key, label, kind]; no kind: text that may wrap
     const t = document.getElementById(id);
     t.replaceChildren();
     const head = el("tr");
-    for (const [, label] of columns) head.append(el("th", {}, label));
+    for (const [, label, kind] of columns) head.append(el("th", kind ? {} : { class: "text" }, label));
     t.append(head);
     if (!rows.length) { const tr = el("tr"); tr.append(el("td", { colspan: columns.length }, "no data")); t.append(tr); }
     for (const row of rows) {
       const tr = el("tr");
-      for (const [key, , kind] of columns) tr.append(el("td", {}, fmt(row[key], kind)));
+      for (const [key, , kind] of columns) tr.append(el("td", kind ? {} : { class: "text" }, fmt(row[key], kind)));
       t.append(tr);
     }
   }
+  const X_TICKS = { ticks: { maxTicksLimit: 8, maxRotation: 0, font: { size: 10 } } };
+  const EVERY_LABEL = { ticks: { autoSkip: false, font: { size: 10 } } };
   const COLORS = ["#3559e0", "#e07a35", "#0a9d58", "#b42318", "#7a35e0", "#35b9e0", "#e0c235", "#667085"];
   function chart(id, type, labels, datasets, options) {
     const canvas = document.getElementById(id);
@@ -228,27 +258,51 @@
       }, options || {}),
     });
   }
-  function renderSeries(rows, bucket) {
-    const labels = rows.map((r) => bucket === "hour" ? r.bucket.slice(5, 13) + "h" : r.bucket.slice(11, 16));
+  const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+  // "Nov 28 05:00" per hour, "05:17" per minute (UTC)
+  function bucketLabel(text, bucket) {
+    const t = parseUtc(text.replace(/Z$/, ""));
+    const hm = text.slice(11, 16);
+    return bucket === "hour" ? MONTHS[t.getUTCMonth()] + " " + t.getUTCDate() + " " + hm : hm;
+  }
+  // The last bucket is partial when it ends after the window or after now (still filling):
+  // drawn dashed (lines) or pale (bars), its label marked, and said above the charts.
+  function partialLast(rows, bucket, win) {
+    if (!rows.length) return false;
+    const ends = parseUtc(rows[rows.length - 1].bucket.replace(/Z$/, "")).getTime() + (bucket === "hour" ? 3600000 : 60000);
+    return ends > Date.now() || (win.end !== null && ends > win.end.getTime());
+  }
+  function renderSeries(rows, bucket, win) {
+    const partial = partialLast(rows, bucket, win);
+    const labels = rows.map((r) => bucketLabel(r.bucket, bucket));
+    if (partial) labels[labels.length - 1] += " (partial)";
+    const note = document.getElementById("partial");
+    note.hidden = !partial;
+    note.textContent = partial ? "The last " + bucket + " (" + labels[labels.length - 1].replace(" (partial)", "") + ") is not complete yet: drawn dashed or pale, it is not a drop in traffic." : "";
+    const last = rows.length - 1;
+    const dashed = { borderDash: (ctx) => partial && ctx.p1DataIndex === last ? [4, 4] : undefined };
     const col = (k, scale) => rows.map((r) => r[k] === null ? null : r[k] * (scale || 1));
+    const line = (d) => Object.assign(d, { segment: dashed });
     chart("c-volume", "line", labels, [
-      { label: "impressions", data: col("impressions"), yAxisID: "y" },
-      { label: "clicks", data: col("clicks"), yAxisID: "y1" },
-      { label: "conversions", data: col("conversions"), yAxisID: "y1" },
-    ], { scales: { y: { position: "left" }, y1: { position: "right", grid: { drawOnChartArea: false } } } });
-    chart("c-revenue", "bar", labels, [{ label: "revenue", data: col("revenue") }]);
+      line({ label: "impressions", data: col("impressions"), yAxisID: "y" }),
+      line({ label: "clicks", data: col("clicks"), yAxisID: "y1" }),
+      line({ label: "conversions", data: col("conversions"), yAxisID: "y1" }),
+    ], { scales: { x: X_TICKS, y: { position: "left" }, y1: { position: "right", grid: { drawOnChartArea: false } } } });
+    const pale = rows.map((_, i) => partial && i === last ? "#b8c4f0" : COLORS[0]);
+    chart("c-revenue", "bar", labels, [{ label: "revenue", data: col("revenue"), backgroundColor: pale, borderColor: pale }], { scales: { x: X_TICKS } });
     chart("c-rates", "line", labels, [
-      { label: "CTR %", data: col("ctr", 100) },
-      { label: "conversion rate %", data: col("conversion_rate", 100) },
-    ]);
+      line({ label: "CTR %", data: col("ctr", 100) }),
+      line({ label: "conversion rate %", data: col("conversion_rate", 100) }),
+    ], { scales: { x: X_TICKS } });
     chart("c-latency", "line", labels, [
-      { label: "p50", data: col("latency_p50") }, { label: "p90", data: col("latency_p90") },
-    ]);
+      line({ label: "p50", data: col("latency_p50") }), line({ label: "p90", data: col("latency_p90") }),
+    ], { scales: { x: X_TICKS } });
   }
   function renderHistogram(rows) {
     const span = (s) => s >= 3600 ? s / 3600 + " h" : s >= 60 ? s / 60 + " min" : s + " s";
     const labels = rows.map((r) => r.high_seconds === null ? "≥ " + span(r.low_seconds) : span(r.low_seconds) + "–" + span(r.high_seconds));
-    chart("c-histogram", "bar", labels, [{ label: "attributed conversions", data: rows.map((r) => r.conversions) }]);
+    chart("c-histogram", "bar", labels, [{ label: "attributed conversions", data: rows.map((r) => r.conversions) }],
+      { scales: { x: { ticks: { autoSkip: false, maxRotation: 90, minRotation: 45, font: { size: 10 } } } } });
   }
   function renderBreakdowns(results) {
     const box = document.getElementById("breakdowns");
@@ -256,17 +310,23 @@
       let card = document.getElementById("b-" + dim);
       if (!card) {
         card = el("figure", { class: "card", id: "b-" + dim });
-        card.append(el("figcaption", {}, "By " + dim.replace("_", " ")));
+        card.append(el("figcaption", { id: "cap-" + dim }, "By " + dim.replace("_", " ")));
         const wrap = el("div", { class: "chart" });
         wrap.append(el("canvas", { id: "c-b-" + dim }));
         card.append(wrap);
         box.append(card);
       }
-      const rows = results[i].rows.slice(0, 12);
+      // at most MAX_BARS values: those with the most clicks, in the API's order
+      const all = results[i].rows;
+      const kept = new Set([...all].sort((a, b) => b.clicks - a.clicks).slice(0, MAX_BARS));
+      const rows = all.filter((r) => kept.has(r));
+      document.getElementById("cap-" + dim).textContent = "By " + dim.replace("_", " ") + (all.length > MAX_BARS ? " (the " + MAX_BARS + " with most clicks of " + all.length + ")" : "");
+      // room for every bar's label: 14 px a bar pair at least
+      card.querySelector(".chart").style.height = Math.max(200, 60 + 14 * rows.length * 1.5) + "px";
       chart("c-b-" + dim, "bar", rows.map((r) => r.value === null ? "(unknown)" : String(r.value)), [
         { label: "clicks", data: rows.map((r) => r.clicks) },
         { label: "conversions", data: rows.map((r) => r.conversions) },
-      ], { indexAxis: "y" });
+      ], { indexAxis: "y", scales: { x: { ticks: { font: { size: 10 } } }, y: EVERY_LABEL } });
     });
   }
   function renderHealth(h) {
@@ -287,7 +347,7 @@
     const scroll = el("div", { class: "scroll" });
     scroll.append(t);
     box.append(scroll);
-    const dead = (h.dead_letters || []).map((d) => d.reason + ": " + fmt(d.records, "int")).join(", ");
+    const dead = (h.dead_letters || []).map((d) => d.stream + " · " + d.reason + ": " + fmt(d.records, "int")).join(", ");
     const lines = [
       "last commit: " + (h.last_commit || "—"),
       "data: " + ((h.data_range || {}).first_minute || "—") + " → " + ((h.data_range || {}).last_minute || "—"),
@@ -327,13 +387,15 @@
         ...BREAKDOWNS.map((d) => get("/breakdown/" + d, q)),
       ]);
       renderTiles(now.summary, before && before.summary, win);
-      renderSeries(series.rows, bucket);
-      table("trending", [["campaign", "campaign"], ["previous_rate", "before", "pct"], ["latest_rate", "latest", "pct"], ["change", "change", "pct"], ["latest_clicks", "clicks", "int"]], trending.rows);
-      document.getElementById("trending-note").textContent = "window " + trending.window_minutes + " min, at least " + trending.min_clicks + " clicks";
+      renderSeries(series.rows, bucket, win);
+      table("trending", [["campaign", "campaign"], ["previous_rate", "conv. rate before", "pct"], ["latest_rate", "conv. rate latest", "pct"], ["change", "change", "pp"], ["latest_clicks", "clicks", "int"]], trending.rows);
+      const w = trending.window_minutes;
+      document.getElementById("trending-note").textContent = "conversion rate = attributed conversions per click, in the latest " + w + " min vs the " + w + " min before; change in percentage points (pp); campaigns with at least " + trending.min_clicks + " clicks in both windows";
       table("top-ads", [["ad_id", "ad"], ["campaign", "campaign"], ["clicks", "clicks", "int"], ["conversions", "conv.", "int"], ["revenue", "revenue", "money"], ["conversion_rate", "conv. rate", "pct"]], top.rows);
       renderHistogram(hist.rows);
       renderBreakdowns(breakdowns);
       renderHealth(health);
+      markCut();
       errorBox.hidden = true;
       document.body.dataset.loaded = String(Number(document.body.dataset.loaded || 0) + 1);
     } catch (err) {
@@ -398,6 +460,7 @@
     form.addEventListener("change", apply);
     document.getElementById("reset").addEventListener("click", () => { history.replaceState(null, "", "?"); form.reset(); apply(); });
     window.addEventListener("popstate", () => { showState(readState()); refresh(); });
+    window.addEventListener("resize", markCut);
     await refresh();
     connect();
   }
