@@ -287,21 +287,42 @@ class Collector:
 
     def _append_waiting_inline(self) -> None:
         waiting, self._waiting, self._gathering = self._waiting, [], False
-        self._append_gathered(waiting)
+        self._answer(waiting, self._publish_gathered(waiting)[1])
 
     async def _append_waiting_in_threads(self) -> None:
+        """Appends one gathered group after another in a worker thread; with ``fsync``,
+        each group then waits for its flush in a thread of its own, so that the next
+        group is appended meanwhile (and shares the next flush: group commit)."""
         try:
             while self._waiting:
                 waiting, self._waiting = self._waiting, []
-                await run_in_threadpool(self._append_gathered, waiting)
+                ticket, failed = await run_in_threadpool(self._publish_gathered, waiting)
+                if self._sync and ticket:
+                    asyncio.get_running_loop().create_task(
+                        self._answer_when_durable(waiting, ticket, failed)
+                    )
+                else:
+                    self._answer(waiting, failed)
         finally:
             self._gathering = False
 
-    def _append_gathered(
-        self, waiting: list[tuple[Stream, Sequence[bytes], asyncio.Future[int]]]
+    async def _answer_when_durable(
+        self,
+        waiting: list[tuple[Stream, Sequence[bytes], asyncio.Future[int]]],
+        ticket: int,
+        failed: dict[Stream, BaseException],
     ) -> None:
-        """One append per stream for ``waiting``, then each request's answer (on the
-        event loop's thread, or a worker's: futures are set through the loop)."""
+        try:
+            await run_in_threadpool(self._wait_durable, ticket)
+        except Exception as exc:  # noqa: BLE001 - answered to the requests (503)
+            failed = dict.fromkeys((stream for stream, _, _ in waiting), exc)
+        self._answer(waiting, failed)
+
+    def _publish_gathered(
+        self, waiting: list[tuple[Stream, Sequence[bytes], asyncio.Future[int]]]
+    ) -> tuple[int, dict[Stream, BaseException]]:
+        """One append per stream for ``waiting``: the ticket of the last one that
+        succeeded (0: none), and what failed, by stream."""
         by_stream: dict[Stream, list[bytes]] = {}
         for stream, payloads, _ in waiting:
             by_stream.setdefault(stream, []).extend(payloads)
@@ -312,14 +333,22 @@ class Collector:
                 ticket = self._publish(stream, payloads)
             except Exception as exc:  # noqa: BLE001 - answered to the requests (503)
                 failed[stream] = exc
-        if self._sync and ticket:
-            try:
-                self._wait_durable(ticket)
-            except Exception as exc:  # noqa: BLE001 - answered to the requests (503)
-                failed |= dict.fromkeys(by_stream, exc)
+        return ticket, failed
+
+    @staticmethod
+    def _answer(
+        waiting: list[tuple[Stream, Sequence[bytes], asyncio.Future[int]]],
+        failed: dict[Stream, BaseException],
+    ) -> None:
+        """Each request's answer: its count, or what failed (on the event loop)."""
         for stream, payloads, done in waiting:
+            if done.done():  # the request went away (cancelled)
+                continue
             error = failed.get(stream)
-            _settle(done, error, len(payloads))
+            if error is None:
+                done.set_result(len(payloads))
+            else:
+                done.set_exception(error)
 
     def _wait_durable(self, ticket: int) -> None:
         with self._flushed:
@@ -345,28 +374,6 @@ class Collector:
     def close(self) -> None:
         with self._append_lock:
             self._producer.close()
-
-
-def _settle(done: asyncio.Future[int], error: BaseException | None, count: int) -> None:
-    """Answer one waiting request, from any thread."""
-    loop = done.get_loop()
-
-    def answer() -> None:
-        if done.done():  # the request went away (cancelled)
-            return
-        if error is None:
-            done.set_result(count)
-        else:
-            done.set_exception(error)
-
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        answer()
-    else:
-        loop.call_soon_threadsafe(answer)
 
 
 # --- browser endpoints -------------------------------------------------------------------
