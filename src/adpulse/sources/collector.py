@@ -241,12 +241,13 @@ class Collector:
         self._flushed = threading.Condition()
         self.accepted = dict.fromkeys(Stream, 0)
         #: An append is a few ``write(2)`` calls to the page cache, never a wait on a
-        #: server or a disk: it runs on the event loop (a hop to a worker thread costs
-        #: more than the append).
+        #: server or a disk: small ones run on the event loop (a hop to a worker thread
+        #: costs more than their append).
         self.appends_inline = isinstance(transport, EmbeddedTransport) and not settings.fsync
         #: Requests waiting for the next gathered append (on the event loop's thread).
         self._waiting: list[tuple[Stream, Sequence[bytes], asyncio.Future[int]]] = []
-        self._gathering = False
+        self._gathering = False  # a task appends self._waiting in worker threads
+        self._inline_waiting: list[tuple[Stream, Sequence[bytes], asyncio.Future[int]]] = []
 
     def append(self, stream: Stream, payloads: Sequence[bytes]) -> int:
         """Append ``payloads`` to ``stream``; returns once they are durable (see module doc)."""
@@ -276,17 +277,21 @@ class Collector:
             return 0
         loop = asyncio.get_running_loop()
         done: asyncio.Future[int] = loop.create_future()
-        self._waiting.append((stream, payloads, done))
-        if not self._gathering:
-            self._gathering = True
-            if self.appends_inline:
+        if self.appends_inline and len(payloads) <= INLINE_RECORDS and not self._gathering:
+            # Small appends (pixels, clicks) on the event loop; never beside a worker's
+            # append (which holds the producer's lock).
+            self._inline_waiting.append((stream, payloads, done))
+            if len(self._inline_waiting) == 1:
                 loop.call_soon(self._append_waiting_inline)
-            else:
+        else:
+            self._waiting.append((stream, payloads, done))
+            if not self._gathering:
+                self._gathering = True
                 loop.create_task(self._append_waiting_in_threads())
         return await done
 
     def _append_waiting_inline(self) -> None:
-        waiting, self._waiting, self._gathering = self._waiting, [], False
+        waiting, self._inline_waiting = self._inline_waiting, []
         self._answer(waiting, self._publish_gathered(waiting)[1])
 
     async def _append_waiting_in_threads(self) -> None:
@@ -446,6 +451,12 @@ def allowed_redirect(url: str, hosts: Sequence[str]) -> str:
 # --- the routes ---------------------------------------------------------------------------
 #: Seconds a client is asked to wait when the transport did not take a batch.
 RETRY_AFTER_SECONDS: Final = 5
+
+
+#: Requests of at most this many records append on the event loop when appends cannot
+#: block (:attr:`Collector.appends_inline`); larger ones in a worker thread, so that the
+#: event loop goes on reading requests meanwhile.
+INLINE_RECORDS: Final = 64
 
 
 async def append_or_503(collector: Collector, stream: Stream, records: Sequence[bytes]) -> int:
