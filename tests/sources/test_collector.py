@@ -32,6 +32,7 @@ from adpulse.serving.auth import Access, KeyRing, create_key
 from adpulse.sources import collector as collector_module
 from adpulse.sources.client import CollectorClient, CollectorSendError
 from adpulse.sources.collector import (
+    INLINE_RECORDS,
     PIXEL_GIF,
     Collector,
     CollectorError,
@@ -591,12 +592,14 @@ def _log(transport: Transport, config: Settings, stream: Stream) -> list[list[by
     return found
 
 
-@pytest.mark.parametrize("fsync", [False, True])
+@pytest.mark.parametrize(("fsync", "records"), [(False, 2), (False, 70), (True, 2)])
 def test_concurrent_requests_share_one_append_and_each_is_answered_after_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool, records: int
 ) -> None:
-    """Inline (embedded log, no fsync: one append at the end of the loop's turn) and in
-    a worker thread (fsync: one append while the next requests gather)."""
+    """Small appends (embedded log, no fsync) gather on the event loop: one append at
+    the end of the loop's turn; larger ones in a worker thread, one gathered group at a
+    time; with fsync each request appends alone (and shares flushes: see
+    test_with_fsync_concurrent_requests_share_fsyncs)."""
     config = Settings(home=tmp_path, partitions=PARTITIONS, fsync=fsync)
     transport = open_transport(config)
     collector = Collector(transport, config)
@@ -606,7 +609,7 @@ def test_concurrent_requests_share_one_append_and_each_is_answered_after_it(
 
     def counting_publish(*args: Any, **kwargs: Any) -> dict[int, int]:
         publishes.append(len(args[2]))
-        time.sleep(0.01)  # a slow disk: requests arriving meanwhile wait for the next
+        time.sleep(0.01)  # a slow append: requests arriving meanwhile wait for the next
         return real_publish(*args, **kwargs)
 
     monkeypatch.setattr(collector_module, "publish", counting_publish)
@@ -621,7 +624,7 @@ def test_concurrent_requests_share_one_append_and_each_is_answered_after_it(
 
     async def request(i: int) -> None:
         record = _click(f"u{i}")
-        assert await collector.submit(Stream.IMPRESSIONS, [record, record]) == 2
+        assert await collector.submit(Stream.IMPRESSIONS, [record] * records) == records
         assert in_log(record)  # appended before the answer
 
     async def requests() -> None:
@@ -634,12 +637,14 @@ def test_concurrent_requests_share_one_append_and_each_is_answered_after_it(
         consumer.close()
         collector.close()
         transport.close()
-    assert sum(publishes) == 90
-    assert collector.accepted[Stream.IMPRESSIONS] == 90
+    assert sum(publishes) == 45 * records
+    assert collector.accepted[Stream.IMPRESSIONS] == 45 * records
     if fsync:
-        assert 2 <= len(publishes) <= 10, publishes
-    else:  # one append per turn of the event loop
+        assert publishes == [2] * 45
+    elif records <= INLINE_RECORDS:  # one append per turn of the event loop
         assert publishes == [80, 10]
+    else:
+        assert publishes[0] == 40 * records and len(publishes) <= 3, publishes
 
 
 def test_a_gathered_append_that_fails_fails_every_request_of_it_then_appends_resume(
