@@ -298,7 +298,7 @@ class Collector:
 
     def _append_waiting_inline(self) -> None:
         waiting, self._inline_waiting = self._inline_waiting, []
-        self._answer(waiting, self._publish_gathered(waiting)[1])
+        self._answer(waiting, self._publish_gathered(waiting))
 
     async def _append_waiting_in_threads(self) -> None:
         """Appends one gathered group after another in a worker thread, while the
@@ -306,27 +306,25 @@ class Collector:
         try:
             while self._waiting:
                 waiting, self._waiting = self._waiting, []
-                _, failed = await run_in_threadpool(self._publish_gathered, waiting)
+                failed = await run_in_threadpool(self._publish_gathered, waiting)
                 self._answer(waiting, failed)
         finally:
             self._gathering = False
 
     def _publish_gathered(
         self, waiting: list[tuple[Stream, Sequence[bytes], asyncio.Future[int]]]
-    ) -> tuple[int, dict[Stream, BaseException]]:
-        """One append per stream for ``waiting``: the ticket of the last one that
-        succeeded (0: none), and what failed, by stream."""
+    ) -> dict[Stream, BaseException]:
+        """One append per stream for ``waiting``; returns what failed, by stream."""
         by_stream: dict[Stream, list[bytes]] = {}
         for stream, payloads, _ in waiting:
             by_stream.setdefault(stream, []).extend(payloads)
         failed: dict[Stream, BaseException] = {}
-        ticket = 0
         for stream, payloads in by_stream.items():
             try:
-                ticket = self._publish(stream, payloads)
+                self._publish(stream, payloads)
             except Exception as exc:  # noqa: BLE001 - answered to the requests (503)
                 failed[stream] = exc
-        return ticket, failed
+        return failed
 
     @staticmethod
     def _answer(
