@@ -4,10 +4,11 @@ processor and API in one process, on the embedded log and DuckDB), and the pixel
 Each case starts a fresh ``adpulse serve`` on a scratch directory, runs wrk against it
 for ``--seconds``, then reads how many records the processor committed so far. Cases:
 ``post`` (NDJSON batches, fsync off), ``post-gzip`` (the same, gzip-compressed),
-``post-fsync`` (fsync on: group commit), ``pixel`` (GET /v1/pixel.gif). In ``post`` and
-``post-fsync`` every request carries new event ids; ``post-gzip`` and ``pixel`` repeat
-one request (the processor then drops the repeated posts as re-sends, so its figure of
-committed events is not the throughput there). Besides
+``post-array`` (the same records as a JSON array, ``Content-Type: application/json``),
+``post-fsync`` (fsync on: group commit), ``pixel`` (GET /v1/pixel.gif). In ``post``,
+``post-array`` and ``post-fsync`` every request carries new event ids; ``post-gzip`` and
+``pixel`` repeat one request (the processor then drops the repeated posts as re-sends,
+so its figure of committed events is not the throughput there). Besides
 requests/s, events/s and latency it prints the CPU time the server used per request
 (from /proc), which the machine's other load changes much less.
 
@@ -36,7 +37,7 @@ import orjson
 from adpulse.operations.bench_api import WRK_DONE
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 
-CASES = ("post", "post-gzip", "post-fsync", "pixel")
+CASES = ("post", "post-gzip", "post-array", "post-fsync", "pixel")
 
 _WRK_SCRIPT = (
     """
@@ -111,6 +112,9 @@ def run_case(case: str, args: argparse.Namespace, scratch: Path, wrk: str) -> di
         url = server.stdout.readline().split(" at ")[1].split()[0]
         body = batch_body(args.batch)
         headers = ['wrk.headers["Content-Type"] = "application/x-ndjson"']
+        if case == "post-array":
+            body = b"[" + body.replace(b"\n", b",") + b"]"
+            headers = ['wrk.headers["Content-Type"] = "application/json"']
         if case == "post-gzip":
             body = gzip.compress(body, compresslevel=1)
             headers.append('wrk.headers["Content-Encoding"] = "gzip"')
@@ -123,7 +127,7 @@ def run_case(case: str, args: argparse.Namespace, scratch: Path, wrk: str) -> di
                 "method": "GET" if case == "pixel" else "POST",
                 "body": body_file,
                 "headers": "" if case == "pixel" else "\n".join(headers),
-                "vary": str(case in ("post", "post-fsync")).lower(),
+                "vary": str(case in ("post", "post-array", "post-fsync")).lower(),
             }
         )
         path = (

@@ -3,6 +3,7 @@ embedded log: bodies, limits, the browser endpoints, and group commit."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import threading
@@ -28,8 +29,17 @@ from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.serving.api import bind, create_app, make_server
 from adpulse.serving.auth import Access, KeyRing, create_key
+from adpulse.sources import collector as collector_module
 from adpulse.sources.client import CollectorClient, CollectorSendError
-from adpulse.sources.collector import PIXEL_GIF, Collector, allowed_redirect
+from adpulse.sources.collector import (
+    INLINE_RECORDS,
+    PIXEL_GIF,
+    Collector,
+    CollectorError,
+    CollectorPaths,
+    allowed_redirect,
+    append_or_503,
+)
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.transport import framing, open_transport
 from adpulse.transport.base import Transport
@@ -484,3 +494,238 @@ def test_when_keys_are_required_posting_needs_a_write_key_and_the_pixel_none(
         assert pixel.status_code == 200 and pixel.content == PIXEL_GIF
         assert served.payloads(Stream.CLICKS) == [_click("u2")]
         assert len(served.payloads(Stream.IMPRESSIONS)) == 1
+
+
+# --- the plain ASGI paths and gathered appends ---------------------------------------------
+def _without_plain_paths(app: Any) -> Any:
+    """``app`` answering from its FastAPI routes only (before its first request)."""
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not CollectorPaths]
+    return app
+
+
+ASGI_REQUESTS: list[tuple[str, str, dict[str, str], bytes]] = [
+    ("GET", "/v1/pixel.gif?ad_id=3&user_id=u1&platform=web&location=FR", {}, b""),
+    ("GET", "/v1/pixel.gif?user_id=%C3%BCser+1&ad_id=&ad_id=4&flag", {}, b""),
+    ("GET", "/v1/pixel.gif?user_id=" + "x" * 257 + "&location=" + "y" * 300, {}, b""),
+    ("GET", "/v1/click?ad_id=3&user_id=u1&to=https%3A%2F%2Fshop.example%2Fp%3Fa%3D1", {}, b""),
+    ("GET", "/v1/click?ad_id=3&user_id=u1&to=https://evil.example/", {}, b""),
+    ("GET", "/v1/click?ad_id=3&user_id=u1&to=//evil.example", {}, b""),
+    ("GET", "/v1/click?ad_id=3", {}, b""),
+    ("GET", "/v1/click?to=" + "a" * 2049 + "&platform=" + "p" * 257, {}, b""),
+    ("POST", "/v1/events/clicks", {}, b'{"user_id": "u1"}\n{"user_id": "u2"}\nnot json'),
+    ("POST", "/v1/events/clicks", {"content-type": "application/json"}, b'[{"a": 1}, 2]'),
+    ("POST", "/v1/events/clicks", {"content-type": "application/json"}, b'{"a": 1}'),
+    ("POST", "/v1/events/clicks", {"content-type": "application/json"}, b"[1, "),
+    ("POST", "/v1/events/clicks", {"content-encoding": "gzip"}, gzip.compress(b'{"a": 1}')),
+    ("POST", "/v1/events/clicks", {"content-encoding": "gzip"}, b"not gzip"),
+    ("POST", "/v1/events/clicks", {"content-encoding": "br"}, b'{"a": 1}'),
+    ("POST", "/v1/events/clicks", {}, b"{}\n" * 6),
+    ("POST", "/v1/events/clicks", {}, b"x" * 5000),
+    ("POST", "/v1/events/clicks", {"content-encoding": "gzip"}, gzip.compress(b" " * 9000)),
+    ("POST", "/v1/events/views", {}, b'{"a": 1}'),
+    ("POST", "/v1/events/", {}, b'{"a": 1}'),
+    ("GET", "/v1/events/clicks", {}, b""),
+]
+
+
+def test_the_plain_asgi_paths_answer_as_the_fastapi_routes(tmp_path: Path) -> None:
+    """Status, body and headers of every case, byte for byte (event ids aside)."""
+    from adpulse.operations.serve import collector_app
+
+    config = Settings(
+        home=tmp_path,
+        partitions=PARTITIONS,
+        collector_max_body_bytes=4096,
+        collector_max_records=5,
+        collector_redirect_hosts=["shop.example"],
+    )
+    transport = open_transport(config)
+    collector = Collector(transport, config)
+    plain = collector_app(collector, config, Access.open())
+    routes = _without_plain_paths(collector_app(collector, config, Access.open()))
+    assert CollectorPaths in [m.cls for m in plain.user_middleware]
+    assert CollectorPaths not in [m.cls for m in routes.user_middleware]
+
+    async def answers(app: Any) -> list[tuple[int, bytes, dict[str, str]]]:
+        out = []
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://127.0.0.1")
+        async with client:
+            for method, path, headers, body in ASGI_REQUESTS:
+                r = await client.request(method, path, headers=headers, content=body)
+                kept = {k: v for k, v in r.headers.items() if k != "content-length"}
+                assert r.headers.get("content-length", str(len(r.content))) == str(len(r.content))
+                out.append((r.status_code, r.content, kept))
+        return out
+
+    try:
+        got, expected = asyncio.run(answers(plain)), asyncio.run(answers(routes))
+    finally:
+        collector.close()
+        transport.close()
+    assert [g[0] for g in got] == [
+        200, 200, 422, 302, 400, 400, 422, 422, 202, 202, 202, 400, 202, 400, 415, 413,
+        413, 413, 404, 404, 405,
+    ]  # fmt: skip
+    assert got == expected
+    assert got[3][2]["location"] == "https://shop.example/p?a=1"
+    assert got[2][1] == (
+        b'{"error":"invalid_parameter","detail":"user_id: String should have at most 256'
+        b' characters; location: String should have at most 256 characters"}'
+    )
+    # Both apps appended the same records (each pixel and click with its own event id).
+    records = [
+        orjson.loads(p) for rows in _log(transport, config, Stream.IMPRESSIONS) for p in rows
+    ]
+    assert sorted(r["user_id"] for r in records) == ["u1", "u1", "üser 1", "üser 1"]
+    assert {r["ad_id"] for r in records} == {3, 4}
+
+
+def _log(transport: Transport, config: Settings, stream: Stream) -> list[list[bytes]]:
+    reopened = open_transport(config)
+    consumer = reopened.consumer()
+    found = []
+    for partition in range(PARTITIONS):
+        chunk = consumer.poll(stream, partition, None, 1 << 24)
+        found.append([] if chunk is None else framing.split_lines(chunk.data))
+    consumer.close()
+    reopened.close()
+    return found
+
+
+@pytest.mark.parametrize(("fsync", "records"), [(False, 2), (False, 70), (True, 2)])
+def test_concurrent_requests_share_one_append_and_each_is_answered_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool, records: int
+) -> None:
+    """Small appends (embedded log, no fsync) gather on the event loop: one append at
+    the end of the loop's turn; larger ones in a worker thread, one gathered group at a
+    time; with fsync each request appends alone (and shares flushes: see
+    test_with_fsync_concurrent_requests_share_fsyncs)."""
+    config = Settings(home=tmp_path, partitions=PARTITIONS, fsync=fsync)
+    transport = open_transport(config)
+    collector = Collector(transport, config)
+    assert collector.appends_inline is not fsync
+    publishes: list[int] = []
+    real_publish = collector_module.publish
+
+    def counting_publish(*args: Any, **kwargs: Any) -> dict[int, int]:
+        publishes.append(len(args[2]))
+        time.sleep(0.01)  # a slow append: requests arriving meanwhile wait for the next
+        return real_publish(*args, **kwargs)
+
+    monkeypatch.setattr(collector_module, "publish", counting_publish)
+    consumer = transport.consumer()
+
+    def in_log(record: bytes) -> bool:
+        for partition in range(PARTITIONS):
+            chunk = consumer.poll(Stream.IMPRESSIONS, partition, None, 1 << 24)
+            if chunk is not None and record in framing.split_lines(chunk.data):
+                return True
+        return False
+
+    async def request(i: int) -> None:
+        record = _click(f"u{i}")
+        assert await collector.submit(Stream.IMPRESSIONS, [record] * records) == records
+        assert in_log(record)  # appended before the answer
+
+    async def requests() -> None:
+        await asyncio.gather(*(request(i) for i in range(40)))
+        await asyncio.gather(*(request(i) for i in range(40, 45)))
+
+    try:
+        asyncio.run(requests())
+    finally:
+        consumer.close()
+        collector.close()
+        transport.close()
+    assert sum(publishes) == 45 * records
+    assert collector.accepted[Stream.IMPRESSIONS] == 45 * records
+    if fsync:
+        assert publishes == [2] * 45
+    elif records <= INLINE_RECORDS:  # one append per turn of the event loop
+        assert publishes == [80, 10]
+    else:
+        assert publishes[0] == 40 * records and len(publishes) <= 3, publishes
+
+
+def test_a_gathered_append_that_fails_fails_every_request_of_it_then_appends_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = Settings(home=tmp_path, partitions=PARTITIONS)
+    transport = open_transport(config)
+    collector = Collector(transport, config)
+    real_publish = collector_module.publish
+    failing = [True]
+
+    def flaky_publish(*args: Any, **kwargs: Any) -> dict[int, int]:
+        if failing[0]:
+            raise OSError("No space left on device")
+        return real_publish(*args, **kwargs)
+
+    monkeypatch.setattr(collector_module, "publish", flaky_publish)
+
+    async def post(i: int) -> int:
+        try:
+            return await append_or_503(collector, Stream.CLICKS, [_click(f"u{i}")])
+        except CollectorError as exc:
+            return exc.status
+
+    async def rounds() -> tuple[list[int], list[int]]:
+        first = await asyncio.gather(*(post(i) for i in range(5)))
+        failing[0] = False
+        return first, await asyncio.gather(*(post(i) for i in range(3)))
+
+    try:
+        first, second = asyncio.run(rounds())
+    finally:
+        collector.close()
+        transport.close()
+    assert (first, second) == ([503] * 5, [1, 1, 1])
+    assert collector.accepted[Stream.CLICKS] == 3
+    assert "could not append" in caplog.text
+
+
+TRICKY_LINES = [
+    _click("u1"),
+    '{"user_id": "üser-日本", "ad_id": 2, "click_timestamp": "2026-11-29 08:00:00"}'.encode(),
+    b'{"user_id": "u\\"quoted", "ad_id": 3}',
+    b'{"meta": {"user_id": "nested"}, "ad_id": 4}',
+    b'{"user_id": null, "ad_id": 5}',
+    b'{"user_id": 9101, "ad_id": 6}',
+    b'{"user_id": "u7", "ad_id": 7,',
+    b"not json at all",
+    b'{"a": 1e400, "user_id": "u8"}',
+]
+
+
+def test_tricky_records_are_partitioned_as_before_and_invalid_ones_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    from adpulse.runtime import open_runtime, processor_for
+
+    def old_partition(line: bytes) -> int:  # the record-by-record rule (orjson)
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return 0
+        value = doc.get("user_id")
+        if isinstance(value, int):
+            value = str(value)
+        return framing.partition_of(value if isinstance(value, str) else None, PARTITIONS)
+
+    with serve(tmp_path) as served:
+        r = httpx.post(f"{served.url}/v1/events/clicks", content=b"\n".join(TRICKY_LINES))
+        assert (r.status_code, r.json()) == (202, {"accepted": len(TRICKY_LINES)})
+        by_partition = served.records(Stream.CLICKS)
+    for line in TRICKY_LINES:
+        assert (line, None) in by_partition[old_partition(line)], line
+    with open_runtime(Settings(home=tmp_path, partitions=PARTITIONS)) as rt:
+        processor = processor_for(rt)
+        processor.run(threading.Event(), until_caught_up=True)
+        processor.close()
+        letters = rt.warehouse.query(
+            "SELECT payload, reason FROM dead_letters WHERE stream = 'clicks'"
+        ).rows()
+    reasons = {bytes(p): r for p, r in letters}
+    for line in TRICKY_LINES[6:]:
+        assert reasons[line] == "invalid_json", line
+    assert len(reasons) == len(TRICKY_LINES) - 1  # only _click("u1") is a whole click

@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 
 import numpy as np
+import orjson
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from adpulse.contracts import DEFAULT_MAX_RECORD_BYTES
 from adpulse.transport.framing import (
@@ -16,8 +19,11 @@ from adpulse.transport.framing import (
     frame_one,
     partition_of,
     partitions_of,
+    partitions_of_records,
     split_lines,
     unframe_line,
+    user_id_keys,
+    user_id_of,
 )
 
 
@@ -128,3 +134,164 @@ def test_frame_by_partition_single_partition_and_errors() -> None:
     assert frame_by_partition([], [], 4) == {}
     with pytest.raises(ValueError, match="2 payloads but 1 keys"):
         frame_by_partition([b"a", b"b"], ["x"], 4)
+
+
+# --- reading the user ids of a batch without decoding each record ------------------------
+def _old_user_id(payload: bytes) -> str | None:
+    """The producer's rule before the vectorized reading (orjson, record by record),
+    copied here as the reference the new reading must equal."""
+    try:
+        record = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    value = record.get("user_id")
+    if isinstance(value, str):
+        return None if value.startswith(("{", "[")) else value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return None
+
+
+VALID_TRICKY = [
+    b'{"ad_id": 1, "user_id": "u1", "platform": "web"}',
+    b'{"ad_id": 2}',
+    b'{"user_id": null}',
+    b'{"user_id": 9101}',
+    b'{"user_id": -7}',
+    b'{"user_id": 1.5}',
+    b'{"user_id": 1.0}',
+    b'{"user_id": 1e2}',
+    b'{"user_id": 2.5E-3}',
+    b'{"user_id": 18446744073709551616}',
+    b'{"user_id": true}',
+    b'{"user_id": false}',
+    b'{"user_id": {"id": "U5678"}}',
+    b'{"user_id": ["u1"]}',
+    b'{"user_id": "{not an object"}',
+    b'{"user_id": "[u1"}',
+    b'{"user_id": ""}',
+    b'{"user_id": " u1 "}',
+    '{"user_id": "üser-é-日本-😀"}'.encode(),
+    b'{"user_id": "u\\"1"}',
+    b'{"user_id": "\\u00e9t\\u00e9"}',
+    b'{"user_id": "a\\\\b"}',
+    b'{"user_id": "\\ud83d\\ude00"}',
+    b'{"user_id": "\\u007b"}',
+    b'{"meta": {"user_id": "nested"}}',
+    b'{"meta": {"user_id": "nested"}, "user_id": "top"}',
+    b'{"user_id": "top", "meta": {"user_id": "nested"}}',
+    b'{"user_id": "first", "user_id": "last"}',
+    b'{"note": "\\"user_id\\": \\"z\\"", "user_id": "real"}',
+    b'{"note": "5e123, 1e400 ", "user_id": "looks-huge"}',
+    b'{"a": [1, {"user_id": "in-array"}], "b": -0.0, "c": 1e-5}',
+    b'  {"user_id": "spaces"}  ',
+    b'{"a": 1,\r"user_id": "cr-inside"}',
+    b'{"a": "\\u0000", "user_id": "nul-escape"}',
+    b'{"a": ' + b"[" * 600 + b"]" * 600 + b', "user_id": "deep"}',
+]
+INVALID_TRICKY = [
+    b'{"user_id": "u1",',
+    b'{"user_id": "u1"} trailing',
+    b'{"user_id": "u1"}{"user_id": "u2"}',
+    b"not json",
+    b'["u1"]',
+    b'"u1"',
+    b"5",
+    b"",
+    b"   ",
+    b"\xff",
+    b'{"a": "\xff", "user_id": "bad-utf8-elsewhere"}',
+    b'{"user_id": "\xed\xa0\x80"}',
+    b'\xef\xbb\xbf{"user_id": "bom"}',
+    b'{"a": 1e400, "user_id": "overflow"}',
+    b'{"a": -1E+999, "user_id": "overflow"}',
+    b'{"a": ' + b"9" * 400 + b', "user_id": "400-digits"}',
+    b'{"a": NaN, "user_id": "nan"}',
+    b'{"a": 01, "user_id": "leading-zero"}',
+    b'{"a": "\x01", "user_id": "control"}',
+    b'{"a": "\\ud800", "user_id": "lone-surrogate"}',
+    b'{"user_id": "u1",}',
+    b'{"a": ' + b"[" * 1100 + b"]" * 1100 + b', "user_id": "too-deep"}',
+    b'{"user_id": "two"}\n{"user_id": "lines"}',
+]
+
+
+def _expected(payloads: list[bytes], partitions: int) -> list[int]:
+    return [partition_of(_old_user_id(p), partitions) for p in payloads]
+
+
+@pytest.mark.parametrize("partitions", [1, 4, 7, 16])
+def test_partitions_of_records_equals_the_old_reading_on_tricky_records(partitions: int) -> None:
+    assert all(_old_user_id(p) is None for p in INVALID_TRICKY[:12])
+    everything = VALID_TRICKY + INVALID_TRICKY
+    # The whole batch (broken: read record by record), each valid record alone, the
+    # valid ones as one batch (the one-call path, escapes included), and the valid
+    # ones without escapes (the inline path).
+    batches = [everything, VALID_TRICKY, [p for p in VALID_TRICKY if b"\\" not in p]]
+    batches += [[p] for p in everything]
+    for batch in batches:
+        got = partitions_of_records(batch, partitions)
+        assert got.dtype == np.int64
+        assert got.tolist() == _expected(batch, partitions), batch
+    assert user_id_keys(everything) == [
+        None if (u := _old_user_id(p)) is None else u.encode() for p in everything
+    ]
+    assert [user_id_of(p) for p in everything] == [_old_user_id(p) for p in everything]
+
+
+def test_partitions_of_records_reads_what_it_must_read() -> None:
+    """Exact ids, so the reference above cannot be wrong in the same way."""
+    keys = user_id_keys(VALID_TRICKY[:28])
+    assert keys[:12] == [b"u1", None, None, b"9101", b"-7", b"1.5", b"1", b"100",
+                         b"0.0025", b"18446744073709551616", b"true", b"false"]  # fmt: skip
+    assert keys[12:] == [None, None, None, None, b"", b" u1 ",
+                         "üser-é-日本-😀".encode(), b'u"1', "été".encode(), b"a\\b",
+                         "😀".encode(), None, None, b"top", b"top", b"last"]  # fmt: skip
+    assert user_id_keys(INVALID_TRICKY) == [None] * len(INVALID_TRICKY)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            st.builds(
+                lambda doc, cut: orjson.dumps(doc)[: cut or None],
+                st.dictionaries(
+                    st.sampled_from(["user_id", "ad_id", "u", "meta"]),
+                    st.recursive(
+                        st.none()
+                        | st.booleans()
+                        | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+                        | st.floats(allow_nan=False, allow_infinity=False)
+                        | st.text(max_size=8),
+                        lambda inner: (
+                            st.lists(inner, max_size=3)
+                            | st.dictionaries(st.sampled_from(["user_id", "x"]), inner, max_size=2)
+                        ),
+                        max_leaves=6,
+                    ),
+                    max_size=4,
+                ),
+                st.integers(min_value=-3, max_value=0),
+            ),
+            st.binary(max_size=12),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_partitions_of_records_equals_the_old_reading_on_generated_records(
+    payloads: list[bytes],
+) -> None:
+    assert partitions_of_records(payloads, 7).tolist() == _expected(payloads, 7)
+
+
+def test_records_nested_deeper_than_msgspec_reads_are_read_by_the_reference() -> None:
+    record = b'{"a": ' + b"[" * 1010 + b"]" * 1010 + b', "user_id": "deep"}'
+    assert user_id_keys([record, b'{"user_id": "u1"}']) == [b"deep", b"u1"]

@@ -328,11 +328,9 @@ def _replay_with_progress(
 
 
 def _count_lines(directory: Path) -> int:
-    from adpulse.sources.files import iter_stream_files, read_lines
+    from adpulse.sources.files import count_lines, iter_stream_files
 
-    return sum(
-        len(lines) for path in iter_stream_files(directory).values() for lines in read_lines(path)
-    )
+    return sum(count_lines(path) for path in iter_stream_files(directory).values())
 
 
 # ---------------------------------------------------------------------------- process

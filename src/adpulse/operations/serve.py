@@ -39,7 +39,7 @@ from adpulse.runtime import (
 from adpulse.serving.auth import Access, HostGate, InsecureServeError, access_of_server, is_loopback
 from adpulse.serving.cors import CollectorCors
 from adpulse.serving.http.announce import Announcement
-from adpulse.sources.collector import Collector, CollectorError, collector_router
+from adpulse.sources.collector import Collector, CollectorError, CollectorPaths, collector_router
 from adpulse.transport.base import Transport
 
 #: Seconds the processor gets to commit its batch in flight once told to stop.
@@ -185,6 +185,7 @@ def collector_app(collector: Collector, settings: Settings, access: Access) -> F
     app.state.access = access
     app.state.settings = settings  # make_server's connection limits
     app.include_router(collector_router(collector))
+    app.add_middleware(CollectorPaths, collector=collector)  # innermost: added first
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

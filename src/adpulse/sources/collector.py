@@ -10,6 +10,12 @@ The collector stays cheap: records pass through as they came (validation happens
 processor, which dead-letters what is wrong), partitioned by ``user_id`` with the one
 producer code path (:func:`adpulse.sources.producer.publish`).
 
+The endpoints are served twice: as plain ASGI (:class:`CollectorPaths`, mounted ahead of
+FastAPI, which answers them in a fraction of FastAPI's time) and as FastAPI routes
+(:func:`collector_router`, for the OpenAPI description and ``HEAD``). Appends of
+concurrent requests are gathered (:meth:`Collector.submit`): one append per stream for
+all the requests of the moment, each answered once its records are appended.
+
 Durability: the embedded log writes with ``write(2)`` straight to the segment files, so
 a record is in the operating system's page cache, safe from a ``kill -9`` of the server,
 before ``202``. With the ``fsync`` setting on, ``202`` waits for an ``fsync`` as well
@@ -20,24 +26,29 @@ crash is Redis's own persistence setting (AOF ``appendfsync``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+import time
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.params import Depends
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adpulse.config import Settings
 from adpulse.contracts import ORIGINAL_TIMESTAMP_FORMAT, Stream
 from adpulse.sources.producer import publish
+from adpulse.telemetry import ROUTE_SCOPE
 from adpulse.transport.base import Transport
 from adpulse.transport.embedded import EmbeddedTransport
 
@@ -64,16 +75,28 @@ _STREAMS: Final = ", ".join(s.value for s in Stream)
 class CollectorError(Exception):
     """A request the collector refuses: answered as ``{"error": code, "detail": ...}``."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.headers = dict(headers or {})
+        if status == 503:
+            self.headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
 
     def response(self) -> Response:
         body = orjson.dumps({"error": self.code, "detail": self.detail})
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status == 503 else None
-        return Response(body, self.status, headers, media_type="application/json")
+        return Response(body, self.status, self.headers or None, media_type="application/json")
+
+    async def send(self, send: Send) -> None:
+        """Answer with this error as plain ASGI (the same bytes as :meth:`response`)."""
+        body = orjson.dumps({"error": self.code, "detail": self.detail})
+        headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()
+        ]
+        await _answer(send, self.status, body, [*_JSON_HEADERS, *headers])
 
 
 # --- request bodies --------------------------------------------------------------------
@@ -160,6 +183,37 @@ def _too_large(max_bytes: int) -> CollectorError:
     )
 
 
+def stream_of(name: str) -> Stream:
+    """The stream ``POST /v1/events/{name}`` appends to (404 for another name)."""
+    if name not in _STREAM_NAMES:
+        raise CollectorError(404, "not_found", f"unknown stream {name!r}: use one of {_STREAMS}")
+    return Stream(name)
+
+
+def records_of(body: bytes, headers: Mapping[str, str], settings: Settings) -> list[bytes]:
+    """The records of a posted body (its ``Content-Encoding`` undone), within the limits."""
+    limit = settings.collector_max_body_bytes
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "gzip":
+        body = gunzip(body, limit)
+    elif encoding not in ("identity", ""):
+        raise CollectorError(
+            415,
+            "unsupported_encoding",
+            f"Content-Encoding {encoding!r}: send gzip or an uncompressed body",
+        )
+    records = split_records(body, headers.get("content-type", ""))
+    if len(records) > settings.collector_max_records:
+        raise CollectorError(
+            413,
+            "too_many_records",
+            f"{len(records)} records in one request, at most"
+            f" {settings.collector_max_records} (setting collector_max_records);"
+            " send smaller batches",
+        )
+    return records
+
+
 # --- appending -------------------------------------------------------------------------
 class Collector:
     """Appends records to the transport for many concurrent requests.
@@ -168,6 +222,10 @@ class Collector:
     ``write(2)`` calls. With ``fsync`` on, an append then waits until a flush that began
     after it has finished: the first waiter flushes for everyone appended so far while
     the others wait for it, so concurrent requests share one ``fsync`` (group commit).
+
+    Requests go through :meth:`submit`, which gathers the records of the requests that
+    arrive together into one append per stream (one ``write(2)`` per partition for many
+    pixels), and answers each request once that append is durable.
     """
 
     def __init__(self, transport: Transport, settings: Settings) -> None:
@@ -183,21 +241,105 @@ class Collector:
         self._flushed = threading.Condition()
         self.accepted = dict.fromkeys(Stream, 0)
         #: An append is a few ``write(2)`` calls to the page cache, never a wait on a
-        #: server or a disk: small ones may run on the event loop.
+        #: server or a disk: small ones run on the event loop (a hop to a worker thread
+        #: costs more than their append).
         self.appends_inline = isinstance(transport, EmbeddedTransport) and not settings.fsync
+        #: Requests waiting for the next gathered append (on the event loop's thread).
+        self._waiting: list[tuple[Stream, Sequence[bytes], asyncio.Future[int]]] = []
+        self._gathering = False  # a task appends self._waiting in worker threads
+        self._inline_waiting: list[tuple[Stream, Sequence[bytes], asyncio.Future[int]]] = []
 
     def append(self, stream: Stream, payloads: Sequence[bytes]) -> int:
         """Append ``payloads`` to ``stream``; returns once they are durable (see module doc)."""
         if not payloads:
             return 0
-        with self._append_lock:
-            publish(self._producer, stream, payloads, self._partitions, self._max_record_bytes)
-            self._appended += 1
-            ticket = self._appended
-            self.accepted[stream] += len(payloads)
+        ticket = self._publish(stream, payloads)
         if self._sync:
             self._wait_durable(ticket)
         return len(payloads)
+
+    def _publish(self, stream: Stream, payloads: Sequence[bytes]) -> int:
+        with self._append_lock:
+            publish(self._producer, stream, payloads, self._partitions, self._max_record_bytes)
+            self._appended += 1
+            self.accepted[stream] += len(payloads)
+            return self._appended
+
+    async def submit(self, stream: Stream, payloads: Sequence[bytes]) -> int:
+        """:meth:`append`, gathered with the requests that arrive meanwhile (group commit).
+
+        The first request to wait schedules one append for all that are waiting when it
+        runs: at the end of this turn of the event loop for small appends that cannot
+        block, else in a worker thread, while the requests arriving during it wait for
+        the next one. Raises what the append raised, for every request of that append.
+        With ``fsync`` each request appends on its own and the flushes are shared
+        (:meth:`append`).
+        """
+        if not payloads:
+            return 0
+        if self._sync:
+            # Each request appends in a worker thread and waits for a flush shared with
+            # the others (:meth:`append`): measured faster with fsync than gathering.
+            return await run_in_threadpool(self.append, stream, payloads)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int] = loop.create_future()
+        if self.appends_inline and len(payloads) <= INLINE_RECORDS and not self._gathering:
+            # Small appends (pixels, clicks) on the event loop; never beside a worker's
+            # append (which holds the producer's lock).
+            self._inline_waiting.append((stream, payloads, done))
+            if len(self._inline_waiting) == 1:
+                loop.call_soon(self._append_waiting_inline)
+        else:
+            self._waiting.append((stream, payloads, done))
+            if not self._gathering:
+                self._gathering = True
+                loop.create_task(self._append_waiting_in_threads())
+        return await done
+
+    def _append_waiting_inline(self) -> None:
+        waiting, self._inline_waiting = self._inline_waiting, []
+        self._answer(waiting, self._publish_gathered(waiting))
+
+    async def _append_waiting_in_threads(self) -> None:
+        """Appends one gathered group after another in a worker thread, while the
+        requests arriving meanwhile gather for the next one."""
+        try:
+            while self._waiting:
+                waiting, self._waiting = self._waiting, []
+                failed = await run_in_threadpool(self._publish_gathered, waiting)
+                self._answer(waiting, failed)
+        finally:
+            self._gathering = False
+
+    def _publish_gathered(
+        self, waiting: list[tuple[Stream, Sequence[bytes], asyncio.Future[int]]]
+    ) -> dict[Stream, BaseException]:
+        """One append per stream for ``waiting``; returns what failed, by stream."""
+        by_stream: dict[Stream, list[bytes]] = {}
+        for stream, payloads, _ in waiting:
+            by_stream.setdefault(stream, []).extend(payloads)
+        failed: dict[Stream, BaseException] = {}
+        for stream, payloads in by_stream.items():
+            try:
+                self._publish(stream, payloads)
+            except Exception as exc:  # noqa: BLE001 - answered to the requests (503)
+                failed[stream] = exc
+        return failed
+
+    @staticmethod
+    def _answer(
+        waiting: list[tuple[Stream, Sequence[bytes], asyncio.Future[int]]],
+        failed: dict[Stream, BaseException],
+    ) -> None:
+        """Each request's answer: its count, or what failed (on the event loop)."""
+        for stream, payloads, done in waiting:
+            if done.done():  # the request went away (cancelled)
+                continue
+            error = failed.get(stream)
+            if error is None:
+                done.set_result(len(payloads))
+            else:
+                done.set_exception(error)
 
     def _wait_durable(self, ticket: int) -> None:
         with self._flushed:
@@ -228,7 +370,18 @@ class Collector:
 # --- browser endpoints -------------------------------------------------------------------
 def server_time() -> str:
     """Now, in the original's timestamp format (UTC)."""
-    return datetime.now(UTC).strftime(ORIGINAL_TIMESTAMP_FORMAT)
+    second = int(time.time())
+    if _server_time[0] != second:  # one strftime a second, not one per pixel
+        text = datetime.fromtimestamp(second, UTC).strftime(ORIGINAL_TIMESTAMP_FORMAT)
+        _server_time[:] = [second, text]
+    return str(_server_time[1])
+
+
+_server_time: list[Any] = [-1, ""]
+
+
+#: The query parameters a pixel or a click record is made of (event_id last).
+_RECORD_FIELDS: Final = ("ad_id", "user_id", "platform", "location", "event_id")
 
 
 def browser_record(stream: Stream, params: dict[str, str | None]) -> bytes:
@@ -236,7 +389,7 @@ def browser_record(stream: Stream, params: dict[str, str | None]) -> bytes:
     the given ``event_id`` or a new one (each view is its own event). Missing or wrong
     fields are left for the processor to dead-letter, like any record."""
     record: dict[str, Any] = {"event_id": params.get("event_id") or uuid.uuid4().hex}
-    for name in ("ad_id", "user_id", "platform", "location"):
+    for name in _RECORD_FIELDS[:-1]:
         value = params.get(name)
         if value is None:
             continue
@@ -286,20 +439,18 @@ def allowed_redirect(url: str, hosts: Sequence[str]) -> str:
 RETRY_AFTER_SECONDS: Final = 5
 
 
-#: Appends of at most this many records run on the event loop when they cannot block
-#: (:attr:`Collector.appends_inline`): the hop to a worker thread costs more (~0.3 ms).
+#: Requests of at most this many records append on the event loop when appends cannot
+#: block (:attr:`Collector.appends_inline`); larger ones in a worker thread, so that the
+#: event loop goes on reading requests meanwhile.
 INLINE_RECORDS: Final = 64
 
 
 async def append_or_503(collector: Collector, stream: Stream, records: Sequence[bytes]) -> int:
-    """:meth:`Collector.append`, in a worker thread unless it is small and cannot block
-    the event loop; a transport failure (a server down
-    beyond ``infra_retry_seconds``, a full disk) becomes a 503 the client retries,
-    logged here with its cause (not sent: it may name server paths)."""
+    """:meth:`Collector.submit`; a transport failure (a server down beyond
+    ``infra_retry_seconds``, a full disk) becomes a 503 the client retries, logged here
+    with its cause (not sent: it may name server paths)."""
     try:
-        if collector.appends_inline and len(records) <= INLINE_RECORDS:
-            return collector.append(stream, records)
-        return await run_in_threadpool(collector.append, stream, records)
+        return await collector.submit(stream, records)
     except Exception as exc:
         log.exception("the collector could not append %d %s records", len(records), stream)
         raise CollectorError(
@@ -325,31 +476,10 @@ def collector_router(collector: Collector, post_dependencies: Sequence[Depends] 
     async def post_events(stream: str, request: Request) -> Response:
         """Append a batch of records (NDJSON or a JSON array, optionally gzip) to a stream."""
         try:
-            if stream not in _STREAM_NAMES:
-                raise CollectorError(
-                    404, "not_found", f"unknown stream {stream!r}: use one of {_STREAMS}"
-                )
-            limit = settings.collector_max_body_bytes
-            body = await read_body(request, limit)
-            encoding = request.headers.get("content-encoding", "identity").strip().lower()
-            if encoding == "gzip":
-                body = gunzip(body, limit)
-            elif encoding not in ("identity", ""):
-                raise CollectorError(
-                    415,
-                    "unsupported_encoding",
-                    f"Content-Encoding {encoding!r}: send gzip or an uncompressed body",
-                )
-            records = split_records(body, request.headers.get("content-type", ""))
-            if len(records) > settings.collector_max_records:
-                raise CollectorError(
-                    413,
-                    "too_many_records",
-                    f"{len(records)} records in one request, at most"
-                    f" {settings.collector_max_records} (setting collector_max_records);"
-                    " send smaller batches",
-                )
-            accepted = await append_or_503(collector, Stream(stream), records)
+            known = stream_of(stream)
+            body = await read_body(request, settings.collector_max_body_bytes)
+            records = records_of(body, request.headers, settings)
+            accepted = await append_or_503(collector, known, records)
         except CollectorError as exc:
             return exc.response()
         return Response(orjson.dumps({"accepted": accepted}), 202, media_type="application/json")
@@ -392,3 +522,158 @@ def collector_router(collector: Collector, post_dependencies: Sequence[Depends] 
         return Response(status_code=302, headers={"Location": target, **NO_CACHE_HEADERS})
 
     return router
+
+
+# --- the same endpoints as plain ASGI, ahead of FastAPI -------------------------------------
+#: Checks a request's write key; raises :class:`CollectorError` (401, 403, 429) to refuse.
+WriteKeyCheck = Callable[[Scope], Awaitable[None]]
+
+_EVENTS_PATH: Final = COLLECTOR_PREFIX + "/events/"
+_EVENTS_ROUTE: Final = COLLECTOR_PREFIX + "/events/{stream}"
+_PIXEL_PATH: Final = COLLECTOR_PREFIX + "/pixel.gif"
+_CLICK_PATH: Final = COLLECTOR_PREFIX + "/click"
+#: (name, longest, required) of the browser endpoints' parameters, in the order of the
+#: FastAPI routes' (whose error messages :func:`_checked_query` repeats).
+_RECORD_PARAMS: Final = tuple((name, 256, False) for name in _RECORD_FIELDS)
+_CLICK_PARAMS: Final = (("to", 2048, True), *_RECORD_PARAMS)
+_JSON_HEADERS: Final = [(b"content-type", b"application/json")]
+_NO_CACHE: Final = [(k.lower().encode(), v.encode()) for k, v in NO_CACHE_HEADERS.items()]
+_GIF_HEADERS: Final = [(b"content-type", b"image/gif"), *_NO_CACHE]
+
+
+class CollectorPaths:
+    """The collector's endpoints as plain ASGI, mounted ahead of FastAPI (innermost of
+    the server's layers, so the ``Host`` check, CORS, the query-string limits and the
+    metrics still apply): ``GET /v1/pixel.gif``, ``GET /v1/click`` and ``POST
+    /v1/events/{stream}`` answer here, in the same bytes as the FastAPI routes of
+    :func:`collector_router`, which serve the rest (``HEAD``, other methods, the API
+    description). FastAPI's routing, dependencies and parameter validation cost several
+    times the pixel's own work. ``write_key`` guards ``POST`` as the routes'
+    dependency does."""
+
+    def __init__(
+        self, app: ASGIApp, collector: Collector, write_key: WriteKeyCheck | None = None
+    ) -> None:
+        self.app = app
+        self.collector = collector
+        self.settings = collector.settings
+        self.write_key = write_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            method, path = scope["method"], scope["path"]
+            if method == "GET" and path == _PIXEL_PATH:
+                scope[ROUTE_SCOPE] = _PIXEL_PATH
+                await self._pixel(scope, send)
+                return
+            if method == "GET" and path == _CLICK_PATH:
+                scope[ROUTE_SCOPE] = _CLICK_PATH
+                await self._click(scope, send)
+                return
+            if method == "POST" and path.startswith(_EVENTS_PATH):
+                name = path[len(_EVENTS_PATH) :]
+                if name and "/" not in name:
+                    scope[ROUTE_SCOPE] = _EVENTS_ROUTE
+                    await self._post(scope, receive, send, name)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _pixel(self, scope: Scope, send: Send) -> None:
+        try:
+            params = _checked_query(scope, _RECORD_PARAMS)
+            record = browser_record(Stream.IMPRESSIONS, params)
+            await append_or_503(self.collector, Stream.IMPRESSIONS, [record])
+        except CollectorError as exc:
+            await exc.send(send)
+            return
+        await _answer(send, 200, PIXEL_GIF, _GIF_HEADERS)
+
+    async def _click(self, scope: Scope, send: Send) -> None:
+        try:
+            params = _checked_query(scope, _CLICK_PARAMS)
+            target = allowed_redirect(params["to"] or "", self.settings.collector_redirect_hosts)
+            record = browser_record(Stream.CLICKS, params)
+            await append_or_503(self.collector, Stream.CLICKS, [record])
+        except CollectorError as exc:
+            await exc.send(send)
+            return
+        await _answer(send, 302, b"", [(b"location", target.encode("latin-1")), *_NO_CACHE])
+
+    async def _post(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        try:
+            if self.write_key is not None:
+                await self.write_key(scope)
+            stream = stream_of(name)
+            headers = Headers(scope=scope)
+            body = await _receive_body(receive, headers, self.settings.collector_max_body_bytes)
+            if body is None:  # the client went away: nothing to answer
+                return
+            records = records_of(body, headers, self.settings)
+            accepted = await append_or_503(self.collector, stream, records)
+        except CollectorError as exc:
+            await exc.send(send)
+            return
+        await _answer(send, 202, orjson.dumps({"accepted": accepted}), _JSON_HEADERS)
+
+
+def _checked_query(
+    scope: Scope, expected: tuple[tuple[str, int, bool], ...]
+) -> dict[str, str | None]:
+    """The query's parameters (the last of a repeated one, as Starlette reads them),
+    refused (422) as the FastAPI routes refuse them: too long, or required and missing."""
+    params = _query_params(scope.get("query_string", b""))
+    errors = []
+    for name, longest, required in expected:
+        value = params.get(name)
+        if value is None:
+            if required:
+                errors.append(f"{name}: Field required")
+        elif len(value) > longest:
+            errors.append(f"{name}: String should have at most {longest} characters")
+    if errors:
+        raise CollectorError(422, "invalid_parameter", "; ".join(errors))
+    return params
+
+
+def _query_params(query: bytes) -> dict[str, str | None]:
+    """``dict(parse_qsl(query, keep_blank_values=True))``, as Starlette reads a query
+    (the last of a repeated name wins), without its per-pair unquoting when there is
+    nothing to unquote (no ``%`` or ``+``)."""
+    text = query.decode("latin-1")
+    if "%" in text or "+" in text:
+        return dict(parse_qsl(text, keep_blank_values=True))
+    params: dict[str, str | None] = {}
+    for field in text.split("&"):
+        if field:
+            name, _, value = field.partition("=")
+            params[name] = value
+    return params
+
+
+async def _receive_body(
+    receive: Receive, headers: Mapping[str, str], max_bytes: int
+) -> bytes | None:
+    """The request body, refused (413) as soon as it is over ``max_bytes``; None when
+    the client disconnected first."""
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        part = message.get("body", b"")
+        size += len(part)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        parts.append(part)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    length = (b"content-length", str(len(body)).encode())
+    await send({"type": "http.response.start", "status": status, "headers": [*headers, length]})
+    await send({"type": "http.response.body", "body": body})

@@ -143,6 +143,29 @@ def iter_stream_files(directory: Path | str) -> dict[Stream, Path]:
 MAX_LINE_BYTES = 8 * 1024 * 1024
 
 
+def count_lines(path: Path | str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """How many lines (records) :func:`read_lines` yields for ``path``, counted on the
+    raw bytes (no line is split out or kept): the ``\\n`` plus a last line without one."""
+    path = Path(path)
+    lines = 0
+    last = b"\n"
+    with open(path, "rb") as raw:
+        stream: io.BufferedIOBase = raw
+        if path.suffix == ".gz":
+            stream = gzip.GzipFile(fileobj=raw, mode="rb")
+        while data := stream.read(chunk_bytes):
+            lines += data.count(b"\n")
+            last = data[-1:]
+    return lines + (last != b"\n")
+
+
+class LineChunk(list[bytes]):
+    """A chunk of lines from :class:`LineReader`; ``joined`` is ``b"\\n".join(self)`` when
+    the file holds it as is (no ``\\r\\n``), so that it need not be joined again."""
+
+    joined: bytes | None = None
+
+
 def read_lines(path: Path | str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[list[bytes]]:
     """The lines of a file (without terminators), a list of about ``chunk_bytes`` at a time.
 
@@ -176,7 +199,7 @@ class LineReader:
             return 0.0
         return min(1.0, self._raw.tell() / self.size)
 
-    def __iter__(self) -> Iterator[list[bytes]]:
+    def __iter__(self) -> Iterator[LineChunk]:
         raw = self._raw = open(self.path, "rb")  # noqa: SIM115 - closed in finally
         try:
             stream: io.BufferedIOBase = raw
@@ -199,7 +222,7 @@ class LineReader:
                     if len(data) > MAX_LINE_BYTES:
                         # Memory stays bounded: the head goes on (the pipeline rejects it
                         # as payload_too_large) and the rest of the line is skipped.
-                        yield [data[:MAX_LINE_BYTES]]
+                        yield LineChunk([data[:MAX_LINE_BYTES]])
                         rest, skipping = b"", True
                     else:
                         rest = data
@@ -213,10 +236,12 @@ class LineReader:
             raw.close()
 
 
-def _split(block: bytes) -> list[bytes]:
-    lines = block.split(b"\n")
+def _split(block: bytes) -> LineChunk:
+    lines = LineChunk(block.split(b"\n"))
     if b"\r" in block:  # CRLF files: the \r belongs to the line end, not the record
-        lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+        lines[:] = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    else:
+        lines.joined = block
     return lines
 
 

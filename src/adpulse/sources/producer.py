@@ -2,20 +2,18 @@
 
 Records are partitioned by ``user_id`` (:func:`adpulse.transport.framing.partition_of`),
 so a user's clicks and conversions meet in one partition. The user ids of a batch are
-decoded in one vectorized NDJSON call; only a batch holding a malformed record falls
-back to reading records one by one.
+read by one msgspec call per block of records that skips the rest of each record
+(:func:`adpulse.transport.framing.partitions_of_records`).
 """
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import orjson
 import polars as pl
 
 from adpulse.contracts import DEFAULT_MAX_RECORD_BYTES, PARTITION_KEY, Stream
@@ -26,10 +24,6 @@ from adpulse.transport.base import Producer
 #: When throttled, records are sent in slices of at most this long at the target rate.
 _THROTTLE_SLICE_SECONDS = 0.05
 _MIN_CHUNK_BYTES = 16 * 1024
-#: From this many records, user ids are read and hashed as one Polars column; below,
-#: record by record (measured on 500-record collector batches: 1.1 ms key by key, 1.5 ms
-#: as a column, whose per-query cost only pays off on larger batches).
-_VECTORIZED_FROM = 1024
 
 
 def publish(
@@ -38,30 +32,26 @@ def publish(
     payloads: Sequence[bytes],
     partitions: int,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    *,
+    joined: bytes | None = None,
 ) -> dict[int, int]:
     """Send ``payloads`` to ``stream``, each to the partition of its ``user_id``.
 
     A record whose user id cannot be read (malformed JSON, missing or null user_id)
     goes to partition 0. Within a partition, records keep their order. Returns the
-    number of records sent per partition.
+    number of records sent per partition. ``joined``, if given, must be
+    ``b"\\n".join(payloads)`` (a file's chunk as read), which spares joining them.
     """
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, got {partitions}")
     if not payloads:
         return {}
-    joined = b"\n".join(payloads)
-    if partitions == 1:
-        parts = np.zeros(len(payloads), dtype=np.int64)
-    elif len(payloads) < _VECTORIZED_FROM:
-        # Small batches (the collector's): a Polars query costs ~0.5 ms per call,
-        # reading and hashing one key about 2 microseconds.
-        keys = [framing.partition_of(_user_id(p), partitions) for p in payloads]
-        parts = np.array(keys, dtype=np.int64)
-    else:
-        parts = framing.partitions_of(user_ids(payloads, joined), partitions)
-    # Bulk framing when no payload needs escaping (the common case): the framed lines
-    # are then the payloads themselves, each followed by "\n".
-    plain = _all_plain(payloads, joined, max_record_bytes)
+    if joined is None:
+        joined = b"\n".join(payloads)
+    parts = framing.partitions_of_records(payloads, partitions, joined)
+    # Bulk framing: the framed lines are the payloads themselves, each followed by "\n",
+    # once the few that need escaping (blank, oversized...) are escaped in place.
+    lines = _lines_to_frame(payloads, joined, max_record_bytes)
     order = np.argsort(parts, kind="stable")
     sorted_parts = parts[order]
     bounds = np.flatnonzero(np.diff(sorted_parts)) + 1
@@ -69,69 +59,52 @@ def publish(
     ends = [*bounds.tolist(), len(order)]
     # Gathering through an object array keeps the per-record work in C.
     items = np.empty(len(payloads), dtype=object)
-    items[:] = list(payloads)
+    items[:] = list(payloads) if lines is None else lines
     sent: dict[int, int] = {}
     for lo, hi in zip(starts, ends, strict=True):
         group: list[bytes] = items[order[lo:hi]].tolist()
         part = int(sorted_parts[lo])
-        framed = b"\n".join(group) + b"\n" if plain else framing.frame(group, max_record_bytes)
+        framed = (
+            framing.frame(group, max_record_bytes) if lines is None else b"\n".join(group) + b"\n"
+        )
         producer.send_framed(stream, part, framed, len(group))
         sent[part] = len(group)
     return sent
 
 
 def user_ids(payloads: Sequence[bytes], joined: bytes | None = None) -> pl.Series:
-    """The ``user_id`` of each payload (null when unreadable), as a String Series.
-
-    One vectorized NDJSON decode of the joined payloads (``joined``, if given, must be
-    ``b"\\n".join(payloads)``); if any payload breaks it (invalid JSON or UTF-8, not an
-    object, a line break or an empty payload shifting the lines), each payload is read
-    on its own instead. Either way a number reads as its text, as the processor's
-    decoder reads it; an object or array (a wrong type) reads as null.
-    """
-    if joined is None:
-        joined = b"\n".join(payloads)
-    try:
-        frame = pl.read_ndjson(io.BytesIO(joined), schema={PARTITION_KEY: pl.String})
-    except Exception:  # noqa: BLE001 - any decode failure means: read one by one
-        frame = None
-    if frame is not None and frame.height == len(payloads):
-        ids = frame.to_series()
-        # The decoder turns an object or array into its JSON text: not a user id (the
-        # processor rejects any user_id that starts like one, as a wrong type).
-        container = ids.str.starts_with("{") | ids.str.starts_with("[")
-        return ids.set(container, None) if container.any() else ids
-    return pl.Series(PARTITION_KEY, [_user_id(p) for p in payloads], dtype=pl.String)
+    """The ``user_id`` of each payload (null when unreadable), as a String Series:
+    :func:`adpulse.transport.framing.user_id_of` of each, read in one vectorized call
+    (``joined``, if given, must be ``b"\\n".join(payloads)``)."""
+    keys = framing.user_id_keys(payloads, joined)
+    return pl.Series(
+        PARTITION_KEY, [None if k is None else k.decode() for k in keys], dtype=pl.String
+    )
 
 
-def _user_id(payload: bytes) -> str | None:
-    try:
-        record = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(record, dict):
-        return None
-    value = record.get(PARTITION_KEY)
-    if isinstance(value, str):
-        return None if value.startswith(("{", "[")) else value
-    # The decoder's text of other scalars (the processor may accept a numeric user id).
-    if isinstance(value, bool):  # before int: a bool is an int in Python
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-    return None
-
-
-def _all_plain(payloads: Sequence[bytes], joined: bytes, max_record_bytes: int) -> bool:
-    """True when no payload needs escaping (see :func:`framing.needs_escape`)."""
+def _lines_to_frame(
+    payloads: Sequence[bytes], joined: bytes, max_record_bytes: int
+) -> list[bytes] | None:
+    """The payloads as log lines without their ``\\n``: the payloads themselves, but
+    those that :func:`framing.needs_escape` escaped (found without a per-record test);
+    None when a payload holds a line break (then each is framed on its own)."""
     if joined.count(b"\n") != len(payloads) - 1 or b"\r" in joined:
-        return False  # a payload holds a line break
+        return None  # a payload holds a line break
     lengths = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
-    if lengths.min() == 0 or lengths.max() > max_record_bytes:
-        return False
-    return not (joined.startswith(b"\x00") or b"\n\x00" in joined)
+    escape = (lengths == 0) | (lengths > max_record_bytes)
+    if joined.startswith(b"\x00") or b"\n\x00" in joined:
+        starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+        at = joined.find(b"\n\x00")
+        escape[0] |= joined.startswith(b"\x00")
+        while at >= 0:
+            escape[np.searchsorted(starts, at + 1)] = True
+            at = joined.find(b"\n\x00", at + 1)
+    if not escape.any():
+        return list(payloads)
+    lines = list(payloads)
+    for i in np.flatnonzero(escape).tolist():
+        lines[i] = framing.frame_one(lines[i], max_record_bytes)[:-1]
+    return lines
 
 
 def replay_directory(
@@ -185,7 +158,9 @@ def replay_directory(
             if stop is not None and stop.is_set():
                 break
             batch = lines[lo : lo + step]
-            publish(producer, stream, batch, partitions)
+            # A whole chunk goes with its lines as the file held them (no second join).
+            joined = lines.joined if len(batch) == len(lines) else None
+            publish(producer, stream, batch, partitions, joined=joined)
             sent[stream] += len(batch)
             total += len(batch)
             if rate:

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from prometheus_client import CollectorRegistry, Gauge
 
 from adpulse.commits import CommitSignal
 from adpulse.config import Settings
 from adpulse.serving import queries
-from adpulse.serving.auth import Access, require_write_key, session_routes
+from adpulse.serving.auth import (
+    Access,
+    KeyRejectedError,
+    check,
+    presented_key,
+    require_write_key,
+    session_routes,
+)
 from adpulse.serving.cache import ResultCache
 from adpulse.serving.http.encoding import ORJSONPlainResponse, plain
 from adpulse.serving.http.errors import add_error_handlers
@@ -31,7 +38,7 @@ from adpulse.serving.http.routes import (
 )
 from adpulse.serving.queries import Filters
 from adpulse.serving.store.base import ServingStore
-from adpulse.sources.collector import Collector, collector_router
+from adpulse.sources.collector import Collector, CollectorError, CollectorPaths, collector_router
 from adpulse.storage.warehouse.base import Warehouse
 from adpulse.telemetry import new_registry
 
@@ -135,6 +142,8 @@ def create_app(
     add_error_handlers(app)
     if collector is not None:  # POST /v1/events needs the write key when keys are required
         app.include_router(collector_router(collector, [Depends(require_write_key)]))
+        # The same endpoints as plain ASGI ahead of FastAPI (innermost layer: added first).
+        app.add_middleware(CollectorPaths, collector=collector, write_key=write_key_check(access))
 
     known = KnownRequests()
     app.state.known_requests = known
@@ -158,3 +167,19 @@ def create_app(
     app.include_router(probe_routes(reads))
     app.include_router(data_routes(reads))
     return app
+
+
+def write_key_check(access: Access) -> Callable[[Any], Awaitable[None]]:
+    """The collector's plain-ASGI ``POST`` check: what ``require_write_key`` asks, with
+    its answers (401, 403, 429 and their headers) as the collector's errors."""
+
+    async def check_write_key(scope: Any) -> None:
+        if not access.required:
+            return
+        request = Request(scope)
+        try:
+            await check(access, "write", presented_key(request.headers, request.cookies))
+        except KeyRejectedError as exc:
+            raise CollectorError(exc.status, exc.error, exc.detail, exc.headers) from None
+
+    return check_write_key
