@@ -268,6 +268,14 @@ def test_a_click_is_appended_then_redirected_to_an_allowed_host(served: Served) 
     assert "click_timestamp" in records[0]
 
 
+def test_a_landing_url_outside_ascii_is_redirected_percent_encoded(served: Served) -> None:
+    params = {"ad_id": "3", "user_id": "u1", "to": "https://shop.example/größe?q=ß€#ü"}
+    r = httpx.get(f"{served.url}/v1/click", params=params)
+    assert r.status_code == 302
+    assert r.headers["location"] == "https://shop.example/gr%C3%B6%C3%9Fe?q=%C3%9F%E2%82%AC#%C3%BC"
+    assert len(served.payloads(Stream.CLICKS)) == 1
+
+
 @pytest.mark.parametrize(
     "to",
     [

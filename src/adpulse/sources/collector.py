@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -400,6 +400,11 @@ def browser_record(stream: Stream, params: dict[str, str | None]) -> bytes:
     return orjson.dumps(record)
 
 
+#: What a URL may hold as it is (RFC 3986 reserved and unreserved, and "%"): every other
+#: character of a landing URL is percent-encoded.
+_URL_CHARACTERS: Final = ":/?#[]@!$&'()*+,;=%-._~"
+
+
 def allowed_redirect(url: str, hosts: Sequence[str]) -> str:
     """``url`` if it is an absolute http(s) URL to an allowed host, else a 400.
 
@@ -407,6 +412,8 @@ def allowed_redirect(url: str, hosts: Sequence[str]) -> str:
     Refused whatever the list: relative and scheme-relative URLs (``//evil.com``), other
     schemes (``javascript:``), user info (``https://evil.com@good.com``), backslashes,
     whitespace and control characters (which browsers read in their own ways).
+    Characters outside ASCII in the path, query or fragment are returned percent-encoded
+    (UTF-8), as a ``Location`` header must carry them.
     """
 
     def refuse(why: str) -> CollectorError:
@@ -427,7 +434,7 @@ def allowed_redirect(url: str, hosts: Sequence[str]) -> str:
     for entry in hosts:
         entry = entry.strip().lower()
         if host == entry or (entry.startswith("*.") and host.endswith(entry[1:])):
-            return url
+            return url if url.isascii() else quote(url, safe=_URL_CHARACTERS)
     raise refuse(
         f"host {host!r} is not in the setting collector_redirect_hosts; add it there to"
         " allow redirects to it"
