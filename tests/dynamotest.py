@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
 import boto3
 import pytest
@@ -27,10 +26,8 @@ def dynamodb_table() -> Iterator[str]:
             yield f"dynamodb://{table}?region={REGION}&endpoint_url={endpoint}"
         finally:
             client = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint)
-            try:
+            with suppress(client.exceptions.ResourceNotFoundException):
                 client.delete_table(TableName=table)
-            except client.exceptions.ResourceNotFoundException:
-                pass
 
 
 def open_store(url: str) -> DynamoDBServingStore:

@@ -5,8 +5,9 @@ get re-attributed across batches) go through the processor with a serving store;
 every live view over the last 24 h, for several filter sets, is computed twice: from the
 store (the query layer handed the store) and from the plain warehouse. They must be equal. Also:
 replayed batches change nothing, a crash between the warehouse commit and the store
-write is repaired on restart, and a Redis outage neither stops ingestion nor leaves the
-store wrong once Redis is back.
+write is repaired on restart, and a store outage neither stops ingestion nor leaves the
+store wrong once the store is back. The shared stores (Redis, and DynamoDB on a local AWS
+API server) go through the same tests.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import polars as pl
 import pytest
 import redis
 from builders import fixed_clock, generated_dataset, load_dimensions
+from dynamotest import dynamodb_table, open_store
 from pgtest import PG_URL, postgres_warehouse
 from polars.testing import assert_frame_equal
 from redistest import REDIS_URL, redis_prefix
@@ -220,6 +222,31 @@ def redis_store() -> Iterator[RedisServingStore]:
         yield store
 
 
+#: The stores shared by processes, each test run over every one.
+SHARED: Final = pytest.mark.parametrize("kind", ["redis", "dynamodb"])
+
+
+@contextmanager
+def shared_store(kind: str) -> Iterator[tuple[ServingStore, Callable[[], ServingStore]]]:
+    """A fresh shared store of ``kind``, and how another process opens it."""
+    if kind == "redis":
+        with redis_prefix() as prefix:
+
+            def other_redis() -> ServingStore:
+                return RedisServingStore(REDIS_URL, prefix=prefix)
+
+            with other_redis() as store:
+                yield store, other_redis
+    else:
+        with dynamodb_table() as url:
+
+            def other_dynamodb() -> ServingStore:
+                return open_store(url)
+
+            with other_dynamodb() as store:
+                yield store, other_dynamodb
+
+
 @contextmanager
 def duckdb_warehouse(path: Path) -> Iterator[Warehouse]:
     with DuckDBWarehouse(path) as warehouse:
@@ -245,15 +272,24 @@ def test_live_views_equal_the_warehouse_in_process_store(data: Path, tmp_path: P
         run.processor.close()
 
 
-def test_live_views_equal_the_warehouse_redis_store_postgres_warehouse(data: Path) -> None:
-    with postgres_warehouse() as warehouse, redis_store() as store:
+@SHARED
+def test_live_views_equal_the_warehouse_shared_store_postgres_warehouse(
+    data: Path, kind: str
+) -> None:
+    with postgres_warehouse() as warehouse, shared_store(kind) as (store, reopen):
         run = Run(data, warehouse, store, parts=1)
         run.send(0)
         run.process()
         # the store is read by another process: a reader of its own over the same keys
-        with RedisServingStore(REDIS_URL, prefix=store.base.removesuffix(":serving")) as other:
+        with reopen() as other:
             run.read_store = other
             assert_live_views_equal(run)
+        # every batch replayed (a retried write after a lost reply): nothing changes
+        for output in run.sync.outputs:
+            delta = live_delta(output)
+            if not delta.is_empty:  # an empty one was never written
+                assert store.apply(f"{run.sync.run_id}:{output.batch_id}", delta) is False
+        assert_live_views_equal(run, FEW_VIEWS)
         run.processor.close()
 
 
@@ -278,10 +314,11 @@ def test_ranges_beyond_the_window_and_audience_filters_read_the_warehouse(
         run.processor.close()
 
 
+@SHARED
 def test_a_crash_between_commit_and_store_write_is_repaired_on_restart(
-    data: Path, tmp_path: Path
+    data: Path, tmp_path: Path, kind: str
 ) -> None:
-    with duckdb_warehouse(tmp_path / "w.duckdb") as warehouse, redis_store() as store:
+    with duckdb_warehouse(tmp_path / "w.duckdb") as warehouse, shared_store(kind) as (store, _):
         run = Run(data, warehouse, store)
         run.send(0)
         run.process()
@@ -340,10 +377,11 @@ def test_batches_too_large_for_a_delta_are_covered_by_rebuilds(data: Path, tmp_p
         run.processor.close()
 
 
+@SHARED
 def test_a_restart_over_a_current_store_does_not_rebuild_one_after_a_crash_does(
-    data: Path,
+    data: Path, kind: str
 ) -> None:
-    with postgres_warehouse() as warehouse, redis_store() as store:
+    with postgres_warehouse() as warehouse, shared_store(kind) as (store, _):
         run = Run(data, warehouse, store)
         run.send(0)
         run.process()
@@ -430,8 +468,11 @@ class Views:
     warehouse: Warehouse
 
 
-def test_a_rebuild_while_other_processors_commit_loses_and_doubles_nothing(data: Path) -> None:
-    """Three processors over one partition each write one Redis store; one of them
+@SHARED
+def test_a_rebuild_while_other_processors_commit_loses_and_doubles_nothing(
+    data: Path, kind: str
+) -> None:
+    """Three processors over one partition each write one shared store; one of them
     restarts after a crash in the gap and rebuilds while the others commit: before its
     snapshot (written before it, and one written only after the switch) and after it."""
     partitions = 3
@@ -453,12 +494,12 @@ def test_a_rebuild_while_other_processors_commit_loses_and_doubles_nothing(data:
             )
         producer.flush()
 
-    with postgres_warehouse() as warehouse, redis_prefix() as prefix:
+    with postgres_warehouse() as warehouse, shared_store(kind) as (_, reopen):
         load_dimensions(warehouse, data)
-        stores: list[RedisServingStore] = []
+        stores: list[ServingStore] = []
 
         def start(partition: int, sync: type[StoreSync], **hooks: Callable[[], None]) -> Processor:
-            store = RedisServingStore(REDIS_URL, prefix=prefix)  # a process of its own
+            store = reopen()  # a process of its own
             stores.append(store)
             return Processor(
                 settings,

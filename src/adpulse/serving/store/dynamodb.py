@@ -75,13 +75,15 @@ import threading
 import time
 import uuid
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
-from functools import partial
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final
+from functools import partial
+from typing import Any, Final
 
 import orjson
 import polars as pl
@@ -105,9 +107,6 @@ from adpulse.serving.store.base import (
 )
 from adpulse.storage.warehouse.schema import CONVERSION_REATTRIBUTIONS, REVENUE_SUM
 
-if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient  # noqa: F401  (not installed: Any)
-
 log = logging.getLogger(__name__)
 
 _EPOCH: Final = datetime(1970, 1, 1)
@@ -126,6 +125,8 @@ REBUILD_AFTER_SECONDS: Final = 6 * 86_400
 ATTEMPTS: Final = 8
 #: Requests in flight at once per store (item writes and reads run in parallel).
 PARALLEL: Final = 16
+#: Reads kept for reuse while the store does not change (per store client).
+READ_CACHE: Final = 32
 #: Shards of the conversion index (its writes spread over this many partition keys).
 INDEX_SHARDS: Final = 16
 #: The longest key text kept in a sort key (DynamoDB allows 1,024 bytes).
@@ -214,6 +215,8 @@ class _Meta:
     offsets: dict[tuple[Stream, int], str] = field(default_factory=dict)
     next: int | None = None
     closing: bool = False
+    #: Counts the writes to the current generation (keys the read cache).
+    version: int = 0
 
     @classmethod
     def of(cls, item: Mapping[str, Any] | None) -> _Meta:
@@ -229,6 +232,7 @@ class _Meta:
             batches={int(p): int(b["N"]) for p, b in item.get("snap", {}).get("M", {}).items()},
             next=int(item["next"]["N"]) if "next" in item else None,
             closing=bool(item.get("closing", {}).get("BOOL", False)),
+            version=int(item["version"]["N"]) if "version" in item else 0,
         )
         for name, offset in item.get("offsets", {}).get("M", {}).items():
             stream, _, partition = name.rpartition(":")
@@ -262,14 +266,14 @@ class _Rows:
                     minute = _minute_of(row["minute"])
                     key = [row["ad_id"], row["campaign"], row["platform"], row["location"]]
                     sk, extra = _sort_key(minute, orjson.dumps(key).decode())
-                    values = {
+                    sums: dict[str, Any] = {
                         "im": _n(int(row["impressions"] or 0)),
                         "cl": _n(int(row["clicks"] or 0)),
                         "cv": _n(int(row["conversions"] or 0)),
                         "ac": _n(int(row["attributed_conversions"] or 0)),
                         "rv": _n(row["revenue"] if row["revenue"] is not None else 0),
                     }
-                    rollups.append((minute, index, sk, values | extra))
+                    rollups.append((minute, index, sk, sums | extra))
         conversions = []
         for row in rows.conversions.iter_rows(named=True):
             minute = _minute_of(row["event_time"])
@@ -391,6 +395,10 @@ class DynamoDBServingStore(ServingStore):
                 f"DynamoDB cannot be used: {exc} (give ?region=REGION in the URL)"
             ) from exc
         self._pool = ThreadPoolExecutor(PARALLEL, thread_name_prefix="dynamodb-store")
+        #: Reads by (generation, version, start, end, projection): a dashboard refresh
+        #: over an unchanged store costs one ``meta`` read per view.
+        self._cache: OrderedDict[tuple[Any, ...], LiveRows] = OrderedDict()
+        self._lock = threading.Lock()
         self._closed = threading.Event()
         try:
             self._ensure_table()
@@ -407,7 +415,8 @@ class DynamoDBServingStore(ServingStore):
         try:
             described = client.describe_table(TableName=self.table)["Table"]
         except client.exceptions.ResourceNotFoundException:
-            try:
+            # another process may create it meanwhile
+            with suppress(client.exceptions.ResourceInUseException):
                 client.create_table(
                     TableName=self.table,
                     KeySchema=[
@@ -420,8 +429,6 @@ class DynamoDBServingStore(ServingStore):
                     ],
                     BillingMode="PAY_PER_REQUEST",
                 )
-            except client.exceptions.ResourceInUseException:
-                pass  # another process created it meanwhile
             client.get_waiter("table_exists").wait(
                 TableName=self.table, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
             )
@@ -578,9 +585,7 @@ class DynamoDBServingStore(ServingStore):
         import botocore.exceptions
 
         data = zlib.compress(_encode_delta(delta))
-        parts = [data[i : i + _JOURNAL_PART] for i in range(0, len(data), _JOURNAL_PART)] or [
-            b""
-        ]
+        parts = [data[i : i + _JOURNAL_PART] for i in range(0, len(data), _JOURNAL_PART)] or [b""]
         if len(parts) > _JOURNAL_PARTS:
             raise ServingStoreError(
                 f"serving store write failed: a delta of {len(data)} compressed bytes is too"
@@ -639,19 +644,20 @@ class DynamoDBServingStore(ServingStore):
             values[f":o{i}"] = {"S": offset}
             sets.append(f"offsets.#o{i} = :o{i}")
         hours = rows.hours(meta.start)
-        expression = ("SET " + ", ".join(sets) if sets else "") + (" ADD hours :h" if hours else "")
+        values[":one"] = _n(1)
+        expression = ("SET " + ", ".join(sets) if sets else "") + " ADD version :one"
         if hours:
+            expression += ", hours :h"
             values[":h"] = {"NS": [str(h) for h in sorted(hours)]}
-        if expression:
-            self._conditional(
-                "write",
-                "update_item",
-                Key=_META,
-                UpdateExpression=expression.strip(),
-                ConditionExpression="gen = :g",
-                **({"ExpressionAttributeNames": names} if names else {}),
-                ExpressionAttributeValues=values,
-            )
+        self._conditional(
+            "write",
+            "update_item",
+            Key=_META,
+            UpdateExpression=expression.strip(),
+            ConditionExpression="gen = :g",
+            **({"ExpressionAttributeNames": names} if names else {}),
+            ExpressionAttributeValues=values,
+        )
         newest = rows.newest(meta.start)
         if newest is not None:
             self._advance(meta, newest)
@@ -668,12 +674,17 @@ class DynamoDBServingStore(ServingStore):
                 "write",
                 "update_item",
                 Key=_META,
-                UpdateExpression="SET newest = :n, #start = :s",
+                UpdateExpression="SET newest = :n, #start = :s ADD version :one",
                 ConditionExpression=(
                     "gen = :g AND (attribute_not_exists(newest) OR newest < :n) AND #start <= :s"
                 ),
                 ExpressionAttributeNames={"#start": "start"},
-                ExpressionAttributeValues={":n": _n(newest), ":s": _n(start), ":g": _n(meta.gen)},
+                ExpressionAttributeValues={
+                    ":n": _n(newest),
+                    ":s": _n(start),
+                    ":g": _n(meta.gen),
+                    ":one": _n(1),
+                },
             )
             if moved is not None:
                 if start > meta.start:
@@ -841,15 +852,18 @@ class DynamoDBServingStore(ServingStore):
             rows = _Rows.of(snap, pl.DataFrame(schema=CONVERSION_REATTRIBUTIONS))
             hours |= rows.hours(start)
             self._write_generation(generation, rows)
-            if self._conditional(
-                "switch",
-                "update_item",
-                Key=_META,
-                UpdateExpression="SET closing = :yes",
-                ConditionExpression="#lock = :t",
-                ExpressionAttributeNames={"#lock": "lock"},
-                ExpressionAttributeValues={":yes": {"BOOL": True}, ":t": {"S": token}},
-            ) is None:
+            if (
+                self._conditional(
+                    "switch",
+                    "update_item",
+                    Key=_META,
+                    UpdateExpression="SET closing = :yes",
+                    ConditionExpression="#lock = :t",
+                    ExpressionAttributeNames={"#lock": "lock"},
+                    ExpressionAttributeValues={":yes": {"BOOL": True}, ":t": {"S": token}},
+                )
+                is None
+            ):
                 raise ServingStoreError("the rebuild lock expired before the switch")
             offsets = dict(snapshot.offsets)
             for delta in self._journaled(generation):
@@ -980,8 +994,17 @@ class DynamoDBServingStore(ServingStore):
             meta = self._meta()
             if not meta.current(time.time()) or _seconds(start) < meta.start:
                 return None
+            key = (meta.gen, meta.version, start, end, projection)
+            with self._lock:
+                cached = self._cache.get(key)
+            if cached is not None:
+                return cached
             rows = self._read_generation(meta, _seconds(start), end, projection)
             if self._meta().gen == meta.gen:
+                with self._lock:
+                    self._cache[key] = rows
+                    while len(self._cache) > READ_CACHE:
+                        self._cache.popitem(last=False)
                 return rows
         raise ServingStoreError("serving store read failed: rebuilt three times while reading")
 
@@ -1062,6 +1085,110 @@ def _conversion_frame(items: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=LIVE_CONVERSIONS, orient="row")
 
 
+# --- the cost model -----------------------------------------------------------------------
+def item_size(item: Mapping[str, Any]) -> int:
+    """The size of an item by DynamoDB's rules (what capacity units are charged on):
+    attribute names plus values; a Number is about one byte per two significant digits
+    plus one; a map or set adds 3 bytes and one per element."""
+
+    def value(v: Mapping[str, Any]) -> int:
+        ((kind, x),) = v.items()
+        if kind == "S":
+            return len(str(x).encode())
+        if kind == "N":
+            digits = len(str(x).lstrip("-").replace(".", "").strip("0")) or 1
+            return (digits + 1) // 2 + 1
+        if kind == "B":
+            return len(x)
+        if kind in ("BOOL", "NULL"):
+            return 1
+        if kind == "M":
+            return 3 + sum(len(k.encode()) + value(e) + 1 for k, e in x.items())
+        if kind == "NS":
+            return 3 + sum(value({"N": e}) + 1 for e in x)
+        return 3 + sum(value(e) + 1 for e in x)  # L and the other sets
+
+    return sum(len(name.encode()) + value(v) for name, v in item.items())
+
+
+@dataclass(slots=True)
+class Capacity:
+    """Requests and capacity units (strongly consistent reads: 4 KB per read unit; writes:
+    1 KB per write unit, rounded up per item)."""
+
+    requests: int = 0
+    read_units: int = 0
+    write_units: int = 0
+
+    def __add__(self, other: Capacity) -> Capacity:
+        return Capacity(
+            self.requests + other.requests,
+            self.read_units + other.read_units,
+            self.write_units + other.write_units,
+        )
+
+
+def _write_units(size: int) -> int:
+    return max(1, -(-size // 1024))
+
+
+def _read_units(size: int) -> int:
+    return max(1, -(-size // 4096))
+
+
+#: An estimate of the ``meta`` item of a store fed by 16 partitions: three streams'
+#: offsets, the snapshot's batch ids and 25 hours.
+META_BYTES: Final = 2_048
+
+
+def apply_cost(
+    delta: LiveDelta, start: datetime = _EPOCH, meta_bytes: int = META_BYTES
+) -> Capacity:
+    """What :meth:`DynamoDBServingStore.apply` of ``delta`` costs outside rebuilds: the
+    ``meta`` read, the claim, one update per rollup item of every projection, two puts
+    per conversion (it and its index entry), a read and an update per re-attribution,
+    and the ``meta`` updates (offsets and hours; the window when it moves)."""
+    rows = _Rows.of(delta.rows, delta.reattributions)
+    first = _minute_of(start) if start > _EPOCH else 0
+    cost = Capacity(requests=2, read_units=_read_units(meta_bytes), write_units=1)
+    expires = {"expires": _n(int(time.time()))}
+    for minute, projection, sk, values in rows.rollups:
+        if minute >= first:
+            key = {"pk": {"S": f"g1#r{projection}#{_hour(minute)}"}, "sk": {"S": sk}}
+            cost += Capacity(1, 0, _write_units(item_size(key | values | expires)))
+    for minute, event_id, sk, values in rows.conversions:
+        if minute >= first:
+            item = {"pk": {"S": f"g1#c#{_hour(minute)}"}, "sk": {"S": sk}} | values | expires
+            index = {"pk": {"S": "g1#i#15"}, "sk": {"S": f"e#{event_id}"}, "m": _n(minute)}
+            size = _write_units(item_size(item)) + _write_units(item_size(index | expires))
+            cost += Capacity(0, 0, size)
+    puts = sum(1 for m, *_ in rows.conversions if m >= first) * 2
+    cost.requests += -(-puts // 25)
+    cost += Capacity(
+        2 * len(rows.reattributions), len(rows.reattributions), len(rows.reattributions)
+    )
+    meta_updates = 2 if rows.newest(first) is not None else 1
+    return cost + Capacity(meta_updates, 0, meta_updates * _write_units(meta_bytes))
+
+
+def stored_bytes(rows: LiveRows, columns: frozenset[str] = PROJECTIONS[-1]) -> tuple[int, int]:
+    """The bytes (DynamoDB's item sizes) of the rollup items a read of ``columns`` returns
+    for ``rows``, and of its conversion items: what its queries are charged on."""
+    projection = next(i for i, kept in enumerate(PROJECTIONS) if columns <= kept)
+    parts = _Rows.of(rows, pl.DataFrame(schema=CONVERSION_REATTRIBUTIONS))
+    expires = {"expires": _n(int(time.time()))}
+    rollup_bytes = sum(
+        item_size({"pk": {"S": f"g1#r{index}#{_hour(m)}"}, "sk": {"S": sk}} | values | expires)
+        for m, index, sk, values in parts.rollups
+        if index == projection
+    )
+    conversion_bytes = sum(
+        item_size({"pk": {"S": f"g1#c#{_hour(m)}"}, "sk": {"S": sk}} | values | expires)
+        for m, _, sk, values in parts.conversions
+    )
+    return rollup_bytes, conversion_bytes
+
+
 #: The URL's query parameters.
 _PARAMETERS: Final = ("region", "endpoint_url")
 
@@ -1076,7 +1203,9 @@ def open_dynamodb_store(url: str, timeouts: ServerTimeouts | None = None) -> Dyn
     query = dict(parse_qsl(parts.query))
     unknown = sorted(set(query) - set(_PARAMETERS))
     if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; accepted: region, endpoint_url")
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(unknown)}; accepted: region, endpoint_url"
+        )
     return DynamoDBServingStore(
         parts.netloc,
         region=query.get("region"),

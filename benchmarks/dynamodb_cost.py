@@ -1,0 +1,189 @@
+"""What the DynamoDB serving store costs: capacity units per event and per dashboard
+refresh, at given event rates (the figures of docs/dynamodb.md).
+
+For each rate R (events/s), generates ``--seconds`` of traffic at R in the default world
+(300 ads, 30 campaigns), feeds it to the processor one second of event time at a time
+(one batch per second, as a live processor commits), and prices each committed batch's
+store write with :func:`adpulse.serving.store.dynamodb.apply_cost` (the very items the
+store writes, sized by DynamoDB's rules). A dashboard refresh is the 15 live views of
+the live-view equality test over the newest 24 h; its reads (which projection each view
+asks for) are recorded, and priced at steady state: 24 h of rollup items at the measured
+items per minute of that projection, and 24 h of conversions at the measured rate.
+
+No AWS account or server is needed: the cost is computed from the items, not measured
+on a bill. Run::
+
+    python benchmarks/dynamodb_cost.py --rates 1000 10000 100000 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from adpulse.config import Settings
+from adpulse.contracts import Stream
+from adpulse.processor.pipeline import Processor
+from adpulse.serving import queries
+from adpulse.serving.store import LiveRows, MemoryServingStore, live_delta
+from adpulse.serving.store.base import PROJECTIONS
+from adpulse.serving.store.dynamodb import Capacity, apply_cost, stored_bytes
+from adpulse.serving.store.sync import StoreSync
+from adpulse.sources.files import write_csv
+from adpulse.sources.generator import EventGenerator, GeneratorConfig
+from adpulse.sources.producer import publish
+from adpulse.storage.dimensions import read_dimension_csv
+from adpulse.storage.warehouse.base import BatchOutput
+from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
+from adpulse.transport.memory import InMemoryTransport
+
+START = datetime(2023, 9, 1, 12)
+PARTITIONS = 1
+DAY_MINUTES = 1_440
+
+
+class PricedSync(StoreSync):
+    """A store sync that also prices each batch's DynamoDB write."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.cost = Capacity()
+        self.batches = 0
+
+    def on_commit(self, output: BatchOutput) -> None:
+        delta = live_delta(output)
+        if not delta.is_empty:
+            self.cost += apply_cost(delta)
+            self.batches += 1
+        super().on_commit(output)
+
+
+@dataclass
+class RecordingStore(MemoryServingStore):
+    """The in-process store, recording the key columns of every read."""
+
+    reads: list[frozenset[str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__init__()
+
+    def read(
+        self, start: datetime, end: datetime | None, columns: frozenset[str] = PROJECTIONS[-1]
+    ) -> LiveRows | None:
+        self.reads.append(columns)
+        return super().read(start, end, columns)
+
+
+def refresh_views(store: RecordingStore, warehouse: DuckDBWarehouse) -> list[frozenset[str]]:
+    """The key columns of each store read one dashboard refresh makes (the 15 views)."""
+    last = queries.data_range(warehouse)["last_minute"]
+    assert last is not None
+    end = last + timedelta(minutes=1)
+    f = queries.Filters(start=end - timedelta(hours=24), end=end)
+    store.reads.clear()
+    s = store
+    queries.summary(warehouse, f, store=s)
+    queries.timeseries(warehouse, f, store=s)
+    queries.bucketed_timeseries(warehouse, f, "minute", store=s)
+    queries.bucketed_timeseries(warehouse, f, "hour", store=s)
+    queries.top_ads(warehouse, f, "revenue", store=s)
+    queries.top_ads(warehouse, f, "conversion_rate", min_clicks=5, store=s)
+    queries.counts(warehouse, f, "ad", store=s)
+    queries.ctr(warehouse, f, "campaign", store=s)
+    queries.conversion_rate(warehouse, f, store=s)
+    queries.revenue_per_conversion(warehouse, f, "campaign", store=s)
+    queries.conversion_latency(warehouse, f, "campaign", store=s)
+    queries.latency_histogram(warehouse, f, store=s)
+    queries.trending(warehouse, f, 60, min_clicks=1, store=s)
+    queries.breakdown(warehouse, f, "platform", store=s)
+    queries.breakdown(warehouse, f, "location", store=s)
+    return list(store.reads)
+
+
+def day_read(rows: LiveRows, columns: frozenset[str], seconds: int) -> Capacity:
+    """One store read of the newest 24 h at steady state: two ``meta`` reads, and per
+    hour one query of rollups and one of conversions (a page per MB), each charged on
+    its bytes (strongly consistent: 4 KB per read unit). Rollup bytes per minute are
+    measured over the run's whole minutes, conversion bytes per second over the run."""
+    minutes = rows.rollups["minute"].unique().sort().to_list()
+    whole = minutes[1:-1] or minutes  # the first and last minute may be partial
+    in_whole = LiveRows(rows.rollups.filter(pl.col("minute").is_in(whole)), rows.conversions)
+    rollup_bytes, conversion_bytes = stored_bytes(in_whole, columns)
+    hour_rollups = 60 * rollup_bytes / len(whole)
+    hour_conversions = 3_600 * conversion_bytes / seconds
+    units = 2 + 24 * (math.ceil(hour_rollups / 4_096) + math.ceil(hour_conversions / 4_096))
+    pages = math.ceil(hour_rollups / 2**20) + math.ceil(hour_conversions / 2**20)
+    return Capacity(requests=2 + 24 * max(2, pages), read_units=units)
+
+
+def measure(rate: int, seconds: int) -> None:
+    # conversions within seconds of their click, so a short run holds as many as a
+    # steady stream does (with the default delays most would fall after the run)
+    gen = EventGenerator(
+        GeneratorConfig(seed=5, conversion_delay_median_seconds=5.0, conversion_delay_sigma=0.5)
+    )
+    with tempfile.TemporaryDirectory(prefix="adpulse-dynamodb-cost-") as tmp:
+        home = Path(tmp)
+        warehouse = DuckDBWarehouse(home / "w.duckdb")
+        warehouse.create_schema()
+        for kind, frame in (("campaigns", gen.campaigns()), ("users", gen.users())):
+            path = home / f"{kind}.csv"
+            write_csv(frame, path)
+            dim_kind, rows = read_dimension_csv(path)
+            warehouse.load_dimension(dim_kind, rows, datetime(2023, 1, 1))
+        transport = InMemoryTransport(PARTITIONS)
+        producer = transport.producer()
+        store = RecordingStore()
+        sync = PricedSync(store, warehouse)
+        processor = Processor(
+            Settings(home=home, partitions=PARTITIONS),
+            transport,
+            warehouse,
+            clock=lambda: (START + timedelta(seconds=seconds)).astimezone(),
+            listeners=[sync],
+        )
+        events = 0
+        for second in range(seconds):
+            t = START + timedelta(seconds=second)
+            for part in gen.iter_generate(rate, t, t + timedelta(seconds=1)):
+                for stream in Stream:
+                    publish(producer, stream, part.records[stream], PARTITIONS)
+                    events += len(part.records[stream])
+            producer.flush()
+            processor.run(threading.Event(), until_caught_up=True)
+        reads = refresh_views(store, warehouse)
+        held = store.read(START - timedelta(hours=1), None)
+        assert held is not None
+        refresh = Capacity()
+        for columns in reads:
+            refresh += day_read(held, columns, seconds)
+        processor.close()
+        warehouse.close()
+    w = sync.cost
+    print(
+        f"rate {rate:>7,}/s: {events:,} events in {sync.batches} batches over {seconds} s;"
+        f" write: {w.write_units / events:.4f} WCU/event, {w.write_units / seconds:,.0f} WCU/s,"
+        f" {w.read_units / seconds:,.1f} RCU/s, {w.requests / seconds:,.0f} requests/s;"
+        f" dashboard refresh (24 h, {len(reads)} reads): {refresh.read_units:,} RCU,"
+        f" {refresh.requests} requests; conversions {held.conversions.height / seconds:,.1f}/s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", type=int, nargs="+", default=[1_000, 10_000, 100_000])
+    parser.add_argument("--seconds", type=int, default=60)
+    args = parser.parse_args()
+    for rate in args.rates:
+        measure(rate, args.seconds)
+
+
+if __name__ == "__main__":
+    main()
