@@ -3,7 +3,8 @@ refresh, at given event rates (the figures of docs/dynamodb.md).
 
 For each rate R (events/s), generates ``--seconds`` of traffic at R in the default world
 (300 ads, 30 campaigns), feeds it to the processor one second of event time at a time
-(one batch per second, as a live processor commits), and prices each committed batch's
+(one batch per second, as a live processor commits: the generated records, in arrival
+order, cut into one slice per second), and prices each committed batch's
 store write with :func:`adpulse.serving.store.dynamodb.apply_cost` (the very items the
 store writes, sized by DynamoDB's rules). A dashboard refresh is the 15 live views of
 the live-view equality test over the newest 24 h; its reads (which projection each view
@@ -107,28 +108,36 @@ def refresh_views(store: RecordingStore, warehouse: DuckDBWarehouse) -> list[fro
     return list(store.reads)
 
 
-def day_read(rows: LiveRows, columns: frozenset[str], seconds: int) -> Capacity:
+def conversion_share() -> float:
+    """Conversions per event of the default world at steady state (3 days generated)."""
+    gen = EventGenerator(GeneratorConfig(seed=5))
+    counts = dict.fromkeys(Stream, 0)
+    for part in gen.iter_generate(300_000, START, START + timedelta(days=3)):
+        for stream in Stream:
+            counts[stream] += len(part.records[stream])
+    return counts[Stream.CONVERSIONS] / sum(counts.values())
+
+
+def day_read(
+    rows: LiveRows, columns: frozenset[str], conversions_per_second: float, conversion_bytes: float
+) -> Capacity:
     """One store read of the newest 24 h at steady state: two ``meta`` reads, and per
     hour one query of rollups and one of conversions (a page per MB), each charged on
     its bytes (strongly consistent: 4 KB per read unit). Rollup bytes per minute are
-    measured over the run's whole minutes, conversion bytes per second over the run."""
+    measured over the run's whole minutes."""
     minutes = rows.rollups["minute"].unique().sort().to_list()
     whole = minutes[1:-1] or minutes  # the first and last minute may be partial
     in_whole = LiveRows(rows.rollups.filter(pl.col("minute").is_in(whole)), rows.conversions)
-    rollup_bytes, conversion_bytes = stored_bytes(in_whole, columns)
+    rollup_bytes, _ = stored_bytes(in_whole, columns)
     hour_rollups = 60 * rollup_bytes / len(whole)
-    hour_conversions = 3_600 * conversion_bytes / seconds
+    hour_conversions = 3_600 * conversions_per_second * conversion_bytes
     units = 2 + 24 * (math.ceil(hour_rollups / 4_096) + math.ceil(hour_conversions / 4_096))
     pages = math.ceil(hour_rollups / 2**20) + math.ceil(hour_conversions / 2**20)
     return Capacity(requests=2 + 24 * max(2, pages), read_units=units)
 
 
-def measure(rate: int, seconds: int) -> None:
-    # conversions within seconds of their click, so a short run holds as many as a
-    # steady stream does (with the default delays most would fall after the run)
-    gen = EventGenerator(
-        GeneratorConfig(seed=5, conversion_delay_median_seconds=5.0, conversion_delay_sigma=0.5)
-    )
+def measure(rate: int, seconds: int, share: float) -> None:
+    gen = EventGenerator(GeneratorConfig(seed=5))
     with tempfile.TemporaryDirectory(prefix="adpulse-dynamodb-cost-") as tmp:
         home = Path(tmp)
         warehouse = DuckDBWarehouse(home / "w.duckdb")
@@ -149,30 +158,41 @@ def measure(rate: int, seconds: int) -> None:
             clock=lambda: (START + timedelta(seconds=seconds)).astimezone(),
             listeners=[sync],
         )
-        events = 0
-        for second in range(seconds):
-            t = START + timedelta(seconds=second)
-            for part in gen.iter_generate(rate, t, t + timedelta(seconds=1)):
-                for stream in Stream:
-                    publish(producer, stream, part.records[stream], PARTITIONS)
-                    events += len(part.records[stream])
+        records: dict[Stream, list[bytes]] = {stream: [] for stream in Stream}
+        end = START + timedelta(seconds=seconds)
+        for part in gen.iter_generate(rate * seconds, START, end):
+            for stream in Stream:
+                records[stream].extend(part.records[stream])
+        events = sum(len(r) for r in records.values())
+        for second in range(seconds):  # records are in arrival order: a slice per second
+            for stream, lines in records.items():
+                n = len(lines)
+                chunk = lines[second * n // seconds : (second + 1) * n // seconds]
+                publish(producer, stream, chunk, PARTITIONS)
             producer.flush()
             processor.run(threading.Event(), until_caught_up=True)
         reads = refresh_views(store, warehouse)
         held = store.read(START - timedelta(hours=1), None)
         assert held is not None
-        refresh = Capacity()
-        for columns in reads:
-            refresh += day_read(held, columns, seconds)
         processor.close()
         warehouse.close()
+    # conversions come minutes to days after their click: a short run holds few of them,
+    # so they are priced at the steady-state share (two puts each: it and its index entry)
+    per_second = rate * share
+    one = stored_bytes(LiveRows(held.rollups.clear(), held.conversions.head(1)))[1]
+    conversion_bytes = one or 150
+    refresh = Capacity()
+    for columns in reads:
+        refresh += day_read(held, columns, per_second, conversion_bytes)
     w = sync.cost
+    wcu = w.write_units / seconds + 2 * per_second
     print(
         f"rate {rate:>7,}/s: {events:,} events in {sync.batches} batches over {seconds} s;"
-        f" write: {w.write_units / events:.4f} WCU/event, {w.write_units / seconds:,.0f} WCU/s,"
-        f" {w.read_units / seconds:,.1f} RCU/s, {w.requests / seconds:,.0f} requests/s;"
-        f" dashboard refresh (24 h, {len(reads)} reads): {refresh.read_units:,} RCU,"
-        f" {refresh.requests} requests; conversions {held.conversions.height / seconds:,.1f}/s"
+        f" conversions {per_second:,.1f}/s of {conversion_bytes} B;"
+        f" writes {wcu:,.0f} WCU/s = {wcu / rate:.4f} WCU/event,"
+        f" {w.read_units / seconds:,.1f} RCU/s, {w.requests / seconds + per_second / 12.5:,.0f}"
+        f" requests/s; dashboard refresh (24 h, {len(reads)} reads): {refresh.read_units:,} RCU,"
+        f" {refresh.requests:,} requests"
     )
 
 
@@ -181,8 +201,10 @@ def main() -> None:
     parser.add_argument("--rates", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--seconds", type=int, default=60)
     args = parser.parse_args()
+    share = conversion_share()
+    print(f"conversions per event at steady state: {share:.5f}")
     for rate in args.rates:
-        measure(rate, args.seconds)
+        measure(rate, args.seconds, share)
 
 
 if __name__ == "__main__":

@@ -59,9 +59,14 @@ late write to one); a generation older than :data:`REBUILD_AFTER_SECONDS` (less 
 TTL) counts as not ready, so it is rebuilt before TTL could remove a live item.
 
 Throttling (``ProvisionedThroughputExceededException``, ``ThrottlingException``) is
-retried by botocore with exponential backoff and jitter (:data:`ATTEMPTS` tries), and
-unprocessed items of a ``BatchWriteItem`` by this module; any other failure raises
-:class:`ServingStoreError`, which the caller logs (reads then use the warehouse).
+retried with exponential backoff and full jitter (:data:`ATTEMPTS` tries, :func:`backoff`),
+and so are unprocessed (throttled) items of a ``BatchWriteItem``; any other failure (the
+service unreachable, a request refused) raises :class:`ServingStoreError` at once, which
+the caller logs: reads then use the warehouse, and the store is rebuilt once it answers.
+
+Reads are cached per store client by (generation, ``version``, range, projection):
+``version`` in ``meta`` counts the writes, so a view read again over an unchanged store
+costs one ``meta`` read.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ import hashlib
 import io
 import logging
 import math
+import random
 import struct
 import threading
 import time
@@ -120,9 +126,17 @@ LOCK_SECONDS: Final = 300
 DATA_TTL_SECONDS: Final = 8 * 86_400
 #: A generation this old counts as not ready (rebuilt), before any of its items expire.
 REBUILD_AFTER_SECONDS: Final = 6 * 86_400
-#: Tries per request (botocore's standard retry mode: throttling is retried with
-#: exponential backoff and jitter, at most 20 s apart).
+#: Tries per request refused for throttling (exponential backoff with full jitter,
+#: :func:`backoff`); other failures are not retried.
 ATTEMPTS: Final = 8
+#: The error codes of a throttled request.
+THROTTLED: Final = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+    }
+)
 #: Requests in flight at once per store (item writes and reads run in parallel).
 PARALLEL: Final = 16
 #: Reads kept for reuse while the store does not change (per store client).
@@ -138,6 +152,12 @@ _JOURNAL_PARTS: Final = 10
 
 _META: Final = {"pk": {"S": "meta"}, "sk": {"S": "meta"}}
 _MEASURES: Final = ("im", "cl", "cv", "ac")
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait after the ``attempt``-th throttled try (0-based): a random share
+    of 50 ms doubled per try, at most 3.2 s (full jitter spreads retrying writers)."""
+    return random.uniform(0, min(3.2, 0.05 * 2**attempt))
 
 
 # --- values -------------------------------------------------------------------------------
@@ -383,7 +403,9 @@ class DynamoDBServingStore(ServingStore):
         config = botocore.config.Config(
             connect_timeout=min(2.0, timeouts.connect_seconds),
             read_timeout=timeouts.connect_seconds,
-            retries={"mode": "standard", "total_max_attempts": ATTEMPTS},
+            # throttling is retried below; anything else fails at once, as for Redis: the
+            # caller rebuilds later, ingestion never waits on a store that is down
+            retries={"mode": "standard", "total_max_attempts": 1},
             max_pool_connections=PARALLEL,
         )
         try:
@@ -450,19 +472,26 @@ class DynamoDBServingStore(ServingStore):
     def _call(self, what: str, operation: str, **kwargs: Any) -> Any:
         import botocore.exceptions
 
-        try:
-            if operation != "batch_write_item":
-                kwargs["TableName"] = self.table
-            return getattr(self.client, operation)(**kwargs)
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in (
-                "ConditionalCheckFailedException",
-                "TransactionCanceledException",
-            ):
-                raise
-            raise ServingStoreError(f"serving store {what} failed: {exc}") from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            raise ServingStoreError(f"serving store {what} failed: {exc}") from exc
+        if operation != "batch_write_item":
+            kwargs["TableName"] = self.table
+        for attempt in range(ATTEMPTS):
+            try:
+                return getattr(self.client, operation)(**kwargs)
+            except botocore.exceptions.ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code in ("ConditionalCheckFailedException", "TransactionCanceledException"):
+                    raise
+                if code not in THROTTLED:
+                    raise ServingStoreError(f"serving store {what} failed: {exc}") from exc
+                if attempt == ATTEMPTS - 1:
+                    raise ServingStoreError(
+                        f"serving store {what} failed: still throttled after {ATTEMPTS} tries"
+                        f" ({code}); raise the table's capacity or use on-demand billing"
+                    ) from exc
+            except botocore.exceptions.BotoCoreError as exc:
+                raise ServingStoreError(f"serving store {what} failed: {exc}") from exc
+            time.sleep(backoff(attempt))
+        raise AssertionError("unreachable")
 
     def _conditional(self, what: str, operation: str, **kwargs: Any) -> Any | None:
         """The response, or None when the request's condition did not hold."""
@@ -520,7 +549,7 @@ class DynamoDBServingStore(ServingStore):
                 pending = answer.get("UnprocessedItems", {}).get(self.table, [])
                 if not pending:
                     return
-                time.sleep(min(5.0, 0.05 * 2**attempt))
+                time.sleep(backoff(attempt))
             raise ServingStoreError(
                 f"serving store {what} failed: {len(pending)} items stayed unprocessed"
                 f" (throttled) after {ATTEMPTS} tries; raise the table's write capacity"
