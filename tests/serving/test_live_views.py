@@ -21,9 +21,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Final, Protocol
 
+import boto3
+import botocore.config
 import polars as pl
 import pytest
 import redis
+from awstest import REGION
 from builders import fixed_clock, generated_dataset, load_dimensions
 from dynamotest import dynamodb_table, open_store
 from pgtest import PG_URL, postgres_warehouse
@@ -39,6 +42,7 @@ from adpulse.serving.live import LiveTables
 from adpulse.serving.queries import Filters
 from adpulse.serving.store import MemoryServingStore, ServingStore, live_delta
 from adpulse.serving.store.base import StoreSnapshot
+from adpulse.serving.store.dynamodb import DynamoDBServingStore
 from adpulse.serving.store.redis import RedisServingStore
 from adpulse.serving.store.sync import StoreSync, warehouse_snapshot
 from adpulse.sources.files import iter_stream_files
@@ -393,6 +397,46 @@ def test_a_redis_outage_does_not_stop_ingestion_and_is_repaired(data: Path, tmp_
             queries.summary(warehouse, filters, store=store), queries.summary(warehouse, filters)
         )
         store.client.connection_pool = reachable
+        run.send(2)
+        run.process()  # the first commit after the outage rebuilds the store
+        assert not run.sync.behind and run.sync.rebuilds == 2
+        assert run.received() == run.sent(3)
+        assert_live_views_equal(run, FEW_VIEWS, sets=2)
+        run.processor.close()
+
+
+def test_a_dynamodb_outage_does_not_stop_ingestion_and_is_repaired(
+    small_data: Path, tmp_path: Path
+) -> None:
+    with (
+        duckdb_warehouse(tmp_path / "w.duckdb") as warehouse,
+        shared_store("dynamodb") as (
+            store,
+            _,
+        ),
+    ):
+        assert isinstance(store, DynamoDBServingStore)
+        run = Run(small_data, warehouse, store)
+        run.send(0)
+        run.process()
+        reachable = store.client
+        store.client = boto3.client(
+            "dynamodb",
+            region_name=REGION,
+            endpoint_url="http://127.0.0.1:1",  # the service is gone, as far as it can tell
+            config=botocore.config.Config(connect_timeout=1, retries={"total_max_attempts": 1}),
+        )
+        run.send(1)
+        run.process()
+        assert run.received() == run.sent(2)  # everything ingested meanwhile
+        assert run.sync.failures >= 2 and run.sync.behind
+        # reads fall back to the warehouse while the store is unreachable
+        filters = filter_sets(warehouse)[0]
+        assert_frame_equal(
+            queries.summary(warehouse, filters, store=store), queries.summary(warehouse, filters)
+        )
+        store.client.close()
+        store.client = reachable
         run.send(2)
         run.process()  # the first commit after the outage rebuilds the store
         assert not run.sync.behind and run.sync.rebuilds == 2
