@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Final
 
 import boto3
 import pytest
 from awstest import REGION, unique_name, use_local_aws
 
-from adpulse.serving.store.dynamodb import DynamoDBServingStore
+from adpulse.outages import ServerTimeouts
+from adpulse.serving.store.dynamodb import DynamoDBServingStore, open_dynamodb_store
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
 
@@ -30,11 +32,13 @@ def dynamodb_table() -> Iterator[str]:
                 client.delete_table(TableName=table)
 
 
+#: The local server answers a large query slowly on a loaded machine: wait long enough.
+PATIENT: Final = ServerTimeouts(connect_seconds=300.0)
+
+
 def open_store(url: str) -> DynamoDBServingStore:
     """A store (one process's client) on the table of ``url``."""
-    from adpulse.serving.store.dynamodb import open_dynamodb_store
-
-    return open_dynamodb_store(url)
+    return open_dynamodb_store(url, PATIENT)
 
 
 @contextmanager
