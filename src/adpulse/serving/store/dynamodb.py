@@ -9,8 +9,9 @@ written with 10 digits so that sort keys order by time)::
     meta           meta                gen, ready, start, newest, built, hours (NS),
                                        snap (M: partition -> largest batch id of the
                                        snapshot), offsets (M: "stream:partition" ->
-                                       offset), gens (counter), and while a rebuild
-                                       runs: next, closing, lock, lock_until
+                                       offset), version (counts writes), gens (counts
+                                       generations), and while a rebuild runs: next,
+                                       closing, lock, lock_until
     b#KEY          b                   expires: the batch KEY was applied
     gG#rP#HOUR     MINUTE#KEY          im, cl, cv, ac (counts), rv (revenue), expires;
                                        rollups of projection P (index into PROJECTIONS),
