@@ -37,7 +37,8 @@ def test_every_opener_can_be_imported() -> None:
         ("warehouse_url", "duckdb://x", "the part after duckdb:// does not fit"),
         ("warehouse_url", "mysql://bob:hunter2@db/x", "no backend for the scheme 'mysql'"),
         ("serving_url", "memory://x", "the part after memory:// does not fit"),
-        ("serving_url", "dynamodb://table", "no backend for the scheme 'dynamodb'"),
+        ("serving_url", "dynamo://table", "no backend for the scheme 'dynamo'"),
+        ("serving_url", "dynamodb://a/b", "the part after dynamodb:// does not fit"),
     ],
 )
 def test_one_error_names_the_setting_the_value_and_the_accepted_forms(
@@ -57,7 +58,8 @@ def test_one_error_names_the_setting_the_value_and_the_accepted_forms(
 
 def test_the_accepted_forms_list_every_backend() -> None:
     assert SERVING.accepted == (
-        "'' (the default: memory://), 'memory://', 'redis://HOST:PORT/DB[?prefix=NAME]'"
+        "'' (the default: memory://), 'memory://', 'redis://HOST:PORT/DB[?prefix=NAME]',"
+        " 'dynamodb://TABLE[?region=REGION&endpoint_url=URL]'"
     )
 
 

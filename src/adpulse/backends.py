@@ -144,6 +144,12 @@ SERVING = UrlSetting(
             "adpulse.serving.store:open_redis_serving_store",
             ".+",
         ),
+        Backend(
+            "dynamodb",
+            "dynamodb://TABLE[?region=REGION&endpoint_url=URL]",
+            "adpulse.serving.store:open_dynamodb_serving_store",
+            r"[A-Za-z0-9_.-]{3,255}(\?.*)?",
+        ),
     ),
 )
 

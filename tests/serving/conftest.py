@@ -1,6 +1,6 @@
 """Fixtures: a warehouse holding the known data of :mod:`query_dataset`, and an empty one,
 on every backend (DuckDB and PostgreSQL) with the same expected values; a serving store
-on every backend (in-process and Redis)."""
+on every backend (in-process, Redis and DynamoDB)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from builders import fresh_warehouse
+from dynamotest import dynamodb_store
 from query_dataset import build
 from redistest import REDIS_URL, redis_prefix
 
@@ -35,11 +36,16 @@ def empty_warehouse(backend: str, tmp_path: Path) -> Iterator[Warehouse]:
         yield wh
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "dynamodb"])
 def store(request: pytest.FixtureRequest) -> Iterator[ServingStore]:
-    """An empty serving store of each kind (a fresh Redis key prefix, deleted after)."""
+    """An empty serving store of each kind (a fresh Redis key prefix or DynamoDB table,
+    deleted after)."""
     if request.param == "memory":
         yield MemoryServingStore()
+        return
+    if request.param == "dynamodb":
+        with dynamodb_store() as dynamodb:
+            yield dynamodb
         return
     with redis_prefix() as prefix, RedisServingStore(REDIS_URL, prefix=prefix) as redis_store:
         yield redis_store

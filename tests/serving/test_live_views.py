@@ -5,8 +5,9 @@ get re-attributed across batches) go through the processor with a serving store;
 every live view over the last 24 h, for several filter sets, is computed twice: from the
 store (the query layer handed the store) and from the plain warehouse. They must be equal. Also:
 replayed batches change nothing, a crash between the warehouse commit and the store
-write is repaired on restart, and a Redis outage neither stops ingestion nor leaves the
-store wrong once Redis is back.
+write is repaired on restart, and a store outage neither stops ingestion nor leaves the
+store wrong once the store is back. The shared stores (Redis, and DynamoDB on a local AWS
+API server) go through the same tests.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Final, Protocol
 
+import boto3
+import botocore.config
 import polars as pl
 import pytest
 import redis
+from awstest import REGION
 from builders import fixed_clock, generated_dataset, load_dimensions
+from dynamotest import dynamodb_table, open_store
 from pgtest import PG_URL, postgres_warehouse
 from polars.testing import assert_frame_equal
 from redistest import REDIS_URL, redis_prefix
@@ -37,6 +42,7 @@ from adpulse.serving.live import LiveTables
 from adpulse.serving.queries import Filters
 from adpulse.serving.store import MemoryServingStore, ServingStore, live_delta
 from adpulse.serving.store.base import StoreSnapshot
+from adpulse.serving.store.dynamodb import DynamoDBServingStore
 from adpulse.serving.store.redis import RedisServingStore
 from adpulse.serving.store.sync import StoreSync, warehouse_snapshot
 from adpulse.sources.files import iter_stream_files
@@ -69,6 +75,44 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         conversion_delay_median_seconds=120.0,
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smaller world with the same faults and more clicks and conversions per event:
+    as rich for the views, with a tenth of the store writes (the local DynamoDB server
+    answers a few hundred requests a second)."""
+    out = tmp_path_factory.mktemp("small")
+    generated_dataset(
+        out,
+        6_000,
+        START,
+        END,
+        seed=11,
+        ads=12,
+        campaigns=4,
+        users=120,
+        ctr_mean=0.2,
+        conversion_rate_min=0.3,
+        conversion_rate_max=0.5,
+        duplicate_rate=0.02,
+        out_of_order_rate=0.05,
+        late_rate=0.01,
+        conversion_delay_median_seconds=120.0,
+    )
+    return out
+
+
+@pytest.fixture(params=["redis", "dynamodb"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """A store shared by processes (each test run over every one)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def shared_data(kind: str, request: pytest.FixtureRequest) -> Path:
+    """The data set of the tests of ``kind``: DynamoDB's is the small one."""
+    return Path(request.getfixturevalue("small_data" if kind == "dynamodb" else "data"))
 
 
 class RecordingSync(StoreSync):
@@ -193,9 +237,10 @@ class LiveAndTruth(Protocol):
 
 
 def assert_live_views_equal(
-    run: LiveAndTruth, views: Sequence[str] = tuple(VIEWS), sets: int = 6
+    run: LiveAndTruth, views: Sequence[str] = tuple(VIEWS), sets: int = 6, least: int = 20
 ) -> None:
-    """Each view, for each filter set, is read from the store and equals the warehouse's."""
+    """Each view, for each filter set, is read from the store and equals the warehouse's
+    (over at least ``least`` attributed conversions, and 50 times as many impressions)."""
     for filters in filter_sets(run.warehouse)[:sets]:
         assert isinstance(queries.reader(run.warehouse, run.read_store, filters), LiveTables)
         for name in views:
@@ -211,13 +256,35 @@ def assert_live_views_equal(
                 raise AssertionError(f"{name} differs for {filters}: {exc}") from exc
     first = filter_sets(run.warehouse)[0]
     everything = queries.summary(run.warehouse, first, store=run.read_store).row(0, named=True)
-    assert everything["impressions"] > 5_000 and everything["attributed_conversions"] > 20
+    assert everything["impressions"] > 50 * least
+    assert everything["attributed_conversions"] > least
 
 
 @contextmanager
 def redis_store() -> Iterator[RedisServingStore]:
     with redis_prefix() as prefix, RedisServingStore(REDIS_URL, prefix=prefix) as store:
         yield store
+
+
+@contextmanager
+def shared_store(kind: str) -> Iterator[tuple[ServingStore, Callable[[], ServingStore]]]:
+    """A fresh shared store of ``kind``, and how another process opens it."""
+    if kind == "redis":
+        with redis_prefix() as prefix:
+
+            def other_redis() -> ServingStore:
+                return RedisServingStore(REDIS_URL, prefix=prefix)
+
+            with other_redis() as store:
+                yield store, other_redis
+    else:
+        with dynamodb_table() as url:
+
+            def other_dynamodb() -> ServingStore:
+                return open_store(url)
+
+            with other_dynamodb() as store:
+                yield store, other_dynamodb
 
 
 @contextmanager
@@ -245,15 +312,24 @@ def test_live_views_equal_the_warehouse_in_process_store(data: Path, tmp_path: P
         run.processor.close()
 
 
-def test_live_views_equal_the_warehouse_redis_store_postgres_warehouse(data: Path) -> None:
-    with postgres_warehouse() as warehouse, redis_store() as store:
+def test_live_views_equal_the_warehouse_shared_store_postgres_warehouse(
+    shared_data: Path, kind: str
+) -> None:
+    data = shared_data
+    with postgres_warehouse() as warehouse, shared_store(kind) as (store, reopen):
         run = Run(data, warehouse, store, parts=1)
         run.send(0)
         run.process()
         # the store is read by another process: a reader of its own over the same keys
-        with RedisServingStore(REDIS_URL, prefix=store.base.removesuffix(":serving")) as other:
+        with reopen() as other:
             run.read_store = other
             assert_live_views_equal(run)
+        # every batch replayed (a retried write after a lost reply): nothing changes
+        for output in run.sync.outputs:
+            delta = live_delta(output)
+            if not delta.is_empty:  # an empty one was never written
+                assert store.apply(f"{run.sync.run_id}:{output.batch_id}", delta) is False
+        assert_live_views_equal(run, FEW_VIEWS)
         run.processor.close()
 
 
@@ -279,9 +355,10 @@ def test_ranges_beyond_the_window_and_audience_filters_read_the_warehouse(
 
 
 def test_a_crash_between_commit_and_store_write_is_repaired_on_restart(
-    data: Path, tmp_path: Path
+    shared_data: Path, tmp_path: Path, kind: str
 ) -> None:
-    with duckdb_warehouse(tmp_path / "w.duckdb") as warehouse, redis_store() as store:
+    data = shared_data
+    with duckdb_warehouse(tmp_path / "w.duckdb") as warehouse, shared_store(kind) as (store, _):
         run = Run(data, warehouse, store)
         run.send(0)
         run.process()
@@ -328,6 +405,46 @@ def test_a_redis_outage_does_not_stop_ingestion_and_is_repaired(data: Path, tmp_
         run.processor.close()
 
 
+def test_a_dynamodb_outage_does_not_stop_ingestion_and_is_repaired(
+    small_data: Path, tmp_path: Path
+) -> None:
+    with (
+        duckdb_warehouse(tmp_path / "w.duckdb") as warehouse,
+        shared_store("dynamodb") as (
+            store,
+            _,
+        ),
+    ):
+        assert isinstance(store, DynamoDBServingStore)
+        run = Run(small_data, warehouse, store)
+        run.send(0)
+        run.process()
+        reachable = store.client
+        store.client = boto3.client(
+            "dynamodb",
+            region_name=REGION,
+            endpoint_url="http://127.0.0.1:1",  # the service is gone, as far as it can tell
+            config=botocore.config.Config(connect_timeout=1, retries={"total_max_attempts": 1}),
+        )
+        run.send(1)
+        run.process()
+        assert run.received() == run.sent(2)  # everything ingested meanwhile
+        assert run.sync.failures >= 2 and run.sync.behind
+        # reads fall back to the warehouse while the store is unreachable
+        filters = filter_sets(warehouse)[0]
+        assert_frame_equal(
+            queries.summary(warehouse, filters, store=store), queries.summary(warehouse, filters)
+        )
+        store.client.close()
+        store.client = reachable
+        run.send(2)
+        run.process()  # the first commit after the outage rebuilds the store
+        assert not run.sync.behind and run.sync.rebuilds == 2
+        assert run.received() == run.sent(3)
+        assert_live_views_equal(run, FEW_VIEWS, sets=2)
+        run.processor.close()
+
+
 def test_batches_too_large_for_a_delta_are_covered_by_rebuilds(data: Path, tmp_path: Path) -> None:
     with duckdb_warehouse(tmp_path / "w.duckdb") as warehouse:
         run = Run(data, warehouse, MemoryServingStore(), parts=1)
@@ -341,9 +458,10 @@ def test_batches_too_large_for_a_delta_are_covered_by_rebuilds(data: Path, tmp_p
 
 
 def test_a_restart_over_a_current_store_does_not_rebuild_one_after_a_crash_does(
-    data: Path,
+    shared_data: Path, kind: str
 ) -> None:
-    with postgres_warehouse() as warehouse, redis_store() as store:
+    data = shared_data
+    with postgres_warehouse() as warehouse, shared_store(kind) as (store, _):
         run = Run(data, warehouse, store)
         run.send(0)
         run.process()
@@ -430,10 +548,13 @@ class Views:
     warehouse: Warehouse
 
 
-def test_a_rebuild_while_other_processors_commit_loses_and_doubles_nothing(data: Path) -> None:
-    """Three processors over one partition each write one Redis store; one of them
+def test_a_rebuild_while_other_processors_commit_loses_and_doubles_nothing(
+    shared_data: Path, kind: str
+) -> None:
+    """Three processors over one partition each write one shared store; one of them
     restarts after a crash in the gap and rebuilds while the others commit: before its
     snapshot (written before it, and one written only after the switch) and after it."""
+    data = shared_data
     partitions = 3
     settings = Settings(
         home=data, partitions=partitions, batch_max_bytes=40_000, idle_timeout_seconds=100_000
@@ -453,12 +574,12 @@ def test_a_rebuild_while_other_processors_commit_loses_and_doubles_nothing(data:
             )
         producer.flush()
 
-    with postgres_warehouse() as warehouse, redis_prefix() as prefix:
+    with postgres_warehouse() as warehouse, shared_store(kind) as (_, reopen):
         load_dimensions(warehouse, data)
-        stores: list[RedisServingStore] = []
+        stores: list[ServingStore] = []
 
         def start(partition: int, sync: type[StoreSync], **hooks: Callable[[], None]) -> Processor:
-            store = RedisServingStore(REDIS_URL, prefix=prefix)  # a process of its own
+            store = reopen()  # a process of its own
             stores.append(store)
             return Processor(
                 settings,

@@ -1,8 +1,8 @@
 """Serving stores: live aggregates of the last 24 h for the query layer's live views.
 
-The contract is :mod:`.base`; :mod:`.memory` (in-process, the default) and :mod:`.redis`
-implement it; :mod:`.sync` keeps a store in step with the warehouse. The openers are
-below; to add a backend (DynamoDB), see :mod:`adpulse.backends`.
+The contract is :mod:`.base`; :mod:`.memory` (in-process, the default), :mod:`.redis` and
+:mod:`.dynamodb` implement it; :mod:`.sync` keeps a store in step with the warehouse. The
+openers are below; to add a backend, see :mod:`adpulse.backends`.
 """
 
 from __future__ import annotations
@@ -54,6 +54,14 @@ def open_redis_serving_store(settings: Settings) -> ServingStore:
     from adpulse.serving.store.redis import open_redis_store
 
     return open_redis_store(settings.serving_url, ServerTimeouts.from_settings(settings))
+
+
+def open_dynamodb_serving_store(settings: Settings) -> ServingStore:
+    """``dynamodb://TABLE?region=REGION&endpoint_url=URL``: the DynamoDB store (boto3 is
+    imported only here)."""
+    from adpulse.serving.store.dynamodb import open_dynamodb_store
+
+    return open_dynamodb_store(settings.serving_url, ServerTimeouts.from_settings(settings))
 
 
 def is_in_process(settings: Settings) -> bool:

@@ -1,0 +1,48 @@
+"""DynamoDB serving stores for tests: a fresh table on this process's local AWS API server
+(moto, :mod:`awstest`), deleted afterwards."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Final
+
+import boto3
+import pytest
+from awstest import REGION, unique_name, use_local_aws
+
+from adpulse.outages import ServerTimeouts
+from adpulse.serving.store.dynamodb import DynamoDBServingStore, open_dynamodb_store
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+
+
+@contextmanager
+def dynamodb_table() -> Iterator[str]:
+    """The ``serving_url`` of a fresh table (created by the first store opened on it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        endpoint = use_local_aws(patch)
+        table = unique_name("serving")
+        try:
+            yield f"dynamodb://{table}?region={REGION}&endpoint_url={endpoint}"
+        finally:
+            client = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint)
+            with suppress(client.exceptions.ResourceNotFoundException):
+                client.delete_table(TableName=table)
+
+
+#: The local server answers a large query slowly on a loaded machine: wait long enough.
+PATIENT: Final = ServerTimeouts(connect_seconds=300.0)
+
+
+def open_store(url: str) -> DynamoDBServingStore:
+    """A store (one process's client) on the table of ``url``."""
+    return open_dynamodb_store(url, PATIENT)
+
+
+@contextmanager
+def dynamodb_store() -> Iterator[DynamoDBServingStore]:
+    """A store on a fresh table."""
+    with dynamodb_table() as url, open_store(url) as store:
+        yield store
