@@ -1,4 +1,4 @@
-"""Times out of any sane range (issue 8, item 2) never reach a 500: the API answers 400
+"""Times out of any sane range (issue 8, item 2) never reach a 500: the API answers 422
 for them as query parameters, and every reader keeps answering after the processor met
 them in events (they are dead letters, not committed). On DuckDB and PostgreSQL."""
 
