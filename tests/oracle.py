@@ -9,9 +9,15 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
+
+from adpulse.contracts import Stream
+
+if TYPE_CHECKING:
+    from adpulse.storage.warehouse.base import Warehouse
 
 MAX_RECORD_BYTES = 64 * 1024
 STREAMS = {
@@ -268,3 +274,57 @@ def metrics(
         )
         out[row[0]] = values
     return out
+
+
+def assert_warehouse_equals(
+    wh: Warehouse,
+    truth: tuple[duckdb.DuckDBPyConnection, dict[str, int]],
+    least_attributed: int = 50,
+) -> None:
+    """The warehouse holds exactly the oracle's facts (each unique event once, with its
+    dimensions and attribution), counts that reconcile, and rollups committed once.
+
+    ``truth`` is a connection on which :func:`build` ran and what it returned;
+    ``least_attributed`` guards that attribution was exercised.
+    """
+    con, received = truth
+    for stream in Stream:
+        s = stream.value
+        got = wh.query(
+            f"SELECT event_id, event_time, campaign, gender FROM fact_{s} ORDER BY event_id"
+        ).rows()
+        want = con.execute(
+            f"SELECT given_id, event_time, campaign, gender FROM o_{s} ORDER BY given_id"
+        ).fetchall()
+        assert got == want, s  # each unique event exactly once
+        stats = wh.query(
+            "SELECT SUM(received), SUM(duplicates) FROM ingest_stats WHERE stream = ?", [s]
+        ).row(0)
+        dead = wh.query("SELECT COUNT(*) FROM dead_letters WHERE stream = ?", [s]).item()
+        assert stats[0] == received[s]
+        typed = con.execute(f"SELECT count(*) FROM typed_{s}").fetchone()[0]  # type: ignore[index]
+        assert stats[1] == typed - len(want)
+        assert len(got) + stats[1] + dead == received[s]  # facts + duplicates + dead
+    conversions = wh.query(
+        "SELECT event_id, click_event_id IS NOT NULL, click_time, platform, campaign, age_band,"
+        " ROUND(CAST(latency_seconds AS NUMERIC), 3) FROM fact_conversions ORDER BY event_id"
+    ).rows()
+    want_conversions = con.execute(
+        "SELECT given_id, click_time IS NOT NULL, click_time, platform, campaign, age_band,"
+        " ROUND(latency_seconds, 3) FROM o_conversions ORDER BY given_id"
+    ).fetchall()
+    assert [(*r[:6], None if r[6] is None else float(r[6])) for r in conversions] == [
+        (*r[:6], None if r[6] is None else float(r[6])) for r in want_conversions
+    ]
+    # Rollups are append-only: a batch committed twice would show here.
+    totals = wh.query(
+        "SELECT SUM(impressions), SUM(clicks), SUM(conversions), SUM(attributed_conversions)"
+        " FROM rollup_minute"
+    ).row(0)
+    want_totals = con.execute(
+        "SELECT (SELECT count(*) FROM o_impressions), (SELECT count(*) FROM o_clicks),"
+        " (SELECT count(*) FROM o_conversions),"
+        " (SELECT count(*) FROM o_conversions WHERE click_time IS NOT NULL)"
+    ).fetchone()
+    assert tuple(totals) == want_totals
+    assert want_totals[3] > least_attributed  # type: ignore[index]  # attribution was exercised

@@ -72,49 +72,6 @@ def _truth(data: Path, now: datetime) -> tuple[duckdb.DuckDBPyConnection, dict[s
     return con, oracle.build(con, data, now=now)
 
 
-def assert_equals_oracle(
-    wh: Warehouse, truth: tuple[duckdb.DuckDBPyConnection, dict[str, int]]
-) -> None:
-    """Facts, counts, attribution and rollup totals equal the oracle's."""
-    con, received = truth
-    for stream in Stream:
-        s = stream.value
-        got = wh.query(
-            f"SELECT event_id, event_time, campaign, gender FROM fact_{s} ORDER BY event_id"
-        ).rows()
-        want = con.execute(
-            f"SELECT given_id, event_time, campaign, gender FROM o_{s} ORDER BY given_id"
-        ).fetchall()
-        assert got == want, s  # each unique event exactly once
-        total, duplicates = wh.query(
-            "SELECT SUM(received), SUM(duplicates) FROM ingest_stats WHERE stream = ?", [s]
-        ).row(0)
-        dead = wh.query("SELECT COUNT(*) FROM dead_letters WHERE stream = ?", [s]).item()
-        typed = con.execute(f"SELECT count(*) FROM typed_{s}").fetchone()[0]  # type: ignore[index]
-        assert (total, duplicates) == (received[s], typed - len(want)), s
-        assert len(got) + duplicates + dead == received[s]
-    conversions = wh.query(
-        "SELECT event_id, click_time, platform, campaign, age_band FROM fact_conversions"
-        " ORDER BY event_id"
-    ).rows()
-    want_conversions = con.execute(
-        "SELECT given_id, click_time, platform, campaign, age_band FROM o_conversions"
-        " ORDER BY given_id"
-    ).fetchall()
-    assert conversions == want_conversions
-    totals = wh.query(
-        "SELECT SUM(impressions), SUM(clicks), SUM(conversions), SUM(attributed_conversions)"
-        " FROM rollup_minute"
-    ).row(0)
-    want_totals = con.execute(
-        "SELECT (SELECT count(*) FROM o_impressions), (SELECT count(*) FROM o_clicks),"
-        " (SELECT count(*) FROM o_conversions),"
-        " (SELECT count(*) FROM o_conversions WHERE click_time IS NOT NULL)"
-    ).fetchone()
-    assert tuple(totals) == want_totals
-    assert want_totals[3] > 50  # type: ignore[index]  # attribution was exercised
-
-
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
     start = time.monotonic()
     while not condition():
@@ -162,7 +119,7 @@ def test_two_shards_equal_oracle(dataset: Path, tmp_path: Path) -> None:
             partition_range(p, PARTITIONS) for p in range(PARTITIONS)
         ]
         warehouse = _process_while_replaying(dataset, tmp_path, transport, None)
-        assert_equals_oracle(warehouse, _truth(dataset, NOW))
+        oracle.assert_warehouse_equals(warehouse, _truth(dataset, NOW))
         warehouse.close()
     finally:
         transport.delete_streams()
@@ -199,7 +156,7 @@ def test_shard_split_mid_replay_equals_oracle(
                 StreamName=name, ShardId=shard.shard_id, ShardIteratorType="TRIM_HORIZON"
             )["ShardIterator"]
             assert client.get_records(ShardIterator=iterator)["Records"], shard.shard_id
-        assert_equals_oracle(warehouse, _truth(dataset, NOW))
+        oracle.assert_warehouse_equals(warehouse, _truth(dataset, NOW))
         warehouse.close()
     finally:
         transport.delete_streams()
@@ -320,7 +277,7 @@ def test_kill_9_worker_mid_stream_equals_oracle(
         second.send_signal(signal.SIGINT)
         assert second.wait(timeout=60) == 0, logs()
         now = datetime.now(UTC).replace(tzinfo=None)
-        assert_equals_oracle(warehouse, _truth(dataset, now))
+        oracle.assert_warehouse_equals(warehouse, _truth(dataset, now))
     finally:
         for proc in procs:
             if proc.poll() is None:

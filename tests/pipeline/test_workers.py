@@ -218,52 +218,6 @@ def _produce(c: Cluster, data: Path, rate: float | None) -> threading.Thread:
     return thread
 
 
-def _assert_equals_oracle(
-    wh: PostgresWarehouse, truth: tuple[duckdb.DuckDBPyConnection, dict[str, int]]
-) -> None:
-    con, received = truth
-    for stream in Stream:
-        s = stream.value
-        got = wh.query(
-            f"SELECT event_id, event_time, campaign, gender FROM fact_{s} ORDER BY event_id"
-        ).rows()
-        want = con.execute(
-            f"SELECT given_id, event_time, campaign, gender FROM o_{s} ORDER BY given_id"
-        ).fetchall()
-        assert got == want, s  # each unique event exactly once
-        stats = wh.query(
-            "SELECT SUM(received), SUM(duplicates) FROM ingest_stats WHERE stream = ?", [s]
-        ).row(0)
-        dead = wh.query("SELECT COUNT(*) FROM dead_letters WHERE stream = ?", [s]).item()
-        assert stats[0] == received[s]
-        typed = con.execute(f"SELECT count(*) FROM typed_{s}").fetchone()[0]  # type: ignore[index]
-        assert stats[1] == typed - len(want)
-        assert len(got) + stats[1] + dead == received[s]  # facts + duplicates + dead
-    conversions = wh.query(
-        "SELECT event_id, click_event_id IS NOT NULL, click_time, platform, campaign, age_band,"
-        " ROUND(CAST(latency_seconds AS NUMERIC), 3) FROM fact_conversions ORDER BY event_id"
-    ).rows()
-    want_conversions = con.execute(
-        "SELECT given_id, click_time IS NOT NULL, click_time, platform, campaign, age_band,"
-        " ROUND(latency_seconds, 3) FROM o_conversions ORDER BY given_id"
-    ).fetchall()
-    assert [(*r[:6], None if r[6] is None else float(r[6])) for r in conversions] == [
-        (*r[:6], None if r[6] is None else float(r[6])) for r in want_conversions
-    ]
-    # Rollups are append-only: a batch committed twice would show here.
-    totals = wh.query(
-        "SELECT SUM(impressions), SUM(clicks), SUM(conversions), SUM(attributed_conversions)"
-        " FROM rollup_minute"
-    ).row(0)
-    want_totals = con.execute(
-        "SELECT (SELECT count(*) FROM o_impressions), (SELECT count(*) FROM o_clicks),"
-        " (SELECT count(*) FROM o_conversions),"
-        " (SELECT count(*) FROM o_conversions WHERE click_time IS NOT NULL)"
-    ).fetchone()
-    assert tuple(totals) == want_totals
-    assert want_totals[3] > 100  # type: ignore[index]  # attribution was exercised
-
-
 @pytest.mark.parametrize("workers", [2, 3])
 def test_kill_9_one_worker_mid_stream_equals_oracle(
     workers: int,
@@ -324,7 +278,7 @@ def test_kill_9_one_worker_mid_stream_equals_oracle(
         producer.join(timeout=60)
         _wait(c.caught_up, 60, "everything committed", c)
         c.stop_all()
-        _assert_equals_oracle(c.warehouse, truth)
+        oracle.assert_warehouse_equals(c.warehouse, truth, least_attributed=100)
 
 
 def test_workers_option_processes_everything(
@@ -335,7 +289,7 @@ def test_workers_option_processes_everything(
         supervisor = c.start("--workers", "2", "--until-caught-up")
         assert supervisor.wait(timeout=120) == 0, c.logs()
         assert c.logs().count("committed") == 2  # one line per worker
-        _assert_equals_oracle(c.warehouse, truth)
+        oracle.assert_warehouse_equals(c.warehouse, truth, least_attributed=100)
         assert c.warehouse.query("SELECT COUNT(*) FROM workers").item() == 0
 
 
