@@ -237,8 +237,8 @@ def run_demo(
 def _history_figures(tiers: list[HistoryTier]) -> dict[str, object]:
     """What the dashboard needs to say where the backfill is thinner than live: its
     start, where it runs at the live rate from (``dense_from``), and the thinnest tier."""
-    if not tiers:
-        return {}
+    if len(tiers) < 2:
+        return {}  # all of it at the live rate
     return {
         "start": _iso(tiers[0].start),
         "dense_from": _iso(tiers[-1].start),

@@ -193,7 +193,7 @@
     if (!history || !history.dense_from || !win.start || !win.end) return null;
     const denseFrom = parseUtc(history.dense_from), first = parseUtc(history.start);
     const prevStart = new Date(win.start - (win.end - win.start));
-    return prevStart < denseFrom && win.start > first ? denseFrom : null;
+    return denseFrom > first && prevStart < denseFrom && win.start > first ? denseFrom : null;
   }
   function renderThinned(win, history) {
     const note = document.getElementById("thinned");
