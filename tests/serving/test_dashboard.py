@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -113,13 +114,14 @@ def _need_browser() -> Any:
     return sync_playwright
 
 
-@pytest.fixture(scope="module")
-def demo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def _demo(
+    home: Path, *, rate: float, history_days: float, ready: Callable[[str], bool]
+) -> Iterator[str]:
     """The demo (generator -> log -> processor -> warehouse, and the API) in threads of
-    this process, with a few minutes of history; yields the dashboard URL."""
+    this process; yields the dashboard URL once ``ready(url)`` holds."""
     from adpulse.operations.demo import run_demo
 
-    home = tmp_path_factory.mktemp("demo")
     out = io.StringIO()
     console = Console(file=out, width=200, force_terminal=False)
     stop = threading.Event()
@@ -130,9 +132,9 @@ def demo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             run_demo(
                 Settings(home=home, partitions=2),
                 console,
-                rate=300,
+                rate=rate,
                 seed=11,
-                history_days=5 / 1440,
+                history_days=history_days,
                 duration=None,
                 refresh=0.5,
                 serve_at=("127.0.0.1", 0),
@@ -150,11 +152,7 @@ def demo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         url = found.group(1) if found else None
         time.sleep(0.1)
     assert url is not None, f"demo did not start: {errors} {out.getvalue()[-2000:]}"
-    # wait until the backfilled history is in the warehouse
-    while time.monotonic() < deadline:
-        body = httpx.get(url + "api/v1/summary").json()
-        if body["summary"]["impressions"] and body["summary"]["conversions"]:
-            break
+    while time.monotonic() < deadline and not ready(url):
         time.sleep(0.5)
     try:
         yield url
@@ -162,6 +160,41 @@ def demo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop.set()
         thread.join(timeout=60)
         assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def demo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The demo with a few minutes of history; yields the dashboard URL."""
+
+    def ready(url: str) -> bool:  # the backfilled history is in the warehouse
+        body = httpx.get(url + "api/v1/summary").json()
+        return bool(body["summary"]["impressions"] and body["summary"]["conversions"])
+
+    home = tmp_path_factory.mktemp("demo")
+    with _demo(home, rate=300, history_days=5 / 1440, ready=ready) as url:
+        yield url
+
+
+#: ``demo --days 1`` backfills up to 3 M events (2,000/s: the last 20 min at the live
+#: rate); the test runs the same plan at 100/s under a cap of 225,000, so that the last
+#: 30 min run at the live rate and 45,000 events thin out over the rest of the day.
+DAYS1_RATE, DAYS1_CAP = 100, 225_000
+
+
+@pytest.fixture(scope="module")
+def days1_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The demo after a day of backfill (``--days 1``, a smaller cap: see above)."""
+    from adpulse.operations import demo
+
+    def ready(url: str) -> bool:  # the processor is through the backfill
+        body = httpx.get(url + "api/v1/summary").json()["summary"]
+        return bool(body["impressions"] and body["impressions"] >= 0.95 * DAYS1_CAP / 1.03)
+
+    home = tmp_path_factory.mktemp("days1")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo, "MAX_HISTORY_EVENTS", DAYS1_CAP)
+        with _demo(home, rate=DAYS1_RATE, history_days=1, ready=ready) as url:
+            yield url
 
 
 @pytest.fixture(scope="module")
@@ -399,8 +432,53 @@ def test_dashboard_labels_and_texts_read_right(browser: Any, demo_url: str) -> N
     page.goto(demo_url + "?range=1h&platform=mobile")  # any case: the API gives the stored one
     page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1", timeout=30_000)
     assert page.is_hidden("#error")
+    # the picker and the URL show the stored spelling
+    assert page.input_value("select[name=platform]") == "Mobile"
+    options = page.eval_on_selector_all(
+        "select[name=platform] option", "os => os.map(o => o.value)"
+    )
+    assert "mobile" not in options and "platform=Mobile" in page.url
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT.with_name("dashboard-filtered.png")), full_page=True)
+    assert not errors, errors
+    page.close()
+
+
+def test_dashboard_after_a_day_of_backfill(browser: Any, days1_url: str) -> None:
+    """After ``demo --days 1``: the 15-minute range compares with a previous period at the
+    live rate (a percentage, not +80,000 %); the hour range, whose previous hour is the
+    thinned backfill, says so instead of comparing, and a note says where history thins."""
+    health = httpx.get(days1_url + "api/v1/health").json()
+    history = health["live"]["history"]
+    assert history["live_rate"] == DAYS1_RATE and history["thinnest_rate"] < DAYS1_RATE / 10
+    dense_from = datetime.fromisoformat(history["dense_from"].replace("Z", "+00:00"))
+    end = datetime.fromisoformat(history["end"].replace("Z", "+00:00"))
+    assert end - dense_from == timedelta(minutes=30)
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(days1_url + "?range=15m")
+    page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1", timeout=30_000)
+    delta = page.inner_text(".tile[data-key=impressions] .delta")
+    found = re.fullmatch(r"[▲▼] \+?(-?[\d.]+)% vs previous", delta)
+    assert found and abs(float(found.group(1))) < 25, delta  # live vs history at the same rate
+    assert page.is_hidden("#thinned")
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT.with_name("dashboard-days1.png")), full_page=True)
+
+    page.goto(days1_url + "?range=1h")
+    page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1", timeout=30_000)
+    for key in TILE_KEYS:
+        shown = page.inner_text(f".tile[data-key={key}] .delta")
+        assert shown in ("previous: thinned backfill", "no previous data"), (key, shown)
+    assert page.inner_text(".tile[data-key=impressions] .delta") == "previous: thinned backfill"
+    title = page.get_attribute(".tile[data-key=impressions] .delta", "title") or ""
+    assert f"backfill before {dense_from:%Y-%m-%d %H:%M} UTC" in title
+    note = page.inner_text("#thinned")
+    assert note.startswith(f"History before {dense_from:%Y-%m-%d %H:%M} UTC is the demo's thinned")
+    assert f"against {DAYS1_RATE}/s live" in note
+    page.screenshot(path=str(SCREENSHOT.with_name("dashboard-days1-hour.png")), full_page=True)
     assert not errors, errors
     page.close()
 

@@ -26,14 +26,16 @@ from adpulse.serving import queries
 from adpulse.serving.http.announce import Announcement
 from adpulse.sources.collector import Collector
 from adpulse.sources.files import write_csv
-from adpulse.sources.generator import EventGenerator, GeneratorConfig
+from adpulse.sources.generator import EventGenerator, GeneratorConfig, HistoryTier, history_plan
 from adpulse.sources.producer import publish
 from adpulse.storage.dimensions import read_dimension_csv
 
 if TYPE_CHECKING:
     from adpulse.serving.auth import Access
 
-#: Most history events the demo backfills (``--days``), whatever the rate.
+#: Most history events the demo backfills (``--days``), whatever the rate: the demo
+#: generates them before it starts its live feed (~15 s for 3 M; see
+#: docs/dashboard-and-api.md) and the processor then works through them.
 MAX_HISTORY_EVENTS = 3_000_000
 
 
@@ -138,15 +140,24 @@ def run_demo(
         load_generated_dimensions(rt, gen, console)
         producer = rt.transport.producer()
         now = datetime.now(UTC).replace(tzinfo=None)
+        history: dict[str, object] = {}
         if history_days > 0 and rt.warehouse.next_batch_id() <= 1:
-            n = int(min(MAX_HISTORY_EVENTS, rate * history_days * 86_400))
+            # As dense as live just before it, thinner further back (within the cap).
+            tiers = history_plan(now, history_days, rate, MAX_HISTORY_EVENTS)
+            n = sum(t.events for t in tiers)
+            started = time.monotonic()
             with console.status(f"backfilling {n:,} events of history"):
-                for part in gen.iter_generate(n, now - timedelta(days=history_days), now):
+                for part in gen.iter_history(tiers):
                     if stop.is_set():
                         break
                     for stream in Stream:
                         publish(producer, stream, part.records[stream], settings.partitions)
                 producer.flush()
+            console.print(
+                f"history: {n:,} events in {time.monotonic() - started:,.1f} s; "
+                + _describe_history(tiers)
+            )
+            history = _history_figures(tiers)
 
         producing, processing = threading.Event(), threading.Event()
 
@@ -178,7 +189,7 @@ def run_demo(
         server = server_thread = announcement = None
         if sock is not None:
             server, server_thread = _start_api(
-                rt, sock, rates, live_figures, console, commits, access
+                rt, sock, rates, live_figures, console, commits, access, history
             )
             threads.append(server_thread)
             # `adpulse query`/`status` ask this process while it holds the warehouse
@@ -223,6 +234,37 @@ def run_demo(
         return f"committed {sum(rates.totals.values()):,} records this run"
 
 
+def _history_figures(tiers: list[HistoryTier]) -> dict[str, object]:
+    """What the dashboard needs to say where the backfill is thinner than live: its
+    start, where it runs at the live rate from (``dense_from``), and the thinnest tier."""
+    if len(tiers) < 2:
+        return {}  # all of it at the live rate
+    return {
+        "start": _iso(tiers[0].start),
+        "dense_from": _iso(tiers[-1].start),
+        "end": _iso(tiers[-1].end),
+        "live_rate": tiers[-1].events_per_second,
+        "thinnest_rate": min(t.events_per_second for t in tiers),
+    }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds") + "Z"
+
+
+def _describe_history(tiers: list[HistoryTier]) -> str:
+    if not tiers:
+        return "none"
+    dense = tiers[-1]
+    text = f"the last {dense.seconds / 60:,.0f} min at {dense.events_per_second:,.0f}/s (live)"
+    if len(tiers) > 1:
+        text += (
+            f", thinner before (down to {tiers[0].events_per_second:,.1f}/s "
+            f"{(dense.end - tiers[0].start).total_seconds() / 3600:,.1f} h back)"
+        )
+    return text
+
+
 #: Seconds a demo thread gets to finish its batch once told to stop.
 STOP_TIMEOUT_SECONDS = 60.0
 
@@ -246,16 +288,19 @@ def _start_api(
     console: Console,
     commits: CommitSignal,
     access: Access | None = None,
+    history: dict[str, object] | None = None,
 ) -> tuple[Any, Worker]:
     """The HTTP API server and the thread to run it in (not started), over the demo's
     own warehouse object (DuckDB lets one process hold the file; reads use their own
-    cursors)."""
+    cursors). ``history`` (:func:`_history_figures`) tells the dashboard where the
+    backfill is thinner than live."""
     from adpulse.serving.api import create_app, make_server, url_of
 
     def figures() -> dict[str, object]:
         return {
             "events_per_second": {s.value: n for s, n in rates.per_second().items()},
             **live_figures,
+            **({"history": history} if history else {}),
         }
 
     # The collector too: events posted to the demo join the generated ones.

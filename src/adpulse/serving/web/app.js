@@ -148,12 +148,19 @@
   }
 
   // --- pickers -----------------------------------------------------------------------------
+  // The picker shows the stored spelling of a value the URL gives in another case
+  // (?platform=mobile picks "Mobile", as the API matches it); returns what it picked.
   function fill(select, values, chosen) {
     const keep = select.options[0];
     select.replaceChildren(keep);
     for (const v of values) select.append(el("option", { value: String(v) }, String(v)));
-    if (chosen && !values.map(String).includes(chosen)) select.append(el("option", { value: chosen }, chosen));
+    if (chosen) {
+      const stored = values.map(String).find((v) => v.toLowerCase() === chosen.toLowerCase());
+      if (stored !== undefined) chosen = stored;
+      else select.append(el("option", { value: chosen }, chosen));
+    }
     select.value = chosen || "";
+    return chosen;
   }
   async function loadDimensions(state) {
     dims = await get("/dimensions");
@@ -161,7 +168,10 @@
       campaign: dims.campaigns, ad: dims.ad_ids, platform: dims.platforms, location: dims.locations,
       gender: dims.genders, age_band: dims.age_bands, interest: dims.interests,
     };
-    for (const k of FILTERS) fill(form[k], lists[k] || [], state[k]);
+    for (const k of FILTERS) {
+      const picked = fill(form[k], lists[k] || [], state[k]);
+      if (picked) state[k] = picked;
+    }
   }
   function showState(state) {
     form.range.value = state.range;
@@ -177,10 +187,25 @@
     if (!before) return false;
     return before.impressions >= MIN_PREVIOUS && before.impressions >= MIN_PREVIOUS_SHARE * now.impressions;
   }
-  function renderTiles(now, before, win) {
+  // The demo's backfill (health.live.history) runs at the live rate only from dense_from
+  // on: a previous period reaching into the thinner history before is not compared.
+  function thinnedBefore(win, history) {
+    if (!history || !history.dense_from || !win.start || !win.end) return null;
+    const denseFrom = parseUtc(history.dense_from), first = parseUtc(history.start);
+    const prevStart = new Date(win.start - (win.end - win.start));
+    return denseFrom > first && prevStart < denseFrom && win.start > first ? denseFrom : null;
+  }
+  function renderThinned(win, history) {
+    const note = document.getElementById("thinned");
+    const inWindow = history && history.dense_from && win.start && parseUtc(history.dense_from) > win.start;
+    note.hidden = !inWindow;
+    note.textContent = inWindow ? "History before " + history.dense_from.slice(0, 16).replace("T", " ") + " UTC is the demo's thinned backfill (down to " + nf2.format(history.thinnest_rate) + " events/s against " + fmt(history.live_rate, "int") + "/s live): lower there is not a drop in traffic." : "";
+  }
+  function renderTiles(now, before, win, history) {
     const box = document.getElementById("tiles");
     box.replaceChildren();
-    const compare = comparable(now, before);
+    const thinned = thinnedBefore(win, history);
+    const compare = comparable(now, before) && !thinned;
     for (const [key, label, kind] of TILES) {
       const value = now[key], prev = before ? before[key] : null;
       const tile = el("div", { class: "tile", "data-key": key });
@@ -192,7 +217,8 @@
       }
       let delta = "no previous data", cls = "delta";
       if (value !== null && prev !== null && prev !== undefined) {
-        if (!compare) delta = before.impressions === 0 ? "no previous data" : "new vs previous";
+        if (thinned) delta = "previous: thinned backfill";
+        else if (!compare) delta = before.impressions === 0 ? "no previous data" : "new vs previous";
         else if (prev === 0) delta = value === 0 ? "±0 vs previous" : "new vs previous";
         else {
           const change = (value - prev) / Math.abs(prev) * 100;
@@ -200,7 +226,8 @@
           cls += change >= 0 ? " up" : " down";
         }
       }
-      const why = compare ? "" : " (too few impressions before to compare: " + fmt(before ? before.impressions : null, "int") + ")";
+      const why = thinned ? " (reaches into the demo's backfill before " + isoMinute(thinned).replace("T", " ") + " UTC, generated thinner than live: not compared)"
+        : compare ? "" : " (too few impressions before to compare: " + fmt(before ? before.impressions : null, "int") + ")";
       tile.append(el("span", { class: cls, title: "previous " + (win.minutes || "") + " min: " + fmt(prev, kind) + why }, delta));
       box.append(tile);
     }
@@ -386,7 +413,9 @@
         get("/health"),
         ...BREAKDOWNS.map((d) => get("/breakdown/" + d, q)),
       ]);
-      renderTiles(now.summary, before && before.summary, win);
+      const history = (health.live || {}).history || null;
+      renderTiles(now.summary, before && before.summary, win, history);
+      renderThinned(win, history);
       renderSeries(series.rows, bucket, win);
       table("trending", [["campaign", "campaign"], ["previous_rate", "conv. rate before", "pct"], ["latest_rate", "conv. rate latest", "pct"], ["change", "change", "pp"], ["latest_clicks", "clicks", "int"]], trending.rows);
       const w = trending.window_minutes;

@@ -33,6 +33,8 @@ The package, one topic per module, in the order data flows:
   each record is made;
 - :mod:`.output`: :class:`GeneratedEvents` and :class:`StreamCounts`, what a call returns;
 - :mod:`.sampling` and :mod:`.clock`: weighted draws, traffic times, millisecond time;
+- :mod:`.history`: :func:`history_plan`, a demo's history as dense as live just before
+  it and thinner further back;
 - :mod:`.event_generator`: :class:`EventGenerator`, the entry point.
 
 This module exports the public names; the modules above are the package's own.
@@ -40,6 +42,7 @@ This module exports the public names; the modules above are the package's own.
 
 from adpulse.sources.generator.config import GeneratorConfig
 from adpulse.sources.generator.event_generator import EventGenerator
+from adpulse.sources.generator.history import HistoryTier, history_plan
 from adpulse.sources.generator.malformed import EXPECTED_REASON, MalformedKind, malformed_kinds
 from adpulse.sources.generator.output import GeneratedEvents, StreamCounts
 
@@ -48,7 +51,9 @@ __all__ = [
     "EventGenerator",
     "GeneratedEvents",
     "GeneratorConfig",
+    "HistoryTier",
     "MalformedKind",
     "StreamCounts",
+    "history_plan",
     "malformed_kinds",
 ]

@@ -8,7 +8,7 @@ to a generation session of its own, seeded so that equal calls give equal bytes.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 
 import numpy as np
@@ -16,6 +16,7 @@ import polars as pl
 
 from adpulse.sources.generator.clock import from_ms, to_ms
 from adpulse.sources.generator.config import GeneratorConfig
+from adpulse.sources.generator.history import HistoryTier
 from adpulse.sources.generator.output import GeneratedEvents
 from adpulse.sources.generator.sampling import traffic_mass
 from adpulse.sources.generator.session import Session
@@ -81,6 +82,33 @@ class EventGenerator:
         for i in range(windows):
             last = i == windows - 1
             yield session.window(bounds[i], bounds[i + 1], int(cum[i + 1] - cum[i]), last)
+
+    def iter_history(self, tiers: Sequence[HistoryTier]) -> Iterator[GeneratedEvents]:
+        """A history in consecutive tiers (:func:`history_plan`), as parts of bounded size.
+
+        Each tier's events are spread evenly over it at its density, as a live feed
+        produces ``rate`` events a second whatever the hour; one session spans all tiers,
+        so clicks and conversions cross from one tier into the next. Clicks and
+        conversions that would happen after the last tier's end are dropped (the live
+        feed takes over). The same tiers give the same bytes.
+        """
+        if not tiers:
+            return
+        for newer, older in zip(tiers[1:], tiers, strict=False):
+            if newer.start != older.end:
+                raise ValueError(f"history tiers must be consecutive: {older} then {newer}")
+        first, final = to_ms(tiers[0].start), to_ms(tiers[-1].end)
+        key = [self.config.seed, 3, first % 2**64, final % 2**64, sum(t.events for t in tiers)]
+        session = Session(self._world, self.config, np.random.default_rng(key), curve=False)
+        for i, tier in enumerate(tiers):
+            start_ms, end_ms = to_ms(tier.start), to_ms(tier.end)
+            windows = max(1, math.ceil(tier.events / MAX_WINDOW_EVENTS))
+            bounds = [start_ms + (end_ms - start_ms) * k // windows for k in range(windows + 1)]
+            # evenly: events per window in proportion to its length, summing exactly
+            cum = [tier.events * (b - start_ms) // max(1, end_ms - start_ms) for b in bounds]
+            for k in range(windows):
+                last = i == len(tiers) - 1 and k == windows - 1
+                yield session.window(bounds[k], bounds[k + 1], cum[k + 1] - cum[k], last)
 
     def stream_chunk(
         self, start: datetime, end: datetime, n_events: int, final: bool = False

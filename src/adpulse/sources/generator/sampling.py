@@ -75,11 +75,13 @@ class Alias:
         return self.index[np.where(rng.random(n) < self.prob[pick], pick, self.alias[pick])]
 
 
-def _hour_segments(start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _hour_segments(
+    start: int, end: int, curve: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     hours = np.arange(start // HOUR_MS, (end - 1) // HOUR_MS + 1, dtype=np.int64)
     lo = np.maximum(hours * HOUR_MS, start)
     hi = np.minimum((hours + 1) * HOUR_MS, end)
-    return lo, hi, (hi - lo) * DIURNAL[hours % 24]
+    return lo, hi, (hi - lo) * (DIURNAL[hours % 24] if curve else 1.0)
 
 
 def traffic_mass(start: int, end: int) -> float:
@@ -87,15 +89,18 @@ def traffic_mass(start: int, end: int) -> float:
     return float(_hour_segments(start, end)[2].sum())
 
 
-def traffic_times(rng: np.random.Generator, start: int, end: int, n: int) -> np.ndarray:
-    """``n`` sorted event times (ms) in ``[start, end)`` following the daily traffic curve.
+def traffic_times(
+    rng: np.random.Generator, start: int, end: int, n: int, curve: bool = True
+) -> np.ndarray:
+    """``n`` sorted event times (ms) in ``[start, end)`` following the daily traffic curve
+    (``curve=False``: evenly, as a live feed's short windows are).
 
     Sorted without sorting: a multinomial count per hour, then in each hour the sorted
     uniforms are cumulative sums of exponential gaps (a Poisson process), O(n).
     """
     if n == 0:
         return EMPTY
-    lo, hi, weight = _hour_segments(start, end)
+    lo, hi, weight = _hour_segments(start, end, curve)
     counts = rng.multinomial(n, weight / weight.sum())
     segment = np.repeat(np.arange(len(counts)), counts)
     gaps = rng.standard_exponential(n + len(counts))

@@ -63,8 +63,17 @@ _FAULTS: Final = ("duplicates", "out_of_order", "late", "malformed")
 class Session:
     """Generation state: future events, delayed records, running fault counts."""
 
-    def __init__(self, world: World, config: GeneratorConfig, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        world: World,
+        config: GeneratorConfig,
+        rng: np.random.Generator,
+        curve: bool = True,
+    ) -> None:
+        """``curve``: a window's events follow the daily traffic curve inside it (else
+        they are spread evenly: a history whose density is given window by window)."""
         self.world = world
+        self.curve = curve
         self.config = config
         self.rng = rng
         self.namespace = f"{int(rng.integers(0, 2**32)):08x}"
@@ -117,7 +126,7 @@ class Session:
         """New valid events of the window: impressions in it, and what they lead to."""
         w, c, rng = self.world, self.config, self.rng
         n = int(n_events / w.events_per_impression + 0.5)
-        t = traffic_times(rng, start, end, n)
+        t = traffic_times(rng, start, end, n, self.curve)
         user = self._draw_users(n)
         ad = self._draw_ads(t)
         impressions = pl.DataFrame(
@@ -150,7 +159,7 @@ class Session:
         target = int(share / (1 - share) * self.attributed_total + 0.5)
         n_u = max(0, target - self.unattributed_total)
         self.unattributed_total += n_u
-        u_t = traffic_times(rng, start, end, n_u)
+        u_t = traffic_times(rng, start, end, n_u, self.curve)
         u_user, u_ad = self._unclicked_pairs(u_t)
 
         ads = np.concatenate([conv_ad, u_ad]).astype(np.int64)
