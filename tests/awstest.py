@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import atexit
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from functools import cache
+from typing import Final
 
 import pytest
 from moto.server import ThreadedMotoServer
@@ -24,6 +28,16 @@ CREDENTIALS = {
 }
 
 
+#: moto's server looks up the backend of every request by listing its own package
+#: directory (``backends.list_of_moto_modules``), under a lock that serializes all
+#: requests; listed once instead. Run in the server's process before it starts.
+FAST_BACKEND_LOOKUP: Final = (
+    "from moto import backends; "
+    "_modules = frozenset(backends.list_of_moto_modules()); "
+    "backends.list_of_moto_modules = lambda: _modules"
+)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -33,10 +47,41 @@ def free_port() -> int:
 @cache
 def aws_endpoint() -> str:
     """The endpoint URL of this process's local AWS API server (started on first use)."""
+    exec(FAST_BACKEND_LOOKUP, {})
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     atexit.register(server.stop)
+    return f"http://127.0.0.1:{port}"
+
+
+@cache
+def aws_endpoint_own_process() -> str:
+    """The endpoint URL of a local AWS API server in a process of its own (started on
+    first use, one per test process). For tests that keep their own process busy (the
+    DynamoDB live views): an in-process server would wait for their GIL at every request.
+    Tests that patch the server (``kinesistest.realistic_resharding``) need the in-process
+    one, :func:`aws_endpoint`."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", f"{FAST_BACKEND_LOOKUP}; from moto.server import main; main()"]
+        + ["-H", "127.0.0.1"]
+        + ["-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    atexit.register(server.kill)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the local AWS API server did not start on port {port}"
+                ) from None
+            time.sleep(0.1)
     return f"http://127.0.0.1:{port}"
 
 
@@ -45,7 +90,7 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def use_local_aws(monkeypatch: pytest.MonkeyPatch) -> str:
+def use_local_aws(monkeypatch: pytest.MonkeyPatch, own_process: bool = False) -> str:
     """Dummy credentials and region in the environment; the local server's endpoint URL.
 
     Call it from a fixture of the test module::
@@ -56,4 +101,4 @@ def use_local_aws(monkeypatch: pytest.MonkeyPatch) -> str:
     """
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)
-    return aws_endpoint()
+    return aws_endpoint_own_process() if own_process else aws_endpoint()

@@ -1,5 +1,5 @@
-"""DynamoDB serving stores for tests: a fresh table on this process's local AWS API server
-(moto, :mod:`awstest`), deleted afterwards."""
+"""DynamoDB serving stores for tests: a fresh table on a local AWS API server (moto, in a
+process of its own: :func:`awstest.aws_endpoint_own_process`), deleted afterwards."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request 
 def dynamodb_table() -> Iterator[str]:
     """The ``serving_url`` of a fresh table (created by the first store opened on it)."""
     with pytest.MonkeyPatch.context() as patch:
-        endpoint = use_local_aws(patch)
+        endpoint = use_local_aws(patch, own_process=True)
         table = unique_name("serving")
         try:
             yield f"dynamodb://{table}?region={REGION}&endpoint_url={endpoint}"
