@@ -108,6 +108,18 @@ def fresh_warehouse(kind: str, duckdb_file: Path) -> Iterator[Warehouse]:
             yield pg
 
 
+def web_impression(n: int) -> dict[str, object]:
+    """Impression ``n`` of three users on ad 1 (Web, Berlin), all in one minute."""
+    return {
+        "event_id": f"i{n}",
+        "user_id": f"u{n % 3}",
+        "ad_id": 1,
+        "platform": "Web",
+        "location": "Berlin",
+        "impression_timestamp": "2024-05-01 10:00:00",
+    }
+
+
 def at(seconds: float) -> datetime:
     """``seconds`` after :data:`T0`."""
     return T0 + timedelta(seconds=seconds)

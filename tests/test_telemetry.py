@@ -7,10 +7,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from builders import MiniPipeline
+from builders import MiniPipeline, web_impression
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from scrapes import samples
 
 from adpulse.config import Settings
 from adpulse.contracts import Stream
@@ -20,28 +20,6 @@ from adpulse.serving import queries
 from adpulse.serving.api import create_app
 from adpulse.telemetry import UNMATCHED_ROUTE, PipelineMetrics, new_registry
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def samples(text: str) -> Samples:
-    """Every sample of the exposition, keyed by name and sorted labels."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def impression(n: int) -> dict[str, object]:
-    return {
-        "event_id": f"i{n}",
-        "user_id": f"u{n % 3}",
-        "ad_id": 1,
-        "platform": "Web",
-        "location": "Berlin",
-        "impression_timestamp": "2024-05-01 10:00:00",
-    }
-
 
 def test_counters_equal_pipeline_status(tmp_path: Path) -> None:
     pipeline = MiniPipeline(tmp_path, partitions=2)
@@ -50,8 +28,8 @@ def test_counters_equal_pipeline_status(tmp_path: Path) -> None:
         pipeline.settings, pipeline.transport, pipeline.warehouse, listeners=[metrics]
     )
     # 8 distinct impressions, 2 of them sent again (duplicates), 3 that cannot be stored
-    records: list[bytes | dict[str, object]] = [impression(n) for n in range(8)]
-    records += [impression(0), impression(1), b"not json", b"{}", b"[1, 2]"]
+    records: list[bytes | dict[str, object]] = [web_impression(n) for n in range(8)]
+    records += [web_impression(0), web_impression(1), b"not json", b"{}", b"[1, 2]"]
     pipeline.send(Stream.IMPRESSIONS, records)
     pipeline.processor.run(threading.Event(), until_caught_up=True)
     pipeline.processor.close()

@@ -14,10 +14,9 @@ from typing import Any
 
 import orjson
 import pytest
-from builders import MiniPipeline
+from builders import MiniPipeline, web_impression
 from pgtest import PG_URL, drop_schema, new_schema, require_postgres
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from scrapes import Samples, scrape
 from tcpproxy import TcpProxy
 
 from adpulse.alerts import AlertMonitor
@@ -32,29 +31,6 @@ from adpulse.serving.store.sync import StoreSync
 from adpulse.storage.warehouse.postgres import PostgresWarehouse
 from adpulse.telemetry import PipelineMetrics, SupervisorMetrics, new_registry
 from adpulse.transport.base import Lag
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(registry: Any) -> Samples:
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def impression(n: int) -> dict[str, object]:
-    return {
-        "event_id": f"i{n}",
-        "user_id": f"u{n % 3}",
-        "ad_id": 1,
-        "platform": "Web",
-        "location": "Berlin",
-        "impression_timestamp": "2024-05-01 10:00:00",
-    }
-
 
 FAILING_COMMIT = ("adpulse_server_failing", (("operation", "commit"), ("setting", "warehouse_url")))
 FAILING_TRANSPORT = (
@@ -151,11 +127,11 @@ def test_a_postgres_commit_whose_answer_was_lost_counts_one_commit_failure(
             pipeline.processor = Processor(
                 pipeline.settings, pipeline.transport, wh, listeners=[metrics]
             )
-            pipeline.send(Stream.IMPRESSIONS, [impression(n) for n in range(3)])
+            pipeline.send(Stream.IMPRESSIONS, [web_impression(n) for n in range(3)])
             pipeline.run()
             assert scrape(metrics.registry)[COMMIT_FAILURES] == 0
             proxy.drop_after(b"COMMIT")
-            pipeline.send(Stream.IMPRESSIONS, [impression(n) for n in range(3, 7)])
+            pipeline.send(Stream.IMPRESSIONS, [web_impression(n) for n in range(3, 7)])
             pipeline.run()
             pipeline.processor.close()
             assert proxy.dropped_after.is_set()
@@ -202,7 +178,7 @@ def test_store_rebuilds_are_counted_once_each_as_the_alert_sees_them(tmp_path: P
     pipeline.processor = Processor(
         pipeline.settings, pipeline.transport, pipeline.warehouse, listeners=[metrics, sync]
     )
-    pipeline.send(Stream.IMPRESSIONS, [impression(0)])
+    pipeline.send(Stream.IMPRESSIONS, [web_impression(0)])
     pipeline.run()
 
     def figures() -> tuple[float, ...]:
@@ -217,10 +193,10 @@ def test_store_rebuilds_are_counted_once_each_as_the_alert_sees_them(tmp_path: P
     assert figures() == (1, 0, 0, 0)  # the start's rebuild (a fresh store)
     assert [a.rule for a in monitor.check()] == []
     store.fail = True
-    pipeline.send(Stream.IMPRESSIONS, [impression(1)])
+    pipeline.send(Stream.IMPRESSIONS, [web_impression(1)])
     pipeline.run()
     assert figures() == (1, 0, 1, 1)  # the write failed: behind
-    pipeline.send(Stream.IMPRESSIONS, [impression(2)])
+    pipeline.send(Stream.IMPRESSIONS, [web_impression(2)])
     pipeline.run()
     pipeline.processor.close()
     assert figures() == (1, 1, 1, 0)  # one repair, which brought it up to date
@@ -278,7 +254,7 @@ def test_lag_metrics_and_the_alert_read_one_probe(tmp_path: Path) -> None:
         rt.transport.consumer = counted  # type: ignore[method-assign]
         clock = rt.transport.clock  # type: ignore[attr-defined]
         producer = rt.transport.producer()
-        payloads = [impression(n) for n in range(5)]
+        payloads = [web_impression(n) for n in range(5)]
         for at, batch in ((1000.0, payloads[:2]), (1012.5, payloads[2:])):
             rt.transport.clock = lambda at=at: at  # type: ignore[attr-defined]
             producer.send(Stream.IMPRESSIONS, [orjson.dumps(p) for p in batch], [None] * len(batch))

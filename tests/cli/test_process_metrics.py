@@ -10,11 +10,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from pgtest import PG_URL, drop_schema, new_schema, require_postgres
-from prometheus_client.parser import text_string_to_metric_families
+from scrapes import scrape_port
 from typer.testing import CliRunner
 
 from adpulse.cli.main import app
@@ -34,16 +33,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def test_process_metrics_port_counts_what_status_reports(tmp_path: Path) -> None:
@@ -67,7 +56,7 @@ def test_process_metrics_port_counts_what_status_reports(tmp_path: Path) -> None
             assert time.monotonic() < deadline, "the worker did not catch up in 60 s"
             assert proc.poll() is None, proc.communicate()
             try:
-                got = _scrape(port)
+                got = scrape_port(port)
             except OSError:
                 got = None
             counters = None if got is None else {k: v for k, v in got.items() if "_total" in k[0]}
@@ -125,11 +114,11 @@ def test_workers_metrics_port_is_the_supervisors(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "no supervisor metrics in 60 s"
             assert proc.poll() is None, proc.communicate()
             try:
-                got = _scrape(port)
+                got = scrape_port(port)
             except OSError:
                 time.sleep(0.25)
         time.sleep(2)  # the workers are up (a worker on the same port would crash now)
-        got = _scrape(port)
+        got = scrape_port(port)
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)

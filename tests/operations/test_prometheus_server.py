@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
+from scrapes import scrape_port
 from servertest import require_server
 from typer.testing import CliRunner
 
@@ -185,16 +185,6 @@ def _query(base: str, expr: str) -> dict[tuple[tuple[str, str], ...], float]:
     }
 
 
-def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def test_prometheus_scrapes_counters_and_fires_the_dead_letter_rule(
     prometheus: str, pipeline: tuple[Path, int, subprocess.Popen[str]]
 ) -> None:
@@ -231,7 +221,7 @@ def test_prometheus_scrapes_counters_and_fires_the_dead_letter_rule(
 
     # the same counters in Prometheus, on /metrics and in `adpulse status`
     def agreed() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
-        scraped = {k: v for k, v in _scrape(port).items() if COUNTER_NAMES.fullmatch(k[0])}
+        scraped = {k: v for k, v in scrape_port(port).items() if COUNTER_NAMES.fullmatch(k[0])}
         stored = {
             (dict(labels).pop("__name__"), tuple((k, v) for k, v in labels if k != "__name__")): v
             for labels, v in _query(prometheus, f'{{__name__=~"{COUNTER_NAMES.pattern}"}}').items()

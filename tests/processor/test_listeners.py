@@ -7,7 +7,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from builders import MiniPipeline
+from builders import MiniPipeline, web_impression
 
 from adpulse.commits import CommitSignal
 from adpulse.contracts import Stream
@@ -39,17 +39,6 @@ class Broken:
         raise RuntimeError("broken listener")
 
 
-def impression(n: int) -> dict[str, object]:
-    return {
-        "event_id": f"i{n}",
-        "user_id": f"u{n % 3}",
-        "ad_id": 1,
-        "platform": "Web",
-        "location": "Berlin",
-        "impression_timestamp": "2024-05-01 10:00:00",
-    }
-
-
 def test_listeners_hear_each_commit_after_it_and_a_broken_one_changes_nothing(
     tmp_path: Path,
 ) -> None:
@@ -62,7 +51,7 @@ def test_listeners_hear_each_commit_after_it_and_a_broken_one_changes_nothing(
         listeners=[Broken(), recording, signal],
     )
     assert recording.started == [[0, 1]]
-    pipeline.send(Stream.IMPRESSIONS, [impression(n) for n in range(5)])
+    pipeline.send(Stream.IMPRESSIONS, [web_impression(n) for n in range(5)])
     pipeline.processor.run(threading.Event(), until_caught_up=True)
     pipeline.processor.close()
     assert pipeline.rows("SELECT count(*) FROM fact_impressions") == [(5,)]
