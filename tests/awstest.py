@@ -15,7 +15,6 @@ import sys
 import time
 import uuid
 from functools import cache
-from typing import Final
 
 import pytest
 from moto.server import ThreadedMotoServer
@@ -28,16 +27,6 @@ CREDENTIALS = {
 }
 
 
-#: moto's server looks up the backend of every request by listing its own package
-#: directory (``backends.list_of_moto_modules``), under a lock that serializes all
-#: requests; listed once instead. Run in the server's process before it starts.
-FAST_BACKEND_LOOKUP: Final = (
-    "from moto import backends; "
-    "_modules = frozenset(backends.list_of_moto_modules()); "
-    "backends.list_of_moto_modules = lambda: _modules"
-)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -47,7 +36,6 @@ def free_port() -> int:
 @cache
 def aws_endpoint() -> str:
     """The endpoint URL of this process's local AWS API server (started on first use)."""
-    exec(FAST_BACKEND_LOOKUP, {})
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
@@ -64,8 +52,7 @@ def aws_endpoint_own_process() -> str:
     one, :func:`aws_endpoint`."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-c", f"{FAST_BACKEND_LOOKUP}; from moto.server import main; main()"]
-        + ["-H", "127.0.0.1"]
+        [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1"]
         + ["-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
