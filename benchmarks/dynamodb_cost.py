@@ -8,8 +8,10 @@ order, cut into one slice per second), and prices each committed batch's
 store write with :func:`adpulse.serving.store.dynamodb.apply_cost` (the very items the
 store writes, sized by DynamoDB's rules). A dashboard refresh is the 15 live views of
 the live-view equality test over the newest 24 h; its reads (which projection each view
-asks for) are recorded, and priced at steady state: 24 h of rollup items at the measured
-items per minute of that projection, and 24 h of conversions at the measured rate.
+asks for, and whether it reads conversions: only the latency views do) are recorded,
+and priced at steady state: 24 h of rollup items at the measured items per minute of
+that projection, and 24 h of conversions at the measured rate for the reads that take
+them.
 
 No AWS account or server is needed: the cost is computed from the items, not measured
 on a bill. Run::
@@ -68,22 +70,31 @@ class PricedSync(StoreSync):
 
 @dataclass
 class RecordingStore(MemoryServingStore):
-    """The in-process store, recording the key columns of every read."""
+    """The in-process store, recording the key columns of every read and whether it
+    read the conversions."""
 
-    reads: list[frozenset[str]] = field(default_factory=list)
+    reads: list[tuple[frozenset[str], bool]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__init__()
 
     def read(
-        self, start: datetime, end: datetime | None, columns: frozenset[str] = PROJECTIONS[-1]
+        self,
+        start: datetime,
+        end: datetime | None,
+        columns: frozenset[str] = PROJECTIONS[-1],
+        *,
+        conversions: bool = True,
     ) -> LiveRows | None:
-        self.reads.append(columns)
-        return super().read(start, end, columns)
+        self.reads.append((columns, conversions))
+        return super().read(start, end, columns, conversions=conversions)
 
 
-def refresh_views(store: RecordingStore, warehouse: DuckDBWarehouse) -> list[frozenset[str]]:
-    """The key columns of each store read one dashboard refresh makes (the 15 views)."""
+def refresh_views(
+    store: RecordingStore, warehouse: DuckDBWarehouse
+) -> list[tuple[frozenset[str], bool]]:
+    """The key columns of each store read one dashboard refresh makes (the 15 views),
+    and whether it reads the conversions."""
     last = queries.data_range(warehouse)["last_minute"]
     assert last is not None
     end = last + timedelta(minutes=1)
@@ -119,21 +130,25 @@ def conversion_share() -> float:
 
 
 def day_read(
-    rows: LiveRows, columns: frozenset[str], conversions_per_second: float, conversion_bytes: float
+    rows: LiveRows,
+    columns: frozenset[str],
+    conversions: bool,
+    conversions_per_second: float,
+    conversion_bytes: float,
 ) -> Capacity:
     """One store read of the newest 24 h at steady state: two ``meta`` reads, and per
-    hour one query of rollups and one of conversions (a page per MB), each charged on
-    its bytes (strongly consistent: 4 KB per read unit). Rollup bytes per minute are
-    measured over the run's whole minutes."""
+    hour one query of rollups and, for a view that reads them, one of conversions (a
+    page per MB), each charged on its bytes (strongly consistent: 4 KB per read unit).
+    Rollup bytes per minute are measured over the run's whole minutes."""
     minutes = rows.rollups["minute"].unique().sort().to_list()
     whole = minutes[1:-1] or minutes  # the first and last minute may be partial
     in_whole = LiveRows(rows.rollups.filter(pl.col("minute").is_in(whole)), rows.conversions)
     rollup_bytes, _ = stored_bytes(in_whole, columns)
     hour_rollups = 60 * rollup_bytes / len(whole)
-    hour_conversions = 3_600 * conversions_per_second * conversion_bytes
+    hour_conversions = 3_600 * conversions_per_second * conversion_bytes if conversions else 0
     units = 2 + 24 * (math.ceil(hour_rollups / 4_096) + math.ceil(hour_conversions / 4_096))
     pages = math.ceil(hour_rollups / 2**20) + math.ceil(hour_conversions / 2**20)
-    return Capacity(requests=2 + 24 * max(2, pages), read_units=units)
+    return Capacity(requests=2 + 24 * max(1 + conversions, pages), read_units=units)
 
 
 def measure(rate: int, seconds: int, share: float) -> None:
@@ -182,13 +197,18 @@ def measure(rate: int, seconds: int, share: float) -> None:
     one = stored_bytes(LiveRows(held.rollups.clear(), held.conversions.head(1)))[1]
     conversion_bytes = one or 150
     refresh, cached = Capacity(), Capacity()
-    for columns in reads:
-        refresh += day_read(held, columns, per_second, conversion_bytes)
-    # the store's read cache: views asking for the same projection of the same range,
-    # with no write in between, share one read
-    distinct = {next(i for i, kept in enumerate(PROJECTIONS) if c <= kept) for c in reads}
-    for projection in distinct:
-        cached += day_read(held, PROJECTIONS[projection], per_second, conversion_bytes)
+    for columns, with_conversions in reads:
+        refresh += day_read(held, columns, with_conversions, per_second, conversion_bytes)
+    # the store's read cache: views asking for the same projection of the same range
+    # (with or without conversions), with no write in between, share one read
+    distinct = {
+        (next(i for i, kept in enumerate(PROJECTIONS) if c <= kept), with_conversions)
+        for c, with_conversions in reads
+    }
+    for projection, with_conversions in distinct:
+        cached += day_read(
+            held, PROJECTIONS[projection], with_conversions, per_second, conversion_bytes
+        )
     w = sync.cost
     wcu = w.write_units / seconds + 2 * per_second
     print(
@@ -196,7 +216,8 @@ def measure(rate: int, seconds: int, share: float) -> None:
         f" conversions {per_second:,.1f}/s of {conversion_bytes} B;"
         f" writes {wcu:,.0f} WCU/s = {wcu / rate:.4f} WCU/event,"
         f" {w.read_units / seconds:,.1f} RCU/s, {w.requests / seconds + per_second / 12.5:,.0f}"
-        f" requests/s; dashboard refresh (24 h, {len(reads)} reads): {refresh.read_units:,} RCU,"
+        f" requests/s; dashboard refresh (24 h, {len(reads)} reads,"
+        f" {sum(c for _, c in reads)} with conversions): {refresh.read_units:,} RCU,"
         f" {refresh.requests:,} requests; with the read cache ({len(distinct)} distinct reads):"
         f" {cached.read_units:,} RCU, {cached.requests:,} requests"
     )

@@ -42,7 +42,7 @@ from adpulse.serving import queries
 from adpulse.serving.live import LiveTables
 from adpulse.serving.queries import Filters
 from adpulse.serving.store import MemoryServingStore, ServingStore, live_delta
-from adpulse.serving.store.base import StoreSnapshot
+from adpulse.serving.store.base import LiveRows, StoreSnapshot
 from adpulse.serving.store.dynamodb import DynamoDBServingStore
 from adpulse.serving.store.redis import RedisServingStore
 from adpulse.serving.store.sync import StoreSync, warehouse_snapshot
@@ -323,6 +323,19 @@ def test_live_views_equal_the_warehouse_in_process_store(data: Path, tmp_path: P
         assert_live_views_equal(run)
         assert run.sync.failures == 0 and run.sync.rebuilds == 1
         run.processor.close()
+
+
+def test_a_view_cannot_read_conversions_its_store_rows_lack() -> None:
+    """Views that need no conversions leave them unread in the store; one that reads
+    ``fact_conversions`` over rows read without them fails instead of counting none."""
+    rows = LiveRows.empty()
+    sql = "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM fact_conversions"
+    assert LiveTables(rows, conversions=True).query(sql)["n"].to_list() == [0]
+    assert LiveTables(rows, conversions=False).query(
+        "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM rollup_minute"
+    )["n"].to_list() == [0]
+    with pytest.raises(RuntimeError, match="conversions=True"):
+        LiveTables(rows, conversions=False).query(sql)
 
 
 def test_live_views_equal_the_warehouse_shared_store_postgres_warehouse(

@@ -74,6 +74,10 @@ def test_rows_round_trip_exactly_and_reads_are_bounded_by_range_and_window(
     assert rows.conversions.schema == pl.Schema(LIVE_CONVERSIONS)
     assert sorted_rollups(rows) == sorted(BASE.rows(), key=repr)
     assert rows.conversions.rows() == [CONVERSION]  # microseconds and the float exact
+    without = store.read(T0, None, conversions=False)  # for views that read none
+    assert without is not None and sorted_rollups(without) == sorted_rollups(rows)
+    assert without.conversions.height == 0
+    assert without.conversions.schema == pl.Schema(LIVE_CONVERSIONS)
     only_first = store.read(T0, T0 + timedelta(minutes=1))
     assert only_first is not None
     assert sorted_rollups(only_first) == sorted(BASE.rows()[:2], key=repr)

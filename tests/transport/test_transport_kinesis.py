@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ from adpulse.cli.main import app
 from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
-from adpulse.transport import open_transport
-from adpulse.transport.base import Consumer
+from adpulse.transport import kinesis, open_transport
+from adpulse.transport.base import Consumer, Lag
 from adpulse.transport.framing import partition_of
 from adpulse.transport.kinesis import (
     HASH_KEY_SPACE,
@@ -406,5 +407,40 @@ def test_status_shows_each_partitions_shard(
         assert result.exit_code == 0, result.output
         shown = json.loads(result.output[result.output.index("{") :])["kinesis_shards"]
         assert shown.startswith("unavailable: ") and "ResourceNotFoundException" in shown
+    finally:
+        transport.delete_streams()
+
+
+def test_lag_counts_records_and_their_age(monkeypatch: pytest.MonkeyPatch) -> None:
+    transport, client = _flaky_transport(1, shards=1)
+    try:
+        first = _send(transport, 0, range(2))
+        time.sleep(0.3)
+        last = _send(transport, 0, range(2, 3))
+        consumer = transport.consumer()
+        chunk = consumer.poll(Stream.CLICKS, 0, None, len(first[0]) + len(first[1]) + 2)
+        assert chunk is not None and chunk.records == 2
+
+        exact = consumer.lag(Stream.CLICKS, 0, None)
+        assert (exact.bytes, exact.records) == (sum(len(x) + 1 for x in first + last), 3)
+        assert exact.seconds is not None and 0.3 <= exact.seconds < 5
+        assert consumer.lag(Stream.CLICKS, 0, chunk.end_offset) == Lag(len(last[0]) + 1, 1, 0.0)
+        assert consumer.lag_bytes(Stream.CLICKS, 0, None) == exact.bytes
+
+        # Not at the tip after the scan: the rest is estimated from MillisBehindLatest.
+        monkeypatch.setattr(kinesis, "LAG_SCAN_CALLS", 1)
+        real_get_records = client.get_records
+
+        def behind_by_two_seconds(**kwargs: Any) -> dict[str, Any]:
+            return {**real_get_records(**kwargs), "MillisBehindLatest": 2000}
+
+        monkeypatch.setattr(client, "get_records", behind_by_two_seconds)
+        estimate = consumer.lag(Stream.CLICKS, 0, None)
+        ahead = 2.0 / exact.seconds
+        assert estimate == Lag(
+            exact.bytes + int(exact.bytes * ahead),
+            3 + int(3 * ahead),
+            pytest.approx(exact.seconds + 2.0),
+        )
     finally:
         transport.delete_streams()

@@ -1,7 +1,7 @@
 """``Consumer.lag``: bytes, records and age behind a position, for every transport that
 implements it, with records appended at known times (an injected clock; for Redis
-Streams, entry ids, which carry the server's append time); the others (Kinesis) keep the
-default, bytes only."""
+Streams, entry ids, which carry the server's append time). Kinesis, whose append times
+are the server's, has its own test in test_transport_kinesis.py."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from adpulse.transport.base import Consumer, Lag, Transport
 from adpulse.transport.embedded import EmbeddedTransport
 from adpulse.transport.redis_streams import FIELD, RedisStreamsTransport
 
-#: The transports with a ``lag`` of their own (records and age); the others: bytes only.
+#: The transports whose append clock a test can set (Kinesis: test_transport_kinesis.py).
 LAG_KINDS = ("memory", "embedded", "embedded-tiny-segments", "redis")
 #: (append time in seconds, records appended then), in order.
 APPENDS = ((1000.0, 2), (1004.5, 3), (1010.25, 1))
@@ -169,16 +169,10 @@ def test_a_consumer_without_its_own_lag_reports_bytes_only() -> None:
 
 
 @pytest.mark.parametrize("kind", [k for k in TRANSPORT_KINDS if k not in LAG_KINDS])
-def test_the_other_transports_report_the_bytes_of_the_default(kind: str, tmp_path: Path) -> None:
+def test_the_other_transports_count_real_appends(kind: str, tmp_path: Path) -> None:
+    """Transports whose append times are the server's (Kinesis)."""
     maker = TransportMaker(kind, tmp_path / "log")
     try:
-        transport = maker(1)
-        producer = transport.producer()
-        producer.send_framed(Stream.CLICKS, 0, b'{"a":1}\n{"a":2}\n', 2)
-        producer.close()
-        consumer = transport.consumer()
-        lag = consumer.lag(Stream.CLICKS, 0, None)
-        assert lag == Lag(consumer.lag_bytes(Stream.CLICKS, 0, None), None, None)
-        assert lag.bytes > 0
+        _check_real_appends(maker(1))
     finally:
         maker.close()

@@ -11,6 +11,7 @@ same numbers by construction.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from datetime import datetime
@@ -38,13 +39,28 @@ def _cursor() -> duckdb.DuckDBPyConnection:
         return _engine.cursor()
 
 
-class LiveTables:
-    """The store's rows for one range, answering :meth:`query` like a warehouse would."""
+#: Whether the query layer's SQL (never a user's string) reads the conversions.
+_READS_CONVERSIONS = re.compile(r"\bfact_conversions\b")
 
-    def __init__(self, rows: LiveRows) -> None:
+
+class LiveTables:
+    """The store's rows for one range, answering :meth:`query` like a warehouse would.
+
+    ``conversions``: whether ``rows`` holds the range's conversions (read only for views
+    that need them); SQL reading ``fact_conversions`` without them is refused, so a view
+    can never be answered from a missing table.
+    """
+
+    def __init__(self, rows: LiveRows, conversions: bool = True) -> None:
         self.rows = rows
+        self.conversions = conversions
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+        if not self.conversions and _READS_CONVERSIONS.search(sql):
+            raise RuntimeError(
+                "a live view reads fact_conversions but its store rows were read without "
+                "them: pass conversions=True to queries.reader()"
+            )
         with _cursor() as cursor:
             cursor.register("rollup_minute", self.rows.rollups.to_arrow())
             cursor.register("fact_conversions", self.rows.conversions.to_arrow())
@@ -53,14 +69,19 @@ class LiveTables:
 
 
 def live_tables(
-    store: ServingStore, start: datetime, end: datetime | None, columns: frozenset[str]
+    store: ServingStore,
+    start: datetime,
+    end: datetime | None,
+    columns: frozenset[str],
+    *,
+    conversions: bool = True,
 ) -> LiveTables | None:
     """The store's rows of minutes ``[start, end)``, rollups kept at least by the key
-    ``columns``; None when the store does not hold that range or cannot be read (the
-    warehouse then answers)."""
+    ``columns``, with the conversions if ``conversions``; None when the store does not
+    hold that range or cannot be read (the warehouse then answers)."""
     try:
-        rows = store.read(start, end, columns)
+        rows = store.read(start, end, columns, conversions=conversions)
     except Exception as exc:  # noqa: BLE001 - any store failure: read the warehouse
         log.warning("serving store read failed; reading the warehouse: %s", exc)
         return None
-    return None if rows is None else LiveTables(rows)
+    return None if rows is None else LiveTables(rows, conversions)

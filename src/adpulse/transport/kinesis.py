@@ -53,6 +53,7 @@ from adpulse.contracts import DEFAULT_MAX_RECORD_BYTES, Stream
 from adpulse.transport.base import (
     Chunk,
     Consumer,
+    Lag,
     OffsetOutOfRangeError,
     Producer,
     Transport,
@@ -644,6 +645,8 @@ class _Record:
     lines: list[bytes]
     taken: int = 0
     """Lines of the record already returned (``lines`` still holds them all)."""
+    arrival: float | None = None
+    """``ApproximateArrivalTimestamp`` in epoch seconds (``None``: the service sent none)."""
 
 
 @dataclass
@@ -667,9 +670,6 @@ class _Reading:
     shard_ended: bool = False
     buffer: deque[_Record] = field(default_factory=deque)
     last_read: float = 0.0
-    first_arrival: float = 0.0
-    last_arrival: float = 0.0
-    """Arrival times (epoch seconds) of the first and last record fetched (lag estimate)."""
 
 
 class KinesisConsumer(Consumer):
@@ -780,9 +780,6 @@ class KinesisConsumer(Consumer):
             sequence = int(record["SequenceNumber"])
             reading.cursor = sequence
             arrival = record.get("ApproximateArrivalTimestamp")
-            if arrival is not None:
-                reading.last_arrival = arrival.timestamp()
-                reading.first_arrival = reading.first_arrival or reading.last_arrival
             skip = 0
             if reading.at_sequence is not None:
                 if sequence != reading.at_sequence:
@@ -798,7 +795,15 @@ class KinesisConsumer(Consumer):
             lines = _lines(record["Data"])
             if skip >= len(lines):
                 continue
-            reading.buffer.append(_Record(reading.shard_id, sequence, lines, skip))
+            reading.buffer.append(
+                _Record(
+                    reading.shard_id,
+                    sequence,
+                    lines,
+                    skip,
+                    None if arrival is None else arrival.timestamp(),
+                )
+            )
         if reading.iterator is None:
             reading.shard_ended = True
         elif behind == 0:
@@ -918,35 +923,56 @@ class KinesisConsumer(Consumer):
         )
 
     def lag_bytes(self, stream: Stream, partition: int, after: str | None) -> int:
-        """Bytes of this partition after ``after``: counted exactly when they are read by
-        at most :data:`LAG_SCAN_CALLS` GetRecords calls, else the bytes read plus the
-        rest estimated from MillisBehindLatest at the byte rate of what was read (the
-        service tells how far behind in time, not in bytes; see docs/kinesis.md)."""
+        """Bytes of this partition after ``after`` (see :meth:`lag`)."""
+        return self.lag(stream, partition, after).bytes
+
+    def lag(self, stream: Stream, partition: int, after: str | None) -> Lag:
+        """Bytes, records and age of this partition after ``after``.
+
+        Counted exactly when they are read by at most :data:`LAG_SCAN_CALLS` GetRecords
+        calls. Beyond, bytes and records are what was read plus the rest estimated from
+        MillisBehindLatest at the rates of what was read (the service tells how far
+        behind in time, not in bytes or records; see docs/kinesis.md), and never 0
+        (callers take 0 as caught up). The age runs from the arrival of the oldest record
+        behind to the tip: the arrivals read, plus MillisBehindLatest of the last call.
+        """
         stream = Stream(stream)
         _check_partition(partition, self._transport.partitions)
         reading = self._start(stream, partition, after)
         if reading is None:
-            return 0
-        total = 0
+            return Lag(0, 0, 0.0)
+        size = records = 0
+        first: float | None = None
+        last: float | None = None
         behind = 0
+        at_tip = False
         for _ in range(LAG_SCAN_CALLS):
             while reading.shard_ended:
                 if not self._next_shard(stream, partition, reading):
-                    return total
+                    at_tip = True
+                    break
+            if at_tip:
+                break
             behind = self._fetch(stream, partition, reading, list_max_age=0.0)
-            total += _buffered(reading)
+            for record in reading.buffer:
+                size += sum(len(line) for line in record.lines[record.taken :])
+                records += len(record.lines) - record.taken
+                if record.arrival is not None:
+                    first = record.arrival if first is None else first
+                    last = record.arrival
             reading.buffer.clear()
             if behind == 0 and not reading.shard_closed:
-                return total
-        # Not at the tip after the scan: never report 0 (callers take 0 as caught up).
-        span_ms = 1000 * (reading.last_arrival - reading.first_arrival)
-        if span_ms <= 0:
-            return max(1, total)
-        return max(1, total + int(total * behind / span_ms))
-
-
-def _buffered(reading: _Reading) -> int:
-    return sum(sum(len(line) for line in r.lines[r.taken :]) for r in reading.buffer)
+                at_tip = True
+                break
+        span = 0.0 if first is None or last is None else last - first
+        if at_tip:
+            return Lag(size, records, span if records else 0.0)
+        seconds = span + behind / 1000
+        if span <= 0:
+            return Lag(max(1, size), max(1, records), seconds)
+        ahead = behind / (1000 * span)
+        rest_bytes, rest_records = int(size * ahead), int(records * ahead)
+        return Lag(max(1, size + rest_bytes), max(1, records + rest_records), seconds)
 
 
 def _lines(data: bytes) -> list[bytes]:

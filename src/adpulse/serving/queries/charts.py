@@ -74,7 +74,9 @@ def bucketed_timeseries(
         f" SELECT totals.bucket, {columns}"
         " FROM totals LEFT JOIN lat ON lat.bucket = totals.bucket ORDER BY totals.bucket"
     )
-    return reader(warehouse, store, filters).query(sql, [*source_params, *params, *l_params])
+    return reader(warehouse, store, filters, conversions=True).query(
+        sql, [*source_params, *params, *l_params]
+    )
 
 
 def latency_histogram(
@@ -97,7 +99,8 @@ def latency_histogram(
         " CAST(COUNT(*) AS BIGINT) AS conversions"
         f" FROM {LATENCY.table}{where(found)} GROUP BY 1"
     )
-    found_rows = dict(reader(warehouse, store, filters).query(sql, params).iter_rows())
+    rows = reader(warehouse, store, filters, conversions=True).query(sql, params)
+    found_rows = dict(rows.iter_rows())
     lows = (0, *LATENCY_EDGES)
     highs: tuple[int | None, ...] = (*LATENCY_EDGES, None)
     return pl.DataFrame(

@@ -159,7 +159,7 @@ def distribution(
     )
     columns = ", ".join([*keys, *aggregates])
     sql = f"WITH {ctes} SELECT {columns} FROM totals{order(keys)}"
-    return reader(warehouse, store, filters).query(sql, params)
+    return reader(warehouse, store, filters, conversions=True).query(sql, params)
 
 
 def conversion_latency(
@@ -240,4 +240,6 @@ def summary(
         f" l AS (SELECT {latency} FROM {LATENCY.table}{where(l_conditions)})"
         f" SELECT {columns} FROM r CROSS JOIN l"
     )
-    return reader(warehouse, store, filters).query(sql, [*source_params, *r_params, *l_params])
+    return reader(warehouse, store, filters, conversions=True).query(
+        sql, [*source_params, *r_params, *l_params]
+    )

@@ -105,6 +105,7 @@ def reader(
     use_filter_range: bool = True,
     facts: bool = False,
     keys: Sequence[str] = (),
+    conversions: bool = False,
 ) -> Reader:
     """Where a live view reads its rows: the serving store or the warehouse.
 
@@ -114,7 +115,9 @@ def reader(
     column (``facts``, audience filters): the store keeps none. Otherwise, and whenever
     the store cannot be read, the warehouse. An open start is never the store's (the
     warehouse holds older data). ``keys``: the rollup key columns the view groups by;
-    with the filtered ones, the store may sum over the rest.
+    with the filtered ones, the store may sum over the rest. ``conversions``: the view
+    reads ``fact_conversions`` (latency); other views leave the store's conversions
+    unread, most of what a wide range costs.
     """
     if facts or store is None or filters.has_audience:
         return warehouse
@@ -127,7 +130,8 @@ def reader(
     first = start.replace(second=0, microsecond=0)
     last = None if end is None else ceil_minute(end)
     filtered = [c for c in ("ad_id", "campaign", "platform", "location") if getattr(filters, c)]
-    return live_tables(store, first, last, frozenset([*keys, *filtered])) or warehouse
+    columns = frozenset([*keys, *filtered])
+    return live_tables(store, first, last, columns, conversions=conversions) or warehouse
 
 
 def grouped(

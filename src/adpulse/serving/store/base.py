@@ -264,13 +264,19 @@ class ServingStore(ABC):
 
     @abstractmethod
     def read(
-        self, start: datetime, end: datetime | None, columns: frozenset[str] = PROJECTIONS[-1]
+        self,
+        start: datetime,
+        end: datetime | None,
+        columns: frozenset[str] = PROJECTIONS[-1],
+        *,
+        conversions: bool = True,
     ) -> LiveRows | None:
         """The rows of minutes ``[start, end)`` (end None: to the newest), or None when
         the store cannot answer for that range: not ready, or ``start`` before its
         window. ``start`` must be a whole minute. Rollup rows are summed per minute and
         key at least over the key ``columns`` (:func:`project`): other key columns may be
-        NULL. Conversions are always complete."""
+        NULL. Conversions are complete, or none at all when ``conversions`` is False (for
+        a view that reads none: they are most of what a wide range costs to read)."""
 
     @abstractmethod
     def window(self) -> StoreWindow | None:

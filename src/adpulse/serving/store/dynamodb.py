@@ -1017,19 +1017,24 @@ class DynamoDBServingStore(ServingStore):
         return StoreWindow(_EPOCH + timedelta(seconds=meta.start), newest)
 
     def read(
-        self, start: datetime, end: datetime | None, columns: frozenset[str] = PROJECTIONS[-1]
+        self,
+        start: datetime,
+        end: datetime | None,
+        columns: frozenset[str] = PROJECTIONS[-1],
+        *,
+        conversions: bool = True,
     ) -> LiveRows | None:
         projection = next(i for i, kept in enumerate(PROJECTIONS) if columns <= kept)
         for _ in range(3):
             meta = self._meta()
             if not meta.current(time.time()) or _seconds(start) < meta.start:
                 return None
-            key = (meta.gen, meta.version, start, end, projection)
+            key = (meta.gen, meta.version, start, end, projection, conversions)
             with self._lock:
                 cached = self._cache.get(key)
             if cached is not None:
                 return cached
-            rows = self._read_generation(meta, _seconds(start), end, projection)
+            rows = self._read_generation(meta, _seconds(start), end, projection, conversions)
             if self._meta().gen == meta.gen:
                 with self._lock:
                     self._cache[key] = rows
@@ -1039,7 +1044,7 @@ class DynamoDBServingStore(ServingStore):
         raise ServingStoreError("serving store read failed: rebuilt three times while reading")
 
     def _read_generation(
-        self, meta: _Meta, start: int, end: datetime | None, projection: int
+        self, meta: _Meta, start: int, end: datetime | None, projection: int, conversions: bool
     ) -> LiveRows:
         upper = None if end is None else _seconds(end) - 1
         hours = sorted(h for h in meta.hours if h + _HOUR > start and (upper is None or h <= upper))
@@ -1047,11 +1052,12 @@ class DynamoDBServingStore(ServingStore):
         if upper is not None:
             bounds["sk_to"] = f"{upper:010d}~"
         pks = [f"g{meta.gen}#r{projection}#{h}" for h in hours]
-        pks += [f"g{meta.gen}#c#{h}" for h in hours]
+        if conversions:
+            pks += [f"g{meta.gen}#c#{h}" for h in hours]
         pages = list(self._pool.map(lambda pk: list(self._query("read", pk, **bounds)), pks))
         rollups = [item for page in pages[: len(hours)] for item in page]
-        conversions = [item for page in pages[len(hours) :] for item in page]
-        return LiveRows(_rollup_frame(rollups), _conversion_frame(conversions))
+        held = [item for page in pages[len(hours) :] for item in page]
+        return LiveRows(_rollup_frame(rollups), _conversion_frame(held))
 
     def close(self) -> None:
         if not self._closed.is_set():

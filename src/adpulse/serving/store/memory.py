@@ -130,22 +130,25 @@ class MemoryServingStore(ServingStore):
             return None if self._window is None else dict(self._offsets)
 
     def read(
-        self, start: datetime, end: datetime | None, columns: frozenset[str] = PROJECTIONS[-1]
+        self,
+        start: datetime,
+        end: datetime | None,
+        columns: frozenset[str] = PROJECTIONS[-1],
+        *,
+        conversions: bool = True,
     ) -> LiveRows | None:
         with self._lock:
             if self._window is None or start < self._window.start:
                 return None
             parts = list(self._rollups)
-            conversions = self._conversions
+            held = self._conversions if conversions else self._conversions.clear()
         in_range = pl.col("minute") >= start
         conv_in_range = pl.col("event_time") >= start
         if end is not None:
             in_range &= pl.col("minute") < end
             conv_in_range &= pl.col("event_time").dt.truncate("1m") < end
         rollups = pl.concat(parts) if parts else pl.DataFrame(schema=LIVE_ROLLUPS)
-        return LiveRows(
-            project(rollups.filter(in_range), columns), conversions.filter(conv_in_range)
-        )
+        return LiveRows(project(rollups.filter(in_range), columns), held.filter(conv_in_range))
 
     def window(self) -> StoreWindow | None:
         with self._lock:

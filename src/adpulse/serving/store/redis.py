@@ -230,9 +230,11 @@ for _, mm in ipairs(redis.call('ZRANGEBYSCORE', g .. ':minutes', ARGV[2], ARGV[3
     if select(2, string.gsub(v, ',', ',')) == 4 then v = string.gsub(v, ',([^,]*)$', ',0,%1') end
     rollups[#rollups + 1] = mm .. '\t' .. h[k] .. '\t' .. string.gsub(v, ',', '\t')
   end
-  local c = redis.call('HGETALL', g .. ':c:' .. mm)
-  for k = 1, #c, 2 do
-    conversions[#conversions + 1] = cjson.encode(c[k]) .. '\t' .. c[k + 1]
+  if ARGV[5] == '1' then
+    local c = redis.call('HGETALL', g .. ':c:' .. mm)
+    for k = 1, #c, 2 do
+      conversions[#conversions + 1] = cjson.encode(c[k]) .. '\t' .. c[k + 1]
+    end
   end
 end
 return {1, table.concat(rollups, '\n'), table.concat(conversions, '\n')}
@@ -656,11 +658,16 @@ class RedisServingStore(ServingStore):
 
     # -- reads -------------------------------------------------------------------------
     def read(
-        self, start: datetime, end: datetime | None, columns: frozenset[str] = PROJECTIONS[-1]
+        self,
+        start: datetime,
+        end: datetime | None,
+        columns: frozenset[str] = PROJECTIONS[-1],
+        *,
+        conversions: bool = True,
     ) -> LiveRows | None:
         upper = "+inf" if end is None else f"({_seconds(end)}"
         projection = next(i for i, kept in enumerate(PROJECTIONS) if columns <= kept)
-        args = [self.base, _seconds(start), upper, projection]
+        args = [self.base, _seconds(start), upper, projection, "1" if conversions else "0"]
         reply = self._call("read", self._read, args=args)
         if int(reply[0]) != 1:
             return None
