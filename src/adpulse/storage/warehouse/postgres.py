@@ -383,6 +383,7 @@ class PostgresWarehouse(SqlWarehouse):
             ttl_seconds,
             guard=self._deadlines.guard,
             retry=self._retry,
+            clock=self.clock,
         )
 
     def refuses_data(self, exc: BaseException) -> bool:
