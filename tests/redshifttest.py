@@ -60,10 +60,6 @@ PG_ONLY_FUNCTIONS = frozenset(
         "pg_advisory_xact_lock",
         "pg_try_advisory_lock",
         "pg_try_advisory_xact_lock",
-        "now",
-        "localtimestamp",
-        "current_timestamp",
-        "clock_timestamp",
         "generate_series",
         "string_agg",
         "array_agg",
@@ -84,6 +80,12 @@ PG_ONLY_TYPES = frozenset(
     }
 )
 _PLACEHOLDER = re.compile(r"%s")
+_STRINGS = re.compile(r"'(?:[^']|'')*'")
+#: Date functions Redshift runs on its leader node only (docs: c_SQL_functions_leader_node_only).
+_LEADER_ONLY_CLOCKS = re.compile(
+    r"\b(LOCALTIMESTAMP|LOCALTIME|CURRENT_TIMESTAMP|CURRENT_TIME|NOW\s*\(|CLOCK_TIMESTAMP)",
+    re.IGNORECASE,
+)
 
 
 def redshift_problems(statement: str) -> list[str]:
@@ -96,6 +98,10 @@ def redshift_problems(statement: str) -> list[str]:
         return ["COPY ... FROM STDIN (Redshift copies from S3 only)"]
     if re.search(r"\bBYTEA\b", text, re.IGNORECASE):  # sqlglot reads it as VARBYTE
         return ["type BYTEA (Redshift: VARBYTE)"]
+    # sqlglot reads GETDATE(), NOW() and CURRENT_TIMESTAMP alike: look at the text.
+    clock = _LEADER_ONLY_CLOCKS.search(_STRINGS.sub("''", text))
+    if clock:
+        return [f"function {clock.group(1).lower()} (leader-node only on Redshift)"]
     try:
         trees = sqlglot.parse(_PLACEHOLDER.sub("?", text), read="redshift")
     except sqlglot.errors.SqlglotError as exc:
@@ -117,7 +123,7 @@ def _constructs(tree: exp.Expression) -> list[str]:
             problems.append(f"type {node.sql('postgres')}")
         elif isinstance(node, exp.Func):
             name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
-            if name in PG_ONLY_FUNCTIONS or isinstance(node, exp.CurrentTimestamp):
+            if name in PG_ONLY_FUNCTIONS:
                 problems.append(f"function {name}")
         elif isinstance(node, exp.Lock):
             problems.append("SELECT ... FOR UPDATE/SHARE")
@@ -197,9 +203,7 @@ class ParquetCopyShim(RedshiftWarehouse):
 def new_bucket() -> str:
     """A fresh bucket on the local AWS API server."""
     name = unique_name("adpulse-staging")
-    s3_client().create_bucket(
-        Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION}
-    )
+    s3_client().create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
     return name
 
 

@@ -70,6 +70,7 @@ WORKERS: Final = {
 LEASE_TABLES: Final = {"partition_leases": PARTITION_LEASES, "workers": WORKERS}
 LEASE_KEYS: Final = {"partition_leases": ("partition",), "workers": ("worker_id",)}
 
+
 @dataclass(frozen=True, slots=True)
 class DatabaseClock:
     """How one database spells its own current time (UTC sessions), in lease SQL."""
@@ -284,10 +285,11 @@ class PartitionLeases:
         If the previous owner is committing, this waits for that commit to end (its
         fence holds the row) and then finds the lease renewed: not free.
         """
+        now, later = self.clock.now, self.clock.later
         taken = self._run(
-            f"UPDATE partition_leases SET owner = ?, epoch = epoch + 1, expires_at = {self.clock.later},"
-            f' acquired_at = {self.clock.now} WHERE "partition" = ?'
-            f" AND (owner IS NULL OR expires_at IS NULL OR expires_at < {self.clock.now})",
+            f"UPDATE partition_leases SET owner = ?, epoch = epoch + 1, expires_at = {later},"
+            f' acquired_at = {now} WHERE "partition" = ?'
+            f" AND (owner IS NULL OR expires_at IS NULL OR expires_at < {now})",
             [self.owner, self.ttl_seconds, partition],
         )
         if taken != 1:

@@ -102,8 +102,7 @@ def _literal(text: str) -> str:
 def copy_parquet(table: str, uri: str, iam_role: str) -> str:
     """Redshift's load of one staged Parquet object into ``table`` (columns by position)."""
     return (
-        f"COPY {quote(table)} FROM {_literal(uri)} IAM_ROLE {_literal(iam_role)}"
-        " FORMAT AS PARQUET"
+        f"COPY {quote(table)} FROM {_literal(uri)} IAM_ROLE {_literal(iam_role)} FORMAT AS PARQUET"
     )
 
 
