@@ -34,8 +34,8 @@ from adpulse.storage.warehouse.redshift import RedshiftWarehouse, copy_parquet
 from adpulse.storage.warehouse.s3staging import S3Location, S3Staging
 
 IAM_ROLE = "arn:aws:iam::123456789012:role/adpulse-redshift-copy"
-#: Marks the statements the shim sends in place of Redshift's COPY (not the backend's).
-SHIM_MARK = "/* test shim: Redshift COPY FROM S3 */"
+#: Marks the statements the test shims send (not the backend's: left out of the log).
+SHIM_MARK = "/* test shim (redshifttest.py) */"
 #: Redshift's GETDATE() and VARBYTE, defined in the test schema of PostgreSQL.
 REDSHIFT_NAMES_SHIM = (
     'CREATE FUNCTION "{schema}".getdate() RETURNS timestamp LANGUAGE sql STABLE'
@@ -220,9 +220,9 @@ def s3_client() -> Any:
 def prepare_schema(schema: str) -> None:
     """Create ``schema`` with Redshift's GETDATE() and VARBYTE defined in it."""
     with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        conn.execute(f'{SHIM_MARK} CREATE SCHEMA IF NOT EXISTS "{schema}"')
         for statement in REDSHIFT_NAMES_SHIM:
-            conn.execute(statement.format(schema=schema))
+            conn.execute(f"{SHIM_MARK} {statement.format(schema=schema)}")
 
 
 def staging(bucket: str, prefix: str = "adpulse/staging") -> S3Staging:
