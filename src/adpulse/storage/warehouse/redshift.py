@@ -34,7 +34,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import polars as pl
@@ -200,6 +200,13 @@ class RedshiftWarehouse(PostgresWarehouse):
     dialect = "redshift"
     sql_dialect = REDSHIFT
     clock = REDSHIFT_CLOCK
+    #: Redshift reports its encoding as ``UNICODE``, a name psycopg 3 does not know, and
+    #: has no ``DEALLOCATE ALL`` for psycopg's prepared statements: ask for UTF8, and
+    #: prepare nothing.
+    driver_options: ClassVar[dict[str, Any]] = {
+        "client_encoding": "utf8",
+        "prepare_threshold": None,
+    }
 
     def __init__(
         self,
