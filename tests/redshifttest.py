@@ -36,6 +36,8 @@ from adpulse.storage.warehouse.s3staging import S3Location, S3Staging
 IAM_ROLE = "arn:aws:iam::123456789012:role/adpulse-redshift-copy"
 #: Marks the statements the test shims send (not the backend's: left out of the log).
 SHIM_MARK = "/* test shim (redshifttest.py) */"
+#: Marks a statement a test sends itself (say, to expire a lease): left out of the log.
+TEST_MARK = "/* sent by the test */"
 #: Redshift's GETDATE() and VARBYTE, defined in the test schema of PostgreSQL.
 REDSHIFT_NAMES_SHIM = (
     'CREATE FUNCTION "{schema}".getdate() RETURNS timestamp LANGUAGE sql STABLE'
@@ -139,7 +141,7 @@ class StatementLog:
         self.statements: list[str] = []
 
     def add(self, statement: str) -> None:
-        if SHIM_MARK not in statement:
+        if SHIM_MARK not in statement and TEST_MARK not in statement:
             self.statements.append(statement)
 
     @contextmanager

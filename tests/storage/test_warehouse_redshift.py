@@ -360,3 +360,19 @@ def test_open_warehouse_opens_redshift_from_the_url(aws: str, tmp_path: Path) ->
             wh.close()
     finally:
         drop_schema(schema_name)
+
+
+def test_a_failed_load_of_a_value_is_a_data_refusal(warehouse: ParquetCopyShim) -> None:
+    """Redshift reports a COPY that fails on a value as an internal error pointing at
+    stl_load_errors (or a Spectrum scan error for Parquet): isolated, not a stop."""
+    import psycopg
+
+    load = psycopg.errors.InternalError(
+        "Load into table 'staged_fact_clicks' failed. Check 'stl_load_errors' system table"
+        " for details."
+    )
+    scan = psycopg.errors.InternalError("Spectrum Scan Error: ... value too long ...")
+    assert warehouse.refuses_data(load) and warehouse.refuses_data(scan)
+    assert warehouse.refuses_data(psycopg.errors.StringDataRightTruncation("too long"))
+    assert not warehouse.refuses_data(psycopg.errors.InternalError("1023: serializable"))
+    assert not warehouse.refuses_data(psycopg.OperationalError("connection lost"))
