@@ -376,3 +376,22 @@ def test_a_failed_load_of_a_value_is_a_data_refusal(warehouse: ParquetCopyShim) 
     assert warehouse.refuses_data(psycopg.errors.StringDataRightTruncation("too long"))
     assert not warehouse.refuses_data(psycopg.errors.InternalError("1023: serializable"))
     assert not warehouse.refuses_data(psycopg.OperationalError("connection lost"))
+
+
+def test_an_over_long_dead_letter_commits_cut_to_size(warehouse: ParquetCopyShim) -> None:
+    letter = schema.conform(
+        pl.DataFrame(
+            {
+                "stream": ["clicks"],
+                "partition": [0],
+                "reason": ["payload_too_large"],
+                "detail": ["d" * 70_000],  # longer than VARCHAR(65535) holds
+                "payload": [b"p" * 70_000],
+                "received_at": [at(0)],
+            }
+        ),
+        schema.DEAD_LETTERS,
+    )
+    warehouse.commit(output(1, dead_letters=letter))
+    stored = warehouse.query("SELECT detail, payload FROM dead_letters").row(0)
+    assert (len(stored[0]), len(stored[1])) == (MAX_VARCHAR_BYTES, MAX_VARBYTE_BYTES)

@@ -167,21 +167,21 @@ def fit_dead_letters(frame: pl.DataFrame) -> pl.DataFrame:
     (on a UTF-8 boundary), the payload to :data:`MAX_VARBYTE_BYTES`. A dead letter's
     commit must never fail; one longer than that is rare (``max_record_bytes`` is
     64 KiB by default) and keeps its beginning."""
-    texts = [c for c, t in frame.schema.items() if t == pl.String]
-    binary = [c for c, t in frame.schema.items() if t == pl.Binary]
     if frame.height == 0:
         return frame
+    too_long = [
+        c
+        for c, t in frame.schema.items()
+        if t == pl.String and (frame[c].str.len_bytes().max() or 0) > MAX_VARCHAR_BYTES  # type: ignore[operator]
+    ]
+    binary = [c for c, t in frame.schema.items() if t == pl.Binary]
+    # Only a column holding an over-long text goes through Python, row by row.
     return frame.with_columns(
         *(
-            pl.when(pl.col(c).str.len_bytes() > MAX_VARCHAR_BYTES)
-            .then(
-                pl.col(c).map_elements(
-                    lambda v: _fit_bytes(v, MAX_VARCHAR_BYTES), return_dtype=pl.String
-                )
-            )
-            .otherwise(pl.col(c))
+            pl.col(c)
+            .map_elements(lambda v: _fit_bytes(v, MAX_VARCHAR_BYTES), return_dtype=pl.String)
             .alias(c)
-            for c in texts
+            for c in too_long
         ),
         *(pl.col(c).bin.slice(0, MAX_VARBYTE_BYTES).alias(c) for c in binary),
     )
