@@ -395,3 +395,15 @@ def test_an_over_long_dead_letter_commits_cut_to_size(warehouse: ParquetCopyShim
     warehouse.commit(output(1, dead_letters=letter))
     stored = warehouse.query("SELECT detail, payload FROM dead_letters").row(0)
     assert (len(stored[0]), len(stored[1])) == (MAX_VARCHAR_BYTES, MAX_VARBYTE_BYTES)
+
+
+def test_a_missing_bucket_opens_with_a_warning_and_a_commit_says_what_to_fix(
+    aws: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    with redshift_warehouse(bucket="adpulse-no-such-bucket") as wh:
+        assert "could not list s3://adpulse-no-such-bucket" in caplog.text
+        with pytest.raises(StagingError, match="s3:PutObject.*redshift_staging_url"):
+            wh.commit(a_batch(1, "1"))
+        assert count(wh, "fact_clicks") == 0
+        assert wh.load_offsets() == {}

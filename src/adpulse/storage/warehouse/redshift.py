@@ -31,7 +31,7 @@ listed in docs/redshift.md.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -226,10 +226,20 @@ class RedshiftWarehouse(PostgresWarehouse):
 
     def create_schema(self) -> None:
         super().create_schema()
-        if not self.read_only:
+        if self.read_only:
+            return
+        try:
             removed = self.staging.remove_orphans()
-            if removed:
-                log.info("removed %d staged objects left by an earlier process", removed)
+        except Exception as exc:  # a clean-up: never a reason not to open
+            log.warning(
+                "could not list s3://%s for staged objects left behind (%s); they stay"
+                " until a later start or the bucket's lifecycle rule removes them",
+                self.staging.location.bucket,
+                type(exc).__name__,
+            )
+            return
+        if removed:
+            log.info("removed %d staged objects left by an earlier process", removed)
 
     def refuses_data(self, exc: BaseException) -> bool:
         """PostgreSQL's data errors, and a ``COPY`` that Redshift failed on a value (it
@@ -242,7 +252,7 @@ class RedshiftWarehouse(PostgresWarehouse):
             "stl_load_errors" in text or "spectrum scan error" in text
         )
 
-    def copy_from_s3(self, table: str, uri: str, execute: Any) -> None:
+    def copy_from_s3(self, table: str, uri: str, execute: Callable[..., None]) -> None:
         """Load the Parquet object at ``uri`` into ``table`` (a staging table with the
         object's columns, in order) by running ``COPY`` with ``execute``, inside the
         open transaction. A seam of its own: a test double of Redshift's COPY replaces
