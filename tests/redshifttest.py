@@ -26,10 +26,11 @@ from typing import Any
 import boto3
 import psycopg
 import sqlglot
-from awstest import REGION, aws_endpoint, unique_name
+from awstest import REGION, aws_endpoint_own_process, unique_name
 from pgtest import PG_URL, drop_schema, new_schema, require_postgres
 from sqlglot import exp
 
+from adpulse.storage.warehouse.postgres import POSTGRES
 from adpulse.storage.warehouse.redshift import RedshiftWarehouse, copy_parquet
 from adpulse.storage.warehouse.s3staging import S3Location, S3Staging
 
@@ -192,14 +193,14 @@ class ParquetCopyShim(RedshiftWarehouse):
         frame = self.staging.read(uri)
         if frame.height == 0:
             return
-        width = frame.width
-        rows_per_statement = max(1, 30_000 // width)
-        marks = "(" + ", ".join("?" for _ in range(width)) + ")"
-        for start in range(0, frame.height, rows_per_statement):
-            chunk = frame.slice(start, rows_per_statement)
-            values = ", ".join(marks for _ in range(chunk.height))
-            params = [v for row in chunk.iter_rows() for v in row]
-            execute(f'{SHIM_MARK} INSERT INTO "{table}" VALUES {values}', params)
+        # One array per column, unnested into rows: one statement, few parameters.
+        arrays = ", ".join(
+            f"CAST(? AS {POSTGRES.column_type(dtype)}[])" for dtype in frame.schema.values()
+        )
+        execute(
+            f'{SHIM_MARK} INSERT INTO "{table}" SELECT * FROM unnest({arrays})',
+            [column.to_list() for column in frame.get_columns()],
+        )
 
 
 def new_bucket() -> str:
@@ -210,10 +211,12 @@ def new_bucket() -> str:
 
 
 def s3_client() -> Any:
+    """A client of the local S3, served from a process of its own (an in-process server
+    would wait for the GIL of the processor it serves)."""
     return boto3.client(
         "s3",
         region_name=REGION,
-        endpoint_url=aws_endpoint(),
+        endpoint_url=aws_endpoint_own_process(),
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )

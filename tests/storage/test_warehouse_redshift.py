@@ -45,7 +45,7 @@ from adpulse.storage.warehouse.s3staging import S3Location, S3Staging, StagingEr
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> str:
-    return use_local_aws(monkeypatch)
+    return use_local_aws(monkeypatch, own_process=True)  # the server redshifttest uses
 
 
 @pytest.fixture
