@@ -407,3 +407,19 @@ def test_a_missing_bucket_opens_with_a_warning_and_a_commit_says_what_to_fix(
             wh.commit(a_batch(1, "1"))
         assert count(wh, "fact_clicks") == 0
         assert wh.load_offsets() == {}
+
+
+def test_the_check_refuses_what_the_postgresql_backend_sends() -> None:
+    """The same check over the PostgreSQL backend finds what Redshift would refuse: its
+    binary COPY FROM STDIN, TEXT and BYTEA columns and LOCALTIMESTAMP leases."""
+    from pgtest import postgres_warehouse
+
+    log = StatementLog()
+    with log.recording(), postgres_warehouse() as pg:
+        pg.commit(a_batch(1, "1"))
+        leases = pg.partition_leases(WorkerIdentity("w1", "h", 1), 1, ttl_seconds=30)
+        leases.register()
+        leases.close()
+    found = " ".join(why for whys in log.problems().values() for why in whys)
+    for construct in ("FROM STDIN", "type TEXT", "BYTEA", "localtimestamp"):
+        assert construct in found, construct
