@@ -98,11 +98,21 @@ WAREHOUSES = ("duckdb", "postgres")
 @contextmanager
 def fresh_warehouse(kind: str, duckdb_file: Path) -> Iterator[Warehouse]:
     """An empty warehouse with its tables: a DuckDB file at ``duckdb_file``, or a new
-    PostgreSQL schema (dropped on exit)."""
+    PostgreSQL schema (dropped on exit); ``redshift``: the Redshift backend on a new
+    PostgreSQL schema, staging on the local S3 (redshifttest), every statement it sent
+    checked against Redshift's grammar on exit."""
     if kind == "duckdb":
         with DuckDBWarehouse(duckdb_file) as wh:
             wh.create_schema()
             yield wh
+    elif kind == "redshift":
+        from redshifttest import StatementLog, redshift_warehouse
+
+        log = StatementLog()
+        with redshift_warehouse(log) as redshift:
+            yield redshift
+        problems = log.problems()
+        assert problems == {}, f"statements Redshift would not run: {problems}"
     else:
         with postgres_warehouse() as pg:
             yield pg

@@ -129,6 +129,13 @@ WAREHOUSE = UrlSetting(
             ".+",
         ),
         Backend("postgres", "postgres://...", "adpulse.storage.warehouse:open_postgres", ".+"),
+        Backend(
+            "redshift",
+            "redshift://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE[?staging=s3://BUCKET/PREFIX"
+            "&iam_role=ARN]",
+            "adpulse.storage.warehouse:open_redshift",
+            ".+",
+        ),
     ),
 )
 

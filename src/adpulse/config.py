@@ -52,13 +52,33 @@ class Settings(BaseSettings):
     transport_url: str = Field("", description="embedded://DIR (default: HOME/log).")
     warehouse_url: str = Field(
         "",
-        description="duckdb:///FILE (default: HOME/warehouse.duckdb) or postgresql://...",
+        description="duckdb:///FILE (default: HOME/warehouse.duckdb), postgresql://... or"
+        " redshift://... (docs/redshift.md).",
     )
     warehouse_password: SecretStr | None = Field(None, description="Warehouse password, if any.")
     warehouse_secret_arn: str = Field(
         "",
         description="AWS Lambda: the Secrets Manager secret (ARN) holding the warehouse URL;"
         " read when a function starts, it replaces warehouse_url (docs/aws.md).",
+    )
+    redshift_staging_url: str = Field(
+        "",
+        pattern=r"^(|s3://[^/?#]+(/[^?#]*)?)$",
+        description="Redshift warehouse: s3://BUCKET[/PREFIX] where each batch is staged as"
+        " Parquet for COPY (the URL's ?staging= wins); docs/redshift.md.",
+    )
+    redshift_iam_role: str = Field(
+        "",
+        description="Redshift warehouse: ARN of the IAM role Redshift assumes to read the"
+        " staging bucket (the URL's ?iam_role= wins).",
+    )
+    redshift_s3_region: str = Field(
+        "", description="Redshift warehouse: the staging bucket's region (default: boto3's)."
+    )
+    redshift_s3_endpoint_url: str = Field(
+        "",
+        description="Redshift warehouse: S3 endpoint for staging (default: AWS's; e.g. a"
+        " local test server).",
     )
     serving_url: str = Field(
         "",

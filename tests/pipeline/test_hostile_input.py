@@ -1,5 +1,6 @@
 """Property: whatever bytes arrive, the processor never stops, and per stream
-facts + duplicates + dead letters = lines received, on DuckDB and on PostgreSQL.
+facts + duplicates + dead letters = lines received, on DuckDB, on PostgreSQL and over the
+Redshift backend (on PostgreSQL, staging on a local S3).
 
 Hypothesis puts arbitrary JSON values, strings, numbers, timestamps of any year and
 raw bytes into every field of every stream (and sends raw bytes as whole records), mixed with valid records and repeated
@@ -165,7 +166,7 @@ _PROBE = {
 }
 
 
-@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+@pytest.mark.parametrize("backend", ["duckdb", "postgres", "redshift"])
 @given(hostile=batches)
 @example(hostile=_PROBE)
 @example(
@@ -180,7 +181,7 @@ _PROBE = {
 def test_no_record_stops_the_processor_and_every_line_is_counted(
     backend: str, hostile: dict[Stream, list[bytes]]
 ) -> None:
-    if backend == "postgres":
+    if backend in ("postgres", "redshift"):
         require_postgres()
     with (
         tempfile.TemporaryDirectory() as tmp,

@@ -1,6 +1,8 @@
 """The pipeline against the independent SQL oracle (tests/oracle.py), on a seeded data set
 with duplicates, out-of-order and late events (within the allowed lateness) and malformed
-records, for several partition counts and batch sizes."""
+records, for several partition counts and batch sizes, and over every warehouse backend
+(the Redshift one on PostgreSQL and a local S3, every statement it sent checked against
+Redshift's grammar: redshifttest.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,14 @@ import pytest
 from builders import generated_dataset, open_pipeline
 from pgtest import PG_URL, drop_schema, new_schema, require_postgres
 from redistest import REDIS_URL, delete_prefix, new_prefix, require_redis
+from redshifttest import (
+    IAM_ROLE,
+    ParquetCopyShim,
+    StatementLog,
+    new_bucket,
+    prepare_schema,
+    staging,
+)
 
 from adpulse.contracts import Stream
 from adpulse.serving import queries
@@ -72,6 +82,7 @@ def _run(
     batch_bytes: int,
     pg_schema: str | None = None,
     redis_prefix: str | None = None,
+    redshift_log: StatementLog | None = None,
 ) -> Warehouse:
     transport: Transport
     if redis_prefix is None:
@@ -84,6 +95,11 @@ def _run(
     warehouse: Warehouse
     if pg_schema is None:
         warehouse = DuckDBWarehouse(home / "warehouse.duckdb")
+    elif redshift_log is not None:
+        prepare_schema(pg_schema)
+        warehouse = ParquetCopyShim(
+            PG_URL, staging(new_bucket()), IAM_ROLE, schema=pg_schema, log=redshift_log
+        )
     else:
         warehouse = PostgresWarehouse(PG_URL, schema=pg_schema)
     pipeline = open_pipeline(data, home, transport, warehouse, NOW, batch_max_bytes=batch_bytes)
@@ -103,20 +119,23 @@ def _run(
     return warehouse
 
 
-#: (backend, partitions, batch bytes): DuckDB at three shapes, PostgreSQL once, and
-#: DuckDB over the Redis Streams transport once.
+#: (backend, partitions, batch bytes): DuckDB at three shapes, PostgreSQL once, Redshift
+#: once, and DuckDB over the Redis Streams transport once.
 RUNS = [
     ("duckdb", 1, 32 * 1024 * 1024),
     ("duckdb", 3, 200_000),
     ("duckdb", 8, 48_000),
     ("postgres", 3, 200_000),
+    ("redshift", 3, 200_000),
     ("redis", 3, 200_000),
 ]
+#: The statements the Redshift run sent, from its first commit to its last query.
+REDSHIFT_LOG = StatementLog()
 
 
 def _run_id(run: tuple[str, int, int]) -> str:
     backend, partitions, batch = run
-    suffix = {"postgres": "-pg", "redis": "-redis"}.get(backend, "")
+    suffix = {"postgres": "-pg", "redshift": "-redshift", "redis": "-redis"}.get(backend, "")
     return f"p{partitions}-b{batch}{suffix}"
 
 
@@ -129,7 +148,7 @@ def warehouse(
     backend, partitions, batch = request.param
     pg_schema = None
     prefix = None
-    if backend == "postgres":
+    if backend in ("postgres", "redshift"):
         require_postgres()
         pg_schema = new_schema()
     if backend == "redis":
@@ -137,9 +156,15 @@ def warehouse(
         prefix = new_prefix()
     try:
         home = tmp_path_factory.mktemp("home")
-        wh = _run(dataset[0], home, partitions, batch, pg_schema, prefix)
-        yield wh
-        wh.close()
+        if backend == "redshift":
+            with REDSHIFT_LOG.recording():
+                wh = _run(dataset[0], home, partitions, batch, pg_schema, prefix, REDSHIFT_LOG)
+                yield wh
+                wh.close()
+        else:
+            wh = _run(dataset[0], home, partitions, batch, pg_schema, prefix)
+            yield wh
+            wh.close()
     finally:
         if pg_schema is not None:
             drop_schema(pg_schema)
@@ -308,3 +333,16 @@ def test_trending_and_top_ads_equal_oracle(warehouse, truth) -> None:  # type: i
     assert [(r["ad_id"], float(r["revenue"])) for r in got_top.to_dicts()] == [
         (a, float(v)) for a, v in top
     ]
+
+
+def test_redshift_was_sent_only_redshift_sql(warehouse: Warehouse) -> None:
+    """Last in the module: the Redshift run's commits, loads, offsets and every query of
+    the tests above, each statement parsed with sqlglot's Redshift dialect."""
+    if warehouse.dialect != "redshift":
+        pytest.skip("checks the statements of the Redshift run")
+    assert isinstance(warehouse, ParquetCopyShim)
+    assert len(warehouse.copies) > 100  # every batch went through S3
+    assert warehouse.staging.keys() == []  # and its objects were deleted
+    sent = " ".join(REDSHIFT_LOG.statements)
+    assert "MERGE INTO" in sent and "percentile_cont" in sent.lower()
+    assert REDSHIFT_LOG.problems() == {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from builders import MiniPipeline
+from builders import MiniPipeline, fresh_warehouse
 from pgtest import postgres_warehouse
 
 from adpulse.contracts import Reason, Stream
@@ -27,7 +27,7 @@ FACT_TABLE = {
 }
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
+@pytest.fixture(params=["duckdb", "postgres", "redshift"])
 def pipe(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MiniPipeline]:
     if request.param == "duckdb":
         mini = MiniPipeline(tmp_path)
@@ -35,6 +35,9 @@ def pipe(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MiniPipelin
             yield mini
         finally:
             mini.warehouse.close()
+    elif request.param == "redshift":
+        with fresh_warehouse("redshift", tmp_path / "unused.duckdb") as warehouse:
+            yield MiniPipeline(tmp_path, warehouse=warehouse)
     else:
         with postgres_warehouse() as warehouse:
             yield MiniPipeline(tmp_path, warehouse=warehouse)

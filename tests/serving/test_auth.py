@@ -39,7 +39,7 @@ from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.storage.warehouse.postgres import PostgresWarehouse
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
+@pytest.fixture(params=["duckdb", "postgres", "redshift"])
 def keystore(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
     with fresh_warehouse(request.param, tmp_path / "w.duckdb") as wh:
         yield wh

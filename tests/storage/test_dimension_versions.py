@@ -38,7 +38,7 @@ def campaigns(*lines: str) -> pl.DataFrame:
     return rows("ad_id, campaign, product, target_start_date, target_end_date\n" + "\n".join(lines))
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
+@pytest.fixture(params=["duckdb", "postgres", "redshift"])
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
     with fresh_warehouse(request.param, tmp_path / "w.duckdb") as wh:
         yield wh

@@ -1,6 +1,7 @@
 """Partition leases on the real PostgreSQL server: acquisition, fair shares, fencing (a
 worker whose lease was taken cannot commit, and nothing of its batch lands), an
-acquirer waiting for an in-flight commit, and batch ids unique across processes."""
+acquirer waiting for an in-flight commit, and batch ids unique across processes; with
+the PostgreSQL backend's SQL and the Redshift backend's (run on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import orjson
 import psycopg
 import pytest
 from pgtest import PG_URL, postgres_warehouse
+from redshifttest import TEST_MARK
 
 from adpulse.config import Settings
 from adpulse.contracts import Stream
@@ -27,9 +29,25 @@ PARTITIONS = 4
 TTL = 30.0  # long: these tests expire leases explicitly, never by waiting
 
 
-@pytest.fixture
-def warehouses() -> Iterator[tuple[PostgresWarehouse, PostgresWarehouse]]:
-    """Two warehouse handles on one schema, as two worker processes would have."""
+@pytest.fixture(params=["postgres", "redshift"])
+def warehouses(
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[PostgresWarehouse, PostgresWarehouse]]:
+    """Two warehouse handles on one schema, as two worker processes would have; the
+    Redshift backend's lease SQL (its clock) runs on PostgreSQL too, each statement
+    checked against Redshift's grammar (see redshifttest.py)."""
+    if request.param == "redshift":
+        from redshifttest import IAM_ROLE, ParquetCopyShim, StatementLog, redshift_warehouse
+
+        log = StatementLog()
+        with redshift_warehouse(log) as first:
+            second = ParquetCopyShim(PG_URL, first.staging, IAM_ROLE, schema=first.schema, log=log)
+            try:
+                yield first, second
+            finally:
+                second.close()
+        assert log.problems() == {}
+        return
     with postgres_warehouse() as first:
         second = PostgresWarehouse(PG_URL, schema=first.schema)
         try:
@@ -49,7 +67,8 @@ def _expire(wh: PostgresWarehouse, partition: int) -> None:
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'SET search_path TO "{wh.schema}"')
         conn.execute(
-            "UPDATE partition_leases SET expires_at = LOCALTIMESTAMP - INTERVAL '1 second'"
+            f"{TEST_MARK} UPDATE partition_leases"
+            " SET expires_at = LOCALTIMESTAMP - INTERVAL '1 second'"
             ' WHERE "partition" = %s',
             [partition],
         )

@@ -19,7 +19,7 @@ from adpulse.storage.warehouse.base import Warehouse
 from adpulse.storage.warehouse.sql import SqlWarehouse
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
+@pytest.fixture(params=["duckdb", "postgres", "redshift"])
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlWarehouse]:
     with fresh_warehouse(request.param, tmp_path / "w.duckdb") as wh:
         assert isinstance(wh, SqlWarehouse)

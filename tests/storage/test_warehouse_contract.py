@@ -1,4 +1,5 @@
-"""The warehouse contract, run against every backend (DuckDB file, PostgreSQL server):
+"""The warehouse contract, run against every backend (DuckDB file, PostgreSQL server, the
+Redshift backend on PostgreSQL with its staging on a local S3, see redshifttest.py):
 what must hold whatever the database. Backend-specific behaviour (type mapping, locking,
 connection errors) is tested in test_warehouse_duckdb.py and test_warehouse_postgres.py."""
 
@@ -28,7 +29,7 @@ from adpulse.storage.warehouse.base import Warehouse
 from adpulse.storage.warehouse.sql import SchemaMismatchError
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
+@pytest.fixture(params=["duckdb", "postgres", "redshift"])
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
     with fresh_warehouse(request.param, tmp_path / "w.duckdb") as wh:
         yield wh

@@ -1,6 +1,6 @@
 """Warehouses: the contract (:mod:`.base`), the shared schema (:mod:`.schema`), the
 portable SQL layer (:mod:`.sql`) and one module per database (:mod:`.duckdb`,
-:mod:`.postgres`).
+:mod:`.postgres`, :mod:`.redshift` on top of it, loading through :mod:`.s3staging`).
 
 :func:`open_warehouse` picks the backend from ``settings.warehouse_url`` (the table:
 :mod:`adpulse.backends`); database drivers are imported only when their backend is chosen.
@@ -36,7 +36,8 @@ def open_warehouse(settings: Settings, read_only: bool = False) -> Warehouse:
 
     ``""`` or ``duckdb:///PATH`` opens DuckDB at ``settings.warehouse_path``;
     ``postgresql://...`` (or ``postgres://...``) connects to PostgreSQL, with
-    ``settings.warehouse_password`` when the URL has no password (the scheme -> opener
+    ``settings.warehouse_password`` when the URL has no password; ``redshift://...``
+    connects to Redshift, loading through S3 (:func:`open_redshift`) (the scheme -> opener
     table: :data:`adpulse.backends.WAREHOUSE`). Tables are created if missing unless
     ``read_only``. Anything else raises :class:`~adpulse.backends.UnsupportedUrlError`
     (a ``ValueError``); an unreachable server raises
@@ -73,6 +74,28 @@ def open_postgres(settings: Settings, read_only: bool = False) -> Warehouse:
 
     return PostgresWarehouse(
         settings.warehouse_url,
+        password=settings.warehouse_password,
+        read_only=read_only,
+        timeouts=ServerTimeouts.from_settings(settings),
+    )
+
+
+def open_redshift(settings: Settings, read_only: bool = False) -> Warehouse:
+    """``redshift://...``: Redshift, staging batches on S3 (psycopg and boto3 are imported
+    only here); the URL's ``staging``/``iam_role``/``region``/``endpoint_url`` parameters
+    or the ``redshift_*`` settings (see :func:`.redshift.redshift_target`)."""
+    from adpulse.outages import ServerTimeouts
+    from adpulse.storage.warehouse.redshift import RedshiftWarehouse, redshift_target
+    from adpulse.storage.warehouse.s3staging import S3Staging
+
+    target = redshift_target(settings)
+    staging = S3Staging(
+        target.staging, region=target.s3_region, endpoint_url=target.s3_endpoint_url
+    )
+    return RedshiftWarehouse(
+        target.url,
+        staging,
+        target.iam_role,
         password=settings.warehouse_password,
         read_only=read_only,
         timeouts=ServerTimeouts.from_settings(settings),

@@ -21,16 +21,18 @@ Rules (the worker loop is :mod:`adpulse.processor.workers`):
   ``UPDATE`` waits for an in-flight commit (and then finds the lease renewed); a worker
   whose lease was taken finds fewer rows than it holds and its commit is rolled back
   (:class:`~.base.LeaseLostError`), before anything of it is written;
-- time is the database's clock (``LOCALTIMESTAMP``, UTC sessions), never a worker's, so
-  workers on hosts with skewed clocks agree on expiry.
+- time is the database's clock (:class:`DatabaseClock`: ``LOCALTIMESTAMP`` on PostgreSQL,
+  ``GETDATE()`` on Redshift; UTC sessions), never a worker's, so workers on hosts with
+  skewed clocks agree on expiry.
 
 Every statement here locks at most one lease row, except the fence of a commit (one
 per worker, on its own rows): two workers can therefore never deadlock on leases.
 The SQL stays in the Redshift-minded subset (``?`` placeholders, no ``ON CONFLICT``,
-no ``RETURNING``); it runs on PostgreSQL. DuckDB allows one process per file, so it has
-no use for leases. Redshift (not run there): its clock is ``GETDATE()``, and its
+no ``RETURNING``, no advisory locks); it runs on PostgreSQL. DuckDB allows one process per
+file, so it has no use for leases. Redshift (see docs/redshift.md): its clock is
+``GETDATE()`` (``LOCALTIMESTAMP`` is a leader-node-only function there), and its
 serializable transactions abort a conflicting writer instead of making it wait, so a
-fenced commit and a takeover there would be decided by one of them failing.
+fenced commit and a takeover there are decided by one of them failing.
 """
 
 from __future__ import annotations
@@ -68,13 +70,29 @@ WORKERS: Final = {
 LEASE_TABLES: Final = {"partition_leases": PARTITION_LEASES, "workers": WORKERS}
 LEASE_KEYS: Final = {"partition_leases": ("partition",), "workers": ("worker_id",)}
 
-#: The database's clock, UTC (sessions run with time zone UTC); see the module docstring.
-NOW: Final = "LOCALTIMESTAMP"
-#: ``NOW`` plus a number of seconds bound as the statement's next parameter.
-_LATER: Final = f"{NOW} + ? * INTERVAL '1 second'"
+
+@dataclass(frozen=True, slots=True)
+class DatabaseClock:
+    """How one database spells its own current time (UTC sessions), in lease SQL."""
+
+    #: The current time, a TIMESTAMP without time zone.
+    now: str
+
+    @property
+    def later(self) -> str:
+        """``now`` plus a number of seconds bound as the statement's next parameter."""
+        return f"{self.now} + ? * INTERVAL '1 second'"
 
 
-def fence_statements(fence: LeaseFence) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
+#: PostgreSQL's clock (the default); Redshift's is in :mod:`.redshift`.
+POSTGRES_CLOCK: Final = DatabaseClock("LOCALTIMESTAMP")
+#: PostgreSQL's current time, as lease SQL spells it there.
+NOW: Final = POSTGRES_CLOCK.now
+
+
+def fence_statements(
+    fence: LeaseFence, clock: DatabaseClock = POSTGRES_CLOCK
+) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
     """The fence of a commit: (renew-and-lock statement, count query), with parameters.
 
     Run both first in the commit's transaction; the count must equal the number of
@@ -83,7 +101,7 @@ def fence_statements(fence: LeaseFence) -> tuple[tuple[str, list[Any]], tuple[st
     matches = " OR ".join('("partition" = ? AND epoch = ?)' for _ in fence.epochs)
     pairs: list[Any] = [v for p, e in sorted(fence.epochs.items()) for v in (p, e)]
     renew = (
-        f"UPDATE partition_leases SET expires_at = {_LATER} WHERE owner = ? AND ({matches})",
+        f"UPDATE partition_leases SET expires_at = {clock.later} WHERE owner = ? AND ({matches})",
         [fence.ttl_seconds, fence.owner, *pairs],
     )
     count = (
@@ -125,9 +143,12 @@ class PartitionLeases:
         ttl_seconds: float,
         guard: Callable[[psycopg.Connection[Any]], AbstractContextManager[None]] | None = None,
         retry: Callable[[str, Callable[[], Any]], Any] | None = None,
+        clock: DatabaseClock = POSTGRES_CLOCK,
     ) -> None:
         """``guard(conn)`` bounds each statement's wait on the server, ``retry(what,
-        operation)`` retries it on a lost connection (see :mod:`adpulse.outages`)."""
+        operation)`` retries it on a lost connection (see :mod:`adpulse.outages`),
+        ``clock`` spells the database's time."""
+        self.clock = clock
         self._connect = connect
         self._guard = guard or (lambda conn: nullcontext())
         self._retry = retry or (lambda what, operation: operation())
@@ -200,20 +221,20 @@ class PartitionLeases:
         """
         w = self.worker
         renewed = self._run(
-            f"UPDATE workers SET expires_at = {_LATER} WHERE worker_id = ?",
+            f"UPDATE workers SET expires_at = {self.clock.later} WHERE worker_id = ?",
             [self.ttl_seconds, w.worker_id],
         )
         if renewed == 0:
             self._run(
                 "INSERT INTO workers (worker_id, host, pid, started_at, expires_at)"
-                f" VALUES (?, ?, ?, {NOW}, {_LATER})",
+                f" VALUES (?, ?, ?, {self.clock.now}, {self.clock.later})",
                 [w.worker_id, w.host, w.pid, self.ttl_seconds],
             )
         held = self.held()
         for partition in held:
             # One row per statement: never two lease locks at once (no deadlocks).
             self._run(
-                f'UPDATE partition_leases SET expires_at = {_LATER} WHERE "partition" = ?'
+                f'UPDATE partition_leases SET expires_at = {self.clock.later} WHERE "partition" = ?'
                 " AND owner = ?",
                 [self.ttl_seconds, partition, self.owner],
             )
@@ -231,7 +252,7 @@ class PartitionLeases:
     def live_workers(self) -> list[str]:
         """Ids of the workers whose heartbeat has not expired, in a fixed order."""
         rows = self._rows(
-            f"SELECT worker_id FROM workers WHERE expires_at > {NOW} ORDER BY worker_id"
+            f"SELECT worker_id FROM workers WHERE expires_at > {self.clock.now} ORDER BY worker_id"
         )
         return [str(r[0]) for r in rows]
 
@@ -251,7 +272,7 @@ class PartitionLeases:
         """Partitions without a live owner (never owned, released, or expired)."""
         rows = self._rows(
             'SELECT "partition" FROM partition_leases WHERE "partition" < ?'
-            f" AND (owner IS NULL OR expires_at IS NULL OR expires_at < {NOW})"
+            f" AND (owner IS NULL OR expires_at IS NULL OR expires_at < {self.clock.now})"
             ' ORDER BY "partition"',
             [self.partitions],
         )
@@ -264,10 +285,11 @@ class PartitionLeases:
         If the previous owner is committing, this waits for that commit to end (its
         fence holds the row) and then finds the lease renewed: not free.
         """
+        now, later = self.clock.now, self.clock.later
         taken = self._run(
-            f"UPDATE partition_leases SET owner = ?, epoch = epoch + 1, expires_at = {_LATER},"
-            f' acquired_at = {NOW} WHERE "partition" = ?'
-            f" AND (owner IS NULL OR expires_at IS NULL OR expires_at < {NOW})",
+            f"UPDATE partition_leases SET owner = ?, epoch = epoch + 1, expires_at = {later},"
+            f' acquired_at = {now} WHERE "partition" = ?'
+            f" AND (owner IS NULL OR expires_at IS NULL OR expires_at < {now})",
             [self.owner, self.ttl_seconds, partition],
         )
         if taken != 1:
@@ -292,7 +314,7 @@ class PartitionLeases:
             self.release(partition, epoch)
         self._run("DELETE FROM workers WHERE worker_id = ?", [self.owner])
         # Rows of workers gone for long (killed) are of no use to anyone any more.
-        self._run(f"DELETE FROM workers WHERE expires_at < {NOW} - INTERVAL '1 hour'")
+        self._run(f"DELETE FROM workers WHERE expires_at < {self.clock.now} - INTERVAL '1 hour'")
 
     def fence(self, epochs: dict[int, int]) -> LeaseFence:
         return LeaseFence(self.owner, dict(epochs), self.ttl_seconds)

@@ -39,17 +39,9 @@ retried on a new connection with backoff, for at most ``retry_seconds``. A commi
 outcome is unknown (the connection was lost around its ``COMMIT``) is resolved first by
 re-reading the checkpoints: the batch committed with its offsets, or not at all.
 
-Redshift notes (not tested against Redshift; the SQL was written for its subset):
-
-- the DML is Redshift's too: ``UPDATE ... FROM``, ``INSERT ... SELECT``, ``MERGE`` with
-  both ``WHEN`` clauses and no target alias, ``TEMP`` tables without ``ON COMMIT``;
-- bulk loading differs: Redshift has no ``COPY ... FROM STDIN``; it loads with ``COPY``
-  from S3 (staging the frame as Parquet there), which this module does not do;
-- DDL differs: Redshift's ``TEXT`` is ``VARCHAR(256)``, so strings there need
-  ``VARCHAR(65535)``; ``BYTEA`` is ``VARBYTE``; primary keys are not enforced (the
-  upserts match on the key and do not rely on them);
-- ``BEGIN READ ONLY`` does not exist there; read-only access needs a user granted
-  ``SELECT`` only.
+Redshift: :mod:`.redshift` subclasses this backend and states its differences (loading
+through S3 with ``COPY ... FORMAT AS PARQUET``, Redshift's column types, its clock);
+docs/redshift.md says what is tested and what only a real Redshift can confirm.
 """
 
 from __future__ import annotations
@@ -65,7 +57,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import polars as pl
 from pydantic import SecretStr
@@ -189,6 +181,8 @@ class PostgresWarehouse(SqlWarehouse):
     dialect = "postgres"
     sql_dialect = POSTGRES
     shares_partitions = True
+    #: Extra ``psycopg.connect`` arguments of every connection (a subclass's server needs).
+    driver_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -227,7 +221,11 @@ class PostgresWarehouse(SqlWarehouse):
     # -- connections ---------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
         psycopg = self._psycopg
-        kwargs: dict[str, Any] = {"autocommit": True, **_connection_timeouts(self.timeouts)}
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            **_connection_timeouts(self.timeouts),
+            **self.driver_options,
+        }
         if self._password is not None and not _URL_PASSWORD.search(self.url):
             kwargs["password"] = self._password.get_secret_value()
         try:
@@ -383,6 +381,7 @@ class PostgresWarehouse(SqlWarehouse):
             ttl_seconds,
             guard=self._deadlines.guard,
             retry=self._retry,
+            clock=self.clock,
         )
 
     def refuses_data(self, exc: BaseException) -> bool:

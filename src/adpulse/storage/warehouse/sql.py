@@ -32,7 +32,13 @@ from adpulse.storage.warehouse.base import (
     PartitionWatermark,
     Warehouse,
 )
-from adpulse.storage.warehouse.leases import LEASE_KEYS, LEASE_TABLES, fence_statements
+from adpulse.storage.warehouse.leases import (
+    LEASE_KEYS,
+    LEASE_TABLES,
+    POSTGRES_CLOCK,
+    DatabaseClock,
+    fence_statements,
+)
 
 #: Small key/value table for warehouse bookkeeping (the dimension revision). It is a
 #: storage detail, not part of the processor's contract, so it lives here, not in schema.
@@ -216,6 +222,8 @@ class SqlWarehouse(Warehouse):
     """
 
     sql_dialect: Dialect
+    #: How lease SQL spells the database's current time (where workers share partitions).
+    clock: DatabaseClock = POSTGRES_CLOCK
 
     # -- primitives ------------------------------------------------------------------------
     @abstractmethod
@@ -315,7 +323,7 @@ class SqlWarehouse(Warehouse):
         Runs inside the commit's transaction; its ``UPDATE`` keeps the lease rows locked
         until the commit ends (see :mod:`.leases`).
         """
-        (renew, renew_params), (count, count_params) = fence_statements(fence)
+        (renew, renew_params), (count, count_params) = fence_statements(fence, self.clock)
         self._execute(renew, renew_params)
         held = int(self._fetch(count, count_params).item())
         if held != len(fence.epochs):
