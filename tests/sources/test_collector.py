@@ -506,8 +506,10 @@ def test_when_keys_are_required_posting_needs_a_write_key_and_the_pixel_none(
 
 # --- the plain ASGI paths and gathered appends ---------------------------------------------
 def _without_plain_paths(app: Any) -> Any:
-    """``app`` answering from its FastAPI routes only (before its first request)."""
+    """``app`` answering from its FastAPI routes only (before its first request): no
+    plain ASGI layer, no front path ahead of the app."""
     app.user_middleware = [m for m in app.user_middleware if m.cls is not CollectorPaths]
+    app.collector_front = None
     return app
 
 
