@@ -14,11 +14,12 @@ layer would refuse or change, goes through the app as before.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Final
 
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from adpulse.serving.auth import Access, HostGate
 from adpulse.serving.http.middleware import MAX_QUERY_STRING
@@ -83,6 +84,8 @@ class CollectorFront:
         t0 = time.perf_counter()
         path = scope["path"]
         status = 500
+        if self.cors:  # Starlette's CORS layer marks every answer as varying by Origin
+            send = functools.partial(_vary_by_origin, send)
         try:
             if path == _PIXEL:
                 status = await self.paths.pixel(params, send)
@@ -91,6 +94,12 @@ class CollectorFront:
         finally:
             if self.metrics is not None:
                 self.metrics.observe("GET", path, status, time.perf_counter() - t0)
+
+
+async def _vary_by_origin(send: Send, message: Message) -> None:
+    if message["type"] == "http.response.start":
+        message["headers"] = [*message["headers"], (b"vary", b"Origin")]
+    await send(message)
 
 
 class FrontedFastAPI(FastAPI):
