@@ -10,7 +10,8 @@ for ``--seconds``, then reads how many records the processor committed so far. C
 ``pixel`` repeat one request (the processor then drops the repeated posts as re-sends,
 so its figure of committed events is not the throughput there). Besides
 requests/s, events/s and latency it prints the CPU time the server used per request
-(from /proc), which the machine's other load changes much less.
+(from /proc), which the machine's other load changes much less, and the processor's
+batches committed per second.
 
 Run: ``python benchmarks/collector.py [--seconds 10] [--connections 32] [--batch 500]
 [--case post --case pixel ...] [--no-process]``. Needs ``wrk`` (``apt install wrk``).
@@ -90,6 +91,16 @@ def server_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def batches_committed(url: str) -> float:
+    """The processor's batches committed so far (its Prometheus counter; 0 without)."""
+    text = httpx.get(url + "metrics", timeout=60).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("adpulse_batches_committed_total")
+    )
+
+
 def run_case(case: str, args: argparse.Namespace, scratch: Path, wrk: str) -> dict[str, object]:
     home = scratch / case
     env = {**os.environ, "COLUMNS": "240", "ADPULSE_FSYNC": str(case == "post-fsync").lower()}
@@ -135,6 +146,7 @@ def run_case(case: str, args: argparse.Namespace, scratch: Path, wrk: str) -> di
             if case == "pixel"
             else "v1/events/impressions"
         )
+        batches = batches_committed(url)
         cpu = server_cpu_seconds(server.pid)
         done = subprocess.run(
             [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{args.seconds}s"]
@@ -144,6 +156,7 @@ def run_case(case: str, args: argparse.Namespace, scratch: Path, wrk: str) -> di
             check=True,
         )
         cpu = server_cpu_seconds(server.pid) - cpu
+        batches = batches_committed(url) - batches
         raw = json.loads([x for x in done.stdout.splitlines() if x.startswith("{")][-1])
         seconds = raw["duration_us"] / 1e6
         per_request = 1 if case == "pixel" else args.batch
@@ -161,6 +174,7 @@ def run_case(case: str, args: argparse.Namespace, scratch: Path, wrk: str) -> di
             "errors": raw["errors"] + raw["non_2xx_3xx"],
             "server_cpu_ms_per_request": round(cpu * 1000 / max(1, raw["requests"]), 3),
             "committed_within_1s_after": summary["impressions"],
+            "processor_batches_per_s": round(batches / seconds, 1),
         }
     finally:
         server.terminate()

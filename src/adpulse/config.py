@@ -131,6 +131,16 @@ class Settings(BaseSettings):
     batch_interval_seconds: float = Field(
         0.2, gt=0, description="Wait between polls when the log has no new data."
     )
+    live_batch_interval_seconds: float = Field(
+        0.2,
+        ge=0,
+        le=2,
+        description="Live mode: a batch that drained the log (no backlog left) is followed"
+        " by the next one this long after it started, not at once, so that a steady"
+        " trickle of events (pixels) makes a few larger batches rather than many tiny ones,"
+        " each with a fixed cost; it adds at most this to event-to-screen latency. A"
+        " backlog is worked off without waiting (0: never wait).",
+    )
     fsync: bool = Field(
         False,
         description="fsync the embedded log on every flush; the collector then answers 202"

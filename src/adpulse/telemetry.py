@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -334,13 +334,11 @@ class SupervisorMetrics:
         self.restarts.inc()
 
 
-class ApiMetrics:
-    """Request latency by route template and status; the API's outermost layer, so it
-    also times requests the Host, key and size checks refuse. Plain ASGI, like the other
-    layers of :mod:`adpulse.serving.http.middleware` (no response re-streaming)."""
+class RequestMetrics:
+    """The API's request latency histogram by method, route template and status, with
+    its children kept by labels (``labels()`` validates and locks on every call)."""
 
-    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
-        self.app = app
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.seconds = Histogram(
             "adpulse_http_request_duration_seconds",
             "HTTP API request time (to the end of the response body), by method, route"
@@ -349,6 +347,37 @@ class ApiMetrics:
             buckets=REQUEST_BUCKETS,
             registry=registry,
         )
+        self._children: dict[tuple[str, str, int], Any] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one request (``method`` as sent: any but :data:`METHODS` is "other")."""
+        key = (method, route, status)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) >= 1024:  # routes are templates, but methods any token
+                self._children.clear()
+            labels = (method if method in METHODS else "other", route, str(status))
+            child = self._children[key] = self.seconds.labels(*labels)
+        child.observe(seconds)
+
+
+class ApiMetrics:
+    """Request latency by route template and status; the API's outermost layer, so it
+    also times requests the Host, key and size checks refuse. Plain ASGI, like the other
+    layers of :mod:`adpulse.serving.http.middleware` (no response re-streaming).
+    ``metrics``: the histogram to count in (default: a new one in ``registry``)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        registry: CollectorRegistry | None = None,
+        metrics: RequestMetrics | None = None,
+    ) -> None:
+        self.app = app
+        if metrics is None:
+            assert registry is not None, "ApiMetrics needs a registry or its metrics"
+            metrics = RequestMetrics(registry)
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -365,9 +394,8 @@ class ApiMetrics:
         try:
             await self.app(scope, receive, sending)
         finally:
-            method = scope["method"] if scope["method"] in METHODS else "other"
-            self.seconds.labels(method, route_of(scope), str(status[0])).observe(
-                time.perf_counter() - t0
+            self.metrics.observe(
+                scope["method"], route_of(scope), status[0], time.perf_counter() - t0
             )
 
 

@@ -90,3 +90,48 @@ def test_run_once_is_live_as_the_workers_drive_it(tmp_path: Path) -> None:
         Stream.CLICKS: 0,
         Stream.CONVERSIONS: 0,
     }
+
+
+class _RecordedStop(threading.Event):
+    """A stop event that records each wait instead of waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(-1.0 if timeout is None else timeout)
+        return self.is_set()
+
+
+def paced_waits(tmp_path: Path, impressions: int, **settings: object) -> list[float]:
+    """The waits of a live processor over ``impressions`` in one partition, until all
+    are committed."""
+    pipeline = MiniPipeline(tmp_path, partitions=1, live_batch_max_bytes=4000, **settings)
+    pipeline.send(Stream.IMPRESSIONS, [impression(n) for n in range(impressions)])
+    processor = Processor(pipeline.settings, pipeline.transport, pipeline.warehouse)
+    stop = _RecordedStop()
+    received = [0]
+
+    def on_batch(report: BatchReport) -> None:
+        received[0] += report.records
+        if received[0] == impressions:
+            stop.set()
+
+    try:
+        processor.run(stop, on_batch=on_batch)
+    finally:
+        processor.close()
+    return stop.waits
+
+
+def test_live_a_batch_that_drained_the_log_waits_for_the_next_to_gather(
+    tmp_path: Path,
+) -> None:
+    # 5 records (1,000 bytes) drain the log: the next batch starts 0.5 s after this one.
+    waits = paced_waits(tmp_path, 5, live_batch_interval_seconds=0.5)
+    assert len(waits) == 1 and 0 <= waits[0] <= 0.5  # less the time the batch took
+    # A backlog (batches of the full 4,000 bytes, then 2,000) is worked off at once.
+    assert paced_waits(tmp_path / "backlog", 50, live_batch_interval_seconds=0.5) == []
+    # 0: no pacing.
+    assert paced_waits(tmp_path / "off", 5, live_batch_interval_seconds=0) == []

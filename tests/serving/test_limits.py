@@ -194,3 +194,54 @@ def test_the_stream_counts_streams_by_the_key_it_was_opened_with(tmp_path: Path)
         finally:
             api.stop_server(srv, thread)
             sock.close()
+
+
+class _Recorded:
+    """A transport that records what is written and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_a_response_head_leaves_with_its_body_in_one_write() -> None:
+    import asyncio
+
+    from adpulse.serving.limits import OneWriteResponses
+
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+
+    async def run() -> list[list[bytes]]:
+        seen = []
+        inner = _Recorded()
+        transport = OneWriteResponses(inner)
+        transport.write(head)  # held...
+        seen.append(list(inner.writes))
+        transport.write(b"ok")  # ...and sent with the body
+        seen.append(list(inner.writes))
+        transport.write(head)  # a head with no body at once (HEAD, a stream)...
+        await asyncio.sleep(0)  # ...leaves at the event loop's next turn
+        seen.append(list(inner.writes))
+        transport.write(b"data: 1\n\n")  # a body part alone goes at once
+        transport.write(head)
+        transport.close()  # closing sends what is held first
+        seen.append(list(inner.writes))
+        assert inner.closed and transport.is_closing()  # delegated to the transport
+        return seen
+
+    seen = asyncio.run(run())
+    assert seen == [
+        [],
+        [head + b"ok"],
+        [head + b"ok", head],
+        [head + b"ok", head, b"data: 1\n\n", head],
+    ]

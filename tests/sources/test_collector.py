@@ -506,8 +506,10 @@ def test_when_keys_are_required_posting_needs_a_write_key_and_the_pixel_none(
 
 # --- the plain ASGI paths and gathered appends ---------------------------------------------
 def _without_plain_paths(app: Any) -> Any:
-    """``app`` answering from its FastAPI routes only (before its first request)."""
+    """``app`` answering from its FastAPI routes only (before its first request): no
+    plain ASGI layer, no front path ahead of the app."""
     app.user_middleware = [m for m in app.user_middleware if m.cls is not CollectorPaths]
+    app.collector_front = None
     return app
 
 
@@ -737,3 +739,90 @@ def test_tricky_records_are_partitioned_as_before_and_invalid_ones_dead_lettered
     for line in TRICKY_LINES[6:]:
         assert reasons[line] == "invalid_json", line
     assert len(reasons) == len(TRICKY_LINES) - 1  # only _click("u1") is a whole click
+
+
+FRONT_REQUESTS: list[tuple[str, dict[str, str]]] = [
+    ("/v1/pixel.gif?ad_id=3&user_id=u1&platform=web&location=FR", {}),  # front
+    ("/v1/pixel.gif?user_id=%C3%BCser+1&ad_id=4", {"host": "collector.example"}),  # front
+    ("/v1/pixel.gif?user_id=" + "x" * 257, {}),  # front: 422 from the collector
+    ("/v1/click?ad_id=3&user_id=u1&to=https%3A%2F%2Fshop.example%2Fp", {}),  # front: 302
+    ("/v1/click?ad_id=3&to=https://evil.example/", {}),  # front: 400
+    ("/v1/pixel.gif?ad_id=3&user_id=u1", {"origin": "https://pub.example"}),  # CORS
+    ("/v1/pixel.gif?ad_id=3&user_id=u1", {"host": "evil.example"}),  # 400 invalid_host
+    ("/v1/pixel.gif?ad_id=3&ad_id=4", {}),  # 422 repeated parameter
+    ("/v1/pixel.gif?user_id=" + "x" * 4100, {}),  # 414
+    ("/v1/click?ad_id=3", {}),  # front: 422, "to" missing
+]
+
+
+def test_the_front_path_answers_and_counts_as_the_layers_of_the_app(tmp_path: Path) -> None:
+    """The pixel and the click ahead of the app (``CollectorFront``) give every answer
+    and every metric of the app's layers, byte for byte; requests a layer would refuse
+    or change (a Host not allowed, an Origin under CORS, a repeated parameter, a long
+    query string) go through the layers."""
+    from dataclasses import replace
+
+    from scrapes import scrape
+
+    from adpulse.telemetry import new_registry
+
+    config = Settings(
+        home=tmp_path,
+        partitions=PARTITIONS,
+        collector_redirect_hosts=["shop.example"],
+        cors_origins=["https://pub.example"],
+    )
+    transport = open_transport(config)
+    collector = Collector(transport, config)
+    access = replace(Access.open(), hosts=frozenset({"collector.example"}))
+    taken: list[str] = []
+
+    async def answers(app: Any) -> list[tuple[int, bytes, dict[str, str]]]:
+        out = []
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://127.0.0.1")
+        async with client:
+            for path, headers in FRONT_REQUESTS:
+                r = await client.get(path, headers=headers)
+                out.append((r.status_code, r.content, dict(r.headers)))
+        return out
+
+    def histogram(registry: Any) -> dict[Any, float]:
+        return {
+            labels: value
+            for (name, labels), value in scrape(registry).items()
+            if name == "adpulse_http_request_duration_seconds_count"
+        }
+
+    with DuckDBWarehouse(tmp_path / "warehouse.duckdb") as warehouse:
+        warehouse.create_schema()
+        registries = new_registry(), new_registry()
+        fronted, layered = (
+            create_app(warehouse, config, collector=collector, access=access, registry=r)
+            for r in registries
+        )
+        front = fronted.collector_front
+        assert front is not None
+        answer = front.answer
+
+        async def counted(scope: Scope, params: Any, send: Send) -> None:
+            taken.append(scope["path"] + "?" + scope["query_string"].decode())
+            await answer(scope, params, send)
+
+        front.answer = counted  # type: ignore[method-assign]
+        layered.collector_front = None
+        try:
+            got, expected = asyncio.run(answers(fronted)), asyncio.run(answers(layered))
+        finally:
+            collector.close()
+            transport.close()
+    assert [g[0] for g in got] == [200, 200, 422, 302, 400, 200, 400, 422, 414, 422]
+    for g, e in zip(got, expected, strict=True):
+        assert g == e
+    assert got[5][2]["access-control-allow-origin"] == "https://pub.example"
+    assert "access-control-allow-origin" not in got[0][2]
+    assert taken == [FRONT_REQUESTS[i][0] for i in (0, 1, 2, 3, 4, 9)]
+    counts = histogram(registries[0])
+    assert counts == histogram(registries[1])
+    assert counts[(("method", "GET"), ("route", "/v1/pixel.gif"), ("status", "200"))] == 3
+    assert counts[(("method", "GET"), ("route", "/v1/click"), ("status", "422"))] == 1
+    assert counts[(("method", "GET"), ("route", "unmatched"), ("status", "400"))] == 1

@@ -181,7 +181,16 @@ def _access(rt: Runtime | None, settings: Settings, host: str, insecure: bool) -
 def collector_app(collector: Collector, settings: Settings, access: Access) -> FastAPI:
     """The collector as an app of its own (``serve --no-api``), with the query API's
     error shape, ``Host`` check and CORS for the collector."""
-    app = FastAPI(title="adpulse collector", version="1", docs_url=None, redoc_url=None)
+    from adpulse.serving.http.front import CollectorFront, FrontedFastAPI
+    from adpulse.serving.http.server import FASTAPI_TELEMETRY_OFF
+
+    app = FrontedFastAPI(
+        title="adpulse collector",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        telemetry=FASTAPI_TELEMETRY_OFF,
+    )
     app.state.access = access
     app.state.settings = settings  # make_server's connection limits
     app.include_router(collector_router(collector))
@@ -204,4 +213,7 @@ def collector_app(collector: Collector, settings: Settings, access: Access) -> F
     if settings.cors_origins:
         app.add_middleware(CollectorCors, origins=settings.cors_origins)
     app.add_middleware(HostGate, access=access)
+    paths = CollectorPaths(app.router, collector)
+    cors = bool(settings.cors_origins)
+    app.collector_front = CollectorFront(paths, access, cors=cors, limits=False, metrics=None)
     return app

@@ -274,6 +274,8 @@ class Processor:
             },
         )
         self._last_idle_commit = 0.0
+        #: Whether the last poll filled half a partition's budget or more: a backlog.
+        self.polled_full = False
         #: Bytes polled per stream and batch: live (the default, also for the workers'
         #: run_once), batch_max_bytes capped by live_batch_max_bytes; see run().
         self.batch_max_bytes = _live_budget(settings)
@@ -390,8 +392,10 @@ class Processor:
         self.batch_max_bytes = (
             self.settings.batch_max_bytes if until_caught_up else _live_budget(self.settings)
         )
+        pace = 0.0 if until_caught_up else self.settings.live_batch_interval_seconds
         try:
             while not stop.is_set():
+                started = time.monotonic()
                 report = self.run_once()
                 if report is None and until_caught_up:
                     # Caught up once the last commits are done (or, refused, isolated).
@@ -401,6 +405,9 @@ class Processor:
                 if report is not None:
                     if on_batch is not None:
                         on_batch(report)
+                    if pace and not self.polled_full:
+                        # Drained: let the next batch gather (see live_batch_interval_seconds).
+                        stop.wait(max(0.0, pace - (time.monotonic() - started)))
                     continue
                 stop.wait(self.settings.batch_interval_seconds)
         finally:
@@ -480,11 +487,15 @@ class Processor:
         # database file instead of going through the WAL first.
         budget = max(1024, self.batch_max_bytes // len(self.partitions))
         chunks: dict[Stream, list[Chunk]] = {s: [] for s in Stream}
+        full = False
         for stream in Stream:
             for p in self.partitions:
                 chunk = self.consumer.poll(stream, p, self.offsets[(stream, p)], budget)
                 if chunk is not None and chunk.records:
                     chunks[stream].append(chunk)
+                    # Half the budget or more: the poll was likely cut short (a backlog).
+                    full = full or 2 * len(chunk.data) >= budget
+        self.polled_full = full
         return chunks
 
     def _idle_tick(self) -> None:

@@ -437,15 +437,33 @@ class HostGate:
     ``evil.example`` whose name is made to resolve to 127.0.0.1) would otherwise let any
     web page the user visits read it. No-op when ``access.hosts`` is None."""
 
+    #: Most ``Host`` headers remembered as allowed (a client may send any number).
+    MAX_REMEMBERED: Final = 64
+
     def __init__(self, app: ASGIApp, access: Access) -> None:
         self.app = app
         self.hosts = access.hosts
+        #: Raw ``Host`` headers found allowed: parsing an address per request cost a
+        #: tenth of the pixel's time.
+        self._allowed: set[bytes] = set()
+
+    def allows(self, header: bytes) -> bool:
+        """Whether a request with this raw ``Host`` header (b"" if none) is answered."""
+        if self.hosts is None or header in self._allowed:
+            return True
+        name = host_name(header.decode("latin-1"))
+        if not (is_loopback(name) or name in self.hosts):
+            return False
+        if len(self._allowed) >= self.MAX_REMEMBERED:
+            self._allowed.clear()
+        self._allowed.add(header)
+        return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.hosts is not None and scope["type"] in ("http", "websocket"):
             header = next((v for k, v in scope["headers"] if k == b"host"), b"")
-            name = host_name(header.decode("latin-1"))
-            if not (is_loopback(name) or name in self.hosts):
+            if not self.allows(header):
+                name = host_name(header.decode("latin-1"))
                 rejection = KeyRejectedError(
                     400,
                     "invalid_host",

@@ -540,7 +540,7 @@ _EVENTS_ROUTE: Final = COLLECTOR_PREFIX + "/events/{stream}"
 _PIXEL_PATH: Final = COLLECTOR_PREFIX + "/pixel.gif"
 _CLICK_PATH: Final = COLLECTOR_PREFIX + "/click"
 #: (name, longest, required) of the browser endpoints' parameters, in the order of the
-#: FastAPI routes' (whose error messages :func:`_checked_query` repeats).
+#: FastAPI routes' (whose error messages :func:`_check_params` repeats).
 _RECORD_PARAMS: Final = tuple((name, 256, False) for name in _RECORD_FIELDS)
 _CLICK_PARAMS: Final = (("to", 2048, True), *_RECORD_PARAMS)
 _JSON_HEADERS: Final = [(b"content-type", b"application/json")]
@@ -586,25 +586,35 @@ class CollectorPaths:
         await self.app(scope, receive, send)
 
     async def _pixel(self, scope: Scope, send: Send) -> None:
+        await self.pixel(query_fields(scope.get("query_string", b""))[0], send)
+
+    async def _click(self, scope: Scope, send: Send) -> None:
+        await self.click(query_fields(scope.get("query_string", b""))[0], send)
+
+    async def pixel(self, params: dict[str, str | None], send: Send) -> int:
+        """Answer ``GET /v1/pixel.gif`` with these query parameters; returns the status."""
         try:
-            params = _checked_query(scope, _RECORD_PARAMS)
+            _check_params(params, _RECORD_PARAMS)
             record = browser_record(Stream.IMPRESSIONS, params)
             await append_or_503(self.collector, Stream.IMPRESSIONS, [record])
         except CollectorError as exc:
             await exc.send(send)
-            return
+            return exc.status
         await _answer(send, 200, PIXEL_GIF, _GIF_HEADERS)
+        return 200
 
-    async def _click(self, scope: Scope, send: Send) -> None:
+    async def click(self, params: dict[str, str | None], send: Send) -> int:
+        """Answer ``GET /v1/click`` with these query parameters; returns the status."""
         try:
-            params = _checked_query(scope, _CLICK_PARAMS)
+            _check_params(params, _CLICK_PARAMS)
             target = allowed_redirect(params["to"] or "", self.settings.collector_redirect_hosts)
             record = browser_record(Stream.CLICKS, params)
             await append_or_503(self.collector, Stream.CLICKS, [record])
         except CollectorError as exc:
             await exc.send(send)
-            return
+            return exc.status
         await _answer(send, 302, b"", [(b"location", target.encode("latin-1")), *_NO_CACHE])
+        return 302
 
     async def _post(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         try:
@@ -623,12 +633,11 @@ class CollectorPaths:
         await _answer(send, 202, orjson.dumps({"accepted": accepted}), _JSON_HEADERS)
 
 
-def _checked_query(
-    scope: Scope, expected: tuple[tuple[str, int, bool], ...]
-) -> dict[str, str | None]:
-    """The query's parameters (the last of a repeated one, as Starlette reads them),
-    refused (422) as the FastAPI routes refuse them: too long, or required and missing."""
-    params = _query_params(scope.get("query_string", b""))
+def _check_params(
+    params: dict[str, str | None], expected: tuple[tuple[str, int, bool], ...]
+) -> None:
+    """Refuses (422) query parameters as the FastAPI routes refuse them: too long, or
+    required and missing."""
     errors = []
     for name, longest, required in expected:
         value = params.get(name)
@@ -639,22 +648,25 @@ def _checked_query(
             errors.append(f"{name}: String should have at most {longest} characters")
     if errors:
         raise CollectorError(422, "invalid_parameter", "; ".join(errors))
-    return params
 
 
-def _query_params(query: bytes) -> dict[str, str | None]:
+def query_fields(query: bytes) -> tuple[dict[str, str | None], int]:
     """``dict(parse_qsl(query, keep_blank_values=True))``, as Starlette reads a query
     (the last of a repeated name wins), without its per-pair unquoting when there is
-    nothing to unquote (no ``%`` or ``+``)."""
+    nothing to unquote (no ``%`` or ``+``); and the number of fields (more than the
+    names when a name is repeated)."""
     text = query.decode("latin-1")
     if "%" in text or "+" in text:
-        return dict(parse_qsl(text, keep_blank_values=True))
+        pairs = parse_qsl(text, keep_blank_values=True)
+        return dict(pairs), len(pairs)
     params: dict[str, str | None] = {}
+    fields = 0
     for field in text.split("&"):
         if field:
             name, _, value = field.partition("=")
             params[name] = value
-    return params
+            fields += 1
+    return params, fields
 
 
 async def _receive_body(

@@ -27,6 +27,7 @@ from adpulse.serving.cache import ResultCache
 from adpulse.serving.http.encoding import ORJSONPlainResponse, plain
 from adpulse.serving.http.errors import add_error_handlers
 from adpulse.serving.http.feed import LiveFeed
+from adpulse.serving.http.front import CollectorFront, FrontedFastAPI
 from adpulse.serving.http.middleware import KnownRequests, SharedAnswers, add_layers
 from adpulse.serving.http.params import CheckedFilters
 from adpulse.serving.http.routes import (
@@ -36,6 +37,7 @@ from adpulse.serving.http.routes import (
     probe_routes,
     prometheus_routes,
 )
+from adpulse.serving.http.server import FASTAPI_TELEMETRY_OFF
 from adpulse.serving.queries import Filters
 from adpulse.serving.store.base import ServingStore
 from adpulse.sources.collector import Collector, CollectorError, CollectorPaths, collector_router
@@ -123,7 +125,7 @@ def create_app(
             for pool in (readers, feed_reader):
                 await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
-    app = FastAPI(
+    app = FrontedFastAPI(
         title="adpulse",
         version="1",
         summary="Real-time ad engagement metrics: the query layer of adpulse as JSON.",
@@ -132,6 +134,7 @@ def create_app(
         docs_url=None,  # in page_routes, from /vendor/ rather than a CDN
         redoc_url=None,
         openapi_url="/openapi.json" if settings.api_docs else None,
+        telemetry=FASTAPI_TELEMETRY_OFF,
     )
     app.state.feed = feed
     app.state.answers = answers
@@ -149,7 +152,15 @@ def create_app(
     app.state.known_requests = known
     shared = SharedAnswers(answers, known)
     registry = new_registry() if registry is None else registry
-    add_layers(app, settings, access, shared, registry)
+    metrics = add_layers(app, settings, access, shared, registry)
+    if collector is not None:  # the pixel and the click ahead of every layer, when they may
+        app.collector_front = CollectorFront(
+            CollectorPaths(app.router, collector),
+            access,
+            cors=bool(settings.cors_origins),
+            limits=True,
+            metrics=metrics,
+        )
     live_clients = Gauge(
         "adpulse_live_stream_clients", "Open live-feed (SSE) streams.", registry=registry
     )

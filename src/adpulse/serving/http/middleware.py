@@ -25,7 +25,13 @@ from adpulse.serving.auth import Access, HostGate, ReadGate
 from adpulse.serving.cache import ResultCache
 from adpulse.serving.cors import CollectorCors
 from adpulse.serving.http.encoding import BAD_INPUT, dumps, error_response, json_body
-from adpulse.telemetry import ROUTE_SCOPE, UNMATCHED_ROUTE, ApiMetrics, route_of
+from adpulse.telemetry import (
+    ROUTE_SCOPE,
+    UNMATCHED_ROUTE,
+    ApiMetrics,
+    RequestMetrics,
+    route_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +59,7 @@ class RequestLimits:
                     414, "query_too_long", f"the query string is over {MAX_QUERY_STRING} bytes"
                 )
             elif query:
-                pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-                repeated = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+                repeated = repeated_names(query)
                 if repeated:
                     detail = f"repeated parameter(s): {', '.join(repeated)}"
                     rejection = error_response(BAD_INPUT, "invalid_parameter", detail)
@@ -62,6 +67,19 @@ class RequestLimits:
                 await rejection(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def repeated_names(query: bytes) -> list[str]:
+    """The names given more than once in a query string, sorted (as ``parse_qsl`` reads
+    them: unquoted, blank values kept), usually none."""
+    text = query.decode("latin-1")
+    if "%" in text or "+" in text:
+        names = [k for k, _ in parse_qsl(text, keep_blank_values=True)]
+    else:  # nothing to unquote: the names as they are, without parse_qsl's cost
+        names = [field.partition("=")[0] for field in text.split("&") if field]
+    if len(set(names)) == len(names):
+        return []
+    return sorted(k for k, n in Counter(names).items() if n > 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,14 +173,17 @@ def add_layers(
     access: Access,
     shared: SharedAnswers,
     registry: CollectorRegistry,
-) -> None:
+) -> RequestMetrics:
     """Wrap ``app`` in its layers. Each ``add_middleware`` wraps what is there, so the
     last added runs first: a request meets the metrics layer, the Host check, CORS (when
-    origins are set), the read gate, the answer shortcut, then the request limits."""
+    origins are set), the read gate, the answer shortcut, then the request limits.
+    Returns the metrics layer's histogram (the collector's front path counts there too)."""
     app.add_middleware(RequestLimits)
     app.add_middleware(AnswerShortcut, known=shared.known, answers=shared.answers)
     app.add_middleware(ReadGate, access=access)  # no answer without a key
     if settings.cors_origins:  # before the key: a browser's preflight carries none
         app.add_middleware(CollectorCors, origins=settings.cors_origins)
     app.add_middleware(HostGate, access=access)  # DNS rebinding
-    app.add_middleware(ApiMetrics, registry=registry)  # outermost: times every answer
+    metrics = RequestMetrics(registry)
+    app.add_middleware(ApiMetrics, metrics=metrics)  # outermost: times every answer
+    return metrics

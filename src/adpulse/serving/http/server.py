@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any
+from typing import Any, Final
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from adpulse.config import Settings
 from adpulse.serving.http.feed import LiveFeed
@@ -35,6 +36,12 @@ def url_of(sock: Any) -> str:
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}/"
 
+
+#: FastAPI's own OpenTelemetry layer, off: adpulse exports Prometheus metrics
+#: (:mod:`adpulse.telemetry`), and the layer's check whether a tracer, meter or logger
+#: provider is configured (three environment lookups) ran on every request, a twentieth
+#: of a pixel's time. Pass as ``FastAPI(telemetry=...)``.
+FASTAPI_TELEMETRY_OFF: Final[TelemetryConfig] = {"tracing": False, "metrics": False, "logs": False}
 
 #: How often (seconds) Python hands the GIL between threads while the API serves; the
 #: default is 5 ms. In ``adpulse demo`` the processor's threads run Python between their
