@@ -25,6 +25,7 @@ with results identical to the reference record by record (see there).
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -224,35 +225,62 @@ def partitions_of_records(
     """The partition of each record's ``user_id``: identical, record by record, to
     ``partition_of(user_id_of(payload), partitions)``, without decoding each record.
 
-    Blocks of :data:`ID_BLOCK_RECORDS` records are each decoded in one msgspec call
-    (``decode_lines``) into each record's ``user_id`` as raw JSON, everything else
-    validated and skipped; a string id without escapes is hashed as it stands in the
-    record (its bytes are its UTF-8). msgspec takes only what orjson takes once three
+    The records are decoded by one msgspec call (``decode_lines``) into each record's
+    ``user_id`` as raw JSON, everything else validated and skipped (see :func:`_raw_ids`
+    for what breaks the one call); a string id without escapes is hashed as it stands in
+    the record (its bytes are its UTF-8). msgspec takes only what orjson takes once three
     differences are kept away: invalid UTF-8 (checked first), numbers that overflow a
-    double (looked for), and ``\\r`` (a line break for ``decode_lines``). The records
-    of a block that breaks the one call (a malformed record, a blank line) are read one
-    by one with orjson, the reference. ``joined``, if given, must be
-    ``b"\\n".join(payloads)``.
+    double (looked for), and ``\\r`` (a line break for ``decode_lines``). Records the one
+    call cannot read (a malformed record, a blank line) are read one by one with orjson,
+    the reference. ``joined``, if given, must be ``b"\\n".join(payloads)``.
     """
     if partitions <= 1 or not payloads:
         return np.zeros(len(payloads), dtype=np.int64)
     if joined is None:
         joined = b"\n".join(payloads)
     raws = _raw_ids(payloads, joined)
-    if b"\\" in joined:
-        keys = [_key_of(r, p) for r, p in zip(raws, payloads, strict=True)]
-        return np.array([partition_of_key(k, partitions) for k in keys], dtype=np.int64)
+    if len(raws) >= _VECTORIZE_MIN_RECORDS:
+        return _partitions_of_raw_ids(raws, payloads, partitions)
     # The common case, inline: a string id without escapes is its own UTF-8 bytes.
     xxh = xxhash.xxh64_intdigest
     return np.array(
         [
             xxh(r[1:-1]) % partitions
-            if r is not None and r[:1] == b'"' and r[1:2] not in _OPENERS
+            if r is not None and r[:1] == b'"' and r[1:2] not in _OPENERS and b"\\" not in r
             else partition_of_key(_key_of(r, p), partitions)
             for r, p in zip(raws, payloads, strict=True)
         ],
         dtype=np.int64,
     )
+
+
+def _partitions_of_raw_ids(
+    raws: list[bytes | None], payloads: Sequence[bytes], partitions: int
+) -> np.ndarray:
+    """The inline case of :func:`partitions_of_records` in one Polars pass: a raw id
+    that is a string without escapes (and not starting like an object or array) is
+    hashed without its quotes; the others take the per-record way. Every raw id given
+    came from a block checked to be UTF-8, so the cast to text cannot fail."""
+    raw = pl.col("r")
+    frame = (
+        pl.DataFrame([pl.Series("r", raws, dtype=pl.Binary)])
+        .select(
+            plain=(
+                raw.bin.starts_with(b'"')
+                & ~raw.bin.contains(b"\\")
+                & ~raw.bin.starts_with(b'"{')
+                & ~raw.bin.starts_with(b'"[')
+            ).fill_null(False),
+            key=raw.cast(pl.String).str.slice(1).str.head(-1),
+        )
+        .with_columns(
+            part=(plh.col("key").nchash.xxhash64() % partitions).fill_null(0).cast(pl.Int64)
+        )
+    )
+    parts = frame["part"].to_numpy().copy()
+    for i in np.flatnonzero(~frame["plain"].to_numpy()).tolist():
+        parts[i] = partition_of_key(_key_of(raws[i], payloads[i]), partitions)
+    return parts
 
 
 def partition_of_key(key: bytes | None, partitions: int) -> int:
@@ -271,30 +299,84 @@ def user_id_keys(payloads: Sequence[bytes], joined: bytes | None = None) -> list
     return [_key_of(r, p) for r, p in zip(raws, payloads, strict=True)]
 
 
-#: Records decoded per msgspec call: a malformed record sends its block's records the
-#: slow way (orjson, one by one), so blocks are small; the call itself costs ~1 µs.
+#: Records decoded per msgspec call once a span of records broke the one call and its
+#: records are read in blocks: a malformed record sends its block's records the slow way
+#: (orjson, one by one), so blocks are small; the call itself costs ~1 µs.
 ID_BLOCK_RECORDS: Final = 32
+#: The position msgspec gives for a decode error: a byte of the input, or a line's value.
+_ERROR_BYTE = re.compile(r"\(byte (\d+)\)")
+_ERROR_VALUE = re.compile(r"`\$\[(\d+)\]")
 
 
 def _raw_ids(payloads: Sequence[bytes], joined: bytes) -> list[bytes | None]:
     """Each record's ``user_id`` as raw JSON (``b""`` when missing), or None for a
-    record to read with the reference (its block broke the one call)."""
-    if len(payloads) <= ID_BLOCK_RECORDS:
-        return _raw_ids_of_block(payloads, joined)
+    record to read with the reference (orjson).
+
+    One msgspec call for all the records. When it fails, the error's position splits the
+    records there: those before it and those from it on are each read the same way, so a
+    few malformed records cost a few more calls, not a call per block. What the one call
+    cannot take as a whole (a payload holding a line break, ``\\r``, invalid UTF-8, a
+    number that may overflow, blank lines) is read in blocks of
+    :data:`ID_BLOCK_RECORDS`. Any record may safely be left to the reference: it is the
+    definition of the result, only slower.
+    """
     raws: list[bytes | None] = []
-    for lo in range(0, len(payloads), ID_BLOCK_RECORDS):
-        block = payloads[lo : lo + ID_BLOCK_RECORDS]
-        raws += _raw_ids_of_block(block, b"\n".join(block))
+    spans = [(0, len(payloads), joined)]
+    while spans:
+        lo, hi, data = spans.pop()
+        block = payloads[lo:hi]
+        if hi - lo <= ID_BLOCK_RECORDS:
+            raws += _raw_ids_of_block(block, data)
+            continue
+        if not _one_call_may_read(block, data):
+            for at in range(lo, hi, ID_BLOCK_RECORDS):
+                part = payloads[at : min(hi, at + ID_BLOCK_RECORDS)]
+                raws += _raw_ids_of_block(part, b"\n".join(part))
+            continue
+        try:
+            heads = _HEAD.decode_lines(data)
+        except (msgspec.DecodeError, RecursionError) as error:
+            line = _error_line(error, data)
+        else:
+            if len(heads) == hi - lo:
+                raws += [bytes(h.key) for h in heads]
+                continue
+            line = None  # blank lines (skipped by decode_lines): the count tells
+        if line is None:
+            for at in range(lo, hi, ID_BLOCK_RECORDS):
+                part = payloads[at : min(hi, at + ID_BLOCK_RECORDS)]
+                raws += _raw_ids_of_block(part, b"\n".join(part))
+            continue
+        # Split at the failing record; the spans are taken back in order (a stack).
+        cut = lo + min(max(1, line), hi - lo - 1)
+        spans.append((cut, hi, b"\n".join(payloads[cut:hi])))
+        spans.append((lo, cut, b"\n".join(payloads[lo:cut])))
     return raws
 
 
-def _raw_ids_of_block(payloads: Sequence[bytes], joined: bytes) -> list[bytes | None]:
-    if (
+def _error_line(error: Exception, data: bytes) -> int | None:
+    """The line of ``data`` where msgspec's ``decode_lines`` failed (the value it was
+    reading may have started on an earlier line: JSON whitespace includes line breaks),
+    or None when the error does not say."""
+    message = str(error)
+    if match := _ERROR_BYTE.search(message):
+        return data.count(b"\n", 0, int(match.group(1)))
+    if match := _ERROR_VALUE.search(message):
+        return int(match.group(1))
+    return None
+
+
+def _one_call_may_read(payloads: Sequence[bytes], joined: bytes) -> bool:
+    return (
         joined.count(b"\n") == len(payloads) - 1  # no payload holds a line break
         and b"\r" not in joined
         and _utf8(joined)
         and not _maybe_huge_number(joined)
-    ):
+    )
+
+
+def _raw_ids_of_block(payloads: Sequence[bytes], joined: bytes) -> list[bytes | None]:
+    if _one_call_may_read(payloads, joined):
         try:
             heads = _HEAD.decode_lines(joined)
         except (msgspec.DecodeError, RecursionError):
