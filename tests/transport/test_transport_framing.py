@@ -323,6 +323,19 @@ def test_long_batches_with_tricky_records_among_plain_ones_read_like_the_referen
     assert user_id_keys(whole) == [
         None if (u := _old_user_id(p)) is None else u.encode() for p in whole
     ]
+    # Without escapes: read as text in one call, or (a number, an object, a malformed
+    # record among them) as raw JSON.
+    unescaped = [p for p in whole if b"\\" not in p]
+    assert partitions_of_records(unescaped, 7).tolist() == _expected(unescaped, 7)
+    ids_as_text = [
+        p
+        for p in unescaped
+        if (d := _loads_or_none(p)) is not None
+        and isinstance(d, dict)
+        and (d.get("user_id") is None or isinstance(d.get("user_id"), str))
+    ]
+    assert len(ids_as_text) >= len(plain)
+    assert partitions_of_records(ids_as_text, 7).tolist() == _expected(ids_as_text, 7)
 
 
 def _breaks_a_whole_chunk(payload: bytes) -> bool:
@@ -330,4 +343,11 @@ def _breaks_a_whole_chunk(payload: bytes) -> bool:
         payload.decode()
     except UnicodeDecodeError:
         return True
-    return any(part in payload for part in (b"\n", b"\r", b"e400", b"e123", b"E+999", b"9" * 300))
+    return any(part in payload for part in (b"\n", b"\r", b"1e400", b"5e123", b"E+999", b"9" * 300))
+
+
+def _loads_or_none(payload: bytes) -> object:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None

@@ -238,6 +238,10 @@ def partitions_of_records(
         return np.zeros(len(payloads), dtype=np.int64)
     if joined is None:
         joined = b"\n".join(payloads)
+    if len(payloads) >= _VECTORIZE_MIN_RECORDS and b"\\" not in joined:
+        texts = _text_ids(payloads, joined)
+        if texts is not None:
+            return _partitions_of_texts(texts, partitions)
     raws = _raw_ids(payloads, joined)
     if len(raws) >= _VECTORIZE_MIN_RECORDS:
         return _partitions_of_raw_ids(raws, payloads, partitions)
@@ -252,6 +256,48 @@ def partitions_of_records(
         ],
         dtype=np.int64,
     )
+
+
+class _HeadText(msgspec.Struct, gc=False):
+    """A record's ``user_id`` when it is a string or null (None when missing)."""
+
+    key: str | None = msgspec.field(default=None, name=PARTITION_KEY)
+
+
+_HEAD_TEXT = msgspec.json.Decoder(_HeadText)
+
+
+def _text_ids(payloads: Sequence[bytes], joined: bytes) -> list[str | None] | None:
+    """Every record's ``user_id`` as text (None: missing or null) in one msgspec call,
+    for records without escapes (no ``\\`` in ``joined``): a string id is then its
+    bytes as they stand, which is what :func:`_raw_ids` would give with its quotes.
+    None when the one call cannot read them all (then :func:`_raw_ids` does)."""
+    if not _one_call_may_read(payloads, joined):
+        return None
+    try:
+        heads = _HEAD_TEXT.decode_lines(joined)
+    except (msgspec.DecodeError, RecursionError):  # ValidationError: a non-string id
+        return None
+    if len(heads) != len(payloads):
+        return None
+    return [h.key for h in heads]
+
+
+def _partitions_of_texts(texts: list[str | None], partitions: int) -> np.ndarray:
+    """:func:`partition_of` of each id in one Polars pass; an id that starts like an
+    object or an array reads as none (see :func:`user_id_of`), as does a missing one."""
+    key = pl.col("k")
+    frame = (
+        pl.DataFrame([pl.Series("k", texts, dtype=pl.String)])
+        .select(
+            pl.when(key.str.starts_with("{") | key.str.starts_with("["))
+            .then(None)
+            .otherwise(key)
+            .alias("k")
+        )
+        .select((plh.col("k").nchash.xxhash64() % partitions).fill_null(0).cast(pl.Int64))
+    )
+    return frame.to_series().to_numpy()
 
 
 def _partitions_of_raw_ids(
