@@ -351,3 +351,13 @@ def _loads_or_none(payload: bytes) -> object:
         return orjson.loads(payload)
     except orjson.JSONDecodeError:
         return None
+
+
+def test_a_long_number_with_a_short_exponent_that_overflows_is_read_by_the_reference() -> None:
+    """298 digits and ``e99`` overflow a double (orjson refuses the record) though no
+    run of 300 digits or exponent of 3 characters shows it."""
+    record = b'{"a": 1' + b"0" * 297 + b'e99, "user_id": "x"}'
+    assert _old_user_id(record) is None
+    assert user_id_keys([record]) == [None]
+    batch = [record] + [b'{"user_id": "U%d"}' % i for i in range(5000)]
+    assert partitions_of_records(batch, 7).tolist() == _expected(batch, 7)

@@ -193,14 +193,16 @@ _HEAD = msgspec.json.Decoder(_Head)
 #: The shape of numbers, for :func:`_maybe_huge_number`: digits, ".", "+" and "-" ->
 #: "0", "E" -> "e", and what may end a number (``}]``, whitespace) -> ",".
 _NUMBER_SHAPE = bytes.maketrans(b"0123456789.+-E}] \t\r\n", b"0000000000000e,,,,,,")
-#: 300 digits in a row: a number that may overflow a double (or a string: no matter).
-_LONG_DIGITS = b"0" * 300
+#: 200 digits in a row: a number that may overflow a double (or a string: no matter).
+#: With an exponent of at most 2 characters (the longer ones are looked for apart), a
+#: number overflows only from ~210 digits before its point (``1`` + 297 zeros + ``e99``).
+_LONG_DIGITS = b"0" * 200
 
 
 def _maybe_huge_number(data: bytes) -> bool:
     """Whether ``data`` may hold a number that overflows a double (``1e400``, or 400
     digits): orjson refuses those, msgspec reads infinity. Safe rather than exact: any
-    exponent of 3 characters or more (sign included) that ends like a number, or 300
+    exponent of 3 characters or more (sign included) that ends like a number, or 200
     digits in a row; what only looks like one (in a string) just takes the slow way."""
     shape = data.translate(_NUMBER_SHAPE)
     if _LONG_DIGITS in shape:
