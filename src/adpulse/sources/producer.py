@@ -2,7 +2,7 @@
 
 Records are partitioned by ``user_id`` (:func:`adpulse.transport.framing.partition_of`),
 so a user's clicks and conversions meet in one partition. The user ids of a batch are
-read by one msgspec call per block of records that skips the rest of each record
+read by one msgspec call over the whole batch that skips the rest of each record
 (:func:`adpulse.transport.framing.partitions_of_records`).
 """
 

@@ -18,7 +18,7 @@ fills bytes lost inside a log with one escaped *lost-bytes* line of the same len
 Partitioning: ``xxh64(user_id) % partitions``, stable across processes, hosts and
 languages. Records without a readable user id go to partition 0. :func:`user_id_of`
 reads one record's id (orjson, the reference); :func:`partitions_of_records` reads a
-batch's with one msgspec call per block of records that skips everything but the id,
+batch's with one msgspec call for the whole batch that skips everything but the id,
 with results identical to the reference record by record (see there).
 """
 
