@@ -295,3 +295,69 @@ def test_partitions_of_records_equals_the_old_reading_on_generated_records(
 def test_records_nested_deeper_than_msgspec_reads_are_read_by_the_reference() -> None:
     record = b'{"a": ' + b"[" * 1010 + b"]" * 1010 + b', "user_id": "deep"}'
     assert user_id_keys([record, b'{"user_id": "u1"}']) == [b"deep", b"u1"]
+
+
+@pytest.mark.parametrize("every", [1, 37, 500, 5000])
+def test_long_batches_with_tricky_records_among_plain_ones_read_like_the_reference(
+    every: int,
+) -> None:
+    """Batches longer than a block and than the vectorized hash's threshold: plain
+    records read in one call, with the tricky ones (malformed, blank, escaped, numeric
+    ids, line breaks) spread among them, each of which splits or breaks that call."""
+    tricky = VALID_TRICKY + INVALID_TRICKY
+    plain = [b'{"event_id": "e%d", "user_id": "U%d", "n": 1.5}' % (i, i % 997) for i in range(9000)]
+    batch: list[bytes] = []
+    for i, record in enumerate(plain):
+        batch.append(record)
+        if i % every == every - 1:
+            batch.append(tricky[(i // every) % len(tricky)])
+    for partitions in (4, 7):
+        got = partitions_of_records(batch, partitions)
+        assert got.tolist() == _expected(batch, partitions)
+    # Without the records that break a whole chunk's checks (line breaks, \r, bad
+    # UTF-8, huge numbers), so that the split at a failing record is what runs.
+    whole = [p for p in batch if not _breaks_a_whole_chunk(p)]
+    if every <= 37:  # the batch holds every tricky record, the malformed ones among them
+        assert len(set(whole) & set(INVALID_TRICKY)) > 5
+    assert partitions_of_records(whole, 7).tolist() == _expected(whole, 7)
+    assert user_id_keys(whole) == [
+        None if (u := _old_user_id(p)) is None else u.encode() for p in whole
+    ]
+    # Without escapes: read as text in one call, or (a number, an object, a malformed
+    # record among them) as raw JSON.
+    unescaped = [p for p in whole if b"\\" not in p]
+    assert partitions_of_records(unescaped, 7).tolist() == _expected(unescaped, 7)
+    ids_as_text = [
+        p
+        for p in unescaped
+        if (d := _loads_or_none(p)) is not None
+        and isinstance(d, dict)
+        and (d.get("user_id") is None or isinstance(d.get("user_id"), str))
+    ]
+    assert len(ids_as_text) >= len(plain)
+    assert partitions_of_records(ids_as_text, 7).tolist() == _expected(ids_as_text, 7)
+
+
+def _breaks_a_whole_chunk(payload: bytes) -> bool:
+    try:
+        payload.decode()
+    except UnicodeDecodeError:
+        return True
+    return any(part in payload for part in (b"\n", b"\r", b"1e400", b"5e123", b"E+999", b"9" * 300))
+
+
+def _loads_or_none(payload: bytes) -> object:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def test_a_long_number_with_a_short_exponent_that_overflows_is_read_by_the_reference() -> None:
+    """298 digits and ``e99`` overflow a double (orjson refuses the record) though no
+    run of 300 digits or exponent of 3 characters shows it."""
+    record = b'{"a": 1' + b"0" * 297 + b'e99, "user_id": "x"}'
+    assert _old_user_id(record) is None
+    assert user_id_keys([record]) == [None]
+    batch = [record] + [b'{"user_id": "U%d"}' % i for i in range(5000)]
+    assert partitions_of_records(batch, 7).tolist() == _expected(batch, 7)

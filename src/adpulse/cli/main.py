@@ -253,7 +253,7 @@ def _replay(
             committed[0] += report.records
 
         stop = threading.Event()
-        worker = Worker(processor.run, "processor", stop, on_batch=on_batch)
+        worker = Worker(processor.run, "processor", stop, on_batch=on_batch, bulk=True)
         worker.start()
         try:
             counts = _replay_with_progress(

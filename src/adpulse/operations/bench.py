@@ -423,7 +423,7 @@ def replay_per_ad(directory: Path, settings: Settings) -> pl.DataFrame:
             rt.warehouse.load_dimension(kind, rows, now)
         processor = processor_for(rt)
         stop = threading.Event()
-        worker = Worker(processor.run, "processor", stop)
+        worker = Worker(processor.run, "processor", stop, bulk=True)
         worker.start()
         try:
             replay_directory(directory, rt.transport.producer(), settings.partitions)

@@ -382,15 +382,21 @@ class Processor:
         stop: threading.Event,
         on_batch: Callable[[BatchReport], None] | None = None,
         until_caught_up: bool = False,
+        bulk: bool = False,
     ) -> None:
         """Process until ``stop`` is set (or, with ``until_caught_up``, the log is drained).
 
         Live (without ``until_caught_up``) a batch takes at most ``live_batch_max_bytes``
         per stream: while a backlog is worked off, each batch stays short, so the fresh
         events of the other streams and partitions wait one short batch, not a long one.
+        ``bulk`` batches up to ``batch_max_bytes`` while live, as a catch-up does: for a
+        bulk load such as ``replay``, where a batch's size is its cost (impressions go to
+        a columnar segment from ``SEGMENT_MIN_ROWS`` rows on, row by row below).
         """
         self.batch_max_bytes = (
-            self.settings.batch_max_bytes if until_caught_up else _live_budget(self.settings)
+            self.settings.batch_max_bytes
+            if until_caught_up or bulk
+            else _live_budget(self.settings)
         )
         pace = 0.0 if until_caught_up else self.settings.live_batch_interval_seconds
         try:

@@ -23,6 +23,7 @@ import polars as pl
 
 from adpulse.contracts import Stream
 from adpulse.sources.generator import EventGenerator, MalformedKind, StreamCounts
+from adpulse.transport import framing
 
 CAMPAIGNS_FILE: Final = "campaigns.csv"
 USERS_FILE: Final = "users.csv"
@@ -154,7 +155,7 @@ def count_lines(path: Path | str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int
         if path.suffix == ".gz":
             stream = gzip.GzipFile(fileobj=raw, mode="rb")
         while data := stream.read(chunk_bytes):
-            lines += data.count(b"\n")
+            lines += framing.count_lines(data)
             last = data[-1:]
     return lines + (last != b"\n")
 

@@ -2,7 +2,7 @@
 
 Records are partitioned by ``user_id`` (:func:`adpulse.transport.framing.partition_of`),
 so a user's clicks and conversions meet in one partition. The user ids of a batch are
-read by one msgspec call per block of records that skips the rest of each record
+read by one msgspec call over the whole batch that skips the rest of each record
 (:func:`adpulse.transport.framing.partitions_of_records`).
 """
 
@@ -52,7 +52,9 @@ def publish(
     # Bulk framing: the framed lines are the payloads themselves, each followed by "\n",
     # once the few that need escaping (blank, oversized...) are escaped in place.
     lines = _lines_to_frame(payloads, joined, max_record_bytes)
-    order = np.argsort(parts, kind="stable")
+    # Partition numbers fit 16 bits in practice: NumPy's stable sort is then a radix
+    # sort, ~8x faster than on 64-bit keys.
+    order = np.argsort(parts.astype(np.uint16) if partitions <= 1 << 16 else parts, kind="stable")
     sorted_parts = parts[order]
     bounds = np.flatnonzero(np.diff(sorted_parts)) + 1
     starts = np.concatenate([[0], bounds]).tolist()
@@ -64,11 +66,13 @@ def publish(
     for lo, hi in zip(starts, ends, strict=True):
         group: list[bytes] = items[order[lo:hi]].tolist()
         part = int(sorted_parts[lo])
-        framed = (
-            framing.frame(group, max_record_bytes) if lines is None else b"\n".join(group) + b"\n"
-        )
-        producer.send_framed(stream, part, framed, len(group))
-        sent[part] = len(group)
+        if lines is None:
+            framed = framing.frame(group, max_record_bytes)
+        else:
+            group.append(b"")  # the last line's "\n", without copying the joined lines
+            framed = b"\n".join(group)
+        producer.send_framed(stream, part, framed, hi - lo)
+        sent[part] = hi - lo
     return sent
 
 
@@ -88,11 +92,18 @@ def _lines_to_frame(
     """The payloads as log lines without their ``\\n``: the payloads themselves, but
     those that :func:`framing.needs_escape` escaped (found without a per-record test);
     None when a payload holds a line break (then each is framed on its own)."""
-    if joined.count(b"\n") != len(payloads) - 1 or b"\r" in joined:
+    if framing.count_lines(joined) != len(payloads) - 1 or b"\r" in joined:
         return None  # a payload holds a line break
+    # One-byte searches (memchr) and one pass over the lengths: no payload to escape
+    # (none empty, none too large, none starting with the escape byte) is the common case.
+    starts_escaped = b"\x00" in joined and (joined.startswith(b"\x00") or b"\n\x00" in joined)
+    if not starts_escaped:
+        sizes = list(map(len, payloads))
+        if min(sizes) > 0 and max(sizes) <= max_record_bytes:
+            return list(payloads)
     lengths = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
     escape = (lengths == 0) | (lengths > max_record_bytes)
-    if joined.startswith(b"\x00") or b"\n\x00" in joined:
+    if starts_escaped:
         starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
         at = joined.find(b"\n\x00")
         escape[0] |= joined.startswith(b"\x00")

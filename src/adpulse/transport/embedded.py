@@ -65,6 +65,7 @@ from adpulse.transport.base import (
     Producer,
     Transport,
 )
+from adpulse.transport.framing import count_lines
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ LOG_FORMAT: Final = "adpulse-embedded-log/1"
 MAX_OPEN_PARTITIONS: Final = 128
 # Step of the scans for a line end (torn-tail repair, the cut at a poll's budget).
 _SCAN_BYTES: Final = 64 * 1024
-# Block size of count_lines (its temporary stays in cache).
+# Block size of the reads that count lines (a block's temporary stays in cache).
 _COUNT_BLOCK_BYTES: Final = 1024 * 1024
 
 
@@ -174,17 +175,6 @@ def _open_meta(log_dir: Path, partitions: int) -> None:
             f"(ADPULSE_PARTITIONS) back to {existing}, or point `transport_url` at a new "
             f"directory (embedded://NEW_DIR), or delete {log_dir} to start over."
         )
-
-
-def count_lines(data: bytes) -> int:
-    """Number of ``\\n`` in ``data``; NumPy in cache-sized blocks is ~3x ``bytes.count``."""
-    if len(data) < _SCAN_BYTES:
-        return data.count(b"\n")
-    view = np.frombuffer(data, dtype=np.uint8)
-    return sum(
-        int(np.count_nonzero(view[start : start + _COUNT_BLOCK_BYTES] == 0x0A))
-        for start in range(0, len(view), _COUNT_BLOCK_BYTES)
-    )
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -18,13 +18,14 @@ fills bytes lost inside a log with one escaped *lost-bytes* line of the same len
 Partitioning: ``xxh64(user_id) % partitions``, stable across processes, hosts and
 languages. Records without a readable user id go to partition 0. :func:`user_id_of`
 reads one record's id (orjson, the reference); :func:`partitions_of_records` reads a
-batch's with one msgspec call per block of records that skips everything but the id,
+batch's with one msgspec call for the whole batch that skips everything but the id,
 with results identical to the reference record by record (see there).
 """
 
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -125,6 +126,23 @@ def lost_bytes_line(length: int, lost: int) -> bytes:
     return _ESCAPE_BYTE + body + b" " * (length - 2 - len(body)) + b"\n"
 
 
+#: Below this many bytes, ``bytes.count`` is the quicker count of line ends.
+_COUNT_MIN_BYTES: Final = 64 * 1024
+#: Block size of count_lines (its temporary stays in cache).
+_COUNT_BLOCK_BYTES: Final = 1024 * 1024
+
+
+def count_lines(data: bytes) -> int:
+    """Number of ``\\n`` in ``data``; NumPy in cache-sized blocks is ~3x ``bytes.count``."""
+    if len(data) < _COUNT_MIN_BYTES:
+        return data.count(b"\n")
+    view = np.frombuffer(data, dtype=np.uint8)
+    return sum(
+        int(np.count_nonzero(view[start : start + _COUNT_BLOCK_BYTES] == 0x0A))
+        for start in range(0, len(view), _COUNT_BLOCK_BYTES)
+    )
+
+
 def split_lines(data: bytes) -> list[bytes]:
     """Split a chunk of framed lines into lines (without terminators)."""
     if not data:
@@ -192,14 +210,16 @@ _HEAD = msgspec.json.Decoder(_Head)
 #: The shape of numbers, for :func:`_maybe_huge_number`: digits, ".", "+" and "-" ->
 #: "0", "E" -> "e", and what may end a number (``}]``, whitespace) -> ",".
 _NUMBER_SHAPE = bytes.maketrans(b"0123456789.+-E}] \t\r\n", b"0000000000000e,,,,,,")
-#: 300 digits in a row: a number that may overflow a double (or a string: no matter).
-_LONG_DIGITS = b"0" * 300
+#: 200 digits in a row: a number that may overflow a double (or a string: no matter).
+#: With an exponent of at most 2 characters (the longer ones are looked for apart), a
+#: number overflows only from ~210 digits before its point (``1`` + 297 zeros + ``e99``).
+_LONG_DIGITS = b"0" * 200
 
 
 def _maybe_huge_number(data: bytes) -> bool:
     """Whether ``data`` may hold a number that overflows a double (``1e400``, or 400
     digits): orjson refuses those, msgspec reads infinity. Safe rather than exact: any
-    exponent of 3 characters or more (sign included) that ends like a number, or 300
+    exponent of 3 characters or more (sign included) that ends like a number, or 200
     digits in a row; what only looks like one (in a string) just takes the slow way."""
     shape = data.translate(_NUMBER_SHAPE)
     if _LONG_DIGITS in shape:
@@ -224,35 +244,108 @@ def partitions_of_records(
     """The partition of each record's ``user_id``: identical, record by record, to
     ``partition_of(user_id_of(payload), partitions)``, without decoding each record.
 
-    Blocks of :data:`ID_BLOCK_RECORDS` records are each decoded in one msgspec call
-    (``decode_lines``) into each record's ``user_id`` as raw JSON, everything else
-    validated and skipped; a string id without escapes is hashed as it stands in the
-    record (its bytes are its UTF-8). msgspec takes only what orjson takes once three
+    The records are decoded by one msgspec call (``decode_lines``) into each record's
+    ``user_id`` as raw JSON, everything else validated and skipped (see :func:`_raw_ids`
+    for what breaks the one call); a string id without escapes is hashed as it stands in
+    the record (its bytes are its UTF-8). msgspec takes only what orjson takes once three
     differences are kept away: invalid UTF-8 (checked first), numbers that overflow a
-    double (looked for), and ``\\r`` (a line break for ``decode_lines``). The records
-    of a block that breaks the one call (a malformed record, a blank line) are read one
-    by one with orjson, the reference. ``joined``, if given, must be
-    ``b"\\n".join(payloads)``.
+    double (looked for), and ``\\r`` (a line break for ``decode_lines``). Records the one
+    call cannot read (a malformed record, a blank line) are read one by one with orjson,
+    the reference. ``joined``, if given, must be ``b"\\n".join(payloads)``.
     """
     if partitions <= 1 or not payloads:
         return np.zeros(len(payloads), dtype=np.int64)
     if joined is None:
         joined = b"\n".join(payloads)
+    if len(payloads) >= _VECTORIZE_MIN_RECORDS and b"\\" not in joined:
+        texts = _text_ids(payloads, joined)
+        if texts is not None:
+            return _partitions_of_texts(texts, partitions)
     raws = _raw_ids(payloads, joined)
-    if b"\\" in joined:
-        keys = [_key_of(r, p) for r, p in zip(raws, payloads, strict=True)]
-        return np.array([partition_of_key(k, partitions) for k in keys], dtype=np.int64)
+    if len(raws) >= _VECTORIZE_MIN_RECORDS:
+        return _partitions_of_raw_ids(raws, payloads, partitions)
     # The common case, inline: a string id without escapes is its own UTF-8 bytes.
     xxh = xxhash.xxh64_intdigest
     return np.array(
         [
             xxh(r[1:-1]) % partitions
-            if r is not None and r[:1] == b'"' and r[1:2] not in _OPENERS
+            if r is not None and r[:1] == b'"' and r[1:2] not in _OPENERS and b"\\" not in r
             else partition_of_key(_key_of(r, p), partitions)
             for r, p in zip(raws, payloads, strict=True)
         ],
         dtype=np.int64,
     )
+
+
+class _HeadText(msgspec.Struct, gc=False):
+    """A record's ``user_id`` when it is a string or null (None when missing)."""
+
+    key: str | None = msgspec.field(default=None, name=PARTITION_KEY)
+
+
+_HEAD_TEXT = msgspec.json.Decoder(_HeadText)
+
+
+def _text_ids(payloads: Sequence[bytes], joined: bytes) -> list[str | None] | None:
+    """Every record's ``user_id`` as text (None: missing or null) in one msgspec call,
+    for records without escapes (no ``\\`` in ``joined``): a string id is then its
+    bytes as they stand, which is what :func:`_raw_ids` would give with its quotes.
+    None when the one call cannot read them all (then :func:`_raw_ids` does)."""
+    if not _one_call_may_read(payloads, joined):
+        return None
+    try:
+        heads = _HEAD_TEXT.decode_lines(joined)
+    except (msgspec.DecodeError, RecursionError):  # ValidationError: a non-string id
+        return None
+    if len(heads) != len(payloads):
+        return None
+    return [h.key for h in heads]
+
+
+def _partitions_of_texts(texts: list[str | None], partitions: int) -> np.ndarray:
+    """:func:`partition_of` of each id in one Polars pass; an id that starts like an
+    object or an array reads as none (see :func:`user_id_of`), as does a missing one."""
+    key = pl.col("k")
+    frame = (
+        pl.DataFrame([pl.Series("k", texts, dtype=pl.String)])
+        .select(
+            pl.when(key.str.starts_with("{") | key.str.starts_with("["))
+            .then(None)
+            .otherwise(key)
+            .alias("k")
+        )
+        .select((plh.col("k").nchash.xxhash64() % partitions).fill_null(0).cast(pl.Int64))
+    )
+    return frame.to_series().to_numpy()
+
+
+def _partitions_of_raw_ids(
+    raws: list[bytes | None], payloads: Sequence[bytes], partitions: int
+) -> np.ndarray:
+    """The inline case of :func:`partitions_of_records` in one Polars pass: a raw id
+    that is a string without escapes (and not starting like an object or array) is
+    hashed without its quotes; the others take the per-record way. Every raw id given
+    came from a block checked to be UTF-8, so the cast to text cannot fail."""
+    raw = pl.col("r")
+    frame = (
+        pl.DataFrame([pl.Series("r", raws, dtype=pl.Binary)])
+        .select(
+            plain=(
+                raw.bin.starts_with(b'"')
+                & ~raw.bin.contains(b"\\")
+                & ~raw.bin.starts_with(b'"{')
+                & ~raw.bin.starts_with(b'"[')
+            ).fill_null(False),
+            key=raw.cast(pl.String).str.slice(1).str.head(-1),
+        )
+        .with_columns(
+            part=(plh.col("key").nchash.xxhash64() % partitions).fill_null(0).cast(pl.Int64)
+        )
+    )
+    parts = frame["part"].to_numpy().copy()
+    for i in np.flatnonzero(~frame["plain"].to_numpy()).tolist():
+        parts[i] = partition_of_key(_key_of(raws[i], payloads[i]), partitions)
+    return parts
 
 
 def partition_of_key(key: bytes | None, partitions: int) -> int:
@@ -271,30 +364,84 @@ def user_id_keys(payloads: Sequence[bytes], joined: bytes | None = None) -> list
     return [_key_of(r, p) for r, p in zip(raws, payloads, strict=True)]
 
 
-#: Records decoded per msgspec call: a malformed record sends its block's records the
-#: slow way (orjson, one by one), so blocks are small; the call itself costs ~1 µs.
+#: Records decoded per msgspec call once a span of records broke the one call and its
+#: records are read in blocks: a malformed record sends its block's records the slow way
+#: (orjson, one by one), so blocks are small; the call itself costs ~1 µs.
 ID_BLOCK_RECORDS: Final = 32
+#: The position msgspec gives for a decode error: a byte of the input, or a line's value.
+_ERROR_BYTE = re.compile(r"\(byte (\d+)\)")
+_ERROR_VALUE = re.compile(r"`\$\[(\d+)\]")
 
 
 def _raw_ids(payloads: Sequence[bytes], joined: bytes) -> list[bytes | None]:
     """Each record's ``user_id`` as raw JSON (``b""`` when missing), or None for a
-    record to read with the reference (its block broke the one call)."""
-    if len(payloads) <= ID_BLOCK_RECORDS:
-        return _raw_ids_of_block(payloads, joined)
+    record to read with the reference (orjson).
+
+    One msgspec call for all the records. When it fails, the error's position splits the
+    records there: those before it and those from it on are each read the same way, so a
+    few malformed records cost a few more calls, not a call per block. What the one call
+    cannot take as a whole (a payload holding a line break, ``\\r``, invalid UTF-8, a
+    number that may overflow, blank lines) is read in blocks of
+    :data:`ID_BLOCK_RECORDS`. Any record may safely be left to the reference: it is the
+    definition of the result, only slower.
+    """
     raws: list[bytes | None] = []
-    for lo in range(0, len(payloads), ID_BLOCK_RECORDS):
-        block = payloads[lo : lo + ID_BLOCK_RECORDS]
-        raws += _raw_ids_of_block(block, b"\n".join(block))
+    spans = [(0, len(payloads), joined)]
+    while spans:
+        lo, hi, data = spans.pop()
+        block = payloads[lo:hi]
+        if hi - lo <= ID_BLOCK_RECORDS:
+            raws += _raw_ids_of_block(block, data)
+            continue
+        if not _one_call_may_read(block, data):
+            for at in range(lo, hi, ID_BLOCK_RECORDS):
+                part = payloads[at : min(hi, at + ID_BLOCK_RECORDS)]
+                raws += _raw_ids_of_block(part, b"\n".join(part))
+            continue
+        try:
+            heads = _HEAD.decode_lines(data)
+        except (msgspec.DecodeError, RecursionError) as error:
+            line = _error_line(error, data)
+        else:
+            if len(heads) == hi - lo:
+                raws += [bytes(h.key) for h in heads]
+                continue
+            line = None  # blank lines (skipped by decode_lines): the count tells
+        if line is None:
+            for at in range(lo, hi, ID_BLOCK_RECORDS):
+                part = payloads[at : min(hi, at + ID_BLOCK_RECORDS)]
+                raws += _raw_ids_of_block(part, b"\n".join(part))
+            continue
+        # Split at the failing record; the spans are taken back in order (a stack).
+        cut = lo + min(max(1, line), hi - lo - 1)
+        spans.append((cut, hi, b"\n".join(payloads[cut:hi])))
+        spans.append((lo, cut, b"\n".join(payloads[lo:cut])))
     return raws
 
 
-def _raw_ids_of_block(payloads: Sequence[bytes], joined: bytes) -> list[bytes | None]:
-    if (
-        joined.count(b"\n") == len(payloads) - 1  # no payload holds a line break
+def _error_line(error: Exception, data: bytes) -> int | None:
+    """The line of ``data`` where msgspec's ``decode_lines`` failed (the value it was
+    reading may have started on an earlier line: JSON whitespace includes line breaks),
+    or None when the error does not say."""
+    message = str(error)
+    if match := _ERROR_BYTE.search(message):
+        return data.count(b"\n", 0, int(match.group(1)))
+    if match := _ERROR_VALUE.search(message):
+        return int(match.group(1))
+    return None
+
+
+def _one_call_may_read(payloads: Sequence[bytes], joined: bytes) -> bool:
+    return (
+        count_lines(joined) == len(payloads) - 1  # no payload holds a line break
         and b"\r" not in joined
         and _utf8(joined)
         and not _maybe_huge_number(joined)
-    ):
+    )
+
+
+def _raw_ids_of_block(payloads: Sequence[bytes], joined: bytes) -> list[bytes | None]:
+    if _one_call_may_read(payloads, joined):
         try:
             heads = _HEAD.decode_lines(joined)
         except (msgspec.DecodeError, RecursionError):
