@@ -1,0 +1,258 @@
+"""Dedupe keys spilled to disk: one sorted run of keys per event-time hour.
+
+The in-memory :class:`~adpulse.processor.id_set.IdSet` costs 23 to 64 bytes per live key;
+a 24-hour horizon at 5,000 events/s is 432M keys. When its table outgrows the memory
+budget, the oldest hours leave it for a *run* on disk: the keys of one hour (96 bits each:
+the first 64-bit hash and 32 bits of the second), sorted, in a file of 12 bytes per key.
+
+What stays in memory per run is small and fixed per key:
+
+- a blocked Bloom filter, 10 bits per key (one 64-bit word holds all of a key's bits, so
+  a probe is one gather): it answers "certainly not here" for ~99 % of the new keys;
+- a fence of the first key of every block of :data:`BLOCK_KEYS` keys (0.03 bytes per
+  key): a key that passes the filter is confirmed by reading its one block (``pread``,
+  ~3 KB), so membership stays exact and the file's pages never count in this process's
+  RSS (they are read, not mapped).
+
+A key in a run is a member while the run's hour is at or after the row's cutoff hour: the
+same rule as the in-memory table. Runs are a cache of what the warehouse holds: the
+processor deletes them and rebuilds its state from the committed facts after a restart
+(:meth:`adpulse.processor.pipeline.Processor.recover`), so a run never holds a key of a
+batch that was not committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+
+#: Keys per block of a run file: one ``pread`` confirms a key.
+BLOCK_KEYS: Final = 256
+#: Bloom filter bits per key (blocked in 64-bit words): ~1 % false positives.
+BLOOM_BITS: Final = 10
+#: Runs of one hour that are merged into one even while the hour is the newest.
+MAX_RUNS_PER_HOUR: Final = 4
+_MERGE_SLICES: Final = 16
+#: Bits set per key in its filter word.
+BLOOM_HASHES: Final = 5
+_RECORD: Final = np.dtype([("hi", "<u8"), ("check", "<u4")])
+#: Bytes per key on disk.
+DISK_KEY_BYTES: Final = _RECORD.itemsize
+_SIX: Final = np.uint64(63)
+
+
+def _filter_masks(hi: np.ndarray, check: np.ndarray) -> np.ndarray:
+    """Each key's bits in its filter word, from hash bits that do not pick the word."""
+    bits = (hi & np.uint64(0xFFFF_FFFF)) | (check.astype(np.uint64) << np.uint64(32))
+    mask = np.zeros(len(hi), dtype=np.uint64)
+    for i in range(BLOOM_HASHES):
+        mask |= np.uint64(1) << ((bits >> np.uint64(6 * i)) & _SIX)
+    return mask
+
+
+def _filter_words(hi: np.ndarray, words: int) -> np.ndarray:
+    """The filter word of each key: multiply-shift of its top 32 bits onto ``words``."""
+    return (((hi >> np.uint64(32)) * np.uint64(words)) >> np.uint64(32)).astype(np.intp)
+
+
+@dataclass(slots=True)
+class _Run:
+    bucket: int
+    path: Path
+    fd: int
+    count: int
+    fence: np.ndarray  # uint64: the first hi of each block
+    bloom: np.ndarray  # uint64 words
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.fence.nbytes + self.bloom.nbytes)
+
+    def position(self, key: np.uint64) -> int:
+        """Index of the first record whose hi is >= ``key``."""
+        block = max(int(np.searchsorted(self.fence, key, side="left")) - 1, 0)
+        got = self.read(block * BLOCK_KEYS, min((block + 1) * BLOCK_KEYS, self.count))
+        return block * BLOCK_KEYS + int(np.searchsorted(got["hi"], key, side="left"))
+
+    def read(self, start: int, end: int) -> np.ndarray:
+        """Records ``start`` to ``end`` of the file."""
+        if end <= start:
+            return np.empty(0, dtype=_RECORD)
+        size = _RECORD.itemsize
+        data = os.pread(self.fd, (end - start) * size, start * size)
+        return np.frombuffer(data, dtype=_RECORD)
+
+    def maybe(self, hi: np.ndarray, check: np.ndarray) -> np.ndarray:
+        mask = _filter_masks(hi, check)
+        return (self.bloom[_filter_words(hi, len(self.bloom))] & mask) == mask
+
+    def contains(self, hi: np.ndarray, check: np.ndarray) -> np.ndarray:
+        """Exact membership, reading the blocks the keys fall in."""
+        # A key sits in the block whose fence is the last <= it; a hi equal to a fence
+        # may also end the block before (equal first hashes straddling a boundary).
+        last = np.searchsorted(self.fence, hi, side="right") - 1
+        first = np.maximum(np.searchsorted(self.fence, hi, side="left") - 1, 0)
+        found = np.zeros(len(hi), dtype=bool)
+        for blocks in (last, first):
+            wanted, row = np.unique(np.maximum(blocks, 0), return_inverse=True)
+            table = np.empty((len(wanted), BLOCK_KEYS), dtype=_RECORD)
+            for i, block in enumerate(wanted.tolist()):
+                size = BLOCK_KEYS * _RECORD.itemsize
+                data = os.pread(self.fd, size, block * size)
+                got = np.frombuffer(data, dtype=_RECORD)
+                table[i, : len(got)] = got
+                table[i, len(got) :] = got[0]  # a real key of this run: pads the last block
+            keys = table[row]
+            found |= ((keys["hi"] == hi[:, None]) & (keys["check"] == check[:, None])).any(axis=1)
+            if (first == last).all():
+                break
+        return found
+
+
+class SpilledKeys:
+    """The runs of one stream's keys, in ``directory`` (created on the first spill)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._runs: list[_Run] = []
+        self._sequence = 0
+
+    def __len__(self) -> int:
+        return sum(r.count for r in self._runs)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memory: the runs' filters and fences."""
+        return sum(r.nbytes for r in self._runs)
+
+    @property
+    def disk_bytes(self) -> int:
+        return len(self) * DISK_KEY_BYTES
+
+    @property
+    def runs(self) -> int:
+        return len(self._runs)
+
+    def add(self, hi: np.ndarray, check: np.ndarray, bucket: np.ndarray) -> None:
+        """Write the keys as one run per hour (the keys must be new to these runs)."""
+        if len(hi) == 0:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        order = np.lexsort((hi, bucket))
+        hi, check, bucket = hi[order], check[order], bucket[order]
+        hours, starts = np.unique(bucket, return_index=True)
+        ends = [*starts[1:].tolist(), len(bucket)]
+        for hour, start, end in zip(hours.tolist(), starts.tolist(), ends, strict=True):
+            self._write(int(hour), hi[start:end], check[start:end])
+
+    def _write(self, bucket: int, hi: np.ndarray, check: np.ndarray) -> None:
+        records = np.empty(len(hi), dtype=_RECORD)
+        records["hi"], records["check"] = hi, check
+        self._sequence += 1
+        path = self.directory / f"{bucket}-{self._sequence}.keys"
+        records.tofile(path)
+        words = max(1, -(-len(hi) * BLOOM_BITS // 64))
+        bloom = np.zeros(words, dtype=np.uint64)
+        np.bitwise_or.at(bloom, _filter_words(hi, words), _filter_masks(hi, check))
+        fd = os.open(path, os.O_RDONLY)
+        self._runs.append(_Run(bucket, path, fd, len(hi), hi[::BLOCK_KEYS].copy(), bloom))
+
+    def compact(self, newest: int) -> None:
+        """Merge the runs of each hour before ``newest`` that has several into one, so a
+        probe reads one filter per past hour (the newest hour's runs are merged once it
+        is past)."""
+        hours: dict[int, list[_Run]] = {}
+        for run in self._runs:
+            hours.setdefault(run.bucket, []).append(run)
+        for hour, runs in hours.items():
+            if len(runs) > 1 and (hour < newest or len(runs) > MAX_RUNS_PER_HOUR):
+                self._merge(hour, runs)
+
+    def _merge(self, bucket: int, runs: list[_Run]) -> None:
+        """One run from ``runs``, in slices of the hash range: the temporaries stay near
+        1/:data:`_MERGE_SLICES` of the hour's keys."""
+        count = sum(r.count for r in runs)
+        self._sequence += 1
+        path = self.directory / f"{bucket}-{self._sequence}.keys"
+        words = max(1, -(-count * BLOOM_BITS // 64))
+        bloom = np.zeros(words, dtype=np.uint64)
+        fences: list[np.ndarray] = []
+        written = 0
+        # Slice bounds on the first hash; each run's slice is found with its fence.
+        bounds = [np.uint64(i << 60) for i in range(1, _MERGE_SLICES)]
+        starts = [np.zeros(len(runs), dtype=np.int64)]
+        for bound in bounds:
+            starts.append(np.array([r.position(bound) for r in runs], dtype=np.int64))
+        starts.append(np.array([r.count for r in runs], dtype=np.int64))
+        with path.open("wb") as out:
+            for lo_at, hi_at in zip(starts[:-1], starts[1:], strict=True):
+                part = np.concatenate(
+                    [r.read(int(a), int(b)) for r, a, b in zip(runs, lo_at, hi_at, strict=True)]
+                )
+                if len(part) == 0:
+                    continue
+                part = part[np.argsort(part["hi"], kind="stable")]
+                part.tofile(out)
+                np.bitwise_or.at(
+                    bloom,
+                    _filter_words(part["hi"], words),
+                    _filter_masks(part["hi"], part["check"]),
+                )
+                # Fence entries at the global multiples of BLOCK_KEYS.
+                first = -written % BLOCK_KEYS
+                fences.append(part["hi"][first::BLOCK_KEYS].copy())
+                written += len(part)
+        fd = os.open(path, os.O_RDONLY)
+        merged = _Run(bucket, path, fd, count, np.concatenate(fences), bloom)
+        for run in runs:
+            _remove(run)
+        gone = {id(r) for r in runs}
+        self._runs = [r for r in self._runs if id(r) not in gone] + [merged]
+
+    def seen(self, hi: np.ndarray, check: np.ndarray, cutoff: np.ndarray) -> np.ndarray:
+        """Mask of keys in a run whose hour is at or after the key's ``cutoff``."""
+        seen = np.zeros(len(hi), dtype=bool)
+        if not self._runs or len(hi) == 0:
+            return seen
+        for run in self._runs:
+            rows = np.flatnonzero(~seen & (cutoff <= run.bucket))
+            if rows.size == 0:
+                continue
+            rows = rows[run.maybe(hi[rows], check[rows])]
+            if rows.size:
+                seen[rows[run.contains(hi[rows], check[rows])]] = True
+        return seen
+
+    def expire(self, floor: int) -> None:
+        """Delete the runs of hours before ``floor`` (no key in them is live anywhere)."""
+        kept = []
+        for run in self._runs:
+            if run.bucket < floor:
+                _remove(run)
+            else:
+                kept.append(run)
+        self._runs = kept
+
+    def clear(self) -> None:
+        for run in self._runs:
+            _remove(run)
+        self._runs = []
+
+    def share(self) -> SpilledKeys:
+        """Another view of the same runs (they are immutable; a spill or an expiry of
+        either is not seen by the other, and deleted files stay readable while open)."""
+        other = SpilledKeys(self.directory)
+        other._runs = list(self._runs)
+        other._sequence = self._sequence
+        return other
+
+
+def _remove(run: _Run) -> None:
+    with contextlib.suppress(OSError):
+        os.close(run.fd)
+    run.path.unlink(missing_ok=True)
