@@ -195,6 +195,7 @@ def _sample(rt: Runtime, processor: Processor, elapsed: float) -> dict[str, Any]
         "duckdb_limit": limit[0] if limit else None,
         "db_size": size[0][2] if size else None,
         "dedupe_keys": len(processor.dedupe),
+        "dedupe_spilled_keys": processor.dedupe.spilled_keys,
         "dedupe_mb": round(processor.dedupe.nbytes / 2**20),
         "open_clicks": len(clicks),
         "open_conversions": len(conversions),
@@ -214,7 +215,8 @@ def _line(s: dict[str, Any]) -> str:
     return (
         f"{s['seconds']:>6} s  load {s['load']:.1f}  RSS {s['rss_mb']:>5} MB  "
         f"DuckDB {s['duckdb_mb']:>4} MB (limit {s['duckdb_limit']}, file {s['db_size']})  "
-        f"dedupe {s['dedupe_keys']:,} keys {s['dedupe_mb']} MB  "
+        f"dedupe {s['dedupe_keys']:,} keys ({s['dedupe_spilled_keys']:,} on disk) "
+        f"{s['dedupe_mb']} MB  "
         f"open clicks {s['open_clicks']:,} / conversions {s['open_conversions']:,} "
         f"{s['attribution_mb']} MB  store {s['store_mb']} MB  "
         f"glibc {s['glibc']['in_use_mb']}+{s['glibc']['free_kept_mb']} free MB"

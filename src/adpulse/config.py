@@ -109,7 +109,7 @@ class Settings(BaseSettings):
         "",
         pattern=r"^(|\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)|\d{1,3}%)$",
         description="DuckDB warehouse: memory its buffer manager may use ('512MB', '2GiB',"
-        " '25%' of RAM). Default '': 25 % of RAM, at most 1 GiB. Beyond it DuckDB spills"
+        " '25%' of RAM). Default '': 25 % of RAM, at most 256 MiB. Beyond it DuckDB spills"
         " to HOME/warehouse.duckdb.tmp or fails with an out-of-memory error.",
     )
     duckdb_threads: int = Field(
