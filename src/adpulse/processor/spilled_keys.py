@@ -24,6 +24,7 @@ batch that was not committed.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,30 +88,42 @@ class _Run:
         data = os.pread(self.fd, (end - start) * size, start * size)
         return np.frombuffer(data, dtype=_RECORD)
 
-    def maybe(self, hi: np.ndarray, check: np.ndarray) -> np.ndarray:
-        mask = _filter_masks(hi, check)
+    def maybe(self, hi: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """False for keys certainly not in the run (``mask``: :func:`_filter_masks`)."""
         return (self.bloom[_filter_words(hi, len(self.bloom))] & mask) == mask
 
     def contains(self, hi: np.ndarray, check: np.ndarray) -> np.ndarray:
-        """Exact membership, reading the blocks the keys fall in."""
-        # A key sits in the block whose fence is the last <= it; a hi equal to a fence
-        # may also end the block before (equal first hashes straddling a boundary).
-        last = np.searchsorted(self.fence, hi, side="right") - 1
-        first = np.maximum(np.searchsorted(self.fence, hi, side="left") - 1, 0)
+        """Exact membership: a binary search of each key within the block(s) its fence
+        allows, over the file mapped for this call only (so its pages do not stay in
+        this process's RSS)."""
         found = np.zeros(len(hi), dtype=bool)
-        for blocks in (last, first):
-            wanted, row = np.unique(np.maximum(blocks, 0), return_inverse=True)
-            table = np.empty((len(wanted), BLOCK_KEYS), dtype=_RECORD)
-            for i, block in enumerate(wanted.tolist()):
-                size = BLOCK_KEYS * _RECORD.itemsize
-                data = os.pread(self.fd, size, block * size)
-                got = np.frombuffer(data, dtype=_RECORD)
-                table[i, : len(got)] = got
-                table[i, len(got) :] = got[0]  # a real key of this run: pads the last block
-            keys = table[row]
-            found |= ((keys["hi"] == hi[:, None]) & (keys["check"] == check[:, None])).any(axis=1)
-            if (first == last).all():
-                break
+        with mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ) as mapped:
+            records = np.frombuffer(mapped, dtype=_RECORD, count=self.count)
+            keys_hi, keys_check = records["hi"], records["check"]
+            # The first record >= hi lies after the last fence < hi and at or before
+            # the next fence (equal first hashes may straddle a block boundary).
+            below = np.searchsorted(self.fence, hi, side="left")
+            lo = np.maximum(below - 1, 0) * BLOCK_KEYS
+            top = np.minimum(below * BLOCK_KEYS, self.count)
+            while True:
+                active = np.flatnonzero(lo < top)
+                if active.size == 0:
+                    break
+                mid = (lo[active] + top[active]) // 2
+                right = keys_hi[mid] < hi[active]
+                lo[active[right]] = mid[right] + 1
+                top[active[~right]] = mid[~right]
+            # lo: the first record >= hi; walk the records with this same first hash.
+            pos = lo
+            rows = np.flatnonzero(pos < self.count)
+            while rows.size:
+                at = pos[rows]
+                same = keys_hi[at] == hi[rows]
+                rows, at = rows[same], at[same]
+                found[rows[keys_check[at] == check[rows]]] = True
+                pos[rows] = at + 1
+                rows = rows[(at + 1 < self.count) & ~found[rows]]
+            del records, keys_hi, keys_check
         return found
 
 
@@ -219,11 +232,12 @@ class SpilledKeys:
         seen = np.zeros(len(hi), dtype=bool)
         if not self._runs or len(hi) == 0:
             return seen
+        masks = _filter_masks(hi, check)
         for run in self._runs:
             rows = np.flatnonzero(~seen & (cutoff <= run.bucket))
             if rows.size == 0:
                 continue
-            rows = rows[run.maybe(hi[rows], check[rows])]
+            rows = rows[run.maybe(hi[rows], masks[rows])]
             if rows.size:
                 seen[rows[run.contains(hi[rows], check[rows])]] = True
         return seen
