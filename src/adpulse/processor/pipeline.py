@@ -762,6 +762,16 @@ class Processor:
         self.clicks.expire(
             "event_time", self._cutoffs(Stream.CONVERSIONS, self.lateness + self.lookback)
         )
+        # The oldest on-time conversion still to come, over all partitions (a click
+        # and its conversion need not share one).
+        cutoffs = list(self._cutoffs(Stream.CONVERSIONS, self.lateness).values())
+        known = [c for c in cutoffs if c is not None]
+        self.clicks.keep_last_settled(
+            "event_time",
+            min(known) if known and len(known) == len(cutoffs) else None,
+            ["user_id", "ad_id"],
+            ["event_time", "event_id"],
+        )
 
 
 _MIN_TIME = datetime(1970, 1, 1)

@@ -38,6 +38,8 @@ HOUR_US = 3_600_000_000
 #: tables' bytes stay within the budget.
 SPILL_AT: Final = 0.25
 SPILL_TO: Final = 0.125
+#: Click state below this many rows is not compacted (:meth:`FrameState.keep_last_settled`).
+COMPACT_MIN_ROWS: Final = 1024
 
 
 def hour_bucket(ts: datetime) -> int:
@@ -303,6 +305,8 @@ class FrameState:
         self.columns = columns
         self._parts: list[pl.DataFrame] = []
         self._frame: pl.DataFrame | None = None
+        #: Rows after the last :meth:`keep_last_settled` (which runs again at twice this).
+        self._compacted = 0
 
     def __len__(self) -> int:
         return sum(p.height for p in self._parts)
@@ -312,6 +316,7 @@ class FrameState:
         other = FrameState(self.columns)
         other._parts = list(self._parts)
         other._frame = self._frame
+        other._compacted = self._compacted
         return other
 
     def add(self, rows: pl.DataFrame) -> None:
@@ -330,6 +335,28 @@ class FrameState:
             self._frame = pl.concat(self._parts, rechunk=True)
             self._parts = [self._frame]
         return self._frame
+
+    def keep_last_settled(
+        self, time_column: str, settled: datetime | None, by: list[str], order: list[str]
+    ) -> None:
+        """Of the rows before ``settled``, keep only the last by ``order`` per ``by``.
+
+        For the clicks: every conversion still to be attributed is at or after the
+        conversions' watermark minus the allowed lateness (a later one is late and not
+        attributed), so of the clicks before that time only the last per user and ad can
+        ever be chosen (ties broken by event id, as attribution does). This bounds the
+        click state by the user and ad pairs of the lookback, not by its clicks.
+        Amortized: runs when the rows doubled since the last time.
+        """
+        frame = self.frame()
+        if frame is None or settled is None:
+            return
+        if frame.height < max(COMPACT_MIN_ROWS, 2 * self._compacted):
+            return
+        old = pl.col(time_column) < settled
+        last = frame.filter(old).sort(order).group_by(by, maintain_order=True).last()
+        self.replace(pl.concat([last.select(self.columns), frame.filter(~old)]))
+        self._compacted = sum(p.height for p in self._parts)
 
     def expire(self, time_column: str, cutoffs: dict[int, datetime | None]) -> None:
         """Drop rows older than their partition's cutoff (no cutoff: keep)."""
