@@ -27,6 +27,7 @@ import polars as pl
 from adpulse.config import Settings
 from adpulse.contracts import Reason, Stream
 from adpulse.outages import InfrastructureError
+from adpulse.processor.allocator import RELEASE_EVERY_SECONDS, release_free_memory
 from adpulse.processor.isolation import (
     BatchRecords,
     Failure,
@@ -280,6 +281,7 @@ class Processor:
             },
         )
         self._last_idle_commit = 0.0
+        self._last_release = time.monotonic()
         #: Bytes polled per stream and batch: live (the default, also for the workers'
         #: run_once), batch_max_bytes capped by live_batch_max_bytes; see run().
         self.batch_max_bytes = _live_budget(settings)
@@ -541,6 +543,9 @@ class Processor:
             self.committer.submit(output, acks)
         self.watermarks.advance_idle(active)
         self._expire_state()
+        if time.monotonic() - self._last_release > RELEASE_EVERY_SECONDS:
+            release_free_memory()
+            self._last_release = time.monotonic()
         self._next_batch_id()
         report.seconds = dict(timer.spent)
         return report
