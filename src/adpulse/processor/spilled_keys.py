@@ -5,14 +5,16 @@ a 24-hour horizon at 5,000 events/s is 432M keys. When its table outgrows the me
 budget, the oldest hours leave it for a *run* on disk: the keys of one hour (96 bits each:
 the first 64-bit hash and 32 bits of the second), sorted, in a file of 12 bytes per key.
 
-What stays in memory per run is small and fixed per key:
+What stays in memory is small and fixed per key:
 
-- a blocked Bloom filter, 10 bits per key (one 64-bit word holds all of a key's bits, so
-  a probe is one gather): it answers "certainly not here" for ~99 % of the new keys;
-- a fence of the first key of every block of :data:`BLOCK_KEYS` keys (0.03 bytes per
-  key): a key that passes the filter is confirmed by reading its one block (``pread``,
-  ~3 KB), so membership stays exact and the file's pages never count in this process's
-  RSS (they are read, not mapped).
+- one blocked Bloom filter over all runs, 12 bits per key when full, 1.5 to 1.9 bytes
+  (one 64-bit word holds all of a key's bits, so a probe is one gather): it answers
+  "certainly in no run" for ~99.5 % of the new keys. Expired runs leave their bits until the filter is rebuilt from the
+  runs' files (when as many keys are expired as live, or it is full: amortized);
+- per run, a fence of the first key of every block of :data:`BLOCK_KEYS` keys (0.03
+  bytes per key): a key that passes the filter is confirmed in each live run by a binary
+  search within its block over the file, mapped for that call only, so membership stays
+  exact and the file's pages do not stay in this process's RSS.
 
 A key in a run is a member while the run's hour is at or after the row's cutoff hour: the
 same rule as the in-memory table. Runs are a cache of what the warehouse holds: the
@@ -34,11 +36,14 @@ import numpy as np
 
 #: Keys per block of a run file: one ``pread`` confirms a key.
 BLOCK_KEYS: Final = 256
-#: Bloom filter bits per key (blocked in 64-bit words): ~1 % false positives.
-BLOOM_BITS: Final = 10
+#: Bits of the Bloom filter per key (blocked in 64-bit words): ~0.6 % false positives
+#: when full. The filter is rebuilt 25 % larger than its keys when it fills up.
+BLOOM_BITS: Final = 12
 #: Runs of one hour that are merged into one even while the hour is the newest.
 MAX_RUNS_PER_HOUR: Final = 4
 _MERGE_SLICES: Final = 16
+#: Keys read back at a time when the filter is rebuilt.
+_READ_KEYS: Final = 1 << 20
 #: Bits set per key in its filter word.
 BLOOM_HASHES: Final = 5
 _RECORD: Final = np.dtype([("hi", "<u8"), ("check", "<u4")])
@@ -68,11 +73,10 @@ class _Run:
     fd: int
     count: int
     fence: np.ndarray  # uint64: the first hi of each block
-    bloom: np.ndarray  # uint64 words
 
     @property
     def nbytes(self) -> int:
-        return int(self.fence.nbytes + self.bloom.nbytes)
+        return int(self.fence.nbytes)
 
     def position(self, key: np.uint64) -> int:
         """Index of the first record whose hi is >= ``key``."""
@@ -87,10 +91,6 @@ class _Run:
         size = _RECORD.itemsize
         data = os.pread(self.fd, (end - start) * size, start * size)
         return np.frombuffer(data, dtype=_RECORD)
-
-    def maybe(self, hi: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """False for keys certainly not in the run (``mask``: :func:`_filter_masks`)."""
-        return (self.bloom[_filter_words(hi, len(self.bloom))] & mask) == mask
 
     def contains(self, hi: np.ndarray, check: np.ndarray) -> np.ndarray:
         """Exact membership: a binary search of each key within the block(s) its fence
@@ -134,14 +134,17 @@ class SpilledKeys:
         self.directory = directory
         self._runs: list[_Run] = []
         self._sequence = 0
+        #: One filter over every run's keys (and, until it is rebuilt, expired ones).
+        self._filter = np.zeros(1, dtype=np.uint64)
+        self._filtered = 0
 
     def __len__(self) -> int:
         return sum(r.count for r in self._runs)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of memory: the runs' filters and fences."""
-        return sum(r.nbytes for r in self._runs)
+        """Bytes of memory: the filter and the runs' fences."""
+        return int(self._filter.nbytes) + sum(r.nbytes for r in self._runs)
 
     @property
     def disk_bytes(self) -> int:
@@ -169,11 +172,26 @@ class SpilledKeys:
         self._sequence += 1
         path = self.directory / f"{bucket}-{self._sequence}.keys"
         records.tofile(path)
-        words = max(1, -(-len(hi) * BLOOM_BITS // 64))
-        bloom = np.zeros(words, dtype=np.uint64)
-        np.bitwise_or.at(bloom, _filter_words(hi, words), _filter_masks(hi, check))
         fd = os.open(path, os.O_RDONLY)
-        self._runs.append(_Run(bucket, path, fd, len(hi), hi[::BLOCK_KEYS].copy(), bloom))
+        if (self._filtered + len(hi)) * BLOOM_BITS > len(self._filter) * 64:
+            self._build_filter((len(self) + len(hi)) * 5 // 4)
+        self._runs.append(_Run(bucket, path, fd, len(hi), hi[::BLOCK_KEYS].copy()))
+        self._filter_add(hi, check)
+
+    def _filter_add(self, hi: np.ndarray, check: np.ndarray) -> None:
+        words = _filter_words(hi, len(self._filter))
+        np.bitwise_or.at(self._filter, words, _filter_masks(hi, check))
+        self._filtered += len(hi)
+
+    def _build_filter(self, capacity: int) -> None:
+        """A new filter with room for ``capacity`` keys, of the runs' keys read back
+        (when it fills up, or holds as many expired keys as live ones: amortized)."""
+        self._filter = np.zeros(max(1, -(-capacity * BLOOM_BITS // 64)), dtype=np.uint64)
+        self._filtered = 0
+        for run in self._runs:
+            for start in range(0, run.count, _READ_KEYS):
+                part = run.read(start, min(start + _READ_KEYS, run.count))
+                self._filter_add(part["hi"], part["check"])
 
     def compact(self, newest: int) -> None:
         """Merge the runs of each hour before ``newest`` that has several into one, so a
@@ -192,8 +210,6 @@ class SpilledKeys:
         count = sum(r.count for r in runs)
         self._sequence += 1
         path = self.directory / f"{bucket}-{self._sequence}.keys"
-        words = max(1, -(-count * BLOOM_BITS // 64))
-        bloom = np.zeros(words, dtype=np.uint64)
         fences: list[np.ndarray] = []
         written = 0
         # Slice bounds on the first hash; each run's slice is found with its fence.
@@ -211,17 +227,12 @@ class SpilledKeys:
                     continue
                 part = part[np.argsort(part["hi"], kind="stable")]
                 part.tofile(out)
-                np.bitwise_or.at(
-                    bloom,
-                    _filter_words(part["hi"], words),
-                    _filter_masks(part["hi"], part["check"]),
-                )
                 # Fence entries at the global multiples of BLOCK_KEYS.
                 first = -written % BLOCK_KEYS
                 fences.append(part["hi"][first::BLOCK_KEYS].copy())
                 written += len(part)
         fd = os.open(path, os.O_RDONLY)
-        merged = _Run(bucket, path, fd, count, np.concatenate(fences), bloom)
+        merged = _Run(bucket, path, fd, count, np.concatenate(fences))
         for run in runs:
             _remove(run)
         gone = {id(r) for r in runs}
@@ -233,11 +244,10 @@ class SpilledKeys:
         if not self._runs or len(hi) == 0:
             return seen
         masks = _filter_masks(hi, check)
+        words = _filter_words(hi, len(self._filter))
+        maybe = np.flatnonzero((self._filter[words] & masks) == masks)
         for run in self._runs:
-            rows = np.flatnonzero(~seen & (cutoff <= run.bucket))
-            if rows.size == 0:
-                continue
-            rows = rows[run.maybe(hi[rows], masks[rows])]
+            rows = maybe[~seen[maybe] & (cutoff[maybe] <= run.bucket)]
             if rows.size:
                 seen[rows[run.contains(hi[rows], check[rows])]] = True
         return seen
@@ -251,11 +261,14 @@ class SpilledKeys:
             else:
                 kept.append(run)
         self._runs = kept
+        if self._filtered > 2 * len(self):
+            self._build_filter(len(self) * 5 // 4)
 
     def clear(self) -> None:
         for run in self._runs:
             _remove(run)
         self._runs = []
+        self._build_filter(0)
 
     def share(self) -> SpilledKeys:
         """Another view of the same runs (they are immutable; a spill or an expiry of
@@ -263,6 +276,10 @@ class SpilledKeys:
         other = SpilledKeys(self.directory)
         other._runs = list(self._runs)
         other._sequence = self._sequence
+        # Shared, not copied: the original only ever sets more bits in it (a key of a
+        # later run is then a filter hit here, which the runs of this view deny).
+        other._filter = self._filter
+        other._filtered = self._filtered
         return other
 
 
