@@ -9,8 +9,9 @@ What stays in memory is small and fixed per key:
 
 - one blocked Bloom filter over all runs, 12 bits per key when full, 1.5 to 1.9 bytes
   (one 64-bit word holds all of a key's bits, so a probe is one gather): it answers
-  "certainly in no run" for ~99.5 % of the new keys. Expired runs leave their bits until the filter is rebuilt from the
-  runs' files (when as many keys are expired as live, or it is full: amortized);
+  "certainly in no run" for ~99.5 % of the new keys. Expired runs leave their bits
+  until the filter is rebuilt from the runs' files (when as many keys are expired as
+  live, or it is full: amortized);
 - per run, a fence of the first key of every block of :data:`BLOCK_KEYS` keys (0.03
   bytes per key): a key that passes the filter is confirmed in each live run by a binary
   search within its block over the file, mapped for that call only, so membership stays
