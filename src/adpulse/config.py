@@ -73,7 +73,7 @@ class Settings(BaseSettings):
         ge=0,
         description="Memory for the dedupe key tables (all streams); beyond it the oldest"
         " event-time hours are spilled to HOME/dedupe, where each key costs 12 bytes of"
-        " disk and ~1.3 bytes of memory (0: no bound, nothing spilled).",
+        " disk and ~2 bytes of memory (0: no bound, nothing spilled).",
     )
     attribution_lookback_seconds: int = Field(7 * 86_400, ge=0, description="Click lookback.")
     idle_timeout_seconds: float = Field(
