@@ -156,7 +156,12 @@ class IdSet:
         """(hours, key counts) of the entries with an hour at or after ``floor``."""
         stored = (self._words[1::2] & _LOW32).astype(np.int64)
         hours = stored[(stored != 0) & (stored - _BIAS >= floor)] - _BIAS
-        return np.unique(hours, return_counts=True)
+        if hours.size == 0:
+            return hours, hours
+        low = int(hours.min())
+        counts = np.bincount(hours - low)  # O(n): hours span a horizon, not a range of ids
+        present = np.flatnonzero(counts)
+        return present + low, counts[present]
 
     def take_before(self, threshold: int, floor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Remove the entries with an hour before ``threshold`` and return those at or

@@ -38,7 +38,7 @@ import numpy as np
 #: Keys per block of a run file: one ``pread`` confirms a key.
 BLOCK_KEYS: Final = 256
 #: Bits of the Bloom filter per key (blocked in 64-bit words): ~0.6 % false positives
-#: when full. The filter is rebuilt 25 % larger than its keys when it fills up.
+#: when full. The filter is rebuilt 50 % larger than its keys when it fills up.
 BLOOM_BITS: Final = 12
 #: Runs of one hour that are merged into one even while the hour is the newest.
 MAX_RUNS_PER_HOUR: Final = 4
@@ -160,12 +160,13 @@ class SpilledKeys:
         if len(hi) == 0:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        order = np.lexsort((hi, bucket))
-        hi, check, bucket = hi[order], check[order], bucket[order]
-        hours, starts = np.unique(bucket, return_index=True)
-        ends = [*starts[1:].tolist(), len(bucket)]
-        for hour, start, end in zip(hours.tolist(), starts.tolist(), ends, strict=True):
-            self._write(int(hour), hi[start:end], check[start:end])
+        low = int(bucket.min())
+        counts = np.bincount(bucket.astype(np.int64) - low)
+        for hour in (np.flatnonzero(counts) + low).tolist():
+            rows = np.flatnonzero(bucket == hour) if len(counts) > 1 else slice(None)
+            hour_hi = hi[rows]
+            order = np.argsort(hour_hi)
+            self._write(hour, hour_hi[order], check[rows][order])
 
     def _write(self, bucket: int, hi: np.ndarray, check: np.ndarray) -> None:
         records = np.empty(len(hi), dtype=_RECORD)
@@ -175,7 +176,7 @@ class SpilledKeys:
         records.tofile(path)
         fd = os.open(path, os.O_RDONLY)
         if (self._filtered + len(hi)) * BLOOM_BITS > len(self._filter) * 64:
-            self._build_filter((len(self) + len(hi)) * 5 // 4)
+            self._build_filter((len(self) + len(hi)) * 3 // 2)
         self._runs.append(_Run(bucket, path, fd, len(hi), hi[::BLOCK_KEYS].copy()))
         self._filter_add(hi, check)
 
@@ -263,7 +264,7 @@ class SpilledKeys:
                 kept.append(run)
         self._runs = kept
         if self._filtered > 2 * len(self):
-            self._build_filter(len(self) * 5 // 4)
+            self._build_filter(len(self) * 3 // 2)
 
     def clear(self) -> None:
         for run in self._runs:

@@ -34,10 +34,11 @@ EPOCH = datetime(1970, 1, 1)
 #: An event-time hour in microseconds: the granularity of dedupe retention.
 HOUR_US = 3_600_000_000
 #: The in-memory key tables spill when their entries pass this share of the budget's
-#: slots, down to SPILL_TO: a table holds its entries at a load of 0.25 to 0.7, so the
-#: tables' bytes stay within the budget.
+#: slots, down to SPILL_TO (deep: the entries kept are inserted again into the rebuilt
+#: table, so each spill should free many): a table holds its entries at a load of at
+#: most 0.7 and is rebuilt at most half full, so the tables' bytes stay within the budget.
 SPILL_AT: Final = 0.25
-SPILL_TO: Final = 0.125
+SPILL_TO: Final = 0.03125
 #: Click state below this many rows is not compacted (:meth:`FrameState.keep_last_settled`).
 COMPACT_MIN_ROWS: Final = 1024
 
