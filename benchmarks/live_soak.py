@@ -20,12 +20,15 @@ object per sample goes to ``--out`` and a line to stdout. A benchmark, not a tes
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import subprocess
 import tempfile
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +47,20 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=30, help="seconds between samples")
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("soak.jsonl"))
+    parser.add_argument(
+        "--trim",
+        action="store_true",
+        help="after each sample call glibc's malloc_trim(0) and record the RSS after it"
+        " (how much the allocator keeps of what was freed)",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="trace Python allocations: NumPy arrays and Python objects apart (slower)",
+    )
     args = parser.parse_args()
+    if args.tracemalloc:
+        tracemalloc.start()
     home = args.home or Path(tempfile.mkdtemp(prefix="adpulse-soak-"))
     settings = Settings(home=home)
     seen: dict[str, Any] = {}
@@ -81,6 +97,10 @@ def main() -> None:
             while time.monotonic() - t0 < args.minutes * 60 and run.is_alive():
                 if "processor" in seen:
                     sample = _sample(seen["rt"], seen["processor"], time.monotonic() - t0)
+                    if args.trim:
+                        gc.collect()
+                        _LIBC.malloc_trim(0)
+                        sample["rss_after_trim_mb"] = round(_rss_kb() / 1024)
                     out.write(json.dumps(sample) + "\n")
                     out.flush()
                     print(_line(sample), flush=True)
@@ -90,8 +110,72 @@ def main() -> None:
             run.join(timeout=120)
 
 
+_LIBC = ctypes.CDLL("libc.so.6")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+_LIBC.mallinfo2.restype = _MallInfo2
+
+
+def _rss_kb() -> int:
+    return int(subprocess.check_output(["ps", "-o", "rss=", "-p", str(os.getpid())]))
+
+
+def _smaps() -> dict[str, int]:
+    """/proc/self/smaps_rollup in MB: anonymous (heap) vs file-backed pages."""
+    out: dict[str, int] = {}
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Anonymous", "Pss_File", "Pss_Anon"):
+            out[key.lower()] = round(int(rest.split()[0]) / 1024)
+    return out
+
+
+def _glibc() -> dict[str, int]:
+    """glibc malloc (NumPy, Python objects, most C libraries; not Polars' jemalloc nor
+    DuckDB's buffers): bytes in use and bytes free but kept by the allocator, in MB."""
+    info = _LIBC.mallinfo2()
+    return {
+        "in_use_mb": round((info.uordblks + info.hblkhd) / 2**20),
+        "free_kept_mb": round(info.fordblks / 2**20),
+        "mmapped_mb": round(info.hblkhd / 2**20),
+    }
+
+
+def _traced() -> dict[str, int] | None:
+    if not tracemalloc.is_tracing():
+        return None
+    numpy_domain = 389047  # numpy.lib.tracemalloc_domain
+    snap = tracemalloc.take_snapshot()
+    numpy_bytes = sum(
+        t.size for t in snap.filter_traces([tracemalloc.DomainFilter(True, numpy_domain)]).traces
+    )
+    total, _ = tracemalloc.get_traced_memory()
+    return {
+        "numpy_mb": round(numpy_bytes / 2**20),
+        "python_mb": round((total - numpy_bytes) / 2**20),
+    }
+
+
 def _sample(rt: Runtime, processor: Processor, elapsed: float) -> dict[str, Any]:
-    rss_kb = int(subprocess.check_output(["ps", "-o", "rss=", "-p", str(os.getpid())]))
+    rss_kb = _rss_kb()
     cursor = rt.warehouse.cursor()  # type: ignore[attr-defined]
     try:
         duck = cursor.sql(
@@ -101,7 +185,6 @@ def _sample(rt: Runtime, processor: Processor, elapsed: float) -> dict[str, Any]
         size = cursor.sql("PRAGMA database_size").fetchall()
     finally:
         cursor.close()
-    dedupe = processor.dedupe.sets
     clicks, conversions = processor.clicks.copy(), processor.open_conversions.copy()
     return {
         "seconds": round(elapsed),
@@ -112,14 +195,18 @@ def _sample(rt: Runtime, processor: Processor, elapsed: float) -> dict[str, Any]
         "duckdb_limit": limit[0] if limit else None,
         "db_size": size[0][2] if size else None,
         "dedupe_keys": len(processor.dedupe),
-        # Each slot of a key table: two uint64 halves of the key and an int32 hour.
-        "dedupe_mb": round(sum(s.capacity * 20 for s in dedupe.values()) / 2**20),
+        "dedupe_spilled_keys": processor.dedupe.spilled_keys,
+        "dedupe_mb": round(processor.dedupe.nbytes / 2**20),
         "open_clicks": len(clicks),
         "open_conversions": len(conversions),
         "attribution_mb": round(
             sum(f.estimated_size() for f in (clicks.frame(), conversions.frame()) if f is not None)
             / 2**20
         ),
+        "store_mb": round(rt.store.nbytes() / 2**20) if hasattr(rt.store, "nbytes") else None,
+        "smaps_mb": _smaps(),
+        "glibc": _glibc(),
+        "traced": _traced(),
         "committed_batches": processor.batch_id,
     }
 
@@ -128,9 +215,12 @@ def _line(s: dict[str, Any]) -> str:
     return (
         f"{s['seconds']:>6} s  load {s['load']:.1f}  RSS {s['rss_mb']:>5} MB  "
         f"DuckDB {s['duckdb_mb']:>4} MB (limit {s['duckdb_limit']}, file {s['db_size']})  "
-        f"dedupe {s['dedupe_keys']:,} keys {s['dedupe_mb']} MB  "
+        f"dedupe {s['dedupe_keys']:,} keys ({s['dedupe_spilled_keys']:,} on disk) "
+        f"{s['dedupe_mb']} MB  "
         f"open clicks {s['open_clicks']:,} / conversions {s['open_conversions']:,} "
-        f"{s['attribution_mb']} MB"
+        f"{s['attribution_mb']} MB  store {s['store_mb']} MB  "
+        f"glibc {s['glibc']['in_use_mb']}+{s['glibc']['free_kept_mb']} free MB"
+        + (f"  numpy {s['traced']['numpy_mb']} MB" if s["traced"] else "")
     )
 
 

@@ -69,6 +69,12 @@ def main() -> None:
         )
 
     processor.run(threading.Event(), on_batch=report, until_caught_up=True)
+    for stream, ids in processor.dedupe.sets.items():
+        print(
+            f"dedupe keys {stream.value}: {len(ids.table):,} in memory in"
+            f" {ids.table.capacity:,} slots ({ids.table.nbytes / max(1, len(ids.table)):.0f} B"
+            f" per key held), {len(ids) - len(ids.table):,} spilled to disk"
+        )
     processor.close()
     print(f"peak RSS of the pipeline: {peak.bytes() // 1_000_000} MB")
     clicks = processor.clicks.frame()
@@ -76,11 +82,6 @@ def main() -> None:
         print(
             f"click state: {clicks.height:,} rows,"
             f" {clicks.estimated_size() / clicks.height:.0f} B/row"
-        )
-    for stream, ids in processor.dedupe.sets.items():
-        print(
-            f"dedupe keys {stream.value}: {len(ids):,} in {ids.capacity:,} slots"
-            f" ({ids.nbytes / max(1, len(ids)):.0f} B per key held)"
         )
     warehouse.close()
     shutil.rmtree(root, ignore_errors=True)

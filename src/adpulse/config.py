@@ -88,6 +88,13 @@ class Settings(BaseSettings):
 
     allowed_lateness_seconds: int = Field(600, ge=0, description="Lateness behind the watermark.")
     dedupe_horizon_seconds: int = Field(86_400, ge=0, description="How long event ids are kept.")
+    dedupe_memory_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=0,
+        description="Memory for the dedupe key tables (all streams); beyond it the oldest"
+        " event-time hours are spilled to HOME/dedupe, where each key costs 12 bytes of"
+        " disk and ~2 bytes of memory (0: no bound, nothing spilled).",
+    )
     attribution_lookback_seconds: int = Field(7 * 86_400, ge=0, description="Click lookback.")
     idle_timeout_seconds: float = Field(
         5.0, gt=0, description="After this long without events, watermarks follow the clock."
@@ -122,7 +129,7 @@ class Settings(BaseSettings):
         "",
         pattern=r"^(|\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)|\d{1,3}%)$",
         description="DuckDB warehouse: memory its buffer manager may use ('512MB', '2GiB',"
-        " '25%' of RAM). Default '': 25 % of RAM, at most 1 GiB. Beyond it DuckDB spills"
+        " '25%' of RAM). Default '': 25 % of RAM, at most 256 MiB. Beyond it DuckDB spills"
         " to HOME/warehouse.duckdb.tmp or fails with an out-of-memory error.",
     )
     duckdb_threads: int = Field(

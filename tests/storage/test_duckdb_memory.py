@@ -1,5 +1,5 @@
 """The DuckDB warehouse's memory settings: ``duckdb_memory_limit`` (default 25 % of RAM,
-at most 1 GiB) and ``duckdb_threads``, applied where the warehouse is opened."""
+at most 256 MiB) and ``duckdb_threads``, applied where the warehouse is opened."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ GIB = 1 << 30
 
 
 def test_the_limit_of_each_setting() -> None:
-    assert memory_limit("", total_ram=16 * GIB) == "1024MiB"  # 25 % is 4 GiB: capped
-    assert memory_limit("", total_ram=2 * GIB) == "512MiB"  # 25 % of a small machine
+    assert memory_limit("", total_ram=16 * GIB) == "256MiB"  # 25 % is 4 GiB: capped
+    assert memory_limit("", total_ram=GIB // 2) == "128MiB"  # 25 % of a small machine
     assert memory_limit("10%", total_ram=16 * GIB) == "1638MiB"
     assert memory_limit("750MB") == "750MB"  # DuckDB's own units, passed through
 

@@ -70,6 +70,11 @@ class IdSet:
         return len(self._slots)
 
     @property
+    def used(self) -> int:
+        """Occupied slots (live or expired entries)."""
+        return self._used
+
+    @property
     def nbytes(self) -> int:
         return int(self._words.nbytes)
 
@@ -147,6 +152,36 @@ class IdSet:
             active = rest
         return seen
 
+    def live_buckets(self, floor: int) -> tuple[np.ndarray, np.ndarray]:
+        """(hours, key counts) of the entries with an hour at or after ``floor``."""
+        stored = (self._words[1::2] & _LOW32).astype(np.int64)
+        hours = stored[(stored != 0) & (stored - _BIAS >= floor)] - _BIAS
+        if hours.size == 0:
+            return hours, hours
+        low = int(hours.min())
+        counts = np.bincount(hours - low)  # O(n): hours span a horizon, not a range of ids
+        present = np.flatnonzero(counts)
+        return present + low, counts[present]
+
+    def take_before(self, threshold: int, floor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Remove the entries with an hour before ``threshold`` and return those at or
+        after ``floor`` (the others are dead): their (hi, 32 bits of lo, hour)."""
+        words = self._words
+        tag = words[1::2]
+        stored = (tag & _LOW32).astype(np.int64) - _BIAS
+        occupied = (tag & _LOW32) != 0
+        taken = occupied & (stored >= floor) & (stored < threshold)
+        out = (
+            words[0::2][taken],
+            (tag[taken] >> _SHIFT).astype(np.uint32),
+            stored[taken].astype(np.int32),
+        )
+        keep = occupied & (stored >= threshold)
+        hi, kept_tag = words[0::2][keep], tag[keep]
+        del words, tag, stored, occupied, taken, keep
+        self._rebuild(hi, kept_tag, 0)
+        return out
+
     def _reserve(self, incoming: int, min_cutoff: int) -> None:
         """Keep the load factor at most :data:`MAX_LOAD`, dropping expired entries when
         rebuilding."""
@@ -157,6 +192,11 @@ class IdSet:
         stored = (tag & _LOW32).astype(np.int64)
         keep = (stored != 0) & (stored - _BIAS >= min_cutoff)
         hi, kept_tag = words[0::2][keep], tag[keep]
+        del words, tag, stored, keep
+        self._rebuild(hi, kept_tag, incoming)
+
+    def _rebuild(self, hi: np.ndarray, kept_tag: np.ndarray, incoming: int) -> None:
+        """A table at most half full with these entries and room for ``incoming``."""
         live = len(hi)
         size = _MIN_SIZE
         while (live + incoming) * 2 > size:

@@ -9,13 +9,17 @@ so a restarted run produces exactly the results of an uninterrupted one.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import shutil
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -23,6 +27,7 @@ import polars as pl
 from adpulse.config import Settings
 from adpulse.contracts import Reason, Stream
 from adpulse.outages import InfrastructureError
+from adpulse.processor.allocator import RELEASE_EVERY_SECONDS, release_free_memory
 from adpulse.processor.isolation import (
     BatchRecords,
     Failure,
@@ -255,6 +260,8 @@ class Processor:
         self.consumer: Consumer = transport.consumer()
         self.offsets: dict[tuple[Stream, int], str | None] = {}
         self.watermarks = Watermarks(settings.idle_timeout_seconds)
+        # Replaced by recover(), which sizes the tables by what it reloads: this one is
+        # the smallest (a Lambda cold start used to fill 12 MB of tables here in vain).
         self.dedupe = DedupeState()
         self.clicks = FrameState(CLICK_STATE_COLUMNS)
         self.open_conversions = FrameState(OPEN_CONVERSION_COLUMNS)
@@ -276,6 +283,7 @@ class Processor:
         self._last_idle_commit = 0.0
         #: Whether the last poll filled half a partition's budget or more: a backlog.
         self.polled_full = False
+        self._last_release = time.monotonic()
         #: Bytes polled per stream and batch: live (the default, also for the workers'
         #: run_once), batch_max_bytes capped by live_batch_max_bytes; see run().
         self.batch_max_bytes = _live_budget(settings)
@@ -290,7 +298,8 @@ class Processor:
         """Load committed offsets and watermarks and rebuild state from committed facts
         (from scratch: after a refused batch, what the state held is forgotten)."""
         self.watermarks = Watermarks(self.settings.idle_timeout_seconds)
-        self.dedupe = DedupeState()
+        self.dedupe.close()  # the spilled runs are rebuilt from the warehouse too
+        self.dedupe = DedupeState(self.settings.dedupe_memory_bytes, spill_directory(self.settings))
         saved = self.warehouse.load_offsets()
         self.offsets = {(s, p): saved.get((s, p)) for s in Stream for p in self.partitions}
         marks = {
@@ -336,6 +345,18 @@ class Processor:
         hours = [hour_bucket(wm - self.horizon) for wm in start_wms.values() if wm is not None]
         return min(hours, default=int(np.iinfo(np.int32).min))
 
+    def _dedupe_bounds(self) -> tuple[int, int]:
+        """(the oldest event-time hour live in any stream and partition, the newest hour
+        seen): what :meth:`DedupeState.bound` keeps and merges."""
+        marks = self.watermarks.snapshot()
+        floors = [
+            self._dedupe_floor({p: self.watermarks.get(s, p) for p in self.partitions})
+            for s in Stream
+            if any(k[0] == s for k in marks)
+        ]
+        newest = [hour_bucket(m.max_event_time) for m in marks.values()]
+        return min(floors, default=int(_NO_HOUR)), max(newest, default=int(_NO_HOUR))
+
     def _cutoffs(self, stream: Stream, behind: timedelta) -> dict[int, datetime | None]:
         return self.watermarks.cutoff_map(stream, self.partitions, behind)
 
@@ -358,9 +379,17 @@ class Processor:
             ids = ids.group_by("event_id").agg(pl.col("event_time").max())
             hi, lo = key_hashes(ids["event_id"])
             buckets = hour_buckets(ids["event_time"].cast(pl.Datetime("us")))
-            self.dedupe.sets[stream].check_and_add(
-                hi, lo, buckets, np.full(len(buckets), np.iinfo(np.int32).min, np.int32)
-            )
+            del ids
+            keys = self.dedupe.sets[stream]
+            # Oldest hours first, a slice at a time, so the budget holds during the
+            # rebuild too (the oldest hours spill as the table fills).
+            order = np.argsort(buckets, kind="stable")
+            floor, newest = self._dedupe_bounds()
+            for part in np.array_split(order, max(1, -(-len(order) // _REBUILD_SLICE))):
+                keys.check_and_add(
+                    hi[part], lo[part], buckets[part], np.full(len(part), _NO_HOUR, np.int32)
+                )
+                self.dedupe.bound(floor, newest)
 
     # -- dimensions ---------------------------------------------------------------------
     def refresh_dimensions(self) -> None:
@@ -421,14 +450,18 @@ class Processor:
 
     def close(self) -> None:
         """Commit what is pending, stop the committer thread, then let the consumer go
-        (a Redis consumer leaves its groups where nothing of it is pending)."""
+        (a Redis consumer leaves its groups where nothing of it is pending) and delete
+        the spilled dedupe keys (a next run rebuilds them from the warehouse)."""
         try:
             try:
                 self._finish_commits()
             finally:
                 self.committer.close()
         finally:
-            self.consumer.close()
+            try:
+                self.consumer.close()
+            finally:
+                self.dedupe.close()
 
     def settle(self) -> BatchReport | None:
         """Wait until every submitted batch is committed. If the warehouse refused one
@@ -527,6 +560,9 @@ class Processor:
             self.committer.submit(output, acks)
         self.watermarks.advance_idle(active)
         self._expire_state()
+        if time.monotonic() - self._last_release > RELEASE_EVERY_SECONDS:
+            release_free_memory()
+            self._last_release = time.monotonic()
         self._next_batch_id()
         report.seconds = dict(timer.spent)
         return report
@@ -743,13 +779,50 @@ class Processor:
         self.open_conversions.expire("event_time", self._cutoffs(Stream.CLICKS, self.lateness))
 
     def _expire_state(self) -> None:
+        self.dedupe.bound(*self._dedupe_bounds())
         self._close_conversions()
         self.clicks.expire(
             "event_time", self._cutoffs(Stream.CONVERSIONS, self.lateness + self.lookback)
         )
+        # The oldest on-time conversion still to come, over all partitions (a click
+        # and its conversion need not share one).
+        cutoffs = list(self._cutoffs(Stream.CONVERSIONS, self.lateness).values())
+        known = [c for c in cutoffs if c is not None]
+        self.clicks.keep_last_settled(
+            "event_time",
+            min(known) if known and len(known) == len(cutoffs) else None,
+            ["user_id", "ad_id"],
+            ["event_time", "event_id"],
+        )
 
 
 _MIN_TIME = datetime(1970, 1, 1)
+_NO_HOUR = np.iinfo(np.int32).min
+#: Keys inserted at a time when the dedupe state is rebuilt (then the budget is checked).
+_REBUILD_SLICE = 1 << 20
+
+
+def spill_directory(settings: Settings) -> Path:
+    """Where this processor spills dedupe keys: a directory of its own under
+    HOME/dedupe (several processors may share a home), named after the process so that
+    a later one can delete what a crashed one left."""
+    root = settings.home / "dedupe"
+    if root.is_dir():
+        for old in root.iterdir():
+            pid = old.name.partition("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+    return root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process
+    return True
 
 
 def _live_budget(settings: Settings) -> int:

@@ -14,20 +14,33 @@ the outputs by construction.
 
 from __future__ import annotations
 
+import shutil
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Final
 
 import numpy as np
 import polars as pl
 
 from adpulse.contracts import Stream
-from adpulse.processor.id_set import IdSet
+from adpulse.processor.id_set import SLOT_BYTES, IdSet
+from adpulse.processor.spilled_keys import SpilledKeys
 from adpulse.storage.warehouse.base import PartitionWatermark
 
 EPOCH = datetime(1970, 1, 1)
 #: An event-time hour in microseconds: the granularity of dedupe retention.
 HOUR_US = 3_600_000_000
+#: The in-memory key tables spill when their entries pass this share of the budget's
+#: slots, down to SPILL_TO (deep: the entries kept are inserted again into the rebuilt
+#: table, so each spill should free many): a table holds its entries at a load of at
+#: most 0.7 and is rebuilt at most half full, so the tables' bytes stay within the budget.
+SPILL_AT: Final = 0.25
+SPILL_TO: Final = 0.03125
+#: Click state below this many rows is not compacted (:meth:`FrameState.keep_last_settled`).
+COMPACT_MIN_ROWS: Final = 1024
 
 
 def hour_bucket(ts: datetime) -> int:
@@ -111,23 +124,134 @@ class Watermarks:
         return out
 
 
+class DedupeKeys:
+    """One stream's dedupe keys: the recent ones in memory (:class:`IdSet`), older hours
+    spilled to runs on disk (:class:`SpilledKeys`) when the memory budget asks for it.
+
+    A key is seen when a live copy is in either; a key seen only in a run is not added
+    to the table, so each key keeps the hour of its first sighting, as in one table.
+    """
+
+    def __init__(self, spilled: SpilledKeys | None = None) -> None:
+        self.table = IdSet()
+        self.spilled = spilled
+
+    def __len__(self) -> int:
+        return len(self.table) + (len(self.spilled) if self.spilled is not None else 0)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes in memory: the table, and the filters and fences of the runs."""
+        return self.table.nbytes + (self.spilled.nbytes if self.spilled is not None else 0)
+
+    def copy(self) -> DedupeKeys:
+        other = DedupeKeys.__new__(DedupeKeys)
+        other.table = self.table.copy()
+        other.spilled = self.spilled.share() if self.spilled is not None else None
+        return other
+
+    def check_and_add(
+        self,
+        hi: np.ndarray,
+        lo: np.ndarray,
+        bucket: np.ndarray,
+        cutoff: np.ndarray,
+        keep_from: int | None = None,
+    ) -> np.ndarray:
+        """:meth:`IdSet.check_and_add` over both tiers."""
+        if self.spilled is None or self.spilled.runs == 0:
+            return self.table.check_and_add(hi, lo, bucket, cutoff, keep_from)
+        hi = np.ascontiguousarray(hi, dtype=np.uint64)
+        seen = self.spilled.seen(hi, (lo & np.uint64(0xFFFF_FFFF)).astype(np.uint32), cutoff)
+        fresh = np.flatnonzero(~seen)
+        if fresh.size == len(hi):
+            return self.table.check_and_add(hi, lo, bucket, cutoff, keep_from)
+        if fresh.size:
+            floor = int(cutoff.min()) if keep_from is None else min(keep_from, int(cutoff.min()))
+            seen[fresh] = self.table.check_and_add(
+                hi[fresh], lo[fresh], bucket[fresh], cutoff[fresh], floor
+            )
+        return seen
+
+
 class DedupeState:
     """Keys of events seen within the dedupe horizon, per stream.
 
     A key counts as seen while its event-time hour is not older than the hour of
     (watermark - horizon) of its partition.
+
+    ``budget_bytes`` (0: none) bounds the in-memory tables: when their entries pass
+    :data:`SPILL_AT` of the budget's slots, the oldest hours go to runs on disk under
+    ``directory`` until they are at :data:`SPILL_TO` (see :meth:`bound`). Without a
+    directory nothing is spilled.
     """
 
-    def __init__(self) -> None:
-        self.sets: dict[Stream, IdSet] = {s: IdSet(1 << 18) for s in Stream}
+    def __init__(self, budget_bytes: int = 0, directory: Path | None = None) -> None:
+        self.budget_bytes = budget_bytes
+        self.directory = directory
+        self.sets: dict[Stream, DedupeKeys] = {
+            s: DedupeKeys(SpilledKeys(directory / s.value) if directory is not None else None)
+            for s in Stream
+        }
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.sets.values())
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memory of the key tables and of the spilled runs' filters."""
+        return sum(s.nbytes for s in self.sets.values())
+
+    @property
+    def spilled_keys(self) -> int:
+        return sum(len(s.spilled) for s in self.sets.values() if s.spilled is not None)
+
     def copy(self) -> DedupeState:
+        """A copy (the runs on disk are shared: it is valid until :meth:`bound` runs)."""
         other = DedupeState.__new__(DedupeState)
+        other.budget_bytes, other.directory = self.budget_bytes, self.directory
         other.sets = {stream: ids.copy() for stream, ids in self.sets.items()}
         return other
+
+    def bound(self, floor: int, newest: int) -> None:
+        """Between batches: delete runs of hours before ``floor`` (dead in every
+        partition), and spill the oldest hours when over the budget.
+
+        ``newest``: the newest event-time hour seen; older hours' runs are merged.
+        """
+        for keys in self.sets.values():
+            if keys.spilled is not None:
+                keys.spilled.expire(floor)
+        if not self.budget_bytes or self.directory is None:
+            return
+        slots = self.budget_bytes // SLOT_BYTES
+        used = sum(k.table.used for k in self.sets.values())
+        if used <= SPILL_AT * slots:
+            return
+        # The oldest hours first, across streams, until the tables hold SPILL_TO.
+        counts: dict[int, int] = defaultdict(int)
+        for keys in self.sets.values():
+            for hour, n in zip(*keys.table.live_buckets(floor), strict=True):
+                counts[int(hour)] += int(n)
+        live = sum(counts.values())
+        threshold = max(counts, default=floor) + 1
+        for hour in sorted(counts):
+            if live <= SPILL_TO * slots:
+                threshold = hour
+                break
+            live -= counts[hour]
+        for keys in self.sets.values():
+            assert keys.spilled is not None
+            keys.spilled.add(*keys.table.take_before(threshold, floor))
+            keys.spilled.compact(newest)
+
+    def close(self) -> None:
+        """Delete the runs on disk."""
+        for keys in self.sets.values():
+            if keys.spilled is not None:
+                keys.spilled.clear()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def key_hashes(event_ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -182,6 +306,8 @@ class FrameState:
         self.columns = columns
         self._parts: list[pl.DataFrame] = []
         self._frame: pl.DataFrame | None = None
+        #: Rows after the last :meth:`keep_last_settled` (which runs again at twice this).
+        self._compacted = 0
 
     def __len__(self) -> int:
         return sum(p.height for p in self._parts)
@@ -191,6 +317,7 @@ class FrameState:
         other = FrameState(self.columns)
         other._parts = list(self._parts)
         other._frame = self._frame
+        other._compacted = self._compacted
         return other
 
     def add(self, rows: pl.DataFrame) -> None:
@@ -209,6 +336,28 @@ class FrameState:
             self._frame = pl.concat(self._parts, rechunk=True)
             self._parts = [self._frame]
         return self._frame
+
+    def keep_last_settled(
+        self, time_column: str, settled: datetime | None, by: list[str], order: list[str]
+    ) -> None:
+        """Of the rows before ``settled``, keep only the last by ``order`` per ``by``.
+
+        For the clicks: every conversion still to be attributed is at or after the
+        conversions' watermark minus the allowed lateness (a later one is late and not
+        attributed), so of the clicks before that time only the last per user and ad can
+        ever be chosen (ties broken by event id, as attribution does). This bounds the
+        click state by the user and ad pairs of the lookback, not by its clicks.
+        Amortized: runs when the rows doubled since the last time.
+        """
+        frame = self.frame()
+        if frame is None or settled is None:
+            return
+        if frame.height < max(COMPACT_MIN_ROWS, 2 * self._compacted):
+            return
+        old = pl.col(time_column) < settled
+        last = frame.filter(old).sort(order).group_by(by, maintain_order=True).last()
+        self.replace(pl.concat([last.select(self.columns), frame.filter(~old)]))
+        self._compacted = sum(p.height for p in self._parts)
 
     def expire(self, time_column: str, cutoffs: dict[int, datetime | None]) -> None:
         """Drop rows older than their partition's cutoff (no cutoff: keep)."""

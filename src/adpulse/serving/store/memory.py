@@ -154,6 +154,12 @@ class MemoryServingStore(ServingStore):
         with self._lock:
             return self._window
 
+    def nbytes(self) -> int:
+        """Bytes held by the frames of the window (Polars' estimate), for memory reports."""
+        with self._lock:
+            frames = [*self._rollups, self._conversions]
+        return sum(int(f.estimated_size()) for f in frames)
+
     def close(self) -> None:
         pass
 

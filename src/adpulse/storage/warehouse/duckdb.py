@@ -355,15 +355,16 @@ class DuckDBWarehouse(SqlWarehouse):
 
 #: Default DuckDB memory limit: this share of the machine's RAM, at most DEFAULT_MEMORY_CAP.
 DEFAULT_MEMORY_SHARE: Final = 0.25
-DEFAULT_MEMORY_CAP: Final = 1 << 30
+DEFAULT_MEMORY_CAP: Final = 256 << 20
 
 
 def memory_limit(setting: str, total_ram: int | None = None) -> str:
     """DuckDB's ``memory_limit`` for the setting ``duckdb_memory_limit``.
 
-    ``""``: 25 % of RAM, at most 1 GiB (DuckDB's own default is 80 % of RAM, which it
-    fills with cached blocks of the file under a long live run). ``"N%"``: that share of
-    RAM. Anything else ("512MB", "2GiB") is passed to DuckDB as it is.
+    ``""``: 25 % of RAM, at most 256 MiB (DuckDB's own default is 80 % of RAM, which it
+    fills with cached blocks of the file under a long live run; past the limit it moves
+    blocks not yet checkpointed to its temporary directory instead of failing).
+    ``"N%"``: that share of RAM. Anything else ("512MB", "2GiB") is passed to DuckDB as it is.
     """
     if setting and not setting.endswith("%"):
         return setting
