@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from adpulse.config import Settings
 from adpulse.contracts import AGE_BANDS, Reason, Stream
@@ -104,30 +104,18 @@ class Rules:
 
 @dataclass(slots=True)
 class JobOutput:
-    """The job's results as DataFrames (lazy), by warehouse table name."""
+    """The job's results as DataFrames (lazy), by warehouse table name, and the
+    persisted intermediate frames the counts are taken from."""
 
     tables: dict[str, DataFrame]
+    checked: DataFrame
+    unique: DataFrame
 
 
 def _lit_bin(value: bytes) -> Column:
     from pyspark.sql import functions as F
 
     return F.lit(bytearray(value))
-
-
-def _show(value: Column) -> Column:
-    """A JSON value as the streaming detail shows it (cut to 40 characters)."""
-    from pyspark.sql import functions as F
-
-    text = F.coalesce(F.expr("to_json(_v)"), F.lit(""))
-    del value
-    return F.when(F.length(text) <= 40, text).otherwise(F.concat(F.substring(text, 1, 37), F.lit("...")))
-
-
-def _field(name: str) -> Column:
-    from pyspark.sql import functions as F
-
-    return F.expr(f"variant_get(_v, '$.{name}')")
 
 
 def _kind(name: str) -> Column:
@@ -140,7 +128,9 @@ def _json_text(name: str) -> Column:
     from pyspark.sql import functions as F
 
     text = F.coalesce(F.expr(f"to_json(variant_get(_v, '$.{name}'))"), F.lit(""))
-    return F.when(F.length(text) <= 40, text).otherwise(F.concat(F.substring(text, 1, 37), F.lit("...")))
+    return F.when(F.length(text) <= 40, text).otherwise(
+        F.concat(F.substring(text, 1, 37), F.lit("..."))
+    )
 
 
 def _blank(column: Column) -> Column:
@@ -209,9 +199,7 @@ def decode_and_validate(raw: DataFrame, rules: Rules) -> DataFrame:
         (
             escaped & (marker == _lit_bin(b"\x01")),
             Reason.PAYLOAD_TOO_LARGE,
-            F.concat(
-                F.conv(F.hex(F.substring("_raw", 2, 8)), 16, 10), F.lit(" bytes")
-            ),
+            F.concat(F.conv(F.hex(F.substring("_raw", 2, 8)), 16, 10), F.lit(" bytes")),
         ),
         (
             too_long,
@@ -348,7 +336,9 @@ def decode_and_validate(raw: DataFrame, rules: Rules) -> DataFrame:
     # Typed fields (read only where a record is an object; NULL where absent).
     typed = {
         "event_id": F.expr("try_variant_get(_v, '$.event_id', 'string')"),
-        "ad_id": F.when(_kind("ad_id") == "BIGINT", F.expr("try_variant_get(_v, '$.ad_id', 'bigint')")),
+        "ad_id": F.when(
+            _kind("ad_id") == "BIGINT", F.expr("try_variant_get(_v, '$.ad_id', 'bigint')")
+        ),
         "revenue": F.expr("try_variant_get(_v, '$.revenue', 'double')"),
     }
     for name in _ALL_FIELDS:
@@ -374,8 +364,16 @@ def decode_and_validate(raw: DataFrame, rules: Rules) -> DataFrame:
     by_detail = None
     for stream, own in per_stream.items():
         is_it = F.col("stream") == stream.value
-        by_reason = (F.when(is_it, first(own, "reason")) if by_reason is None else by_reason.when(is_it, first(own, "reason")))
-        by_detail = (F.when(is_it, first(own, "detail")) if by_detail is None else by_detail.when(is_it, first(own, "detail")))
+        by_reason = (
+            F.when(is_it, first(own, "reason"))
+            if by_reason is None
+            else by_reason.when(is_it, first(own, "reason"))
+        )
+        by_detail = (
+            F.when(is_it, first(own, "detail"))
+            if by_detail is None
+            else by_detail.when(is_it, first(own, "detail"))
+        )
     assert by_reason is not None and by_detail is not None
     return frame.withColumn("reason", F.coalesce(reason, by_reason)).withColumn(
         "detail", F.coalesce(detail, by_detail)
@@ -387,8 +385,8 @@ def _event_time(text: Column) -> Column:
     (the session's time zone is UTC)."""
     from pyspark.sql import functions as F
 
-    parsed = [F.expr(f"try_to_timestamp(_ts, 'yyyy-MM-dd HH:mm:ss')")]
-    parsed += [F.expr(f"try_to_timestamp(_ts, \"{p}\")") for p in _ISO_PATTERNS]
+    parsed = [F.expr("try_to_timestamp(_ts, 'yyyy-MM-dd HH:mm:ss')")]
+    parsed += [F.expr(f'try_to_timestamp(_ts, "{p}")') for p in _ISO_PATTERNS]
     del text
     return F.coalesce(*parsed).cast("timestamp_ntz")
 
@@ -416,7 +414,11 @@ def with_ids_and_lateness(valid: DataFrame, rules: Rules) -> DataFrame:
 
     arrival = Window.partitionBy("stream", "partition").orderBy(*_ORDER)
     before = arrival.rowsBetween(Window.unboundedPreceding, -1)
-    valid = valid.withColumn("_wm", F.max("event_time").over(before))
+    # Records without an arrival order (Parquet without ``arrival``) have no watermark:
+    # none is late, and a repeated id is a duplicate whatever the time between copies.
+    valid = valid.withColumn(
+        "_wm", F.when(F.col("pos").isNotNull(), F.max("event_time").over(before))
+    )
     late_cut = F.col("_wm") - F.expr(f"INTERVAL {int(rules.lateness.total_seconds())} SECONDS")
     valid = valid.withColumn("is_late", F.coalesce(F.col("event_time") < late_cut, F.lit(False)))
 
@@ -568,13 +570,39 @@ def rollups(impressions: DataFrame, clicks: DataFrame, conversions: DataFrame) -
     from pyspark.sql import functions as F
 
     def keyed(frame: DataFrame) -> DataFrame:
-        return frame.withColumn("minute", F.date_trunc("minute", "event_time").cast("timestamp_ntz"))
+        return frame.withColumn(
+            "minute", F.date_trunc("minute", "event_time").cast("timestamp_ntz")
+        )
 
     zero = F.lit(0).cast("long")
     parts = [
-        keyed(impressions).select(*ROLLUP_KEY, F.lit(1).cast("long").alias("impressions"), zero.alias("clicks"), zero.alias("conversions"), zero.alias("attributed_conversions"), F.lit(None).cast("decimal(38,4)").alias("revenue"), F.lit(None).cast("double").alias("latency_sum_seconds")),
-        keyed(clicks).select(*ROLLUP_KEY, zero.alias("impressions"), F.lit(1).cast("long").alias("clicks"), zero.alias("conversions"), zero.alias("attributed_conversions"), F.lit(None).cast("decimal(38,4)").alias("revenue"), F.lit(None).cast("double").alias("latency_sum_seconds")),
-        keyed(conversions).select(*ROLLUP_KEY, zero.alias("impressions"), zero.alias("clicks"), F.lit(1).cast("long").alias("conversions"), F.col("click_time").isNotNull().cast("long").alias("attributed_conversions"), F.col("revenue").cast("decimal(38,4)").alias("revenue"), F.col("latency_seconds").alias("latency_sum_seconds")),
+        keyed(impressions).select(
+            *ROLLUP_KEY,
+            F.lit(1).cast("long").alias("impressions"),
+            zero.alias("clicks"),
+            zero.alias("conversions"),
+            zero.alias("attributed_conversions"),
+            F.lit(None).cast("decimal(38,4)").alias("revenue"),
+            F.lit(None).cast("double").alias("latency_sum_seconds"),
+        ),
+        keyed(clicks).select(
+            *ROLLUP_KEY,
+            zero.alias("impressions"),
+            F.lit(1).cast("long").alias("clicks"),
+            zero.alias("conversions"),
+            zero.alias("attributed_conversions"),
+            F.lit(None).cast("decimal(38,4)").alias("revenue"),
+            F.lit(None).cast("double").alias("latency_sum_seconds"),
+        ),
+        keyed(conversions).select(
+            *ROLLUP_KEY,
+            zero.alias("impressions"),
+            zero.alias("clicks"),
+            F.lit(1).cast("long").alias("conversions"),
+            F.col("click_time").isNotNull().cast("long").alias("attributed_conversions"),
+            F.col("revenue").cast("decimal(38,4)").alias("revenue"),
+            F.col("latency_seconds").alias("latency_sum_seconds"),
+        ),
     ]
     union = parts[0].unionByName(parts[1]).unionByName(parts[2])
     return union.groupBy(*ROLLUP_KEY).agg(
@@ -583,7 +611,9 @@ def rollups(impressions: DataFrame, clicks: DataFrame, conversions: DataFrame) -
         F.sum("conversions").cast("long").alias("conversions"),
         F.sum("attributed_conversions").cast("long").alias("attributed_conversions"),
         F.coalesce(F.sum("revenue"), F.lit(0)).cast("decimal(38,4)").alias("revenue"),
-        F.coalesce(F.sum("latency_sum_seconds"), F.lit(0.0)).cast("double").alias("latency_sum_seconds"),
+        F.coalesce(F.sum("latency_sum_seconds"), F.lit(0.0))
+        .cast("double")
+        .alias("latency_sum_seconds"),
     )
 
 
@@ -594,16 +624,26 @@ def build(
     campaigns: DataFrame,
     users: DataFrame,
     processed_at: datetime,
-) -> tuple[JobOutput, DataFrame]:
-    """The job's output tables and the checked records (for the counts); lazy."""
+) -> JobOutput:
+    """The job's output tables (lazy)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     spark.conf.set("spark.sql.session.timeZone", "UTC")
     checked = decode_and_validate(raw, rules)
     checked = checked.select(
-        *raw.columns, "payload", "reason", "detail", "event_time", "event_id", "ad_id",
-        "user_id", "platform", "location", "product_id", "revenue",
+        *raw.columns,
+        "payload",
+        "reason",
+        "detail",
+        "event_time",
+        "event_id",
+        "ad_id",
+        "user_id",
+        "platform",
+        "location",
+        "product_id",
+        "revenue",
     ).persist(StorageLevel.MEMORY_AND_DISK)
     at = F.lit(processed_at).cast("timestamp_ntz")
     dead = checked.filter(F.col("reason").isNotNull()).select(
@@ -622,7 +662,9 @@ def build(
     enriched = enriched.persist(StorageLevel.MEMORY_AND_DISK)
     impressions = enriched.filter(F.col("stream") == "impressions")
     clicks = enriched.filter(F.col("stream") == "clicks")
-    conversions = attribute(enriched.filter(F.col("stream") == "conversions"), clicks, rules)
+    conversions = attribute(
+        enriched.filter(F.col("stream") == "conversions"), clicks, rules
+    ).persist(StorageLevel.MEMORY_AND_DISK)
     facts = {
         "fact_impressions": impressions,
         "fact_clicks": clicks,
@@ -633,29 +675,39 @@ def build(
     }
     tables["rollup_minute"] = rollups(impressions, clicks, tables["fact_conversions"])
     tables["dead_letters"] = dead
-    return JobOutput(tables), valid
+    return JobOutput(tables, checked, enriched)
 
 
-def counts(raw_checked: DataFrame) -> dict[str, dict[str, int]]:
-    """Per stream: received, rejected, accepted, duplicates, late (one small job)."""
+def counts(checked: DataFrame, unique: DataFrame) -> dict[str, dict[str, int]]:
+    """Per stream: received, rejected, accepted, duplicates, late (small jobs over the
+    persisted frames)."""
     from pyspark.sql import functions as F
 
-    rows = raw_checked.groupBy("stream").agg(
-        F.count(F.lit(1)).alias("accepted"),
-        F.sum(F.col("is_duplicate").cast("long")).alias("duplicates"),
-        F.sum((F.col("is_late") & ~F.col("is_duplicate")).cast("long")).alias("late"),
-    )
     out: dict[str, dict[str, int]] = {}
-    for row in rows.collect():
-        out[row["stream"]] = {k: int(row[k] or 0) for k in ("accepted", "duplicates", "late")}
+    for row in (
+        checked.groupBy("stream")
+        .agg(
+            F.count(F.lit(1)).alias("received"),
+            F.sum(F.col("reason").isNotNull().cast("long")).alias("rejected"),
+        )
+        .collect()
+    ):
+        received, rejected = int(row["received"]), int(row["rejected"] or 0)
+        out[row["stream"]] = {
+            "received": received,
+            "rejected": rejected,
+            "accepted": received - rejected,
+            "unique": 0,
+            "duplicates": received - rejected,
+            "late": 0,
+        }
+    for row in (
+        unique.groupBy("stream")
+        .agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("is_late").cast("long")).alias("late"))
+        .collect()
+    ):
+        entry = out[row["stream"]]
+        entry["unique"] = int(row["n"])
+        entry["duplicates"] = entry["accepted"] - int(row["n"])
+        entry["late"] = int(row["late"] or 0)
     return out
-
-
-def spark_row_types() -> dict[str, Any]:
-    """Spark SQL types of the output columns that need a cast to match the warehouse."""
-    return {
-        "age": "int",
-        "partition": "int",
-        "revenue": "decimal(18,4)",
-        "latency_seconds": "double",
-    }

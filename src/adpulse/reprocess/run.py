@@ -47,7 +47,9 @@ class ReprocessResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def spark_session(master: str | None, app_name: str = "adpulse-reprocess", **conf: str) -> SparkSession:
+def spark_session(
+    master: str | None, app_name: str = "adpulse-reprocess", **conf: str
+) -> SparkSession:
     """The session (``master`` None: whatever spark-submit or the cluster set)."""
     from pyspark.sql import SparkSession
 
@@ -56,6 +58,11 @@ def spark_session(master: str | None, app_name: str = "adpulse-reprocess", **con
         builder = builder.master(master)
     for key, value in {**SESSION_CONFIG, **conf}.items():
         builder = builder.config(key, value)
+    if master and master.startswith("local"):
+        # one machine: a few shuffle partitions (adaptive execution coalesces further)
+        builder = builder.config(
+            "spark.sql.shuffle.partitions", conf.get("spark.sql.shuffle.partitions", "8")
+        )
     session = builder.getOrCreate()
     for key, value in SESSION_CONFIG.items():
         session.conf.set(key, value)
@@ -130,34 +137,21 @@ def run_job(
     partitions: int = 4,
 ) -> ReprocessResult:
     """Read, compute and write every output table as Parquet under ``out_dir``."""
-    from pyspark.sql import functions as F
-
     seconds: dict[str, float] = {}
     began = time.perf_counter()
     raw = read_input(spark, input_path, input_format, partitions)
     campaigns, users = dimension_frames(spark, warehouse)
     processed_at = datetime.now(UTC).replace(tzinfo=None)
-    output, valid = job.build(spark, raw, rules, campaigns, users, processed_at)
-    rows: dict[str, int] = {}
+    output = job.build(spark, raw, rules, campaigns, users, processed_at)
     for name, frame in output.tables.items():
         frame.write.mode("overwrite").parquet(f"{out_dir.rstrip('/')}/{name}")
     seconds["spark"] = time.perf_counter() - began
-    written = spark.read.parquet
-    for name in output.tables:
-        rows[name] = written(f"{out_dir.rstrip('/')}/{name}").count()
-    received = {r["stream"]: int(r["n"]) for r in raw.groupBy("stream").agg(F.count(F.lit(1)).alias("n")).collect()}
-    streams = job.counts(valid)
-    dead = {
-        r["stream"]: int(r["n"])
-        for r in written(f"{out_dir.rstrip('/')}/dead_letters")
-        .groupBy("stream")
-        .agg(F.count(F.lit(1)).alias("n"))
-        .collect()
+    rows = {
+        name: spark.read.parquet(f"{out_dir.rstrip('/')}/{name}").count() for name in output.tables
     }
-    for stream, n in received.items():
-        entry = streams.setdefault(stream, {"accepted": 0, "duplicates": 0, "late": 0})
-        entry["received"] = n
-        entry["rejected"] = dead.get(stream, 0)
+    streams = job.counts(output.checked, output.unique)
+    output.checked.unpersist()
+    output.unique.unpersist()
     seconds["total"] = time.perf_counter() - began
     return ReprocessResult(out_dir, rows, streams, seconds=seconds)
 

@@ -20,7 +20,7 @@ Parquet files with ``stream`` and ``payload`` columns (optionally ``partition`` 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from adpulse.contracts import PARTITION_KEY, Stream
 
@@ -78,10 +78,13 @@ def jsonl_directory(spark: SparkSession, directory: str, partitions: int) -> Dat
             path = f"{directory.rstrip('/')}/{stream.value}{suffix}"
             if not _exists(spark, path):
                 continue
+            # replay accepts \r\n line ends: the \r is not part of the record (cut as
+            # bytes: a regular expression would rewrite invalid UTF-8)
+            cut = F.expr(
+                "cast(substring(cast(line AS binary), 1, octet_length(line) - 1) AS string)"
+            )
             lines = _text(spark, [path]).withColumn(
-                # replay accepts \r\n line ends: the \r is not part of the record
-                "line",
-                F.regexp_replace("line", "\r$", ""),
+                "line", F.when(F.col("line").endswith("\r"), cut).otherwise(F.col("line"))
             )
             frames.append(
                 lines.select(
@@ -162,7 +165,7 @@ def xxhash64_seed0(spark: SparkSession, column: Column) -> Column:
     """XXH64 with seed 0 of a string column's UTF-8 bytes (signed 64-bit)."""
     from pyspark.sql.classic.column import Column as ClassicColumn
 
-    jvm = spark._jvm  # type: ignore[attr-defined]
+    jvm: Any = spark._jvm
     utils = getattr(jvm.org.apache.spark.sql.classic, "ExpressionUtils$").__getattr__("MODULE$")
     inner = utils.expression(column._jc)  # type: ignore[attr-defined]
     children = jvm.scala.jdk.javaapi.CollectionConverters.asScala(
@@ -173,7 +176,7 @@ def xxhash64_seed0(spark: SparkSession, column: Column) -> Column:
 
 
 def _exists(spark: SparkSession, pattern: str) -> bool:
-    jvm = spark._jvm  # type: ignore[attr-defined]
+    jvm: Any = spark._jvm
     conf = spark._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
     path = jvm.org.apache.hadoop.fs.Path(pattern)
     found = path.getFileSystem(conf).globStatus(path)

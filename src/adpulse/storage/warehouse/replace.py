@@ -42,7 +42,8 @@ def _in_range(column: str, start: datetime | None, end: datetime | None) -> pl.E
 
 
 def _where(column: str, start: datetime | None, end: datetime | None) -> tuple[str, list[object]]:
-    clauses, params = [], []
+    clauses: list[str] = []
+    params: list[object] = []
     if start is not None:
         clauses.append(f"{quote(column)} >= ?")
         params.append(start)
