@@ -28,7 +28,11 @@ def _missing() -> str | None:
 
 
 #: Skips a test (saying why) where Spark cannot run.
-requires_spark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+requires_spark = [
+    pytest.mark.skipif(_missing() is not None, reason=_missing() or ""),
+    # one Spark session per test process: keep these tests on one xdist worker
+    pytest.mark.xdist_group("spark"),
+]
 
 
 START = datetime(2023, 9, 8)

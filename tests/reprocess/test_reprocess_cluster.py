@@ -25,7 +25,7 @@ from sparktest import (
 
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 
-pytestmark = [requires_spark, pytest.mark.slow]
+pytestmark = [*requires_spark, pytest.mark.slow]
 
 
 def _free_port() -> int:
