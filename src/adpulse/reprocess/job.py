@@ -119,9 +119,11 @@ def _lit_bin(value: bytes) -> Column:
 
 
 def _kind(name: str) -> Column:
+    """The JSON type of field ``name`` (``BIGINT``, ``STRING``, ``OBJECT<...>``...),
+    computed once per record into ``_k_<name>`` by :func:`decode_and_validate`."""
     from pyspark.sql import functions as F
 
-    return F.expr(f"schema_of_variant(variant_get(_v, '$.{name}'))")
+    return F.col(f"_k_{name}")
 
 
 def _json_text(name: str) -> Column:
@@ -165,6 +167,13 @@ def decode_and_validate(raw: DataFrame, rules: Rules) -> DataFrame:
     frame = frame.withColumn(
         "_v",
         F.when(F.expr("is_valid_utf8(_text)"), F.expr("try_parse_json(_text)")),
+    )
+    # Each field's JSON type once per record (the checks below read it several times).
+    frame = frame.withColumns(
+        {
+            f"_k_{name}": F.expr(f"schema_of_variant(variant_get(_v, '$.{name}'))")
+            for name in _ALL_FIELDS
+        }
     )
     lost = F.conv(F.hex(F.substring("_raw", 2, 8)), 16, 10)
 
