@@ -110,6 +110,39 @@ def _insert_long_latency(data: Path) -> int:
     return len(pairs)
 
 
+def _insert_late(data: Path) -> None:
+    """In the middle of the clicks and of the conversions, records 2 hours older than
+    their neighbours: late in any partition (the generator's own late records stay
+    within the allowed lateness). Their users have no other click or conversion, so the
+    oracle, which knows no lateness, attributes as the pipeline does."""
+    import orjson
+
+    for name, ts_field, extra in (
+        ("clicks.jsonl", "click_timestamp", {"platform": "Web", "location": "Paris"}),
+        ("conversions.jsonl", "conversion_timestamp", {"product_id": "P2", "revenue": 3}),
+    ):
+        path = data / name
+        lines = path.read_bytes().split(b"\n")
+        middle = len(lines) // 2
+        for offset in range(4):
+            i = middle + 40 * offset
+            while True:
+                try:
+                    at = datetime.strptime(orjson.loads(lines[i])[ts_field], "%Y-%m-%d %H:%M:%S")
+                    break
+                except Exception:  # noqa: BLE001 - a malformed neighbour: try the next
+                    i += 1
+            record = {
+                "event_id": f"late-{name[:5]}-{offset}",
+                "ad_id": 1010,
+                "user_id": f"L{name[:2]}{offset}",
+                ts_field: f"{at - timedelta(hours=2):%Y-%m-%d %H:%M:%S}",
+                **extra,
+            }
+            lines.insert(i + 1, orjson.dumps(record))
+        path.write_bytes(b"\n".join(lines))
+
+
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("reprocess-data")
@@ -131,6 +164,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         malformed_rate=0.004,
     )
     _insert_long_latency(data)
+    _insert_late(data)
     return data
 
 

@@ -29,7 +29,7 @@ def reprocess(
     source: Annotated[
         str,
         typer.Argument(
-            help="Raw events: an embedded log directory, a directory of <stream>.jsonl[.gz]"
+            help="Raw events: an embedded log directory, a directory of STREAM.jsonl[.gz]"
             " files (as `adpulse replay` reads them), or Parquet (stream, payload[, partition,"
             " arrival]); default: the log of HOME."
         ),
