@@ -65,6 +65,12 @@ def reprocess(
     load: Annotated[
         bool, typer.Option("--load/--no-load", help="Load the outputs into the warehouse.")
     ] = True,
+    load_only: Annotated[
+        bool,
+        typer.Option(
+            "--load-only", help="Skip Spark: load the Parquet already in --out (a cluster's)."
+        ),
+    ] = False,
     home: HomeOpt = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -112,6 +118,10 @@ def reprocess(
     except Exception as exc:
         raise UserError(str(exc)) from exc
     try:
+        if load_only:
+            loaded = run.load_outputs(warehouse, out, bounds[0], bounds[1])
+            console.print("loaded: " + ", ".join(f"{k} {v}" for k, v in loaded.items()))
+            return
         spark = run.spark_session(master or None)
         result = run.run_job(
             spark,
