@@ -508,7 +508,7 @@ def attribute(conversions: DataFrame, clicks: DataFrame, rules: Rules) -> DataFr
         F.col("platform").alias("_cp"),
         F.col("location").alias("_cl"),
     )
-    keys = ["partition", *_ORDER]
+    keys = ["_row"]
     lookback = F.expr(f"INTERVAL {int(rules.lookback.total_seconds())} SECONDS")
     candidates = (
         conversions.filter(~F.col("is_late"))
@@ -667,7 +667,12 @@ def build(
     )
     valid = with_ids_and_lateness(checked.filter(F.col("reason").isNull()), rules)
     unique = valid.filter(~F.col("is_duplicate")).drop("_wm", "_hour", "is_duplicate")
-    enriched = enrich(unique, campaigns, users).withColumn("processed_at", at)
+    # _row: a key of each record for the attribution join (``pos`` may be NULL)
+    enriched = (
+        enrich(unique, campaigns, users)
+        .withColumn("processed_at", at)
+        .withColumn("_row", F.monotonically_increasing_id())
+    )
     enriched = enriched.persist(StorageLevel.MEMORY_AND_DISK)
     impressions = enriched.filter(F.col("stream") == "impressions")
     clicks = enriched.filter(F.col("stream") == "clicks")
