@@ -103,6 +103,7 @@ def main() -> None:
         "spark_cpu_s": round(spark_cpu, 1),
         "spark_load_s": round(load_wall, 1),
         "spark_over_stream": round(stream_wall / spark_wall, 3),
+        "spark_cpu_over_stream_cpu": round(spark_cpu / max(stream_cpu, 1e-9), 1),
         "crossover_cores": round(spark_cpu / stream_wall, 1),
         "same_conversions": same,
     }
