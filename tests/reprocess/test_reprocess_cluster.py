@@ -81,7 +81,7 @@ def cluster(tmp_path: Path) -> Iterator[str]:
                         "--cores",
                         "1",
                         "--memory",
-                        "768m",
+                        "1g",
                         "--webui-port",
                         str(_free_port()),
                         "--work-dir",
@@ -134,7 +134,13 @@ def test_job_on_a_standalone_cluster(
             str(tmp_path / "out"),
             "--json",
         ],
-        env={**os.environ, "ADPULSE_PARTITIONS": str(PARTITIONS)},
+        env={
+            **os.environ,
+            "ADPULSE_PARTITIONS": str(PARTITIONS),
+            # executors fit the workers' memory (Spark asks 1 GiB each by default)
+            "PYSPARK_SUBMIT_ARGS": "--conf spark.executor.memory=512m"
+            " --conf spark.driver.memory=768m pyspark-shell",
+        },
         capture_output=True,
         timeout=900,
     )
