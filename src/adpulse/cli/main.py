@@ -17,6 +17,7 @@ from rich.console import Console
 
 from adpulse.cli import tables
 from adpulse.cli.log_commands import log_app
+from adpulse.cli.reprocess_command import reprocess
 from adpulse.cli.runtime import (
     Runtime,
     UserError,
@@ -60,6 +61,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(grafana_app, name="grafana")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(log_app, name="log")
+app.command("reprocess")(reprocess)
 console = Console()
 err = Console(stderr=True)
 
