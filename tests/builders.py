@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import polars as pl
@@ -250,6 +250,24 @@ def good_then_next(wh: Warehouse) -> BatchOutput:
 
 #: When the dimensions of a generated data set take effect: before any of its events.
 DIMENSIONS_FROM = datetime(2023, 1, 1)
+
+
+#: The generator's world and disorder of the oracle data set (tests/pipeline/test_oracle.py,
+#: and the Spark job's tests on the same data): many clicks and conversions per event,
+#: with duplicates, out-of-order, late and malformed records mixed in.
+ORACLE_WORLD: Final = {
+    "seed": 11,
+    "ads": 80,
+    "campaigns": 12,
+    "users": 3_000,
+    "ctr_mean": 0.2,
+    "conversion_rate_min": 0.2,
+    "conversion_rate_max": 0.4,
+    "duplicate_rate": 0.02,
+    "out_of_order_rate": 0.05,
+    "late_rate": 0.01,
+    "malformed_rate": 0.004,
+}
 
 
 def generated_dataset(

@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import oracle
 import pytest
-from builders import generated_dataset, open_pipeline
+from builders import ORACLE_WORLD, generated_dataset, open_pipeline
 from pgtest import PG_URL, drop_schema, new_schema, require_postgres
 from redistest import REDIS_URL, delete_prefix, new_prefix, require_redis
 from redshifttest import (
@@ -51,17 +51,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, o
         EVENTS,
         START,
         END,
-        seed=11,
-        ads=80,
-        campaigns=12,
-        users=3_000,
-        ctr_mean=0.2,
-        conversion_rate_min=0.2,
-        conversion_rate_max=0.4,
-        duplicate_rate=0.02,
-        out_of_order_rate=0.05,
-        late_rate=0.01,
-        malformed_rate=0.004,
+        **ORACLE_WORLD,
     )
     return data, summary
 

@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 import oracle
 import pytest
-from builders import generated_dataset
+from builders import ORACLE_WORLD, generated_dataset
 from sparktest import (
     DAY,
     END,
@@ -151,17 +151,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         20_000,
         START,
         END,
-        seed=11,
-        ads=80,
-        campaigns=12,
-        users=3_000,
-        ctr_mean=0.2,
-        conversion_rate_min=0.2,
-        conversion_rate_max=0.4,
-        duplicate_rate=0.02,
-        out_of_order_rate=0.05,
-        late_rate=0.01,
-        malformed_rate=0.004,
+        **ORACLE_WORLD,
     )
     _insert_long_latency(data)
     _insert_late(data)
