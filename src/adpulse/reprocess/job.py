@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Final
 
 from adpulse.config import Settings
 from adpulse.contracts import AGE_BANDS, Reason, Stream
+from adpulse.metrics import MEASURES
 from adpulse.processor.steps.validate import MAX_ID_CHARS, MAX_TEXT_CHARS
 from adpulse.storage.warehouse.schema import MAX_REVENUE
 from adpulse.transport.framing import OVERSIZE_KEEP_BYTES
@@ -583,43 +584,25 @@ def rollups(impressions: DataFrame, clicks: DataFrame, conversions: DataFrame) -
             "minute", F.date_trunc("minute", "event_time").cast("timestamp_ntz")
         )
 
-    zero = F.lit(0).cast("long")
+    # Each measure of the metric catalog (adpulse.metrics), written once for every fact
+    # table and summed per key, as the stream's aggregate step and the query layer do.
+    facts = {
+        "fact_impressions": impressions,
+        "fact_clicks": clicks,
+        "fact_conversions": conversions,
+    }
+    latency = {"fact_conversions": F.col("latency_seconds")}
     parts = [
-        keyed(impressions).select(
+        keyed(frame).select(
             *ROLLUP_KEY,
-            F.lit(1).cast("long").alias("impressions"),
-            zero.alias("clicks"),
-            zero.alias("conversions"),
-            zero.alias("attributed_conversions"),
-            F.lit(None).cast("decimal(38,4)").alias("revenue"),
-            F.lit(None).cast("double").alias("latency_sum_seconds"),
-        ),
-        keyed(clicks).select(
-            *ROLLUP_KEY,
-            zero.alias("impressions"),
-            F.lit(1).cast("long").alias("clicks"),
-            zero.alias("conversions"),
-            zero.alias("attributed_conversions"),
-            F.lit(None).cast("decimal(38,4)").alias("revenue"),
-            F.lit(None).cast("double").alias("latency_sum_seconds"),
-        ),
-        keyed(conversions).select(
-            *ROLLUP_KEY,
-            zero.alias("impressions"),
-            zero.alias("clicks"),
-            F.lit(1).cast("long").alias("conversions"),
-            F.col("click_time").isNotNull().cast("long").alias("attributed_conversions"),
-            F.col("revenue").cast("decimal(38,4)").alias("revenue"),
-            F.col("latency_seconds").alias("latency_sum_seconds"),
-        ),
+            *(F.expr(m.fact_sql(table)).cast(m.sql_type).alias(m.name) for m in MEASURES),
+            latency.get(table, F.lit(None)).cast("double").alias("latency_sum_seconds"),
+        )
+        for table, frame in facts.items()
     ]
     union = parts[0].unionByName(parts[1]).unionByName(parts[2])
     return union.groupBy(*ROLLUP_KEY).agg(
-        F.sum("impressions").cast("long").alias("impressions"),
-        F.sum("clicks").cast("long").alias("clicks"),
-        F.sum("conversions").cast("long").alias("conversions"),
-        F.sum("attributed_conversions").cast("long").alias("attributed_conversions"),
-        F.coalesce(F.sum("revenue"), F.lit(0)).cast("decimal(38,4)").alias("revenue"),
+        *(F.coalesce(F.sum(m.name), F.lit(0)).cast(m.sql_type).alias(m.name) for m in MEASURES),
         F.coalesce(F.sum("latency_sum_seconds"), F.lit(0.0))
         .cast("double")
         .alias("latency_sum_seconds"),
