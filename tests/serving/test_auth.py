@@ -303,10 +303,9 @@ def test_no_rate_limit_by_default_or_when_open(tmp_path: Path) -> None:
         assert open_ == Access(required=False, hosts=frozenset())
 
 
-def test_rate_limiter_refills_at_its_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rate_limiter_refills_at_its_rate() -> None:
     now = [100.0]
-    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
-    limiter = auth.RateLimiter(rate=2, burst=2)
+    limiter = auth.RateLimiter(rate=2, burst=2, clock=lambda: now[0])
     assert [limiter.take("k"), limiter.take("k")] == [0.0, 0.0]
     assert limiter.take("k") == 0.5
     now[0] += 0.5
@@ -422,13 +421,10 @@ def test_serve_off_loopback_with_a_key_or_insecure(tmp_path: Path) -> None:
         process.wait(10)
 
 
-def test_the_last_keys_stay_in_use_while_the_warehouse_cannot_be_read(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_last_keys_stay_in_use_while_the_warehouse_cannot_be_read() -> None:
     import asyncio
 
     now = [0.0]
-    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
     salt = "00" * 16
     stored = [auth.ApiKey("k1", "", "read", salt, auth.key_digest(salt, "s"), None)]  # type: ignore[arg-type]
     reads: list[str] = []
@@ -439,7 +435,7 @@ def test_the_last_keys_stay_in_use_while_the_warehouse_cannot_be_read(
             raise ConnectionError("warehouse away")
         return stored
 
-    ring = KeyRing(load, refresh_seconds=5)
+    ring = KeyRing(load, refresh_seconds=5, clock=lambda: now[0])
 
     async def scenario() -> list[bool]:
         found = [await ring.find("ap_live_k1_s") is not None]

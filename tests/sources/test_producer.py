@@ -10,7 +10,6 @@ import orjson
 import pytest
 
 from adpulse.contracts import Stream
-from adpulse.sources import producer as producer_module
 from adpulse.sources.files import write_dataset
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish, replay_directory, user_ids
@@ -125,13 +124,18 @@ def test_replay_sends_every_line_and_advances_the_streams_together(tmp_path: Pat
         assert len(records) == summary["lines"][stream.value]
 
 
-def test_replay_throttles_to_the_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_replay_throttles_to_the_rate(tmp_path: Path) -> None:
     write_dataset(tmp_path, EventGenerator(CONFIG), 3_000, START, END)
     clock = [100.0]
-    monkeypatch.setattr(producer_module.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(producer_module.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
     producer = RecordingProducer()
-    sent = replay_directory(tmp_path, producer, 2, rate=500.0)
+    sent = replay_directory(
+        tmp_path,
+        producer,
+        2,
+        rate=500.0,
+        clock=lambda: clock[0],
+        sleep=lambda s: clock.__setitem__(0, clock[0] + s),
+    )
     total = sum(sent.values())
     # Sends take no time on this clock: the replay lasts exactly total / rate.
     assert clock[0] - 100.0 == pytest.approx(total / 500.0, abs=1e-9)

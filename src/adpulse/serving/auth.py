@@ -148,9 +148,15 @@ class KeyRing:
     refresh at a time however many requests find the ring stale).
     """
 
-    def __init__(self, load: Callable[[], Iterable[ApiKey]], refresh_seconds: float) -> None:
+    def __init__(
+        self,
+        load: Callable[[], Iterable[ApiKey]],
+        refresh_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._load = load
         self.refresh_seconds = refresh_seconds
+        self._clock = clock
         self._active: dict[str, ApiKey] = {}
         self._loaded_at = -float("inf")
         self._lock: asyncio.Lock | None = None
@@ -162,21 +168,21 @@ class KeyRing:
     def reload(self) -> int:
         """Read the keys now (blocking); the number of active ones."""
         self._active = {k.key_id: k for k in self._load() if k.revoked_at is None}
-        self._loaded_at = time.monotonic()
+        self._loaded_at = self._clock()
         return len(self._active)
 
     async def _current(self) -> dict[str, ApiKey]:
-        if time.monotonic() - self._loaded_at >= self.refresh_seconds:
+        if self._clock() - self._loaded_at >= self.refresh_seconds:
             if self._lock is None:
                 self._lock = asyncio.Lock()
             async with self._lock:
-                if time.monotonic() - self._loaded_at >= self.refresh_seconds:
+                if self._clock() - self._loaded_at >= self.refresh_seconds:
                     try:
                         await asyncio.to_thread(self.reload)
                     except Exception as exc:  # noqa: BLE001 - keep serving with the last keys
                         # a warehouse outage must not lock every client out; retried after
                         # refresh_seconds, not on every request
-                        self._loaded_at = time.monotonic()
+                        self._loaded_at = self._clock()
                         log.warning("could not re-read the API keys, using the last ones: %s", exc)
         return self._active
 
@@ -207,14 +213,17 @@ class RateLimiter:
     """Requests per key: a token bucket per key id, ``rate`` a second with bursts of
     ``burst``; :meth:`take` says how long to wait when a key is over its rate."""
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate = rate
+        self._clock = clock
         self.burst = max(1.0, burst)
         self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, at)
 
     def take(self, key_id: str) -> float:
         """0 when the request may go ahead (a token taken), else seconds to wait."""
-        now = time.monotonic()
+        now = self._clock()
         tokens, at = self._buckets.get(key_id, (self.burst, now))
         tokens = min(self.burst, tokens + (now - at) * self.rate)
         if tokens >= 1:

@@ -126,6 +126,8 @@ def replay_directory(
     on_progress: Callable[[int], None] | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     stop: threading.Event | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[Stream, int]:
     """Publish every stream file of ``directory``; returns the records sent per stream.
 
@@ -135,7 +137,8 @@ def replay_directory(
     ``rate`` throttles to that many records per second overall (``None``: full speed).
     ``on_progress`` is called after each send with the total records sent so far.
     ``stop``, when set, ends the replay after the send in progress (a signal stopping
-    the command); the counts then say how far it got.
+    the command); the counts then say how far it got. ``clock`` and ``sleep`` pace
+    the throttle (tests pass a fake clock).
     """
     if rate is not None and rate <= 0:
         raise ValueError(f"rate must be positive (records per second), got {rate}")
@@ -156,7 +159,7 @@ def replay_directory(
     chunks = {s: iter(reader) for s, reader in readers.items()}
     sent = dict.fromkeys(files, 0)
     total = 0
-    began = time.monotonic()
+    began = clock()
     slice_records = max(1, int(rate * _THROTTLE_SLICE_SECONDS)) if rate else None
     while chunks and not (stop is not None and stop.is_set()):
         stream = min(chunks, key=lambda s: (readers[s].progress, list(Stream).index(s)))
@@ -175,11 +178,11 @@ def replay_directory(
             sent[stream] += len(batch)
             total += len(batch)
             if rate:
-                ahead = total / rate - (time.monotonic() - began)
+                ahead = total / rate - (clock() - began)
                 if ahead > 0 and stop is not None:
                     stop.wait(ahead)
                 elif ahead > 0:
-                    time.sleep(ahead)
+                    sleep(ahead)
             if on_progress is not None:
                 on_progress(total)
     producer.flush()
