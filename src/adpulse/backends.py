@@ -14,8 +14,9 @@ URL scheme, and every one of them is opened, and refused, the same way:
 
 To add a backend (Kinesis transport, DynamoDB serving store, a collector transport):
 
-1. implement the layer's contract in a module of its own (``transport/kinesis.py``
-   implementing :class:`~adpulse.transport.base.Transport`), importing its driver there;
+1. implement the layer's contract in a module (or package) of its own
+   (``transport/kinesis/`` implementing :class:`~adpulse.transport.base.Transport`),
+   importing its driver there;
 2. write its opener, ``open_kinesis(settings: Settings) -> Transport`` (warehouse
    openers also take ``read_only``), next to the layer's other openers;
 3. add one :class:`Backend` line to the setting's table below: the scheme, the form

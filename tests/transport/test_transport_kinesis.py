@@ -428,7 +428,7 @@ def test_lag_counts_records_and_their_age(monkeypatch: pytest.MonkeyPatch) -> No
         assert consumer.lag_bytes(Stream.CLICKS, 0, None) == exact.bytes
 
         # Not at the tip after the scan: the rest is estimated from MillisBehindLatest.
-        monkeypatch.setattr(kinesis, "LAG_SCAN_CALLS", 1)
+        monkeypatch.setattr(kinesis.consumer, "LAG_SCAN_CALLS", 1)
         real_get_records = client.get_records
 
         def behind_by_two_seconds(**kwargs: Any) -> dict[str, Any]:
