@@ -1,0 +1,125 @@
+"""The cost model of the store: item sizes, read and write units of an apply, and the
+bytes a window of rows stores (``benchmarks/dynamodb_cost.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import polars as pl
+
+from adpulse.serving.store.base import (
+    PROJECTIONS,
+    LiveDelta,
+    LiveRows,
+)
+from adpulse.serving.store.dynamodb.items import EPOCH, Rows, hour_of, minute_of, num
+from adpulse.storage.warehouse.schema import CONVERSION_REATTRIBUTIONS
+
+
+def item_size(item: Mapping[str, Any]) -> int:
+    """The size of an item by DynamoDB's rules (what capacity units are charged on):
+    attribute names plus values; a Number is about one byte per two significant digits
+    plus one; a map or set adds 3 bytes and one per element."""
+
+    def value(v: Mapping[str, Any]) -> int:
+        ((kind, x),) = v.items()
+        if kind == "S":
+            return len(str(x).encode())
+        if kind == "N":
+            digits = len(str(x).lstrip("-").replace(".", "").strip("0")) or 1
+            return (digits + 1) // 2 + 1
+        if kind == "B":
+            return len(x)
+        if kind in ("BOOL", "NULL"):
+            return 1
+        if kind == "M":
+            return 3 + sum(len(k.encode()) + value(e) + 1 for k, e in x.items())
+        if kind == "NS":
+            return 3 + sum(value({"N": e}) + 1 for e in x)
+        return 3 + sum(value(e) + 1 for e in x)  # L and the other sets
+
+    return sum(len(name.encode()) + value(v) for name, v in item.items())
+
+
+@dataclass(slots=True)
+class Capacity:
+    """Requests and capacity units (strongly consistent reads: 4 KB per read unit; writes:
+    1 KB per write unit, rounded up per item)."""
+
+    requests: int = 0
+    read_units: int = 0
+    write_units: int = 0
+
+    def __add__(self, other: Capacity) -> Capacity:
+        return Capacity(
+            self.requests + other.requests,
+            self.read_units + other.read_units,
+            self.write_units + other.write_units,
+        )
+
+
+def _write_units(size: int) -> int:
+    return max(1, -(-size // 1024))
+
+
+def _read_units(size: int) -> int:
+    return max(1, -(-size // 4096))
+
+
+#: An estimate of the ``meta`` item of a store fed by 16 partitions: three streams'
+#: offsets, the snapshot's batch ids and 25 hours.
+META_BYTES: Final = 2_048
+
+
+def apply_cost(delta: LiveDelta, start: datetime = EPOCH, meta_bytes: int = META_BYTES) -> Capacity:
+    """What :meth:`~.store.DynamoDBServingStore.apply` of ``delta`` costs outside rebuilds: the
+    ``meta`` read, the claim, one update per rollup item of every projection, two puts
+    per conversion (it and its index entry), a read and an update per re-attribution,
+    and the ``meta`` updates (offsets and hours; the window when it moves)."""
+    rows = Rows.of(delta.rows, delta.reattributions)
+    first = minute_of(start) if start > EPOCH else 0
+    cost = Capacity(requests=2, read_units=_read_units(meta_bytes), write_units=1)
+    expires = {"expires": num(int(time.time()))}
+    for minute, projection, sk, values in rows.rollups:
+        if minute >= first:
+            key = {"pk": {"S": f"g1#r{projection}#{hour_of(minute)}"}, "sk": {"S": sk}}
+            cost += Capacity(1, 0, _write_units(item_size(key | values | expires)))
+    for minute, event_id, sk, values in rows.conversions:
+        if minute >= first:
+            item = {"pk": {"S": f"g1#c#{hour_of(minute)}"}, "sk": {"S": sk}} | values | expires
+            index = {"pk": {"S": "g1#i#15"}, "sk": {"S": f"e#{event_id}"}, "m": num(minute)}
+            size = _write_units(item_size(item)) + _write_units(item_size(index | expires))
+            cost += Capacity(0, 0, size)
+    puts = sum(1 for m, *_ in rows.conversions if m >= first) * 2
+    cost.requests += -(-puts // 25)
+    cost += Capacity(
+        2 * len(rows.reattributions), len(rows.reattributions), len(rows.reattributions)
+    )
+    meta_updates = 2 if rows.newest(first) is not None else 1
+    return cost + Capacity(meta_updates, 0, meta_updates * _write_units(meta_bytes))
+
+
+def stored_bytes(rows: LiveRows, columns: frozenset[str] = PROJECTIONS[-1]) -> tuple[int, int]:
+    """The bytes (DynamoDB's item sizes) of the rollup items a read of ``columns`` returns
+    for ``rows``, and of its conversion items: what its queries are charged on."""
+    projection = next(i for i, kept in enumerate(PROJECTIONS) if columns <= kept)
+    parts = Rows.of(rows, pl.DataFrame(schema=CONVERSION_REATTRIBUTIONS))
+    expires = {"expires": num(int(time.time()))}
+    rollup_bytes = sum(
+        item_size({"pk": {"S": f"g1#r{index}#{hour_of(m)}"}, "sk": {"S": sk}} | values | expires)
+        for m, index, sk, values in parts.rollups
+        if index == projection
+    )
+    conversion_bytes = sum(
+        item_size({"pk": {"S": f"g1#c#{hour_of(m)}"}, "sk": {"S": sk}} | values | expires)
+        for m, _, sk, values in parts.conversions
+    )
+    return rollup_bytes, conversion_bytes
+
+
+#: The URL's query parameters.
