@@ -53,6 +53,10 @@ from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.storage.warehouse.postgres import PostgresWarehouse
 from adpulse.transport.memory import InMemoryTransport
 
+#: One xdist worker runs this module: its module-scoped fixtures are built once, not
+#: once on each worker.
+pytestmark = pytest.mark.xdist_group("live-views")
+
 PARTITIONS = 2
 NOW = datetime(2026, 1, 1)
 START, END = datetime(2023, 9, 7), datetime(2023, 9, 9)
