@@ -66,4 +66,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         suffix = "@" + "_".join(names)
         if not names or item.nodeid.endswith(suffix):
             continue
-        item._id = NodeId.parse(item.nodeid + suffix)  # type: ignore[attr-defined]
+        item._id = NodeId.parse(item.nodeid + suffix)
