@@ -15,6 +15,10 @@ import pytest
 from cfnlint.api import ManualArgs, lint_file
 from cfnlint.decode import decode
 
+#: One xdist worker runs this module: its module-scoped fixtures are built once, not
+#: once on each worker.
+pytestmark = pytest.mark.xdist_group("aws-stack")
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "aws"
 TEMPLATE = DEPLOY / "template.yaml"

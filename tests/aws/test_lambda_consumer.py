@@ -31,6 +31,10 @@ from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.storage.warehouse.postgres import PostgresWarehouse
 from adpulse.transport.kinesis import stream_name
 
+#: One xdist worker runs this module: its module-scoped fixtures are built once, not
+#: once on each worker.
+pytestmark = pytest.mark.xdist_group("lambda-consumer")
+
 START = datetime(2023, 9, 8)
 END = datetime(2023, 9, 9)
 NOW = datetime(2026, 1, 1)

@@ -27,6 +27,10 @@ from adpulse.sources.producer import replay_directory
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.transport.kinesis import partition_hash_key, stream_name
 
+#: One xdist worker runs this module: its module-scoped fixtures are built once, not
+#: once on each worker.
+pytestmark = pytest.mark.xdist_group("lambda-consumer-handler")
+
 NOW = datetime(2026, 1, 1)
 
 

@@ -10,6 +10,10 @@ from typer.testing import CliRunner
 
 from adpulse.cli.main import app
 
+#: One xdist worker runs this module: its module-scoped fixtures are built once, not
+#: once on each worker.
+pytestmark = pytest.mark.xdist_group("cli")
+
 runner = CliRunner()
 
 

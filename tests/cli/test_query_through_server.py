@@ -19,6 +19,10 @@ from adpulse.cli.main import app
 from adpulse.config import Settings
 from adpulse.serving.http.announce import running_server, server_file
 
+#: One xdist worker runs this module: its module-scoped fixtures are built once, not
+#: once on each worker.
+pytestmark = pytest.mark.xdist_group("query-through-server")
+
 ENV = {**os.environ, "COLUMNS": "240"}
 
 

@@ -31,6 +31,10 @@ from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.storage.warehouse.postgres import PostgresWarehouse
 from adpulse.transport import open_transport
 
+#: One xdist worker runs this module: its module-scoped fixtures are built once, not
+#: once on each worker.
+pytestmark = pytest.mark.xdist_group("stopping")
+
 PARTITIONS = 2
 #: Watermarks move with event time only, so that the results cannot depend on how long
 #: a run idled (see test_crash); small batches give the signals many moments to land in.

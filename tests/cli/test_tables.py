@@ -13,6 +13,10 @@ from rich.console import Console
 
 from adpulse.cli.tables import format_seconds, format_value, print_frame
 
+#: One xdist worker runs this module: its module-scoped fixtures are built once, not
+#: once on each worker.
+pytestmark = pytest.mark.xdist_group("tables")
+
 
 def _cli(*args: str) -> str:
     """The real CLI in a child process at 80 columns (rich reads COLUMNS when it starts)."""

@@ -26,6 +26,10 @@ from adpulse.sources.files import write_dataset
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 
+#: One xdist worker runs this module: its module-scoped fixtures are built once, not
+#: once on each worker.
+pytestmark = pytest.mark.xdist_group("bench-compare")
+
 LOOKBACK = timedelta(days=7)
 # a shorter lookback than most conversion delays: attribution within it is tested too
 SHORT_LOOKBACK = timedelta(minutes=20)

@@ -56,6 +56,10 @@ from adpulse.sources.producer import replay_directory  # noqa: E402
 from adpulse.storage.warehouse.postgres import PostgresWarehouse  # noqa: E402
 from adpulse.transport.memory import InMemoryTransport  # noqa: E402
 
+#: One xdist worker runs this module: its module-scoped fixtures are built once, not
+#: once on each worker.
+pytestmark = pytest.mark.xdist_group("grafana")
+
 ALL = "$__all"  # what Grafana stores as the value of "All"
 
 # --- Grafana's substitution -------------------------------------------------------------------

@@ -37,6 +37,10 @@ from adpulse.transport.base import Transport
 from adpulse.transport.embedded import EmbeddedTransport
 from adpulse.transport.redis_streams import RedisStreamsTransport
 
+#: One xdist worker runs this module: its module-scoped fixtures are built once, not
+#: once on each worker.
+pytestmark = pytest.mark.xdist_group("oracle")
+
 START = datetime(2023, 9, 8)
 END = datetime(2023, 9, 10)
 EVENTS = 120_000

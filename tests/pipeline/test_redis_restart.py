@@ -18,6 +18,10 @@ from adpulse.storage.warehouse.base import Warehouse
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.transport.redis_streams import RedisStreamsTransport
 
+#: One xdist worker runs this module: its module-scoped fixtures are built once, not
+#: once on each worker.
+pytestmark = pytest.mark.xdist_group("redis-restart")
+
 PARTITIONS = 3
 NOW = datetime(2026, 1, 1)
 TABLES = {

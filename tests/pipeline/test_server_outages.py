@@ -31,6 +31,10 @@ from adpulse.storage.warehouse.postgres import PostgresWarehouse
 from adpulse.transport.memory import InMemoryTransport
 from adpulse.transport.redis_streams import RedisStreamsTransport
 
+#: One xdist worker runs this module: its module-scoped fixtures are built once, not
+#: once on each worker.
+pytestmark = pytest.mark.xdist_group("server-outages")
+
 PARTITIONS = 2
 NOW = datetime(2026, 1, 1)
 TABLES = {

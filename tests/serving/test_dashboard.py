@@ -26,6 +26,10 @@ from adpulse.config import Settings
 from adpulse.serving import api
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 
+#: One xdist worker runs this module: its module-scoped fixtures are built once, not
+#: once on each worker.
+pytestmark = pytest.mark.xdist_group("dashboard")
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",

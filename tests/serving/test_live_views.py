@@ -53,6 +53,10 @@ from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.storage.warehouse.postgres import PostgresWarehouse
 from adpulse.transport.memory import InMemoryTransport
 
+#: One xdist worker runs this module: its module-scoped fixtures are built once, not
+#: once on each worker.
+pytestmark = pytest.mark.xdist_group("live-views")
+
 PARTITIONS = 2
 NOW = datetime(2026, 1, 1)
 START, END = datetime(2023, 9, 7), datetime(2023, 9, 9)
@@ -81,12 +85,12 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A smaller world with the same faults and more clicks and conversions per event:
-    as rich for the views, with a tenth of the store writes (the local DynamoDB server
+    as rich for the views, with a tenth of the events of `data` (the local DynamoDB server
     answers a few hundred requests a second)."""
     out = tmp_path_factory.mktemp("small")
     generated_dataset(
         out,
-        6_000,
+        4_000,
         START,
         END,
         seed=11,

@@ -22,6 +22,10 @@ from adpulse.sources.generator import (
     malformed_kinds,
 )
 
+#: One xdist worker runs this module: its module-scoped fixtures are built once, not
+#: once on each worker.
+pytestmark = pytest.mark.xdist_group("generator")
+
 START = datetime(2023, 9, 9, 8)
 END = datetime(2023, 9, 9, 20)
 SMALL = {"ads": 60, "campaigns": 10, "users": 2_000}
