@@ -12,6 +12,7 @@ from fastapi.telemetry import TelemetryConfig
 
 from adpulse.config import Settings
 from adpulse.serving.http.feed import LiveFeed
+from adpulse.serving.http.front import FrontedFastAPI, front_protocol
 
 
 def bind(host: str, port: int) -> Any:
@@ -73,10 +74,22 @@ def make_server(app: FastAPI, log_level: str = "warning") -> Any:
             max_header_bytes=settings.http_max_header_bytes,
             max_connections=settings.http_max_connections,
         )
-    config = uvicorn.Config(
-        app, log_level=log_level, access_log=False, lifespan="on", **uvicorn_options(limits)
-    )
+    options = uvicorn_options(limits)
+    if isinstance(app, FrontedFastAPI) and _is_httptools(options["http"]):
+        # the collector's pixel and click answered by the protocol itself
+        options["http"] = front_protocol(options["http"], app)
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", **options)
     return uvicorn.Server(config)
+
+
+def _is_httptools(protocol: type[Any]) -> bool:
+    """Whether ``protocol`` is uvicorn's httptools protocol (``auto`` picks it when
+    httptools is installed, as it is with adpulse), not its h11 one."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # httptools not installed
+        return False
+    return issubclass(protocol, HttpToolsProtocol)
 
 
 #: Seconds a stopping server waits for open requests to finish before it closes them.
