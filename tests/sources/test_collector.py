@@ -897,11 +897,12 @@ PROTOCOL_REQUESTS: list[tuple[bytes, bool]] = [
     (_request("/v1/pixel.gif?user_id=" + "x" * 4100), False),  # 414
     (_request("/v1/pixel.gif?ad_id=3", "POST", content_length="0"), False),  # 405
     (_request("/v1/pixel.gif?ad_id=3&event_id=h1", "HEAD"), True),  # 405 from the app
-    (_request("/v1/pixel.gif?ad_id=3&event_id=b1", content_length="0"), False),  # a body
+    (_request("/v1/pixel.gif?ad_id=3&event_id=b1", content_length="0"), False),  # no body
+    (_request("/v1/pixel.gif?ad_id=3&event_id=b2", content_length="2") + b"xx", False),  # body
     (_request("/v1/pixel.gif?ad_id=5&event_id=p3"), False),
 ]
 #: The event ids the requests above append to each stream (the front's and the app's).
-PROTOCOL_IMPRESSIONS = ["b1", "o1", "p1", "p2", "p3"]
+PROTOCOL_IMPRESSIONS = ["b1", "b2", "o1", "p1", "p2", "p3"]
 
 
 @contextmanager
@@ -974,7 +975,7 @@ def test_the_protocol_answers_the_pixel_and_the_click_as_the_app_does(
                 (400, b"Bad Request"), (422, b"Unprocessable Entity"), (200, b"OK"),
                 (400, b"Bad Request"), (422, b"Unprocessable Entity"),
                 (414, b"Request-URI Too Long"), (405, b"Method Not Allowed"),
-                (405, b"Method Not Allowed"), (200, b"OK"), (200, b"OK"),
+                (405, b"Method Not Allowed"), (200, b"OK"), (200, b"OK"), (200, b"OK"),
             ]
         ]  # fmt: skip
         assert got == expected
@@ -985,9 +986,9 @@ def test_the_protocol_answers_the_pixel_and_the_click_as_the_app_does(
         # Pipelined behind a pending answer, a request waits its turn as uvicorn's do.
         pixel, click = "/v1/pixel.gif", "/v1/click"
         if not pipelined:
-            assert taken == [pixel] * 3 + [click] * 3 + ["app", pixel, pixel]
+            assert taken == [pixel] * 3 + [click] * 3 + [pixel, "app", pixel, pixel]
         else:
-            assert taken == [pixel] + ["app", pixel] * 2 + ["app", click] * 3 + ["app", pixel] * 2
+            assert taken == [pixel] + ["app", pixel] * 2 + ["app", click] * 3 + ["app", pixel] * 3
         for served in (front, plain):
             assert _event_ids(served, Stream.IMPRESSIONS) == PROTOCOL_IMPRESSIONS
             assert _event_ids(served, Stream.CLICKS) == ["c1"]
