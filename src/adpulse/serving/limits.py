@@ -148,12 +148,13 @@ def guarded_protocol(base: type[Any], limits: HttpLimits) -> type[Any]:
     return GuardedProtocol
 
 
-def uvicorn_options(limits: HttpLimits) -> dict[str, Any]:
-    """Keyword arguments of ``uvicorn.Config`` applying ``limits``."""
+def uvicorn_options(limits: HttpLimits, protocol: type[Any] | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``uvicorn.Config`` applying ``limits`` to ``protocol``
+    (uvicorn's HTTP protocol class, or a subclass; default: the one uvicorn picks)."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     return {
-        "http": guarded_protocol(AutoHTTPProtocol, limits),
+        "http": guarded_protocol(protocol or AutoHTTPProtocol, limits),
         "timeout_keep_alive": limits.keep_alive_seconds,
         "limit_concurrency": limits.max_connections,
         "h11_max_incomplete_event_size": limits.max_header_bytes,

@@ -181,6 +181,45 @@ def front_protocol(base: type[Any], app: FrontedFastAPI) -> type[Any]:
 
     class FrontProtocol(base):  # type: ignore[misc,valid-type]
         cycle: Any  # uvicorn's RequestResponseCycle, or a _FrontCycle
+        # The keep-alive deadline on one timer per connection, moved by each response
+        # (uvicorn makes a timer per response and cancels it at the next request).
+        _idle_due: float | None = None
+        _idle_timer: asyncio.TimerHandle | None = None
+
+        def _unset_keepalive_if_required(self) -> None:
+            self._idle_due = None
+
+        def on_response_complete(self) -> None:
+            # uvicorn's (httptools), with the keep-alive deadline of the class comment
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self._idle_due = None
+            self.flow.resume_reading()
+            if self.pipeline:
+                cycle, asgi = self.pipeline.pop()
+                self._start_asgi_task(cycle, asgi)
+                return
+            loop = self.loop
+            self._idle_due = loop.time() + self.timeout_keep_alive
+            if self._idle_timer is None:
+                self._idle_timer = loop.call_at(self._idle_due, self._idle_too_long)
+
+        def _idle_too_long(self) -> None:
+            self._idle_timer = None
+            due = self._idle_due
+            if due is None:
+                return
+            if self.loop.time() < due - 0.001:  # a response since: wait until then
+                self._idle_timer = self.loop.call_at(due, self._idle_too_long)
+            else:
+                self.timeout_keep_alive_handler()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            super().connection_lost(exc)
 
         def on_headers_complete(self) -> None:
             front = app.collector_front

@@ -74,22 +74,24 @@ def make_server(app: FastAPI, log_level: str = "warning") -> Any:
             max_header_bytes=settings.http_max_header_bytes,
             max_connections=settings.http_max_connections,
         )
-    options = uvicorn_options(limits)
-    if isinstance(app, FrontedFastAPI) and _is_httptools(options["http"]):
+    protocol = _httptools_protocol()
+    if isinstance(app, FrontedFastAPI) and protocol is not None:
         # the collector's pixel and click answered by the protocol itself
-        options["http"] = front_protocol(options["http"], app)
+        options = uvicorn_options(limits, front_protocol(protocol, app))
+    else:
+        options = uvicorn_options(limits)
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", **options)
     return uvicorn.Server(config)
 
 
-def _is_httptools(protocol: type[Any]) -> bool:
-    """Whether ``protocol`` is uvicorn's httptools protocol (``auto`` picks it when
-    httptools is installed, as it is with adpulse), not its h11 one."""
+def _httptools_protocol() -> type[Any] | None:
+    """uvicorn's httptools protocol (the one it picks when httptools is installed, as
+    it is with adpulse); None without httptools."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # httptools not installed
-        return False
-    return issubclass(protocol, HttpToolsProtocol)
+        return None
+    return HttpToolsProtocol
 
 
 #: Seconds a stopping server waits for open requests to finish before it closes them.
