@@ -10,12 +10,17 @@ would pass unchanged (an allowed ``Host``, no ``Origin`` when CORS is on, a quer
 the limits) straight from :class:`~adpulse.sources.collector.CollectorPaths`, in the same
 bytes, and counts them in the same metrics; any other request, including every one a
 layer would refuse or change, goes through the app as before.
+
+Under uvicorn's httptools protocol (as ``make_server`` runs it), :func:`front_protocol`
+answers the same requests one step earlier still, in the protocol, without the ASGI
+scope, task and ``send`` calls: the same bytes, rules and metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any, Final
@@ -34,6 +39,8 @@ from adpulse.sources.collector import (
     query_fields,
 )
 from adpulse.telemetry import RequestMetrics
+
+log = logging.getLogger(__name__)
 
 _PIXEL: Final = COLLECTOR_PREFIX + "/pixel.gif"
 _CLICK: Final = COLLECTOR_PREFIX + "/click"
@@ -285,13 +292,17 @@ def front_protocol(base: type[Any], app: FrontedFastAPI) -> type[Any]:
             if done.cancelled():  # the server is stopping
                 self.transport.close()
                 return
-            exc = done.exception()
-            if exc is None:
-                self._reply(front, cycle, t0, view.status, view.headers, view.body)
-            else:
-                error = append_failed(exc, view.stream, 1)
-                headers, body = error.parts()
-                self._reply(front, cycle, t0, error.status, headers, body)
+            try:
+                exc = done.exception()
+                if exc is None:
+                    self._reply(front, cycle, t0, view.status, view.headers, view.body)
+                else:
+                    error = append_failed(exc, view.stream, 1)
+                    headers, body = error.parts()
+                    self._reply(front, cycle, t0, error.status, headers, body)
+            except Exception:  # a bug: close rather than leave the client waiting
+                log.exception("the pixel or click could not be answered")
+                self.transport.close()
 
         def _reply(
             self,
