@@ -90,6 +90,24 @@ def test_a_complete_request_is_answered_then_idle_connection_closed(
     assert took < 1.5  # keep-alive 0.3 s
 
 
+def test_each_response_restarts_the_keep_alive(server: tuple[str, int]) -> None:
+    """Requests 0.2 s apart keep a connection open past the keep-alive (0.3 s) and the
+    header deadline (0.5 s), each counted from the last response; idle, it closes."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(server) as conn:
+        conn.settimeout(5)
+        for _ in range(4):
+            conn.sendall(request)
+            answer = b""
+            while not answer.endswith(b'{"status":"ok"}'):
+                answer += conn.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+            time.sleep(0.2)
+        took, received = _closed_after(conn, 5)
+    assert received == b""
+    assert took < 1.5  # closed 0.3 s after the last response (0.2 s slept of it)
+
+
 def test_oversized_headers_get_431(server: tuple[str, int]) -> None:
     with socket.create_connection(server) as conn:
         conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 5000)

@@ -52,6 +52,7 @@ class Served:
     url: str
     transport: Transport
     collector: Collector
+    app: Any = None
 
     def records(self, stream: Stream) -> dict[int, list[tuple[bytes, int | None]]]:
         """What the log holds per partition: (payload, original size if cut) per record."""
@@ -91,7 +92,8 @@ def serve(
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.01)
         try:
-            yield Served(f"http://127.0.0.1:{sock.getsockname()[1]}", transport, collector)
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            yield Served(url, transport, collector, app)
         finally:
             server.should_exit = True
             thread.join(timeout=10)
@@ -841,3 +843,188 @@ def test_the_front_path_answers_and_counts_as_the_layers_of_the_app(tmp_path: Pa
     assert counts[(("method", "GET"), ("route", "/v1/pixel.gif"), ("status", "200"))] == 3
     assert counts[(("method", "GET"), ("route", "/v1/click"), ("status", "422"))] == 1
     assert counts[(("method", "GET"), ("route", "unmatched"), ("status", "400"))] == 1
+
+
+# --- the front path in uvicorn's protocol (adpulse.serving.http.front.front_protocol) ---
+class _Plain:
+    """``app`` behind a plain ASGI callable (with its settings): make_server then keeps
+    uvicorn's own protocol, and the front path stays the app's (``FrontedFastAPI``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.state = app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def _read_answer(conn: Any, head_only: bool = False) -> bytes:
+    """One HTTP/1.1 answer read from a socket's file (the head, then
+    ``content-length`` bytes), with its ``date`` header's value blanked."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = conn.readline()
+        assert line, f"the connection closed after {head!r}"
+        head += line
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b": ")
+        if name == b"content-length":
+            length = int(value)
+    body = b"" if head_only else conn.read(length)
+    lines = [b"date: -" if x.startswith(b"date: ") else x for x in head.split(b"\r\n")]
+    return b"\r\n".join(lines) + body
+
+
+def _request(target: str, method: str = "GET", version: str = "1.1", **headers: str) -> bytes:
+    lines = [f"{method} {target} HTTP/{version}", "host: 127.0.0.1"]
+    lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+#: (request, answered without a body) in the order sent; each is compared byte for byte
+#: between the server with the front protocol and uvicorn's own.
+PROTOCOL_REQUESTS: list[tuple[bytes, bool]] = [
+    (_request("/v1/pixel.gif?ad_id=3&user_id=u1&platform=web&location=FR&event_id=p1"), False),
+    (_request("/v1/pixel.gif?user_id=%C3%BCser+1&ad_id=4&event_id=p2"), False),
+    (_request("/v1/pixel.gif?user_id=" + "x" * 257), False),  # 422
+    (_request("/v1/click?ad_id=3&user_id=u1&to=https%3A%2F%2Fshop.example%2Fp&event_id=c1"), False),
+    (_request("/v1/click?ad_id=3&to=https://evil.example/"), False),  # 400
+    (_request("/v1/click?ad_id=3"), False),  # 422: no "to"
+    (_request("/v1/pixel.gif?ad_id=3&event_id=o1", origin="https://pub.example"), False),  # CORS
+    (_request("/v1/pixel.gif?ad_id=3").replace(b"127.0.0.1", b"evil.example"), False),  # 400
+    (_request("/v1/pixel.gif?ad_id=3&ad_id=4"), False),  # 422 repeated
+    (_request("/v1/pixel.gif?user_id=" + "x" * 4100), False),  # 414
+    (_request("/v1/pixel.gif?ad_id=3", "POST", content_length="0"), False),  # 405
+    (_request("/v1/pixel.gif?ad_id=3&event_id=h1", "HEAD"), True),  # 405 from the app
+    (_request("/v1/pixel.gif?ad_id=3&event_id=b1", content_length="0"), False),  # no body
+    (_request("/v1/pixel.gif?ad_id=3&event_id=b2", content_length="2") + b"xx", False),  # body
+    (_request("/v1/pixel.gif?ad_id=5&event_id=p3"), False),
+]
+#: The event ids the requests above append to each stream (the front's and the app's).
+PROTOCOL_IMPRESSIONS = ["b1", "b2", "o1", "p1", "p2", "p3"]
+
+
+@contextmanager
+def _front_and_plain(tmp_path: Path) -> Iterator[tuple[Served, Served]]:
+    from dataclasses import replace
+
+    config: dict[str, Any] = {
+        "collector_redirect_hosts": ["shop.example"],
+        "cors_origins": ["https://pub.example"],
+    }
+    access = replace(Access.open(), hosts=frozenset({"collector.example"}))
+    with (
+        serve(tmp_path / "front", keys=lambda _: access, **config) as front,
+        serve(tmp_path / "plain", _Plain, keys=lambda _: access, **config) as plain,
+    ):
+        yield front, plain
+
+
+def _event_ids(served: Served, stream: Stream) -> list[str]:
+    return sorted(orjson.loads(p)["event_id"] for p in served.payloads(stream))
+
+
+def _answers(url: str, requests: list[tuple[bytes, bool]], pipelined: bool) -> list[bytes]:
+    """The answers to ``requests`` over one keep-alive connection: each sent once the
+    previous is answered, or all at once (pipelined)."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        conn = sock.makefile("rb")
+        if pipelined:
+            sock.sendall(b"".join(r for r, _ in requests))
+            return [_read_answer(conn, head_only) for _, head_only in requests]
+        out = []
+        for request, head_only in requests:
+            sock.sendall(request)
+            out.append(_read_answer(conn, head_only))
+        return out
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_the_protocol_answers_the_pixel_and_the_click_as_the_app_does(
+    tmp_path: Path, pipelined: bool
+) -> None:
+    """The same bytes, statuses and headers (but the date) from the front protocol as
+    from uvicorn's own with the app, over one keep-alive connection, one request after
+    another or pipelined; every pixel and click acknowledged is in the log, once."""
+    with _front_and_plain(tmp_path) as (front, plain):
+        taken: list[str] = []
+        view = front.app.collector_front.paths.browser_view
+
+        def counted(path: str, params: dict[str, str | None]) -> Any:
+            taken.append(path)
+            return view(path, params)
+
+        front.app.collector_front.paths.browser_view = counted
+        answer = front.app.collector_front.answer
+
+        async def through_app(scope: Scope, params: Any, send: Send) -> None:
+            taken.append("app")
+            await answer(scope, params, send)
+
+        front.app.collector_front.answer = through_app
+        got = _answers(front.url, PROTOCOL_REQUESTS, pipelined)
+        expected = _answers(plain.url, PROTOCOL_REQUESTS, pipelined)
+        assert [g.split(b"\r\n", 1)[0] for g in got] == [
+            b"HTTP/1.1 %d %s" % (status, phrase)
+            for status, phrase in [
+                (200, b"OK"), (200, b"OK"), (422, b"Unprocessable Entity"), (302, b"Found"),
+                (400, b"Bad Request"), (422, b"Unprocessable Entity"), (200, b"OK"),
+                (400, b"Bad Request"), (422, b"Unprocessable Entity"),
+                (414, b"Request-URI Too Long"), (405, b"Method Not Allowed"),
+                (405, b"Method Not Allowed"), (200, b"OK"), (200, b"OK"), (200, b"OK"),
+            ]
+        ]  # fmt: skip
+        assert got == expected
+        assert got[0].endswith(b"content-length: 43\r\nvary: Origin\r\n\r\n" + PIXEL_GIF)
+        assert b"access-control-allow-origin: https://pub.example" in got[6]
+        # The front's requests: answered by the protocol but for the one with a body
+        # (the app's front path); the others go through the app's layers (not counted).
+        # Pipelined behind a pending answer, a request waits its turn as uvicorn's do.
+        pixel, click = "/v1/pixel.gif", "/v1/click"
+        if not pipelined:
+            assert taken == [pixel] * 3 + [click] * 3 + [pixel, "app", pixel, pixel]
+        else:
+            assert taken == [pixel] + ["app", pixel] * 2 + ["app", click] * 3 + ["app", pixel] * 3
+        for served in (front, plain):
+            assert _event_ids(served, Stream.IMPRESSIONS) == PROTOCOL_IMPRESSIONS
+            assert _event_ids(served, Stream.CLICKS) == ["c1"]
+
+
+def test_the_protocol_closes_as_uvicorn_does(tmp_path: Path) -> None:
+    """HTTP/1.0 and ``Connection: close`` get ``connection: close`` and the connection
+    ends; a client gone before its answer leaves the server answering the others, and
+    its acknowledged-or-not pixel appended once."""
+    import socket
+
+    requests = [
+        _request("/v1/pixel.gif?ad_id=3&event_id=v10", version="1.0"),
+        _request("/v1/pixel.gif?ad_id=3&event_id=close", connection="close"),
+    ]
+    answers_of: dict[str, list[bytes]] = {}
+    with _front_and_plain(tmp_path) as (front, plain):
+        for served in (front, plain):
+            host, port = served.url.removeprefix("http://").split(":")
+            answers = []
+            for request in requests:
+                with socket.create_connection((host, int(port)), timeout=10) as sock:
+                    sock.sendall(request)
+                    answers.append(_read_answer(sock.makefile("rb")))
+                    assert sock.recv(1) == b""  # closed by the server
+            assert all(b"\r\nconnection: close\r\n" in a for a in answers)
+            answers_of[served.url] = answers
+            for i in range(20):  # gone before the answer
+                with socket.create_connection((host, int(port)), timeout=10) as sock:
+                    sock.sendall(_request(f"/v1/pixel.gif?ad_id=3&event_id=gone{i}"))
+            r = httpx.get(f"{served.url}/v1/pixel.gif?event_id=after")
+            assert (r.status_code, r.content) == (200, PIXEL_GIF)
+        assert answers_of[front.url] == answers_of[plain.url]
+        gone = sorted(["after", "close", "v10", *(f"gone{i}" for i in range(20))])
+        for served in (front, plain):
+            deadline = time.monotonic() + 10
+            while _event_ids(served, Stream.IMPRESSIONS) != gone and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _event_ids(served, Stream.IMPRESSIONS) == gone

@@ -82,7 +82,11 @@ def guarded_protocol(base: type[Any], limits: HttpLimits) -> type[Any]:
     size limit of the module doc."""
 
     class GuardedProtocol(base):  # type: ignore[misc,valid-type]
+        # One timer per connection, not one per request: arming moves the deadline
+        # (_due), and the timer, when it fires before it, waits on until it (a timer
+        # made and cancelled for every request was a tenth of a pixel's time).
         _deadline: asyncio.TimerHandle | None = None
+        _due: float | None = None  # the loop's time the headers are due by, when armed
         _header_bytes = 0
 
         def _awaiting_headers(self) -> bool:
@@ -90,20 +94,26 @@ def guarded_protocol(base: type[Any], limits: HttpLimits) -> type[Any]:
             return cycle is None or bool(cycle.response_complete)
 
         def _arm(self) -> None:
-            self._disarm()
             self._header_bytes = 0
-            self._deadline = asyncio.get_running_loop().call_later(
-                limits.header_timeout_seconds, self._headers_too_slow
-            )
+            loop = self.loop
+            self._due = loop.time() + limits.header_timeout_seconds
+            if self._deadline is None:
+                self._deadline = loop.call_at(self._due, self._headers_too_slow)
 
         def _disarm(self) -> None:
+            self._due = None
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
 
         def _headers_too_slow(self) -> None:
             self._deadline = None
-            if self._awaiting_headers() and not self.transport.is_closing():
+            due = self._due
+            if due is None:
+                return
+            if self.loop.time() < due - 0.001:  # armed again since: wait until then
+                self._deadline = self.loop.call_at(due, self._headers_too_slow)
+            elif self._awaiting_headers() and not self.transport.is_closing():
                 self.transport.close()
 
         def connection_made(self, transport: Any) -> None:
@@ -138,12 +148,13 @@ def guarded_protocol(base: type[Any], limits: HttpLimits) -> type[Any]:
     return GuardedProtocol
 
 
-def uvicorn_options(limits: HttpLimits) -> dict[str, Any]:
-    """Keyword arguments of ``uvicorn.Config`` applying ``limits``."""
+def uvicorn_options(limits: HttpLimits, protocol: type[Any] | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``uvicorn.Config`` applying ``limits`` to ``protocol``
+    (uvicorn's HTTP protocol class, or a subclass; default: the one uvicorn picks)."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     return {
-        "http": guarded_protocol(AutoHTTPProtocol, limits),
+        "http": guarded_protocol(protocol or AutoHTTPProtocol, limits),
         "timeout_keep_alive": limits.keep_alive_seconds,
         "limit_concurrency": limits.max_connections,
         "h11_max_incomplete_event_size": limits.max_header_bytes,

@@ -33,6 +33,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -92,11 +93,16 @@ class CollectorError(Exception):
 
     async def send(self, send: Send) -> None:
         """Answer with this error as plain ASGI (the same bytes as :meth:`response`)."""
+        headers, body = self.parts()
+        await _send(send, self.status, headers, body)
+
+    def parts(self) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The headers (``content-length`` last) and body of this error's answer."""
         body = orjson.dumps({"error": self.code, "detail": self.detail})
         headers = [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()
         ]
-        await _answer(send, self.status, body, [*_JSON_HEADERS, *headers])
+        return [*_JSON_HEADERS, *headers, _length(body)], body
 
 
 # --- request bodies --------------------------------------------------------------------
@@ -275,14 +281,20 @@ class Collector:
         With ``fsync`` each request appends on its own and the flushes are shared
         (:meth:`append`).
         """
+        return await self.submit_soon(stream, payloads)
+
+    def submit_soon(self, stream: Stream, payloads: Sequence[bytes]) -> asyncio.Future[int]:
+        """:meth:`submit` without waiting: the future of its answer (for callers that
+        answer from a callback, not from a coroutine of their own)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int] = loop.create_future()
         if not payloads:
-            return 0
+            done.set_result(0)
+            return done
         if self._sync:
             # Each request appends in a worker thread and waits for a flush shared with
             # the others (:meth:`append`): measured faster with fsync than gathering.
-            return await run_in_threadpool(self.append, stream, payloads)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[int] = loop.create_future()
+            return asyncio.ensure_future(run_in_threadpool(self.append, stream, payloads))
         if self.appends_inline and len(payloads) <= INLINE_RECORDS and not self._gathering:
             # Small appends (pixels, clicks) on the event loop; never beside a worker's
             # append (which holds the producer's lock).
@@ -294,7 +306,7 @@ class Collector:
             if not self._gathering:
                 self._gathering = True
                 loop.create_task(self._append_waiting_in_threads())
-        return await done
+        return done
 
     def _append_waiting_inline(self) -> None:
         waiting, self._inline_waiting = self._inline_waiting, []
@@ -459,14 +471,20 @@ async def append_or_503(collector: Collector, stream: Stream, records: Sequence[
     try:
         return await collector.submit(stream, records)
     except Exception as exc:
-        log.exception("the collector could not append %d %s records", len(records), stream)
-        raise CollectorError(
-            503,
-            "unavailable",
-            f"the transport did not take the records ({type(exc).__name__}); nothing of"
-            " this request is acknowledged: send it again (records with an event_id are"
-            " counted once)",
-        ) from exc
+        raise append_failed(exc, stream, len(records)) from exc
+
+
+def append_failed(exc: BaseException, stream: Stream, records: int) -> CollectorError:
+    """The 503 of a request whose append raised ``exc``, logged here with its cause (not
+    sent: it may name server paths)."""
+    log.error("the collector could not append %d %s records", records, stream, exc_info=exc)
+    return CollectorError(
+        503,
+        "unavailable",
+        f"the transport did not take the records ({type(exc).__name__}); nothing of"
+        " this request is acknowledged: send it again (records with an event_id are"
+        " counted once)",
+    )
 
 
 _Text = Annotated[str | None, Query(max_length=256)]
@@ -537,8 +555,9 @@ WriteKeyCheck = Callable[[Scope], Awaitable[None]]
 
 _EVENTS_PATH: Final = COLLECTOR_PREFIX + "/events/"
 _EVENTS_ROUTE: Final = COLLECTOR_PREFIX + "/events/{stream}"
-_PIXEL_PATH: Final = COLLECTOR_PREFIX + "/pixel.gif"
-_CLICK_PATH: Final = COLLECTOR_PREFIX + "/click"
+#: The paths of the pixel and the click (:meth:`CollectorPaths.browser_view`).
+PIXEL_PATH: Final = COLLECTOR_PREFIX + "/pixel.gif"
+CLICK_PATH: Final = COLLECTOR_PREFIX + "/click"
 #: (name, longest, required) of the browser endpoints' parameters, in the order of the
 #: FastAPI routes' (whose error messages :func:`_check_params` repeats).
 _RECORD_PARAMS: Final = tuple((name, 256, False) for name in _RECORD_FIELDS)
@@ -546,6 +565,25 @@ _CLICK_PARAMS: Final = (("to", 2048, True), *_RECORD_PARAMS)
 _JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 _NO_CACHE: Final = [(k.lower().encode(), v.encode()) for k, v in NO_CACHE_HEADERS.items()]
 _GIF_HEADERS: Final = [(b"content-type", b"image/gif"), *_NO_CACHE]
+
+
+def _length(body: bytes) -> tuple[bytes, bytes]:
+    return (b"content-length", str(len(body)).encode())
+
+
+_GIF_ANSWER: Final = (200, [*_GIF_HEADERS, _length(PIXEL_GIF)], PIXEL_GIF)
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserView:
+    """A pixel view or a click: its record, and the answer once it is appended
+    (``headers`` with the ``content-length``)."""
+
+    stream: Stream
+    record: bytes
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
 
 
 class CollectorPaths:
@@ -569,12 +607,12 @@ class CollectorPaths:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             method, path = scope["method"], scope["path"]
-            if method == "GET" and path == _PIXEL_PATH:
-                scope[ROUTE_SCOPE] = _PIXEL_PATH
+            if method == "GET" and path == PIXEL_PATH:
+                scope[ROUTE_SCOPE] = PIXEL_PATH
                 await self._pixel(scope, send)
                 return
-            if method == "GET" and path == _CLICK_PATH:
-                scope[ROUTE_SCOPE] = _CLICK_PATH
+            if method == "GET" and path == CLICK_PATH:
+                scope[ROUTE_SCOPE] = CLICK_PATH
                 await self._click(scope, send)
                 return
             if method == "POST" and path.startswith(_EVENTS_PATH):
@@ -593,28 +631,35 @@ class CollectorPaths:
 
     async def pixel(self, params: dict[str, str | None], send: Send) -> int:
         """Answer ``GET /v1/pixel.gif`` with these query parameters; returns the status."""
-        try:
-            _check_params(params, _RECORD_PARAMS)
-            record = browser_record(Stream.IMPRESSIONS, params)
-            await append_or_503(self.collector, Stream.IMPRESSIONS, [record])
-        except CollectorError as exc:
-            await exc.send(send)
-            return exc.status
-        await _answer(send, 200, PIXEL_GIF, _GIF_HEADERS)
-        return 200
+        return await self._browser(PIXEL_PATH, params, send)
 
     async def click(self, params: dict[str, str | None], send: Send) -> int:
         """Answer ``GET /v1/click`` with these query parameters; returns the status."""
+        return await self._browser(CLICK_PATH, params, send)
+
+    async def _browser(self, path: str, params: dict[str, str | None], send: Send) -> int:
         try:
-            _check_params(params, _CLICK_PARAMS)
-            target = allowed_redirect(params["to"] or "", self.settings.collector_redirect_hosts)
-            record = browser_record(Stream.CLICKS, params)
-            await append_or_503(self.collector, Stream.CLICKS, [record])
+            view = self.browser_view(path, params)
+            await append_or_503(self.collector, view.stream, [view.record])
         except CollectorError as exc:
             await exc.send(send)
             return exc.status
-        await _answer(send, 302, b"", [(b"location", target.encode("latin-1")), *_NO_CACHE])
-        return 302
+        await _send(send, view.status, view.headers, view.body)
+        return view.status
+
+    def browser_view(self, path: str, params: dict[str, str | None]) -> BrowserView:
+        """The record of a pixel (``path`` :data:`PIXEL_PATH`) or a click
+        (:data:`CLICK_PATH`) with these query parameters, and its answer once appended;
+        raises :class:`CollectorError` (422, 400) to refuse it."""
+        if path == PIXEL_PATH:
+            _check_params(params, _RECORD_PARAMS)
+            return BrowserView(
+                Stream.IMPRESSIONS, browser_record(Stream.IMPRESSIONS, params), *_GIF_ANSWER
+            )
+        _check_params(params, _CLICK_PARAMS)
+        target = allowed_redirect(params["to"] or "", self.settings.collector_redirect_hosts)
+        headers = [(b"location", target.encode("latin-1")), *_NO_CACHE, _length(b"")]
+        return BrowserView(Stream.CLICKS, browser_record(Stream.CLICKS, params), 302, headers, b"")
 
     async def _post(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         try:
@@ -693,6 +738,10 @@ async def _receive_body(
 
 
 async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    length = (b"content-length", str(len(body)).encode())
-    await send({"type": "http.response.start", "status": status, "headers": [*headers, length]})
+    await _send(send, status, [*headers, _length(body)], body)
+
+
+async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    """Answer as plain ASGI; ``headers`` with the ``content-length``."""
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

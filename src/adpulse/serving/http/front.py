@@ -10,21 +10,37 @@ would pass unchanged (an allowed ``Host``, no ``Origin`` when CORS is on, a quer
 the limits) straight from :class:`~adpulse.sources.collector.CollectorPaths`, in the same
 bytes, and counts them in the same metrics; any other request, including every one a
 layer would refuse or change, goes through the app as before.
+
+Under uvicorn's httptools protocol (as ``make_server`` runs it), :func:`front_protocol`
+answers the same requests one step earlier still, in the protocol, without the ASGI
+scope, task and ``send`` calls: the same bytes, rules and metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import time
-from typing import Final
+from collections.abc import Iterable
+from typing import Any, Final
 
 from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
 from adpulse.serving.auth import Access, HostGate
 from adpulse.serving.http.middleware import MAX_QUERY_STRING
-from adpulse.sources.collector import COLLECTOR_PREFIX, CollectorPaths, query_fields
+from adpulse.sources.collector import (
+    COLLECTOR_PREFIX,
+    BrowserView,
+    CollectorError,
+    CollectorPaths,
+    append_failed,
+    query_fields,
+)
 from adpulse.telemetry import RequestMetrics
+
+log = logging.getLogger(__name__)
 
 _PIXEL: Final = COLLECTOR_PREFIX + "/pixel.gif"
 _CLICK: Final = COLLECTOR_PREFIX + "/click"
@@ -62,15 +78,21 @@ class CollectorFront:
         path = scope["path"]
         if path != _PIXEL and path != _CLICK:
             return None
+        return self.params_of_get(scope["headers"], scope.get("query_string", b""))
+
+    def params_of_get(
+        self, headers: Iterable[tuple[bytes, bytes]], query: bytes
+    ) -> dict[str, str | None] | None:
+        """:meth:`params_of` for a ``GET`` of the pixel or the click with these headers
+        (names in lower case) and query string."""
         host: bytes | None = None
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name == b"host":
                 host = value if host is None else host  # the first, as HostGate reads
             elif name == b"origin" and self.cors:
                 return None
         if not self.hosts.allows(host or b""):
             return None
-        query = scope.get("query_string", b"")
         if self.limits and len(query) > MAX_QUERY_STRING:
             return None
         params, fields = query_fields(query)
@@ -116,3 +138,200 @@ class FrontedFastAPI(FastAPI):
                 await front.answer(scope, params, send)
                 return
         await super().__call__(scope, receive, send)
+
+
+class _FrontCycle:
+    """A request :func:`front_protocol` answers itself: what uvicorn's protocol reads of
+    its request-response cycle (``response_complete``, ``disconnected``, ``keep_alive``,
+    ``message_event``), and the request."""
+
+    __slots__ = ("disconnected", "keep_alive", "params", "path", "response_complete", "started")
+
+    def __init__(self, path: str, params: dict[str, str | None], keep_alive: bool) -> None:
+        self.path = path
+        self.params = params
+        self.keep_alive = keep_alive
+        self.started = False
+        self.response_complete = False
+        self.disconnected = False
+
+    @property
+    def message_event(self) -> _FrontCycle:
+        return self  # nothing waits on it: set() is uvicorn waking a receive()
+
+    def set(self) -> None:
+        pass
+
+
+_PATHS: Final = {_PIXEL.encode(): _PIXEL, _CLICK.encode(): _CLICK}
+
+
+def front_protocol(base: type[Any], app: FrontedFastAPI) -> type[Any]:
+    """``base`` (uvicorn's httptools protocol, or a subclass) answering the requests
+    ``app.collector_front`` takes itself, without the ASGI machinery.
+
+    uvicorn turns every request into an ASGI scope, a task, and ``receive`` and ``send``
+    coroutines with their checks of each header: for a pixel, most of its time. Here a
+    ``GET`` of the pixel or the click that :meth:`CollectorFront.params_of_get` takes is
+    answered when the parser completes it: its record goes to the collector's gathered
+    append (:meth:`~adpulse.sources.collector.Collector.submit_soon`), and once that is
+    durable the answer goes to the socket in one write, in the bytes uvicorn would send
+    for the app's answer (its ``date`` and ``server`` headers, ``connection: close``
+    when the connection ends), counted in the same metrics. Any other request goes the
+    ASGI way, as do those uvicorn must treat specially: behind another answer still
+    pending (pipelined: queued, then started as uvicorn does), with ``Expect:
+    100-continue``, an ``Upgrade``, a body, over ``limit_concurrency``, or while the
+    socket's write buffer is full.
+    """
+    import httptools
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+
+    class FrontProtocol(base):  # type: ignore[misc,valid-type]
+        cycle: Any  # uvicorn's RequestResponseCycle, or a _FrontCycle
+        # The keep-alive deadline on one timer per connection, moved by each response
+        # (uvicorn makes a timer per response and cancels it at the next request).
+        _idle_due: float | None = None
+        _idle_timer: asyncio.TimerHandle | None = None
+
+        def _unset_keepalive_if_required(self) -> None:
+            self._idle_due = None
+
+        def on_response_complete(self) -> None:
+            # uvicorn's (httptools), with the keep-alive deadline of the class comment
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self._idle_due = None
+            self.flow.resume_reading()
+            if self.pipeline:
+                cycle, asgi = self.pipeline.pop()
+                self._start_asgi_task(cycle, asgi)
+                return
+            loop = self.loop
+            self._idle_due = loop.time() + self.timeout_keep_alive
+            if self._idle_timer is None:
+                self._idle_timer = loop.call_at(self._idle_due, self._idle_too_long)
+
+        def _idle_too_long(self) -> None:
+            self._idle_timer = None
+            due = self._idle_due
+            if due is None:
+                return
+            if self.loop.time() < due - 0.001:  # a response since: wait until then
+                self._idle_timer = self.loop.call_at(due, self._idle_too_long)
+            else:
+                self.timeout_keep_alive_handler()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            super().connection_lost(exc)
+
+        def on_headers_complete(self) -> None:
+            front = app.collector_front
+            if front is None or not self._take(front):
+                super().on_headers_complete()
+
+        def _take(self, front: CollectorFront) -> bool:
+            """Whether the request whose headers are complete is the front's (then
+            answered once its message is complete)."""
+            parser = self.parser
+            if parser.get_method() != b"GET" or self.expect_100_continue or self.root_path:
+                return False
+            cycle = self.cycle
+            if (cycle is not None and not cycle.response_complete) or self.flow.write_paused:
+                return False
+            limit = self.limit_concurrency
+            if limit is not None and len(self.connections) >= limit:
+                return False  # uvicorn's 503
+            url = httptools.parse_url(self.url)
+            path = _PATHS.get(url.path)
+            if path is None or parser.should_upgrade():
+                return False
+            headers = self.headers
+            for name, value in headers:  # a body (wrk sends "Content-Length: 0")
+                if (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
+                    return False
+            params = front.params_of_get(headers, url.query or b"")
+            if params is None:
+                return False
+            keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+            self.cycle = _FrontCycle(path, params, keep_alive)
+            return True
+
+        def on_message_complete(self) -> None:
+            cycle = self.cycle
+            if type(cycle) is _FrontCycle and not cycle.started:
+                cycle.started = True
+                self._answer(cycle)
+            else:
+                super().on_message_complete()
+
+        def _answer(self, cycle: _FrontCycle) -> None:
+            front = app.collector_front
+            assert front is not None
+            t0 = time.perf_counter()
+            try:
+                view = front.paths.browser_view(cycle.path, cycle.params)
+            except CollectorError as exc:
+                headers, body = exc.parts()
+                self._reply(front, cycle, t0, exc.status, headers, body)
+                return
+            done = front.paths.collector.submit_soon(view.stream, [view.record])
+            done.add_done_callback(functools.partial(self._appended, front, cycle, t0, view))
+
+        def _appended(
+            self,
+            front: CollectorFront,
+            cycle: _FrontCycle,
+            t0: float,
+            view: BrowserView,
+            done: asyncio.Future[int],
+        ) -> None:
+            if done.cancelled():  # the server is stopping
+                self.transport.close()
+                return
+            try:
+                exc = done.exception()
+                if exc is None:
+                    self._reply(front, cycle, t0, view.status, view.headers, view.body)
+                else:
+                    error = append_failed(exc, view.stream, 1)
+                    headers, body = error.parts()
+                    self._reply(front, cycle, t0, error.status, headers, body)
+            except Exception:  # a bug: close rather than leave the client waiting
+                log.exception("the pixel or click could not be answered")
+                self.transport.close()
+
+        def _reply(
+            self,
+            front: CollectorFront,
+            cycle: _FrontCycle,
+            t0: float,
+            status: int,
+            headers: list[tuple[bytes, bytes]],
+            body: bytes,
+        ) -> None:
+            transport = self.transport
+            if not transport.is_closing():
+                parts = [STATUS_LINE[status]]
+                for name, value in self.server_state.default_headers:
+                    parts += (name, b": ", value, b"\r\n")
+                for name, value in headers:
+                    parts += (name, b": ", value, b"\r\n")
+                if front.cors:  # as the CORS layer marks every answer
+                    parts.append(b"vary: Origin\r\n")
+                if not cycle.keep_alive:
+                    parts.append(b"connection: close\r\n")
+                parts += (b"\r\n", body)
+                transport.write(b"".join(parts))
+            if front.metrics is not None:
+                front.metrics.observe("GET", cycle.path, status, time.perf_counter() - t0)
+            cycle.response_complete = True
+            if not cycle.keep_alive:
+                transport.close()
+            self.on_response_complete()
+
+    FrontProtocol.__name__ = f"Front{base.__name__}"
+    return FrontProtocol

@@ -12,6 +12,7 @@ from fastapi.telemetry import TelemetryConfig
 
 from adpulse.config import Settings
 from adpulse.serving.http.feed import LiveFeed
+from adpulse.serving.http.front import FrontedFastAPI, front_protocol
 
 
 def bind(host: str, port: int) -> Any:
@@ -73,10 +74,24 @@ def make_server(app: FastAPI, log_level: str = "warning") -> Any:
             max_header_bytes=settings.http_max_header_bytes,
             max_connections=settings.http_max_connections,
         )
-    config = uvicorn.Config(
-        app, log_level=log_level, access_log=False, lifespan="on", **uvicorn_options(limits)
-    )
+    protocol = _httptools_protocol()
+    if isinstance(app, FrontedFastAPI) and protocol is not None:
+        # the collector's pixel and click answered by the protocol itself
+        options = uvicorn_options(limits, front_protocol(protocol, app))
+    else:
+        options = uvicorn_options(limits)
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", **options)
     return uvicorn.Server(config)
+
+
+def _httptools_protocol() -> type[Any] | None:
+    """uvicorn's httptools protocol (the one it picks when httptools is installed, as
+    it is with adpulse); None without httptools."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # httptools not installed
+        return None
+    return HttpToolsProtocol
 
 
 #: Seconds a stopping server waits for open requests to finish before it closes them.
