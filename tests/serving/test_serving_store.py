@@ -403,3 +403,40 @@ def test_redis_keeps_no_journal_once_a_rebuild_ends() -> None:
         generations = {k.split(":")[2] for k in keys if k.split(":")[2].isdigit()}
         assert generations == {generation}  # the old and the failed one are deleted
         assert impressions_by_ad(store) == {1: 1}  # batch 2, replayed from the journal
+
+
+def test_the_in_process_store_sums_many_deltas_exactly_in_few_parts() -> None:
+    from adpulse.serving.store import memory
+
+    store = MemoryServingStore()
+    store.replace(LiveRows.empty(), StoreWindow(T0, None))
+    expected: dict[tuple[datetime, int], int] = {}
+    for i in range(1, 1001):
+        minute = T0 + timedelta(minutes=i % 90)
+        batch = rollups(
+            (minute, 1, "Fall", "Web", "Miami", i, 0, 0, 0, "0"),
+            (T0, 2, "Fall", "Web", "Miami", 1, 0, 0, 0, "0"),  # one key in every delta
+        )
+        assert store.apply(f"run:{i}", delta(batch)) is True
+        for key, n in (((minute, 1), i), ((T0, 2), 1)):
+            expected[key] = expected.get(key, 0) + n
+        # merged: the newest 32 parts and the older ones at most twice their size
+        assert len(store._rollups) <= memory._MAX_PARTS + 8
+    rows = store.read(T0, None)
+    assert rows is not None
+    assert {(r[0], r[1]): r[5] for r in rows.rollups.rows()} == expected
+    assert expected[(T0, 2)] == 1000
+    assert expected[(T0, 1)] == sum(range(90, 1001, 90))
+
+
+def test_moving_the_window_copies_only_frames_with_expired_rows() -> None:
+    from adpulse.serving.store.memory import _since
+
+    frame = rollups(
+        (T0, 1, "Fall", "Web", "Miami", 1, 0, 0, 0, "0"),
+        (T0 + timedelta(minutes=5), 1, "Fall", "Web", "Miami", 2, 0, 0, 0, "0"),
+    )
+    assert _since(frame, "minute", T0) is frame  # nothing to drop: the same frame
+    assert _since(frame.clear(), "minute", T0).height == 0
+    kept = _since(frame, "minute", T0 + timedelta(minutes=1))
+    assert kept.rows() == frame.rows()[1:]
