@@ -421,7 +421,7 @@ def test_the_in_process_store_sums_many_deltas_exactly_in_few_parts() -> None:
         for key, n in (((minute, 1), i), ((T0, 2), 1)):
             expected[key] = expected.get(key, 0) + n
         # merged: the newest 32 parts and the older ones at most twice their size
-        assert len(store._rollups) <= memory._MAX_PARTS + 8
+        assert store.parts() <= memory.MAX_PARTS + 8
     rows = store.read(T0, None)
     assert rows is not None
     assert {(r[0], r[1]): r[5] for r in rows.rollups.rows()} == expected
@@ -430,13 +430,13 @@ def test_the_in_process_store_sums_many_deltas_exactly_in_few_parts() -> None:
 
 
 def test_moving_the_window_copies_only_frames_with_expired_rows() -> None:
-    from adpulse.serving.store.memory import _since
+    from adpulse.serving.store.memory import rows_since
 
     frame = rollups(
         (T0, 1, "Fall", "Web", "Miami", 1, 0, 0, 0, "0"),
         (T0 + timedelta(minutes=5), 1, "Fall", "Web", "Miami", 2, 0, 0, 0, "0"),
     )
-    assert _since(frame, "minute", T0) is frame  # nothing to drop: the same frame
-    assert _since(frame.clear(), "minute", T0).height == 0
-    kept = _since(frame, "minute", T0 + timedelta(minutes=1))
+    assert rows_since(frame, "minute", T0) is frame  # nothing to drop: the same frame
+    assert rows_since(frame.clear(), "minute", T0).height == 0
+    kept = rows_since(frame, "minute", T0 + timedelta(minutes=1))
     assert kept.rows() == frame.rows()[1:]

@@ -31,9 +31,9 @@ from adpulse.serving.store.base import (
 )
 
 #: Appended delta frames are summed when there are more than this many: the newest
-#: _MERGED of them, with every older part not more than twice as large as those.
-_MAX_PARTS: Final = 64
-_MERGED: Final = 32
+#: MERGED of them, with every older part not more than twice as large as those.
+MAX_PARTS: Final = 64
+MERGED: Final = 32
 #: How long applied batch keys are remembered (a retried write comes seconds later).
 BATCH_KEY_SECONDS: Final = 3_600.0
 
@@ -84,8 +84,8 @@ class MemoryServingStore(ServingStore):
         self._offsets.update(delta.offsets)
         self._window = StoreWindow(start, newest)
         self._expire()
-        if len(self._rollups) > _MAX_PARTS:
-            self._rollups = _compact(self._rollups)
+        if len(self._rollups) > MAX_PARTS:
+            self._rollups = compact(self._rollups)
 
     def _forget_batch_keys(self, now: float) -> None:
         # insertion order is time order: drop from the front
@@ -102,8 +102,8 @@ class MemoryServingStore(ServingStore):
             return
         start = newest - WINDOW
         self._window = StoreWindow(start, newest)
-        self._rollups = [_since(f, "minute", start) for f in self._rollups]
-        self._conversions = _since(self._conversions, "event_time", start)
+        self._rollups = [rows_since(f, "minute", start) for f in self._rollups]
+        self._conversions = rows_since(self._conversions, "event_time", start)
 
     def rebuild(self, read: Callable[[], StoreSnapshot]) -> None:
         with self._lock:
@@ -156,6 +156,11 @@ class MemoryServingStore(ServingStore):
         with self._lock:
             return self._window
 
+    def parts(self) -> int:
+        """How many rollup frames it holds (see :func:`compact`)."""
+        with self._lock:
+            return len(self._rollups)
+
     def nbytes(self) -> int:
         """Bytes held by the frames of the window (Polars' estimate), for memory reports."""
         with self._lock:
@@ -166,7 +171,7 @@ class MemoryServingStore(ServingStore):
         pass
 
 
-def _since(frame: pl.DataFrame, column: str, start: datetime) -> pl.DataFrame:
+def rows_since(frame: pl.DataFrame, column: str, start: datetime) -> pl.DataFrame:
     """The rows of ``frame`` from ``start`` on: ``frame`` itself when that is all of them.
 
     The window moves every minute; filtering every frame each time copied the whole
@@ -178,17 +183,17 @@ def _since(frame: pl.DataFrame, column: str, start: datetime) -> pl.DataFrame:
     return frame.filter(pl.col(column) >= start)
 
 
-def _compact(parts: list[pl.DataFrame]) -> list[pl.DataFrame]:
-    """``parts`` with the newest :data:`_MERGED` summed into one (:func:`.base.project`),
+def compact(parts: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    """``parts`` with the newest :data:`MERGED` summed into one (:func:`.base.project`),
     together with every older part not more than twice as large as what is summed.
 
     Summing all of them each time re-summed (and copied) the whole window every
-    :data:`_MAX_PARTS` batches. This way the parts shrink from the oldest to the newest
+    :data:`MAX_PARTS` batches. This way the parts shrink from the oldest to the newest
     (each more than twice the rows of all newer ones when it was made), a row is summed
     again only when the parts after it have grown as large as its own, and the number of
-    parts stays logarithmic in the window's rows plus :data:`_MAX_PARTS`. Reads sum over
+    parts stays logarithmic in the window's rows plus :data:`MAX_PARTS`. Reads sum over
     the parts (they project), so a key in two parts reads the same as one summed row."""
-    first = len(parts) - _MERGED
+    first = len(parts) - MERGED
     rows = sum(p.height for p in parts[first:])
     while first > 0 and parts[first - 1].height <= 2 * rows:
         first -= 1
