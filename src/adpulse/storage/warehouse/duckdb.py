@@ -365,19 +365,19 @@ DEFAULT_MEMORY_SHARE: Final = 0.25
 DEFAULT_MEMORY_CAP: Final = 256 << 20
 
 
-def memory_limit(setting: str, total_ram: int | None = None) -> str:
+def memory_limit(setting: str, total_ram: int | None = None, cap: int = DEFAULT_MEMORY_CAP) -> str:
     """DuckDB's ``memory_limit`` for the setting ``duckdb_memory_limit``.
 
-    ``""``: 25 % of RAM, at most 256 MiB (DuckDB's own default is 80 % of RAM, which it
-    fills with cached blocks of the file under a long live run; past the limit it moves
-    blocks not yet checkpointed to its temporary directory instead of failing).
+    ``""``: 25 % of RAM, at most ``cap`` (256 MiB; DuckDB's own default is 80 % of RAM,
+    which it fills with cached blocks of the file under a long live run; past the limit
+    it moves blocks not yet checkpointed to its temporary directory instead of failing).
     ``"N%"``: that share of RAM. Anything else ("512MB", "2GiB") is passed to DuckDB as it is.
     """
     if setting and not setting.endswith("%"):
         return setting
     ram = total_ram if total_ram is not None else _total_ram()
     if not setting:
-        return f"{min(int(ram * DEFAULT_MEMORY_SHARE), DEFAULT_MEMORY_CAP) >> 20}MiB"
+        return f"{min(int(ram * DEFAULT_MEMORY_SHARE), cap) >> 20}MiB"
     return f"{int(ram * float(setting[:-1]) / 100) >> 20}MiB"
 
 
