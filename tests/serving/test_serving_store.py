@@ -440,3 +440,21 @@ def test_moving_the_window_copies_only_frames_with_expired_rows() -> None:
     assert rows_since(frame.clear(), "minute", T0).height == 0
     kept = rows_since(frame, "minute", T0 + timedelta(minutes=1))
     assert kept.rows() == frame.rows()[1:]
+
+
+def test_the_in_process_store_keeps_its_own_text_not_the_batches() -> None:
+    store = MemoryServingStore()
+    store.replace(LiveRows.empty(), StoreWindow(T0, None))
+    many = pl.DataFrame(
+        [(f"conv-{i:030d}", *CONVERSION[1:]) for i in range(50_000)],
+        schema=LIVE_CONVERSIONS,
+        orient="row",
+    )
+    kept = many.head(2)  # a view: it holds the text of all 50,000
+    assert store.apply("run:1", delta(rollups(), kept)) is True
+    rows = store.read(T0, None)
+    assert rows is not None and rows.conversions["event_id"].to_list() == [
+        f"conv-{i:030d}" for i in range(2)
+    ]
+    held = rows.conversions.to_arrow(compat_level=pl.CompatLevel.newest())["event_id"]
+    assert sum(b.size for c in held.chunks for b in c.buffers() if b is not None) < 1_000

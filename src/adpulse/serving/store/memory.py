@@ -16,6 +16,7 @@ from typing import Final
 import polars as pl
 
 from adpulse.contracts import Stream
+from adpulse.processor.state import own_strings
 from adpulse.serving.store.base import (
     LIVE_CONVERSIONS,
     LIVE_ROLLUPS,
@@ -72,8 +73,9 @@ class MemoryServingStore(ServingStore):
     def _add(self, delta: LiveDelta) -> None:
         assert self._window is not None
         start = self._window.start
-        rollups = delta.rows.rollups.filter(pl.col("minute") >= start)
-        conversions = delta.rows.conversions.filter(pl.col("event_time") >= start)
+        # text in buffers of its own: a delta's views would keep its batch's text alive
+        rollups = own_strings(delta.rows.rollups.filter(pl.col("minute") >= start))
+        conversions = own_strings(delta.rows.conversions.filter(pl.col("event_time") >= start))
         newest = _newest(self._window.newest, rollups, conversions)
         if rollups.height:
             self._rollups.append(rollups)
@@ -113,8 +115,10 @@ class MemoryServingStore(ServingStore):
         try:
             snapshot = read()
             with self._lock:
-                self._rollups = [project(snapshot.rows.rollups)]
-                self._conversions = snapshot.rows.conversions.select(list(LIVE_CONVERSIONS))
+                self._rollups = [own_strings(project(snapshot.rows.rollups))]
+                self._conversions = own_strings(
+                    snapshot.rows.conversions.select(list(LIVE_CONVERSIONS))
+                )
                 self._window = snapshot.window
                 self._offsets = dict(snapshot.offsets)
                 self._batches = dict(snapshot.batches)
@@ -180,7 +184,7 @@ def rows_since(frame: pl.DataFrame, column: str, start: datetime) -> pl.DataFram
     oldest = frame[column].min()
     if frame[column].null_count() == 0 and (oldest is None or oldest >= start):  # type: ignore[operator]
         return frame
-    return frame.filter(pl.col(column) >= start)
+    return own_strings(frame.filter(pl.col(column) >= start))
 
 
 def compact(parts: list[pl.DataFrame]) -> list[pl.DataFrame]:
@@ -198,7 +202,7 @@ def compact(parts: list[pl.DataFrame]) -> list[pl.DataFrame]:
     while first > 0 and parts[first - 1].height <= 2 * rows:
         first -= 1
         rows += parts[first].height
-    return [*parts[:first], project(pl.concat(parts[first:]))]
+    return [*parts[:first], own_strings(project(pl.concat(parts[first:])))]
 
 
 def _newest(
@@ -218,11 +222,13 @@ def _reattribute(conversions: pl.DataFrame, reattributions: pl.DataFrame) -> pl.
     columns = [c for c in reattributions.columns if c != "event_id"]
     new = reattributions.unique("event_id", keep="last")
     updated = conversions.join(new, on="event_id", how="left", suffix="_new")
-    return updated.with_columns(
-        pl.when(pl.col("click_event_id").is_not_null())
-        .then(pl.col(f"{c}_new"))
-        .otherwise(pl.col(c))
-        .alias(c)
-        for c in columns
-        if c in conversions.columns
-    ).select(list(LIVE_CONVERSIONS))
+    return own_strings(
+        updated.with_columns(
+            pl.when(pl.col("click_event_id").is_not_null())
+            .then(pl.col(f"{c}_new"))
+            .otherwise(pl.col(c))
+            .alias(c)
+            for c in columns
+            if c in conversions.columns
+        ).select(list(LIVE_CONVERSIONS))
+    )
