@@ -32,12 +32,17 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from adpulse.processor.allocator import limit_arenas
 
-import adpulse.operations.demo as demo
-from adpulse.config import Settings
-from adpulse.processor.pipeline import Processor
-from adpulse.runtime import Runtime
+limit_arenas()  # as the command line does before it starts a thread
+
+import duckdb  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+import adpulse.operations.demo as demo  # noqa: E402
+from adpulse.config import Settings  # noqa: E402
+from adpulse.processor.pipeline import Processor  # noqa: E402
+from adpulse.runtime import Runtime  # noqa: E402
 
 
 def main() -> None:
@@ -143,7 +148,7 @@ def _smaps() -> dict[str, int]:
     out: dict[str, int] = {}
     for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
         key, _, rest = line.partition(":")
-        if key in ("Rss", "Anonymous", "Pss_File", "Pss_Anon"):
+        if key in ("Rss", "Anonymous", "Pss_File", "Pss_Anon", "LazyFree", "AnonHugePages"):
             out[key.lower()] = round(int(rest.split()[0]) / 1024)
     return out
 
@@ -157,6 +162,24 @@ def _glibc() -> dict[str, int]:
         "free_kept_mb": round(info.fordblks / 2**20),
         "mmapped_mb": round(info.hblkhd / 2**20),
     }
+
+
+def _duckdb_jemalloc() -> dict[str, int] | None:
+    """DuckDB's own allocator (jemalloc, linked into its extension module: everything
+    DuckDB allocates, its buffer manager's blocks and the rest), in MB."""
+    found = sorted(Path(duckdb.__file__).parent.parent.glob("_duckdb*.so"))
+    if not found:
+        return None
+    mallctl = ctypes.CDLL(str(found[0])).duckdb_je_mallctl
+    epoch, size = ctypes.c_uint64(1), ctypes.c_size_t(8)
+    mallctl(b"epoch", ctypes.byref(epoch), ctypes.byref(size), ctypes.byref(epoch), 8)
+    out = {}
+    for name in ("allocated", "resident", "retained"):
+        value, size = ctypes.c_size_t(0), ctypes.c_size_t(8)
+        if mallctl(f"stats.{name}".encode(), ctypes.byref(value), ctypes.byref(size), None, 0):
+            return None
+        out[f"{name}_mb"] = round(value.value / 2**20)
+    return out
 
 
 def _traced() -> dict[str, int] | None:
@@ -206,6 +229,7 @@ def _sample(rt: Runtime, processor: Processor, elapsed: float) -> dict[str, Any]
         "store_mb": round(rt.store.nbytes() / 2**20) if hasattr(rt.store, "nbytes") else None,
         "smaps_mb": _smaps(),
         "glibc": _glibc(),
+        "duckdb_jemalloc": _duckdb_jemalloc(),
         "traced": _traced(),
         "committed_batches": processor.batch_id,
     }

@@ -132,6 +132,13 @@ class Settings(BaseSettings):
         " '25%' of RAM). Default '': 25 % of RAM, at most 256 MiB. Beyond it DuckDB spills"
         " to HOME/warehouse.duckdb.tmp or fails with an out-of-memory error.",
     )
+    duckdb_checkpoint_threshold: str = Field(
+        "64MB",
+        pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="DuckDB warehouse: WAL size at which it checkpoints. The rows committed"
+        " since the last checkpoint stay in its memory until then, so a live run's DuckDB"
+        " memory rises and falls by about this much.",
+    )
     duckdb_threads: int = Field(
         0, ge=0, le=256, description="DuckDB warehouse: worker threads (0: one per core)."
     )

@@ -403,3 +403,58 @@ def test_redis_keeps_no_journal_once_a_rebuild_ends() -> None:
         generations = {k.split(":")[2] for k in keys if k.split(":")[2].isdigit()}
         assert generations == {generation}  # the old and the failed one are deleted
         assert impressions_by_ad(store) == {1: 1}  # batch 2, replayed from the journal
+
+
+def test_the_in_process_store_sums_many_deltas_exactly_in_few_parts() -> None:
+    from adpulse.serving.store import memory
+
+    store = MemoryServingStore()
+    store.replace(LiveRows.empty(), StoreWindow(T0, None))
+    expected: dict[tuple[datetime, int], int] = {}
+    for i in range(1, 1001):
+        minute = T0 + timedelta(minutes=i % 90)
+        batch = rollups(
+            (minute, 1, "Fall", "Web", "Miami", i, 0, 0, 0, "0"),
+            (T0, 2, "Fall", "Web", "Miami", 1, 0, 0, 0, "0"),  # one key in every delta
+        )
+        assert store.apply(f"run:{i}", delta(batch)) is True
+        for key, n in (((minute, 1), i), ((T0, 2), 1)):
+            expected[key] = expected.get(key, 0) + n
+        # merged: the newest 32 parts and the older ones at most twice their size
+        assert store.parts() <= memory.MAX_PARTS + 8
+    rows = store.read(T0, None)
+    assert rows is not None
+    assert {(r[0], r[1]): r[5] for r in rows.rollups.rows()} == expected
+    assert expected[(T0, 2)] == 1000
+    assert expected[(T0, 1)] == sum(range(90, 1001, 90))
+
+
+def test_moving_the_window_copies_only_frames_with_expired_rows() -> None:
+    from adpulse.serving.store.memory import rows_since
+
+    frame = rollups(
+        (T0, 1, "Fall", "Web", "Miami", 1, 0, 0, 0, "0"),
+        (T0 + timedelta(minutes=5), 1, "Fall", "Web", "Miami", 2, 0, 0, 0, "0"),
+    )
+    assert rows_since(frame, "minute", T0) is frame  # nothing to drop: the same frame
+    assert rows_since(frame.clear(), "minute", T0).height == 0
+    kept = rows_since(frame, "minute", T0 + timedelta(minutes=1))
+    assert kept.rows() == frame.rows()[1:]
+
+
+def test_the_in_process_store_keeps_its_own_text_not_the_batches() -> None:
+    store = MemoryServingStore()
+    store.replace(LiveRows.empty(), StoreWindow(T0, None))
+    many = pl.DataFrame(
+        [(f"conv-{i:030d}", *CONVERSION[1:]) for i in range(50_000)],
+        schema=LIVE_CONVERSIONS,
+        orient="row",
+    )
+    kept = many.head(2)  # a view: it holds the text of all 50,000
+    assert store.apply("run:1", delta(rollups(), kept)) is True
+    rows = store.read(T0, None)
+    assert rows is not None and rows.conversions["event_id"].to_list() == [
+        f"conv-{i:030d}" for i in range(2)
+    ]
+    held = rows.conversions.to_arrow(compat_level=pl.CompatLevel.newest())["event_id"]
+    assert sum(b.size for c in held.chunks for b in c.buffers() if b is not None) < 1_000

@@ -37,3 +37,36 @@ def test_the_warehouse_opens_with_the_settings(tmp_path: Path) -> None:
 def test_a_limit_that_is_no_size_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="duckdb_memory_limit"):
         Settings(home=tmp_path, duckdb_memory_limit="lots")
+
+
+@pytest.mark.parametrize(("threshold", "checkpointed"), [("1MiB", True), ("1GiB", False)])
+def test_the_wal_is_checkpointed_at_the_threshold(
+    tmp_path: Path, threshold: str, checkpointed: bool
+) -> None:
+    # DuckDB holds what the WAL logs in memory too, until a checkpoint: the threshold
+    # bounds that part of its memory under a live run (default 64MB).
+    assert Settings(home=tmp_path).duckdb_checkpoint_threshold == "64MB"
+    settings = Settings(home=tmp_path, duckdb_checkpoint_threshold=threshold)
+    warehouse = open_warehouse(settings)
+    wal = Path(f"{settings.warehouse_path}.wal")
+    try:
+        assert warehouse.query("SELECT current_setting('checkpoint_threshold')").item() == (
+            "1.0 MiB" if threshold == "1MiB" else "1.0 GiB"
+        )
+        cursor = warehouse.cursor()  # type: ignore[attr-defined]
+        cursor.execute("CREATE TABLE filler (i BIGINT, s VARCHAR)")
+        for n in range(10):  # ~3 MB of WAL in commits of 10,000 rows (each below a row group)
+            cursor.execute(
+                f"INSERT INTO filler SELECT range, 'row number ' || range FROM range({n * 10_000}, {(n + 1) * 10_000})"
+            )
+        cursor.close()
+        wal_bytes = wal.stat().st_size if wal.exists() else 0
+        assert (wal_bytes < 1_000_000) is checkpointed, wal_bytes
+        assert warehouse.query("SELECT count(*) FROM filler").item() == 100_000
+    finally:
+        warehouse.close()
+
+
+def test_a_threshold_that_is_no_size_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="duckdb_checkpoint_threshold"):
+        Settings(home=tmp_path, duckdb_checkpoint_threshold="often")

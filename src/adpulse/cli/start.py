@@ -15,6 +15,10 @@ import sys
 def main() -> None:
     # SIGTERM as Ctrl-C: a KeyboardInterrupt, which the command line turns into one line.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Before any thread starts (ctypes only: nothing heavy yet).
+    from adpulse.processor.allocator import limit_arenas
+
+    limit_arenas()
     try:
         from adpulse.cli.main import main as run_command_line
     except KeyboardInterrupt:

@@ -7,7 +7,7 @@ import time
 from collections import deque
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
 from rich.columns import Columns
@@ -29,6 +29,7 @@ from adpulse.sources.files import write_csv
 from adpulse.sources.generator import EventGenerator, GeneratorConfig, HistoryTier, history_plan
 from adpulse.sources.producer import publish
 from adpulse.storage.dimensions import read_dimension_csv
+from adpulse.storage.warehouse.duckdb import memory_limit
 
 if TYPE_CHECKING:
     from adpulse.serving.auth import Access
@@ -81,6 +82,22 @@ class _Rates:
         return {s: n / self.window for s, n in sums.items()}
 
 
+#: DuckDB's memory limit in the demo when ``duckdb_memory_limit`` is not set (25 % of RAM,
+#: at most this). Under a live run DuckDB fills its limit with cached blocks of the file
+#: (~7 MB a minute at 5,000 events/s) besides the rows of its checkpoint interval: 256
+#: MiB of the one-hour soak's 1 GB (docs/performance.md, "Memory under live load").
+DEMO_DUCKDB_MEMORY_CAP: Final = 128 << 20
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """``settings`` for the demo: DuckDB's memory limit at most
+    :data:`DEMO_DUCKDB_MEMORY_CAP` unless ``duckdb_memory_limit`` was given."""
+    if "duckdb_memory_limit" in settings.model_fields_set:
+        return settings
+    limit = memory_limit("", cap=DEMO_DUCKDB_MEMORY_CAP)
+    return settings.model_copy(update={"duckdb_memory_limit": limit})
+
+
 def run_demo(
     settings: Settings,
     console: Console,
@@ -126,6 +143,7 @@ def run_demo(
             raise UserError(
                 f"cannot listen on {serve_at[0]}:{serve_at[1]}: {exc}; choose --port or --no-serve"
             ) from exc
+    settings = demo_settings(settings)
     with open_runtime(settings, live=True) as rt:
         access = None
         if serve_at is not None:

@@ -16,6 +16,7 @@ from typing import Final
 import polars as pl
 
 from adpulse.contracts import Stream
+from adpulse.processor.state import own_strings
 from adpulse.serving.store.base import (
     LIVE_CONVERSIONS,
     LIVE_ROLLUPS,
@@ -30,8 +31,10 @@ from adpulse.serving.store.base import (
     project,
 )
 
-#: Appended delta frames are summed into one when there are more than this many.
-_MAX_PARTS: Final = 64
+#: Appended delta frames are summed when there are more than this many: the newest
+#: MERGED of them, with every older part not more than twice as large as those.
+MAX_PARTS: Final = 64
+MERGED: Final = 32
 #: How long applied batch keys are remembered (a retried write comes seconds later).
 BATCH_KEY_SECONDS: Final = 3_600.0
 
@@ -70,8 +73,9 @@ class MemoryServingStore(ServingStore):
     def _add(self, delta: LiveDelta) -> None:
         assert self._window is not None
         start = self._window.start
-        rollups = delta.rows.rollups.filter(pl.col("minute") >= start)
-        conversions = delta.rows.conversions.filter(pl.col("event_time") >= start)
+        # text in buffers of its own: a delta's views would keep its batch's text alive
+        rollups = own_strings(delta.rows.rollups.filter(pl.col("minute") >= start))
+        conversions = own_strings(delta.rows.conversions.filter(pl.col("event_time") >= start))
         newest = _newest(self._window.newest, rollups, conversions)
         if rollups.height:
             self._rollups.append(rollups)
@@ -82,8 +86,8 @@ class MemoryServingStore(ServingStore):
         self._offsets.update(delta.offsets)
         self._window = StoreWindow(start, newest)
         self._expire()
-        if len(self._rollups) > _MAX_PARTS:
-            self._rollups = [project(pl.concat(self._rollups))]
+        if len(self._rollups) > MAX_PARTS:
+            self._rollups = compact(self._rollups)
 
     def _forget_batch_keys(self, now: float) -> None:
         # insertion order is time order: drop from the front
@@ -100,8 +104,8 @@ class MemoryServingStore(ServingStore):
             return
         start = newest - WINDOW
         self._window = StoreWindow(start, newest)
-        self._rollups = [f.filter(pl.col("minute") >= start) for f in self._rollups]
-        self._conversions = self._conversions.filter(pl.col("event_time") >= start)
+        self._rollups = [rows_since(f, "minute", start) for f in self._rollups]
+        self._conversions = rows_since(self._conversions, "event_time", start)
 
     def rebuild(self, read: Callable[[], StoreSnapshot]) -> None:
         with self._lock:
@@ -111,8 +115,10 @@ class MemoryServingStore(ServingStore):
         try:
             snapshot = read()
             with self._lock:
-                self._rollups = [project(snapshot.rows.rollups)]
-                self._conversions = snapshot.rows.conversions.select(list(LIVE_CONVERSIONS))
+                self._rollups = [own_strings(project(snapshot.rows.rollups))]
+                self._conversions = own_strings(
+                    snapshot.rows.conversions.select(list(LIVE_CONVERSIONS))
+                )
                 self._window = snapshot.window
                 self._offsets = dict(snapshot.offsets)
                 self._batches = dict(snapshot.batches)
@@ -154,6 +160,11 @@ class MemoryServingStore(ServingStore):
         with self._lock:
             return self._window
 
+    def parts(self) -> int:
+        """How many rollup frames it holds (see :func:`compact`)."""
+        with self._lock:
+            return len(self._rollups)
+
     def nbytes(self) -> int:
         """Bytes held by the frames of the window (Polars' estimate), for memory reports."""
         with self._lock:
@@ -162,6 +173,36 @@ class MemoryServingStore(ServingStore):
 
     def close(self) -> None:
         pass
+
+
+def rows_since(frame: pl.DataFrame, column: str, start: datetime) -> pl.DataFrame:
+    """The rows of ``frame`` from ``start`` on: ``frame`` itself when that is all of them.
+
+    The window moves every minute; filtering every frame each time copied the whole
+    store (a transient as large as the store, every minute) to drop, during the first
+    24 h, nothing."""
+    oldest = frame[column].min()
+    if frame[column].null_count() == 0 and (oldest is None or oldest >= start):  # type: ignore[operator]
+        return frame
+    return own_strings(frame.filter(pl.col(column) >= start))
+
+
+def compact(parts: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    """``parts`` with the newest :data:`MERGED` summed into one (:func:`.base.project`),
+    together with every older part not more than twice as large as what is summed.
+
+    Summing all of them each time re-summed (and copied) the whole window every
+    :data:`MAX_PARTS` batches. This way the parts shrink from the oldest to the newest
+    (each more than twice the rows of all newer ones when it was made), a row is summed
+    again only when the parts after it have grown as large as its own, and the number of
+    parts stays logarithmic in the window's rows plus :data:`MAX_PARTS`. Reads sum over
+    the parts (they project), so a key in two parts reads the same as one summed row."""
+    first = len(parts) - MERGED
+    rows = sum(p.height for p in parts[first:])
+    while first > 0 and parts[first - 1].height <= 2 * rows:
+        first -= 1
+        rows += parts[first].height
+    return [*parts[:first], own_strings(project(pl.concat(parts[first:])))]
 
 
 def _newest(
@@ -181,11 +222,13 @@ def _reattribute(conversions: pl.DataFrame, reattributions: pl.DataFrame) -> pl.
     columns = [c for c in reattributions.columns if c != "event_id"]
     new = reattributions.unique("event_id", keep="last")
     updated = conversions.join(new, on="event_id", how="left", suffix="_new")
-    return updated.with_columns(
-        pl.when(pl.col("click_event_id").is_not_null())
-        .then(pl.col(f"{c}_new"))
-        .otherwise(pl.col(c))
-        .alias(c)
-        for c in columns
-        if c in conversions.columns
-    ).select(list(LIVE_CONVERSIONS))
+    return own_strings(
+        updated.with_columns(
+            pl.when(pl.col("click_event_id").is_not_null())
+            .then(pl.col(f"{c}_new"))
+            .otherwise(pl.col(c))
+            .alias(c)
+            for c in columns
+            if c in conversions.columns
+        ).select(list(LIVE_CONVERSIONS))
+    )

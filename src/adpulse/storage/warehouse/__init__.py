@@ -64,6 +64,7 @@ def open_duckdb(settings: Settings, read_only: bool = False) -> Warehouse:
         read_only=read_only,
         memory_limit=settings.duckdb_memory_limit,
         threads=settings.duckdb_threads,
+        checkpoint_threshold=settings.duckdb_checkpoint_threshold,
     )
 
 

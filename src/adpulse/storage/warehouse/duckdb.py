@@ -66,12 +66,16 @@ _PID: Final = re.compile(r"PID (\d+)")
 #: made each checkpoint ~6x slower in the commit benchmark. Nothing here deletes rows in
 #: bulk (upserts update in place), so there is little for vacuum to reclaim.
 #: max_vacuum_tasks=0: see the commit benchmark notes in the README (vacuuming the small
-#: row groups each batch leaves made checkpoints ~6x slower). checkpoint_threshold:
-#: fewer, larger checkpoints (the WAL is replayed after a crash, so keep it bounded).
+#: row groups each batch leaves made checkpoints ~6x slower).
 DUCKDB_CONFIG: Final[dict[str, str | int | bool]] = {
     "max_vacuum_tasks": 0,
-    "checkpoint_threshold": "256MB",
 }
+#: Default ``checkpoint_threshold`` (the setting ``duckdb_checkpoint_threshold``): DuckDB
+#: holds the rows committed since its last checkpoint in memory (besides the WAL on disk)
+#: until the WAL reaches this size, so under a live run its memory is a saw-tooth up to
+#: about this much above its cached blocks (256MB: 60-255 MB under ``adpulse demo --rate
+#: 5000``; 64MB: 14-95 MB, see docs/performance.md "Memory under live load").
+DEFAULT_CHECKPOINT_THRESHOLD: Final = "64MB"
 
 
 #: A batch's impressions from this many rows on are written as a Parquet segment (about
@@ -115,9 +119,12 @@ class DuckDBWarehouse(SqlWarehouse):
         memory_limit: str = "",
         threads: int = 0,
         segment_min_rows: int = SEGMENT_MIN_ROWS,
+        checkpoint_threshold: str = DEFAULT_CHECKPOINT_THRESHOLD,
     ) -> None:
         """``memory_limit``: the setting ``duckdb_memory_limit`` (see :func:`memory_limit`);
         ``threads``: DuckDB's worker threads (0: its default, one per core);
+        ``checkpoint_threshold``: the WAL size at which DuckDB checkpoints (the setting
+        ``duckdb_checkpoint_threshold``, see :data:`DEFAULT_CHECKPOINT_THRESHOLD`);
         ``segment_min_rows``: impressions of a batch from this many rows on are written
         as a Parquet segment (tests lower it to exercise segments on small data)."""
         self.path = Path(path)
@@ -135,7 +142,7 @@ class DuckDBWarehouse(SqlWarehouse):
             )
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._root = _connect(self.path, read_only, memory_limit, threads)
+        self._root = _connect(self.path, read_only, memory_limit, threads, checkpoint_threshold)
         # The root connection only hands out cursors: the writer is one of them, and
         # each read gets its own, so no connection object is shared between threads.
         self._writer = self._root.cursor()
@@ -358,19 +365,19 @@ DEFAULT_MEMORY_SHARE: Final = 0.25
 DEFAULT_MEMORY_CAP: Final = 256 << 20
 
 
-def memory_limit(setting: str, total_ram: int | None = None) -> str:
+def memory_limit(setting: str, total_ram: int | None = None, cap: int = DEFAULT_MEMORY_CAP) -> str:
     """DuckDB's ``memory_limit`` for the setting ``duckdb_memory_limit``.
 
-    ``""``: 25 % of RAM, at most 256 MiB (DuckDB's own default is 80 % of RAM, which it
-    fills with cached blocks of the file under a long live run; past the limit it moves
-    blocks not yet checkpointed to its temporary directory instead of failing).
+    ``""``: 25 % of RAM, at most ``cap`` (256 MiB; DuckDB's own default is 80 % of RAM,
+    which it fills with cached blocks of the file under a long live run; past the limit
+    it moves blocks not yet checkpointed to its temporary directory instead of failing).
     ``"N%"``: that share of RAM. Anything else ("512MB", "2GiB") is passed to DuckDB as it is.
     """
     if setting and not setting.endswith("%"):
         return setting
     ram = total_ram if total_ram is not None else _total_ram()
     if not setting:
-        return f"{min(int(ram * DEFAULT_MEMORY_SHARE), DEFAULT_MEMORY_CAP) >> 20}MiB"
+        return f"{min(int(ram * DEFAULT_MEMORY_SHARE), cap) >> 20}MiB"
     return f"{int(ram * float(setting[:-1]) / 100) >> 20}MiB"
 
 
@@ -385,11 +392,16 @@ def _total_ram() -> int:
 
 
 def _connect(
-    path: Path, read_only: bool, memory: str = "", threads: int = 0
+    path: Path,
+    read_only: bool,
+    memory: str = "",
+    threads: int = 0,
+    checkpoint_threshold: str = DEFAULT_CHECKPOINT_THRESHOLD,
 ) -> duckdb.DuckDBPyConnection:
     config: dict[str, str | bool | int | float | list[str]] = {
         **DUCKDB_CONFIG,
         "memory_limit": memory_limit(memory),
+        "checkpoint_threshold": checkpoint_threshold,
     }
     if threads:
         config["threads"] = threads
