@@ -39,6 +39,7 @@ from adpulse.sources.collector import (
     CollectorPaths,
     allowed_redirect,
     append_or_503,
+    collector_router,
 )
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.transport import framing, open_transport
@@ -255,6 +256,58 @@ def test_the_pixel_appends_an_impression_and_answers_an_uncached_gif(served: Ser
     httpx.get(f"{served.url}/v1/pixel.gif", params=params)
     ids = {orjson.loads(p)["event_id"] for p in served.payloads(Stream.IMPRESSIONS)}
     assert len(ids) == 3
+
+
+def test_the_fastapi_routes_answer_the_pixel_and_the_click_as_the_served_app(
+    served: Served, tmp_path: Path
+) -> None:
+    """The routes of ``collector_router`` (the API description's; the served app answers
+    ahead of them) give the same status, headers and body for the same requests (their
+    parameter errors are FastAPI's own 422)."""
+    from fastapi import FastAPI
+
+    config = Settings(
+        home=tmp_path / "routes",
+        partitions=PARTITIONS,
+        collector_redirect_hosts=["shop.example", "*.ads.example"],
+    )
+    transport = open_transport(config)
+    collector = Collector(transport, config)
+    routes = FastAPI()
+    routes.include_router(collector_router(collector))
+    shop = "https%3A%2F%2Fshop.example%2Fp"
+    queries = [
+        "/v1/pixel.gif?ad_id=3&user_id=u1&platform=web&location=FR&event_id=p1",
+        f"/v1/click?ad_id=3&user_id=u1&to={shop}&event_id=c1",
+        "/v1/click?ad_id=3&to=https://evil.example/",  # 400
+    ]
+
+    async def ask() -> list[httpx.Response]:
+        asgi = httpx.ASGITransport(app=routes)
+        async with httpx.AsyncClient(transport=asgi, base_url="http://127.0.0.1") as client:
+            return [await client.get(query) for query in queries]
+
+    def without_time(payloads: list[bytes]) -> list[dict[str, Any]]:
+        return [
+            {k: v for k, v in orjson.loads(p).items() if not k.endswith("_timestamp")}
+            for p in payloads
+        ]
+
+    try:
+        for query, mine in zip(queries, asyncio.run(ask()), strict=True):
+            theirs = httpx.get(served.url + query)
+            assert (mine.status_code, mine.content) == (theirs.status_code, theirs.content)
+            drop = {"date", "server"}  # uvicorn's own
+            assert sorted(h for h in mine.headers.multi_items() if h[0] not in drop) == sorted(
+                h for h in theirs.headers.multi_items() if h[0] not in drop
+            ), query
+        routed = Served("", transport, collector)
+        for stream in (Stream.IMPRESSIONS, Stream.CLICKS):
+            assert without_time(routed.payloads(stream)) == without_time(served.payloads(stream))
+        assert len(routed.payloads(Stream.CLICKS)) == 1
+    finally:
+        collector.close()
+        transport.close()
 
 
 def test_a_click_is_appended_then_redirected_to_an_allowed_host(served: Served) -> None:

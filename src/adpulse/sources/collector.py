@@ -12,7 +12,8 @@ producer code path (:func:`adpulse.sources.producer.publish`).
 
 The endpoints are served twice: as plain ASGI (:class:`CollectorPaths`, mounted ahead of
 FastAPI, which answers them in a fraction of FastAPI's time) and as FastAPI routes
-(:func:`collector_router`, for the OpenAPI description and ``HEAD``). Appends of
+(:func:`collector_router`, for the OpenAPI description; their handlers answer through
+the same :func:`browser_view` where no :class:`CollectorPaths` is mounted). Appends of
 concurrent requests are gathered (:meth:`Collector.submit`): one append per stream for
 all the requests of the moment, each answered once its records are appended.
 
@@ -520,12 +521,7 @@ def collector_router(collector: Collector, post_dependencies: Sequence[Depends] 
         """An impression: appends it, answers a 1x1 transparent GIF that is never cached."""
         params = {"ad_id": ad_id, "user_id": user_id, "platform": platform}
         params |= {"location": location, "event_id": event_id}
-        record = browser_record(Stream.IMPRESSIONS, params)
-        try:
-            await append_or_503(collector, Stream.IMPRESSIONS, [record])
-        except CollectorError as exc:
-            return exc.response()
-        return Response(PIXEL_GIF, media_type="image/gif", headers=NO_CACHE_HEADERS)
+        return await _browser_response(collector, PIXEL_PATH, params)
 
     @router.get("/click")
     async def click(
@@ -537,16 +533,25 @@ def collector_router(collector: Collector, post_dependencies: Sequence[Depends] 
         event_id: _Text = None,
     ) -> Response:
         """A click: appends it, then redirects (302) to ``to`` if its host is allowed."""
-        params = {"ad_id": ad_id, "user_id": user_id, "platform": platform}
+        params = {"to": to, "ad_id": ad_id, "user_id": user_id, "platform": platform}
         params |= {"location": location, "event_id": event_id}
-        try:
-            target = allowed_redirect(to, settings.collector_redirect_hosts)
-            await append_or_503(collector, Stream.CLICKS, [browser_record(Stream.CLICKS, params)])
-        except CollectorError as exc:
-            return exc.response()
-        return Response(status_code=302, headers={"Location": target, **NO_CACHE_HEADERS})
+        return await _browser_response(collector, CLICK_PATH, params)
 
     return router
+
+
+async def _browser_response(
+    collector: Collector, path: str, params: dict[str, str | None]
+) -> Response:
+    """The FastAPI routes' answer to a pixel or click: :func:`browser_view`, appended."""
+    try:
+        view = browser_view(path, params, collector.settings.collector_redirect_hosts)
+        await append_or_503(collector, view.stream, [view.record])
+    except CollectorError as exc:
+        return exc.response()
+    response = Response(view.body, view.status)
+    response.raw_headers = list(view.headers)
+    return response
 
 
 # --- the same endpoints as plain ASGI, ahead of FastAPI -------------------------------------
@@ -591,8 +596,8 @@ class CollectorPaths:
     the server's layers, so the ``Host`` check, CORS, the query-string limits and the
     metrics still apply): ``GET /v1/pixel.gif``, ``GET /v1/click`` and ``POST
     /v1/events/{stream}`` answer here, in the same bytes as the FastAPI routes of
-    :func:`collector_router`, which serve the rest (``HEAD``, other methods, the API
-    description). FastAPI's routing, dependencies and parameter validation cost several
+    :func:`collector_router`, which serve the rest (other methods get FastAPI's 405; the
+    API description). FastAPI's routing, dependencies and parameter validation cost several
     times the pixel's own work. ``write_key`` guards ``POST`` as the routes'
     dependency does."""
 
@@ -648,18 +653,8 @@ class CollectorPaths:
         return view.status
 
     def browser_view(self, path: str, params: dict[str, str | None]) -> BrowserView:
-        """The record of a pixel (``path`` :data:`PIXEL_PATH`) or a click
-        (:data:`CLICK_PATH`) with these query parameters, and its answer once appended;
-        raises :class:`CollectorError` (422, 400) to refuse it."""
-        if path == PIXEL_PATH:
-            _check_params(params, _RECORD_PARAMS)
-            return BrowserView(
-                Stream.IMPRESSIONS, browser_record(Stream.IMPRESSIONS, params), *_GIF_ANSWER
-            )
-        _check_params(params, _CLICK_PARAMS)
-        target = allowed_redirect(params["to"] or "", self.settings.collector_redirect_hosts)
-        headers = [(b"location", target.encode("latin-1")), *_NO_CACHE, _length(b"")]
-        return BrowserView(Stream.CLICKS, browser_record(Stream.CLICKS, params), 302, headers, b"")
+        """:func:`browser_view` with this server's redirect hosts."""
+        return browser_view(path, params, self.settings.collector_redirect_hosts)
 
     async def _post(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         try:
@@ -676,6 +671,24 @@ class CollectorPaths:
             await exc.send(send)
             return
         await _answer(send, 202, orjson.dumps({"accepted": accepted}), _JSON_HEADERS)
+
+
+def browser_view(
+    path: str, params: dict[str, str | None], redirect_hosts: Sequence[str]
+) -> BrowserView:
+    """The record of a pixel (``path`` :data:`PIXEL_PATH`) or a click
+    (:data:`CLICK_PATH`) with these query parameters, and its answer once appended;
+    raises :class:`CollectorError` (422, 400) to refuse it. One definition for the
+    FastAPI routes, the plain-ASGI paths and the front protocol."""
+    if path == PIXEL_PATH:
+        _check_params(params, _RECORD_PARAMS)
+        return BrowserView(
+            Stream.IMPRESSIONS, browser_record(Stream.IMPRESSIONS, params), *_GIF_ANSWER
+        )
+    _check_params(params, _CLICK_PARAMS)
+    target = allowed_redirect(params["to"] or "", redirect_hosts)
+    headers = [(b"location", target.encode("latin-1")), *_NO_CACHE, _length(b"")]
+    return BrowserView(Stream.CLICKS, browser_record(Stream.CLICKS, params), 302, headers, b"")
 
 
 def _check_params(
