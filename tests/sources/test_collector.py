@@ -44,6 +44,7 @@ from adpulse.sources.collector import (
 from adpulse.storage.warehouse.duckdb import DuckDBWarehouse
 from adpulse.transport import framing, open_transport
 from adpulse.transport.base import Transport
+from adpulse.transport.memory import InMemoryProducer, InMemoryTransport
 
 PARTITIONS = 3
 
@@ -410,6 +411,30 @@ def test_with_fsync_concurrent_requests_share_fsyncs(
         assert len(served.payloads(Stream.CLICKS)) == 16
         # Each flush round syncs at most one file per partition.
         assert 1 <= len(synced) <= PARTITIONS * 4, synced
+
+
+def test_a_failed_fsync_is_not_counted_as_durable(tmp_path: Path) -> None:
+    """An append whose fsync failed is answered with the error, and the appends it
+    covered wait for a flush that succeeds: none of them is acknowledged by it."""
+
+    class FailingFirstFlush(InMemoryProducer):
+        failures = 1
+
+        def flush(self) -> None:
+            if FailingFirstFlush.failures:
+                FailingFirstFlush.failures -= 1
+                raise OSError(5, "Input/output error")
+
+    class Transport(InMemoryTransport):
+        def producer(self) -> InMemoryProducer:
+            return FailingFirstFlush(self)
+
+    collector = Collector(Transport(PARTITIONS), Settings(home=tmp_path, fsync=True))
+    with pytest.raises(OSError, match="Input/output"):
+        collector.append(Stream.CLICKS, [_click("u1")])
+    assert collector._durable == 0
+    assert collector.append(Stream.CLICKS, [_click("u2")]) == 1
+    assert collector._durable == 2
 
 
 # --- the client ---------------------------------------------------------------------------

@@ -394,6 +394,43 @@ def test_fsync_mode_round_trip(tmp_path: Path) -> None:
     transport.close()
 
 
+def test_flush_in_two_syncs_what_was_sent_before_its_first_half(tmp_path: Path) -> None:
+    """The collector's group commit: the first half (under the collector's lock) takes
+    the segments written so far; a send after it is left for the next flush; the second
+    half fsyncs on descriptors of its own, which survive the writer's roll."""
+    transport = EmbeddedTransport(tmp_path / "log", 2, fsync=True, segment_bytes=16)
+    producer = transport.producer()
+    producer.send_framed(Stream.CLICKS, 0, lines(0, 1), 1)
+    producer.send_framed(Stream.CLICKS, 1, lines(1, 1), 1)
+    writers = producer._writers  # type: ignore[attr-defined]
+
+    def dirty() -> dict[int, bool]:
+        return {partition: w.dirty for (_, partition), w in writers.items()}
+
+    assert dirty() == {0: True, 1: True}
+    sync = producer.flush_in_two()
+    assert dirty() == {0: False, 1: False}
+    producer.send_framed(Stream.CLICKS, 0, lines(2, 1), 1)  # rolls partition 0's segment
+    assert list_segments(tmp_path / "log" / "clicks" / "0000") == [0, 10]
+    assert dirty() == {0: True, 1: False}
+    sync()
+    assert dirty() == {0: True, 1: False}  # the next flush's
+    producer.flush_in_two()()
+    assert dirty() == {0: False, 1: False}
+    producer.close()
+    transport.close()
+
+
+def test_flush_in_two_without_fsync_does_everything_at_once(tmp_path: Path) -> None:
+    transport = EmbeddedTransport(tmp_path / "log", 1)
+    producer = transport.producer()
+    producer.send_framed(Stream.CLICKS, 0, lines(0, 1), 1)
+    producer.flush_in_two()
+    assert [w.dirty for w in producer._writers.values()] == [False]  # type: ignore[attr-defined]
+    producer.close()
+    transport.close()
+
+
 def test_many_partitions_beyond_the_descriptor_cache(tmp_path: Path) -> None:
     transport = EmbeddedTransport(tmp_path / "log", 8, max_open_partitions=3)
     producer = transport.producer()

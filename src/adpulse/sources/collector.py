@@ -366,8 +366,10 @@ class Collector:
         covered = 0
         try:
             with self._append_lock:  # the producer is not thread-safe
-                covered = self._appended
-                self._producer.flush()
+                appended = self._appended
+                sync = self._producer.flush_in_two()
+            sync()  # the fsync: requests arriving meanwhile append, for the next round
+            covered = appended
         finally:
             # On failure a waiter takes over and flushes again (or fails in turn).
             with self._flushed:

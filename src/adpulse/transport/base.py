@@ -16,7 +16,7 @@ offsets; it hands back the ``end_offset`` of the last chunk it committed.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from adpulse.contracts import Stream
@@ -116,8 +116,20 @@ class Producer(ABC):
     def flush(self) -> None:  # noqa: B027
         """Make everything sent so far durable."""
 
+    def flush_in_two(self) -> Callable[[], None]:
+        """:meth:`flush` for callers that serialise sends with a lock of their own (the
+        collector): called under that lock, it notes what was sent so far and returns
+        the slow part, which makes that durable and may run after the lock is released,
+        while others send. By default the whole flush happens here."""
+        self.flush()
+        return _flushed
+
     def close(self) -> None:
         self.flush()
+
+
+def _flushed() -> None:
+    """The second half of a flush that was done in the first."""
 
 
 class Consumer(ABC):

@@ -464,6 +464,31 @@ class EmbeddedProducer(Producer):
         for writer in self._writers.values():
             writer.flush(self._transport.fsync)
 
+    def flush_in_two(self) -> Callable[[], None]:
+        """The segments written since the last flush, each on a descriptor of its own
+        (``dup``: a roll or an eviction may close the writer's meanwhile), fsynced by the
+        returned call. Appends after this call are left for the next flush."""
+        if not self._transport.fsync:
+            return super().flush_in_two()
+        dirty = [w for w in self._writers.values() if w.dirty and w.fd >= 0]
+        fds = [os.dup(w.fd) for w in dirty]
+        for writer in dirty:
+            writer.dirty = False
+
+        def sync() -> None:
+            try:
+                for fd in fds:
+                    os.fsync(fd)
+            except BaseException:
+                for writer in dirty:  # the next flush tries again
+                    writer.dirty = True
+                raise
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+        return sync
+
     def close(self) -> None:
         for writer in self._writers.values():
             writer.close(self._transport.fsync)
