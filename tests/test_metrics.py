@@ -247,7 +247,7 @@ def _summary_columns() -> list[str]:
 
 
 def test_the_query_layer_cli_api_and_grafana_render_the_catalog(tmp_path: Path) -> None:
-    from adpulse.cli.main import METRICS as CLI_METRICS
+    from adpulse.cli.query_commands import METRICS as CLI_METRICS
     from adpulse.operations import grafana
     from adpulse.serving.api import METRICS as API_METRICS
 

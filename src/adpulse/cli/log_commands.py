@@ -12,19 +12,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from adpulse.cli.options import ConfigOpt, HomeOpt
 from adpulse.cli.runtime import UserError, settings_for
 from adpulse.config import Settings
 
 log_app = typer.Typer(help="Check and repair the embedded log (damaged or cut files).")
 console = Console()
 
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option("--home", help="Data directory (default: $ADPULSE_HOME or ~/.adpulse)."),
-]
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="TOML settings file (default: HOME/adpulse.toml).")
-]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 

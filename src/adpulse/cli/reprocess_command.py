@@ -6,23 +6,15 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from adpulse.cli.options import ConfigOpt, HomeOpt
 from adpulse.cli.runtime import UserError, configure_logging, settings_for
 
 console = Console(stderr=True)
-
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option("--home", help="Data directory (default: $ADPULSE_HOME or ~/.adpulse)."),
-]
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="TOML settings file (default: HOME/adpulse.toml).")
-]
 
 
 def reprocess(
