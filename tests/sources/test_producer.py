@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from adpulse.contracts import Stream
-from adpulse.sources.files import write_dataset
+from adpulse.sources.files import iter_stream_files, write_dataset
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish, replay_directory, user_ids
 from adpulse.transport.base import Producer
@@ -103,13 +103,20 @@ class RecordingProducer(Producer):
 def test_replay_sends_every_line_and_advances_the_streams_together(tmp_path: Path) -> None:
     summary = write_dataset(tmp_path, EventGenerator(CONFIG), 30_000, START, END)
     producer = RecordingProducer()
-    progress: list[int] = []
+    progress: list[tuple[int, int]] = []
     sent = replay_directory(
-        tmp_path, producer, 3, on_progress=progress.append, chunk_bytes=64 * 1024
+        tmp_path,
+        producer,
+        3,
+        on_progress=lambda records, read: progress.append((records, read)),
+        chunk_bytes=64 * 1024,
     )
     assert sent == {Stream(s): n for s, n in summary["lines"].items()}
-    assert progress[-1] == sum(sent.values())
+    # Records sent and bytes of the files read, both rising to their totals.
+    files = sum(p.stat().st_size for p in iter_stream_files(tmp_path).values())
+    assert progress[-1] == (sum(sent.values()), files)
     assert progress == sorted(progress)
+    assert len({read for _, read in progress}) > 10
     assert producer.flushed == 1
     order = [stream for stream, *_ in producer.calls]
     # Interleaved: clicks and conversions start before the impressions are done.

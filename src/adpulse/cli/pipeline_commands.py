@@ -115,7 +115,7 @@ def replay(
         raise UserError(f"{directory} is not a directory")
     try:
         found = iter_stream_files(directory)
-        total = _count_lines(directory) if found else 0
+        total_bytes = sum(path.stat().st_size for path in found.values())
     except (OSError, ValueError, EOFError) as exc:  # unreadable, bad gzip, ambiguous files
         raise UserError(f"cannot read {directory}: {exc}") from exc
     if not found:
@@ -124,7 +124,7 @@ def replay(
         )
     settings = settings_for(home, config, partitions=partitions)
     with stop_on_signals() as stopping:
-        _replay(directory, settings, rate, load_dims, produce_only, total, stopping)
+        _replay(directory, settings, rate, load_dims, produce_only, total_bytes, stopping)
 
 
 def _replay(
@@ -133,7 +133,7 @@ def _replay(
     rate: float | None,
     load_dims: bool,
     produce_only: bool,
-    total: int,
+    total_bytes: int,
     stopping: StopRequest,
 ) -> None:
     """``replay``'s work; a stop signal ends appending and committing between batches."""
@@ -143,7 +143,7 @@ def _replay(
         transport = open_log(settings)
         try:
             counts = _replay_with_progress(
-                directory, transport.producer(), settings, rate, total, stopping.event
+                directory, transport.producer(), settings, rate, total_bytes, stopping.event
             )
         finally:
             transport.close()
@@ -167,7 +167,7 @@ def _replay(
         worker.start()
         try:
             counts = _replay_with_progress(
-                directory, rt.transport.producer(), settings, rate, total, stopping.event
+                directory, rt.transport.producer(), settings, rate, total_bytes, stopping.event
             )
         finally:
             stop.set()
@@ -182,8 +182,9 @@ def _replay(
         if stopping.is_set():
             console.print(
                 stopping.stopped_line(
-                    f"appended {sum(counts.values()):,} of {total:,} records to the log,"
-                    f" committed {committed[0]:,}; `adpulse process` commits the rest"
+                    f"appended {sum(counts.values()):,} records to the log (the files were"
+                    f" not all read), committed {committed[0]:,}; `adpulse process`"
+                    " commits the rest"
                 )
             )
             return
@@ -209,38 +210,40 @@ def _replay_with_progress(
     producer: Any,
     settings: Any,
     rate: float | None,
-    total: int,
+    total_bytes: int,
     stop: threading.Event | None = None,
 ) -> dict[Any, int]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    """Replay with a progress bar over the ``total_bytes`` bytes of the files."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from adpulse.sources.producer import replay_directory
 
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,} records"),
+        DownloadColumn(),
+        TextColumn("{task.fields[records]:,} records"),
         TimeRemainingColumn(),
         console=console,
         disable=not console.is_terminal,
     ) as progress:
-        task = progress.add_task("replaying", total=total)
+        task = progress.add_task("replaying", total=total_bytes, records=0)
         counts = replay_directory(
             directory,
             producer,
             settings.partitions,
             rate=rate,
-            on_progress=lambda n: progress.update(task, completed=n),
+            on_progress=lambda n, done: progress.update(task, completed=done, records=n),
             stop=stop,
         )
         producer.flush()
     return counts
-
-
-def _count_lines(directory: Path) -> int:
-    from adpulse.sources.files import count_lines, iter_stream_files
-
-    return sum(count_lines(path) for path in iter_stream_files(directory).values())
 
 
 def demo(

@@ -23,7 +23,6 @@ import polars as pl
 
 from adpulse.contracts import Stream
 from adpulse.sources.generator import EventGenerator, MalformedKind, StreamCounts
-from adpulse.transport import framing
 
 CAMPAIGNS_FILE: Final = "campaigns.csv"
 USERS_FILE: Final = "users.csv"
@@ -144,22 +143,6 @@ def iter_stream_files(directory: Path | str) -> dict[Stream, Path]:
 MAX_LINE_BYTES = 8 * 1024 * 1024
 
 
-def count_lines(path: Path | str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-    """How many lines (records) :func:`read_lines` yields for ``path``, counted on the
-    raw bytes (no line is split out or kept): the ``\\n`` plus a last line without one."""
-    path = Path(path)
-    lines = 0
-    last = b"\n"
-    with open(path, "rb") as raw:
-        stream: io.BufferedIOBase = raw
-        if path.suffix == ".gz":
-            stream = gzip.GzipFile(fileobj=raw, mode="rb")
-        while data := stream.read(chunk_bytes):
-            lines += framing.count_lines(data)
-            last = data[-1:]
-    return lines + (last != b"\n")
-
-
 class LineChunk(list[bytes]):
     """A chunk of lines from :class:`LineReader`; ``joined`` is ``b"\\n".join(self)`` when
     the file holds it as is (no ``\\r\\n``), so that it need not be joined again."""
@@ -193,12 +176,19 @@ class LineReader:
         self._done = False
 
     @property
-    def progress(self) -> float:
-        if self._done or self.size == 0:
-            return 1.0
+    def consumed(self) -> int:
+        """Bytes of the file on disk read so far."""
+        if self._done:
+            return self.size
         if self._raw is None:
-            return 0.0
-        return min(1.0, self._raw.tell() / self.size)
+            return 0
+        return min(self.size, self._raw.tell())
+
+    @property
+    def progress(self) -> float:
+        if self.size == 0:
+            return 1.0
+        return self.consumed / self.size
 
     def __iter__(self) -> Iterator[LineChunk]:
         raw = self._raw = open(self.path, "rb")  # noqa: SIM115 - closed in finally

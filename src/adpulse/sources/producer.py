@@ -123,7 +123,7 @@ def replay_directory(
     producer: Producer,
     partitions: int,
     rate: float | None = None,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     stop: threading.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -135,7 +135,9 @@ def replay_directory(
     (``chunk_bytes`` for the largest) and the next one always comes from the file that
     is least far through, so clicks are not all sent before impressions.
     ``rate`` throttles to that many records per second overall (``None``: full speed).
-    ``on_progress`` is called after each send with the total records sent so far.
+    ``on_progress(records, file_bytes)`` follows each send: the records sent so far and
+    the bytes of the files (on disk, compressed or not) read so far, whose total is
+    their sizes: a progress bar needs no first pass to count lines.
     ``stop``, when set, ends the replay after the send in progress (a signal stopping
     the command); the counts then say how far it got. ``clock`` and ``sleep`` pace
     the throttle (tests pass a fake clock).
@@ -184,6 +186,6 @@ def replay_directory(
                 elif ahead > 0:
                     sleep(ahead)
             if on_progress is not None:
-                on_progress(total)
+                on_progress(total, sum(reader.consumed for reader in readers.values()))
     producer.flush()
     return sent
