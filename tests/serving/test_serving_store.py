@@ -458,3 +458,53 @@ def test_the_in_process_store_keeps_its_own_text_not_the_batches() -> None:
     ]
     held = rows.conversions.to_arrow(compat_level=pl.CompatLevel.newest())["event_id"]
     assert sum(b.size for c in held.chunks for b in c.buffers() if b is not None) < 1_000
+
+
+def test_the_in_process_store_holds_its_span_and_stays_bounded_as_time_advances() -> None:
+    """A store of 30 minutes fed a minute at a time for 6 hours: it answers exactly the
+    ranges within its span, refuses (None: the warehouse answers) ranges starting
+    earlier, and holds the same number of rows after 6 hours as after 1."""
+    from adpulse.serving.store import memory
+
+    span = timedelta(minutes=30)
+    store = MemoryServingStore(span)
+    store.replace(LiveRows.empty(), StoreWindow(T0, None))
+    keys = [(ad, platform) for ad in range(1, 6) for platform in ("Web", "Mobile")]
+    # the rows of minutes [newest - span - slack, newest] at the most: 1 minute of slack
+    # per 16 of span, and the minute at the window's start
+    most = len(keys) * (30 + 30 // 16 + 1 + 1) + 30 + 30 // 16 + 1 + 1
+    held = []
+    for i in range(6 * 60):
+        minute = T0 + timedelta(minutes=i)
+        batch = rollups(*((minute, ad, "Fall", p, "Miami", i, 1, 0, 0, "1.5") for ad, p in keys))
+        conversion = (f"conv-{i}", minute + timedelta(seconds=5), 1, "Fall", "Web", "Miami",
+                      None, None)  # fmt: skip
+        assert store.apply(f"run:{i}", delta(batch, conversions(conversion))) is True
+        assert store.window() == StoreWindow(max(T0, minute - span), minute)
+        assert store.held() <= most
+        if i % 60 == 59:
+            held.append(store.held())
+    assert memory.EXPIRE_SLACK == 1 / 16
+    newest = T0 + timedelta(minutes=6 * 60 - 1)
+    assert held[1:] == [held[0]] * 5  # flat: bounded by the span, not by the hours fed
+    assert store.read(newest - span - timedelta(minutes=1), None) is None
+    rows = store.read(newest - span, None)
+    assert rows is not None
+    minutes = [newest - span + timedelta(minutes=m) for m in range(31)]
+    assert sorted(rows.rollups.select("minute", "ad_id", "platform", "impressions").rows()) == (
+        sorted((m, ad, p, int((m - T0) / timedelta(minutes=1))) for m in minutes for ad, p in keys)
+    )
+    assert rows.rollups["revenue"].sum() == Decimal("1.5") * 31 * len(keys)
+    assert rows.conversions["event_id"].sort().to_list() == sorted(
+        f"conv-{int((m - T0) / timedelta(minutes=1))}" for m in minutes
+    )
+
+
+def test_the_in_process_store_window_comes_from_the_setting(tmp_path: Path) -> None:
+    store = open_serving_store(Settings(home=tmp_path, serving_memory_window_seconds=600))
+    assert isinstance(store, MemoryServingStore) and store.span == timedelta(minutes=10)
+    assert MemoryServingStore().span == timedelta(hours=24)  # the contract's WINDOW
+    default = open_serving_store(Settings(home=tmp_path))
+    assert default.span == timedelta(hours=2)
+    with pytest.raises(ValueError, match="a minute or more"):
+        MemoryServingStore(timedelta(seconds=59))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final
 
 import polars as pl
@@ -35,6 +35,9 @@ from adpulse.serving.store.base import (
 #: MERGED of them, with every older part not more than twice as large as those.
 MAX_PARTS: Final = 64
 MERGED: Final = 32
+#: Rows before the window's start are dropped once they span this share of the window
+#: (so the store holds at most ``span * (1 + EXPIRE_SLACK)`` of event time).
+EXPIRE_SLACK: Final = 1 / 16
 #: How long applied batch keys are remembered (a retried write comes seconds later).
 BATCH_KEY_SECONDS: Final = 3_600.0
 
@@ -43,7 +46,10 @@ class MemoryServingStore(ServingStore):
     """A :class:`ServingStore` in this process's memory (the rebuild protocol of
     :mod:`.base` under one lock: the journal is a list of the deltas applied meanwhile)."""
 
-    def __init__(self) -> None:
+    def __init__(self, span: timedelta = WINDOW) -> None:
+        if span < timedelta(minutes=1):
+            raise ValueError(f"the in-process store's window must be a minute or more; got {span}")
+        self.span = span
         self._lock = threading.Lock()
         self._window: StoreWindow | None = None
         self._rollups: list[pl.DataFrame] = []
@@ -54,6 +60,9 @@ class MemoryServingStore(ServingStore):
         self._batches: dict[int, int] = {}
         #: Deltas applied while a rebuild runs (None: no rebuild running).
         self._journal: list[LiveDelta] | None = None
+        #: No row held is older than this (rows before the window's start are dropped
+        #: once they are :data:`EXPIRE_SLACK` of the span old; reads never see them).
+        self._held_from: datetime | None = None
 
     def apply(self, batch_key: str, delta: LiveDelta) -> bool | None:
         with self._lock:
@@ -100,12 +109,19 @@ class MemoryServingStore(ServingStore):
     def _expire(self) -> None:
         assert self._window is not None
         newest = self._window.newest
-        if newest is None or newest - WINDOW <= self._window.start:
+        if newest is None or newest - self.span <= self._window.start:
             return
-        start = newest - WINDOW
+        start = newest - self.span
         self._window = StoreWindow(start, newest)
-        self._rollups = [rows_since(f, "minute", start) for f in self._rollups]
+        # Dropping rows copies the frames holding them (the oldest part is the largest):
+        # done when the expired minutes are a slice of the span, not every minute.
+        if self._held_from is not None and start - self._held_from < self.span * EXPIRE_SLACK:
+            return
+        self._rollups = [
+            f for f in (rows_since(f, "minute", start) for f in self._rollups) if f.height
+        ]
         self._conversions = rows_since(self._conversions, "event_time", start)
+        self._held_from = start
 
     def rebuild(self, read: Callable[[], StoreSnapshot]) -> None:
         with self._lock:
@@ -120,6 +136,7 @@ class MemoryServingStore(ServingStore):
                     snapshot.rows.conversions.select(list(LIVE_CONVERSIONS))
                 )
                 self._window = snapshot.window
+                self._held_from = None  # the snapshot may hold more than the span
                 self._offsets = dict(snapshot.offsets)
                 self._batches = dict(snapshot.batches)
                 self._expire()
@@ -164,6 +181,12 @@ class MemoryServingStore(ServingStore):
         """How many rollup frames it holds (see :func:`compact`)."""
         with self._lock:
             return len(self._rollups)
+
+    def held(self) -> int:
+        """How many rows it holds: rollup rows of every part (a key may have a row in
+        several parts) and conversions, the window's and the expired ones not yet dropped."""
+        with self._lock:
+            return sum(f.height for f in self._rollups) + self._conversions.height
 
     def nbytes(self) -> int:
         """Bytes held by the frames of the window (Polars' estimate), for memory reports."""
