@@ -12,7 +12,7 @@ Polars' estimate), its rollup parts, rows and conversions, and the process's RSS
 end a breakdown of the held rows (distinct keys per minute, bytes per column).
 
 Run: ``.venv/bin/python benchmarks/serving_store_bytes.py --rate 5000 --minutes 30``
-(``--window-minutes N``: the store's in-memory window, ``serving_memory_window``).
+(``--window-minutes N``: ``serving_memory_window_seconds`` in minutes).
 A benchmark, not a test.
 """
 
@@ -26,13 +26,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import polars as pl
 from rich.console import Console
 
 from adpulse.config import Settings
 from adpulse.contracts import Stream
 from adpulse.operations.demo import demo_settings, load_generated_dimensions
 from adpulse.runtime import open_runtime, processor_for
+from adpulse.serving.store.base import PROJECTIONS
 from adpulse.serving.store.memory import MemoryServingStore
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
@@ -40,6 +40,13 @@ from adpulse.sources.producer import publish
 
 def _rss_mb() -> float:
     return int(subprocess.check_output(["ps", "-o", "rss=", "-p", str(os.getpid())])) / 1024
+
+
+def _rollup_rows(store: MemoryServingStore, conversions: int) -> int:
+    """Rollup rows held in all parts (``held()``; the parts themselves before it)."""
+    if hasattr(store, "held"):
+        return int(store.held()) - conversions
+    return sum(f.height for f in store._rollups)  # noqa: SLF001
 
 
 def main() -> None:
@@ -52,7 +59,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="adpulse-storebytes-"))
     extra = {}
     if args.window_minutes is not None:
-        extra["serving_memory_window"] = timedelta(minutes=args.window_minutes)
+        extra["serving_memory_window_seconds"] = round(args.window_minutes * 60)
     settings = demo_settings(Settings(home=home, **extra))  # type: ignore[arg-type]
     gen = EventGenerator(GeneratorConfig(seed=7, conversion_delay_median_seconds=90.0), feed=1)
     start = datetime.now(UTC).replace(tzinfo=None, second=0, microsecond=0)
@@ -83,7 +90,7 @@ def main() -> None:
                 print(
                     f"{(now[0] - start) / timedelta(minutes=1):13.0f}"
                     f"  {store.nbytes() / 2**20:8.2f}  {store.parts():5d}"
-                    f"  {sum(f.height for f in store._rollups):11,d}"  # noqa: SLF001
+                    f"  {_rollup_rows(store, held.conversions.height):11,d}"
                     f"  {held.conversions.height:11,d}  {_rss_mb():6.0f}"
                     f"  {time.monotonic() - t0:6.0f}",
                     flush=True,
@@ -103,15 +110,26 @@ def main() -> None:
             f" {minutes} minutes of rollups: {store.nbytes() / minutes * 60 / 2**20:.1f} MB"
             " per hour of data"
         )
+        known = store.keys() if hasattr(store, "keys") else 0
         print(
-            f"rollup rows held {sum(f.height for f in store._rollups):,}"  # noqa: SLF001
+            f"rollup rows held {_rollup_rows(store, held.conversions.height):,}"
             f" in {store.parts()} parts; summed per key {rollups.height:,}"
-            f" ({rollups.height / minutes:,.0f} keys a minute)"
+            f" ({rollups.height / minutes:,.0f} keys a minute); {known:,} keys known"
         )
         print(f"conversions held {held.conversions.height:,}")
-        for name, frame in (("rollups", pl.concat(store._rollups)), ("conversions", held.conversions)):  # noqa: SLF001
+        newest = window.newest
+        assert newest is not None
+        for label, since in (("15 min", timedelta(minutes=15)), ("window", None)):
+            first = window.start if since is None else newest - since
+            for columns in (frozenset(), frozenset({"campaign"}), PROJECTIONS[-1]):
+                began = time.perf_counter()
+                for _ in range(5):
+                    store.read(first, None, columns, conversions=False)
+                took = (time.perf_counter() - began) / 5 * 1000
+                print(f"read {label}, keys {sorted(columns) or '-'}: {took:.1f} ms")
+        for name, frame in (("rollups", rollups), ("conversions", held.conversions)):
             sizes = {c: frame[c].estimated_size() for c in frame.columns}
-            print(f"{name} ({frame.estimated_size() / 2**20:.1f} MB):")
+            print(f"{name} as read ({frame.estimated_size() / 2**20:.1f} MB):")
             for c, size in sizes.items():
                 print(f"  {c:24s} {frame[c].dtype!s:16s} {size / 2**20:7.2f} MB")
 

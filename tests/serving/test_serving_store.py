@@ -508,3 +508,60 @@ def test_the_in_process_store_window_comes_from_the_setting(tmp_path: Path) -> N
     assert default.span == timedelta(hours=2)
     with pytest.raises(ValueError, match="a minute or more"):
         MemoryServingStore(timedelta(seconds=59))
+
+
+def test_the_in_process_store_sums_beyond_32_and_64_bits_exactly() -> None:
+    """Held counts are 32-bit and revenue 64-bit ten-thousandths where they fit: sums
+    (compactions, reads) are taken in the contract's types, never wrapping around."""
+    from adpulse.serving.store import memory
+
+    store = MemoryServingStore()
+    store.replace(LiveRows.empty(), StoreWindow(T0, None))
+    big, rich = 2**31 - 1, "900000000000000.1234"  # 9e18 ten-thousandths: just fits Int64
+    n = memory.MAX_PARTS + 6  # compacted at least once
+    for i in range(n):
+        sign = -1 if i == 0 else 1  # a retraction too
+        batch = rollups(
+            (T0, 1, "Fall", "Web", None, sign * big, 1, 0, 0, rich if sign > 0 else "-0.0001"),
+            (T0, None, None, None, None, 1, 0, 0, 0, "0"),  # an unknown key, NULLs
+        )
+        assert store.apply(f"run:{i}", delta(batch)) is True
+    assert store.parts() < n
+    rows = store.read(T0, None)
+    assert rows is not None and rows.rollups.schema == pl.Schema(LIVE_ROLLUPS)
+    assert sorted(rows.rollups.rows(), key=repr) == sorted(
+        [
+            (T0, 1, "Fall", "Web", None, (n - 2) * big, n, 0, 0,
+             Decimal(rich) * (n - 1) - Decimal("0.0001"), 0.0),
+            (T0, None, None, None, None, n, 0, 0, 0, Decimal("0.0000"), 0.0),
+        ],
+        key=repr,
+    )  # fmt: skip
+    by_minute = store.read(T0, None, frozenset())
+    assert by_minute is not None
+    assert by_minute.rollups.select("impressions", "clicks").rows() == [((n - 2) * big + n, n)]
+
+
+def test_the_in_process_store_key_dictionary_stays_bounded_by_the_window() -> None:
+    """Keys that come and go (a new location every minute) are renumbered and forgotten
+    once out of the window; reads still give every row its own key's text."""
+    store = MemoryServingStore(timedelta(minutes=30))
+    store.replace(LiveRows.empty(), StoreWindow(T0, None))
+    for i in range(6 * 60):
+        minute = T0 + timedelta(minutes=i)
+        batch = rollups(
+            *((minute, ad, "Fall", "Web", f"city-{i}-{ad}", ad, 0, 0, 0, "0") for ad in range(10))
+        )
+        assert store.apply(f"run:{i}", delta(batch)) is True
+        # 10 keys a minute over at most 33 minutes are in use: twice that and 1,024 more
+        assert store.keys() <= 2 * 33 * 10 + 1024
+    assert store.keys() < 6 * 60 * 10
+    newest = T0 + timedelta(minutes=6 * 60 - 1)
+    rows = store.read(newest - timedelta(minutes=30), None)
+    assert rows is not None
+    want = [
+        (T0 + timedelta(minutes=i), ad, f"city-{i}-{ad}", ad)
+        for i in range(6 * 60 - 31, 6 * 60)
+        for ad in range(10)
+    ]
+    assert sorted(rows.rollups.select("minute", "ad_id", "location", "impressions").rows()) == want
