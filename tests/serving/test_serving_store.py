@@ -458,3 +458,110 @@ def test_the_in_process_store_keeps_its_own_text_not_the_batches() -> None:
     ]
     held = rows.conversions.to_arrow(compat_level=pl.CompatLevel.newest())["event_id"]
     assert sum(b.size for c in held.chunks for b in c.buffers() if b is not None) < 1_000
+
+
+def test_the_in_process_store_holds_its_span_and_stays_bounded_as_time_advances() -> None:
+    """A store of 30 minutes fed a minute at a time for 6 hours: it answers exactly the
+    ranges within its span, refuses (None: the warehouse answers) ranges starting
+    earlier, and holds the same number of rows after 6 hours as after 1."""
+    from adpulse.serving.store import memory
+
+    span = timedelta(minutes=30)
+    store = MemoryServingStore(span)
+    store.replace(LiveRows.empty(), StoreWindow(T0, None))
+    keys = [(ad, platform) for ad in range(1, 6) for platform in ("Web", "Mobile")]
+    # the rows of minutes [newest - span - slack, newest] at the most: 1 minute of slack
+    # per 16 of span, and the minute at the window's start
+    most = len(keys) * (30 + 30 // 16 + 1 + 1) + 30 + 30 // 16 + 1 + 1
+    held = []
+    for i in range(6 * 60):
+        minute = T0 + timedelta(minutes=i)
+        batch = rollups(*((minute, ad, "Fall", p, "Miami", i, 1, 0, 0, "1.5") for ad, p in keys))
+        conversion = (f"conv-{i}", minute + timedelta(seconds=5), 1, "Fall", "Web", "Miami",
+                      None, None)  # fmt: skip
+        assert store.apply(f"run:{i}", delta(batch, conversions(conversion))) is True
+        assert store.window() == StoreWindow(max(T0, minute - span), minute)
+        assert store.held() <= most
+        if i % 60 == 59:
+            held.append(store.held())
+    assert memory.EXPIRE_SLACK == 1 / 16
+    newest = T0 + timedelta(minutes=6 * 60 - 1)
+    assert held[1:] == [held[0]] * 5  # flat: bounded by the span, not by the hours fed
+    assert store.read(newest - span - timedelta(minutes=1), None) is None
+    rows = store.read(newest - span, None)
+    assert rows is not None
+    minutes = [newest - span + timedelta(minutes=m) for m in range(31)]
+    assert sorted(rows.rollups.select("minute", "ad_id", "platform", "impressions").rows()) == (
+        sorted((m, ad, p, int((m - T0) / timedelta(minutes=1))) for m in minutes for ad, p in keys)
+    )
+    assert rows.rollups["revenue"].sum() == Decimal("1.5") * 31 * len(keys)
+    assert rows.conversions["event_id"].sort().to_list() == sorted(
+        f"conv-{int((m - T0) / timedelta(minutes=1))}" for m in minutes
+    )
+
+
+def test_the_in_process_store_window_comes_from_the_setting(tmp_path: Path) -> None:
+    store = open_serving_store(Settings(home=tmp_path, serving_memory_window_seconds=600))
+    assert isinstance(store, MemoryServingStore) and store.span == timedelta(minutes=10)
+    assert MemoryServingStore().span == timedelta(hours=24)  # the contract's WINDOW
+    default = open_serving_store(Settings(home=tmp_path))
+    assert default.span == timedelta(hours=2)
+    with pytest.raises(ValueError, match="a minute or more"):
+        MemoryServingStore(timedelta(seconds=59))
+
+
+def test_the_in_process_store_sums_beyond_32_and_64_bits_exactly() -> None:
+    """Held counts are 32-bit and revenue 64-bit ten-thousandths where they fit: sums
+    (compactions, reads) are taken in the contract's types, never wrapping around."""
+    from adpulse.serving.store import memory
+
+    store = MemoryServingStore()
+    store.replace(LiveRows.empty(), StoreWindow(T0, None))
+    big, rich = 2**31 - 1, "900000000000000.1234"  # 9e18 ten-thousandths: just fits Int64
+    n = memory.MAX_PARTS + 6  # compacted at least once
+    for i in range(n):
+        sign = -1 if i == 0 else 1  # a retraction too
+        batch = rollups(
+            (T0, 1, "Fall", "Web", None, sign * big, 1, 0, 0, rich if sign > 0 else "-0.0001"),
+            (T0, None, None, None, None, 1, 0, 0, 0, "0"),  # an unknown key, NULLs
+        )
+        assert store.apply(f"run:{i}", delta(batch)) is True
+    assert store.parts() < n
+    rows = store.read(T0, None)
+    assert rows is not None and rows.rollups.schema == pl.Schema(LIVE_ROLLUPS)
+    assert sorted(rows.rollups.rows(), key=repr) == sorted(
+        [
+            (T0, 1, "Fall", "Web", None, (n - 2) * big, n, 0, 0,
+             Decimal(rich) * (n - 1) - Decimal("0.0001"), 0.0),
+            (T0, None, None, None, None, n, 0, 0, 0, Decimal("0.0000"), 0.0),
+        ],
+        key=repr,
+    )  # fmt: skip
+    by_minute = store.read(T0, None, frozenset())
+    assert by_minute is not None
+    assert by_minute.rollups.select("impressions", "clicks").rows() == [((n - 2) * big + n, n)]
+
+
+def test_the_in_process_store_key_dictionary_stays_bounded_by_the_window() -> None:
+    """Keys that come and go (a new location every minute) are renumbered and forgotten
+    once out of the window; reads still give every row its own key's text."""
+    store = MemoryServingStore(timedelta(minutes=30))
+    store.replace(LiveRows.empty(), StoreWindow(T0, None))
+    for i in range(6 * 60):
+        minute = T0 + timedelta(minutes=i)
+        batch = rollups(
+            *((minute, ad, "Fall", "Web", f"city-{i}-{ad}", ad, 0, 0, 0, "0") for ad in range(10))
+        )
+        assert store.apply(f"run:{i}", delta(batch)) is True
+        # 10 keys a minute over at most 33 minutes are in use: twice that and 1,024 more
+        assert store.keys() <= 2 * 33 * 10 + 1024
+    assert store.keys() < 6 * 60 * 10
+    newest = T0 + timedelta(minutes=6 * 60 - 1)
+    rows = store.read(newest - timedelta(minutes=30), None)
+    assert rows is not None
+    want = [
+        (T0 + timedelta(minutes=i), ad, f"city-{i}-{ad}", ad)
+        for i in range(6 * 60 - 31, 6 * 60)
+        for ad in range(10)
+    ]
+    assert sorted(rows.rollups.select("minute", "ad_id", "location", "impressions").rows()) == want
