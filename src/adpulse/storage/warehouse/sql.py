@@ -488,8 +488,14 @@ class SqlWarehouse(Warehouse):
 
     def dimension_revision(self) -> int:
         key = quote("key")
-        rows = self._read(f"SELECT value FROM {META_TABLE} WHERE {key} = ?", [_REVISION])
-        return int(rows.item()) if rows.height else 0
+        value = self._read_value(f"SELECT value FROM {META_TABLE} WHERE {key} = ?", [_REVISION])
+        return int(value) if value is not None else 0
+
+    def _read_value(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """The first column of the first row of a read (None without a row); a backend
+        may answer it without building a frame (the processor asks once per poll)."""
+        rows = self._read(sql, params)
+        return rows.item(0, 0) if rows.height else None
 
 
 class _RolledBack(Exception):
