@@ -82,18 +82,7 @@ def join_dimension(rows: pl.DataFrame, dim: DimensionLookup) -> pl.DataFrame:
 
 def enrich(rows: pl.DataFrame, campaigns: DimensionLookup, users: DimensionLookup) -> pl.DataFrame:
     """Join both dimensions; ``_unknown_ad``/``_unknown_user`` flag keys with no version."""
-    flags = {
-        "_unknown_ad": ~pl.col("ad_id").is_in(campaigns.known["ad_id"].implode()),
-        "_unknown_user": ~pl.col("user_id").is_in(users.known["user_id"].implode()),
-    }
-    if campaigns.versioned.height == 0 and users.versioned.height == 0:
-        # No key with several versions: both joins and the flags in one query (a live
-        # batch costs per query, hardly per row).
-        return (
-            rows.lazy()
-            .join(campaigns.single.lazy(), on="ad_id", how="left", maintain_order="left")
-            .join(users.single.lazy(), on="user_id", how="left", maintain_order="left")
-            .with_columns(**flags)
-            .collect()
-        )
-    return join_dimension(join_dimension(rows, campaigns), users).with_columns(**flags)
+    return join_dimension(join_dimension(rows, campaigns), users).with_columns(
+        _unknown_ad=~pl.col("ad_id").is_in(campaigns.known["ad_id"].implode()),
+        _unknown_user=~pl.col("user_id").is_in(users.known["user_id"].implode()),
+    )
