@@ -48,19 +48,21 @@ def validate(
     rows = with_event_time(decoded.rows, stream.timestamp_field)
     horizon = now.replace(tzinfo=None) + max_future
     earliest = min_event_time.replace(tzinfo=None)
-    fields = _field_checks(stream, decoded.may_hold_nul)
-    times = _time_checks(stream, horizon, earliest, max_future)
-    values = _value_checks(stream)
-    checks = [*fields, *times, *values]
     # A row passes when every check is false (nulls = pass). Most batches have no bad
     # row: one boolean pass answers that, without building a reason for every row.
+    time = pl.col("event_time")
     failing = pl.any_horizontal(
         _fields_failing(stream, decoded.may_hold_nul),
-        *(c.fill_null(False) for c, _, _ in times),
+        (time.is_null() | (time < earliest) | (time > horizon)).fill_null(False),
         _values_failing(stream),
     )
     if not rows.select(failing.any()).item():
         return Validated(stream, _typed(rows), decoded.rejects)
+    checks = [
+        *_field_checks(stream, decoded.may_hold_nul),
+        *_time_checks(stream, horizon, earliest, max_future),
+        *_value_checks(stream),
+    ]
     # First failing check wins.
     reason: pl.Expr = pl.lit(None, dtype=pl.String)
     detail: pl.Expr = pl.lit(None, dtype=pl.String)
