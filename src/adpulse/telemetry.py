@@ -184,9 +184,13 @@ class PipelineMetrics:
         """Nothing to recover: counters count this process's commits from zero."""
 
     def on_commit(self, output: BatchOutput) -> None:
-        for row in output.stats.select("stream", *EVENT_COUNTERS).iter_rows(named=True):
-            for name in EVENT_COUNTERS:
-                self.events[name].labels(row["stream"]).inc(row[name])
+        # Summed per stream first: one increment per counter and stream, not per partition.
+        totals: dict[tuple[str, str], int] = {}
+        for stream, *counts in output.stats.select("stream", *EVENT_COUNTERS).iter_rows():
+            for name, n in zip(EVENT_COUNTERS, counts, strict=True):
+                totals[(name, stream)] = totals.get((name, stream), 0) + n
+        for (name, stream), n in totals.items():
+            self.events[name].labels(stream).inc(n)
         if output.dead_letters.height:
             reasons = output.dead_letters.group_by("stream", "reason").agg(pl.len().alias("n"))
             for stream, reason, n in reasons.iter_rows():

@@ -68,3 +68,65 @@ def test_a_string_that_merely_starts_with_a_brace_is_kept() -> None:
     decoded = decode_step.decode(Stream.IMPRESSIONS, [_chunk(payloads)])
     assert decoded.rejects == []
     assert decoded.rows.filter(decoded.rows["_row"] == 3)["user_id"].to_list() == ["{not-json"]
+
+
+def test_small_chunks_decoded_together_equal_each_chunk_decoded_alone() -> None:
+    # A live batch's chunks are decoded in one call (decode.JOIN_MAX_BYTES): records
+    # keep their row numbers, partitions and fates, suspect strings included.
+    escaped_brace = (
+        b'{"ad_id": 1, "user_id": "\\u007bU", "impression_timestamp": "2023-09-01 00:00:00"}'
+    )
+    nul = b'{"ad_id": 1, "user_id": "U\\u0000", "impression_timestamp": "2023-09-01 00:00:00"}'
+    brace = b'{"ad_id": 1, "user_id": "{not-json", "impression_timestamp": "2023-09-01 00:00:00"}'
+    per_partition = {
+        0: [_record(0), escaped_brace, _record(1)],
+        1: [],
+        2: [_record(2), OBJECT_USER, _record(3), nul],
+        3: [brace, ARRAY_PLATFORM],
+    }
+    chunks = [
+        Chunk(Stream.IMPRESSIONS, p, None, "end", frame(rows), len(rows))
+        for p, rows in per_partition.items()
+    ]
+    together = decode_step.decode(Stream.IMPRESSIONS, chunks)
+
+    assert {r.row: r.reason for r in together.rejects} == {
+        4: Reason.WRONG_TYPE,
+        8: Reason.WRONG_TYPE,
+    }
+    rows = together.rows
+    assert rows["_row"].to_list() == [0, 1, 2, 3, 5, 6, 7]
+    assert rows["partition"].to_list() == [0, 0, 0, 2, 2, 2, 3]
+    assert rows["user_id"].to_list() == ["U0", "{U", "U1", "U2", "U3", "U\x00", "{not-json"]
+    assert together.may_hold_nul
+    # Each chunk alone takes the chunk-by-chunk path: the same rows and rejects.
+    alone = [decode_step.decode(Stream.IMPRESSIONS, [c]) for c in chunks]
+    starts = [0, 3, 3, 7]
+    assert rows.drop("_row").rows() == [r for a in alone for r in a.rows.drop("_row").rows()]
+    assert [(r.row, r.reason, r.payload) for r in together.rejects] == [
+        (r.row + start, r.reason, r.payload)
+        for a, start in zip(alone, starts, strict=True)
+        for r in a.rejects
+    ]
+    clean = decode_step.decode(Stream.IMPRESSIONS, [chunks[0]])
+    assert not clean.may_hold_nul
+
+
+@pytest.mark.parametrize(
+    "suspect",
+    [
+        OBJECT_USER,
+        b'{"ad_id": 1, "user_id": "U1", "platform":\t{"a": 1}, "impression_timestamp": "x"}',
+        ARRAY_PLATFORM,
+    ],
+)
+def test_an_object_or_array_in_a_string_field_of_joined_chunks_is_rejected(
+    suspect: bytes,
+) -> None:
+    chunks = [
+        Chunk(Stream.IMPRESSIONS, 0, None, "end", frame([_record(0)]), 1),
+        Chunk(Stream.IMPRESSIONS, 1, None, "end", frame([_record(1), suspect]), 2),
+    ]
+    decoded = decode_step.decode(Stream.IMPRESSIONS, chunks)
+    assert [(r.row, r.reason) for r in decoded.rejects] == [(2, Reason.WRONG_TYPE)]
+    assert decoded.rows["_row"].to_list() == [0, 1]

@@ -29,6 +29,7 @@ from adpulse.contracts import Stream
 from adpulse.storage.warehouse import schema
 from adpulse.storage.warehouse.base import PartitionWatermark
 from adpulse.storage.warehouse.duckdb import (
+    UPSERT_VALUES_MAX_ROWS,
     DuckDBWarehouse,
     WarehouseLockedError,
     WarehouseUnavailableError,
@@ -186,6 +187,44 @@ def test_checkpoints_and_watermarks_upsert_and_reload(tmp_path: Path) -> None:
         }
         assert count(wh, "checkpoints") == 3
         assert count(wh, "watermarks") == 2
+
+
+def test_upserts_of_many_partitions_are_staged_and_update_in_place(tmp_path: Path) -> None:
+    # More rows than UPSERT_VALUES_MAX_ROWS take the staged statement: same result.
+    many = UPSERT_VALUES_MAX_ROWS + 6
+    path = tmp_path / "w.duckdb"
+    with DuckDBWarehouse(path) as wh:
+        wh.create_schema()
+        first = output(1)
+        first.offsets = {(Stream.CLICKS, p): f"{p}" for p in range(many)}
+        first.watermarks = {
+            (Stream.IMPRESSIONS, p): PartitionWatermark(at(p), at(p + 1)) for p in range(many)
+        }
+        wh.commit(first)
+        second = output(2)  # the staged path updates, the values path inserts one more
+        second.offsets = {(Stream.CLICKS, p): f"{p}-b" for p in range(many)}
+        second.watermarks = {(Stream.CONVERSIONS, 0): PartitionWatermark(at(7), at(8))}
+        wh.commit(second)
+        third = output(3)  # and the values path updates
+        third.offsets = {(Stream.CLICKS, 5): "5-c"}
+        third.watermarks = {
+            (Stream.IMPRESSIONS, p): PartitionWatermark(at(2 * p), at(2 * p + 1))
+            for p in range(many)
+        }
+        wh.commit(third)
+    with DuckDBWarehouse(path) as wh:
+        assert wh.load_offsets() == {
+            (Stream.CLICKS, p): "5-c" if p == 5 else f"{p}-b" for p in range(many)
+        }
+        assert wh.load_watermarks() == {
+            **{
+                (Stream.IMPRESSIONS, p): PartitionWatermark(at(2 * p), at(2 * p + 1))
+                for p in range(many)
+            },
+            (Stream.CONVERSIONS, 0): PartitionWatermark(at(7), at(8)),
+        }
+        assert count(wh, "checkpoints") == many
+        assert count(wh, "watermarks") == many + 1
 
 
 def test_a_frame_with_wrong_columns_names_them(warehouse: DuckDBWarehouse) -> None:

@@ -383,14 +383,13 @@ class FrameState:
         known = {p: c for p, c in cutoffs.items() if c is not None}
         if not known:
             return
-        cut = pl.DataFrame(
-            {"partition": list(known), "_cutoff": list(known.values())},
-            schema={"partition": pl.Int32, "_cutoff": pl.Datetime("us")},
+        # Usually nothing is due (click state spans the lookback): one min answers that.
+        oldest = frame[time_column].min()
+        if isinstance(oldest, datetime) and oldest >= max(known.values()):
+            return
+        cutoff = pl.col("partition").replace_strict(
+            known, default=None, return_dtype=pl.Datetime("us")
         )
-        kept = (
-            frame.join(cut, on="partition", how="left")
-            .filter(pl.col("_cutoff").is_null() | (pl.col(time_column) >= pl.col("_cutoff")))
-            .drop("_cutoff")
-        )
+        kept = frame.filter(cutoff.is_null() | (pl.col(time_column) >= cutoff))
         if kept.height != frame.height:
             self.replace(kept)

@@ -53,16 +53,13 @@ def flag_late(
 ) -> pl.DataFrame:
     """Add ``is_late`` and ``_wm``: the running watermark per partition before each row,
     in arrival order (so both are the same however the records are cut into batches)."""
-    start = pl.DataFrame(
-        {"partition": list(watermarks), "_wm0": list(watermarks.values())},
-        schema={"partition": pl.Int32, "_wm0": pl.Datetime("us")},
-    )
+    known = {p: wm for p, wm in watermarks.items() if wm is not None}
     prior = pl.col("event_time").cum_max().shift(1).over("partition")
-    return (
-        rows.join(start, on="partition", how="left", maintain_order="left")
-        .with_columns(_wm=pl.max_horizontal(prior, pl.col("_wm0")))
-        .with_columns(is_late=(pl.col("event_time") < pl.col("_wm") - lateness).fill_null(False))
-        .drop("_wm0")
+    start = pl.col("partition").replace_strict(known, default=None, return_dtype=pl.Datetime("us"))
+    wm = pl.max_horizontal(prior, start) if known else prior
+    # One pass (a live batch's fixed cost is per operation, not per row).
+    return rows.with_columns(
+        _wm=wm, is_late=(pl.col("event_time") < wm - lateness).fill_null(False)
     )
 
 
@@ -119,13 +116,15 @@ def drop_duplicates(
     seen = state.sets[stream].check_and_add(hi, lo, buckets, cutoff, keep_from)
     if seen.any():
         unique = unique.filter(pl.Series(~seen))
-    duplicates = (
-        rows.group_by("partition")
-        .len("received")
-        .join(unique.group_by("partition").len("kept"), on="partition", how="left")
-        .select(
-            "partition",
-            duplicates=(pl.col("received") - pl.col("kept").fill_null(0)).cast(pl.UInt32),
-        )
+    # Per partition of ``rows``: its rows not kept (counted in NumPy: a live batch's
+    # fixed cost is per frame operation).
+    dropped = ~first
+    dropped[np.flatnonzero(first)[seen]] = True
+    partitions = rows["partition"].to_numpy()
+    names, inverse = np.unique(partitions, return_inverse=True)
+    counts = np.bincount(inverse, weights=dropped, minlength=len(names)).astype(np.uint32)
+    duplicates = pl.DataFrame(
+        {"partition": names, "duplicates": counts},
+        schema={"partition": pl.Int32, "duplicates": pl.UInt32},
     )
     return unique, duplicates

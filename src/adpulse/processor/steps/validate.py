@@ -7,6 +7,7 @@ by one when they are rejected.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -47,14 +48,59 @@ def validate(
     rows = with_event_time(decoded.rows, stream.timestamp_field)
     horizon = now.replace(tzinfo=None) + max_future
     earliest = min_event_time.replace(tzinfo=None)
-    checks: list[tuple[pl.Expr, Reason, pl.Expr]] = []
+    # A row passes when every check is false (nulls = pass). Most batches have no bad
+    # row: one boolean pass answers that, without building a reason for every row.
+    time = pl.col("event_time")
+    failing = pl.any_horizontal(
+        _fields_failing(stream, decoded.may_hold_nul),
+        (time.is_null() | (time < earliest) | (time > horizon)).fill_null(False),
+        _values_failing(stream),
+    )
+    if not rows.select(failing.any()).item():
+        return Validated(stream, _typed(rows), decoded.rejects)
+    checks = [
+        *_field_checks(stream, decoded.may_hold_nul),
+        *_time_checks(stream, horizon, earliest, max_future),
+        *_value_checks(stream),
+    ]
+    # First failing check wins.
+    reason: pl.Expr = pl.lit(None, dtype=pl.String)
+    detail: pl.Expr = pl.lit(None, dtype=pl.String)
+    for cond, why, text in reversed(checks):
+        hit = cond.fill_null(False)
+        reason = pl.when(hit).then(pl.lit(why.value)).otherwise(reason)
+        detail = pl.when(hit).then(text).otherwise(detail)
+    flagged = rows.with_columns(_reason=reason)
+    if flagged["_reason"].null_count() == flagged.height:
+        return Validated(stream, _typed(rows), decoded.rejects)
+    # rechunk: Polars 2.1 panics evaluating `detail` over a multi-chunk filtered frame.
+    bad = flagged.filter(pl.col("_reason").is_not_null()).rechunk().with_columns(_detail=detail)
+    for row, why, text in bad.select("_row", "_reason", "_detail").iter_rows():
+        payload = decoded.line(row)
+        if payload[:1] == b"\x00":
+            from adpulse.transport.framing import unframe_line
+
+            payload = unframe_line(payload)[0]
+        decoded.rejects.append(Reject(row, Reason(why), text, payload))
+    good = flagged.filter(pl.col("_reason").is_null()).drop("_reason")
+    return Validated(stream, _typed(good), decoded.rejects)
+
+
+_Check = tuple[pl.Expr, Reason, pl.Expr]
+
+
+@functools.cache
+def _field_checks(stream: Stream, may_hold_nul: bool) -> tuple[_Check, ...]:
+    """The checks of the fields themselves, in the order they are judged (built once per
+    stream: building them cost more than running them over a live batch)."""
+    checks: list[_Check] = []
     for name in stream.required_fields:
         missing = pl.col(name).is_null()
         if stream.decode_schema[name] == pl.String:
             missing = missing | (pl.col(name).str.strip_chars() == "")
         checks.append((missing, Reason.MISSING_FIELD, pl.lit(f"{name} is missing or empty")))
     for name, dtype in stream.decode_schema.items():
-        if dtype == pl.String and decoded.may_hold_nul:
+        if dtype == pl.String and may_hold_nul:
             checks.append(
                 (
                     pl.col(name).str.contains(FORBIDDEN_CHARACTERS, literal=True),
@@ -79,15 +125,20 @@ def validate(
                     pl.lit(f"{name} longer than {limit} bytes"),
                 )
             )
+    return tuple(checks)
+
+
+def _time_checks(
+    stream: Stream, horizon: datetime, earliest: datetime, max_future: timedelta
+) -> tuple[_Check, ...]:
+    """The event time's checks (their bounds move with the clock)."""
     ts = stream.timestamp_field
-    checks.append(
+    return (
         (
             pl.col("event_time").is_null(),
             Reason.BAD_TIMESTAMP,
             pl.format("{} is not a timestamp: {}", pl.lit(ts), pl.col(ts).str.head(40)),
-        )
-    )
-    checks.append(
+        ),
         (
             pl.col("event_time") < earliest,
             Reason.EVENT_TIME_OUT_OF_RANGE,
@@ -97,9 +148,7 @@ def validate(
                 pl.col(ts).str.head(40),
                 pl.lit(str(earliest)),
             ),
-        )
-    )
-    checks.append(
+        ),
         (
             pl.col("event_time") > horizon,
             Reason.FUTURE_TIMESTAMP,
@@ -109,54 +158,49 @@ def validate(
                 pl.col(ts).str.head(40),
                 pl.lit(int(max_future.total_seconds())),
             ),
-        )
+        ),
     )
-    if stream is Stream.CONVERSIONS:
-        checks.append((pl.col("revenue") < 0, Reason.NEGATIVE_REVENUE, pl.lit("revenue < 0")))
-        checks.append(
-            (
-                pl.col("revenue").is_nan() | pl.col("revenue").is_infinite(),
-                Reason.WRONG_TYPE,
-                pl.lit("revenue must be a finite number"),
-            )
-        )
-        checks.append(
-            (
-                pl.col("revenue") > MAX_REVENUE,
-                Reason.REVENUE_OUT_OF_RANGE,
-                pl.format(
-                    "revenue {} is above the maximum of {} per conversion",
-                    pl.col("revenue"),
-                    pl.lit(f"{MAX_REVENUE:,}"),
-                ),
-            )
-        )
 
-    # A row passes when every check is false (nulls = pass). Most batches have no bad
-    # row: one boolean pass answers that, without building a reason for every row.
-    if not rows.select(pl.any_horizontal([c.fill_null(False) for c, _, _ in checks]).any()).item():
-        return Validated(stream, _typed(rows), decoded.rejects)
-    # First failing check wins.
-    reason: pl.Expr = pl.lit(None, dtype=pl.String)
-    detail: pl.Expr = pl.lit(None, dtype=pl.String)
-    for cond, why, text in reversed(checks):
-        hit = cond.fill_null(False)
-        reason = pl.when(hit).then(pl.lit(why.value)).otherwise(reason)
-        detail = pl.when(hit).then(text).otherwise(detail)
-    flagged = rows.with_columns(_reason=reason)
-    if flagged["_reason"].null_count() == flagged.height:
-        return Validated(stream, _typed(rows), decoded.rejects)
-    # rechunk: Polars 2.1 panics evaluating `detail` over a multi-chunk filtered frame.
-    bad = flagged.filter(pl.col("_reason").is_not_null()).rechunk().with_columns(_detail=detail)
-    for row, why, text in bad.select("_row", "_reason", "_detail").iter_rows():
-        payload = decoded.line(row)
-        if payload[:1] == b"\x00":
-            from adpulse.transport.framing import unframe_line
 
-            payload = unframe_line(payload)[0]
-        decoded.rejects.append(Reject(row, Reason(why), text, payload))
-    good = flagged.filter(pl.col("_reason").is_null()).drop("_reason")
-    return Validated(stream, _typed(good), decoded.rejects)
+@functools.cache
+def _value_checks(stream: Stream) -> tuple[_Check, ...]:
+    """The checks of values after the event time (revenue), built once per stream."""
+    if stream is not Stream.CONVERSIONS:
+        return ()
+    return (
+        (pl.col("revenue") < 0, Reason.NEGATIVE_REVENUE, pl.lit("revenue < 0")),
+        (
+            pl.col("revenue").is_nan() | pl.col("revenue").is_infinite(),
+            Reason.WRONG_TYPE,
+            pl.lit("revenue must be a finite number"),
+        ),
+        (
+            pl.col("revenue") > MAX_REVENUE,
+            Reason.REVENUE_OUT_OF_RANGE,
+            pl.format(
+                "revenue {} is above the maximum of {} per conversion",
+                pl.col("revenue"),
+                pl.lit(f"{MAX_REVENUE:,}"),
+            ),
+        ),
+    )
+
+
+@functools.cache
+def _fields_failing(stream: Stream, may_hold_nul: bool) -> pl.Expr:
+    return _any_failing(_field_checks(stream, may_hold_nul))
+
+
+@functools.cache
+def _values_failing(stream: Stream) -> pl.Expr:
+    return _any_failing(_value_checks(stream))
+
+
+def _any_failing(checks: tuple[_Check, ...]) -> pl.Expr:
+    """Whether any of ``checks`` fails (NULL = passes)."""
+    if not checks:
+        return pl.lit(False)
+    return pl.any_horizontal([c.fill_null(False) for c, _, _ in checks])
 
 
 def _typed(rows: pl.DataFrame) -> pl.DataFrame:

@@ -39,7 +39,14 @@ import polars as pl
 
 from adpulse.storage.warehouse import schema
 from adpulse.storage.warehouse.base import SnapshotRead, WarehouseUnavailableError
-from adpulse.storage.warehouse.sql import Dialect, SqlWarehouse, column_list, now_utc, quote
+from adpulse.storage.warehouse.sql import (
+    PRIMARY_KEYS,
+    Dialect,
+    SqlWarehouse,
+    column_list,
+    now_utc,
+    quote,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,11 @@ DEFAULT_CHECKPOINT_THRESHOLD: Final = "64MB"
 #: half a DuckDB row group: smaller ones, e.g. a live stream's, go to the table, so
 #: segments stay few and large).
 SEGMENT_MIN_ROWS: Final = 50_000
+#: Upserts of at most this many rows (a commit's checkpoints and watermarks: one row per
+#: stream and partition) bind their values as parameters of one statement; larger ones
+#: are staged as a frame. Staging costs about as much as the statement itself (~1 ms on
+#: the development machine), binding a value about 8 us.
+UPSERT_VALUES_MAX_ROWS: Final = 64
 #: The fact table stored in segments, and the table of its smaller batches' rows.
 SEGMENTED: Final = "fact_impressions"
 SEGMENT_ROWS_TABLE: Final = "fact_impressions_rows"
@@ -328,8 +340,9 @@ class DuckDBWarehouse(SqlWarehouse):
 
     @contextmanager
     def _stage(self, name: str, frame: pl.DataFrame) -> Iterator[None]:
-        # register() scans the frame's Arrow buffers in place: no copy, no row loop.
-        self._writer.register(name, frame)
+        # register() scans the frame's Arrow buffers in place: no row loop. Handed the
+        # Arrow table (what DuckDB would make of the frame): ~0.3 ms less per frame.
+        self._writer.register(name, frame.to_arrow())
         self._staged.add(name)
         try:
             yield
@@ -340,9 +353,40 @@ class DuckDBWarehouse(SqlWarehouse):
                 self._writer.unregister(name)
                 self._staged.discard(name)
 
+    def _upsert(self, table: str, frame: pl.DataFrame) -> None:
+        """One ``INSERT ... ON CONFLICT DO UPDATE`` (DuckDB's upsert), instead of the
+        portable UPDATE and INSERT: half the statements, and for the few rows of a
+        commit's checkpoints and watermarks, values bound as parameters instead of a
+        staged frame. The commit of a small live batch costs about 4 ms less CPU."""
+        if frame.height == 0:
+            return
+        key = PRIMARY_KEYS[table]
+        columns = frame.columns
+        sets = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in key)
+        into = f"INSERT INTO {quote(table)} ({column_list(columns)})"
+        conflict = f" ON CONFLICT ({column_list(key)}) DO UPDATE SET {sets}"
+        if frame.height > UPSERT_VALUES_MAX_ROWS:
+            source = f"staged_{table}"
+            with self._stage(source, frame):
+                select = f" SELECT {column_list(columns)} FROM {quote(source)}"
+                self._execute(into + select + conflict)
+            return
+        row = "(" + ", ".join("?" * len(columns)) + ")"
+        values = ", ".join([row] * frame.height)
+        self._execute(f"{into} VALUES {values}{conflict}", [v for r in frame.rows() for v in r])
+
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
         frame: pl.DataFrame = self._writer.sql(sql, params=list(params) or None).pl()
         return frame
+
+    def _read_value(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        # A tuple, not a frame: a one-value frame costs ~0.5 ms more, once per poll.
+        cursor = self.cursor()
+        try:
+            row = cursor.execute(sql, list(params) or None).fetchone()
+            return row[0] if row is not None else None
+        finally:
+            cursor.close()
 
     def _read(
         self, sql: str, params: Sequence[Any] = (), *, select_only: bool = False

@@ -488,8 +488,14 @@ class SqlWarehouse(Warehouse):
 
     def dimension_revision(self) -> int:
         key = quote("key")
-        rows = self._read(f"SELECT value FROM {META_TABLE} WHERE {key} = ?", [_REVISION])
-        return int(rows.item()) if rows.height else 0
+        value = self._read_value(f"SELECT value FROM {META_TABLE} WHERE {key} = ?", [_REVISION])
+        return int(value) if value is not None else 0
+
+    def _read_value(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """The first column of the first row of a read (None without a row); a backend
+        may answer it without building a frame (the processor asks once per poll)."""
+        rows = self._read(sql, params)
+        return rows.item(0, 0) if rows.height else None
 
 
 class _RolledBack(Exception):
@@ -521,29 +527,28 @@ def _storable(dead_letters: pl.DataFrame) -> pl.DataFrame:
 
 
 def _offsets_frame(offsets: Mapping[tuple[Stream, int], str], at: datetime) -> pl.DataFrame:
-    keys = sorted(offsets)
+    # Built from rows: for a commit's few, ~4x cheaper than from columns.
     return pl.DataFrame(
-        {
-            "stream": [str(s) for s, _ in keys],
-            "partition": [p for _, p in keys],
-            "offset": [offsets[k] for k in keys],
-            "updated_at": [at] * len(keys),
-        },
+        [(str(s), p, offsets[(s, p)], at) for s, p in sorted(offsets)],
         schema=schema.CHECKPOINTS,
+        orient="row",
     )
 
 
 def _watermarks_frame(
     marks: Mapping[tuple[Stream, int], PartitionWatermark], at: datetime
 ) -> pl.DataFrame:
-    keys = sorted(marks)
     return pl.DataFrame(
-        {
-            "stream": [str(s) for s, _ in keys],
-            "partition": [p for _, p in keys],
-            "watermark": [utc_naive(marks[k].watermark) for k in keys],
-            "max_event_time": [utc_naive(marks[k].max_event_time) for k in keys],
-            "updated_at": [at] * len(keys),
-        },
+        [
+            (
+                str(s),
+                p,
+                utc_naive(marks[(s, p)].watermark),
+                utc_naive(marks[(s, p)].max_event_time),
+                at,
+            )
+            for s, p in sorted(marks)
+        ],
         schema=schema.WATERMARKS,
+        orient="row",
     )
