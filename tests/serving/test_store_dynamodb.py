@@ -35,6 +35,7 @@ from adpulse.serving.store import (
 )
 from adpulse.serving.store.base import PROJECTIONS, StoreSnapshot
 from adpulse.serving.store.dynamodb import (
+    HOUR_SHARDS,
     DynamoDBServingStore,
     apply_cost,
     item_size,
@@ -55,7 +56,7 @@ def table_of(url: str) -> str:
 
 
 def endpoint_of(url: str) -> str:
-    return url.split("endpoint_url=")[1]
+    return url.split("endpoint_url=")[1].split("&")[0]
 
 
 def test_serving_url_opens_a_dynamodb_store_creating_its_table_with_ttl(
@@ -64,6 +65,11 @@ def test_serving_url_opens_a_dynamodb_store_creating_its_table_with_ttl(
     with open_serving_store(Settings(home=tmp_path, serving_url=url)) as store:
         assert isinstance(store, DynamoDBServingStore)
         assert store.window() is None  # a new table: not ready until rebuilt
+        assert store.shards == 3  # &shards=3
+    without = url.replace("&shards=3", "")
+    with open_serving_store(Settings(home=tmp_path, serving_url=without)) as default:
+        assert isinstance(default, DynamoDBServingStore)
+        assert default.shards == HOUR_SHARDS == 16
     client = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint_of(url))
     table = client.describe_table(TableName=table_of(url))["Table"]
     assert {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]} == {
@@ -252,10 +258,10 @@ def every_read(store: DynamoDBServingStore) -> list[object]:
 
 def test_an_hours_items_spread_over_its_shards_and_read_as_unsharded() -> None:
     with (
-        dynamodb_table() as url,
-        dynamodb_table() as plain_url,
-        open_store(f"{url}&shards=4") as store,
-        open_store(f"{plain_url}&shards=1") as plain,
+        dynamodb_table(shards=4) as url,
+        dynamodb_table(shards=1) as plain_url,
+        open_store(url) as store,
+        open_store(plain_url) as plain,
     ):
         window = StoreWindow(T0 - timedelta(hours=1), None)
         store.replace(LiveRows.empty(), window)
@@ -302,7 +308,7 @@ def test_an_hours_items_spread_over_its_shards_and_read_as_unsharded() -> None:
 
 
 def test_a_window_move_deletes_every_shard_of_the_hours_it_leaves() -> None:
-    with dynamodb_table() as url, open_store(f"{url}&shards=3") as store:
+    with dynamodb_table(shards=3) as url, open_store(url) as store:
         store.replace(LiveRows(MANY, CONVERTED), StoreWindow(T0, T0))
         held = keys_of(store)
         whole = delta(MANY, CONVERTED)
@@ -329,13 +335,13 @@ def test_a_window_move_deletes_every_shard_of_the_hours_it_leaves() -> None:
 def test_each_generation_keeps_the_shard_count_it_was_built_with(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with dynamodb_table() as url, open_store(f"{url}&shards=4") as four:
+    with dynamodb_table(shards=4) as url, open_store(url) as four:
         four.replace(LiveRows(MANY, conversions()), StoreWindow(T0 - timedelta(hours=1), T0))
         answers = every_read(four)
         table = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint_of(url))
         meta = table.get_item(TableName=four.table, Key={"pk": {"S": "meta"}, "sk": {"S": "meta"}})
         assert (meta["Item"]["gen"]["N"], meta["Item"]["shards"]["N"]) == ("1", "4")
-        with caplog.at_level(logging.INFO), open_store(f"{url}&shards=2") as two:
+        with caplog.at_level(logging.INFO), open_store(url.replace("shards=4", "shards=2")) as two:
             assert "generation 1 has 4 shard(s) per hour, this client builds 2" in caplog.text
             # another setting reads and writes generation 1 by its recorded 4 shards
             assert every_read(two) == answers
