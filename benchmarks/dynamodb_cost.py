@@ -25,6 +25,7 @@ import argparse
 import math
 import tempfile
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -37,7 +38,13 @@ from adpulse.processor.pipeline import Processor
 from adpulse.serving import queries
 from adpulse.serving.store import LiveRows, MemoryServingStore, live_delta
 from adpulse.serving.store.base import PROJECTIONS
-from adpulse.serving.store.dynamodb import Capacity, apply_cost, stored_bytes
+from adpulse.serving.store.dynamodb import (
+    HOUR_SHARDS,
+    Capacity,
+    apply_cost,
+    partition_writes,
+    stored_bytes,
+)
 from adpulse.serving.store.sync import StoreSync
 from adpulse.sources.files import write_csv
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
@@ -53,17 +60,24 @@ DAY_MINUTES = 1_440
 
 
 class PricedSync(StoreSync):
-    """A store sync that also prices each batch's DynamoDB write."""
+    """A store sync that also prices each batch's DynamoDB write (in a generation of
+    ``shards`` shards per hour), and counts the write units per partition key, sharded
+    and not."""
 
-    def __init__(self, *args: object) -> None:
+    def __init__(self, *args: object, shards: int) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
+        self.shards = shards
         self.cost = Capacity()
         self.batches = 0
+        self.per_key: Counter[str] = Counter()
+        self.per_key_unsharded: Counter[str] = Counter()
 
     def on_commit(self, output: BatchOutput) -> None:
         delta = live_delta(output)
         if not delta.is_empty:
-            self.cost += apply_cost(delta)
+            self.cost += apply_cost(delta, shards=self.shards)
+            self.per_key.update(partition_writes(delta, shards=self.shards))
+            self.per_key_unsharded.update(partition_writes(delta, shards=1))
             self.batches += 1
         super().on_commit(output)
 
@@ -135,23 +149,30 @@ def day_read(
     conversions: bool,
     conversions_per_second: float,
     conversion_bytes: float,
+    shards: int,
 ) -> Capacity:
     """One store read of the newest 24 h at steady state: two ``meta`` reads, and per
-    hour one query of rollups and, for a view that reads them, one of conversions (a
-    page per MB), each charged on its bytes (strongly consistent: 4 KB per read unit).
-    Rollup bytes per minute are measured over the run's whole minutes."""
+    hour and shard one query of rollups and, for a view that reads them, one of
+    conversions (a page per MB), each charged on its bytes (strongly consistent: 4 KB
+    per read unit, rounded up per query). The hash spreads an hour's items evenly over
+    its shards. Rollup bytes per minute are measured over the run's whole minutes."""
     minutes = rows.rollups["minute"].unique().sort().to_list()
     whole = minutes[1:-1] or minutes  # the first and last minute may be partial
     in_whole = LiveRows(rows.rollups.filter(pl.col("minute").is_in(whole)), rows.conversions)
-    rollup_bytes, _ = stored_bytes(in_whole, columns)
-    hour_rollups = 60 * rollup_bytes / len(whole)
-    hour_conversions = 3_600 * conversions_per_second * conversion_bytes if conversions else 0
-    units = 2 + 24 * (math.ceil(hour_rollups / 4_096) + math.ceil(hour_conversions / 4_096))
-    pages = math.ceil(hour_rollups / 2**20) + math.ceil(hour_conversions / 2**20)
-    return Capacity(requests=2 + 24 * max(1 + conversions, pages), read_units=units)
+    rollup_bytes, _ = stored_bytes(in_whole, columns, shards)
+    shard_rollups = 60 * rollup_bytes / len(whole) / shards
+    shard_conversions = (
+        3_600 * conversions_per_second * conversion_bytes / shards if conversions else 0
+    )
+    per_shard = math.ceil(shard_rollups / 4_096) + (
+        math.ceil(shard_conversions / 4_096) if conversions else 0
+    )
+    pages = math.ceil(shard_rollups / 2**20) + math.ceil(shard_conversions / 2**20)
+    queries = max(1 + conversions, pages)
+    return Capacity(requests=2 + 24 * shards * queries, read_units=2 + 24 * shards * per_shard)
 
 
-def measure(rate: int, seconds: int, share: float) -> None:
+def measure(rate: int, seconds: int, share: float, shards: int) -> None:
     gen = EventGenerator(GeneratorConfig(seed=5))
     with tempfile.TemporaryDirectory(prefix="adpulse-dynamodb-cost-") as tmp:
         home = Path(tmp)
@@ -165,7 +186,7 @@ def measure(rate: int, seconds: int, share: float) -> None:
         transport = InMemoryTransport(PARTITIONS)
         producer = transport.producer()
         store = RecordingStore()
-        sync = PricedSync(store, warehouse)
+        sync = PricedSync(store, warehouse, shards=shards)
         processor = Processor(
             Settings(home=home, partitions=PARTITIONS),
             transport,
@@ -194,11 +215,11 @@ def measure(rate: int, seconds: int, share: float) -> None:
     # conversions come minutes to days after their click: a short run holds few of them,
     # so they are priced at the steady-state share (two puts each: it and its index entry)
     per_second = rate * share
-    one = stored_bytes(LiveRows(held.rollups.clear(), held.conversions.head(1)))[1]
+    one = stored_bytes(LiveRows(held.rollups.clear(), held.conversions.head(1)), shards=shards)[1]
     conversion_bytes = one or 150
     refresh, cached = Capacity(), Capacity()
     for columns, with_conversions in reads:
-        refresh += day_read(held, columns, with_conversions, per_second, conversion_bytes)
+        refresh += day_read(held, columns, with_conversions, per_second, conversion_bytes, shards)
     # the store's read cache: views asking for the same projection of the same range
     # (with or without conversions), with no write in between, share one read
     distinct = {
@@ -207,10 +228,15 @@ def measure(rate: int, seconds: int, share: float) -> None:
     }
     for projection, with_conversions in distinct:
         cached += day_read(
-            held, PROJECTIONS[projection], with_conversions, per_second, conversion_bytes
+            held, PROJECTIONS[projection], with_conversions, per_second, conversion_bytes, shards
         )
     w = sync.cost
     wcu = w.write_units / seconds + 2 * per_second
+    # the hottest partition keys, in write units per second over the run (conversions'
+    # come at the steady-state rate, spread by the hash like the rollups')
+    hot = max(sync.per_key.values(), default=0) / seconds
+    hot_unsharded = max(sync.per_key_unsharded.values(), default=0) / seconds
+    hot_conversions = per_second * math.ceil(conversion_bytes / 1_024)
     print(
         f"rate {rate:>7,}/s: {events:,} events in {sync.batches} batches over {seconds} s;"
         f" conversions {per_second:,.1f}/s of {conversion_bytes} B;"
@@ -219,7 +245,10 @@ def measure(rate: int, seconds: int, share: float) -> None:
         f" requests/s; dashboard refresh (24 h, {len(reads)} reads,"
         f" {sum(c for _, c in reads)} with conversions): {refresh.read_units:,} RCU,"
         f" {refresh.requests:,} requests; with the read cache ({len(distinct)} distinct reads):"
-        f" {cached.read_units:,} RCU, {cached.requests:,} requests"
+        f" {cached.read_units:,} RCU, {cached.requests:,} requests;"
+        f" hottest partition key: {hot_unsharded:,.0f} WCU/s with one shard per hour,"
+        f" {hot:,.0f} with {shards} (conversions of an hour: {hot_conversions:,.0f} WCU/s"
+        f" in one key, {hot_conversions / shards:,.0f} per shard)"
     )
 
 
@@ -227,11 +256,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument(
+        "--shards", type=int, default=HOUR_SHARDS, help="shards per hour (the store's ?shards=)"
+    )
     args = parser.parse_args()
     share = conversion_share()
     print(f"conversions per event at steady state: {share:.5f}")
     for rate in args.rates:
-        measure(rate, args.seconds, share)
+        measure(rate, args.seconds, share, args.shards)
 
 
 if __name__ == "__main__":

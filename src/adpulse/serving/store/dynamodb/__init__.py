@@ -1,5 +1,5 @@
 """The DynamoDB serving store: live aggregates in one DynamoDB table, shared by every
-processor and API process (``dynamodb://TABLE?region=REGION[&endpoint_url=URL]``).
+processor and API process (``dynamodb://TABLE?region=REGION[&endpoint_url=URL][&shards=N]``).
 
 Item design (one table, string keys ``pk`` / ``sk``, TTL attribute ``expires``; ``G`` is
 a generation, one per rebuild; ``MINUTE`` and ``HOUR`` are epoch seconds, ``MINUTE``
@@ -10,20 +10,32 @@ written with 10 digits so that sort keys order by time)::
                                        snap (M: partition -> largest batch id of the
                                        snapshot), offsets (M: "stream:partition" ->
                                        offset), version (counts writes), gens (counts
-                                       generations), and while a rebuild runs: next,
-                                       closing, lock, lock_until
+                                       generations), shards (G's shards per hour; none:
+                                       1), and while a rebuild runs: next, closing,
+                                       lock, lock_until
     b#KEY          b                   expires: the batch KEY was applied
-    gG#rP#HOUR     MINUTE#KEY          im, cl, cv, ac (counts), rv (revenue), expires;
+    gG#rP#HOUR#S   MINUTE#KEY          im, cl, cv, ac (counts), rv (revenue), expires;
                                        rollups of projection P (index into PROJECTIONS),
                                        KEY = JSON [ad_id, campaign, platform, location],
                                        null where P drops the column
-    gG#c#HOUR      MINUTE#EVENT_ID     t, k (event and click time, microseconds), a, c,
+    gG#c#HOUR#S    MINUTE#EVENT_ID     t, k (event and click time, microseconds), a, c,
                                        p, l (ad, campaign, platform, location),
                                        s (latency seconds), expires: one conversion
     gG#i#SHARD     e#EVENT_ID          m (the conversion's MINUTE), expires; SHARD =
                                        crc32(event_id) % 16 (for re-attributions)
     gG#j           ORDER#PART          n (parts), d (bytes): a delta journaled while G is
                                        being rebuilt (ORDER: batch id, arrival time, key)
+
+Hour shards: an hour's rollups of a projection, and its conversions, are spread over
+``S`` partition keys, ``S = crc32(sort key) % shards`` (:class:`~.items.Layout`; with one
+shard there is no ``#S``, the keys of tables written before), because DynamoDB serves at
+most 1,000 write units per second per partition key and the current hour of the full
+key takes all its writes. The same item always lands on the same shard, so ``ADD`` stays
+exact. A read queries every shard of every hour it covers, in parallel; deleting an
+hour or a generation deletes every shard. ``shards`` is fixed per generation and
+recorded in ``meta``: writers and readers use the current generation's count, whatever
+their own setting (``?shards=``, default :data:`~.items.HOUR_SHARDS`), which only a
+rebuild applies, to the generation it builds.
 
 A key (or event id) too long for a sort key is written as its SHA-256 and kept in the
 attribute ``key``. Every number is a DynamoDB Number, an exact decimal of up to 38
@@ -78,11 +90,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from adpulse.serving.store.dynamodb.cost import Capacity, apply_cost, item_size, stored_bytes
+from adpulse.serving.store.dynamodb.cost import (
+    Capacity,
+    apply_cost,
+    item_size,
+    partition_writes,
+    stored_bytes,
+)
 from adpulse.serving.store.dynamodb.items import (
     ATTEMPTS,
     DATA_TTL_SECONDS,
+    HOUR_SHARDS,
     LOCK_SECONDS,
+    MAX_HOUR_SHARDS,
     REBUILD_AFTER_SECONDS,
     backoff,
 )
@@ -91,7 +111,9 @@ from adpulse.serving.store.dynamodb.store import DynamoDBServingStore, open_dyna
 __all__: Sequence[str] = [
     "ATTEMPTS",
     "DATA_TTL_SECONDS",
+    "HOUR_SHARDS",
     "LOCK_SECONDS",
+    "MAX_HOUR_SHARDS",
     "REBUILD_AFTER_SECONDS",
     "Capacity",
     "DynamoDBServingStore",
@@ -99,5 +121,6 @@ __all__: Sequence[str] = [
     "backoff",
     "item_size",
     "open_dynamodb_store",
+    "partition_writes",
     "stored_bytes",
 ]

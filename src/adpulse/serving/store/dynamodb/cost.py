@@ -5,6 +5,7 @@ bytes a window of rows stores (``benchmarks/dynamodb_cost.py``).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +18,15 @@ from adpulse.serving.store.base import (
     LiveDelta,
     LiveRows,
 )
-from adpulse.serving.store.dynamodb.items import EPOCH, Rows, hour_of, minute_of, num
+from adpulse.serving.store.dynamodb.items import (
+    EPOCH,
+    HOUR_SHARDS,
+    Layout,
+    Rows,
+    minute_of,
+    num,
+    shard_of,
+)
 from adpulse.storage.warehouse.schema import CONVERSION_REATTRIBUTIONS
 
 
@@ -76,7 +85,43 @@ def _read_units(size: int) -> int:
 META_BYTES: Final = 2_048
 
 
-def apply_cost(delta: LiveDelta, start: datetime = EPOCH, meta_bytes: int = META_BYTES) -> Capacity:
+def partition_writes(
+    delta: LiveDelta, start: datetime = EPOCH, shards: int = HOUR_SHARDS
+) -> Counter[str]:
+    """The write units :meth:`~.store.DynamoDBServingStore.apply` of ``delta`` spends on
+    each partition key of its data items (rollups, conversions and their index; the
+    ``meta`` and batch-key items left out), in a generation of ``shards`` shards per
+    hour: what meets DynamoDB's 1,000 write units per second per partition key."""
+    first = minute_of(start) if start > EPOCH else 0
+    return _partition_writes(Rows.of(delta.rows, delta.reattributions), first, shards)
+
+
+def _partition_writes(rows: Rows, first: int, shards: int) -> Counter[str]:
+    layout = Layout(1, shards)
+    expires = {"expires": num(int(time.time()))}
+    units: Counter[str] = Counter()
+    for minute, projection, sk, values in rows.rollups:
+        if minute >= first:
+            pk = layout.rollup_key(projection, minute, sk)
+            key = {"pk": {"S": pk}, "sk": {"S": sk}}
+            units[pk] += _write_units(item_size(key | values | expires))
+    for minute, event_id, sk, values in rows.conversions:
+        if minute >= first:
+            pk = layout.conversion_key(minute, sk)
+            item = {"pk": {"S": pk}, "sk": {"S": sk}} | values | expires
+            units[pk] += _write_units(item_size(item))
+            index_pk = f"g1#i#{shard_of(event_id)}"
+            index = {"pk": {"S": index_pk}, "sk": {"S": f"e#{event_id}"}, "m": num(minute)}
+            units[index_pk] += _write_units(item_size(index | expires))
+    return units
+
+
+def apply_cost(
+    delta: LiveDelta,
+    start: datetime = EPOCH,
+    meta_bytes: int = META_BYTES,
+    shards: int = HOUR_SHARDS,
+) -> Capacity:
     """What :meth:`~.store.DynamoDBServingStore.apply` of ``delta`` costs outside rebuilds: the
     ``meta`` read, the claim, one update per rollup item of every projection, two puts
     per conversion (it and its index entry), a read and an update per re-attribution,
@@ -84,17 +129,9 @@ def apply_cost(delta: LiveDelta, start: datetime = EPOCH, meta_bytes: int = META
     rows = Rows.of(delta.rows, delta.reattributions)
     first = minute_of(start) if start > EPOCH else 0
     cost = Capacity(requests=2, read_units=_read_units(meta_bytes), write_units=1)
-    expires = {"expires": num(int(time.time()))}
-    for minute, projection, sk, values in rows.rollups:
-        if minute >= first:
-            key = {"pk": {"S": f"g1#r{projection}#{hour_of(minute)}"}, "sk": {"S": sk}}
-            cost += Capacity(1, 0, _write_units(item_size(key | values | expires)))
-    for minute, event_id, sk, values in rows.conversions:
-        if minute >= first:
-            item = {"pk": {"S": f"g1#c#{hour_of(minute)}"}, "sk": {"S": sk}} | values | expires
-            index = {"pk": {"S": "g1#i#15"}, "sk": {"S": f"e#{event_id}"}, "m": num(minute)}
-            size = _write_units(item_size(item)) + _write_units(item_size(index | expires))
-            cost += Capacity(0, 0, size)
+    rollups = sum(1 for m, *_ in rows.rollups if m >= first)
+    data = _partition_writes(rows, first, shards)
+    cost += Capacity(rollups, 0, sum(data.values()))
     puts = sum(1 for m, *_ in rows.conversions if m >= first) * 2
     cost.requests += -(-puts // 25)
     cost += Capacity(
@@ -104,19 +141,24 @@ def apply_cost(delta: LiveDelta, start: datetime = EPOCH, meta_bytes: int = META
     return cost + Capacity(meta_updates, 0, meta_updates * _write_units(meta_bytes))
 
 
-def stored_bytes(rows: LiveRows, columns: frozenset[str] = PROJECTIONS[-1]) -> tuple[int, int]:
+def stored_bytes(
+    rows: LiveRows, columns: frozenset[str] = PROJECTIONS[-1], shards: int = HOUR_SHARDS
+) -> tuple[int, int]:
     """The bytes (DynamoDB's item sizes) of the rollup items a read of ``columns`` returns
     for ``rows``, and of its conversion items: what its queries are charged on."""
     projection = next(i for i, kept in enumerate(PROJECTIONS) if columns <= kept)
     parts = Rows.of(rows, pl.DataFrame(schema=CONVERSION_REATTRIBUTIONS))
+    layout = Layout(1, shards)
     expires = {"expires": num(int(time.time()))}
     rollup_bytes = sum(
-        item_size({"pk": {"S": f"g1#r{index}#{hour_of(m)}"}, "sk": {"S": sk}} | values | expires)
+        item_size(
+            {"pk": {"S": layout.rollup_key(index, m, sk)}, "sk": {"S": sk}} | values | expires
+        )
         for m, index, sk, values in parts.rollups
         if index == projection
     )
     conversion_bytes = sum(
-        item_size({"pk": {"S": f"g1#c#{hour_of(m)}"}, "sk": {"S": sk}} | values | expires)
+        item_size({"pk": {"S": layout.conversion_key(m, sk)}, "sk": {"S": sk}} | values | expires)
         for m, _, sk, values in parts.conversions
     )
     return rollup_bytes, conversion_bytes

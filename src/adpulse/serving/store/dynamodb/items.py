@@ -55,6 +55,11 @@ PARALLEL: Final = 16
 READ_CACHE: Final = 32
 #: Shards of the conversion index (its writes spread over this many partition keys).
 INDEX_SHARDS: Final = 16
+#: Shards of each hour's rollup and conversion partition keys in a generation built
+#: without ``?shards=`` (docs/dynamodb.md, "Hot partitions", says how it was chosen).
+HOUR_SHARDS: Final = 16
+#: The most shards ``?shards=`` accepts (a read queries every shard of every hour).
+MAX_HOUR_SHARDS: Final = 64
 #: The longest key text kept in a sort key (DynamoDB allows 1,024 bytes).
 _MAX_SORT_TEXT: Final = 512
 #: A journaled delta is split into items of at most this many bytes (DynamoDB: 400 KB
@@ -128,6 +133,47 @@ def shard_of(event_id: str) -> int:
     return zlib.crc32(event_id.encode()) % INDEX_SHARDS
 
 
+def hour_shard(sk: str, shards: int) -> int:
+    """The shard of the item of sort key ``sk`` among ``shards`` (CRC-32: the same in
+    every process and run, unlike ``hash()``), so a rollup item is always added to on
+    the same shard."""
+    return zlib.crc32(sk.encode()) % shards if shards > 1 else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The partition keys of generation ``gen``, whose hours are split over ``shards``
+    partition keys each: ``gG#rP#HOUR#S`` and ``gG#c#HOUR#S``, ``S`` =
+    :func:`hour_shard` of the item's sort key; with one shard no ``#S`` (the keys of the
+    tables written before hours were sharded, whose ``meta`` records no shard count)."""
+
+    gen: int
+    shards: int = 1
+
+    def _suffix(self, shard: int) -> str:
+        return f"#{shard}" if self.shards > 1 else ""
+
+    def rollup_key(self, projection: int, minute: int, sk: str) -> str:
+        shard = hour_shard(sk, self.shards)
+        return f"g{self.gen}#r{projection}#{hour_of(minute)}{self._suffix(shard)}"
+
+    def conversion_key(self, minute: int, sk: str) -> str:
+        return f"g{self.gen}#c#{hour_of(minute)}{self._suffix(hour_shard(sk, self.shards))}"
+
+    def rollup_keys(self, projection: int, hour: int) -> list[str]:
+        """Every partition key of the rollups of ``projection`` in ``hour``."""
+        return [f"g{self.gen}#r{projection}#{hour}{self._suffix(s)}" for s in range(self.shards)]
+
+    def conversion_keys(self, hour: int) -> list[str]:
+        """Every partition key of the conversions of ``hour``."""
+        return [f"g{self.gen}#c#{hour}{self._suffix(s)}" for s in range(self.shards)]
+
+    def hour_keys(self, hour: int) -> list[str]:
+        """Every partition key of ``hour``: rollups of every projection, conversions."""
+        keys = [k for p in range(len(PROJECTIONS)) for k in self.rollup_keys(p, hour)]
+        return keys + self.conversion_keys(hour)
+
+
 def _optional(attributes: dict[str, Any], name: str, value: Any, kind: str) -> None:
     if value is not None:
         attributes[name] = {kind: value}
@@ -149,6 +195,8 @@ class Meta:
     closing: bool = False
     #: Counts the writes to the current generation (keys the read cache).
     version: int = 0
+    #: The current generation's shards per hour (1 when ``meta`` records none).
+    shards: int = 1
 
     @classmethod
     def of(cls, item: Mapping[str, Any] | None) -> Meta:
@@ -165,6 +213,7 @@ class Meta:
             next=int(item["next"]["N"]) if "next" in item else None,
             closing=bool(item.get("closing", {}).get("BOOL", False)),
             version=int(item["version"]["N"]) if "version" in item else 0,
+            shards=int(item["shards"]["N"]) if "shards" in item else 1,
         )
         for name, offset in item.get("offsets", {}).get("M", {}).items():
             stream, _, partition = name.rpartition(":")
@@ -174,6 +223,12 @@ class Meta:
     def current(self, now: float) -> bool:
         """Ready, and young enough that none of its items can have expired."""
         return self.ready and self.gen is not None and now - self.built < REBUILD_AFTER_SECONDS
+
+    @property
+    def layout(self) -> Layout:
+        """The current generation's partition keys."""
+        assert self.gen is not None
+        return Layout(self.gen, self.shards)
 
     def included(self, delta: LiveDelta) -> bool:
         return delta.included_in(self.batches)

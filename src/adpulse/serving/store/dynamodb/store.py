@@ -41,22 +41,24 @@ from adpulse.serving.store.dynamodb.items import (
     DATA_TTL_SECONDS,
     EPOCH,
     HOUR_SECONDS,
+    HOUR_SHARDS,
     INDEX_SHARDS,
     ITEM_MEASURES,
     JOURNAL_PART,
     JOURNAL_PARTS,
     LOCK_SECONDS,
+    MAX_HOUR_SHARDS,
     META_KEY,
     PARALLEL,
     READ_CACHE,
     THROTTLED,
     WINDOW_SECONDS,
+    Layout,
     Meta,
     Rows,
     backoff,
     epoch_seconds,
     from_micros,
-    hour_of,
     num,
     shard_of,
     sort_key,
@@ -71,7 +73,13 @@ log = logging.getLogger(__name__)
 class DynamoDBServingStore(ServingStore):
     """A :class:`ServingStore` in the DynamoDB table ``table`` (created, with its key
     schema and TTL, when missing). Raises :class:`ServingStoreUnavailableError` when the
-    service cannot be reached or the table cannot be used."""
+    service cannot be reached or the table cannot be used.
+
+    ``shards``: the partition keys per hour (of each projection's rollups, and of the
+    conversions) of the generations this client builds. Each generation's count is
+    recorded in ``meta`` and every writer and reader uses the current generation's, so
+    clients of other settings miss nothing; a changed setting takes effect at the next
+    rebuild."""
 
     def __init__(
         self,
@@ -80,13 +88,17 @@ class DynamoDBServingStore(ServingStore):
         region: str | None = None,
         endpoint_url: str | None = None,
         timeouts: ServerTimeouts | None = None,
+        shards: int = HOUR_SHARDS,
     ) -> None:
         import boto3
         import botocore.config
         import botocore.exceptions
 
+        if not 1 <= shards <= MAX_HOUR_SHARDS:
+            raise ValueError(f"shards={shards}: give 1 to {MAX_HOUR_SHARDS} shards per hour")
         timeouts = timeouts or ServerTimeouts()
         self.table = table
+        self.shards = shards
         config = botocore.config.Config(
             connect_timeout=min(2.0, timeouts.connect_seconds),
             read_timeout=timeouts.connect_seconds,
@@ -117,6 +129,17 @@ class DynamoDBServingStore(ServingStore):
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             self.close()
             raise ServingStoreUnavailableError(f"DynamoDB table {table!r}: {exc}") from exc
+        with suppress(ServingStoreError):  # a notice only: reads and writes check again
+            recorded = self._meta()
+            if recorded.gen is not None and recorded.shards != shards:
+                log.info(
+                    "DynamoDB table %r: generation %d has %d shard(s) per hour, this client"
+                    " builds %d: used from the next rebuild on",
+                    table,
+                    recorded.gen,
+                    recorded.shards,
+                    shards,
+                )
 
     # -- the table -----------------------------------------------------------------------
     def _ensure_table(self) -> None:
@@ -248,12 +271,12 @@ class DynamoDBServingStore(ServingStore):
     def _delete_partitions(self, pks: Iterable[str]) -> None:
         """Delete every item of these partitions (best effort: TTL removes leftovers)."""
         try:
-            keys: list[dict[str, Any]] = []
-            for pk in pks:
-                keys.extend(
-                    {"DeleteRequest": {"Key": {"pk": item["pk"], "sk": item["sk"]}}}
-                    for item in self._query("cleanup", pk)
-                )
+            pages = self._pool.map(lambda pk: list(self._query("cleanup", pk)), list(pks))
+            keys = [
+                {"DeleteRequest": {"Key": {"pk": item["pk"], "sk": item["sk"]}}}
+                for page in pages
+                for item in page
+            ]
             self._batch_write("cleanup", keys)
         except Exception as exc:  # noqa: BLE001 - leftovers expire by TTL
             log.info("serving store cleanup left items for TTL to remove: %s", exc)
@@ -351,7 +374,7 @@ class DynamoDBServingStore(ServingStore):
         assert meta.gen is not None
         rows = Rows.of(delta.rows, delta.reattributions)
         generation = meta.gen
-        self._write_rows(generation, meta.start, rows)
+        self._write_rows(meta.layout, meta.start, rows)
         names: dict[str, str] = {}
         values: dict[str, Any] = {":g": num(generation)}
         sets = []
@@ -413,17 +436,18 @@ class DynamoDBServingStore(ServingStore):
         raise ServingStoreError("serving store write failed: the window kept moving")
 
     def _expire(self, generation: int, start: int) -> None:
-        """Delete the hours of ``generation`` that lie wholly before ``start``."""
+        """Delete the hours of ``generation`` that lie wholly before ``start`` (every
+        shard of them, by the shard count ``meta`` records for it)."""
         meta = self._meta()
         if meta.gen != generation:
             return
         gone = sorted(h for h in meta.hours if h + HOUR_SECONDS <= start)
         if not gone:
             return
-        pks = [f"g{generation}#r{p}#{h}" for h in gone for p in range(len(PROJECTIONS))]
-        conversions = [
-            item for h in gone for item in self._query("cleanup", f"g{generation}#c#{h}")
-        ]
+        layout = meta.layout
+        held = [pk for h in gone for pk in layout.conversion_keys(h)]
+        pages = self._pool.map(lambda pk: list(self._query("cleanup", pk)), held)
+        conversions = [item for page in pages for item in page]
         index = [
             {
                 "DeleteRequest": {
@@ -435,7 +459,7 @@ class DynamoDBServingStore(ServingStore):
             }
             for eid in (text_of(item) for item in conversions)
         ]
-        self._delete_partitions(pks + [f"g{generation}#c#{h}" for h in gone])
+        self._delete_partitions(pk for h in gone for pk in layout.hour_keys(h))
         try:
             self._batch_write("cleanup", index)
         except ServingStoreError as exc:
@@ -452,22 +476,24 @@ class DynamoDBServingStore(ServingStore):
             },
         )
 
-    def _write_rows(self, generation: int, start: int, rows: Rows) -> None:
-        """Add the rows of minutes from ``start`` on to ``generation``: one ``ADD`` per
-        rollup item, a ``PutItem`` per conversion and index item, then re-attributions."""
+    def _write_rows(self, layout: Layout, start: int, rows: Rows) -> None:
+        """Add the rows of minutes from ``start`` on to the generation of ``layout``: one
+        ``ADD`` per rollup item, a ``PutItem`` per conversion and index item, then
+        re-attributions."""
+        generation = layout.gen
         expires = num(int(time.time()) + DATA_TTL_SECONDS)
         calls: list[Callable[[], object]] = []
         for minute, projection, sk, values in rows.rollups:
             if minute < start:
                 continue
-            key = {"pk": {"S": f"g{generation}#r{projection}#{hour_of(minute)}"}, "sk": {"S": sk}}
+            key = {"pk": {"S": layout.rollup_key(projection, minute, sk)}, "sk": {"S": sk}}
             calls.append(partial(self._add_rollup, key, values, expires))
         self._parallel("write", calls)
         puts = []
         for minute, event_id, sk, values in rows.conversions:
             if minute < start:
                 continue
-            item = {"pk": {"S": f"g{generation}#c#{hour_of(minute)}"}, "sk": {"S": sk}}
+            item = {"pk": {"S": layout.conversion_key(minute, sk)}, "sk": {"S": sk}}
             puts.append({"PutRequest": {"Item": item | values | {"expires": expires}}})
             index = {
                 "pk": {"S": f"g{generation}#i#{shard_of(event_id)}"},
@@ -477,7 +503,7 @@ class DynamoDBServingStore(ServingStore):
             }
             puts.append({"PutRequest": {"Item": index}})
         self._batch_write("write", puts)
-        moves = [partial(self._reattribute, generation, e, v) for e, v in rows.reattributions]
+        moves = [partial(self._reattribute, layout, e, v) for e, v in rows.reattributions]
         self._parallel("write", moves)
 
     def _add_rollup(self, key: dict[str, Any], values: dict[str, Any], expires: Any) -> None:
@@ -494,7 +520,8 @@ class DynamoDBServingStore(ServingStore):
             | ({":key": extra["key"]} if extra else {}),
         )
 
-    def _reattribute(self, generation: int, event_id: str, values: dict[str, Any]) -> None:
+    def _reattribute(self, layout: Layout, event_id: str, values: dict[str, Any]) -> None:
+        generation = layout.gen
         index = self._call(
             "write",
             "get_item",
@@ -516,7 +543,7 @@ class DynamoDBServingStore(ServingStore):
         self._conditional(
             "write",
             "update_item",
-            Key={"pk": {"S": f"g{generation}#c#{hour_of(minute)}"}, "sk": {"S": sk}},
+            Key={"pk": {"S": layout.conversion_key(minute, sk)}, "sk": {"S": sk}},
             UpdateExpression=expression.strip(),
             ConditionExpression="attribute_exists(pk)",
             **(
@@ -553,6 +580,7 @@ class DynamoDBServingStore(ServingStore):
         if locked is None:
             raise RebuildRunningError("another process is rebuilding the serving store")
         generation = int(locked["Attributes"]["next"]["N"])
+        layout = Layout(generation, self.shards)
         hours: set[int] = set()
         switched = False
         try:
@@ -570,7 +598,7 @@ class DynamoDBServingStore(ServingStore):
             )
             rows = Rows.of(snap, pl.DataFrame(schema=CONVERSION_REATTRIBUTIONS))
             hours |= rows.hours(start)
-            self._write_generation(generation, rows)
+            self._write_generation(layout, rows)
             if (
                 self._conditional(
                     "switch",
@@ -589,17 +617,17 @@ class DynamoDBServingStore(ServingStore):
                 if delta.included_in(snapshot.batches):
                     continue
                 more = Rows.of(delta.rows, delta.reattributions)
-                self._write_rows(generation, start, more)
+                self._write_rows(layout, start, more)
                 hours |= more.hours(start)
                 offsets.update(delta.offsets)
                 latest = more.newest(start)
                 if latest is not None and (newest is None or latest > newest):
                     newest = latest
                     start = max(start, newest - WINDOW_SECONDS)
-            old = self._switch(generation, token, start, newest, hours, offsets, snapshot)
+            old = self._switch(layout, token, start, newest, hours, offsets, snapshot)
             switched = True
             if old is not None and old.gen is not None:
-                self._delete_generation(old.gen, old.hours)
+                self._delete_generation(old.layout, old.hours)
             self._delete_partitions([f"g{generation}#j"])
             if any(h + HOUR_SECONDS <= start for h in hours):
                 self._expire(generation, start)
@@ -614,17 +642,17 @@ class DynamoDBServingStore(ServingStore):
                     ExpressionAttributeNames={"#lock": "lock", "#next": "next"},
                     ExpressionAttributeValues={":t": {"S": token}},
                 )
-                self._delete_generation(generation, hours)
+                self._delete_generation(layout, hours)
 
-    def _write_generation(self, generation: int, rows: Rows) -> None:
+    def _write_generation(self, layout: Layout, rows: Rows) -> None:
         expires = num(int(time.time()) + DATA_TTL_SECONDS)
         puts = []
         for minute, projection, sk, values in rows.rollups:
-            pk = f"g{generation}#r{projection}#{hour_of(minute)}"
+            pk = layout.rollup_key(projection, minute, sk)
             item = {"pk": {"S": pk}, "sk": {"S": sk}} | values | {"expires": expires}
             puts.append({"PutRequest": {"Item": item}})
         self._batch_write("rebuild", puts)
-        self._write_rows(generation, 0, Rows([], rows.conversions, []))
+        self._write_rows(layout, 0, Rows([], rows.conversions, []))
 
     def _journaled(self, generation: int) -> list[LiveDelta]:
         entries: dict[str, list[dict[str, Any]]] = {}
@@ -640,7 +668,7 @@ class DynamoDBServingStore(ServingStore):
 
     def _switch(
         self,
-        generation: int,
+        layout: Layout,
         token: str,
         start: int,
         newest: int | None,
@@ -648,9 +676,11 @@ class DynamoDBServingStore(ServingStore):
         offsets: Mapping[tuple[Stream, int], str],
         snapshot: StoreSnapshot,
     ) -> Meta | None:
-        """Make ``generation`` current (one conditional update); the previous meta."""
+        """Make the generation of ``layout`` current, with its shard count (one
+        conditional update); the previous meta."""
         values: dict[str, Any] = {
-            ":g": num(generation),
+            ":g": num(layout.gen),
+            ":shards": num(layout.shards),
             ":yes": {"BOOL": True},
             ":s": num(start),
             ":built": num(int(time.time())),
@@ -659,7 +689,7 @@ class DynamoDBServingStore(ServingStore):
             ":t": {"S": token},
         }
         sets = ["gen = :g", "ready = :yes", "#start = :s", "built = :built", "snap = :snap"]
-        sets.append("offsets = :offsets")
+        sets += ["offsets = :offsets", "shards = :shards"]
         removes = ["#lock", "lock_until", "#next", "closing"]
         if newest is None:
             removes.append("newest")
@@ -685,10 +715,9 @@ class DynamoDBServingStore(ServingStore):
             raise ServingStoreError("the rebuild lock expired before the switch")
         return Meta.of(answer.get("Attributes"))
 
-    def _delete_generation(self, generation: int, hours: Iterable[int]) -> None:
-        hours = sorted(hours)
-        pks = [f"g{generation}#r{p}#{h}" for h in hours for p in range(len(PROJECTIONS))]
-        pks += [f"g{generation}#c#{h}" for h in hours]
+    def _delete_generation(self, layout: Layout, hours: Iterable[int]) -> None:
+        generation = layout.gen
+        pks = [pk for h in sorted(hours) for pk in layout.hour_keys(h)]
         pks += [f"g{generation}#i#{s}" for s in range(INDEX_SHARDS)]
         pks.append(f"g{generation}#j")
         self._delete_partitions(pks)
@@ -742,12 +771,14 @@ class DynamoDBServingStore(ServingStore):
         bounds = {"sk_from": f"{start:010d}"}
         if upper is not None:
             bounds["sk_to"] = f"{upper:010d}~"
-        pks = [f"g{meta.gen}#r{projection}#{h}" for h in hours]
+        layout = meta.layout  # every shard of every hour, in parallel
+        pks = [pk for h in hours for pk in layout.rollup_keys(projection, h)]
+        rollup_pages = len(pks)
         if conversions:
-            pks += [f"g{meta.gen}#c#{h}" for h in hours]
+            pks += [pk for h in hours for pk in layout.conversion_keys(h)]
         pages = list(self._pool.map(lambda pk: list(self._query("read", pk, **bounds)), pks))
-        rollups = [item for page in pages[: len(hours)] for item in page]
-        held = [item for page in pages[len(hours) :] for item in page]
+        rollups = [item for page in pages[:rollup_pages] for item in page]
+        held = [item for page in pages[rollup_pages:] for item in page]
         return LiveRows(_rollup_frame(rollups), _conversion_frame(held))
 
     def close(self) -> None:
@@ -812,13 +843,15 @@ def _conversion_frame(items: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=LIVE_CONVERSIONS, orient="row")
 
 
-_PARAMETERS: Final = ("region", "endpoint_url")
+_PARAMETERS: Final = ("region", "endpoint_url", "shards")
 
 
 def open_dynamodb_store(url: str, timeouts: ServerTimeouts | None = None) -> DynamoDBServingStore:
-    """Open the store of ``dynamodb://TABLE?region=REGION&endpoint_url=URL`` (both
-    parameters optional: boto3's configuration, e.g. ``AWS_DEFAULT_REGION``, fills in;
-    credentials always come from boto3's chain, never from the URL)."""
+    """Open the store of ``dynamodb://TABLE?region=REGION&endpoint_url=URL&shards=N``
+    (every parameter optional: boto3's configuration, e.g. ``AWS_DEFAULT_REGION``, fills
+    in region and endpoint; credentials always come from boto3's chain, never from the
+    URL; ``shards``: partition keys per hour of the generations this client builds,
+    default :data:`~.items.HOUR_SHARDS`)."""
     from urllib.parse import parse_qsl, urlsplit
 
     parts = urlsplit(url)
@@ -826,11 +859,15 @@ def open_dynamodb_store(url: str, timeouts: ServerTimeouts | None = None) -> Dyn
     unknown = sorted(set(query) - set(_PARAMETERS))
     if unknown:
         raise ValueError(
-            f"unknown parameter(s) {', '.join(unknown)}; accepted: region, endpoint_url"
+            f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(_PARAMETERS)}"
         )
+    shards = query.get("shards", str(HOUR_SHARDS))
+    if not shards.isdigit() or not 1 <= int(shards) <= MAX_HOUR_SHARDS:
+        raise ValueError(f"shards={shards}: give a whole number from 1 to {MAX_HOUR_SHARDS}")
     return DynamoDBServingStore(
         parts.netloc,
         region=query.get("region"),
         endpoint_url=query.get("endpoint_url"),
         timeouts=timeouts,
+        shards=int(shards),
     )
