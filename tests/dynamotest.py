@@ -19,9 +19,9 @@ logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request 
 
 
 #: Shards per hour of the test stores: more than one, so every contract test reads and
-#: writes across shards, but fewer than the default 16, whose 16 queries per hour the
+#: writes across shards, but fewer than the default 4, whose 4 queries per hour the
 #: local server answers too slowly for the live-view tests (the count changes no path).
-TEST_SHARDS: Final = 3
+TEST_SHARDS: Final = 2
 
 
 @contextmanager

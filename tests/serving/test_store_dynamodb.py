@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 from awstest import REGION
 from botocore.awsrequest import AWSResponse
-from dynamotest import dynamodb_table, open_store
+from dynamotest import TEST_SHARDS, dynamodb_table, open_store
 from store_rows import T0, conversions, delta, rollups
 
 from adpulse.config import Settings
@@ -65,11 +65,11 @@ def test_serving_url_opens_a_dynamodb_store_creating_its_table_with_ttl(
     with open_serving_store(Settings(home=tmp_path, serving_url=url)) as store:
         assert isinstance(store, DynamoDBServingStore)
         assert store.window() is None  # a new table: not ready until rebuilt
-        assert store.shards == 3  # &shards=3
-    without = url.replace("&shards=3", "")
+        assert store.shards == TEST_SHARDS  # &shards=2
+    without = url.replace(f"&shards={TEST_SHARDS}", "")
     with open_serving_store(Settings(home=tmp_path, serving_url=without)) as default:
         assert isinstance(default, DynamoDBServingStore)
-        assert default.shards == HOUR_SHARDS == 16
+        assert default.shards == HOUR_SHARDS == 4
     client = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint_of(url))
     table = client.describe_table(TableName=table_of(url))["Table"]
     assert {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]} == {

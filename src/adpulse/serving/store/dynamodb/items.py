@@ -57,7 +57,7 @@ READ_CACHE: Final = 32
 INDEX_SHARDS: Final = 16
 #: Shards of each hour's rollup and conversion partition keys in a generation built
 #: without ``?shards=`` (docs/dynamodb.md, "Hot partitions", says how it was chosen).
-HOUR_SHARDS: Final = 16
+HOUR_SHARDS: Final = 4
 #: The most shards ``?shards=`` accepts (a read queries every shard of every hour).
 MAX_HOUR_SHARDS: Final = 64
 #: The longest key text kept in a sort key (DynamoDB allows 1,024 bytes).
