@@ -85,12 +85,6 @@ class Settings(BaseSettings):
         description="Serving store of live views: memory:// (default: in-process) or"
         " redis://HOST:PORT/DB[?prefix=NAME].",
     )
-    serving_memory_window_seconds: int = Field(
-        7_200,
-        ge=60,
-        description="In-process serving store: the event time it holds in memory, back"
-        " from the newest minute; views of ranges starting earlier read the warehouse.",
-    )
 
     allowed_lateness_seconds: int = Field(600, ge=0, description="Lateness behind the watermark.")
     dedupe_horizon_seconds: int = Field(86_400, ge=0, description="How long event ids are kept.")

@@ -24,8 +24,6 @@ from typing import Final, Protocol
 
 import boto3
 import botocore.config
-import duckdb
-import oracle
 import polars as pl
 import pytest
 import redis
@@ -43,7 +41,6 @@ from adpulse.processor.workers import PartitionWorker
 from adpulse.serving import queries
 from adpulse.serving.live import LiveTables
 from adpulse.serving.queries import Filters
-from adpulse.serving.queries.filters import ceil_minute
 from adpulse.serving.store import MemoryServingStore, ServingStore, live_delta
 from adpulse.serving.store.base import LiveRows, StoreSnapshot
 from adpulse.serving.store.dynamodb import DynamoDBServingStore
@@ -383,70 +380,6 @@ def test_ranges_beyond_the_window_and_audience_filters_read_the_warehouse(
             assert_frame_equal(
                 queries.summary(warehouse, filters, store=run.store),
                 queries.summary(warehouse, filters),
-            )
-        run.processor.close()
-
-
-def test_a_short_in_process_window_answers_ranges_across_its_start_exactly(
-    data: Path, tmp_path: Path
-) -> None:
-    """With a 6-hour in-process store (``serving_memory_window_seconds``), ranges within
-    it are read from memory, ranges starting before it from the warehouse; every view
-    equals the warehouse's, and the totals equal the independent oracle's, inside,
-    across and before the window's start; a rebuild reads only the window."""
-    span = timedelta(hours=6)
-    con = duckdb.connect()
-    oracle.build(con, data, now=NOW)
-    with duckdb_warehouse(tmp_path / "w.duckdb") as warehouse:
-        run = Run(data, warehouse, MemoryServingStore(span))
-        for part in range(run.parts):
-            run.send(part)
-            run.process()
-        window = run.store.window()
-        assert window is not None and window.newest is not None
-        assert window.start == window.newest - span
-        end = window.newest + timedelta(minutes=1)
-        cases = {
-            "inside": (Filters(start=end - timedelta(hours=4), end=end), True),
-            "the window": (Filters(start=window.start, end=end), True),
-            "across": (Filters(start=end - timedelta(hours=9, seconds=20), end=end), False),
-            "across, filtered": (
-                Filters(start=window.start - timedelta(minutes=1), end=end, platform="Web"),
-                False,
-            ),
-            "before": (Filters(start=end - timedelta(hours=30), end=window.start), False),
-        }
-        for name, (filters, from_memory) in cases.items():
-            source = queries.reader(warehouse, run.store, filters)
-            assert isinstance(source, LiveTables) is from_memory, name
-            for view_name, view in VIEWS.items():
-                live, truth = view(warehouse, filters, run.store), view(warehouse, filters, None)
-                try:
-                    assert_frame_equal(live, truth, check_dtypes=False, check_exact=True)
-                except AssertionError as exc:
-                    raise AssertionError(f"{view_name} differs for {name}: {exc}") from exc
-            got = queries.summary(warehouse, filters, store=run.store).row(0, named=True)
-            start = None if filters.start is None else ceil_minute(filters.start)
-            want = oracle.metrics(
-                con, None, start=start, end=filters.end, platform=filters.platform
-            )[None]
-            for measure in ("impressions", "clicks", "conversions", "attributed_conversions"):
-                assert got[measure] == want[measure], (name, measure)
-            assert got["revenue"] == want["revenue"], name
-            assert got["impressions"] > 500 and got["attributed_conversions"] >= 3, name
-        held = run.store.held()
-        assert run.sync.snapshot().window == window  # the span, not WINDOW
-        assert run.sync.rebuild()  # reads the window from the warehouse, not 24 h
-        assert run.store.window() == window
-        assert run.store.held() <= held
-        inside = cases["inside"][0]
-        assert isinstance(queries.reader(warehouse, run.store, inside), LiveTables)
-        for view in VIEWS.values():
-            assert_frame_equal(
-                view(warehouse, inside, run.store),
-                view(warehouse, inside, None),
-                check_dtypes=False,
-                check_exact=True,
             )
         run.processor.close()
 

@@ -7,7 +7,6 @@ openers are below; to add a backend, see :mod:`adpulse.backends`.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from adpulse.outages import ServerTimeouts
@@ -46,9 +45,8 @@ __all__ = [
 
 
 def open_memory_store(settings: Settings) -> ServingStore:
-    """``memory://`` or ``""``: the in-process store, holding
-    ``serving_memory_window_seconds`` of event time."""
-    return MemoryServingStore(timedelta(seconds=settings.serving_memory_window_seconds))
+    """``memory://`` or ``""``: the in-process store."""
+    return MemoryServingStore()
 
 
 def open_redis_serving_store(settings: Settings) -> ServingStore:

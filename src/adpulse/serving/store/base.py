@@ -247,12 +247,6 @@ class ServingStore(ABC):
     processes writing and reading the same store.
     """
 
-    #: How much event time it holds back from its newest minute (a rebuild reads this
-    #: much of the warehouse): :data:`WINDOW`, or less for the in-process store
-    #: (``serving_memory_window_seconds``). Reads of ranges starting earlier get None, so
-    #: the query layer answers them from the warehouse.
-    span: timedelta = WINDOW
-
     @abstractmethod
     def apply(self, batch_key: str, delta: LiveDelta) -> bool | None:
         """Add ``delta`` once per ``batch_key``, atomically with its offsets, then expire

@@ -8,9 +8,9 @@
   (:meth:`StoreSync.start`): equal, the store holds every committed batch of those
   partitions and is used as it is; different (a crash between the warehouse commit and
   the store write, a store outage, a fresh or flushed store), it is rebuilt;
-- a rebuild, also after any failed write, reads the warehouse's last 24 h (the store's
-  ``span``) of ``rollup_minute`` and ``fact_conversions``, its checkpoints and the largest
-  committed batch id per partition in ONE snapshot (:func:`warehouse_snapshot`) and switches to
+- a rebuild, also after any failed write, reads the warehouse's last 24 h of
+  ``rollup_minute`` and ``fact_conversions``, its checkpoints and the largest committed
+  batch id per partition in ONE snapshot (:func:`warehouse_snapshot`) and switches to
   it in one step; other processes may keep writing meanwhile, by the rebuild protocol
   of :mod:`.base` their batches are neither lost nor counted twice;
 - a batch too large for a delta (catching up on a backlog) marks the store behind, so
@@ -36,7 +36,6 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Final
 
 from adpulse.contracts import Stream
@@ -63,11 +62,10 @@ _KEY: Final = ", ".join(ROLLUP_KEY)
 _SUMS: Final = "".join(f" {m.sum_sql(empty_as_zero=False)} AS {m.name}," for m in MEASURES)
 
 
-def warehouse_snapshot(warehouse: Warehouse, span: timedelta = WINDOW) -> StoreSnapshot:
+def warehouse_snapshot(warehouse: Warehouse) -> StoreSnapshot:
     """What the store should hold now, read from the warehouse in one transaction: the
-    newest ``span`` (a store's :attr:`~.base.ServingStore.span`) of rollups (summed per
-    key) and conversions, the checkpoints, and the largest committed batch id per
-    partition."""
+    newest :data:`~.base.WINDOW` of rollups (summed per key) and conversions, the
+    checkpoints, and the largest committed batch id per partition."""
     with warehouse.snapshot() as read:
         newest = read("SELECT MAX(minute) AS newest FROM rollup_minute", []).item()
         checkpoints = read('SELECT stream, "partition", "offset" FROM checkpoints', [])
@@ -78,7 +76,7 @@ def warehouse_snapshot(warehouse: Warehouse, span: timedelta = WINDOW) -> StoreS
         if newest is None:
             rows, window = LiveRows.empty(), StoreWindow(EPOCH, None)
         else:
-            start = newest - span
+            start = newest - WINDOW
             rollups = read(
                 f"SELECT {_KEY},{_SUMS}"
                 " CAST(0 AS DOUBLE PRECISION) AS latency_sum_seconds"
@@ -174,7 +172,7 @@ class StoreSync:
     def snapshot(self) -> StoreSnapshot:
         """What a rebuild reads (:func:`warehouse_snapshot`); called by the store once
         it journals the deltas written meanwhile."""
-        return warehouse_snapshot(self.warehouse, self.store.span)
+        return warehouse_snapshot(self.warehouse)
 
     def rebuild(self) -> bool:
         """Replace the store's content with the warehouse's; False (logged) on failure."""
