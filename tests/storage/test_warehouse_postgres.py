@@ -187,7 +187,9 @@ def test_checkpoints_and_watermarks_upsert_and_reload() -> None:
 def test_a_commit_failing_midway_rolls_back_everything(warehouse: PostgresWarehouse) -> None:
     nxt = good_then_next(warehouse)  # type: ignore[arg-type]
     before = committed_state(warehouse)  # type: ignore[arg-type]
-    nxt.offsets[(Stream.CLICKS, 2**40)] = "9"  # beyond INTEGER: the offsets step (inside the transaction) fails
+    nxt.offsets[(Stream.CLICKS, 2**40)] = (
+        "9"  # beyond INTEGER: the offsets step (inside the transaction) fails
+    )
     with pytest.raises(Exception, match="Int32|out of range|overflows"):
         warehouse.commit(nxt)
     assert committed_state(warehouse) == before  # type: ignore[arg-type]
