@@ -50,7 +50,12 @@ import polars as pl
 
 from adpulse.config import Settings
 from adpulse.contracts import Stream
-from adpulse.operations.bench import WORKLOAD_START, _event_time, duckdb_per_ad
+from adpulse.operations.bench import (
+    WORKLOAD_START,
+    _decode_files,
+    _event_time,
+    duckdb_per_ad,
+)
 from adpulse.sources.files import iter_stream_files, write_dataset
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.transport.embedded import EmbeddedTransport
@@ -163,12 +168,11 @@ def main() -> None:
         data = root / "files"
         gen = EventGenerator(GeneratorConfig(seed=7, malformed_rate=0.0))
         days = max(1.0, args.events / 3_000_000)
-        write_dataset(data, gen, args.events, WORKLOAD_START, WORKLOAD_START + timedelta(days=days))
-        files = iter_stream_files(data)
-        events = sum(
-            pl.scan_ndjson(p, schema={"x": pl.Int8}).select(pl.len()).collect().item()
-            for p in files.values()
+        summary = write_dataset(
+            data, gen, args.events, WORKLOAD_START, WORKLOAD_START + timedelta(days=days)
         )
+        files = iter_stream_files(data)
+        events = sum(summary["records"].values())
         out = root / "out"
         out.mkdir()
         lookback = timedelta(seconds=Settings().attribution_lookback_seconds)
@@ -177,10 +181,7 @@ def main() -> None:
             "DuckDB per-ad query (bench --compare)": best(
                 args.repeat, lambda: duckdb_per_ad(data, lookback)
             ),
-            "decode ceiling (bench)": best(
-                args.repeat,
-                lambda: [pl.read_ndjson(p, schema=s.decode_schema) for s, p in files.items()],
-            ),
+            "decode ceiling (bench)": best(args.repeat, lambda: _decode_files(data)),
         }
         for codec in ("zstd", "lz4", "uncompressed"):
             times[f"floor, Polars: decode + Parquet {codec}"] = best(

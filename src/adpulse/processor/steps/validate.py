@@ -50,17 +50,17 @@ def validate(
     earliest = min_event_time.replace(tzinfo=None)
     # A row passes when every check is false (nulls = pass). Most batches have no bad
     # row: one boolean pass answers that, without building a reason for every row.
-    time = pl.col("event_time")
+    time_checks = _time_checks(stream, horizon, earliest, max_future)
     failing = pl.any_horizontal(
         _fields_failing(stream, decoded.may_hold_nul),
-        (time.is_null() | (time < earliest) | (time > horizon)).fill_null(False),
+        _any_failing(time_checks),
         _values_failing(stream),
     )
     if not rows.select(failing.any()).item():
         return Validated(stream, _typed(rows), decoded.rejects)
     checks = [
         *_field_checks(stream, decoded.may_hold_nul),
-        *_time_checks(stream, horizon, earliest, max_future),
+        *time_checks,
         *_value_checks(stream),
     ]
     # First failing check wins.
