@@ -114,6 +114,11 @@ def _signal_and_wait(
     _wait_until_running(proc, home)
     time.sleep(delay)
     proc.send_signal(sig)
+    return _ended_well(proc, sig)
+
+
+def _ended_well(proc: subprocess.Popen[str], sig: signal.Signals) -> str:
+    """The closing line of a command stopped by ``sig``, which must have ended well."""
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
     assert "Traceback" not in err and "Error" not in err, err[-4000:]
@@ -275,12 +280,18 @@ def test_replay_and_serve_stop_cleanly(
     url = serve.stdout.readline().split(" at ")[1].split()[0]
     live = urllib.request.urlopen(f"{url}api/v1/stream", timeout=30)
     assert live.readline() == b"retry: 2000\n"
+    _wait_until_running(serve, home)
     began = time.monotonic()
-    last = _signal_and_wait(serve, home, 0.0, signal.SIGTERM)
+    serve.send_signal(signal.SIGTERM)
+    # The server ends the stream itself (a whole chunked body: read() would raise
+    # IncompleteRead on a connection closed midway), before the grace would force it.
+    live.read()
     assert time.monotonic() - began < SHUTDOWN_GRACE_SECONDS
-    # serve also runs the processor: it commits what the stopped replay appended
-    assert last.startswith(f"stopped by SIGTERM: served {home}, committed ")
     live.close()
+    # serve also runs the processor: it commits what the stopped replay appended, so
+    # how long the whole process takes to end depends on the machine's load
+    last = _ended_well(serve, signal.SIGTERM)
+    assert last.startswith(f"stopped by SIGTERM: served {home}, committed ")
 
 
 def test_process_over_postgres_stops_cleanly_on_sigint(
