@@ -20,7 +20,7 @@ logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request 
 
 #: Shards per hour of the test stores: more than one, so every contract test reads and
 #: writes across shards, but fewer than the default 4, whose 4 queries per hour the
-#: local server answers too slowly for the live-view tests (the count changes no path).
+#: local server answers slowly (the count changes no path; the live-view tests use 1).
 TEST_SHARDS: Final = 2
 
 
