@@ -51,10 +51,6 @@ MERGED: Final = 32
 EXPIRE_SLACK: Final = 1 / 16
 #: How long applied batch keys are remembered (a retried write comes seconds later).
 BATCH_KEY_SECONDS: Final = 3_600.0
-#: The full key's window of the store the ``serving_memory_window_seconds`` setting
-#: opens, by default (the dashboard's 15-minute and 1-hour views and the periods
-#: before them, trending's two windows).
-FULL_KEY_WINDOW: Final = timedelta(hours=2)
 
 
 class ProjectionParts:
@@ -261,11 +257,17 @@ class MemoryServingStore(ServingStore):
         with self._lock:
             return {held.columns: held.rows() for held in self._rollups}
 
+    def bytes_held(self) -> dict[frozenset[str], int]:
+        """Bytes of rollup rows held per projection (Polars' estimate), for memory reports."""
+        with self._lock:
+            parts = {held.columns: list(held.parts) for held in self._rollups}
+        return {c: sum(int(p.estimated_size()) for p in held) for c, held in parts.items()}
+
     def nbytes(self) -> int:
         """Bytes held by the frames of the window (Polars' estimate), for memory reports."""
         with self._lock:
-            frames = [*(p for held in self._rollups for p in held.parts), self._conversions]
-        return sum(int(f.estimated_size()) for f in frames)
+            conversions = self._conversions
+        return sum(self.bytes_held().values()) + int(conversions.estimated_size())
 
     def close(self) -> None:
         pass
