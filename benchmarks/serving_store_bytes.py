@@ -144,6 +144,23 @@ def main() -> None:
             f"at 24 h of data (the full key for {full_window}, the rest for 24 h):"
             f" ~{day / mb:,.0f} MB"
         )
+        window = store.window()
+        assert window is not None
+        print("summed per key (the size compaction brings old parts to), per projection:")
+        full_start = store.full_key_start() if hasattr(store, "full_key_start") else None
+        for columns in PROJECTIONS if hasattr(store, "rows_held") else (FULL,):
+            first = full_start if columns == FULL and full_start else window.start
+            held_rows = store.read(first, None, columns, conversions=False)
+            assert held_rows is not None
+            summed = held_rows.rollups
+            minutes = summed["minute"].n_unique() or 1
+            size = summed.estimated_size()
+            print(
+                f"  {', '.join(sorted(columns)) or '(minute only)':40s} {minutes:5d} minutes"
+                f" {summed.height / minutes:9,.0f} rows a minute"
+                f" {size / max(summed.height, 1):5.0f} B a row"
+                f" {size / minutes * 60 / mb:7.1f} MB per hour of data"
+            )
         for label, since in (("15 min", timedelta(minutes=15)), ("all held", None)):
             window = store.window()
             assert window is not None and window.newest is not None
