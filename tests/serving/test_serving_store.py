@@ -562,6 +562,7 @@ def test_a_read_takes_the_smallest_projection_holding_its_columns() -> None:
     assert projection_for(frozenset({"campaign", "location"})) == FULL
     assert projection_for(frozenset({"ad_id", "campaign"})) == AD
     assert projection_for(FULL) == FULL
+    assert projection_for(frozenset({"gender"})) == FULL  # no key column
 
 
 def test_a_rebuild_fills_every_projection_from_the_full_key_snapshot() -> None:

@@ -105,8 +105,8 @@ PROJECTIONS: Final[tuple[frozenset[str], ...]] = (
 
 def projection_for(columns: frozenset[str]) -> frozenset[str]:
     """The smallest projection of :data:`PROJECTIONS` that keeps every key column of
-    ``columns`` (the full key for any other column set)."""
-    return next(kept for kept in PROJECTIONS if columns <= kept)
+    ``columns`` (the full key when one of them is no key column)."""
+    return next((kept for kept in PROJECTIONS if columns <= kept), PROJECTIONS[-1])
 
 
 def project(rollups: pl.DataFrame, columns: frozenset[str] = PROJECTIONS[-1]) -> pl.DataFrame:
