@@ -136,16 +136,9 @@ def main() -> None:
             f" {half + 1} to {len(samples)}): "
             + ", ".join(f"{name} {value / mb:.1f}" for name, value in per_hour.items())
         )
-        day = (
-            per_hour["full key"] * (full_window / timedelta(hours=1))
-            + (per_hour["projections"] + per_hour["conversions"]) * 24
-        )
-        print(
-            f"at 24 h of data (the full key for {full_window}, the rest for 24 h):"
-            f" ~{day / mb:,.0f} MB"
-        )
         window = store.window()
         assert window is not None
+        small_summed = 0.0
         print("summed per key (the size compaction brings old parts to), per projection:")
         full_start = store.full_key_start() if hasattr(store, "full_key_start") else None
         for columns in PROJECTIONS if hasattr(store, "rows_held") else (FULL,):
@@ -155,12 +148,28 @@ def main() -> None:
             summed = held_rows.rollups
             minutes = summed["minute"].n_unique() or 1
             size = summed.estimated_size()
+            if columns != FULL:
+                small_summed += size / minutes * 60
             print(
                 f"  {', '.join(sorted(columns)) or '(minute only)':40s} {minutes:5d} minutes"
                 f" {summed.height / minutes:9,.0f} rows a minute"
                 f" {size / max(summed.height, 1):5.0f} B a row"
                 f" {size / minutes * 60 / mb:7.1f} MB per hour of data"
             )
+        # the projections' slope is blurred by their newest parts (not yet compacted, ~1 MB
+        # held whatever the hours): at 24 h, their rows summed per key, and those parts
+        held_now = _held(store)
+        day = (
+            per_hour["full key"] * (full_window / timedelta(hours=1))
+            + per_hour["conversions"] * 24
+            + small_summed * 24
+            + max(0.0, held_now[1] - small_summed * args.minutes / 60)
+        )
+        print(
+            f"at 24 h of data (the full key for {full_window} at its growth per hour, the"
+            f" conversions for 24 h at theirs, the projections 24 h summed per key and their"
+            f" uncompacted parts): ~{day / mb:,.0f} MB"
+        )
         for label, since in (("15 min", timedelta(minutes=15)), ("all held", None)):
             window = store.window()
             assert window is not None and window.newest is not None
