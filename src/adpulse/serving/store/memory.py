@@ -69,7 +69,7 @@ class ProjectionParts:
 
     def add(self, rows: pl.DataFrame) -> None:
         """Append ``rows`` (projected onto ``columns``) from ``start`` on."""
-        rows = rows.filter(pl.col("minute") >= self.start)
+        rows = rows_since(rows, "minute", self.start)
         if rows.height:
             self.parts.append(rows)
         if len(self.parts) > MAX_PARTS:
