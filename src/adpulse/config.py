@@ -85,6 +85,14 @@ class Settings(BaseSettings):
         description="Serving store of live views: memory:// (default: in-process) or"
         " redis://HOST:PORT/DB[?prefix=NAME].",
     )
+    serving_memory_window_seconds: int = Field(
+        7_200,
+        ge=60,
+        le=86_400,
+        description="In-process serving store: the event time it keeps at the full rollup"
+        " key, back from the newest minute (the smaller projections keep 24 h); views"
+        " needing that key from earlier read the warehouse.",
+    )
 
     allowed_lateness_seconds: int = Field(600, ge=0, description="Lateness behind the watermark.")
     dedupe_horizon_seconds: int = Field(86_400, ge=0, description="How long event ids are kept.")

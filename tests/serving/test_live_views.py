@@ -401,6 +401,66 @@ def test_ranges_beyond_the_window_and_audience_filters_read_the_warehouse(
         run.processor.close()
 
 
+def test_an_in_process_store_with_a_2_h_full_key_answers_every_range_exactly(
+    data: Path, tmp_path: Path
+) -> None:
+    """The in-process store as the demo opens it (the full key for 2 h, the smaller
+    projections for 24 h): every view equals the warehouse's inside the full key's
+    window, across its start and before it. Views reading one key column (or per ad)
+    over the last 24 h are answered from memory (the dashboard's stream with no filter
+    or one); those needing two key columns from before the full key's window by the
+    warehouse."""
+    with duckdb_warehouse(tmp_path / "w.duckdb") as warehouse:
+        run = Run(data, warehouse, MemoryServingStore(timedelta(hours=2)))
+        for part in range(run.parts):
+            run.send(part)
+            run.process()
+        start, end = last_day(warehouse)
+        full_start = run.store.full_key_start()  # type: ignore[attr-defined]
+        assert full_start == end - timedelta(minutes=1) - timedelta(hours=2)
+        top = queries.top_ads(warehouse, Filters(start=start, end=end), limit=1).row(0, named=True)
+        one = {"campaign": top["campaign"], "platform": "Mobile", "location": "New York"}
+        two = {"campaign": top["campaign"], "platform": "Web"}
+        inside, across = end - timedelta(minutes=90), full_start - timedelta(minutes=1)
+        cases: list[tuple[str, Filters, bool]] = [
+            ("24 h", Filters(start=start, end=end), True),
+            ("24 h by ad", Filters(start=start, end=end, ad_id=top["ad_id"]), True),
+            *(
+                (f"24 h {k}", Filters(start=start, end=end, **{k: v}), True)  # type: ignore[arg-type]
+                for k, v in one.items()
+            ),
+            ("24 h, two filters", Filters(start=start, end=end, **two), False),
+            ("inside, two filters", Filters(start=inside, end=end, **two), True),
+            ("window, two filters", Filters(start=full_start, end=end, **two), True),
+            ("across, two filters", Filters(start=across, end=end, **two), False),
+            ("across", Filters(start=across, end=end - timedelta(seconds=20)), True),
+            ("before, two filters", Filters(start=start, end=full_start, **two), False),
+            ("before", Filters(start=start + timedelta(seconds=30), end=full_start), True),
+        ]
+        for name, filters, from_memory in cases:
+            source = queries.reader(warehouse, run.store, filters)
+            assert isinstance(source, LiveTables) is from_memory, name
+            for view_name, view in VIEWS.items():
+                live, truth = view(warehouse, filters, run.store), view(warehouse, filters, None)
+                try:
+                    assert_frame_equal(live, truth, check_dtypes=False, check_exact=True)
+                except AssertionError as exc:
+                    raise AssertionError(f"{view_name} differs for {name}: {exc}") from exc
+            summary = queries.summary(warehouse, filters, store=run.store).row(0, named=True)
+            assert summary["impressions"] > 20, name
+        # the group-by columns of the 24 h views: one key column (or per ad) from memory
+        day = Filters(start=start, end=end)
+        for keys in (["platform"], ["location"], ["campaign"], ["ad_id", "campaign"]):
+            assert isinstance(queries.reader(warehouse, run.store, day, keys=keys), LiveTables)
+        by_ad = Filters(start=start, end=end, platform="Web")
+        assert not isinstance(
+            queries.reader(warehouse, run.store, by_ad, keys=["ad_id", "campaign"]), LiveTables
+        )
+        everything = queries.summary(warehouse, day, store=run.store).row(0, named=True)
+        assert everything["impressions"] > 1_000 and everything["attributed_conversions"] > 20
+        run.processor.close()
+
+
 def test_a_crash_between_commit_and_store_write_is_repaired_on_restart(
     shared_data: Path, tmp_path: Path, kind: str
 ) -> None:

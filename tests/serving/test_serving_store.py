@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Final
 
 import polars as pl
 import pytest
@@ -26,7 +27,12 @@ from adpulse.serving.store import (
     StoreWindow,
     open_serving_store,
 )
-from adpulse.serving.store.base import LIVE_CONVERSIONS, LIVE_ROLLUPS, StoreSnapshot
+from adpulse.serving.store.base import (
+    LIVE_CONVERSIONS,
+    LIVE_ROLLUPS,
+    StoreSnapshot,
+    projection_for,
+)
 from adpulse.serving.store.redis import RedisServingStore
 from adpulse.storage.warehouse.schema import CONVERSION_REATTRIBUTIONS
 
@@ -458,3 +464,161 @@ def test_the_in_process_store_keeps_its_own_text_not_the_batches() -> None:
     ]
     held = rows.conversions.to_arrow(compat_level=pl.CompatLevel.newest())["event_id"]
     assert sum(b.size for c in held.chunks for b in c.buffers() if b is not None) < 1_000
+
+
+# --- the in-process store's projections -------------------------------------------------
+#: (ad, campaign) of the projection tests: 4 ads, 2 campaigns; each ad on 2 platforms in
+#: 2 locations, so 16 full keys a minute, 1/2/2/2/4 for the smaller projections.
+ADS: Final = ((1, "Fall"), (2, "Fall"), (3, "Spring"), (4, "Spring"))
+KEYS: Final = tuple(
+    (ad, campaign, platform, location)
+    for ad, campaign in ADS
+    for platform in ("Web", "Mobile")
+    for location in ("Miami", "Boston")
+)
+NONE: Final = frozenset[str]()
+CAMPAIGN, PLATFORM, LOCATION = (frozenset({c}) for c in ("campaign", "platform", "location"))
+AD: Final = frozenset({"ad_id", "campaign"})
+FULL: Final = frozenset({"ad_id", "campaign", "platform", "location"})
+
+
+def minute_rows(minute: datetime) -> pl.DataFrame:
+    """Every key's rollup row of ``minute``: impressions = ad id, 1 click, revenue 0.5."""
+    return rollups(*((minute, *key, key[0], 1, 0, 0, "0.5") for key in KEYS))
+
+
+def test_the_in_process_store_keeps_24_h_per_projection_and_the_full_key_for_its_window() -> None:
+    """Fed 26 hours a minute at a time, a store whose full key covers 30 minutes holds
+    24 h (and at most EXPIRE_SLACK of it more) of each small projection, and no more
+    full-key rows after 26 hours than after 1; a 24 h read by platform is answered (by
+    the platform projection: the full key no longer holds those minutes), a read needing
+    two key columns from before the full key's window is not (the warehouse answers)."""
+    from adpulse.serving.store import memory
+
+    store = MemoryServingStore(timedelta(minutes=30))
+    store.replace(LiveRows.empty(), StoreWindow(T0, None))
+    full_rows = []
+    for i in range(26 * 60):
+        minute = T0 + timedelta(minutes=i)
+        assert store.apply(f"run:{i}", delta(minute_rows(minute))) is True
+        # 30 minutes and the newest, and 1 expired minute not yet dropped (slack 1.875)
+        assert store.rows_held()[FULL] <= 32 * len(KEYS)
+        if i % 60 == 59:
+            full_rows.append(store.rows_held()[FULL])
+    assert memory.EXPIRE_SLACK == 1 / 16
+    assert full_rows == [32 * len(KEYS)] * 26  # flat: bounded by its window
+    newest = T0 + timedelta(minutes=26 * 60 - 1)
+    start = newest - timedelta(hours=24)
+    assert store.window() == StoreWindow(start, newest)
+    assert store.full_key_start() == newest - timedelta(minutes=30)
+    # the small projections' expired rows are dropped once they span 90 minutes: the
+    # last drop was at minute 1530 (start T0 + 90), so minutes [T0 + 90, newest] are held
+    held = 26 * 60 - 90
+    assert store.rows_held() == {
+        NONE: held,
+        CAMPAIGN: 2 * held,
+        PLATFORM: 2 * held,
+        LOCATION: 2 * held,
+        AD: 4 * held,
+        FULL: 32 * len(KEYS),
+    }
+    by_platform = store.read(start, None, PLATFORM, conversions=False)
+    assert by_platform is not None
+    day = [start + timedelta(minutes=m) for m in range(24 * 60 + 1)]
+    assert sorted(
+        by_platform.rollups.select(
+            "minute", "platform", "ad_id", "campaign", "location", "impressions", "clicks"
+        ).rows()
+    ) == sorted((m, p, None, None, None, 20, 8) for m in day for p in ("Web", "Mobile"))
+    assert by_platform.rollups["revenue"].sum() == Decimal("4.0") * 2 * len(day)
+    by_ad = store.read(start, None, frozenset({"ad_id"}))
+    assert by_ad is not None
+    assert sorted(by_ad.rollups.group_by("ad_id").agg(pl.col("impressions").sum()).rows()) == [
+        (ad, ad * 4 * len(day)) for ad, _ in ADS
+    ]
+    assert store.read(start, None, frozenset({"campaign", "platform"})) is None
+    assert store.read(start, None) is None  # the full key
+    window = store.read(newest - timedelta(minutes=30), None, frozenset({"campaign", "platform"}))
+    assert window is not None
+    assert sorted(
+        window.rollups.select("minute", "campaign", "platform", "impressions").rows()
+    ) == (
+        sorted(
+            (newest - timedelta(minutes=m), c, p, 6 if c == "Fall" else 14)
+            for m in range(31)
+            for c in ("Fall", "Spring")
+            for p in ("Web", "Mobile")
+        )
+    )
+    assert store.read(newest - timedelta(minutes=31), None, FULL) is None
+
+
+def test_a_read_takes_the_smallest_projection_holding_its_columns() -> None:
+    assert [projection_for(frozenset(c)) for c in ((), ("platform",), ("ad_id",))] == [
+        NONE,
+        PLATFORM,
+        AD,
+    ]
+    assert projection_for(frozenset({"campaign", "location"})) == FULL
+    assert projection_for(frozenset({"ad_id", "campaign"})) == AD
+    assert projection_for(FULL) == FULL
+    assert projection_for(frozenset({"gender"})) == FULL  # no key column
+
+
+def test_a_rebuild_fills_every_projection_from_the_full_key_snapshot() -> None:
+    """The snapshot's full-key rows of 5 hours fill every projection; the full key keeps
+    its last hour; a delta applied while the snapshot is read (journaled, not in the
+    snapshot) is in every projection after the switch."""
+    store = MemoryServingStore(timedelta(hours=1))
+    minutes = [T0 + timedelta(minutes=m) for m in range(5 * 60)]
+    snapshot = pl.concat(minute_rows(m) for m in minutes)
+    newest = minutes[-1]
+    late = newest + timedelta(minutes=1)
+
+    def read() -> StoreSnapshot:
+        assert store.apply("w:1", delta(minute_rows(late))) is True  # journaled
+        return StoreSnapshot(LiveRows(snapshot, conversions()), StoreWindow(T0, newest))
+
+    store.replace(LiveRows.empty(), StoreWindow(T0, None))
+    store.rebuild(read)
+    assert store.window() == StoreWindow(T0, late)
+    assert store.full_key_start() == late - timedelta(hours=1)
+    held = 5 * 60 + 1
+    assert store.rows_held() == {
+        NONE: held,
+        CAMPAIGN: 2 * held,
+        PLATFORM: 2 * held,
+        LOCATION: 2 * held,
+        AD: 4 * held,
+        # the snapshot's last hour and the newest minute, one expired one not yet dropped
+        FULL: 62 * len(KEYS),
+    }
+    totals = store.read(T0, None, NONE)
+    assert totals is not None
+    assert totals.rollups.select("impressions", "clicks").sum().row(0) == (
+        40 * held,
+        16 * held,
+    )
+    by_campaign = store.read(T0, None, CAMPAIGN)
+    assert by_campaign is not None
+    assert sorted(
+        by_campaign.rollups.group_by("campaign").agg(pl.col("impressions").sum()).rows()
+    ) == [("Fall", 12 * held), ("Spring", 28 * held)]
+    assert store.read(T0, None, FULL) is None
+    full = store.read(late - timedelta(hours=1), None, FULL)
+    assert full is not None and full.rollups.height == 61 * len(KEYS)
+    assert sorted(full.rollups.rows(), key=repr) == sorted(
+        pl.concat(minute_rows(late - timedelta(minutes=m)) for m in range(61)).rows(), key=repr
+    )
+
+
+def test_the_in_process_store_full_key_window_comes_from_the_setting(tmp_path: Path) -> None:
+    ten = open_serving_store(Settings(home=tmp_path, serving_memory_window_seconds=600))
+    assert isinstance(ten, MemoryServingStore)
+    assert ten.full_key_window == timedelta(minutes=10)
+    default = open_serving_store(Settings(home=tmp_path))
+    assert isinstance(default, MemoryServingStore)
+    assert default.full_key_window == timedelta(hours=2)
+    assert MemoryServingStore().full_key_window == timedelta(hours=24)  # the contract's
+    with pytest.raises(ValueError, match="a minute or more"):
+        MemoryServingStore(timedelta(seconds=59))

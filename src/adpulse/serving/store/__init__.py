@@ -7,6 +7,7 @@ openers are below; to add a backend, see :mod:`adpulse.backends`.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from adpulse.outages import ServerTimeouts
@@ -45,8 +46,9 @@ __all__ = [
 
 
 def open_memory_store(settings: Settings) -> ServingStore:
-    """``memory://`` or ``""``: the in-process store."""
-    return MemoryServingStore()
+    """``memory://`` or ``""``: the in-process store, keeping the full rollup key for
+    ``serving_memory_window_seconds`` of event time."""
+    return MemoryServingStore(timedelta(seconds=settings.serving_memory_window_seconds))
 
 
 def open_redis_serving_store(settings: Settings) -> ServingStore:

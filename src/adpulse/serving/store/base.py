@@ -2,10 +2,15 @@
 
 A serving store holds, for the newest :data:`WINDOW` of event time (ending at the newest
 minute it has seen), the same rows the query layer reads from the warehouse for its live
-views, at the same grain, so every view computes exactly the same numbers from either:
+views, so every view computes exactly the same numbers from either:
 
-- rollup rows: one per (minute, ad, campaign, platform, location), the five rollup
-  measures summed (the warehouse appends partial rows; the store keeps their sums);
+- rollup rows: the warehouse's rows are one per (minute, ad, campaign, platform,
+  location); a store keeps them summed per minute and key of each projection of
+  :data:`PROJECTIONS` (per minute, per minute and campaign, ..., every key column), and
+  a read gets them from the smallest projection that keeps every key column the view
+  filters or groups by (:func:`project`, :func:`projection_for`). A store may keep the
+  full key (the largest by far) for less than the window, and then answers reads
+  needing it from earlier with None (the warehouse answers them);
 - conversions: one per conversion event, with its event time, ad, campaign and its
   attributed click's time, latency, platform and location (latency percentiles need the
   individual values).
@@ -96,6 +101,12 @@ PROJECTIONS: Final[tuple[frozenset[str], ...]] = (
     frozenset({"ad_id", "campaign"}),
     frozenset(KEY_COLUMNS),
 )
+
+
+def projection_for(columns: frozenset[str]) -> frozenset[str]:
+    """The smallest projection of :data:`PROJECTIONS` that keeps every key column of
+    ``columns`` (the full key when one of them is no key column)."""
+    return next((kept for kept in PROJECTIONS if columns <= kept), PROJECTIONS[-1])
 
 
 def project(rollups: pl.DataFrame, columns: frozenset[str] = PROJECTIONS[-1]) -> pl.DataFrame:
@@ -283,15 +294,18 @@ class ServingStore(ABC):
         conversions: bool = True,
     ) -> LiveRows | None:
         """The rows of minutes ``[start, end)`` (end None: to the newest), or None when
-        the store cannot answer for that range: not ready, or ``start`` before its
-        window. ``start`` must be a whole minute. Rollup rows are summed per minute and
-        key at least over the key ``columns`` (:func:`project`): other key columns may be
-        NULL. Conversions are complete, or none at all when ``conversions`` is False (for
-        a view that reads none: they are most of what a wide range costs to read)."""
+        the store cannot answer for that range: not ready, ``start`` before its window,
+        or before the event time its projection for ``columns`` covers (a full key kept
+        for less than the window). ``start`` must be a whole minute. Rollup rows are
+        summed per minute and key at least over the key ``columns`` (:func:`project`):
+        other key columns may be NULL. Conversions are complete, or none at all when
+        ``conversions`` is False (for a view that reads none: they are most of what a
+        wide range costs to read)."""
 
     @abstractmethod
     def window(self) -> StoreWindow | None:
-        """The event time held; None when the store is not ready."""
+        """The event time held (the full key's rows may cover less: :meth:`read`);
+        None when the store is not ready."""
 
     @abstractmethod
     def close(self) -> None: ...
