@@ -3,12 +3,13 @@ record's fate never depends on its neighbours or on the block size."""
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 
 from adpulse.contracts import Reason, Stream
 from adpulse.processor.steps import decode as decode_step
 from adpulse.transport.base import Chunk
-from adpulse.transport.framing import frame
+from adpulse.transport.framing import frame, split_lines
 
 N = 3000
 
@@ -130,3 +131,71 @@ def test_an_object_or_array_in_a_string_field_of_joined_chunks_is_rejected(
     decoded = decode_step.decode(Stream.IMPRESSIONS, chunks)
     assert [(r.row, r.reason) for r in decoded.rejects] == [(2, Reason.WRONG_TYPE)]
     assert decoded.rows["_row"].to_list() == [0, 1]
+
+
+#: Records the screen must flag or the decoder refuses, one of each way (the generator's
+#: malformed kinds and the hostile ones), beside good records.
+ODD_RECORDS: list[bytes] = [
+    NOT_JSON,
+    WRONG_INT,
+    OBJECT_USER,
+    ARRAY_PLATFORM,
+    b"",
+    b"   ",
+    b'{"ad_id": 1, "user_id": "U\xff", "impression_timestamp": "2023-09-01 00:00:00"}',
+    b"[1, 2]",
+    b'"a string"',
+    b'{"ad_id": true, "user_id": "U1", "impression_timestamp": "2023-09-01 00:00:00"}',
+    b'{"ad_id": 18446744073709551615, "user_id": "U1", "impression_timestamp": "x"}',
+    b'{"ad_id": 1.5, "user_id": "U1", "impression_timestamp": "2023-09-01 00:00:00"}',
+    b'{"ad_id": 1, "user_id": "\\ud800", "impression_timestamp": "2023-09-01 00:00:00"}',
+    b'{"ad_id": 1, "user_id": "U1",\n "impression_timestamp": "2023-09-01 00:00:00"}',
+    b'{"ad_id": 1, "user_id": "{U1", "impression_timestamp": "2023-09-01 00:00:00"}',
+]
+
+
+def _decoded_by(path: str, payloads: list[bytes]) -> tuple[list[tuple[object, ...]], list[object]]:
+    lines = split_lines(frame(payloads))
+    schema = Stream.IMPRESSIONS.decode_schema
+    parts: list[pl.DataFrame] = []
+    rejects: list[decode_step.Reject] = []
+    if path == "screen":
+        assert decode_step._decode_screened(lines, schema, parts, rejects)
+    else:
+        decode_step._decode_blocks(lines, schema, parts, rejects, decode_step.BLOCK_RECORDS)
+    rows = pl.concat(parts).sort("_row").rows()
+    return rows, sorted((r.row, r.reason, r.payload) for r in rejects)
+
+
+def test_the_screen_gives_each_record_the_fate_the_blocks_give_it() -> None:
+    payloads = [_record(i) for i in range(1000)]
+    for n, odd in enumerate(ODD_RECORDS):
+        payloads[37 * n + 5] = odd
+    screened = _decoded_by("screen", payloads)
+    assert screened == _decoded_by("blocks", payloads)
+    rows, rejects = screened
+    assert len(rows) + len(rejects) == len(payloads)
+    assert {reason for _, reason, _ in rejects} == {
+        Reason.INVALID_JSON,
+        Reason.WRONG_TYPE,
+        Reason.EMPTY_PAYLOAD,
+        Reason.INVALID_UTF8,
+        Reason.NOT_AN_OBJECT,
+        Reason.INVALID_CHARACTER,
+    }
+    kept = {row[0] for row in rows}
+    assert 37 * 14 + 5 in kept and 37 * 13 + 5 in kept  # "{U1", and a line break: kept
+
+
+def test_a_record_only_the_decoder_refuses_sends_the_chunk_to_the_blocks() -> None:
+    # Duplicate keys: the screen (orjson) reads the last ad_id, the decoder the first.
+    refused = b'{"ad_id": "x", "ad_id": 1, "user_id": "U1", "impression_timestamp": "x"}'
+    payloads = [_record(i) for i in range(600)]
+    payloads[300], payloads[400] = refused, NOT_JSON
+    lines = split_lines(frame(payloads))
+    schema = Stream.IMPRESSIONS.decode_schema
+    assert not decode_step._decode_screened(lines, schema, [], [])
+    decoded = decode_step.decode(Stream.IMPRESSIONS, [_chunk(payloads)])
+    assert [(r.row, r.reason) for r in decoded.rejects] == [(400, Reason.INVALID_JSON)]
+    assert decoded.rows["_row"].to_list() == [i for i in range(600) if i != 400]
+    assert decoded.rows.filter(pl.col("_row") == 300)["ad_id"].to_list() == [1]
