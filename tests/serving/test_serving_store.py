@@ -514,14 +514,7 @@ def test_the_in_process_store_keeps_24_h_per_projection_and_the_full_key_for_its
     # the small projections' expired rows are dropped once they span 90 minutes: the
     # last drop was at minute 1530 (start T0 + 90), so minutes [T0 + 90, newest] are held
     held = 26 * 60 - 90
-    assert store.rows_held() == {
-        NONE: held,
-        CAMPAIGN: 2 * held,
-        PLATFORM: 2 * held,
-        LOCATION: 2 * held,
-        AD: 4 * held,
-        FULL: 32 * len(KEYS),
-    }
+    assert store.rows_held() == rows_per_projection(held, full=32 * len(KEYS))
     by_platform = store.read(start, None, PLATFORM, conversions=False)
     assert by_platform is not None
     day = [start + timedelta(minutes=m) for m in range(24 * 60 + 1)]
@@ -551,6 +544,19 @@ def test_the_in_process_store_keeps_24_h_per_projection_and_the_full_key_for_its
         )
     )
     assert store.read(newest - timedelta(minutes=31), None, FULL) is None
+
+
+def rows_per_projection(minutes: int, full: int) -> dict[frozenset[str], int]:
+    """Rows held per projection for ``minutes`` minutes of :func:`minute_rows` (the
+    values of :data:`KEYS`), and ``full`` at the full key."""
+    return {
+        NONE: minutes,
+        CAMPAIGN: 2 * minutes,
+        PLATFORM: 2 * minutes,
+        LOCATION: 2 * minutes,
+        AD: 4 * minutes,
+        FULL: full,
+    }
 
 
 def test_a_read_takes_the_smallest_projection_holding_its_columns() -> None:
@@ -584,15 +590,9 @@ def test_a_rebuild_fills_every_projection_from_the_full_key_snapshot() -> None:
     assert store.window() == StoreWindow(T0, late)
     assert store.full_key_start() == late - timedelta(hours=1)
     held = 5 * 60 + 1
-    assert store.rows_held() == {
-        NONE: held,
-        CAMPAIGN: 2 * held,
-        PLATFORM: 2 * held,
-        LOCATION: 2 * held,
-        AD: 4 * held,
-        # the snapshot's last hour and the newest minute, one expired one not yet dropped
-        FULL: 62 * len(KEYS),
-    }
+    # full key: the snapshot's last hour and the newest minute, one expired one not yet
+    # dropped
+    assert store.rows_held() == rows_per_projection(held, full=62 * len(KEYS))
     totals = store.read(T0, None, NONE)
     assert totals is not None
     assert totals.rollups.select("impressions", "clicks").sum().row(0) == (
