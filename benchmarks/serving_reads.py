@@ -39,6 +39,7 @@ from adpulse.processor.pipeline import Processor
 from adpulse.serving import queries
 from adpulse.serving.api import create_app
 from adpulse.serving.store import MemoryServingStore, ServingStore
+from adpulse.serving.store.redis import RedisServingStore
 from adpulse.serving.store.sync import StoreSync
 from adpulse.sources.generator import EventGenerator, GeneratorConfig
 from adpulse.sources.producer import publish
@@ -65,8 +66,6 @@ def backends(args: argparse.Namespace, home: Path) -> Iterator[tuple[Warehouse, 
     else:
         warehouse = DuckDBWarehouse(home / "warehouse.duckdb")
     if args.redis_url:
-        from adpulse.serving.store.redis import RedisServingStore
-
         store = RedisServingStore(args.redis_url, prefix=prefix)
     else:
         store = MemoryServingStore()
@@ -74,10 +73,10 @@ def backends(args: argparse.Namespace, home: Path) -> Iterator[tuple[Warehouse, 
         warehouse.create_schema()
         yield warehouse, store
     finally:
-        if args.redis_url:
-            keys = list(store.client.scan_iter(match=f"{prefix}:*", count=1000))  # type: ignore[attr-defined]
+        if isinstance(store, RedisServingStore):
+            keys = list(store.client.scan_iter(match=f"{prefix}:*", count=1000))
             for i in range(0, len(keys), 1000):
-                store.client.unlink(*keys[i : i + 1000])  # type: ignore[attr-defined]
+                store.client.unlink(*keys[i : i + 1000])
         store.close()
         warehouse.close()
         if args.pg_url:
