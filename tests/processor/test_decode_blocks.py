@@ -9,7 +9,7 @@ import pytest
 from adpulse.contracts import Reason, Stream
 from adpulse.processor.steps import decode as decode_step
 from adpulse.transport.base import Chunk
-from adpulse.transport.framing import frame, split_lines
+from adpulse.transport.framing import frame
 
 N = 3000
 
@@ -154,25 +154,18 @@ ODD_RECORDS: list[bytes] = [
 ]
 
 
-def _decoded_by(path: str, payloads: list[bytes]) -> tuple[list[tuple[object, ...]], list[object]]:
-    lines = split_lines(frame(payloads))
-    schema = Stream.IMPRESSIONS.decode_schema
-    parts: list[pl.DataFrame] = []
-    rejects: list[decode_step.Reject] = []
-    if path == "screen":
-        assert decode_step._decode_screened(lines, schema, parts, rejects)
-    else:
-        decode_step._decode_blocks(lines, schema, parts, rejects, decode_step.BLOCK_RECORDS)
-    rows = pl.concat(parts).sort("_row").rows()
-    return rows, sorted((r.row, r.reason, r.payload) for r in rejects)
+def _decoded(payloads: list[bytes], screen: bool) -> tuple[list[tuple[object, ...]], list[object]]:
+    decoded = decode_step.decode(Stream.IMPRESSIONS, [_chunk(payloads)], screen=screen)
+    rows = decoded.rows.sort("_row").rows()
+    return rows, sorted((r.row, r.reason, r.payload) for r in decoded.rejects)
 
 
 def test_the_screen_gives_each_record_the_fate_the_blocks_give_it() -> None:
     payloads = [_record(i) for i in range(1000)]
     for n, odd in enumerate(ODD_RECORDS):
         payloads[37 * n + 5] = odd
-    screened = _decoded_by("screen", payloads)
-    assert screened == _decoded_by("blocks", payloads)
+    screened = _decoded(payloads, screen=True)
+    assert screened == _decoded(payloads, screen=False)
     rows, rejects = screened
     assert len(rows) + len(rejects) == len(payloads)
     assert {reason for _, reason, _ in rejects} == {
@@ -192,10 +185,8 @@ def test_a_record_only_the_decoder_refuses_sends_the_chunk_to_the_blocks() -> No
     refused = b'{"ad_id": "x", "ad_id": 1, "user_id": "U1", "impression_timestamp": "x"}'
     payloads = [_record(i) for i in range(600)]
     payloads[300], payloads[400] = refused, NOT_JSON
-    lines = split_lines(frame(payloads))
-    schema = Stream.IMPRESSIONS.decode_schema
-    assert not decode_step._decode_screened(lines, schema, [], [])
     decoded = decode_step.decode(Stream.IMPRESSIONS, [_chunk(payloads)])
+    assert _decoded(payloads, screen=True) == _decoded(payloads, screen=False)
     assert [(r.row, r.reason) for r in decoded.rejects] == [(400, Reason.INVALID_JSON)]
     assert decoded.rows["_row"].to_list() == [i for i in range(600) if i != 400]
     assert decoded.rows.filter(pl.col("_row") == 300)["ad_id"].to_list() == [1]

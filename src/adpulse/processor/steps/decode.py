@@ -81,13 +81,16 @@ class Decoded:
         return self.chunks[i], row - int(self.chunk_starts[i])
 
 
-def decode(stream: Stream, chunks: list[Chunk], block_records: int = BLOCK_RECORDS) -> Decoded:
+def decode(
+    stream: Stream, chunks: list[Chunk], block_records: int = BLOCK_RECORDS, screen: bool = True
+) -> Decoded:
     """Decode all chunks of one stream in a batch (one vectorized call per chunk, or one
     for all of them when they are small: :data:`JOIN_MAX_BYTES`).
 
     ``block_records``: records per block when a chunk fails to decode at once (see the
-    module docstring); a record's fate does not depend on it, which the tests check by
-    varying it.
+    module docstring); ``screen``: screen such a chunk before decoding it in blocks
+    (False: blocks only). A record's fate depends on neither, which the tests check by
+    varying them.
     """
     counts = np.array([c.records for c in chunks], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(chunks) else counts
@@ -114,7 +117,7 @@ def decode(stream: Stream, chunks: list[Chunk], block_records: int = BLOCK_RECOR
             lines = split_lines(chunk.data)
             pieces: list[pl.DataFrame] = []
             rejects: list[Reject] = []
-            if not _decode_screened(lines, schema, pieces, rejects):
+            if not (screen and _decode_screened(lines, schema, pieces, rejects)):
                 pieces, rejects = [], []
                 _decode_blocks(lines, schema, pieces, rejects, block_records)
             for r in rejects:
