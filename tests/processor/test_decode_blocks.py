@@ -181,12 +181,39 @@ def test_the_screen_gives_each_record_the_fate_the_blocks_give_it() -> None:
 
 
 def test_a_record_only_the_decoder_refuses_sends_the_chunk_to_the_blocks() -> None:
-    # Duplicate keys: the screen (orjson) reads the last ad_id, the decoder the first.
+    # A member named twice: the screen (orjson) reads the last ad_id, 1, and lets it
+    # through; the decoder reads the first, "x", and refuses the chunk's good lines.
     refused = b'{"ad_id": "x", "ad_id": 1, "user_id": "U1", "impression_timestamp": "x"}'
     payloads = [_record(i) for i in range(600)]
     payloads[300], payloads[400] = refused, NOT_JSON
     decoded = decode_step.decode(Stream.IMPRESSIONS, [_chunk(payloads)])
+    assert [(r.row, r.reason) for r in decoded.rejects] == [
+        (300, Reason.WRONG_TYPE),
+        (400, Reason.INVALID_JSON),
+    ]
+    assert decoded.rows["_row"].to_list() == [i for i in range(600) if i not in (300, 400)]
     assert _decoded(payloads, screen=True) == _decoded(payloads, screen=False)
-    assert [(r.row, r.reason) for r in decoded.rejects] == [(400, Reason.INVALID_JSON)]
-    assert decoded.rows["_row"].to_list() == [i for i in range(600) if i != 400]
-    assert decoded.rows.filter(pl.col("_row") == 300)["ad_id"].to_list() == [1]
+
+
+@pytest.mark.parametrize(
+    "twice",
+    [
+        b'{"ad_id": "x", "ad_id": 1, "user_id": "U1", "impression_timestamp": "x"}',
+        b'{"ad_id": 1, "ad_id": "x", "user_id": "U1", "impression_timestamp": "x"}',
+        b'{"ad_id": 1, "user_id": "U1", "user_id": {"a": 1}, "impression_timestamp": "x"}',
+        b'{"ad_id": 1, "user_id": "U1", "impression_timestamp": "x", "impression_timestamp": 5}',
+    ],
+)
+def test_a_member_named_twice_has_one_fate_alone_or_beside_bad_records(twice: bytes) -> None:
+    """The decoder reads a repeated member's first value; so do the per-record checks."""
+    alone = [_record(i) for i in range(20)]
+    alone[10] = twice
+    beside = [*alone, NOT_JSON]
+    fates = []
+    for payloads, screen in ((alone, True), (beside, True), (beside, False)):
+        decoded = decode_step.decode(Stream.IMPRESSIONS, [_chunk(payloads)], screen=screen)
+        kept = decoded.rows.filter(pl.col("_row") == 10).drop("_row", "partition").rows()
+        fates.append((kept, [r.reason for r in decoded.rejects if r.row == 10]))
+    assert fates[0] == fates[1] == fates[2]
+    first_is_good = not twice.startswith(b'{"ad_id": "x"')
+    assert (fates[0][0] != []) is first_is_good

@@ -19,6 +19,7 @@ over a batch, every level of the recursion re-decoded nearly the whole batch, an
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -422,12 +423,33 @@ def check_one(line: bytes, schema: dict[str, pl.DataType]) -> bytes | Reject:
         return Reject(-1, why, str(exc), payload)
     if not isinstance(value, dict):
         return Reject(-1, Reason.NOT_AN_OBJECT, f"got a JSON {type(value).__name__}", payload)
+    value = _first_values(payload, value)
     wrong = _wrong_type(value, schema)
     if wrong is not None:
         return Reject(-1, Reason.WRONG_TYPE, wrong, payload)
     # Re-encoded on one line (the payload may have had line breaks): the same decoder
     # and the same coercions as the fast path then read it.
-    return orjson.dumps(value)
+    try:
+        return orjson.dumps(value)
+    except TypeError as exc:  # an integer past 64 bits in a text member named twice
+        return Reject(-1, Reason.WRONG_TYPE, str(exc), payload)
+
+
+def _first_values(payload: bytes, value: dict[str, object]) -> dict[str, object]:
+    """``value`` (orjson's reading of ``payload``) with the first value of each member
+    named twice: the vectorized decoder reads the first (and ignores the others), orjson
+    keeps the last, and a record's fate must not depend on which path decodes it."""
+    try:
+        pairs = json.loads(payload, object_pairs_hook=lambda p: p)
+    except ValueError:  # orjson read it; this parser should too
+        return value
+    names = [name for name, _ in pairs]
+    if len(names) == len(value):
+        return value  # no name twice: orjson's values, as ever
+    first: dict[str, object] = {}
+    for name, member in pairs:
+        first.setdefault(name, member)
+    return first
 
 
 def _decode_canonical(
