@@ -119,7 +119,6 @@ def decode(
             pieces: list[pl.DataFrame] = []
             rejects: list[Reject] = []
             if not (screen and _decode_screened(lines, schema, pieces, rejects)):
-                pieces, rejects = [], []
                 _decode_blocks(lines, schema, pieces, rejects, block_records)
             for r in rejects:
                 r.row += start
@@ -281,8 +280,8 @@ def _decode_screened(
     rejects: list[Reject],
 ) -> bool:
     """Decode ``lines`` in one call, but for the lines :func:`_flagged` picks, which get
-    the per-record checks; one part, in line order. False (``parts`` and ``rejects``
-    then hold partial results, to be thrown away) when the rest still fails at once."""
+    the per-record checks; one part, in line order. False, with ``parts`` and
+    ``rejects`` untouched, when the rest still fails at once."""
     flagged = _flagged(lines, schema)
     keep = np.ones(len(lines), dtype=bool)
     keep[flagged] = False
@@ -336,7 +335,6 @@ def _flagged(lines: list[bytes], schema: dict[str, pl.DataType]) -> list[int]:
     return flagged
 
 
-_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 _NUMBER: Final = frozenset({int, float, type(None)})
 
 
@@ -468,7 +466,7 @@ def _wrong_type(value: dict[str, object], schema: dict[str, pl.DataType]) -> str
         if v is None:
             continue
         if kind is _INT and (
-            isinstance(v, bool) or not isinstance(v, int) or not -(2**63) <= v < 2**63
+            isinstance(v, bool) or not isinstance(v, int) or not _INT_MIN <= v <= _INT_MAX
         ):
             return f"{name} must be an integer, got {_show(v)}"
         if kind is _FLOAT and (isinstance(v, bool) or not isinstance(v, int | float)):
@@ -479,6 +477,8 @@ def _wrong_type(value: dict[str, object], schema: dict[str, pl.DataType]) -> str
 
 
 _INT, _FLOAT, _STR, _OTHER = "int", "float", "str", "other"
+#: What an Int64 column holds (the screen and the per-record checks test the same range).
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 #: (field, kind) per decode schema, by identity: schemas are module constants, and
 #: comparing Polars data types costs microseconds per comparison (per record, per field).
 _KINDS: dict[int, tuple[dict[str, pl.DataType], list[tuple[str, str]]]] = {}

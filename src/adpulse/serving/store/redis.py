@@ -78,6 +78,7 @@ from adpulse.serving.store.base import (
     StoreSnapshot,
     StoreWindow,
     project,
+    projection_for,
 )
 from adpulse.storage.warehouse.schema import REVENUE_SUM
 
@@ -666,7 +667,7 @@ class RedisServingStore(ServingStore):
         conversions: bool = True,
     ) -> LiveRows | None:
         upper = "+inf" if end is None else f"({_seconds(end)}"
-        projection = next(i for i, kept in enumerate(PROJECTIONS) if columns <= kept)
+        projection = PROJECTIONS.index(projection_for(columns))
         args = [self.base, _seconds(start), upper, projection, "1" if conversions else "0"]
         reply = self._call("read", self._read, args=args)
         if int(reply[0]) != 1:

@@ -17,6 +17,7 @@ from adpulse.serving.store.base import (
     PROJECTIONS,
     LiveDelta,
     LiveRows,
+    projection_for,
 )
 from adpulse.serving.store.dynamodb.items import (
     EPOCH,
@@ -146,7 +147,7 @@ def stored_bytes(
 ) -> tuple[int, int]:
     """The bytes (DynamoDB's item sizes) of the rollup items a read of ``columns`` returns
     for ``rows``, and of its conversion items: what its queries are charged on."""
-    projection = next(i for i, kept in enumerate(PROJECTIONS) if columns <= kept)
+    projection = PROJECTIONS.index(projection_for(columns))
     parts = Rows.of(rows, pl.DataFrame(schema=CONVERSION_REATTRIBUTIONS))
     layout = Layout(1, shards)
     expires = {"expires": num(int(time.time()))}

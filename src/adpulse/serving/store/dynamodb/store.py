@@ -34,6 +34,7 @@ from adpulse.serving.store.base import (
     ServingStoreUnavailableError,
     StoreSnapshot,
     StoreWindow,
+    projection_for,
 )
 from adpulse.serving.store.dynamodb.items import (
     ATTEMPTS,
@@ -742,7 +743,7 @@ class DynamoDBServingStore(ServingStore):
         *,
         conversions: bool = True,
     ) -> LiveRows | None:
-        projection = next(i for i, kept in enumerate(PROJECTIONS) if columns <= kept)
+        projection = PROJECTIONS.index(projection_for(columns))
         for _ in range(3):
             meta = self._meta()
             if not meta.current(time.time()) or epoch_seconds(start) < meta.start:
